@@ -1,0 +1,73 @@
+"""The one configuration dataclass of the model runtime.
+
+Every knob of loading and decoding lives here, with defaults that run on a laptop CPU. The command line, the
+LSP server and the benchmarks build one of these; nothing else reads environment variables or constants.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import platformdirs
+
+DEFAULT_MODEL = "default"
+
+
+def default_cache_dir() -> Path:
+    return Path(platformdirs.user_cache_dir("repocomplete"))
+
+
+@dataclass
+class RuntimeConfig:
+    # What to load: "default" (the embedded SmolLM2-135M), a Hugging Face directory or a .gguf path.
+    model: str = DEFAULT_MODEL
+    adapter: str | None = None  # a peft LoRA adapter directory, merged into the weights at load
+    device: str | None = None  # None: cuda when present, else cpu
+    dtype: str | None = None  # None: bfloat16 on cuda, float32 on cpu (bfloat16 activations with int8 weights)
+    quantize: str = "none"  # "int8": weight-only int8 linears (the fast CPU decode path); "none"
+    cache_dir: Path = field(default_factory=default_cache_dir)  # converted GGUF models land here
+    # Remote backend: an OpenAI-compatible completions endpoint replaces the local model when set.
+    endpoint: str | None = None
+    endpoint_model: str | None = None  # the "model" field sent to the endpoint
+    endpoint_timeout_s: float = 30.0
+    endpoint_retries: int = 2
+    fim_template: str | None = None  # force a template by name; None: chosen from the tokenizer
+    fim_order: str = "auto"  # "psm", "spm", or "auto": SPM where the family has it (a keystroke only changes the end)
+    # Decoding.
+    max_new_tokens: int = 64
+    multiline: bool = False
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int = 0
+    time_budget_s: float = 5.0  # a completion stops decoding after this long, whatever it has
+    token_healing: bool = True
+    # Prefix-KV cache.
+    prefix_cache: bool = True
+    prefix_cache_bytes: int = 512 * 2**20
+    block_size: int = 16
+    max_context_tokens: int = 4096  # prompt tokens kept (the start of the prompt is dropped beyond it)
+    compile_decode: bool = False  # static-shape decode step under torch.compile; off until it measures faster
+
+    def replace(self, **changes) -> "RuntimeConfig":
+        return dataclasses.replace(self, **changes)
+
+    def validate(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {self.block_size}")
+        if self.prefix_cache_bytes < 0:
+            raise ValueError("prefix_cache_bytes must be >= 0")
+        if self.quantize not in ("none", "int8"):
+            raise ValueError(f"quantize must be 'none' or 'int8', got {self.quantize!r}")
+        if self.fim_order not in ("auto", "psm", "spm"):
+            raise ValueError(f"fim_order must be 'auto', 'psm' or 'spm', got {self.fim_order!r}")
+        if self.max_context_tokens < 16:
+            raise ValueError("max_context_tokens must be >= 16")

@@ -1,0 +1,350 @@
+"""The generation engine: our own decode loop over the model's KV cache (prefill, then one token at a time).
+
+`prefill`, `decode_one_token` and `sample` are free functions over tensors, as in gpt-fast; `Engine` adds the
+prompt (templates, token healing), the prefix-KV cache, the stop rules and the trimming around them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from model_runtime.config import RuntimeConfig
+from model_runtime.healing import VocabIndex, backoff
+from model_runtime.kv_cache import PrefixCache, SlabCache
+from model_runtime.loading import LoadedModel
+from model_runtime.stopping import StopRules, trim_suffix_overlap
+from model_runtime.templates import (
+    ContextItem,
+    FimTemplate,
+    PromptParts,
+    context_text,
+    detect_template,
+    get_template,
+    render,
+)
+
+# A logits processor has the transformers signature: (input_ids [1, n], scores [1, vocab]) -> scores.
+LogitsProcessor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class CancelToken:
+    """Set from any thread; the decode loop checks it before every step."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+
+@dataclass
+class CompletionRequest:
+    parts: PromptParts
+    max_new_tokens: int | None = None  # None: the config's
+    multiline: bool | None = None
+    cancel: CancelToken | None = None
+    logits_processors: Sequence[LogitsProcessor] = ()
+
+
+@dataclass
+class Completion:
+    text: str
+    stop_reason: str  # eos | stop_token | newline | indent | blank_lines | max_tokens | time | cancelled | length
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    generated_tokens: int = 0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    raw_text: str = ""  # everything decoded, before stop rules and trimming
+    healed: str = ""  # prompt text that token healing backed off (the generation re-produced it)
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def latency_s(self) -> float:
+        return self.prefill_s + self.decode_s
+
+
+@dataclass
+class EncodedPrompt:
+    ids: list[int]
+    prefix_end: int  # index just past the prefix's last token (where healing backs off)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Free functions over tensors.
+
+
+def prefill(model, cache: SlabCache, ids: Sequence[int], device) -> torch.Tensor:
+    """Run the uncached tail of a prompt through the model; return the last position's logits [vocab]."""
+    input_ids = torch.tensor([list(ids)], dtype=torch.long, device=device)
+    out = model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    return out.logits[0, -1]
+
+
+def decode_one_token(model, cache: SlabCache, token: int, device) -> torch.Tensor:
+    input_ids = torch.tensor([[token]], dtype=torch.long, device=device)
+    out = model(input_ids=input_ids, past_key_values=cache, use_cache=True)
+    return out.logits[0, -1]
+
+
+def sample(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, generator) -> int:
+    if temperature <= 0:
+        return int(torch.argmax(logits))
+    logits = logits.float() / temperature
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.numel())).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        drop = torch.cumsum(sorted_probs, dim=-1) - sorted_probs > top_p
+        sorted_probs[drop] = 0
+        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Prompt encoding.
+
+
+def encode_prompt(tokenizer, template: FimTemplate, parts: PromptParts, order: str) -> tuple[str, EncodedPrompt]:
+    """Render and tokenize: template text may hold special tokens, user text never does (it is split)."""
+    prompt = render(template, parts, order)
+    # Re-render with markers to learn which spans are user text, then tokenize span by span.
+    values = {"prefix": parts.prefix, "suffix": parts.suffix}
+    values.update({f"context{i}": context_text(template, item) for i, item in enumerate(parts.context)})
+    marked_context = [ContextItem(item.path, f"\x00context{i}\x00") for i, item in enumerate(parts.context)]
+    marked_parts = PromptParts("\x00prefix\x00", "\x00suffix\x00", parts.path, marked_context, parts.repo_name)
+    marked = render(dataclasses.replace(template, comment_context=False), marked_parts, order)
+    ids: list[int] = list(_bos(tokenizer))
+    prefix_end = len(ids)
+    for i, piece in enumerate(marked.split("\x00")):
+        if not piece:
+            continue
+        if i % 2 == 1:  # a user-text field
+            ids += tokenizer.encode(values[piece], add_special_tokens=False, split_special_tokens=True)
+            if piece == "prefix":
+                prefix_end = len(ids)
+        else:
+            ids += tokenizer.encode(piece, add_special_tokens=False)  # template text: sentinels, paths
+    return prompt, EncodedPrompt(ids, prefix_end)
+
+
+def _bos(tokenizer) -> list[int]:
+    ids = tokenizer("")["input_ids"]
+    return ids[:1] if ids and ids[0] == tokenizer.bos_token_id else []
+
+
+def _stop_token_ids(tokenizer, template: FimTemplate) -> set[int]:
+    vocab = tokenizer.get_vocab()
+    ids = {vocab[t] for t in template.stop if t in vocab}
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The engine.
+
+
+class Engine:
+    """Completions from a local model, reusing the KV of earlier prompts. One request at a time (a lock)."""
+
+    def __init__(self, loaded: LoadedModel, config: RuntimeConfig | None = None):
+        self.config = config or RuntimeConfig()
+        self.config.validate()
+        self.loaded = loaded
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.device = loaded.device
+        self.template = (
+            get_template(self.config.fim_template)
+            if self.config.fim_template
+            else detect_template(self.tokenizer.get_vocab())
+        )
+        self.order = "spm" if self.config.fim_order == "spm" or (
+            self.config.fim_order == "auto" and self.template.supports_spm
+        ) else "psm"
+        self.stop_ids = _stop_token_ids(self.tokenizer, self.template)
+        self.vocab = VocabIndex(self.tokenizer)
+        self.slab = SlabCache(loaded.n_layers)
+        self.prefix_cache = PrefixCache(self.config.block_size, self.config.prefix_cache_bytes, salt=hash(loaded.name))
+        self.lock = threading.Lock()
+        self._compiled = None
+        if self.config.compile_decode:
+            from model_runtime.static_decode import StaticDecoder
+
+            self._compiled = StaticDecoder(self.model, self.config.max_context_tokens + 256)
+
+    @property
+    def name(self) -> str:
+        return self.loaded.name
+
+    # -- prompt ----------------------------------------------------------------------------------------------
+
+    def encode(self, parts: PromptParts) -> tuple[str, EncodedPrompt]:
+        if self.template.left_to_right:
+            parts = PromptParts(parts.prefix, "", parts.path, parts.context, parts.repo_name)
+        prompt, encoded = encode_prompt(self.tokenizer, self.template, parts, self.order)
+        limit = self.config.max_context_tokens
+        if len(encoded.ids) > limit:
+            # Drop the start in coarse steps so the cut point, and so the cached prefix, stays put while typing.
+            step = 512
+            cut = -(-(len(encoded.ids) - limit) // step) * step
+            encoded = EncodedPrompt(encoded.ids[cut:], max(0, encoded.prefix_end - cut))
+        return prompt, encoded
+
+    # -- prefix reuse ----------------------------------------------------------------------------------------
+
+    def _reuse(self, ids: list[int]) -> int:
+        """Bring the slab to the longest cached prefix of `ids` (leaving at least one token to run); return it."""
+        if not self.config.prefix_cache:
+            self.slab.reset()
+            return 0
+        limit = len(ids) - 1
+        common = 0
+        for a, b in zip(self.slab.tokens, ids[:limit]):
+            if a != b:
+                break
+            common += 1
+        match = self.prefix_cache.match(ids[:limit])
+        if match.tokens > common:
+            # Copy only the blocks the slab does not already hold.
+            bs = self.prefix_cache.block_size
+            first = common // bs
+            self.slab.truncate(first * bs)
+            self.slab.write_blocks(first * bs, [b.kv for b in match.blocks[first:]])
+            self.slab.tokens = list(ids[: match.tokens])
+            return match.tokens
+        self.slab.truncate(common)
+        return common
+
+    def _run_prompt(self, ids: list[int]) -> tuple[torch.Tensor, int]:
+        cached = self._reuse(ids)
+        logits = prefill(self.model, self.slab, ids[cached:], self.device)
+        self.slab.tokens = list(ids)
+        if self.config.prefix_cache:
+            self.prefix_cache.store(ids, self.slab)
+        return logits, cached
+
+    # -- completion ------------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def complete(self, request: CompletionRequest) -> Completion:
+        with self.lock:
+            return self._complete(request)
+
+    def complete_batch(self, requests: Sequence[CompletionRequest]) -> list[Completion]:
+        """Complete many requests; those sharing a prompt prefix run back to back so the prefix cache serves them."""
+        encoded = [self.encode(r.parts)[1].ids for r in requests]
+        order = sorted(range(len(requests)), key=lambda i: encoded[i])
+        results: list[Completion | None] = [None] * len(requests)
+        for i in order:
+            results[i] = self.complete(requests[i])
+        return results  # type: ignore[return-value]
+
+    def _complete(self, request: CompletionRequest) -> Completion:
+        cfg = self.config
+        t0 = time.perf_counter()
+        deadline = t0 + cfg.time_budget_s
+        cancel = request.cancel or CancelToken()
+        parts = request.parts
+        multiline = cfg.multiline if request.multiline is None else request.multiline
+        max_new = cfg.max_new_tokens if request.max_new_tokens is None else request.max_new_tokens
+        rules = StopRules.at_cursor(parts.prefix, multiline)
+        _, encoded = self.encode(parts)
+        ids = encoded.ids
+        if cancel.cancelled:
+            return Completion("", "cancelled", prompt_tokens=len(ids))
+
+        # Token healing: remove the prefix's last token(s); generation must first reproduce their text.
+        healed = ""
+        if cfg.token_healing and encoded.prefix_end > 0 and parts.prefix:
+            k = backoff(ids[: encoded.prefix_end], self.vocab.texts)
+            healed = self.tokenizer.decode(ids[encoded.prefix_end - k : encoded.prefix_end])
+            if self.vocab.allowed(healed):
+                ids = ids[: encoded.prefix_end - k] + ids[encoded.prefix_end :]
+            else:  # e.g. a token that is half of a multi-byte character: nothing could reproduce it alone
+                healed = ""
+
+        logits, cached = self._run_prompt(ids)
+        t1 = time.perf_counter()
+        generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
+        generated: list[int] = []
+        text = ""
+        reason = "max_tokens"
+        remaining_heal = healed
+        history = torch.tensor([ids], dtype=torch.long, device=self.device)
+        while True:
+            if remaining_heal:
+                logits = logits + self.vocab.mask(remaining_heal, logits.shape[-1], logits.device)
+            for processor in request.logits_processors:
+                logits = processor(history, logits.unsqueeze(0)).squeeze(0)
+            token = sample(logits, cfg.temperature, cfg.top_k, cfg.top_p, generator)
+            if token in self.stop_ids:
+                reason = "eos" if token == self.tokenizer.eos_token_id else "stop_token"
+                break
+            generated.append(token)
+            history = torch.cat([history, history.new_tensor([[token]])], dim=1)
+            text = self.tokenizer.decode(generated)
+            if remaining_heal:
+                piece = self.vocab.texts[token]
+                remaining_heal = remaining_heal[len(piece) :] if remaining_heal.startswith(piece) else ""
+            if not remaining_heal:
+                kept, why = rules.cut(text[len(healed) :])
+                if why:
+                    reason = why
+                    break
+            if len(generated) >= max_new:
+                break
+            if cancel.cancelled:
+                reason = "cancelled"
+                break
+            if time.perf_counter() > deadline:
+                reason = "time"
+                break
+            if self.slab.length + 1 > cfg.max_context_tokens + 1024:
+                reason = "length"
+                break
+            logits = self._decode(token)
+        t2 = time.perf_counter()
+        body = text[len(healed) :] if text.startswith(healed) else text
+        kept, _ = rules.cut(body)
+        if reason == "cancelled":
+            kept = ""
+        elif parts.suffix:
+            kept = trim_suffix_overlap(kept, parts.suffix)
+        return Completion(
+            text=kept,
+            stop_reason=reason,
+            prompt_tokens=len(ids),
+            cached_tokens=cached,
+            generated_tokens=len(generated),
+            prefill_s=t1 - t0,
+            decode_s=t2 - t1,
+            raw_text=text,
+            healed=healed,
+        )
+
+    def _decode(self, token: int) -> torch.Tensor:
+        self.slab.tokens.append(token)
+        if self._compiled is not None:
+            return self._compiled.step(self.slab, token)
+        return decode_one_token(self.model, self.slab, token, self.device)
+
+    # -- introspection ---------------------------------------------------------------------------------------
+
+    def logits_for(self, ids: Sequence[int]) -> tuple[torch.Tensor, int]:
+        """Last-position logits for a token prompt through the prefix cache, and how many tokens were reused."""
+        with self.lock, torch.inference_mode():
+            return self._run_prompt(list(ids))

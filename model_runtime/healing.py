@@ -1,0 +1,73 @@
+"""Token healing: back off the prompt's last token(s) and make the first generated tokens reproduce them.
+
+A cursor after indentation or inside a word leaves the prompt ending on a token the model rarely saw there
+("\\n    " where training text had "\\n   " + " return"); small models then answer a bare newline. Backing off
+that token and constraining generation to start with its text lets the model pick the natural split.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import defaultdict
+from collections.abc import Sequence
+
+import torch
+
+MAX_BACKOFF_TOKENS = 3
+
+
+class VocabIndex:
+    """The text of every token, indexed for "tokens that start with s" and "tokens that are a prefix of s"."""
+
+    def __init__(self, tokenizer):
+        self.size = len(tokenizer)
+        special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
+        self.texts: list[str] = []
+        for token_id in range(self.size):
+            self.texts.append("" if token_id in special else tokenizer.decode([token_id]))
+        # A token that decodes to a replacement character is part of a multi-byte character: it cannot be
+        # matched against text on its own, so it is never allowed while healing.
+        self._sorted = sorted((t, i) for i, t in enumerate(self.texts) if t and "\ufffd" not in t)
+        self._keys = [t for t, _ in self._sorted]
+        self._exact: dict[str, list[int]] = defaultdict(list)
+        for text, token_id in self._sorted:
+            self._exact[text].append(token_id)
+
+    def starting_with(self, s: str) -> list[int]:
+        lo = bisect.bisect_left(self._keys, s)
+        hi = bisect.bisect_left(self._keys, s + "\U0010ffff")
+        return [token_id for _, token_id in self._sorted[lo:hi]]
+
+    def prefixes_of(self, s: str) -> list[int]:
+        return [token_id for n in range(1, len(s)) for token_id in self._exact.get(s[:n], ())]
+
+    def allowed(self, remaining: str) -> list[int]:
+        """Tokens that keep the generated text consistent with `remaining` text still to reproduce."""
+        return self.starting_with(remaining) + self.prefixes_of(remaining)
+
+    def mask(self, remaining: str, vocab_size: int, device: torch.device) -> torch.Tensor:
+        """Additive logits mask: 0 for allowed tokens, -inf elsewhere."""
+        m = torch.full((vocab_size,), float("-inf"), device=device)
+        allowed = [i for i in self.allowed(remaining) if i < vocab_size]
+        if allowed:
+            m[torch.tensor(allowed, device=device)] = 0.0
+        return m
+
+
+def _is_word_char(ch: str) -> bool:
+    return ch.isalnum() or ch == "_"
+
+
+def backoff(prefix_ids: Sequence[int], texts: Sequence[str]) -> int:
+    """How many trailing tokens of the prefix to remove: one, more while that would split a word (at most 3)."""
+    if not prefix_ids:
+        return 0
+    k = 1
+    while k < min(MAX_BACKOFF_TOKENS, len(prefix_ids)):
+        removed_first = texts[prefix_ids[-k]][:1]
+        before = texts[prefix_ids[-k - 1]][-1:]
+        if removed_first and before and _is_word_char(removed_first) and _is_word_char(before):
+            k += 1
+        else:
+            break
+    return k

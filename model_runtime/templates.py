@@ -1,0 +1,186 @@
+"""FIM prompt templates as data: one row per model family, chosen from the tokenizer's special tokens.
+
+A prompt is rendered from `PromptParts` (the repository context items, then the current file's prefix and
+suffix). The most stable parts come first (repository context, then the current file's path) so that the
+prefix-KV cache keeps them while the user types; SPM order also puts the suffix before the prefix, so that a
+keystroke at the cursor only changes the end of the prompt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import PurePath
+
+
+@dataclass(frozen=True)
+class ContextItem:
+    """One piece of repository context as the model sees it: a file path and some of its text."""
+
+    path: str
+    text: str
+
+
+@dataclass
+class PromptParts:
+    prefix: str
+    suffix: str = ""
+    path: str = ""  # the current file, relative to the repository
+    context: list[ContextItem] = field(default_factory=list)
+    repo_name: str = ""
+
+
+@dataclass(frozen=True)
+class FimTemplate:
+    name: str
+    # Special tokens whose presence in the vocabulary identifies the family (all must be present).
+    detect: tuple[str, ...]
+    # The current file alone. Placeholders: {prefix} {suffix} {path}. spm is None where the family has no SPM.
+    psm: str
+    spm: str | None
+    # Repository-level form: repo_start once, file_item per context item, then repo_psm for the current file.
+    repo_start: str
+    file_item: str
+    repo_psm: str
+    repo_spm: str | None
+    # Generation ends at any of these (beside the tokenizer's EOS).
+    stop: tuple[str, ...]
+    # Left-to-right: the suffix is not shown to the model (used only for stop rules and trimming).
+    left_to_right: bool = False
+    # Context text is shown as line comments ({comment} is the comment syntax of the item's language).
+    comment_context: bool = False
+
+    @property
+    def supports_spm(self) -> bool:
+        return self.spm is not None
+
+
+TEMPLATES: dict[str, FimTemplate] = {
+    # Order matters for detection: the first row whose tokens are all in the vocabulary wins.
+    "qwen2.5-coder": FimTemplate(
+        name="qwen2.5-coder",
+        detect=("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|repo_name|>", "<|file_sep|>"),
+        psm="<|fim_prefix|>{prefix}<|fim_suffix|>{suffix}<|fim_middle|>",
+        spm=None,
+        repo_start="<|repo_name|>{repo}\n",
+        file_item="<|file_sep|>{path}\n{text}\n",
+        repo_psm="<|file_sep|>{path}\n<|fim_prefix|>{prefix}<|fim_suffix|>{suffix}<|fim_middle|>",
+        repo_spm=None,
+        stop=("<|endoftext|>", "<|fim_pad|>", "<|file_sep|>", "<|repo_name|>", "<|fim_prefix|>", "<|im_end|>"),
+    ),
+    "codegemma": FimTemplate(
+        name="codegemma",
+        detect=("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|file_separator|>"),
+        psm="<|fim_prefix|>{prefix}<|fim_suffix|>{suffix}<|fim_middle|>",
+        spm="<|fim_suffix|>{suffix}<|fim_prefix|>{prefix}<|fim_middle|>",
+        repo_start="",
+        file_item="{path}\n{text}\n<|file_separator|>",
+        repo_psm="{path}\n<|fim_prefix|>{prefix}<|fim_suffix|>{suffix}<|fim_middle|>",
+        repo_spm="{path}\n<|fim_suffix|>{suffix}<|fim_prefix|>{prefix}<|fim_middle|>",
+        stop=("<|file_separator|>", "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<eos>"),
+    ),
+    # StarCoder, StarCoder2, SantaCoder. SPM is the variant BigCode trained on (sentinels stay in PSM order).
+    "starcoder": FimTemplate(
+        name="starcoder",
+        detect=("<fim_prefix>", "<fim_suffix>", "<fim_middle>"),
+        psm="<fim_prefix>{prefix}<fim_suffix>{suffix}<fim_middle>",
+        spm="<fim_prefix><fim_suffix>{suffix}<fim_middle>{prefix}",
+        repo_start="<repo_name>{repo}",
+        file_item="<file_sep>{path}\n{text}",
+        repo_psm="<file_sep><fim_prefix>{path}\n{prefix}<fim_suffix>{suffix}<fim_middle>",
+        repo_spm="<file_sep><fim_prefix>{path}\n<fim_suffix>{suffix}<fim_middle>{prefix}",
+        stop=("<|endoftext|>", "<file_sep>", "<fim_prefix>", "<fim_suffix>", "<fim_middle>", "<repo_name>"),
+    ),
+    "deepseek-coder": FimTemplate(
+        name="deepseek-coder",
+        detect=("<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>"),
+        psm="<｜fim▁begin｜>{prefix}<｜fim▁hole｜>{suffix}<｜fim▁end｜>",
+        spm=None,
+        # DeepSeek-Coder's repository-level pre-training puts each file behind a path comment.
+        repo_start="",
+        file_item="# {path}\n{text}\n",
+        repo_psm="# {path}\n<｜fim▁begin｜>{prefix}<｜fim▁hole｜>{suffix}<｜fim▁end｜>",
+        repo_spm=None,
+        stop=("<｜end▁of▁sentence｜>", "<|EOT|>", "<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>"),
+    ),
+    "codellama": FimTemplate(
+        name="codellama",
+        detect=("▁<PRE>", "▁<SUF>", "▁<MID>"),
+        psm="<PRE> {prefix} <SUF>{suffix} <MID>",
+        spm="<PRE> <SUF>{suffix} <MID> {prefix}",
+        repo_start="",
+        file_item="{comment} {path}\n{text}\n\n",
+        repo_psm="<PRE> {comment} {path}\n{prefix} <SUF>{suffix} <MID>",
+        repo_spm="<PRE> <SUF>{suffix} <MID> {comment} {path}\n{prefix}",
+        stop=("<EOT>", "</s>", "▁<EOT>"),
+        comment_context=True,
+    ),
+    # Models without FIM tokens (the embedded SmolLM2): the file so far, after the context as comments.
+    "plain": FimTemplate(
+        name="plain",
+        detect=(),
+        psm="{prefix}",
+        spm=None,
+        repo_start="",
+        file_item="{comment} Path: {path}\n{text}\n\n",
+        repo_psm="{comment} Path: {path}\n{prefix}",
+        repo_spm=None,
+        stop=("<|endoftext|>", "<|im_end|>", "<file_sep>", "<repo_name>"),
+        left_to_right=True,
+        comment_context=True,
+    ),
+}
+
+# Line-comment syntax by file extension, for context shown as comments.
+_COMMENT = {
+    ".py": "#", ".pyi": "#", ".rb": "#", ".sh": "#", ".bash": "#", ".r": "#", ".pl": "#", ".toml": "#",
+    ".yaml": "#", ".yml": "#", ".jl": "#", ".ex": "#", ".exs": "#", ".nim": "#", ".cmake": "#",
+    ".lua": "--", ".sql": "--", ".hs": "--", ".elm": "--", ".ml": "(*", ".el": ";;", ".clj": ";;",
+    ".lisp": ";;", ".scm": ";;", ".vim": '"', ".m": "%", ".erl": "%", ".tex": "%",
+}
+
+
+def comment_prefix(path: str) -> str:
+    return _COMMENT.get(PurePath(path).suffix.lower(), "//")
+
+
+def detect_template(vocab: dict[str, int] | set[str]) -> FimTemplate:
+    """Pick the template from the special tokens in a tokenizer's vocabulary ("plain" when it has no FIM tokens)."""
+    for template in TEMPLATES.values():
+        if template.detect and all(token in vocab for token in template.detect):
+            return template
+    return TEMPLATES["plain"]
+
+
+def get_template(name: str) -> FimTemplate:
+    try:
+        return TEMPLATES[name]
+    except KeyError:
+        raise ValueError(f"unknown FIM template {name!r}; known: {', '.join(TEMPLATES)}") from None
+
+
+def context_text(template: FimTemplate, item: ContextItem) -> str:
+    """The text of a context item as the template shows it (commented out line by line where it says so)."""
+    if not template.comment_context:
+        return item.text
+    comment = comment_prefix(item.path)
+    return "\n".join(f"{comment} {line}" if line else comment for line in item.text.rstrip("\n").split("\n"))
+
+
+def render(template: FimTemplate, parts: PromptParts, order: str = "psm") -> str:
+    """Render prompt parts into the prompt string. order: "psm" or "spm" (falls back to psm where unsupported)."""
+    if order not in ("psm", "spm"):
+        raise ValueError(f"order must be 'psm' or 'spm', got {order!r}")
+    comment = comment_prefix(parts.path or "x.py")
+    fields = {"prefix": parts.prefix, "suffix": parts.suffix, "path": parts.path, "comment": comment}
+    repo_level = bool(parts.context) or bool(parts.repo_name)
+    if not repo_level:
+        body = template.spm if order == "spm" and template.spm else template.psm
+        return body.format(**fields)
+    out = [template.repo_start.format(repo=parts.repo_name) if template.repo_start else ""]
+    for item in parts.context:
+        out.append(
+            template.file_item.format(path=item.path, text=context_text(template, item), comment=comment_prefix(item.path))
+        )
+    body = template.repo_spm if order == "spm" and template.repo_spm else template.repo_psm
+    out.append(body.format(**fields))
+    return "".join(out)
