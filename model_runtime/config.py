@@ -19,6 +19,10 @@ def default_cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("repocomplete"))
 
 
+class ConfigError(ValueError):
+    """A setting out of range or unknown; the message names it."""
+
+
 @dataclass
 class RuntimeConfig:
     # What to load: "default" (the embedded SmolLM2-135M), a Hugging Face directory or a .gguf path.
@@ -56,18 +60,18 @@ class RuntimeConfig:
 
     def validate(self) -> None:
         if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+            raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+            raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.block_size < 1:
-            raise ValueError(f"block_size must be >= 1, got {self.block_size}")
+            raise ConfigError(f"block_size must be >= 1, got {self.block_size}")
         if self.prefix_cache_bytes < 0:
-            raise ValueError("prefix_cache_bytes must be >= 0")
+            raise ConfigError("prefix_cache_bytes must be >= 0")
         if self.quantize not in ("none", "int8"):
-            raise ValueError(f"quantize must be 'none' or 'int8', got {self.quantize!r}")
+            raise ConfigError(f"quantize must be 'none' or 'int8', got {self.quantize!r}")
         if self.fim_order not in ("auto", "psm", "spm"):
-            raise ValueError(f"fim_order must be 'auto', 'psm' or 'spm', got {self.fim_order!r}")
+            raise ConfigError(f"fim_order must be 'auto', 'psm' or 'spm', got {self.fim_order!r}")
         if self.max_context_tokens < 16:
-            raise ValueError("max_context_tokens must be >= 16")
+            raise ConfigError("max_context_tokens must be >= 16")

@@ -184,7 +184,9 @@ class Engine:
         if self.config.compile_decode:
             from model_runtime.static_decode import StaticDecoder
 
-            self._compiled = StaticDecoder(self.model, self.config.max_context_tokens + 256)
+            self._compiled = StaticDecoder(
+                self.model, self.config.max_context_tokens + self.config.max_new_tokens + 8, self.device, loaded.dtype
+            )
 
     @property
     def name(self) -> str:
@@ -278,6 +280,8 @@ class Engine:
                 healed = ""
 
         logits, cached = self._run_prompt(ids)
+        if self._compiled is not None:
+            self._compiled.begin(self.slab)
         t1 = time.perf_counter()
         generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
         generated: list[int] = []
@@ -313,7 +317,7 @@ class Engine:
             if time.perf_counter() > deadline:
                 reason = "time"
                 break
-            if self.slab.length + 1 > cfg.max_context_tokens + 1024:
+            if self._compiled is not None and self._compiled.full:
                 reason = "length"
                 break
             logits = self._decode(token)
@@ -337,9 +341,9 @@ class Engine:
         )
 
     def _decode(self, token: int) -> torch.Tensor:
-        self.slab.tokens.append(token)
         if self._compiled is not None:
-            return self._compiled.step(self.slab, token)
+            return self._compiled.step(token)  # the slab keeps the prompt only
+        self.slab.tokens.append(token)
         return decode_one_token(self.model, self.slab, token, self.device)
 
     # -- introspection ---------------------------------------------------------------------------------------

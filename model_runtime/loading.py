@@ -72,13 +72,14 @@ def pick_device(requested: str | None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def pick_dtype(requested: str | None, device: torch.device) -> torch.dtype:
+def pick_dtype(requested: str | None, device: torch.device, quantize: str = "none") -> torch.dtype:
     if requested:
         dtype = getattr(torch, requested, None)
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise ModelLoadError(f"bad dtype {requested!r}: expected float32, bfloat16 or float16")
         return dtype
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
+    # int8 weights multiply bf16 activations (the fp32 path of the int8 kernel is several times slower).
+    return torch.bfloat16 if device.type == "cuda" or quantize == "int8" else torch.float32
 
 
 def _gguf_cache_key(path: Path) -> str:
@@ -157,7 +158,7 @@ def load_model(spec: str | RuntimeConfig = DEFAULT_MODEL, config: RuntimeConfig 
         spec = config.model
     config = config or RuntimeConfig(model=spec)
     device = pick_device(config.device)
-    dtype = pick_dtype(config.dtype, device)
+    dtype = pick_dtype(config.dtype, device, config.quantize)
     model_dir, name = resolve_model_dir(spec, Path(config.cache_dir))
     tokenizer = load_tokenizer(model_dir)
     from transformers import AutoModelForCausalLM
@@ -173,6 +174,18 @@ def load_model(spec: str | RuntimeConfig = DEFAULT_MODEL, config: RuntimeConfig 
         name = f"{name}+{Path(config.adapter).name}"
     model.to(device).eval()
     model.requires_grad_(False)
+    # Our decode attention (grouped query heads, no K/V expansion); prefill still goes to SDPA.
+    import model_runtime.attention as attention
+
+    try:
+        model.set_attn_implementation(attention.NAME)
+    except (ValueError, AttributeError) as e:  # an architecture that only has eager attention keeps it
+        log.info("keeping %s attention: %s", model.config._attn_implementation, e)
+    if config.quantize == "int8":
+        from model_runtime.quantize import quantize_int8
+
+        quantize_int8(model, act_dtype=dtype)
+        name = f"{name} int8"
     return LoadedModel(model=model, tokenizer=tokenizer, name=name, device=device, dtype=dtype, source=model_dir)
 
 

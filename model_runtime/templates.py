@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import PurePath
 
+from model_runtime.config import ConfigError
+
 
 @dataclass(frozen=True)
 class ContextItem:
@@ -155,7 +157,7 @@ def get_template(name: str) -> FimTemplate:
     try:
         return TEMPLATES[name]
     except KeyError:
-        raise ValueError(f"unknown FIM template {name!r}; known: {', '.join(TEMPLATES)}") from None
+        raise ConfigError(f"unknown FIM template {name!r}; known: {', '.join(TEMPLATES)}") from None
 
 
 def context_text(template: FimTemplate, item: ContextItem) -> str:

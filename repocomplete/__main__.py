@@ -1,0 +1,5 @@
+import sys
+
+from repocomplete.cli import main
+
+sys.exit(main())

@@ -1,0 +1,179 @@
+"""The `repocomplete` command: one entry point, a subcommand per job.
+
+Bad input (a missing file, a position out of range, a binary file, a missing or corrupt model) gets one line on
+stderr and exit code 2; nothing prints a traceback unless --debug is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+
+
+def _add_runtime_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="default", help="'default' (embedded SmolLM2-135M), a HF directory or a .gguf")
+    g.add_argument("--adapter", default=None, help="a peft LoRA adapter directory")
+    g.add_argument("--endpoint", default=None, help="an OpenAI-compatible completions server instead of a local model")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
+    g.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: bf16 on cuda, fp32 on cpu)")
+    g.add_argument("--quantize", default="none", choices=["none", "int8"], help="int8: weight-only int8 (fast CPU)")
+    g.add_argument("--compile", action="store_true", help="torch.compile a static-shape decode step")
+    g.add_argument("--max-tokens", type=int, default=64, help="most tokens to generate")
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    g.add_argument("--no-token-healing", action="store_true", help="turn token healing off")
+
+
+def runtime_config(args: argparse.Namespace):
+    from model_runtime.config import RuntimeConfig
+
+    config = RuntimeConfig(
+        model=args.model,
+        adapter=args.adapter,
+        endpoint=args.endpoint,
+        device=args.device,
+        dtype=args.dtype,
+        quantize=args.quantize,
+        compile_decode=args.compile,
+        max_new_tokens=args.max_tokens,
+        temperature=args.temperature,
+        token_healing=not args.no_token_healing,
+        multiline=getattr(args, "multiline", False),
+    )
+    config.validate()
+    return config
+
+
+def cmd_complete(args: argparse.Namespace) -> int:
+    from context_engine.document import cursor_parts, offset_of, read_source
+
+    text = read_source(args.file)
+    offset = offset_of(text, args.line, args.col)
+    parts = cursor_parts(text, offset, mode=args.context, path=Path(args.file).name)
+    config = runtime_config(args)
+    from model_runtime.backend import make_engine
+    from model_runtime.engine import CompletionRequest
+
+    engine = make_engine(config)
+    result = engine.complete(CompletionRequest(parts, multiline=args.multiline))
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "completion": result.text,
+                    "latency_ms": round(result.latency_s * 1000, 1),
+                    "prompt_tokens": result.prompt_tokens,
+                    "cached_tokens": result.cached_tokens,
+                    "generated_tokens": result.generated_tokens,
+                    "stop_reason": result.stop_reason,
+                    "model": engine.name,
+                }
+            )
+        )
+    else:
+        print(result.text)
+    return 0
+
+
+def cmd_bench_latency(args: argparse.Namespace) -> int:
+    from eval.bench_latency import BenchOptions, run_latency_bench
+
+    options = BenchOptions(
+        file=args.file,
+        keystrokes=args.keystrokes,
+        context_tokens=args.context_tokens,
+        max_new_tokens=args.max_tokens,
+        uncached_every=args.uncached_every,
+        peers=tuple(p for p in args.peers.split(",") if p),
+    )
+    report = run_latency_bench(runtime_config(args), options, progress=not args.json)
+    print(json.dumps(report, indent=2) if args.json else report_text(report))
+    return 0
+
+
+def report_text(report: dict) -> str:
+    from eval.bench_latency import format_report
+
+    return format_report(report)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="repocomplete", description="Repository-aware code completion.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("complete", help="complete the code at a position of a file")
+    p.add_argument("file")
+    p.add_argument("--line", type=int, required=True, help="1-based line")
+    p.add_argument("--col", type=int, required=True, help="1-based column (characters)")
+    p.add_argument("--context", default="infile", choices=["none", "infile", "repo"])
+    p.add_argument("--multiline", action="store_true", help="complete a block, not just the line")
+    p.add_argument("--json", action="store_true")
+    _add_runtime_args(p)
+    p.set_defaults(func=cmd_complete)
+
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
+    p = bench.add_parser("latency", help="replay a typing session: latency with and without the prefix cache")
+    p.add_argument("--file", default=None, help="source file to type (default: the bundled one)")
+    p.add_argument("--keystrokes", type=int, default=24)
+    p.add_argument("--context-tokens", type=int, default=2048, help="tokens before the cursor")
+    p.add_argument("--uncached-every", type=int, default=4, help="run the slow baselines on every Nth keystroke")
+    p.add_argument("--peers", default="hf,llama-cpp", help="comma list: hf, llama-cpp (skipped if not installed)")
+    p.add_argument("--json", action="store_true")
+    _add_runtime_args(p)
+    p.set_defaults(func=cmd_bench_latency, max_tokens=16)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _quiet_libraries(args.debug)
+    from context_engine.document import InputError
+    from model_runtime.config import ConfigError
+
+    try:
+        return args.func(args)
+    except (InputError, ConfigError) as e:
+        return _fail(e, args.debug)
+    except Exception as e:
+        if type(e).__name__ in ("ModelLoadError", "RemoteError"):
+            return _fail(e, args.debug)
+        if args.debug:
+            raise
+        print(f"repocomplete: internal error: {type(e).__name__}: {e} (run with --debug for details)", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _fail(e: Exception, debug: bool) -> int:
+    if debug:
+        raise e
+    print(f"repocomplete: {e}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def _quiet_libraries(debug: bool) -> None:
+    if debug:
+        return
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())
