@@ -137,6 +137,9 @@ def encode_prompt(tokenizer, template: FimTemplate, parts: PromptParts, order: s
                 prefix_end = len(ids)
         else:
             ids += tokenizer.encode(piece, add_special_tokens=False)  # template text: sentinels, paths
+    if not ids:  # an empty file: the model still needs a position to predict from
+        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        ids = [start if start is not None else 0]
     return prompt, EncodedPrompt(ids, prefix_end)
 
 

@@ -15,7 +15,7 @@ from model_runtime.kv_cache import SlabCache
 
 
 class StaticDecoder:
-    def __init__(self, model, max_len: int, device: torch.device, dtype: torch.dtype):
+    def __init__(self, model, max_len: int, device: torch.device, dtype: torch.dtype, compile: bool = True):
         self.model = model
         self.max_len = max_len
         text_config = model.config.get_text_config()
@@ -27,7 +27,9 @@ class StaticDecoder:
         self.device = device
         self.tokens: list[int] = []  # what the static buffer holds, position by position
         mode = "reduce-overhead" if device.type == "cuda" else None  # CUDA graphs on a GPU
-        self._step = torch.compile(self._step_eager, mode=mode, dynamic=False, fullgraph=False)
+        self._step = (
+            torch.compile(self._step_eager, mode=mode, dynamic=False, fullgraph=False) if compile else self._step_eager
+        )
 
     def _step_eager(self, input_ids: torch.Tensor, cache_position: torch.Tensor) -> torch.Tensor:
         out = self.model(input_ids=input_ids, past_key_values=self.cache, cache_position=cache_position, use_cache=True)

@@ -1,0 +1,162 @@
+"""The generation engine on a tiny random model: a scripted logits processor makes the output exact."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from model_runtime.engine import CancelToken, CompletionRequest, Engine
+from model_runtime.static_decode import StaticDecoder
+from model_runtime.templates import PromptParts
+
+
+class Script:
+    """A logits processor that forces a token sequence (then EOS), and records what it saw."""
+
+    def __init__(self, tokenizer, text: str, then=None):
+        self.ids = tokenizer.encode(text, add_special_tokens=False) + [tokenizer.eos_token_id]
+        self.step = 0
+        self.history_lengths: list[int] = []
+        self.then = then
+
+    def __call__(self, input_ids, scores):
+        self.history_lengths.append(input_ids.shape[1])
+        forced = torch.full_like(scores, float("-inf"))
+        forced[0, self.ids[min(self.step, len(self.ids) - 1)]] = 0.0
+        self.step += 1
+        if self.then:
+            self.then(self.step)
+        return forced
+
+
+@pytest.fixture
+def engine(tiny_loaded, tiny_config):
+    return Engine(tiny_loaded, tiny_config.replace(token_healing=False, max_new_tokens=32))
+
+
+def run(engine, prefix, script=None, suffix="", **kw):
+    processors = [script] if script else []
+    return engine.complete(CompletionRequest(PromptParts(prefix, suffix), logits_processors=processors, **kw))
+
+
+def test_single_line_stops_at_the_newline(engine, tokenizer):
+    result = run(engine, "x = ", Script(tokenizer, "compute(1)\nmore()"))
+    assert (result.text, result.stop_reason) == ("compute(1)", "newline")
+    assert result.raw_text.startswith("compute(1)\n")
+
+
+def test_eos_ends_the_completion(engine, tokenizer):
+    result = run(engine, "x = ", Script(tokenizer, "42"))
+    assert (result.text, result.stop_reason, result.generated_tokens) == ("42", "eos", 2)  # one token per digit
+
+
+def test_multiline_stops_when_the_block_ends(engine, tokenizer):
+    script = Script(tokenizer, "\n    a = 1\n    return a\ndef g():\n    pass")
+    result = run(engine, "def f():", script, multiline=True)
+    assert (result.text, result.stop_reason) == ("\n    a = 1\n    return a", "indent")
+
+
+def test_multiline_stops_at_a_blank_line_pair(engine, tokenizer):
+    script = Script(tokenizer, "a = 1\nb = 2\n\n\nc = 3")
+    result = run(engine, "", script, multiline=True)
+    assert (result.text, result.stop_reason) == ("a = 1\nb = 2", "blank_lines")
+
+
+def test_max_tokens(engine, tokenizer):
+    result = run(engine, "x = ", Script(tokenizer, " ".join(["word"] * 40)), max_new_tokens=5)
+    assert (result.stop_reason, result.generated_tokens, result.text) == ("max_tokens", 5, "word word word word word")
+
+
+def test_suffix_overlap_is_trimmed(engine, tokenizer):
+    result = run(engine, "print(foo(", Script(tokenizer, "x))\n"), suffix="))\n")
+    assert result.text == "x"
+
+
+def test_processor_sees_the_growing_history(engine, tokenizer):
+    script = Script(tokenizer, "a b c")
+    result = run(engine, "start", script)
+    n = result.prompt_tokens
+    assert script.history_lengths == [n, n + 1, n + 2, n + 3]
+
+
+def test_cancel_before_start(engine, tokenizer):
+    token = CancelToken()
+    token.cancel()
+    result = run(engine, "x = ", Script(tokenizer, "1"), cancel=token)
+    assert (result.text, result.stop_reason, result.generated_tokens) == ("", "cancelled", 0)
+
+
+def test_cancel_from_another_thread_stops_the_loop(engine, tokenizer):
+    token = CancelToken()
+
+    def cancel_after_three(step):
+        if step == 3:
+            threading.Thread(target=token.cancel).start()
+            threading.Event().wait(0.05)  # let the other thread set it before the engine checks
+
+    script = Script(tokenizer, " ".join(["word"] * 30), then=cancel_after_three)
+    result = run(engine, "x = ", script, cancel=token)
+    assert (result.stop_reason, result.generated_tokens, result.text) == ("cancelled", 3, "")
+
+
+def test_time_budget(tiny_loaded, tiny_config, tokenizer):
+    engine = Engine(tiny_loaded, tiny_config.replace(token_healing=False, time_budget_s=0.0))
+    result = run(engine, "x = ", Script(tokenizer, " ".join(["word"] * 30)))
+    assert (result.stop_reason, result.generated_tokens) == ("time", 1)
+
+
+def test_token_healing_backs_off_the_indentation_and_reproduces_it(tiny_loaded, tiny_config, tokenizer):
+    engine = Engine(tiny_loaded, tiny_config.replace(token_healing=True, max_new_tokens=8))
+    prefix = "def f(x):\n    "
+    plain = Engine(tiny_loaded, tiny_config.replace(token_healing=False)).encode(PromptParts(prefix))[1].ids
+    result = run(engine, prefix)
+    assert result.healed == "\n    "
+    assert result.prompt_tokens == len(plain) - 1  # the "\n    " token is backed off
+    assert result.raw_text.startswith("\n    ")  # the constrained tokens re-produced it
+    assert not result.text.startswith("\n")
+
+
+def test_token_healing_inside_a_word(tiny_loaded, tiny_config, tokenizer):
+    engine = Engine(tiny_loaded, tiny_config.replace(token_healing=True, max_new_tokens=6))
+    # A scripted continuation that re-types the word in the natural split: " return" then " x".
+    script = Script(tokenizer, " return x")
+    result = run(engine, "def f(x):\n    retu", script)
+    assert result.healed == "    retu"[-len(result.healed):] and result.healed.endswith("retu")
+    assert result.text == "rn x"
+
+
+def test_sampling_is_deterministic_for_a_seed(tiny_loaded, tiny_config):
+    config = tiny_config.replace(temperature=0.9, top_p=0.9, top_k=50, seed=3, max_new_tokens=8)
+    a = run(Engine(tiny_loaded, config), "import os\n")
+    b = run(Engine(tiny_loaded, config), "import os\n")
+    c = run(Engine(tiny_loaded, config.replace(seed=4)), "import os\n")
+    assert a.raw_text == b.raw_text
+    assert a.raw_text != c.raw_text
+
+
+def test_batch_matches_one_by_one_in_input_order(tiny_loaded, tiny_config):
+    config = tiny_config.replace(max_new_tokens=6)
+    prefixes = ["def b():\n    ", "import os\n", "def a():\n    ", "class C:\n"]
+    requests = [CompletionRequest(PromptParts(p), multiline=True) for p in prefixes]
+    batched = Engine(tiny_loaded, config).complete_batch(requests)
+    single = [Engine(tiny_loaded, config).complete(r) for r in requests]
+    assert [r.raw_text for r in batched] == [r.raw_text for r in single]
+
+
+def test_static_decode_step_matches_the_slab(tiny_loaded, tiny_config):
+    """The static-shape step (run eagerly here; compiled in the benchmark) gives the slab path's logits."""
+    engine = Engine(tiny_loaded, tiny_config)
+    static = StaticDecoder(tiny_loaded.model, 64, tiny_loaded.device, tiny_loaded.dtype, compile=False)
+    prompt = torch.randint(100, 20000, (20,), generator=torch.Generator().manual_seed(0)).tolist()
+    with torch.inference_mode():
+        engine.logits_for(prompt)
+        static.begin(engine.slab)
+        for token in (11, 12, 13):
+            engine.slab.tokens.append(token)
+            from model_runtime.engine import decode_one_token
+
+            expected = decode_one_token(tiny_loaded.model, engine.slab, token, tiny_loaded.device)
+            torch.testing.assert_close(static.step(token), expected, rtol=1e-4, atol=1e-4)
+    assert static.tokens == prompt + [11, 12, 13]

@@ -1,0 +1,190 @@
+"""Prefix-KV cache: hashing, the block pool, the manager, and reuse through the engine on a tiny model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model_runtime.engine import Engine
+from model_runtime.kv_cache import BlockPool, PoolFull, PrefixCache, SlabCache, hash_blocks
+
+
+def kv(fill: float, n_bytes_elems: int = 8) -> torch.Tensor:
+    return torch.full((n_bytes_elems,), float(fill))  # 8 float32 = 32 bytes
+
+
+# -- hashing -----------------------------------------------------------------------------------------------------
+
+
+def test_hash_blocks_covers_only_full_blocks_and_chains():
+    assert len(hash_blocks(list(range(10)), 4)) == 2
+    a = hash_blocks([1, 2, 3, 4, 5, 6, 7, 8], 4)
+    b = hash_blocks([1, 2, 3, 4, 5, 6, 7, 9], 4)
+    c = hash_blocks([0, 2, 3, 4, 5, 6, 7, 8], 4)
+    assert a[0] == b[0] and a[1] != b[1]
+    # Block 1 has the same tokens in a and c, but its hash covers the changed block 0 before it.
+    assert a[0] != c[0] and a[1] != c[1]
+    assert hash_blocks([1, 2, 3, 4], 4, salt=1) != hash_blocks([1, 2, 3, 4], 4, salt=2)
+
+
+# -- block pool --------------------------------------------------------------------------------------------------
+
+
+def test_pool_lookup_returns_leading_run_and_exact_ids():
+    pool = BlockPool(capacity_bytes=1000)
+    b0 = pool.put(10, 0, kv(0))
+    b1 = pool.put(11, 1, kv(1))
+    assert (b0.block_id, b1.block_id) == (0, 1)
+    assert [b.block_id for b in pool.lookup([10, 11, 12])] == [0, 1]
+    assert pool.lookup([11]) != [] and pool.lookup([99, 10]) == []
+    assert (pool.stats.hits, pool.stats.misses) == (3, 3)  # [99, 10] misses both: the run stops at 99
+    assert pool.put(10, 0, kv(5)) is b0  # storing an existing hash keeps the block
+
+
+def test_pool_evicts_least_recently_used_under_the_bound():
+    pool = BlockPool(capacity_bytes=3 * 32)
+    for h in (1, 2, 3):
+        pool.put(h, 0, kv(h))
+    pool.lookup([1])  # 2 is now the least recently used
+    pool.put(4, 0, kv(4))
+    assert set(pool.blocks) == {1, 3, 4}
+    assert pool.used_bytes == 3 * 32 and pool.stats.evicted == 1
+
+
+def test_pool_evicts_deepest_block_first_among_equally_old():
+    pool = BlockPool(capacity_bytes=3 * 32)
+    blocks = [pool.put(h, depth, kv(h)) for depth, h in enumerate((1, 2, 3))]
+    pool.touch(blocks)  # one prompt's chain: same timestamp
+    pool.put(9, 0, kv(9))
+    assert set(pool.blocks) == {1, 2, 9}
+
+
+def test_pool_full_is_a_typed_result():
+    pool = BlockPool(capacity_bytes=16)
+    result = pool.put(1, 0, kv(1))
+    assert result == PoolFull(needed_bytes=32, capacity_bytes=16)
+    pool = BlockPool(capacity_bytes=32)
+    pool.put(1, 0, kv(1))
+    assert isinstance(pool.put(2, 0, kv(2), keep=frozenset({1})), PoolFull)
+    assert set(pool.blocks) == {1}
+
+
+# -- manager over a slab -----------------------------------------------------------------------------------------
+
+
+def _filled_slab(n_tokens: int, n_layers: int = 2) -> SlabCache:
+    slab = SlabCache(n_layers, capacity=4)
+    for layer_idx, layer in enumerate(slab.layers):
+        k = torch.arange(n_tokens, dtype=torch.float32).view(1, 1, n_tokens, 1).expand(1, 2, n_tokens, 3) + layer_idx
+        layer.update(k.contiguous(), -k.contiguous())
+    slab.tokens = list(range(100, 100 + n_tokens))
+    return slab
+
+
+def test_prefix_cache_stores_full_blocks_and_matches_them():
+    cache = PrefixCache(block_size=4, capacity_bytes=10**6)
+    slab = _filled_slab(10)
+    assert cache.store(slab.tokens, slab) == 2  # 10 tokens = 2 full blocks of 4
+    assert cache.store(slab.tokens, slab) == 0
+    match = cache.match(slab.tokens[:9] + [7, 7, 7])
+    assert match.tokens == 8 and [b.depth for b in match.blocks] == [0, 1]
+    assert cache.match([1] + slab.tokens[1:]).tokens == 0
+    # The stored block holds layer 1's keys of positions 4..7.
+    torch.testing.assert_close(match.blocks[1].kv[1, 0, 0, :, 0], torch.tensor([5.0, 6.0, 7.0, 8.0]))
+    # Written back into an empty slab, the blocks reproduce the original buffers.
+    other = SlabCache(2)
+    other.write_blocks(0, [b.kv for b in match.blocks])
+    assert other.length == 8
+    torch.testing.assert_close(other.layers[1].keys, slab.layers[1].keys[:, :, :8])
+    torch.testing.assert_close(other.layers[0].values, slab.layers[0].values[:, :, :8])
+
+
+def test_slab_grows_past_its_capacity_and_truncates():
+    slab = _filled_slab(10)
+    assert slab.layers[0].capacity >= 10 and slab.length == 10
+    slab.truncate(3)
+    assert slab.length == 3 and slab.tokens == [100, 101, 102]
+    assert slab.layers[0].keys.shape[-2] == 3
+
+
+# -- through the engine on a tiny model ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def engine(tiny_loaded, tiny_config):
+    return Engine(tiny_loaded, tiny_config.replace(block_size=4))
+
+
+def _prompt(n: int, seed: int = 0) -> list[int]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(100, 20000, (n,), generator=g).tolist()
+
+
+def test_logits_with_reuse_equal_logits_without(engine, tiny_loaded, tiny_config):
+    cold = Engine(tiny_loaded, tiny_config.replace(prefix_cache=False))
+    first = _prompt(37)
+    edited = first[:30] + _prompt(9, seed=1)
+    engine.logits_for(first)
+    reused_logits, reused = engine.logits_for(edited)
+    fresh_logits, fresh = cold.logits_for(edited)
+    assert (reused, fresh) == (30, 0)
+    torch.testing.assert_close(reused_logits, fresh_logits, rtol=1e-4, atol=1e-4)
+    # From the block pool alone (a fresh engine that saw only the first prompt, its slab emptied): same logits.
+    pooled_engine = Engine(tiny_loaded, tiny_config.replace(block_size=4))
+    pooled_engine.logits_for(first)
+    pooled_engine.slab.reset()
+    pooled_logits, pooled = pooled_engine.logits_for(edited)
+    assert pooled == 28  # 30 common tokens -> 7 full blocks of 4
+    torch.testing.assert_close(pooled_logits, fresh_logits, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "edit_at, expect_slab, expect_pool",
+    [(39, 39, 36), (21, 21, 20), (0, 0, 0)],  # an edit at the end, in the middle, at the start of a 40-token prompt
+)
+def test_reused_token_counts_after_edits(tiny_loaded, tiny_config, edit_at, expect_slab, expect_pool):
+    prompt = _prompt(40)
+    edited = list(prompt)
+    edited[edit_at] = 7
+    # Through the working slab (token granularity) ...
+    engine = Engine(tiny_loaded, tiny_config.replace(block_size=4))
+    engine.logits_for(prompt)
+    assert engine.logits_for(edited)[1] == expect_slab
+    # ... and through the block pool alone (full blocks only).
+    engine = Engine(tiny_loaded, tiny_config.replace(block_size=4))
+    engine.logits_for(prompt)
+    engine.slab.reset()
+    assert engine.logits_for(edited)[1] == expect_pool
+
+
+def test_typing_reuses_all_but_the_new_token(engine):
+    prompt = _prompt(50)
+    engine.logits_for(prompt)
+    for extra in range(3):
+        prompt = prompt + [500 + extra]
+        assert engine.logits_for(prompt)[1] == len(prompt) - 1
+
+
+def test_eviction_keeps_the_pool_under_its_bound(tiny_loaded, tiny_config):
+    probe = Engine(tiny_loaded, tiny_config.replace(block_size=4))
+    probe.logits_for(_prompt(5))
+    block_bytes = probe.prefix_cache.pool.used_bytes  # one block
+    bound = 6 * block_bytes
+    engine = Engine(tiny_loaded, tiny_config.replace(block_size=4, prefix_cache_bytes=bound))
+    for seed in range(5):
+        engine.logits_for(_prompt(17, seed=seed))  # 4 blocks each
+        assert engine.prefix_cache.pool.used_bytes <= bound
+    assert len(engine.prefix_cache.pool) == 6 and engine.prefix_cache.pool.stats.evicted == 14
+    # The most recent prompt is still fully cached; the oldest is gone.
+    engine.slab.reset()
+    assert engine.logits_for(_prompt(17, seed=4))[1] == 16
+    engine.slab.reset()
+    assert engine.logits_for(_prompt(17, seed=0))[1] == 0
+
+
+def test_prefix_cache_off_reuses_nothing(tiny_loaded, tiny_config):
+    engine = Engine(tiny_loaded, tiny_config.replace(prefix_cache=False))
+    prompt = _prompt(20)
+    engine.logits_for(prompt)
+    assert engine.logits_for(prompt)[1] == 0
+    assert len(engine.prefix_cache.pool) == 0
