@@ -5,10 +5,12 @@ Pure functions over strings, so that the engine, the remote backend and the test
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 _OPENERS = (":", "{", "(", "[", "=>", "->", " do", " then")
-_CLOSERS = ("}", ")", "]", "end", "fi", "esac", "done")
+# A line that closes the block: a bracket, or a closing keyword as a whole word (not `files = []`).
+_CLOSER = re.compile(r"[})\]]|(?:end|fi|esac|done)\b")
 
 
 def indent_of(line: str) -> int:
@@ -43,6 +45,8 @@ class StopRules:
         for i, line in enumerate(lines[1:], start=1):
             complete = i < len(lines) - 1  # the last line may still be growing
             if not line.strip():
+                if not complete:
+                    continue  # "\n\n   " may still become a line of the block
                 blank_run += 1
                 if blank_run >= 2:
                     return "\n".join(lines[: i - 1]).rstrip("\n"), "blank_lines"
@@ -56,9 +60,10 @@ class StopRules:
                 ended = indent < self.block_indent
             if ended:
                 keep = lines[:i]
-                if indent == self.block_indent and line.strip().startswith(_CLOSERS) and complete:
+                closes = indent == self.block_indent and _CLOSER.match(line.strip())
+                if closes and complete:
                     keep = lines[: i + 1]  # the block's closing bracket belongs to it
-                elif indent == self.block_indent and line.strip().startswith(_CLOSERS):
+                elif closes:
                     return text, None  # wait for the closing line to finish
                 return "\n".join(keep).rstrip("\n"), "indent"
         return text, None

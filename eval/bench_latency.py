@@ -1,0 +1,336 @@
+"""`repocomplete bench latency`: replay a typing session and time a single-line completion after each keystroke.
+
+The session: a real source file (bundled: CPython's textwrap.py), the cursor placed about `context_tokens` tokens
+into it, then the next `keystrokes` characters typed one at a time. Every keystroke asks the engine for a
+single-line completion, as an editor would. Measured on the same prompts:
+  * the engine with its prefix-KV cache (the product path);
+  * the engine with the cache off (every prompt prefilled from scratch), on every Nth keystroke;
+  * plain transformers `generate()` (same prompt ids, same number of new tokens), on every Nth keystroke;
+  * llama-cpp-python on the same GGUF, with its prompt-prefix reuse on and off, when it is installed.
+The first keystroke of each series warms up (it fills the cache) and is reported apart from the percentiles.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from context_engine.document import cursor_parts
+from model_runtime.config import RuntimeConfig
+from model_runtime.engine import CompletionRequest, Engine, decode_one_token, prefill
+from model_runtime.kv_cache import SlabCache
+from model_runtime.loading import LoadedModel, embedded_gguf_path, load_model
+
+BUNDLED_FILE = Path(__file__).parent / "data" / "textwrap.py"
+DECODE_PROBE_TOKENS = 64
+
+
+@dataclass
+class BenchOptions:
+    file: str | None = None
+    keystrokes: int = 24
+    context_tokens: int = 2048
+    max_new_tokens: int = 16
+    uncached_every: int = 4
+    peers: tuple[str, ...] = ("hf", "llama-cpp")
+
+
+@dataclass
+class Sample:
+    latency_s: float
+    prefill_tokens: int
+    prefill_s: float
+    generated: int
+    decode_s: float
+    cached_tokens: int = 0
+
+
+@dataclass
+class Series:
+    samples: list[Sample] = field(default_factory=list)
+    warmup: Sample | None = None
+
+    def add(self, sample: Sample) -> None:
+        if self.warmup is None:
+            self.warmup = sample
+        else:
+            self.samples.append(sample)
+
+    def summary(self) -> dict:
+        s = self.samples
+        if not s:
+            return {"n": 0}
+        lat = sorted(x.latency_s * 1000 for x in s)
+        prefill_s = sum(x.prefill_s for x in s)
+        decode_s = sum(x.decode_s for x in s)
+        # Decode rate over the tokens after the first, whose logits come out of the prefill.
+        decoded = sum(max(x.generated - 1, 0) for x in s)
+        return {
+            "n": len(s),
+            "p50_ms": round(_percentile(lat, 50), 1),
+            "p95_ms": round(_percentile(lat, 95), 1),
+            "mean_prefill_tokens": round(statistics.mean(x.prefill_tokens for x in s), 1),
+            "mean_cached_tokens": round(statistics.mean(x.cached_tokens for x in s), 1),
+            "mean_generated": round(statistics.mean(x.generated for x in s), 1),
+            "prefill_tok_s": round(sum(x.prefill_tokens for x in s) / prefill_s, 1) if prefill_s else None,
+            "decode_tok_s": round(decoded / decode_s, 1) if decode_s and decoded else None,
+            "warmup_ms": round(self.warmup.latency_s * 1000, 1) if self.warmup else None,
+        }
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    if len(sorted_values) == 1:
+        return sorted_values[0]
+    return statistics.quantiles(sorted_values, n=100, method="inclusive")[int(q) - 1]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The session.
+
+
+def typing_session(text: str, tokenizer, context_tokens: int, keystrokes: int) -> tuple[int, list[int]]:
+    """The cursor offsets of the session: start at the first code character of the line ~context_tokens in."""
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    if len(ids) <= context_tokens:
+        raise ValueError(f"the file has only {len(ids)} tokens; need more than {context_tokens}")
+    offset = len(tokenizer.decode(ids[:context_tokens]))
+    line_start = text.index("\n", offset) + 1
+    while not text[line_start:].split("\n", 1)[0].strip():  # skip blank lines
+        line_start = text.index("\n", line_start) + 1
+    start = line_start + len(text[line_start:]) - len(text[line_start:].lstrip(" \t"))
+    return start, [start + k for k in range(keystrokes)]
+
+
+def run_latency_bench(config: RuntimeConfig, options: BenchOptions, progress: bool = True) -> dict:
+    path = Path(options.file) if options.file else BUNDLED_FILE
+    text = path.read_text(encoding="utf-8")
+    config = config.replace(max_new_tokens=options.max_new_tokens, multiline=False)
+    loaded = load_model(config)
+    start, cursors = typing_session(text, loaded.tokenizer, options.context_tokens, options.keystrokes)
+    parts = [cursor_parts(text, c, mode="infile", path=path.name) for c in cursors]
+    every = max(1, options.uncached_every)
+    sparse = [0] + list(range(1, len(parts), every))  # the warm-up keystroke, then every Nth
+
+    cached_engine = Engine(loaded, config)
+    cached, generated_counts, prompts = Series(), {}, {}
+    for i, p in _progress(list(enumerate(parts)), progress, "engine, prefix cache on"):
+        result = cached_engine.complete(CompletionRequest(p))
+        cached.add(_sample(result))
+        generated_counts[i] = max(result.generated_tokens, 1)
+    for i in sparse:
+        # The exact token ids the engine ran (after token healing), for the peers.
+        prompts[i] = _healed_ids(cached_engine, parts[i])
+
+    uncached_engine = Engine(loaded, config.replace(prefix_cache=False))
+    uncached = Series()
+    for i in _progress(sparse, progress, "engine, prefix cache off"):
+        uncached.add(_sample(uncached_engine.complete(CompletionRequest(parts[i]))))
+
+    modes = {"engine_cache": cached.summary(), "engine_no_cache": uncached.summary()}
+    modes["engine_decode_probe"] = decode_probe(loaded, prompts[0])
+    if "hf" in options.peers:
+        modes["hf_generate"] = hf_generate_series(loaded, [prompts[i] for i in sparse], [generated_counts[i] for i in sparse], progress)
+    if "llama-cpp" in options.peers:
+        modes.update(llama_cpp_series(config, cached_engine, [parts[i] for i in sparse], [generated_counts[i] for i in sparse], progress))
+
+    report = {
+        "model": loaded.name,
+        "device": str(loaded.device),
+        "dtype": str(loaded.dtype).replace("torch.", ""),
+        "quantize": config.quantize,
+        "compile_decode": config.compile_decode,
+        "threads": torch.get_num_threads(),
+        "file": str(path),
+        "cursor_line": text[:start].count("\n") + 1,
+        "prompt_tokens": len(prompts[0]),
+        "keystrokes": options.keystrokes,
+        "max_new_tokens": options.max_new_tokens,
+        "modes": modes,
+    }
+    report["ratios"] = ratios(modes)
+    report["targets"] = {
+        "p50 with cache >= 5x faster than without": (report["ratios"].get("p50_no_cache_over_cache") or 0) >= 5,
+        "decode >= 30 tok/s": (modes["engine_decode_probe"]["decode_tok_s"] or 0) >= 30,
+    }
+    return report
+
+
+def ratios(modes: dict) -> dict:
+    base = modes["engine_cache"].get("p50_ms")
+    out = {}
+    for key, name in (
+        ("engine_no_cache", "p50_no_cache_over_cache"),
+        ("hf_generate", "p50_hf_generate_over_cache"),
+        ("llama_cpp_reuse", "p50_llama_cpp_reuse_over_cache"),
+        ("llama_cpp_no_reuse", "p50_llama_cpp_no_reuse_over_cache"),
+    ):
+        other = modes.get(key, {}).get("p50_ms")
+        if base and other:
+            out[name] = round(other / base, 2)
+    return out
+
+
+def _sample(result) -> Sample:
+    return Sample(
+        latency_s=result.latency_s,
+        prefill_tokens=result.prompt_tokens - result.cached_tokens,
+        prefill_s=result.prefill_s,
+        generated=result.generated_tokens,
+        decode_s=result.decode_s,
+        cached_tokens=result.cached_tokens,
+    )
+
+
+def _healed_ids(engine: Engine, parts) -> list[int]:
+    from model_runtime.healing import backoff
+
+    _, encoded = engine.encode(parts)
+    ids = encoded.ids
+    if engine.config.token_healing and encoded.prefix_end > 0:
+        k = backoff(ids[: encoded.prefix_end], engine.vocab.texts)
+        ids = ids[: encoded.prefix_end - k] + ids[encoded.prefix_end :]
+    return ids
+
+
+def _progress(items, enabled: bool, desc: str):
+    if not enabled:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, leave=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Probes and peers.
+
+
+@torch.inference_mode()
+def decode_probe(loaded: LoadedModel, prompt: list[int], steps: int = DECODE_PROBE_TOKENS) -> dict:
+    """Decode speed of the engine's own step at the session's context length, free of stop rules."""
+    slab = SlabCache(loaded.n_layers)
+    prefill(loaded.model, slab, prompt, loaded.device)
+    decode_one_token(loaded.model, slab, 1, loaded.device)  # warm-up
+    t = time.perf_counter()
+    token = 1
+    for _ in range(steps):
+        token = int(torch.argmax(decode_one_token(loaded.model, slab, token, loaded.device)))
+    elapsed = time.perf_counter() - t
+    return {"context_tokens": len(prompt), "steps": steps, "decode_tok_s": round(steps / elapsed, 1)}
+
+
+@torch.inference_mode()
+def hf_generate_series(loaded: LoadedModel, prompts: list[list[int]], counts: list[int], progress: bool) -> dict:
+    """Plain transformers: a fresh model load (SDPA attention, DynamicCache), `generate()` greedy."""
+    from transformers import AutoModelForCausalLM
+    from transformers.generation.streamers import BaseStreamer
+
+    model = AutoModelForCausalLM.from_pretrained(loaded.source, dtype=loaded.dtype).to(loaded.device).eval()
+    if "int8" in loaded.name:
+        from model_runtime.quantize import quantize_int8
+
+        quantize_int8(model, act_dtype=loaded.dtype)
+
+    class Clock(BaseStreamer):
+        def __init__(self):
+            self.times = []
+
+        def put(self, value):
+            self.times.append(time.perf_counter())
+
+        def end(self):
+            pass
+
+    series = Series()
+    for ids, n in _progress(list(zip(prompts, counts)), progress, "transformers generate()"):
+        clock = Clock()
+        t0 = time.perf_counter()
+        model.generate(
+            torch.tensor([ids], device=loaded.device),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=loaded.device),
+            max_new_tokens=n,
+            min_new_tokens=n,
+            do_sample=False,
+            streamer=clock,
+            pad_token_id=loaded.tokenizer.eos_token_id,
+        )
+        t_end = time.perf_counter()
+        # put() is called with the prompt first, then once per new token.
+        first = clock.times[1] if len(clock.times) > 1 else t_end
+        series.add(Sample(t_end - t0, len(ids), first - t0, n, t_end - first))
+    return series.summary()
+
+
+def llama_cpp_series(config: RuntimeConfig, engine: Engine, parts: list, counts: list[int], progress: bool) -> dict:
+    """llama-cpp-python on the GGUF itself, prompt-prefix reuse on and off (skipped when not installed)."""
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        return {"llama_cpp": {"skipped": "llama-cpp-python is not installed (pip install llama-cpp-python)"}}
+    if config.model in ("default", "", None):
+        gguf = embedded_gguf_path()
+    elif str(config.model).endswith(".gguf"):
+        gguf = Path(config.model)
+    else:
+        return {"llama_cpp": {"skipped": "the model is not a GGUF file"}}
+    llm = Llama(model_path=str(gguf), n_ctx=4096, n_threads=torch.get_num_threads(), n_batch=512, verbose=False)
+    # Same prompt text as the engine (its tokenizer may split it differently), no token healing.
+    prompts = [llm.tokenize(engine.encode(p)[0].encode("utf-8"), add_bos=False, special=True) for p in parts]
+    out = {}
+    for name, reuse in (("llama_cpp_reuse", True), ("llama_cpp_no_reuse", False)):
+        series = Series()
+        for ids, n in _progress(list(zip(prompts, counts)), progress, f"llama.cpp, reuse {'on' if reuse else 'off'}"):
+            if not reuse:
+                llm.reset()
+            cached_before = _llama_common_prefix(llm, ids) if reuse else 0
+            t0 = time.perf_counter()
+            first = None
+            produced = 0
+            for _ in llm.generate(ids, top_k=1, temp=0.0, reset=True):
+                produced += 1
+                if first is None:
+                    first = time.perf_counter()
+                if produced >= n:
+                    break
+            t_end = time.perf_counter()
+            series.add(Sample(t_end - t0, len(ids) - cached_before, first - t0, produced, t_end - first, cached_before))
+        out[name] = series.summary()
+    return out
+
+
+def _llama_common_prefix(llm, ids: list[int]) -> int:
+    n = 0
+    for a, b in zip(llm._input_ids[: llm.n_tokens], ids):
+        if a != b:
+            break
+        n += 1
+    return n
+
+
+def format_report(report: dict) -> str:
+    lines = [
+        f"model {report['model']} on {report['device']} ({report['dtype']}, quantize={report['quantize']}, "
+        f"compile={report['compile_decode']}, {report['threads']} threads)",
+        f"session: {report['keystrokes']} keystrokes at line {report['cursor_line']} of {report['file']}, "
+        f"~{report['prompt_tokens']} prompt tokens, single-line, max {report['max_new_tokens']} new tokens",
+        "",
+        f"{'mode':<22} {'n':>3} {'p50 ms':>9} {'p95 ms':>9} {'prefill tok':>11} {'cached tok':>10} "
+        f"{'prefill tok/s':>13} {'decode tok/s':>12}",
+    ]
+    for name, m in report["modes"].items():
+        if "skipped" in m:
+            lines.append(f"{name:<22} skipped: {m['skipped']}")
+        elif name == "engine_decode_probe":
+            lines.append(f"{name:<22} {m['steps']} steps at {m['context_tokens']} tokens of context: {m['decode_tok_s']} tok/s")
+        elif m.get("n"):
+            lines.append(
+                f"{name:<22} {m['n']:>3} {m['p50_ms']:>9} {m['p95_ms']:>9} {m['mean_prefill_tokens']:>11} "
+                f"{m['mean_cached_tokens']:>10} {m['prefill_tok_s'] or '-':>13} {m['decode_tok_s'] or '-':>12}"
+            )
+    lines.append("")
+    lines += [f"ratio {k}: {v}x" for k, v in report["ratios"].items()]
+    lines += [f"target {k}: {'met' if v else 'NOT met'}" for k, v in report["targets"].items()]
+    return "\n".join(lines)
