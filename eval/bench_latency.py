@@ -21,8 +21,7 @@ import torch
 
 from context_engine.document import cursor_parts
 from model_runtime.config import RuntimeConfig
-from model_runtime.engine import CompletionRequest, Engine, decode_one_token, prefill
-from model_runtime.kv_cache import SlabCache
+from model_runtime.engine import CompletionRequest, Engine
 from model_runtime.loading import LoadedModel, embedded_gguf_path, load_model
 
 BUNDLED_FILE = Path(__file__).parent / "data" / "textwrap.py"
@@ -131,7 +130,7 @@ def run_latency_bench(config: RuntimeConfig, options: BenchOptions, progress: bo
         uncached.add(_sample(uncached_engine.complete(CompletionRequest(parts[i]))))
 
     modes = {"engine_cache": cached.summary(), "engine_no_cache": uncached.summary()}
-    modes["engine_decode_probe"] = decode_probe(loaded, prompts[0])
+    modes["engine_decode_probe"] = decode_probe(cached_engine, prompts[0])
     if "hf" in options.peers:
         modes["hf_generate"] = hf_generate_series(loaded, [prompts[i] for i in sparse], [generated_counts[i] for i in sparse], progress)
     if "llama-cpp" in options.peers:
@@ -141,8 +140,9 @@ def run_latency_bench(config: RuntimeConfig, options: BenchOptions, progress: bo
         "model": loaded.name,
         "device": str(loaded.device),
         "dtype": str(loaded.dtype).replace("torch.", ""),
-        "quantize": config.quantize,
+        "quantize": "int8" if "int8" in loaded.name else "none",
         "compile_decode": config.compile_decode,
+        "forward": loaded.forward_name,
         "threads": torch.get_num_threads(),
         "file": str(path),
         "cursor_line": text[:start].count("\n") + 1,
@@ -208,18 +208,11 @@ def _progress(items, enabled: bool, desc: str):
 # Probes and peers.
 
 
-@torch.inference_mode()
-def decode_probe(loaded: LoadedModel, prompt: list[int], steps: int = DECODE_PROBE_TOKENS) -> dict:
-    """Decode speed of the engine's own step at the session's context length, free of stop rules."""
-    slab = SlabCache(loaded.n_layers)
-    prefill(loaded.model, slab, prompt, loaded.device)
-    decode_one_token(loaded.model, slab, 1, loaded.device)  # warm-up
-    t = time.perf_counter()
-    token = 1
-    for _ in range(steps):
-        token = int(torch.argmax(decode_one_token(loaded.model, slab, token, loaded.device)))
-    elapsed = time.perf_counter() - t
-    return {"context_tokens": len(prompt), "steps": steps, "decode_tok_s": round(steps / elapsed, 1)}
+def decode_probe(engine: Engine, prompt: list[int], steps: int = DECODE_PROBE_TOKENS) -> dict:
+    """Decode speed of the engine at the session's context length, free of stop rules (one warm-up run first)."""
+    engine.greedy_tokens(prompt, 4)
+    _, _, decode_s = engine.greedy_tokens(prompt, steps + 1)
+    return {"context_tokens": len(prompt), "steps": steps, "decode_tok_s": round(steps / decode_s, 1)}
 
 
 @torch.inference_mode()
@@ -313,7 +306,7 @@ def _llama_common_prefix(llm, ids: list[int]) -> int:
 def format_report(report: dict) -> str:
     lines = [
         f"model {report['model']} on {report['device']} ({report['dtype']}, quantize={report['quantize']}, "
-        f"compile={report['compile_decode']}, {report['threads']} threads)",
+        f"compile={report['compile_decode']}, forward={report['forward']}, {report['threads']} threads)",
         f"session: {report['keystrokes']} keystrokes at line {report['cursor_line']} of {report['file']}, "
         f"~{report['prompt_tokens']} prompt tokens, single-line, max {report['max_new_tokens']} new tokens",
         "",

@@ -37,10 +37,21 @@ def decode_attention(query, key, value, attention_mask, scaling: float) -> torch
 
 
 def attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
+    # The cache may be stored in float32 under bf16 activations (see `kv_store_dtype`).
     if query.shape[2] == 1 and not module.training:
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-        return decode_attention(query, key, value, attention_mask, scale), None
+        return decode_attention(query.to(key.dtype), key, value, attention_mask, scale).to(query.dtype), None
+    key, value = key.to(query.dtype), value.to(query.dtype)
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+
+
+def kv_store_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the decode KV buffers.
+
+    On the CPU, a bf16 matmul copies a strided view of the cache before multiplying (320 us against 177 us for
+    float32 at 2k tokens, per layer and step), so bf16 models keep their decode cache in float32 there.
+    """
+    return torch.float32 if device.type == "cpu" else dtype
 
 
 AttentionInterface.register(NAME, attention_forward)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from model_runtime.attention import kv_store_dtype
 from model_runtime.config import RuntimeConfig
 from model_runtime.healing import VocabIndex, backoff
 from model_runtime.kv_cache import PrefixCache, SlabCache
@@ -84,17 +85,13 @@ class EncodedPrompt:
 # Free functions over tensors.
 
 
-def prefill(model, cache: SlabCache, ids: Sequence[int], device) -> torch.Tensor:
+def prefill(forward, cache: SlabCache, ids: Sequence[int], device) -> torch.Tensor:
     """Run the uncached tail of a prompt through the model; return the last position's logits [vocab]."""
-    input_ids = torch.tensor([list(ids)], dtype=torch.long, device=device)
-    out = model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-    return out.logits[0, -1]
+    return forward(torch.tensor([list(ids)], dtype=torch.long, device=device), cache)
 
 
-def decode_one_token(model, cache: SlabCache, token: int, device) -> torch.Tensor:
-    input_ids = torch.tensor([[token]], dtype=torch.long, device=device)
-    out = model(input_ids=input_ids, past_key_values=cache, use_cache=True)
-    return out.logits[0, -1]
+def decode_one_token(forward, cache: SlabCache, token: int, device) -> torch.Tensor:
+    return forward(torch.tensor([[token]], dtype=torch.long, device=device), cache)
 
 
 def sample(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, generator) -> int:
@@ -168,6 +165,7 @@ class Engine:
         self.config.validate()
         self.loaded = loaded
         self.model = loaded.model
+        self.forward = loaded.forward
         self.tokenizer = loaded.tokenizer
         self.device = loaded.device
         self.template = (
@@ -180,7 +178,7 @@ class Engine:
         ) else "psm"
         self.stop_ids = _stop_token_ids(self.tokenizer, self.template)
         self.vocab = VocabIndex(self.tokenizer)
-        self.slab = SlabCache(loaded.n_layers)
+        self.slab = SlabCache(loaded.n_layers, store_dtype=kv_store_dtype(loaded.device, loaded.dtype))
         self.prefix_cache = PrefixCache(self.config.block_size, self.config.prefix_cache_bytes, salt=hash(loaded.name))
         self.lock = threading.Lock()
         self._compiled = None
@@ -236,7 +234,7 @@ class Engine:
 
     def _run_prompt(self, ids: list[int]) -> tuple[torch.Tensor, int]:
         cached = self._reuse(ids)
-        logits = prefill(self.model, self.slab, ids[cached:], self.device)
+        logits = prefill(self.forward, self.slab, ids[cached:], self.device)
         self.slab.tokens = list(ids)
         if self.config.prefix_cache:
             self.prefix_cache.store(ids, self.slab)
@@ -347,7 +345,24 @@ class Engine:
         if self._compiled is not None:
             return self._compiled.step(token)  # the slab keeps the prompt only
         self.slab.tokens.append(token)
-        return decode_one_token(self.model, self.slab, token, self.device)
+        return decode_one_token(self.forward, self.slab, token, self.device)
+
+    @torch.inference_mode()
+    def greedy_tokens(self, ids: Sequence[int], n: int) -> tuple[list[int], float, float]:
+        """Exactly n greedy tokens after a token prompt, no stop rules (for throughput measurements).
+
+        Returns the tokens, the prefill seconds and the decode seconds (the n-1 steps after the first token).
+        """
+        with self.lock:
+            t0 = time.perf_counter()
+            logits, _ = self._run_prompt(list(ids))
+            if self._compiled is not None:
+                self._compiled.begin(self.slab)
+            tokens = [int(torch.argmax(logits))]
+            t1 = time.perf_counter()
+            for _ in range(n - 1):
+                tokens.append(int(torch.argmax(self._decode(tokens[-1]))))
+            return tokens, t1 - t0, time.perf_counter() - t1
 
     # -- introspection ---------------------------------------------------------------------------------------
 

@@ -26,18 +26,19 @@ from transformers.cache_utils import Cache, DynamicLayer
 class SlabLayer(DynamicLayer):
     """One layer's K/V in a buffer that grows by doubling; `keys`/`values` are views of the filled part."""
 
-    def __init__(self, capacity: int = 256):
+    def __init__(self, capacity: int = 256, store_dtype: torch.dtype | None = None):
         super().__init__()
         self.capacity = capacity
+        self.store_dtype = store_dtype  # None: the dtype of the first K/V written
         self.length = 0
         self.k_buf: torch.Tensor | None = None
         self.v_buf: torch.Tensor | None = None
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        self.dtype, self.device = key_states.dtype, key_states.device
+        self.dtype, self.device = self.store_dtype or key_states.dtype, key_states.device
         b, h, _, d = key_states.shape
-        self.k_buf = key_states.new_empty(b, h, self.capacity, d)
-        self.v_buf = value_states.new_empty(b, h, self.capacity, value_states.shape[-1])
+        self.k_buf = key_states.new_empty(b, h, self.capacity, d, dtype=self.dtype)
+        self.v_buf = value_states.new_empty(b, h, self.capacity, value_states.shape[-1], dtype=self.dtype)
         self.is_initialized = True
         self._set_views()
 
@@ -108,8 +109,8 @@ class SlabLayer(DynamicLayer):
 class SlabCache(Cache):
     """A transformers Cache over `SlabLayer`s, with the token ids it holds (row 0) for prefix matching."""
 
-    def __init__(self, n_layers: int, capacity: int = 256):
-        super().__init__(layers=[SlabLayer(capacity) for _ in range(n_layers)])
+    def __init__(self, n_layers: int, capacity: int = 256, store_dtype: torch.dtype | None = None):
+        super().__init__(layers=[SlabLayer(capacity, store_dtype) for _ in range(n_layers)])
         self.tokens: list[int] = []
 
     @property

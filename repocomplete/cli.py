@@ -22,7 +22,10 @@ def _add_runtime_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--endpoint", default=None, help="an OpenAI-compatible completions server instead of a local model")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
     g.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: bf16 on cuda, fp32 on cpu)")
-    g.add_argument("--quantize", default="none", choices=["none", "int8"], help="int8: weight-only int8 (fast CPU)")
+    g.add_argument(
+        "--quantize", default="auto", choices=["auto", "none", "int8"], help="weights: auto = int8 on cpu, none on cuda"
+    )
+    g.add_argument("--fim-template", default=None, help="force a FIM template (default: from the tokenizer/model name)")
     g.add_argument("--compile", action="store_true", help="torch.compile a static-shape decode step")
     g.add_argument("--max-tokens", type=int, default=64, help="most tokens to generate")
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
@@ -39,6 +42,7 @@ def runtime_config(args: argparse.Namespace):
         device=args.device,
         dtype=args.dtype,
         quantize=args.quantize,
+        fim_template=args.fim_template,
         compile_decode=args.compile,
         max_new_tokens=args.max_tokens,
         temperature=args.temperature,

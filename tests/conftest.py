@@ -49,10 +49,14 @@ def tiny_model_dir(tmp_path_factory, tokenizer):
 
 @pytest.fixture
 def tiny_config(tiny_model_dir, tmp_path):
-    return RuntimeConfig(model=str(tiny_model_dir), cache_dir=tmp_path / "cache", device="cpu", dtype="float32")
+    return RuntimeConfig(
+        model=str(tiny_model_dir), cache_dir=tmp_path / "cache", device="cpu", dtype="float32", quantize="none"
+    )
 
 
 @pytest.fixture(scope="session")
 def tiny_loaded(tiny_model_dir, tmp_path_factory):
-    config = RuntimeConfig(model=str(tiny_model_dir), cache_dir=tmp_path_factory.mktemp("cache"), device="cpu")
+    config = RuntimeConfig(
+        model=str(tiny_model_dir), cache_dir=tmp_path_factory.mktemp("cache"), device="cpu", quantize="none"
+    )
     return load_model(config)

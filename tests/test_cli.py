@@ -149,7 +149,7 @@ def test_complete_json(capsys, src, tiny_model_dir, tokenizer):
     assert 0 <= result["generated_tokens"] <= 4
     assert result["stop_reason"] in {"eos", "stop_token", "newline", "max_tokens", "time"}
     assert isinstance(result["latency_ms"], float) and result["latency_ms"] > 0
-    assert result["model"] == Path(tiny_model_dir).name
+    assert result["model"] == Path(tiny_model_dir).name + " int8"  # quantize=auto: int8 weights on the CPU
 
 
 def test_complete_json_without_token_healing(capsys, src, tiny_model_dir, tokenizer):

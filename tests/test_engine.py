@@ -157,6 +157,6 @@ def test_static_decode_step_matches_the_slab(tiny_loaded, tiny_config):
             engine.slab.tokens.append(token)
             from model_runtime.engine import decode_one_token
 
-            expected = decode_one_token(tiny_loaded.model, engine.slab, token, tiny_loaded.device)
+            expected = decode_one_token(tiny_loaded.forward, engine.slab, token, tiny_loaded.device)
             torch.testing.assert_close(static.step(token), expected, rtol=1e-4, atol=1e-4)
     assert static.tokens == prompt + [11, 12, 13]
