@@ -108,7 +108,9 @@ def run_latency_bench(config: RuntimeConfig, options: BenchOptions, progress: bo
     path = Path(options.file) if options.file else BUNDLED_FILE
     text = path.read_text(encoding="utf-8")
     config = config.replace(max_new_tokens=options.max_new_tokens, multiline=False)
-    loaded = load_model(config)
+    t_load = time.perf_counter()
+    loaded = load_model(config)  # the GGUF was converted on an earlier run: this is a warm start
+    load_s = time.perf_counter() - t_load
     start, cursors = typing_session(text, loaded.tokenizer, options.context_tokens, options.keystrokes)
     parts = [cursor_parts(text, c, mode="infile", path=path.name) for c in cursors]
     every = max(1, options.uncached_every)
@@ -144,6 +146,7 @@ def run_latency_bench(config: RuntimeConfig, options: BenchOptions, progress: bo
         "compile_decode": config.compile_decode,
         "forward": loaded.forward_name,
         "threads": torch.get_num_threads(),
+        "load_s": round(load_s, 2),
         "file": str(path),
         "cursor_line": text[:start].count("\n") + 1,
         "prompt_tokens": len(prompts[0]),
@@ -306,7 +309,8 @@ def _llama_common_prefix(llm, ids: list[int]) -> int:
 def format_report(report: dict) -> str:
     lines = [
         f"model {report['model']} on {report['device']} ({report['dtype']}, quantize={report['quantize']}, "
-        f"compile={report['compile_decode']}, forward={report['forward']}, {report['threads']} threads)",
+        f"compile={report['compile_decode']}, forward={report['forward']}, {report['threads']} threads), "
+        f"loaded in {report['load_s']} s",
         f"session: {report['keystrokes']} keystrokes at line {report['cursor_line']} of {report['file']}, "
         f"~{report['prompt_tokens']} prompt tokens, single-line, max {report['max_new_tokens']} new tokens",
         "",

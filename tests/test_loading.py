@@ -1,0 +1,111 @@
+"""Model loading: specs, device/dtype/quantization choice, GGUF conversion cache, LoRA adapters."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model_runtime.config import RuntimeConfig, default_cache_dir
+from model_runtime.kv_cache import SlabCache
+from model_runtime.loading import (
+    ModelLoadError,
+    embedded_gguf_path,
+    load_model,
+    pick_device,
+    pick_dtype,
+    pick_quantize,
+    resolve_model_dir,
+)
+
+
+def test_automatic_device_dtype_and_quantization_on_this_cpu_machine():
+    cpu = torch.device("cpu")
+    assert pick_device(None) == (torch.device("cuda") if torch.cuda.is_available() else cpu)
+    assert pick_dtype(None, cpu) == torch.float32
+    assert pick_dtype(None, torch.device("cuda")) == torch.bfloat16
+    assert pick_dtype(None, cpu, "int8") == torch.bfloat16  # int8 weights multiply bf16 activations
+    assert pick_dtype("float16", cpu) == torch.float16
+    assert pick_quantize("auto", cpu) == "int8"
+    assert pick_quantize("auto", torch.device("cuda")) == "none"
+    assert pick_quantize("none", cpu) == "none"
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: pick_dtype("int8", torch.device("cpu")), "bad dtype 'int8'"),
+        (lambda: pick_dtype("nonsense", torch.device("cpu")), "bad dtype 'nonsense'"),
+        (lambda: pick_device("tpu:0"), "bad device 'tpu:0'"),
+    ],
+)
+def test_bad_device_or_dtype_is_a_load_error(call, message):
+    with pytest.raises(ModelLoadError, match=message):
+        call()
+
+
+def test_cuda_requested_without_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ModelLoadError, match="CUDA is not available"):
+        pick_device("cuda")
+
+
+def test_default_and_gguf_path_resolve_to_the_same_converted_directory(smollm_dir):
+    cache = default_cache_dir()
+    default_dir, default_name = resolve_model_dir("default", cache)
+    gguf_dir, gguf_name = resolve_model_dir(str(embedded_gguf_path()), cache)
+    assert default_dir == gguf_dir == smollm_dir
+    assert (default_dir / "model.safetensors").is_file() and (default_dir / "repocomplete-converted.json").is_file()
+    assert default_name == "default (SmolLM2-135M-Instruct.Q4_1)" and gguf_name == "SmolLM2-135M-Instruct.Q4_1"
+
+
+def test_overrides_reach_the_loaded_model(tiny_model_dir, tmp_path):
+    loaded = load_model(
+        RuntimeConfig(model=str(tiny_model_dir), cache_dir=tmp_path, device="cpu", dtype="bfloat16", quantize="none")
+    )
+    assert loaded.dtype == torch.bfloat16 and loaded.model.dtype == torch.bfloat16
+    assert loaded.device == torch.device("cpu") and loaded.name == tiny_model_dir.name
+    assert not loaded.model.training and not any(p.requires_grad for p in loaded.model.parameters())
+
+
+def _make_adapter(tiny_model_dir, path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]))
+    torch.manual_seed(5)
+    for name, param in peft_model.named_parameters():
+        if "lora_B" in name:  # B starts at zero (a no-op adapter); make it do something
+            torch.nn.init.normal_(param, std=0.5)
+    peft_model.save_pretrained(path)
+    with torch.inference_mode():
+        return peft_model(input_ids=torch.tensor([[5, 6, 7, 8]])).logits[0, -1]
+
+
+def test_lora_adapter_is_merged_at_load(tiny_model_dir, tmp_path):
+    expected = _make_adapter(tiny_model_dir, tmp_path / "adapter")
+    base_cfg = RuntimeConfig(model=str(tiny_model_dir), cache_dir=tmp_path, device="cpu", quantize="none")
+    adapted = load_model(base_cfg.replace(adapter=str(tmp_path / "adapter")))
+    base = load_model(base_cfg)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.inference_mode():
+        got = adapted.forward(ids, SlabCache(2))
+        plain = base.forward(ids, SlabCache(2))
+    assert adapted.name == f"{tiny_model_dir.name}+adapter"
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    assert (got - plain).abs().max() > 1e-2  # the adapter changed the model
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda d: d, "has no adapter_config.json"),
+        (lambda d: (d / "adapter_config.json").write_text("{not json") and d, "cannot load adapter"),
+    ],
+)
+def test_bad_adapter_is_a_load_error(tiny_model_dir, tmp_path, make, message):
+    (tmp_path / "adapter").mkdir()
+    adapter = make(tmp_path / "adapter")
+    with pytest.raises(ModelLoadError, match=message):
+        load_model(RuntimeConfig(model=str(tiny_model_dir), adapter=str(adapter), cache_dir=tmp_path, quantize="none"))
