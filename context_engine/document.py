@@ -68,12 +68,13 @@ def cursor_parts(text: str, offset: int, mode: str = "infile", path: str = "", w
     window = window or Window()
     prefix = text[:offset]
     if len(prefix) > window.max_prefix_chars:
-        lines = prefix.split("\n")
-        start = 0
         # Keep whole lines, dropping the oldest in steps of WINDOW_LINE_STEP lines until it fits.
-        while len(prefix) - sum(len(l) + 1 for l in lines[:start]) > window.max_prefix_chars and start < len(lines) - 1:
+        lines = prefix.split("\n")
+        dropped_chars = 0
+        start = 0
+        while len(prefix) - dropped_chars > window.max_prefix_chars and start + WINDOW_LINE_STEP < len(lines):
+            dropped_chars += sum(len(line) + 1 for line in lines[start : start + WINDOW_LINE_STEP])
             start += WINDOW_LINE_STEP
-        start = min(start, len(lines) - 1)
-        prefix = "\n".join(lines[start:])
+        prefix = prefix[dropped_chars:]
     suffix = text[offset:][: window.max_suffix_chars] if mode == "infile" else ""
     return PromptParts(prefix=prefix, suffix=suffix, path=path)

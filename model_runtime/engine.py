@@ -16,7 +16,7 @@ import torch
 
 from model_runtime.attention import kv_store_dtype
 from model_runtime.config import RuntimeConfig
-from model_runtime.healing import VocabIndex, backoff
+from model_runtime.healing import backoff
 from model_runtime.kv_cache import PrefixCache, SlabCache
 from model_runtime.loading import LoadedModel
 from model_runtime.stopping import StopRules, trim_suffix_overlap
@@ -177,7 +177,7 @@ class Engine:
             self.config.fim_order == "auto" and self.template.supports_spm
         ) else "psm"
         self.stop_ids = _stop_token_ids(self.tokenizer, self.template)
-        self.vocab = VocabIndex(self.tokenizer)
+        self.vocab = loaded.vocab
         self.slab = SlabCache(loaded.n_layers, store_dtype=kv_store_dtype(loaded.device, loaded.dtype))
         self.prefix_cache = PrefixCache(self.config.block_size, self.config.prefix_cache_bytes, salt=hash(loaded.name))
         self.lock = threading.Lock()

@@ -6,6 +6,7 @@ model is converted once to safetensors in the user cache directory and loaded fr
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -49,6 +50,13 @@ class LoadedModel:
             from model_runtime.fast_llama import hf_forward
 
             self.forward = hf_forward(self.model)
+
+    @functools.cached_property
+    def vocab(self):
+        """The token-text index token healing uses (built once per model: it decodes every token)."""
+        from model_runtime.healing import VocabIndex
+
+        return VocabIndex(self.tokenizer)
 
     @property
     def n_layers(self) -> int:

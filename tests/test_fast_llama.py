@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from model_runtime.config import RuntimeConfig
-from model_runtime.fast_llama import FastLlama, build_forward, hf_forward, supports
+from model_runtime.fast_llama import build_forward, supports
 from model_runtime.kv_cache import SlabCache
 from model_runtime.loading import load_model
 
