@@ -1,0 +1,114 @@
+"""Packing, the repo map and neighbours: pure functions over records and definitions."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from context_engine.neighbours import Neighbours
+from context_engine.packing import pack
+from context_engine.records import ContextRecord, Definition
+from context_engine.repo_map import rank_definitions, repo_map
+
+
+def rec(kind, path, start, end, score, text=None):
+    return ContextRecord(text or f"{kind}:{path}:{start}", path, start, end, score, kind, "test")
+
+
+def tokens(text: str) -> int:
+    return 10  # every record costs 10 tokens: the arithmetic below stays exact
+
+
+QUOTAS = {"imports": 0.5, "retrieval": 0.3, "repo_map": 0.2}
+
+
+def test_quotas_then_leftovers_by_score():
+    by = {
+        "imports": [rec("imports", "a.py", 1, 5, 0.9), rec("imports", "b.py", 1, 5, 0.8), rec("imports", "c.py", 1, 5, 0.7)],
+        "retrieval": [rec("retrieval", "d.py", 1, 20, 0.95), rec("retrieval", "e.py", 1, 20, 0.3)],
+        "repo_map": [],
+    }
+    packed = pack(by, budget=40, quotas=QUOTAS, count_tokens=tokens)
+    # imports quota 20 -> a, b; retrieval quota 12 -> d; leftovers by score: c (0.7) fits the last 10.
+    assert [(r.kind, r.path) for r in packed.records] == [
+        ("imports", "a.py"), ("imports", "b.py"), ("imports", "c.py"), ("retrieval", "d.py")
+    ]
+    assert packed.tokens == 40
+    assert [(r.path, why) for r, why in packed.dropped] == [("e.py", "over budget")]
+
+
+def test_stable_kinds_come_first_in_the_prompt():
+    by = {
+        "typed_holes": [rec("typed_holes", "x.py", 3, 3, 5.0)],
+        "retrieval": [rec("retrieval", "r.py", 1, 20, 1.0)],
+        "repo_map": [rec("repo_map", "m.py", 1, 9, 0.1)],
+        "imports": [rec("imports", "i.py", 1, 2, 0.5)],
+    }
+    packed = pack(by, budget=100, quotas={k: 0.25 for k in by}, count_tokens=tokens)
+    assert [r.kind for r in packed.records] == ["repo_map", "imports", "retrieval", "typed_holes"]
+
+
+def test_duplicates_and_the_current_window_are_dropped():
+    same_text = "def f(): pass"
+    by = {
+        "retrieval": [
+            rec("retrieval", "a.py", 1, 20, 0.9),
+            rec("retrieval", "a.py", 11, 30, 0.8),  # overlaps the first window
+            rec("retrieval", "cur.py", 40, 60, 0.7),  # inside the current file's window
+            rec("retrieval", "cur.py", 200, 220, 0.6),  # elsewhere in the current file: allowed
+        ],
+        "imports": [rec("imports", "b.py", 1, 1, 0.5, same_text), rec("imports", "c.py", 1, 1, 0.4, same_text)],
+    }
+    packed = pack(by, 1000, {"retrieval": 0.5, "imports": 0.5}, tokens, own_window=("cur.py", 30, 80))
+    assert [(r.path, r.start_line) for r in packed.records] == [("b.py", 1), ("a.py", 1), ("cur.py", 200)]
+    assert sorted((r.path, r.start_line, why) for r, why in packed.dropped) == [
+        ("a.py", 11, "duplicate"), ("c.py", 1, "duplicate"), ("cur.py", 40, "already in the current file's window")
+    ]
+
+
+def test_zero_budget_keeps_nothing():
+    packed = pack({"imports": [rec("imports", "a.py", 1, 1, 1.0)]}, 0, {"imports": 1.0}, tokens)
+    assert packed.records == [] and packed.tokens == 0
+
+
+def d(name, path, line, parent=""):
+    return Definition(name, "function", path, line, line + 3, f"def {name}():", parent=parent)
+
+
+def test_repo_map_ranks_what_the_current_file_uses():
+    defs = [d("load", "io.py", 1), d("save", "io.py", 10), d("helper", "util.py", 1), d("unused", "util.py", 9),
+            d("main", "app.py", 1)]
+    identifiers = {
+        "app.py": Counter({"load": 5, "helper": 1}),
+        "util.py": Counter({"save": 1}),
+        "io.py": Counter(),
+    }
+    ranked = rank_definitions(defs, identifiers, current="app.py")
+    names = [x.name for _, x in ranked]
+    assert names[0] == "load" and set(names) == {"load", "helper", "save"}
+    assert "unused" not in names and "main" not in names  # never referenced / the current file
+
+
+def test_repo_map_fits_the_budget_by_binary_search():
+    defs = [d(f"f{i}", f"m{i}.py", 1) for i in range(10)]
+    identifiers = {"app.py": Counter({f"f{i}": 10 - i for i in range(10)})}
+    full = repo_map(defs, identifiers, budget=10_000, current="app.py", count_tokens=tokens)
+    assert len(full) == 10
+    three = repo_map(defs, identifiers, budget=30, current="app.py", count_tokens=tokens)
+    assert [r.path for r in three] == ["m0.py", "m1.py", "m2.py"]  # the most used first
+    assert all(r.kind == "repo_map" and r.text.startswith("def f") for r in three)
+    assert repo_map(defs, identifiers, budget=0, current="app.py") == []
+
+
+def test_neighbours_newest_edit_first_and_not_the_cursor_region():
+    n = Neighbours(radius=2)
+    n.open("a.py", "\n".join(f"a{i}" for i in range(1, 31)))
+    n.open("b.py", "\n".join(f"b{i}" for i in range(1, 31)))
+    n.open("cur.py", "\n".join(f"c{i}" for i in range(1, 31)))
+    n.record_edit("a.py", 10, at=1.0)
+    n.record_edit("b.py", 20, at=2.0)
+    n.record_edit("cur.py", 5, at=3.0)  # next to the cursor: not shown
+    records = n.records(current="cur.py", cursor_line=6)
+    assert [(r.path, r.start_line, r.end_line) for r in records] == [("b.py", 18, 22), ("a.py", 8, 12)]
+    assert records[0].text == "b18\nb19\nb20\nb21\nb22" and records[0].why == "edited recently (line 20)"
+    n.close("b.py")
+    assert [r.path for r in n.records(current="cur.py", cursor_line=6)] == ["a.py"]
