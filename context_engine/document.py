@@ -64,7 +64,7 @@ def cursor_parts(text: str, offset: int, mode: str = "infile", path: str = "", w
     if mode not in CONTEXT_MODES:
         raise InputError(f"unknown context mode {mode!r}; expected one of {', '.join(CONTEXT_MODES)}")
     if mode == "repo":
-        raise InputError("--context repo arrives with the context engine (issue 4); use none or infile")
+        raise InputError("repository context comes from context_engine.engine.ContextEngine.prompt_parts")
     window = window or Window()
     prefix = text[:offset]
     if len(prefix) > window.max_prefix_chars:

@@ -32,6 +32,14 @@ def _add_runtime_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-token-healing", action="store_true", help="turn token healing off")
 
 
+def _add_context_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("repository context")
+    g.add_argument("--root", default=None, help="the repository (default: the nearest parent with .git)")
+    g.add_argument("--budget", type=int, default=None, help="context token budget (default 1024)")
+    g.add_argument("--providers", default=None, help="comma list of imports,typed_holes,retrieval,repo_map,neighbours")
+    g.add_argument("--dense", action="store_true", help="add dense retrieval (all-MiniLM-L6-v2 + faiss)")
+
+
 def runtime_config(args: argparse.Namespace):
     from model_runtime.config import RuntimeConfig
 
@@ -53,12 +61,38 @@ def runtime_config(args: argparse.Namespace):
     return config
 
 
+def context_config(args: argparse.Namespace):
+    from context_engine.config import ContextConfig
+
+    config = ContextConfig()
+    if getattr(args, "budget", None) is not None:
+        config.budget_tokens = args.budget
+    if getattr(args, "providers", None):
+        config.providers = tuple(p for p in args.providers.split(",") if p)
+    if getattr(args, "dense", False):
+        config.dense = True
+    config.validate()
+    return config
+
+
+def _context_engine(file: str, args: argparse.Namespace):
+    from context_engine.engine import ContextEngine, find_root
+
+    root = Path(args.root) if getattr(args, "root", None) else find_root(Path(file))
+    engine = ContextEngine(root, context_config(args))
+    engine.build(progress=not getattr(args, "json", False))
+    return engine
+
+
 def cmd_complete(args: argparse.Namespace) -> int:
     from context_engine.document import cursor_parts, offset_of, read_source
 
     text = read_source(args.file)
     offset = offset_of(text, args.line, args.col)
-    parts = cursor_parts(text, offset, mode=args.context, path=Path(args.file).name)
+    if args.context == "repo":
+        parts, _ = _context_engine(args.file, args).prompt_parts(str(Path(args.file).resolve()), text, offset)
+    else:
+        parts = cursor_parts(text, offset, mode=args.context, path=Path(args.file).name)
     config = runtime_config(args)
     from model_runtime.backend import make_engine
     from model_runtime.engine import CompletionRequest
@@ -84,6 +118,66 @@ def cmd_complete(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_index(args: argparse.Namespace) -> int:
+    from context_engine.engine import ContextEngine
+
+    root = Path(args.dir)
+    if not root.is_dir():
+        from context_engine.document import InputError
+
+        raise InputError(f"not a directory: {root}")
+    engine = ContextEngine(root, context_config(args))
+    stats = engine.build(progress=not args.json)
+    engine.close()
+    out = {
+        "root": str(engine.root),
+        "files": stats.files,
+        "bytes": stats.bytes,
+        "definitions": stats.definitions,
+        "parsed": stats.parsed,
+        "skipped": len(stats.skipped),
+        "seconds": round(stats.seconds, 3),
+    }
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(
+            f"{out['files']} files, {out['bytes']} bytes, {out['definitions']} definitions, "
+            f"{out['parsed']} parsed, {out['skipped']} skipped, {out['seconds']} s"
+        )
+    return 0
+
+
+def cmd_context(args: argparse.Namespace) -> int:
+    from context_engine.document import offset_of, read_source
+
+    text = read_source(args.file)
+    offset = offset_of(text, args.line, args.col)
+    engine = _context_engine(args.file, args)
+    _, ctx = engine.prompt_parts(str(Path(args.file).resolve()), text, offset, budget=args.budget)
+    engine.close()
+    items = [
+        {
+            "path": r.path,
+            "start_line": r.start_line,
+            "end_line": r.end_line,
+            "kind": r.kind,
+            "score": round(r.score, 4),
+            "why": r.why,
+            "text": r.text,
+        }
+        for r in ctx.records
+    ]
+    if args.json:
+        print(json.dumps(items, indent=2))
+    else:
+        for item in items:
+            print(f"--- {item['path']}:{item['start_line']}-{item['end_line']} [{item['kind']} {item['score']}] {item['why']}")
+            print(item["text"])
+        print(f"--- {len(items)} items, {ctx.packed.tokens}/{ctx.packed.budget} tokens, {ctx.timings_ms}")
+    return 0
+
+
 def cmd_bench_latency(args: argparse.Namespace) -> int:
     from eval.bench_latency import BenchOptions, run_latency_bench
 
@@ -97,6 +191,33 @@ def cmd_bench_latency(args: argparse.Namespace) -> int:
     )
     report = run_latency_bench(runtime_config(args), options, progress=not args.json)
     print(json.dumps(report, indent=2) if args.json else report_text(report))
+    return 0
+
+
+def cmd_bench_context(args: argparse.Namespace) -> int:
+    from context_engine.document import InputError
+    from eval.bench_context import format_report, run_context_bench
+
+    source = Path(args.dir)
+    if not source.is_dir():
+        raise InputError(f"not a directory: {source}")
+    report = run_context_bench(source, context_config(args), edits=args.edits, queries=args.queries,
+                               progress=not args.json)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+def cmd_bench_quality(args: argparse.Namespace) -> int:
+    from context_engine.document import InputError
+    from eval.quality import format_report, run_quality
+    from model_runtime.backend import make_engine
+
+    source = Path(args.dir)
+    if not source.is_dir():
+        raise InputError(f"not a directory: {source}")
+    model = make_engine(runtime_config(args))
+    report = run_quality(source, model, n=args.n, seed=args.seed, budget=args.budget or 512, progress=not args.json)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 
 
@@ -118,8 +239,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context", default="infile", choices=["none", "infile", "repo"])
     p.add_argument("--multiline", action="store_true", help="complete a block, not just the line")
     p.add_argument("--json", action="store_true")
+    _add_context_args(p)
     _add_runtime_args(p)
     p.set_defaults(func=cmd_complete)
+
+    p = sub.add_parser("index", help="index a repository (cached; a restart re-reads only what changed)")
+    p.add_argument("dir")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("context", help="show the packed repository context for a position, with provenance")
+    p.add_argument("file")
+    p.add_argument("--line", type=int, required=True, help="1-based line")
+    p.add_argument("--col", type=int, required=True, help="1-based column (characters)")
+    p.add_argument("--json", action="store_true")
+    _add_context_args(p)
+    p.set_defaults(func=cmd_context)
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
     p = bench.add_parser("latency", help="replay a typing session: latency with and without the prefix cache")
@@ -131,6 +266,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     _add_runtime_args(p)
     p.set_defaults(func=cmd_bench_latency, max_tokens=16)
+
+    p = bench.add_parser("context", help="context engine: cold/warm indexing, incremental updates, assembly")
+    p.add_argument("dir", help="a repository (copied to a temporary folder first)")
+    p.add_argument("--edits", type=int, default=30)
+    p.add_argument("--queries", type=int, default=50)
+    p.add_argument("--json", action="store_true")
+    _add_context_args(p)
+    p.set_defaults(func=cmd_bench_context)
+
+    p = bench.add_parser("quality", help="EM/edit similarity of in-file vs repository context, per provider")
+    p.add_argument("dir", help="a repository to cut line-completion tasks from")
+    p.add_argument("--n", type=int, default=40)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--budget", type=int, default=512, help="context token budget")
+    p.add_argument("--json", action="store_true")
+    _add_runtime_args(p)
+    p.set_defaults(func=cmd_bench_quality, max_tokens=48)
     return parser
 
 

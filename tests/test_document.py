@@ -130,8 +130,9 @@ def test_cursor_parts_none_has_no_suffix():
 
 
 def test_cursor_parts_repo_mode_is_refused():
+    # Repository context needs the workspace: the context engine builds those parts, not this function.
     assert _message(cursor_parts, SOURCE, 0, mode="repo") == (
-        "--context repo arrives with the context engine (issue 4); use none or infile"
+        "repository context comes from context_engine.engine.ContextEngine.prompt_parts"
     )
 
 

@@ -1,0 +1,236 @@
+"""The context engine: "the cursor is here" -> the records that matter, packed into a budget, with provenance.
+
+One object per workspace owns the index, the retriever and the neighbours; the command line, the LSP server and
+the evaluation harness all ask it the same question (`context`) and turn the answer into prompt parts.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from context_engine.config import ContextConfig
+from context_engine.document import Window, cursor_parts
+from context_engine.neighbours import Neighbours
+from context_engine.packing import Packed, approx_tokens, pack
+from context_engine.records import ContextRecord
+from model_runtime.templates import ContextItem, PromptParts
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Context:
+    packed: Packed
+    timings_ms: dict[str, float] = field(default_factory=dict)  # per provider, and "total"
+
+    @property
+    def records(self) -> list[ContextRecord]:
+        return self.packed.records
+
+
+def find_root(path: Path) -> Path:
+    """The repository a file belongs to: the nearest parent holding .git (else the file's own folder)."""
+    path = path.resolve()
+    for parent in [path.parent, *path.parent.parents]:
+        if (parent / ".git").exists():
+            return parent
+    return path.parent
+
+
+class ContextEngine:
+    def __init__(self, root: Path, config: ContextConfig | None = None, count_tokens: Callable[[str], int] = approx_tokens):
+        from context_engine.index import RepoIndex
+        from context_engine.retrieval import Retriever
+
+        self.root = Path(root).resolve()
+        self.config = config or ContextConfig()
+        self.config.validate()
+        self.count_tokens = count_tokens
+        self.index = RepoIndex(self.root, self.config)
+        self.retriever = Retriever(self.config)
+        self.neighbours = Neighbours()
+        self._map_cache: dict[tuple[str, int], list[ContextRecord]] = {}
+        self._line_cache: tuple[tuple, Context] | None = None
+        self._generation = 0  # bumped on every change the repo map depends on
+
+    # -- the workspace -------------------------------------------------------------------------------------
+
+    def build(self, progress: bool = False):
+        stats = self.index.build(progress=progress)
+        for path in self.index.files():
+            text = self.index.text(path)
+            if text is not None:
+                self.retriever.add_document(path, text)
+        self._generation += 1
+        return stats
+
+    def file_changed(self, path: str) -> None:
+        """A file changed on disk (or was created): refresh the index and the retriever."""
+        self.index.update_file(path)
+        text = self.index.text(path)
+        if text is None:
+            self.retriever.remove_document(path)
+        else:
+            self.retriever.add_document(path, text)
+        self._generation += 1
+
+    def file_removed(self, path: str) -> None:
+        self.index.remove_file(path)
+        self.retriever.remove_document(path)
+        self._generation += 1
+
+    def set_buffer(self, path: str, text: str, edited_line: int | None = None) -> None:
+        """An unsaved editor buffer: it overrides the file on disk until cleared."""
+        self.index.set_buffer(path, text)
+        self.retriever.add_document(path, text)
+        if edited_line is None:
+            self.neighbours.open(path, text)
+        else:
+            self.neighbours.record_edit(path, edited_line, text)
+        self._generation += 1
+
+    def clear_buffer(self, path: str) -> None:
+        self.index.clear_buffer(path)
+        self.neighbours.close(path)
+        text = self.index.text(path)
+        if text is None:
+            self.retriever.remove_document(path)
+        else:
+            self.retriever.add_document(path, text)
+        self._generation += 1
+
+    def close(self) -> None:
+        self.index.close()
+
+    # -- the question --------------------------------------------------------------------------------------
+
+    def relative(self, path: str | Path) -> str:
+        p = Path(path)
+        if p.is_absolute():
+            try:
+                return p.resolve().relative_to(self.root).as_posix()
+            except ValueError:
+                return p.name
+        return p.as_posix()
+
+    def context(
+        self,
+        path: str,
+        text: str,
+        line: int,
+        col: int,
+        budget: int | None = None,
+        own_window: tuple[int, int] | None = None,
+        providers: tuple[str, ...] | None = None,
+    ) -> Context:
+        """Records for a cursor at 1-based (line, col) of `text` (the file at repo-relative `path`)."""
+        rel = self.relative(path)
+        budget = self.config.budget_tokens if budget is None else budget
+        providers = providers or self.config.providers
+        prefix = "\n".join(text.split("\n")[: line - 1] + [text.split("\n")[line - 1][: col - 1]]) if text else ""
+        timings: dict[str, float] = {}
+        by_provider: dict[str, list[ContextRecord]] = {}
+        t_all = time.perf_counter()
+        for kind in providers:
+            t = time.perf_counter()
+            try:
+                by_provider[kind] = self._provide(kind, rel, text, prefix, line, col, budget)
+            except Exception as e:  # a provider's failure costs its records, never the completion
+                log.warning("provider %s failed on %s:%d: %s: %s", kind, rel, line, type(e).__name__, e)
+                by_provider[kind] = []
+            timings[kind] = round((time.perf_counter() - t) * 1000, 2)
+        window = (rel, *own_window) if own_window else None
+        packed = pack(by_provider, budget, self.config.quotas, self.count_tokens, own_window=window)
+        timings["total"] = round((time.perf_counter() - t_all) * 1000, 2)
+        return Context(packed, timings)
+
+    def _provide(self, kind: str, rel: str, text: str, prefix: str, line: int, col: int, budget: int):
+        language = _language(rel)
+        if kind == "imports":
+            if language != "python":
+                return self._index_imports(rel)
+            from context_engine.python_analysis import import_context
+
+            return import_context(self.root, self.root / rel, text)
+        if kind == "typed_holes":
+            if language != "python":
+                return []
+            from context_engine.python_analysis import typed_hole_context
+
+            return typed_hole_context(self.root, self.root / rel, text, line, col)
+        if kind == "retrieval":
+            from context_engine.retrieval import query_text_for
+
+            query = query_text_for(prefix, self.config.query_lines)
+            if not query.strip():
+                return []
+            first = max(1, line - self.config.window_lines)
+            return self.retriever.query(query, k=8, exclude=(rel, first, line))
+        if kind == "repo_map":
+            return self._repo_map(rel, int(budget * self.config.quotas.get("repo_map", 0.1)))
+        if kind == "neighbours":
+            return self.neighbours.records(rel, line)
+        raise ValueError(f"unknown provider {kind!r}")
+
+    def _repo_map(self, rel: str, budget: int) -> list[ContextRecord]:
+        # PageRank over the whole repository is the costly part: computed once per (file, index generation).
+        key = (rel, self._generation)
+        if key not in self._map_cache:
+            from context_engine.repo_map import repo_map
+
+            self._map_cache = {key: repo_map(self.index.definitions(), self.index.all_identifiers(), budget, rel,
+                                             count_tokens=self.count_tokens)}
+        return self._map_cache[key]
+
+    def _index_imports(self, rel: str) -> list[ContextRecord]:
+        """Languages without a type checker here: imported names that the index defines, as signatures."""
+        symbols = self.index.symbols(rel)
+        if symbols is None:
+            return []
+        records = []
+        for imp in symbols.imports:
+            names = [local for _, local in imp.names if local != "*"] or [imp.alias or imp.module.split(".")[-1]]
+            for name in names:
+                for d in self.index.definitions(name=name)[:3]:
+                    if d.path == rel:
+                        continue
+                    records.append(
+                        ContextRecord(d.signature + (f"\n{d.doc}" if d.doc else ""), d.path, d.start_line, d.end_line,
+                                      1.0, "imports", f"`{name}` imported from {imp.module} (line {imp.line})")
+                    )
+        return records
+
+    # -- prompt parts --------------------------------------------------------------------------------------
+
+    def prompt_parts(
+        self, path: str, text: str, offset: int, window: Window | None = None, budget: int | None = None
+    ) -> tuple[PromptParts, Context]:
+        """The current file's window plus packed repository context, as the model runtime renders them."""
+        rel = self.relative(path)
+        parts = cursor_parts(text, offset, mode="infile", path=rel, window=window)
+        line_start = text.rfind("\n", 0, offset) + 1
+        line = text[:offset].count("\n") + 1
+        col = offset - line_start + 1
+        first_line = line - parts.prefix.count("\n")
+        last_line = line + parts.suffix.count("\n")
+        # While the user types on one line, the context stays as it was for that line: the prompt's head is then
+        # unchanged from keystroke to keystroke and the prefix-KV cache reuses all of it.
+        key = (rel, line, hash(text[:line_start]), budget, self.config.providers)
+        if self._line_cache and self._line_cache[0] == key:
+            ctx = self._line_cache[1]
+        else:
+            ctx = self.context(rel, text, line, col, budget=budget, own_window=(first_line, last_line))
+            self._line_cache = (key, ctx)
+        parts.context = [ContextItem(r.path, r.text) for r in ctx.records]
+        parts.repo_name = self.root.name
+        return parts, ctx
+
+
+def _language(path: str) -> str | None:
+    from context_engine.parsing import language_for
+
+    return language_for(path)
