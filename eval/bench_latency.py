@@ -142,7 +142,7 @@ def run_latency_bench(config: RuntimeConfig, options: BenchOptions, progress: bo
         "model": loaded.name,
         "device": str(loaded.device),
         "dtype": str(loaded.dtype).replace("torch.", ""),
-        "quantize": "int8" if "int8" in loaded.name else "none",
+        "quantize": loaded.quantize,
         "compile_decode": config.compile_decode,
         "forward": loaded.forward_name,
         "threads": torch.get_num_threads(),
@@ -225,10 +225,10 @@ def hf_generate_series(loaded: LoadedModel, prompts: list[list[int]], counts: li
     from transformers.generation.streamers import BaseStreamer
 
     model = AutoModelForCausalLM.from_pretrained(loaded.source, dtype=loaded.dtype).to(loaded.device).eval()
-    if "int8" in loaded.name:
-        from model_runtime.quantize import quantize_int8
+    if loaded.quantize != "none":
+        from model_runtime.quantize import quantize
 
-        quantize_int8(model, act_dtype=loaded.dtype)
+        quantize(model, loaded.quantize, act_dtype=loaded.dtype)
 
     class Clock(BaseStreamer):
         def __init__(self):

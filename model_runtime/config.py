@@ -30,8 +30,9 @@ class RuntimeConfig:
     adapter: str | None = None  # a peft LoRA adapter directory, merged into the weights at load
     device: str | None = None  # None: cuda when present, else cpu
     dtype: str | None = None  # None: bfloat16 on cuda, float32 on cpu (bfloat16 activations with int8 weights)
-    # "int8": weight-only int8 linears, 2.3x the fp32 decode speed on a 2-core CPU; "none"; "auto": int8 on the
-    # CPU (where decode is bound by reading the weights), none on CUDA.
+    # "int8": weight-only int8 linears, 2.3x the fp32 decode speed on a 2-core CPU; "int4": group-wise int4 (GGUF
+    # Q4_1's layout), half the bytes again; "none"; "auto": int8 on the CPU (where decode is bound by reading
+    # the weights), none on CUDA.
     quantize: str = "auto"
     cache_dir: Path = field(default_factory=default_cache_dir)  # converted GGUF models land here
     # Remote backend: an OpenAI-compatible completions endpoint replaces the local model when set.
@@ -72,8 +73,8 @@ class RuntimeConfig:
             raise ConfigError(f"block_size must be >= 1, got {self.block_size}")
         if self.prefix_cache_bytes < 0:
             raise ConfigError("prefix_cache_bytes must be >= 0")
-        if self.quantize not in ("auto", "none", "int8"):
-            raise ConfigError(f"quantize must be 'auto', 'none' or 'int8', got {self.quantize!r}")
+        if self.quantize not in ("auto", "none", "int8", "int4"):
+            raise ConfigError(f"quantize must be 'auto', 'none', 'int8' or 'int4', got {self.quantize!r}")
         if self.fim_order not in ("auto", "psm", "spm"):
             raise ConfigError(f"fim_order must be 'auto', 'psm' or 'spm', got {self.fim_order!r}")
         if self.max_context_tokens < 16:

@@ -44,6 +44,7 @@ class LoadedModel:
     source: Path  # the directory the weights were loaded from
     forward: Callable = None  # (input_ids, SlabCache) -> last logits; see fast_llama.build_forward
     forward_name: str = "transformers"
+    quantize: str = "none"
 
     def __post_init__(self):
         if self.forward is None:
@@ -96,7 +97,7 @@ def pick_dtype(requested: str | None, device: torch.device, quantize: str = "non
             raise ModelLoadError(f"bad dtype {requested!r}: expected float32, bfloat16 or float16")
         return dtype
     # int8 weights multiply bf16 activations (the fp32 path of the int8 kernel is several times slower).
-    return torch.bfloat16 if device.type == "cuda" or quantize == "int8" else torch.float32
+    return torch.bfloat16 if device.type == "cuda" or quantize in ("int8", "int4") else torch.float32
 
 
 def pick_quantize(requested: str, device: torch.device) -> str:
@@ -206,12 +207,14 @@ def load_model(spec: str | RuntimeConfig = DEFAULT_MODEL, config: RuntimeConfig 
         model.set_attn_implementation(attention.NAME)
     except (ValueError, AttributeError) as e:  # an architecture that only has eager attention keeps it
         log.info("keeping %s attention: %s", model.config._attn_implementation, e)
-    if quantize == "int8":
-        from model_runtime.quantize import quantize_int8
+    if quantize != "none":
+        from model_runtime.quantize import quantize as quantize_linears
 
-        quantize_int8(model, act_dtype=dtype)
-        name = f"{name} int8"
-    loaded = LoadedModel(model=model, tokenizer=tokenizer, name=name, device=device, dtype=dtype, source=model_dir)
+        quantize_linears(model, quantize, act_dtype=dtype)
+        name = f"{name} {quantize}"
+    loaded = LoadedModel(
+        model=model, tokenizer=tokenizer, name=name, device=device, dtype=dtype, source=model_dir, quantize=quantize
+    )
     if config.fast_forward:
         from model_runtime.fast_llama import build_forward
 

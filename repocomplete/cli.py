@@ -23,7 +23,8 @@ def _add_runtime_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
     g.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: bf16 on cuda, fp32 on cpu)")
     g.add_argument(
-        "--quantize", default="auto", choices=["auto", "none", "int8"], help="weights: auto = int8 on cpu, none on cuda"
+        "--quantize", default="auto", choices=["auto", "none", "int8", "int4"],
+        help="weights: auto = int8 on cpu, none on cuda"
     )
     g.add_argument("--fim-template", default=None, help="force a FIM template (default: from the tokenizer/model name)")
     g.add_argument("--compile", action="store_true", help="torch.compile a static-shape decode step")

@@ -47,8 +47,9 @@ def test_prefill_then_decode_matches_transformers(model_type, extra):
     torch.testing.assert_close(_reference_logits(model, ids), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_int8_fast_forward_tracks_the_transformers_int8_forward(tiny_model_dir, tmp_path):
-    base = dict(model=str(tiny_model_dir), cache_dir=tmp_path, device="cpu", quantize="int8")
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_quantized_fast_forward_tracks_the_transformers_forward(tiny_model_dir, tmp_path, mode):
+    base = dict(model=str(tiny_model_dir), cache_dir=tmp_path, device="cpu", quantize=mode)
     fast = load_model(RuntimeConfig(**base))
     slow = load_model(RuntimeConfig(**base, fast_forward=False))
     assert (fast.forward_name, slow.forward_name) == ("fast-llama", "transformers")
@@ -56,7 +57,7 @@ def test_int8_fast_forward_tracks_the_transformers_int8_forward(tiny_model_dir, 
     with torch.inference_mode():
         a = fast.forward(ids, SlabCache(2))
         b = slow.forward(ids, SlabCache(2))
-    # Both bf16; the fused int8 kernel sums in a different order, so allow bf16 rounding.
+    # Both bf16 with the same quantized weights; the fused kernel sums in another order: allow bf16 rounding.
     torch.testing.assert_close(a.float(), b.float(), rtol=0.05, atol=0.05)
     assert int(a.argmax()) == int(b.argmax())
 
@@ -73,3 +74,19 @@ def test_unsupported_architectures_fall_back_to_transformers():
         logits = forward(torch.tensor([[1, 2, 3]]), cache)
     assert logits.shape == (64,) and cache.length == 3
     assert not supports(_tiny("llama", rope_scaling={"rope_type": "dynamic", "factor": 2.0}))
+
+
+@pytest.mark.parametrize("mode, tolerance", [("int8", 0.02), ("int4", 0.15)])
+def test_quantized_linear_tracks_the_float_linear(mode, tolerance):
+    from model_runtime.quantize import Int4Linear, Int8Linear
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(128, 96, bias=True)
+    q = (Int4Linear if mode == "int4" else Int8Linear)(linear)
+    for rows in (1, 40):  # the int kernel path and the de-quantized GEMM path
+        x = torch.randn(rows, 128)
+        with torch.inference_mode():
+            expected = linear(x)
+            got = q(x.bfloat16()).float()
+        relative = (got - expected).norm() / expected.norm()
+        assert relative < tolerance, f"{mode} rows={rows}: relative error {relative:.4f}"
