@@ -133,6 +133,7 @@ def run_latency_bench(config: RuntimeConfig, options: BenchOptions, progress: bo
 
     modes = {"engine_cache": cached.summary(), "engine_no_cache": uncached.summary()}
     modes["engine_decode_probe"] = decode_probe(cached_engine, prompts[0])
+    healing = healing_probe(loaded, config, text, path.name)
     if "hf" in options.peers:
         modes["hf_generate"] = hf_generate_series(loaded, [prompts[i] for i in sparse], [generated_counts[i] for i in sparse], progress)
     if "llama-cpp" in options.peers:
@@ -154,6 +155,7 @@ def run_latency_bench(config: RuntimeConfig, options: BenchOptions, progress: bo
         "max_new_tokens": options.max_new_tokens,
         "modes": modes,
     }
+    report["token_healing"] = healing
     report["ratios"] = ratios(modes)
     report["targets"] = {
         "p50 with cache >= 5x faster than without": (report["ratios"].get("p50_no_cache_over_cache") or 0) >= 5,
@@ -219,6 +221,29 @@ def decode_probe(engine: Engine, prompt: list[int], steps: int = DECODE_PROBE_TO
 
 
 @torch.inference_mode()
+def healing_probe(loaded: LoadedModel, config: RuntimeConfig, text: str, name: str, n: int = 20) -> dict:
+    """Cursors right after the indentation of indented lines: how often is the completion empty (a bare newline),
+    with token healing and without? Positions run in file order, so each prompt extends the previous one."""
+    lines = text.split("\n")
+    offsets, offset = [], 0
+    for line in lines:
+        indent = len(line) - len(line.lstrip(" "))
+        if indent and line.strip() and not line.strip().startswith("#"):
+            offsets.append(offset + indent)
+        offset += len(line) + 1
+    step = max(1, len(offsets) // n)
+    offsets = offsets[::step][:n]
+    out = {"cursors": len(offsets)}
+    for label, healing in (("with_healing", True), ("without_healing", False)):
+        engine = Engine(loaded, config.replace(token_healing=healing))
+        empty = 0
+        for o in offsets:
+            result = engine.complete(CompletionRequest(cursor_parts(text, o, mode="infile", path=name)))
+            empty += not result.text.strip()
+        out[f"empty_{label}"] = empty
+    return out
+
+
 def hf_generate_series(loaded: LoadedModel, prompts: list[list[int]], counts: list[int], progress: bool) -> dict:
     """Plain transformers: a fresh model load (SDPA attention, DynamicCache), `generate()` greedy."""
     from transformers import AutoModelForCausalLM
@@ -327,6 +352,12 @@ def format_report(report: dict) -> str:
                 f"{name:<22} {m['n']:>3} {m['p50_ms']:>9} {m['p95_ms']:>9} {m['mean_prefill_tokens']:>11} "
                 f"{m['mean_cached_tokens']:>10} {m['prefill_tok_s'] or '-':>13} {m['decode_tok_s'] or '-':>12}"
             )
+    h = report.get("token_healing")
+    if h:
+        lines.append(
+            f"token healing: empty completions at {h['cursors']} indented cursors: {h['empty_with_healing']} with, "
+            f"{h['empty_without_healing']} without"
+        )
     lines.append("")
     lines += [f"ratio {k}: {v}x" for k, v in report["ratios"].items()]
     lines += [f"target {k}: {'met' if v else 'NOT met'}" for k, v in report["targets"].items()]
