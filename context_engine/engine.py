@@ -217,9 +217,12 @@ class ContextEngine:
         col = offset - line_start + 1
         first_line = line - parts.prefix.count("\n")
         last_line = line + parts.suffix.count("\n")
-        # While the user types on one line, the context stays as it was for that line: the prompt's head is then
-        # unchanged from keystroke to keystroke and the prefix-KV cache reuses all of it.
-        key = (rel, line, hash(text[:line_start]), budget, self.config.providers)
+        # While the user types a name, the context stays as it was: the prompt's head is then unchanged from
+        # keystroke to keystroke and the prefix-KV cache reuses all of it. A new line, or a character that opens
+        # a new hole (`obj.`, `f(`, `a, `, `x = `), asks the providers again.
+        line_text = text[line_start:offset]
+        hole_start = max(line_text.rfind(c) for c in ".(,=[") + 1
+        key = (rel, line, hash(text[:line_start]), line_text[:hole_start], budget, self.config.providers)
         if self._line_cache and self._line_cache[0] == key:
             ctx = self._line_cache[1]
         else:

@@ -1,0 +1,464 @@
+"""The jedi-backed Python providers on a small package: exact records for every import form and hole kind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import context_engine.python_analysis as pa
+from context_engine.python_analysis import import_context, typed_hole_context
+
+FILES = {
+    "shop/__init__.py": '''"""The shop package."""
+from .models import Inventory, Item, Store
+
+__all__ = ["Inventory", "Item", "Store"]
+''',
+    "shop/models.py": '''"""Items, stores and inventories."""
+from dataclasses import dataclass
+
+DEFAULT_CITY = "Berlin"
+
+
+class Store:
+    """A physical store.
+
+    It has an address.
+    """
+
+    def __init__(self, name: str, city: str = DEFAULT_CITY) -> None:
+        self.name = name
+        self.city = city
+
+
+@dataclass
+class Item:
+    """A thing for sale."""
+
+    sku: str
+    price: float = 0.0
+
+    def total(self, count: int) -> float:
+        """Price of `count` units."""
+        return self.price * count
+
+    def _cents(self) -> int:
+        return round(self.price * 100)
+
+
+class Inventory:
+    """Counts of items in one store."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.counts: dict[str, int] = {}
+
+    def restock(self, item: Item, count: int = 1) -> None:
+        """Add `count` units of `item`."""
+        self.counts[item.sku] = self.counts.get(item.sku, 0) + count
+
+    @property
+    def size(self) -> int:
+        return len(self.counts)
+''',
+    "shop/util/__init__.py": "",
+    "shop/util/helpers.py": '''"""Helpers for prices."""
+import json
+
+from ..models import Item
+
+__all__ = ["fmt_price", "parse_sku"]
+
+
+def fmt_price(item: Item, currency: str = "EUR") -> str:
+    """Format the price of an item."""
+    return f"{item.price} {currency}"
+
+
+def parse_sku(
+    text: str,
+    strict: bool = False,
+) -> str:
+    return text.strip()
+
+
+async def fetch_item(sku: str) -> Item:
+    """Load an item."""
+    return Item(sku)
+
+
+def unexported():
+    return json.dumps({})
+''',
+}
+
+STORE = '''class Store:
+    """A physical store."""
+    name: str
+    city: str
+    def __init__(self, name: str, city: str = DEFAULT_CITY) -> None: ...'''
+ITEM = '''@dataclass
+class Item:
+    """A thing for sale."""
+    sku: str
+    price: float = 0.0
+    def total(self, count: int) -> float: ...'''
+INVENTORY = '''class Inventory:
+    """Counts of items in one store."""
+    store: Store
+    counts: dict[str, int]
+    def __init__(self, store: Store) -> None: ...
+    def restock(self, item: Item, count: int = 1) -> None: ...
+    @property
+    def size(self) -> int: ...'''
+MODELS_MODULE = '''"""Items, stores and inventories."""
+DEFAULT_CITY = "Berlin"
+class Store:
+    """A physical store."""
+    def __init__(self, name: str, city: str = DEFAULT_CITY) -> None: ...
+@dataclass
+class Item:
+    """A thing for sale."""
+class Inventory:
+    """Counts of items in one store."""
+    def __init__(self, store: Store) -> None: ...'''
+FMT_PRICE = '''def fmt_price(item: Item, currency: str = "EUR") -> str:
+    """Format the price of an item."""'''
+PARSE_SKU = '''def parse_sku(
+    text: str,
+    strict: bool = False,
+) -> str: ...'''
+
+
+@pytest.fixture
+def root(tmp_path: Path, monkeypatch) -> Path:
+    for rel, content in FILES.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(content)
+    # A cold jedi can spend the default inference budget on its first file; tests want every type.
+    monkeypatch.setattr(pa, "INFER_BUDGET_S", 60.0)
+    return tmp_path
+
+
+def rows(records):
+    return [(r.path, r.start_line, r.end_line, r.score, r.kind, r.why) for r in records]
+
+
+def at_cursor(marked: str) -> tuple[str, int, int]:
+    """The text without its `|` marker, and the marker's 1-based (line, col)."""
+    before = marked[: marked.index("|")]
+    line = before.count("\n") + 1
+    return marked.replace("|", "", 1), line, len(before) - (before.rfind("\n") + 1) + 1
+
+
+# -- imports -----------------------------------------------------------------------------------------------
+
+MAIN = '''import json
+import shop.models as m
+from shop import Item
+from shop.models import Inventory as Inv, Store
+import shop.util.helpers
+import requests
+
+
+def stock(inv: Inv, items: list[Item]) -> Inv:
+    for item in items:
+        inv.restock(item)
+    extra = Item("x", 1.0)
+    inv.restock(extra, 2)
+    print(shop.util.helpers.fmt_price(extra))
+    return Inv(Store("b"))
+'''
+
+
+def test_absolute_aliased_reexported_and_module_imports(root):
+    records = import_context(root, root / "main.py", MAIN)
+    assert rows(records) == [
+        ("shop/models.py", 33, 46, 4.0, "imports", "imported as `Inv` from shop.models (line 4)"),
+        ("shop/models.py", 18, 30, 3.0, "imports", "imported as `Item` from shop (line 3)"),  # via shop/__init__
+        ("shop/models.py", 7, 15, 2.0, "imports", "imported as `Store` from shop.models (line 4)"),
+        ("shop/util/helpers.py", 1, 27, 2.0, "imports", "imported module `shop.util.helpers` (line 5)"),
+        ("shop/models.py", 1, 46, 1.0, "imports", "imported module `shop.models` as `m` (line 2)"),
+    ]
+    assert [r.text for r in records] == [
+        INVENTORY,
+        ITEM,
+        STORE,
+        '"""Helpers for prices."""\n' + FMT_PRICE.split("\n")[0] + " ...\n" + PARSE_SKU
+        + "\nasync def fetch_item(sku: str) -> Item: ...\ndef unexported(): ...",
+        MODELS_MODULE,
+    ]
+
+
+def test_relative_imports_star_with_all_and_new_file(root):
+    service = '''from .models import Item as It
+from . import models
+from .util.helpers import *
+
+
+def price(x: It) -> str:
+    return fmt_price(x) + fmt_price(x)
+'''
+    assert not (root / "shop/service.py").exists()
+    records = import_context(root, root / "shop/service.py", service)
+    assert rows(records) == [
+        ("shop/util/helpers.py", 9, 11, 2.5, "imports",
+         "imported as `fmt_price` by `from .util.helpers import *` (line 3)"),
+        ("shop/models.py", 18, 30, 2.0, "imports", "imported as `It` from .models (line 1)"),
+        ("shop/models.py", 1, 46, 1.0, "imports", "imported as `models` from . (line 2)"),
+        # __all__ leaves out `unexported` and the module's own import of Item
+        ("shop/util/helpers.py", 14, 18, 0.5, "imports",
+         "imported as `parse_sku` by `from .util.helpers import *` (line 3)"),
+    ]
+    assert [r.text for r in records] == [FMT_PRICE, ITEM, MODELS_MODULE, PARSE_SKU]
+
+
+def test_star_without_all_is_public_names_in_the_project_and_bounded(root, monkeypatch):
+    text = "from shop.models import *\n\nInventory(Store('a'))\n"
+    records = import_context(root, root / "main.py", text)
+    # `dataclass` is a public name of shop.models too, but it resolves into the standard library.
+    assert rows(records) == [
+        ("shop/models.py", 7, 15, 1.5, "imports", "imported as `Store` by `from shop.models import *` (line 1)"),
+        ("shop/models.py", 33, 46, 1.5, "imports", "imported as `Inventory` by `from shop.models import *` (line 1)"),
+        ("shop/models.py", 4, 4, 0.5, "imports", "imported as `DEFAULT_CITY` by `from shop.models import *` (line 1)"),
+        ("shop/models.py", 18, 30, 0.5, "imports", "imported as `Item` by `from shop.models import *` (line 1)"),
+    ]
+    assert records[2].text == 'DEFAULT_CITY = "Berlin"'
+    monkeypatch.setattr(pa, "MAX_STAR_NAMES", 2)  # dataclass, DEFAULT_CITY
+    assert [r.why for r in import_context(root, root / "main.py", text)] == [
+        "imported as `DEFAULT_CITY` by `from shop.models import *` (line 1)"
+    ]
+
+
+def test_relative_star_of_a_package_follows_its_reexports(root):
+    records = import_context(root, root / "shop/util/tool.py", "from .. import *\n")
+    assert rows(records) == [
+        ("shop/models.py", 33, 46, 0.5, "imports", "imported as `Inventory` by `from .. import *` (line 1)"),
+        ("shop/models.py", 18, 30, 0.5, "imports", "imported as `Item` by `from .. import *` (line 1)"),
+        ("shop/models.py", 7, 15, 0.5, "imports", "imported as `Store` by `from .. import *` (line 1)"),
+    ]
+
+
+def test_package_imported_whole_shows_its_reexports(root):
+    (record,) = import_context(root, root / "main.py", "import shop\n\nshop.Item('a')\n")
+    assert rows([record]) == [("shop/__init__.py", 1, 4, 2.0, "imports", "imported module `shop` (line 1)")]
+    assert record.text == '"""The shop package."""\nfrom .models import Inventory, Item, Store'
+
+
+def test_names_outside_the_project_are_skipped(root):
+    text = ("import json\nfrom os import path\nfrom jedi import Script\nimport requests\n"
+            "from shop.models import dataclass\n")
+    assert import_context(root, root / "main.py", text) == []
+
+
+def test_unsaved_buffer_overrides_the_file_on_disk(root):
+    (root / "main.py").write_text("from shop.models import Store\n")
+    records = import_context(root, root / "main.py", "from shop.models import Inventory\n")
+    assert rows(records) == [
+        ("shop/models.py", 33, 46, 1.0, "imports", "imported as `Inventory` from shop.models (line 1)")]
+
+
+def test_imports_survive_syntax_errors_and_half_typed_imports(root):
+    text = "from shop import Store\nfrom shop.models import (\n\ndef broken(:\n    Store(\n"
+    records = import_context(root, root / "main.py", text)
+    assert rows(records) == [("shop/models.py", 7, 15, 2.0, "imports", "imported as `Store` from shop (line 1)")]
+
+
+def test_limit(root):
+    assert len(import_context(root, root / "main.py", MAIN, limit=2)) == 2
+
+
+# -- typed holes -------------------------------------------------------------------------------------------
+
+APP = '''from .models import Inventory, Item, Store
+from .util.helpers import fmt_price
+
+
+class Shop:
+    """Sells items."""
+
+    def __init__(self, inv: Inventory, owner) -> None:
+        self.inv = inv
+        self.owner = owner
+        self.sold: list[Item] = []
+
+    def sell(self, item: Item, n: int = 1) -> str:
+        total = item.total(n)
+        label = fmt_price(item)
+'''
+SCOPE = ("# in scope: item: Item, n: int, total: float, label: str, self.inv: Inventory, self.owner, "
+         "self.sold: list[Item]")
+ITEM_BINDING = (ITEM, "shop/models.py", 18, 30, 6.0, "typed_holes", "type of `item`")
+INVENTORY_BINDING = (INVENTORY, "shop/models.py", 33, 46, 5.96, "typed_holes", "type of `self.inv`")
+
+
+def holes(root, marked: str, **kw):
+    text, line, col = at_cursor(marked)
+    records = typed_hole_context(root, root / "shop/app.py", text, line, col, **kw)
+    return [(r.text, r.path, r.start_line, r.end_line, r.score, r.kind, r.why) for r in records]
+
+
+def hole(text: str, line: int = 16):
+    return (text, "shop/app.py", line, line, 10.0, "typed_holes", "the hole at the cursor")
+
+
+def test_annotated_assignment_expects_its_annotation(root):
+    assert holes(root, APP + "        new: Store = |") == [
+        hole("# expected type: Store (annotation of `new`)\n" + SCOPE),
+        (STORE, "shop/models.py", 7, 15, 9.0, "typed_holes", "expected type of `new`"),
+        ITEM_BINDING,
+        INVENTORY_BINDING,
+    ]
+    # a generic annotation: the project classes inside it
+    assert holes(root, APP + "        by_sku: dict[str, Store] = {|")[:2] == [
+        hole("# expected type: dict[str, Store] (annotation of `by_sku`)\n" + SCOPE),
+        (STORE, "shop/models.py", 7, 15, 9.0, "typed_holes", "expected type of `by_sku`"),
+    ]
+
+
+def test_call_argument_in_an_unclosed_call(root):
+    assert holes(root, APP + "        self.inv.restock(item, |") == [
+        hole("# expected type: int (parameter `count` of `restock`)\n"
+             "# signature: restock(item: Item, count: int=1) -> None\n" + SCOPE),
+        ITEM_BINDING,  # int is no project type: no record for it
+        INVENTORY_BINDING,
+    ]
+
+
+def test_call_argument_annotation_resolved_in_the_callee_file(root):
+    assert holes(root, APP + "        self.inv.restock(|)\n        return label\n") == [
+        hole("# expected type: Item (parameter `item` of `restock`)\n"
+             "# signature: restock(item: Item, count: int=1) -> None\n" + SCOPE),
+        (ITEM, "shop/models.py", 18, 30, 9.0, "typed_holes", "expected type of parameter `item`"),
+        INVENTORY_BINDING,
+    ]
+    # fmt_price lives in shop/util/helpers.py, which imports Item relatively
+    assert holes(root, APP + "        fmt_price(|")[:2] == [
+        hole("# expected type: Item (parameter `item` of `fmt_price`)\n"
+             '# signature: fmt_price(item: Item, currency: str="EUR") -> str\n' + SCOPE),
+        (ITEM, "shop/models.py", 18, 30, 9.0, "typed_holes", "expected type of parameter `item`"),
+    ]
+    assert holes(root, APP + "        Store('a', city=|)")[0] == hole(
+        "# expected type: str (parameter `city` of `Store`)\n"
+        "# signature: Store(name: str, city: str=DEFAULT_CITY)\n" + SCOPE)
+
+
+def test_return_expects_the_return_annotation(root):
+    text = APP + "        return |\n\n    def stock(self) -> Inventory:\n        return |"
+    assert holes(root, text.replace("|", "", 1)) == [
+        hole("# expected type: Inventory (return type of `stock`)\n# in scope: self.inv: Inventory, self.owner, "
+             "self.sold: list[Item]", line=19),
+        (INVENTORY, "shop/models.py", 33, 46, 9.0, "typed_holes", "expected return type of `stock`"),
+        (ITEM, "shop/models.py", 18, 30, 5.98, "typed_holes", "type of `self.sold`"),
+    ]
+    assert holes(root, APP + "        return |")[0] == hole("# expected type: str (return type of `sell`)\n" + SCOPE)
+
+
+def test_bindings_are_params_locals_before_the_cursor_and_self_attributes(root):
+    text = '''from shop.models import Inventory, Item
+
+
+class Report:
+    def __init__(self, inv: Inventory) -> None:
+        self.inv = inv
+        self._seen = 0
+
+    def build(self, items: list[Item], *names, limit=3, **opts):
+        rows = [row for row in items]
+        for it in items:
+            pass
+
+        def helper(inner):
+            hidden = 1
+        with open("x") as fh:
+            first = it.total(2)
+        later = |rows
+        after = 5
+'''
+    records = typed_hole_context(root, root / "report.py", *at_cursor(text))
+    assert rows(records) == [
+        ("report.py", 18, 18, 10.0, "typed_holes", "the hole at the cursor"),
+        ("shop/models.py", 18, 30, 6.0, "typed_holes", "type of `items`"),
+        ("shop/models.py", 33, 46, 5.91, "typed_holes", "type of `self.inv`"),
+    ]
+    assert records[0].text == (
+        "# in scope: items: list[Item], *names, limit, **opts, rows: List[Item], it: Item, helper(inner), fh: _IOBase, "
+        "first: float, self.inv: Inventory, self._seen: int"
+    )
+
+
+def test_module_level_bindings(root):
+    text = "from shop import Store\nDEFAULT = Store('x')\ncount = 3\ndef f(): pass\nx: Store = |"
+    assert rows(typed_hole_context(root, root / "mod.py", *at_cursor(text))) == [
+        ("mod.py", 5, 5, 10.0, "typed_holes", "the hole at the cursor"),
+        ("shop/models.py", 7, 15, 9.0, "typed_holes", "expected type of `x`"),
+    ]
+    (first, _) = typed_hole_context(root, root / "mod.py", *at_cursor(text))
+    assert first.text == "# expected type: Store (annotation of `x`)\n# in scope: DEFAULT: Store, count: int"
+    assert typed_hole_context(root, root / "mod.py", *at_cursor("|import json\n")) == []
+
+
+def test_receiver_after_a_dot(root):
+    assert holes(root, APP + "        self.inv.|") == [
+        hole("# receiver `self.inv`: Inventory\n# members: counts, restock, size, store\n" + SCOPE),
+        (INVENTORY, "shop/models.py", 33, 46, 8.0, "typed_holes", "type of `self.inv`"),
+        ITEM_BINDING,
+    ]
+    assert holes(root, APP + "        self.inv.re|")[0] == hole(
+        "# receiver `self.inv`: Inventory\n# members: restock\n" + SCOPE)
+    assert holes(root, APP + "        Item('a', 2.0).t|")[:2] == [
+        hole("# receiver `Item('a', 2.0)`: Item\n# members: total\n" + SCOPE),
+        (ITEM, "shop/models.py", 18, 30, 8.0, "typed_holes", "type of `Item('a', 2.0)`"),
+    ]
+
+
+def test_type_definitions_come_from_the_project_only(root):
+    text = "from shop import Store\n\n\ndef f(name: str, store: Store) -> int:\n    name.st|"
+    assert rows(typed_hole_context(root, root / "f.py", *at_cursor(text))) == [
+        ("f.py", 5, 5, 10.0, "typed_holes", "the hole at the cursor"),
+        ("shop/models.py", 7, 15, 5.99, "typed_holes", "type of `store`"),  # nothing for str
+    ]
+    (first, _) = typed_hole_context(root, root / "f.py", *at_cursor(text))
+    assert first.text == "# receiver `name`: str\n# members: startswith, strip\n# in scope: name: str, store: Store"
+    # a float literal and a dot inside a string are no receivers
+    assert typed_hole_context(root, root / "f.py", *at_cursor(text.replace("name.st|", "x = 1.|")))[0].text == (
+        "# in scope: name: str, store: Store")
+    assert typed_hole_context(root, root / "f.py", *at_cursor(text.replace("name.st|", "x = 'a.|'")))[0].text == (
+        "# in scope: name: str, store: Store")
+
+
+def test_hole_in_a_file_with_a_syntax_error_elsewhere(root):
+    broken = APP.replace('class Shop:', 'def broken(:\n    pass\n\n\nclass Shop:')
+    assert holes(root, broken + "        self.inv.restock(item, |") == [
+        hole("# expected type: int (parameter `count` of `restock`)\n"
+             "# signature: restock(item: Item, count: int=1) -> None\n" + SCOPE, line=20),
+        ITEM_BINDING,
+        INVENTORY_BINDING,
+    ]
+
+
+def test_unsaved_buffer_is_what_the_hole_sees(root):
+    (root / "shop/app.py").write_text("def sell():\n    return 1\n")
+    assert holes(root, APP + "        new: Store = |")[0] == hole(
+        "# expected type: Store (annotation of `new`)\n" + SCOPE)
+
+
+def test_hole_limit(root):
+    assert [r[-1] for r in holes(root, APP + "        new: Store = |", limit=2)] == [
+        "the hole at the cursor", "expected type of `new`"]
+
+
+def test_imports_outside_the_project_are_never_followed(root, monkeypatch):
+    asked = []
+    goto = pa._goto
+
+    def spy(a, leaf):
+        asked.append(leaf.value)
+        return goto(a, leaf)
+
+    monkeypatch.setattr(pa, "_goto", spy)
+    text = "import json\nfrom os import path\nfrom jedi import Script\nimport shop.models\nfrom .x import y\n"
+    records = import_context(root, root / "main.py", text)
+    assert asked == ["models", "y"]  # json, os and jedi are not in the project: jedi never resolves them
+    assert [r.path for r in records] == ["shop/models.py"]
