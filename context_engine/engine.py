@@ -7,6 +7,7 @@ the evaluation harness all ask it the same question (`context`) and turn the ans
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -193,7 +194,8 @@ class ContextEngine:
             return []
         records = []
         for imp in symbols.imports:
-            names = [local for _, local in imp.names if local != "*"] or [imp.alias or imp.module.split(".")[-1]]
+            last = re.split(r"::|[./]", imp.module.rstrip("/"))[-1]  # a.b, crate::a::b, net/http
+            names = [local for _, local in imp.names if local != "*"] or [imp.alias or last]
             for name in names:
                 for d in self.index.definitions(name=name)[:3]:
                     if d.path == rel:
