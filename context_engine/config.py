@@ -45,7 +45,8 @@ class ContextConfig:
     max_file_bytes: int = 1_000_000
     skip_dirs: tuple[str, ...] = SKIP_DIRS
     secret_patterns: tuple[str, ...] = SECRET_PATTERNS
-    index_dir: Path = field(default_factory=default_index_dir)  # the SQLite caches, one per workspace
+    # The SQLite caches, one per workspace (looked up at construction, so tests can redirect it).
+    index_dir: Path = field(default_factory=lambda: default_index_dir())
     watch: bool = False  # live updates through watchdog
     # Retrieval: sliding windows over files (RepoCoder/CrossCodeEval use 20 lines, stride 10).
     window_lines: int = 20

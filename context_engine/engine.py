@@ -62,6 +62,8 @@ class ContextEngine:
 
     def build(self, progress: bool = False):
         stats = self.index.build(progress=progress)
+        if self.config.watch:
+            self.start_watching()
         for path in self.index.files():
             text = self.index.text(path)
             if text is not None:
@@ -104,7 +106,21 @@ class ContextEngine:
             self.retriever.add_document(path, text)
         self._generation += 1
 
+    def start_watching(self) -> None:
+        """Follow the disk: the index updates itself (watchdog); the retriever follows the paths it touched."""
+        self.index.start_watching(on_change=self._on_disk_change)
+
+    def _on_disk_change(self, paths: list[str]) -> None:
+        for path in paths:
+            text = self.index.text(path)
+            if text is None:
+                self.retriever.remove_document(path)
+            else:
+                self.retriever.add_document(path, text)
+        self._generation += 1
+
     def close(self) -> None:
+        self.index.stop_watching()
         self.index.close()
 
     # -- the question --------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ class RuntimeConfig:
     # Q4_1's layout), half the bytes again; "none"; "auto": int8 on the CPU (where decode is bound by reading
     # the weights), none on CUDA.
     quantize: str = "auto"
-    cache_dir: Path = field(default_factory=default_cache_dir)  # converted GGUF models land here
+    cache_dir: Path = field(default_factory=lambda: default_cache_dir())  # converted GGUF models land here
     # Remote backend: an OpenAI-compatible completions endpoint replaces the local model when set.
     endpoint: str | None = None
     endpoint_model: str | None = None  # the "model" field sent to the endpoint

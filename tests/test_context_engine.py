@@ -1,0 +1,191 @@
+"""The context engine end to end on a small repository: providers, packing, prompt parts, commands."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from context_engine.config import ContextConfig
+from context_engine.engine import ContextEngine, find_root
+from model_runtime.templates import TEMPLATES, render
+from repocomplete.cli import main
+
+FILES = {
+    "shop/__init__.py": "from .models import Inventory, Item\n",
+    "shop/models.py": '''
+        """Things a shop sells."""
+        from dataclasses import dataclass
+
+
+        @dataclass
+        class Item:
+            """One product on a shelf."""
+
+            sku: str
+            price_cents: int
+
+            def discounted(self, percent: int) -> int:
+                return self.price_cents * (100 - percent) // 100
+
+
+        class Inventory:
+            """Stock levels per product."""
+
+            def __init__(self) -> None:
+                self.levels: dict[str, int] = {}
+
+            def restock(self, item: Item, count: int = 1) -> None:
+                self.levels[item.sku] = self.levels.get(item.sku, 0) + count
+
+            def available(self, sku: str) -> int:
+                return self.levels.get(sku, 0)
+    ''',
+    "shop/checkout.py": '''
+        from shop.models import Inventory, Item
+
+
+        def sell(inventory: Inventory, item: Item, count: int) -> int:
+            """Take items out of stock and return the price."""
+            if inventory.available(item.sku) < count:
+                raise ValueError(item.sku)
+            total = item.discounted(10) * count
+            return total
+    ''',
+    "web/cart.js": '''
+        import { formatPrice } from './format.js';
+
+        export function cartTotal(items) {
+          return formatPrice(items.reduce((sum, item) => sum + item.price, 0));
+        }
+    ''',
+    "web/format.js": '''
+        // Cents to a display string.
+        export function formatPrice(cents) {
+          return (cents / 100).toFixed(2);
+        }
+    ''',
+    ".env": "STRIPE_SECRET=sk_live_restock_Inventory_Item\n",
+    # A Python file, but its name says secrets: never read, so it can never reach a prompt.
+    "config/secrets.py": "API_TOKEN = 'sk_live_restock'\n\n\ndef restock(inventory):\n    return API_TOKEN\n",
+    "notes/keys.pem": "-----BEGIN PRIVATE KEY----- restock Inventory\n",
+}
+
+
+@pytest.fixture
+def repo(tmp_path) -> Path:
+    root = tmp_path / "repo"
+    for rel, text in FILES.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text).lstrip("\n"))
+    (root / ".git").mkdir()
+    return root
+
+
+@pytest.fixture
+def engine(repo, tmp_path):
+    e = ContextEngine(repo, ContextConfig(index_dir=tmp_path / "index", budget_tokens=2000))
+    e.build()
+    yield e
+    e.close()
+
+
+NEW_FILE = "from shop.models import Inventory, Item\n\n\ndef restock_all(inv: Inventory, items: list[Item]) -> None:\n    for item in items:\n        inv."
+
+
+def test_every_provider_contributes_with_provenance(engine):
+    ctx = engine.context("shop/restock.py", NEW_FILE, line=6, col=13)
+    kinds = {r.kind for r in ctx.records}
+    assert {"imports", "typed_holes", "retrieval", "repo_map"} <= kinds
+    imports = [r for r in ctx.records if r.kind == "imports"]
+    assert {(r.path, r.why.split(" from ")[0]) for r in imports} == {
+        ("shop/models.py", "imported as `Inventory`"),
+        ("shop/models.py", "imported as `Item`"),
+    }
+    item = next(r for r in imports if "`Item`" in r.why)
+    assert item.text.startswith("@dataclass\nclass Item:") and "def discounted(self, percent: int) -> int" in item.text
+    hole = next(r for r in ctx.records if r.kind == "typed_holes" and r.path == "shop/restock.py")
+    assert "# receiver `inv`: Inventory" in hole.text and "restock" in hole.text
+    assert all(r.path not in (".env", "notes/keys.pem", "config/secrets.py") for r in ctx.records)
+    assert not any("sk_live" in r.text or "PRIVATE KEY" in r.text for r in ctx.records)
+    assert set(ctx.timings_ms) == {"imports", "typed_holes", "retrieval", "repo_map", "neighbours", "total"}
+
+
+def test_records_come_most_stable_first_and_fit_the_budget(engine):
+    ctx = engine.context("shop/restock.py", NEW_FILE, line=6, col=13, budget=120)
+    order = ["repo_map", "imports", "retrieval", "typed_holes", "neighbours"]
+    ranks = [order.index(r.kind) for r in ctx.records]
+    assert ranks == sorted(ranks)
+    assert 0 < ctx.packed.tokens <= 120
+
+
+def test_the_current_window_is_not_repeated(engine, repo):
+    text = (repo / "shop/checkout.py").read_text()
+    offset = text.index("total = item")
+    parts, ctx = engine.prompt_parts(str(repo / "shop/checkout.py"), text, offset)
+    assert parts.path == "shop/checkout.py" and parts.repo_name == "repo"
+    for r in ctx.records:
+        if r.path == "shop/checkout.py" and r.kind != "typed_holes":
+            pytest.fail(f"the current file's window came back as {r.kind} {r.start_line}-{r.end_line}")
+    prompt = render(TEMPLATES["plain"], parts)
+    assert prompt.startswith("# Path: ")  # context as path-headed comment blocks before the file
+    assert prompt.endswith("# Path: shop/checkout.py\n" + parts.prefix)
+
+
+def test_unsaved_buffer_overrides_disk(engine):
+    engine.set_buffer("shop/models.py", "class Warehouse:\n    def restock_everything(self) -> None: ...\n")
+    ctx = engine.context("shop/restock.py", "from shop.models import Warehouse\n\nw = Warehouse()\nw.", 4, 3)
+    texts = "\n".join(r.text for r in ctx.records)
+    assert "restock_everything" in texts and "class Inventory" not in texts
+    engine.clear_buffer("shop/models.py")
+    ctx = engine.context("shop/restock.py", NEW_FILE, line=6, col=13)
+    assert any("class Inventory" in r.text for r in ctx.records)
+
+
+def test_javascript_imports_come_from_the_index(engine, repo):
+    text = (repo / "web/cart.js").read_text()
+    ctx = engine.context("web/cart.js", text, line=4, col=3, providers=("imports",))
+    assert [(r.path, r.text, r.why) for r in ctx.records] == [
+        ("web/format.js", "function formatPrice(cents)\nCents to a display string.",
+         "`formatPrice` imported from ./format.js (line 1)")
+    ]
+
+
+def test_a_failing_provider_costs_only_its_records(engine, monkeypatch):
+    def boom(*a, **k):
+        raise RuntimeError("jedi fell over")
+
+    monkeypatch.setattr("context_engine.python_analysis.typed_hole_context", boom)
+    ctx = engine.context("shop/restock.py", NEW_FILE, line=6, col=13)
+    assert not any(r.kind == "typed_holes" for r in ctx.records)
+    assert any(r.kind == "imports" for r in ctx.records)
+
+
+def test_find_root_stops_at_the_repository(repo):
+    assert find_root(repo / "shop" / "models.py") == repo.resolve()
+
+
+def test_index_and_context_commands(repo, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("context_engine.config.default_index_dir", lambda: tmp_path / "cli-index")
+    assert main(["index", str(repo), "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    # .git/ and config/secrets.py are skipped; .env and keys.pem are not source files: never even considered.
+    assert (stats["files"], stats["skipped"]) == (5, 2)
+    assert stats["definitions"] >= 8
+    assert main(["context", str(repo / "shop/checkout.py"), "--line", "8", "--col", "13", "--json"]) == 0
+    items = json.loads(capsys.readouterr().out)
+    assert items and set(items[0]) == {"path", "start_line", "end_line", "kind", "score", "why", "text"}
+    assert any(i["kind"] == "imports" and i["path"] == "shop/models.py" for i in items)
+
+
+def test_complete_with_repo_context(repo, tiny_model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("context_engine.config.default_index_dir", lambda: tmp_path / "cli-index")
+    code = main(["complete", str(repo / "shop/checkout.py"), "--line", "8", "--col", "13", "--context", "repo",
+                 "--model", str(tiny_model_dir), "--quantize", "none", "--max-tokens", "3", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0
+    # The prompt carries the repository context: far longer than the file's own 9 lines.
+    assert out["prompt_tokens"] > 250
