@@ -78,9 +78,10 @@ def test_directory_as_file(capsys, tmp_path, tiny_model_dir):
     assert_one_line_error(*result, f"not a regular file: {tmp_path}")
 
 
-def test_context_repo(capsys, src, tiny_model_dir):
-    result = run_cli(capsys, "complete", src, "--line", 2, "--col", 5, "--context", "repo", "--model", tiny_model_dir)
-    assert_one_line_error(*result, "--context repo arrives with the context engine (issue 4); use none or infile")
+def test_context_repo_with_a_bad_budget(capsys, src, tiny_model_dir):
+    result = run_cli(capsys, "complete", src, "--line", 2, "--col", 5, "--context", "repo", "--budget", -1,
+                     "--model", tiny_model_dir)
+    assert_one_line_error(*result, "budget_tokens must be >= 0, got -1")
 
 
 def test_bad_max_tokens(capsys, src, tiny_model_dir):
