@@ -54,6 +54,10 @@ class ContextConfig:
     query_lines: int = 10  # the lines before the cursor that query retrieval
     dense: bool = False  # dense retrieval (faiss over all-MiniLM-L6-v2 embeddings) besides sparse BM25
     iterative: bool = False  # RepoCoder: re-query with a draft completion
+    # How long a request waits for the jedi providers (imports, typed holes) before going without them; their
+    # answer then serves the following keystrokes. None: always wait (evaluation, where results must not
+    # depend on timing).
+    slow_provider_deadline_ms: float | None = 25.0
 
     def replace(self, **changes) -> "ContextConfig":
         return dataclasses.replace(self, **changes)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from concurrent.futures import Future, ThreadPoolExecutor, TimeoutError
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,11 +23,14 @@ from model_runtime.templates import ContextItem, PromptParts
 
 log = logging.getLogger(__name__)
 
+SLOW_PROVIDERS = ("imports", "typed_holes")  # jedi inference
+
 
 @dataclass
 class Context:
     packed: Packed
     timings_ms: dict[str, float] = field(default_factory=dict)  # per provider, and "total"
+    complete: bool = True  # False: a slow provider missed the deadline (its answer serves a later request)
 
     @property
     def records(self) -> list[ContextRecord]:
@@ -54,6 +58,10 @@ class ContextEngine:
         self.index = RepoIndex(self.root, self.config)
         self.retriever = Retriever(self.config)
         self.neighbours = Neighbours()
+        self._graph = None  # (generation, RepoGraph)
+        # jedi is not thread-safe: one thread runs the slow providers, one job at a time.
+        self._slow_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="repocomplete-jedi")
+        self._slow_results: dict[tuple, Future] = {}
         self._map_cache: dict[tuple[str, int], list[ContextRecord]] = {}
         self._line_cache: tuple[tuple, Context] | None = None
         self._generation = 0  # bumped on every change the repo map depends on
@@ -94,7 +102,6 @@ class ContextEngine:
             self.neighbours.open(path, text)
         else:
             self.neighbours.record_edit(path, edited_line, text)
-        self._generation += 1
 
     def clear_buffer(self, path: str) -> None:
         self.index.clear_buffer(path)
@@ -104,7 +111,6 @@ class ContextEngine:
             self.retriever.remove_document(path)
         else:
             self.retriever.add_document(path, text)
-        self._generation += 1
 
     def start_watching(self) -> None:
         """Follow the disk: the index updates itself (watchdog); the retriever follows the paths it touched."""
@@ -120,6 +126,7 @@ class ContextEngine:
         self._generation += 1
 
     def close(self) -> None:
+        self._slow_pool.shutdown(wait=False, cancel_futures=True)
         self.index.stop_watching()
         self.index.close()
 
@@ -152,18 +159,52 @@ class ContextEngine:
         timings: dict[str, float] = {}
         by_provider: dict[str, list[ContextRecord]] = {}
         t_all = time.perf_counter()
+        deadline = self.config.slow_provider_deadline_ms
+        complete = True
+        # jedi-backed providers can take hundreds of ms on a file's first visit: they run on their own thread
+        # and, past the deadline, this request goes without them; their answer serves the next keystrokes.
+        hole = hole_key(rel, line, prefix)
+        futures = {}
         for kind in providers:
+            if kind in SLOW_PROVIDERS and _language(rel) == "python":
+                futures[kind] = self._slow(kind, hole, rel, text, prefix, line, col, budget)
+        for kind in providers:
+            if kind in futures:
+                continue
             t = time.perf_counter()
+            by_provider[kind] = self._safe_provide(kind, rel, text, prefix, line, col, budget)
+            timings[kind] = round((time.perf_counter() - t) * 1000, 2)
+        for kind, future in futures.items():
+            t = time.perf_counter()
+            remaining = None if deadline is None else max(0.0, deadline / 1000 - (t - t_all))
             try:
-                by_provider[kind] = self._provide(kind, rel, text, prefix, line, col, budget)
-            except Exception as e:  # a provider's failure costs its records, never the completion
-                log.warning("provider %s failed on %s:%d: %s: %s", kind, rel, line, type(e).__name__, e)
+                by_provider[kind] = future.result(timeout=remaining)
+            except TimeoutError:
                 by_provider[kind] = []
+                complete = False
             timings[kind] = round((time.perf_counter() - t) * 1000, 2)
         window = (rel, *own_window) if own_window else None
         packed = pack(by_provider, budget, self.config.quotas, self.count_tokens, own_window=window)
         timings["total"] = round((time.perf_counter() - t_all) * 1000, 2)
-        return Context(packed, timings)
+        return Context(packed, timings, complete)
+
+    def _safe_provide(self, kind, rel, text, prefix, line, col, budget) -> list[ContextRecord]:
+        try:
+            return self._provide(kind, rel, text, prefix, line, col, budget)
+        except Exception as e:  # a provider's failure costs its records, never the completion
+            log.warning("provider %s failed on %s:%d: %s: %s", kind, rel, line, type(e).__name__, e)
+            return []
+
+    def _slow(self, kind, hole, rel, text, prefix, line, col, budget) -> Future:
+        """The pending or finished answer of a slow provider for this hole (one per hole, newest kept)."""
+        key = (kind, hole)
+        future = self._slow_results.get(key)
+        if future is None:
+            future = self._slow_pool.submit(self._safe_provide, kind, rel, text, prefix, line, col, budget)
+            self._slow_results[key] = future
+            while len(self._slow_results) > 64:
+                self._slow_results.pop(next(iter(self._slow_results)))
+        return future
 
     def _provide(self, kind: str, rel: str, text: str, prefix: str, line: int, col: int, budget: int):
         language = _language(rel)
@@ -194,13 +235,15 @@ class ContextEngine:
         raise ValueError(f"unknown provider {kind!r}")
 
     def _repo_map(self, rel: str, budget: int) -> list[ContextRecord]:
-        # PageRank over the whole repository is the costly part: computed once per (file, index generation).
-        key = (rel, self._generation)
-        if key not in self._map_cache:
-            from context_engine.repo_map import repo_map
+        # The graph is built once per state of the index; each file then costs one personalised PageRank.
+        from context_engine.repo_map import RepoGraph, fit
 
-            self._map_cache = {key: repo_map(self.index.definitions(), self.index.all_identifiers(), budget, rel,
-                                             count_tokens=self.count_tokens)}
+        if self._graph is None or self._graph[0] != self._generation:
+            self._graph = (self._generation, RepoGraph(self.index.definitions(), self.index.all_identifiers()))
+            self._map_cache = {}
+        key = (rel, budget)
+        if key not in self._map_cache:
+            self._map_cache[key] = fit(self._graph[1].rank_definitions(rel), budget, self.count_tokens)
         return self._map_cache[key]
 
     def _index_imports(self, rel: str) -> list[ContextRecord]:
@@ -238,17 +281,25 @@ class ContextEngine:
         # While the user types a name, the context stays as it was: the prompt's head is then unchanged from
         # keystroke to keystroke and the prefix-KV cache reuses all of it. A new line, or a character that opens
         # a new hole (`obj.`, `f(`, `a, `, `x = `), asks the providers again.
-        line_text = text[line_start:offset]
-        hole_start = max(line_text.rfind(c) for c in ".(,=[") + 1
-        key = (rel, line, hash(text[:line_start]), line_text[:hole_start], budget, self.config.providers)
+        key = (hole_key(rel, line, text[:offset]), budget, self.config.providers)
         if self._line_cache and self._line_cache[0] == key:
             ctx = self._line_cache[1]
         else:
             ctx = self.context(rel, text, line, col, budget=budget, own_window=(first_line, last_line))
-            self._line_cache = (key, ctx)
+            if ctx.complete:  # an incomplete one is asked again, to pick up the late provider's answer
+                self._line_cache = (key, ctx)
         parts.context = [ContextItem(r.path, r.text) for r in ctx.records]
         parts.repo_name = self.root.name
         return parts, ctx
+
+
+def hole_key(rel: str, line: int, prefix: str) -> tuple:
+    """What the context depends on while the user types: the file, the line, the text above it, and the line up
+    to the last character that opens a hole (`obj.`, `f(`, `a, `, `x = `, `a[`)."""
+    line_start = prefix.rfind("\n") + 1
+    line_text = prefix[line_start:]
+    opened = max(line_text.rfind(c) for c in ".(,=[") + 1
+    return (rel, line, hash(prefix[:line_start]), line_text[:opened])
 
 
 def _language(path: str) -> str | None:

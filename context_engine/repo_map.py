@@ -4,6 +4,9 @@ Files are nodes; a file that references a name defined in another file gets an e
 it uses the name (sqrt, so one chatty file does not dominate; names defined in many places count less). The walk
 restarts at the current file, so the map favours what the current file depends on. Each file's rank is shared
 among the definitions its referrers use, and the best definitions are shown as their signatures, grouped by file.
+
+The graph is built once per index state (`RepoGraph`); a query is a personalised PageRank by power iteration
+over a sparse matrix (milliseconds), so the map can follow the cursor from file to file.
 """
 
 from __future__ import annotations
@@ -12,60 +15,87 @@ import math
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 
-import networkx as nx
+import numpy as np
+from scipy import sparse
 
 from context_engine.packing import approx_tokens
 from context_engine.records import ContextRecord, Definition
 
+DAMPING = 0.85
+
+
+class RepoGraph:
+    def __init__(self, definitions: Iterable[Definition], identifiers: Mapping[str, Counter]):
+        defines: dict[str, set[str]] = defaultdict(set)
+        self.by_key: dict[tuple[str, str], list[Definition]] = defaultdict(list)
+        for d in definitions:
+            defines[d.name].add(d.path)
+            self.by_key[(d.path, d.name)].append(d)
+        files = sorted(set(identifiers) | {p for paths in defines.values() for p in paths})
+        self.files = files
+        self.node = {f: i for i, f in enumerate(files)}
+        src, dst, weight, names = [], [], [], []
+        for referrer, counts in identifiers.items():
+            for name, count in counts.items():
+                targets = defines.get(name)
+                if not targets:
+                    continue
+                w = math.sqrt(count) / len(targets)
+                for target in targets:
+                    if target != referrer:
+                        src.append(self.node[referrer])
+                        dst.append(self.node[target])
+                        weight.append(w)
+                        names.append(name)
+        self.src = np.array(src, dtype=np.int64)
+        self.dst = np.array(dst, dtype=np.int64)
+        self.weight = np.array(weight, dtype=np.float64)
+        self.names = names
+        n = len(files)
+        self.out_weight = np.bincount(self.src, weights=self.weight, minlength=n) if n else np.zeros(0)
+        # Column-stochastic transition matrix: rank flows from a referrer to what it references.
+        share = self.weight / np.where(self.out_weight[self.src] > 0, self.out_weight[self.src], 1)
+        self.matrix = sparse.csr_matrix((share, (self.dst, self.src)), shape=(n, n))
+        self.dangling = self.out_weight == 0
+
+    def pagerank(self, current: str | None, iterations: int = 50, tol: float = 1e-8) -> np.ndarray:
+        n = len(self.files)
+        if current in self.node:
+            restart = np.zeros(n)
+            restart[self.node[current]] = 1.0
+        else:
+            restart = np.full(n, 1.0 / n)
+        rank = np.full(n, 1.0 / n)
+        for _ in range(iterations):
+            spread = DAMPING * (self.matrix @ rank + rank[self.dangling].sum() * restart) + (1 - DAMPING) * restart
+            if np.abs(spread - rank).sum() < tol:
+                return spread
+            rank = spread
+        return rank
+
+    def rank_definitions(self, current: str | None = None) -> list[tuple[float, Definition]]:
+        """(score, definition) pairs, best first; the current file's own definitions left out."""
+        if len(self.src) == 0:
+            return []
+        rank = self.pagerank(current)
+        contribution = rank[self.src] * self.weight / self.out_weight[self.src]
+        scores: Counter = Counter()
+        for i in np.nonzero(contribution)[0]:
+            scores[(self.files[self.dst[i]], self.names[i])] += float(contribution[i])
+        ranked = []
+        for (path, name), score in scores.items():
+            if path == current:
+                continue  # the current file is in the prompt already
+            for d in self.by_key.get((path, name), ()):
+                ranked.append((score, d))
+        ranked.sort(key=lambda pair: (-pair[0], pair[1].path, pair[1].start_line))
+        return ranked
+
 
 def rank_definitions(
-    definitions: Iterable[Definition],
-    identifiers: Mapping[str, Counter],
-    current: str | None = None,
-    mentioned: Iterable[str] = (),
+    definitions: Iterable[Definition], identifiers: Mapping[str, Counter], current: str | None = None
 ) -> list[tuple[float, Definition]]:
-    """(score, definition) pairs, best first."""
-    defines: dict[str, set[str]] = defaultdict(set)  # name -> files defining it
-    by_key: dict[tuple[str, str], list[Definition]] = defaultdict(list)
-    for d in definitions:
-        defines[d.name].add(d.path)
-        by_key[(d.path, d.name)].append(d)
-    mentioned = set(mentioned)
-    graph = nx.MultiDiGraph()
-    for referrer, names in identifiers.items():
-        graph.add_node(referrer)
-        for name, count in names.items():
-            targets = defines.get(name)
-            if not targets:
-                continue
-            weight = math.sqrt(count) / len(targets)
-            if name in mentioned:
-                weight *= 10
-            for target in targets:
-                if target != referrer:
-                    graph.add_edge(referrer, target, weight=weight, name=name)
-    if graph.number_of_edges() == 0:
-        return []
-    personalization = {current: 1.0} if current and current in graph else None
-    try:
-        ranks = nx.pagerank(graph, weight="weight", personalization=personalization)
-    except nx.PowerIterationFailedConvergence:
-        ranks = nx.pagerank(graph, weight="weight", personalization=personalization, max_iter=500, tol=1e-4)
-    # Share each referrer's rank among the (file, name) definitions it uses, in proportion to edge weight.
-    scores: Counter = Counter()
-    for referrer in graph.nodes:
-        out = list(graph.out_edges(referrer, data=True))
-        total = sum(data["weight"] for _, _, data in out)
-        for _, target, data in out:
-            scores[(target, data["name"])] += ranks[referrer] * data["weight"] / total
-    ranked = []
-    for (path, name), score in scores.items():
-        if path == current:
-            continue  # the current file is in the prompt already
-        for d in by_key.get((path, name), ()):
-            ranked.append((score, d))
-    ranked.sort(key=lambda pair: (-pair[0], pair[1].path, pair[1].start_line))
-    return ranked
+    return RepoGraph(definitions, identifiers).rank_definitions(current)
 
 
 def render(ranked: list[tuple[float, Definition]]) -> list[ContextRecord]:
@@ -76,10 +106,7 @@ def render(ranked: list[tuple[float, Definition]]) -> list[ContextRecord]:
     records = []
     for path, items in by_path.items():
         items.sort(key=lambda pair: pair[1].start_line)
-        lines = []
-        for _, d in items:
-            indent = "    " if d.parent else ""
-            lines.append(indent + d.signature.strip())
+        lines = [("    " if d.parent else "") + d.signature.strip() for _, d in items]
         records.append(
             ContextRecord(
                 text="\n".join(lines),
@@ -95,23 +122,15 @@ def render(ranked: list[tuple[float, Definition]]) -> list[ContextRecord]:
     return records
 
 
-def repo_map(
-    definitions: Iterable[Definition],
-    identifiers: Mapping[str, Counter],
-    budget: int,
-    current: str | None = None,
-    mentioned: Iterable[str] = (),
-    count_tokens: Callable[[str], int] = approx_tokens,
-) -> list[ContextRecord]:
-    """The map's records, as many of the best definitions as fit in `budget` tokens (binary search)."""
-    ranked = rank_definitions(definitions, identifiers, current, mentioned)
+def fit(ranked: list[tuple[float, Definition]], budget: int, count_tokens: Callable[[str], int] = approx_tokens):
+    """As many of the best definitions as fit in `budget` tokens, rendered (binary search on the count)."""
     if not ranked or budget <= 0:
         return []
 
     def cost(n: int) -> int:
         return sum(count_tokens(r.text) for r in render(ranked[:n]))
 
-    lo, hi = 0, len(ranked)
+    lo, hi = 0, min(len(ranked), 4 * budget)  # a definition costs at least a token or so
     while lo < hi:
         mid = (lo + hi + 1) // 2
         if cost(mid) <= budget:
@@ -119,3 +138,13 @@ def repo_map(
         else:
             hi = mid - 1
     return render(ranked[:lo])
+
+
+def repo_map(
+    definitions: Iterable[Definition],
+    identifiers: Mapping[str, Counter],
+    budget: int,
+    current: str | None = None,
+    count_tokens: Callable[[str], int] = approx_tokens,
+) -> list[ContextRecord]:
+    return fit(rank_definitions(definitions, identifiers, current), budget, count_tokens)

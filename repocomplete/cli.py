@@ -65,7 +65,8 @@ def runtime_config(args: argparse.Namespace):
 def context_config(args: argparse.Namespace):
     from context_engine.config import ContextConfig
 
-    config = ContextConfig()
+    # A one-shot command waits for every provider; the deadline is for an editor's keystrokes.
+    config = ContextConfig(slow_provider_deadline_ms=None)
     if getattr(args, "budget", None) is not None:
         config.budget_tokens = args.budget
     if getattr(args, "providers", None):

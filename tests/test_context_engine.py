@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from context_engine.config import ContextConfig
-from context_engine.engine import ContextEngine, find_root
+from context_engine.engine import ContextEngine, find_root, hole_key
 from model_runtime.templates import TEMPLATES, render
 from repocomplete.cli import main
 
@@ -87,7 +87,7 @@ def repo(tmp_path) -> Path:
 
 @pytest.fixture
 def engine(repo, tmp_path):
-    e = ContextEngine(repo, ContextConfig(index_dir=tmp_path / "index", budget_tokens=2000))
+    e = ContextEngine(repo, ContextConfig(index_dir=tmp_path / "index", budget_tokens=2000, slow_provider_deadline_ms=None))
     e.build()
     yield e
     e.close()
@@ -189,3 +189,30 @@ def test_complete_with_repo_context(repo, tiny_model_dir, tmp_path, capsys, monk
     assert code == 0
     # The prompt carries the repository context: far longer than the file's own 9 lines.
     assert out["prompt_tokens"] > 250
+
+
+def test_slow_providers_miss_the_deadline_then_serve_the_next_keystroke(repo, tmp_path, monkeypatch):
+    import threading
+
+    from context_engine import python_analysis
+    from context_engine.records import ContextRecord
+
+    release = threading.Event()
+
+    def slow_hole(root, path, text, line, col, limit=20):
+        release.wait(5)
+        return [ContextRecord("# expected type: Inventory", "shop/restock.py", line, line, 10.0, "typed_holes", "hole")]
+
+    monkeypatch.setattr(python_analysis, "typed_hole_context", slow_hole)
+    e = ContextEngine(repo, ContextConfig(index_dir=tmp_path / "index", slow_provider_deadline_ms=20))
+    e.build()
+    first = e.context("shop/restock.py", NEW_FILE, line=6, col=13)
+    assert not first.complete and not any(r.kind == "typed_holes" for r in first.records)
+    assert first.timings_ms["typed_holes"] < 1000
+    release.set()
+    e._slow_results[("typed_holes", hole_key("shop/restock.py", 6, NEW_FILE))].result(5)  # let it finish
+    # The same hole a keystroke later (a letter typed after `inv.`): the late answer is there now.
+    second = e.context("shop/restock.py", NEW_FILE + "r", line=6, col=14)
+    assert second.complete
+    assert [r.text for r in second.records if r.kind == "typed_holes"] == ["# expected type: Inventory"]
+    e.close()
