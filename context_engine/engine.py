@@ -79,14 +79,17 @@ class ContextEngine:
         self._generation += 1
         return stats
 
-    def file_changed(self, path: str) -> None:
-        """A file changed on disk (or was created): refresh the index and the retriever."""
-        self.index.update_file(path)
-        text = self.index.text(path)
+    def _refresh_retriever(self, path: str) -> None:
+        text = self.index.text(path)  # the buffer, else the disk, else None (gone or not indexable)
         if text is None:
             self.retriever.remove_document(path)
         else:
             self.retriever.add_document(path, text)
+
+    def file_changed(self, path: str) -> None:
+        """A file changed on disk (or was created): refresh the index and the retriever."""
+        self.index.update_file(path)
+        self._refresh_retriever(path)
         self._generation += 1
 
     def file_removed(self, path: str) -> None:
@@ -106,11 +109,7 @@ class ContextEngine:
     def clear_buffer(self, path: str) -> None:
         self.index.clear_buffer(path)
         self.neighbours.close(path)
-        text = self.index.text(path)
-        if text is None:
-            self.retriever.remove_document(path)
-        else:
-            self.retriever.add_document(path, text)
+        self._refresh_retriever(path)
 
     def start_watching(self) -> None:
         """Follow the disk: the index updates itself (watchdog); the retriever follows the paths it touched."""
@@ -118,11 +117,7 @@ class ContextEngine:
 
     def _on_disk_change(self, paths: list[str]) -> None:
         for path in paths:
-            text = self.index.text(path)
-            if text is None:
-                self.retriever.remove_document(path)
-            else:
-                self.retriever.add_document(path, text)
+            self._refresh_retriever(path)
         self._generation += 1
 
     def close(self) -> None:
