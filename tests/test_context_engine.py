@@ -216,3 +216,24 @@ def test_slow_providers_miss_the_deadline_then_serve_the_next_keystroke(repo, tm
     assert second.complete
     assert [r.text for r in second.records if r.kind == "typed_holes"] == ["# expected type: Inventory"]
     e.close()
+
+
+def test_watching_keeps_index_and_retrieval_live(repo, tmp_path):
+    import time as _time
+
+    e = ContextEngine(repo, ContextConfig(index_dir=tmp_path / "index", watch=True, slow_provider_deadline_ms=None))
+    e.build()
+    try:
+        (repo / "shop" / "pricing.py").write_text("def zebra_surcharge(cents: int) -> int:\n    return cents + 7\n")
+        deadline = _time.monotonic() + 5
+
+        def seen():
+            found = [d.path for d in e.index.definitions(name="zebra_surcharge")]
+            hits = [r.path for r in e.retriever.query("zebra_surcharge(cents)", k=1)]
+            return found, hits
+
+        while _time.monotonic() < deadline and seen() != (["shop/pricing.py"], ["shop/pricing.py"]):
+            _time.sleep(0.05)
+        assert seen() == (["shop/pricing.py"], ["shop/pricing.py"])
+    finally:
+        e.close()
