@@ -145,8 +145,11 @@ class ContextEngine:
         budget: int | None = None,
         own_window: tuple[int, int] | None = None,
         providers: tuple[str, ...] | None = None,
+        draft: str | None = None,
     ) -> Context:
-        """Records for a cursor at 1-based (line, col) of `text` (the file at repo-relative `path`)."""
+        """Records for a cursor at 1-based (line, col) of `text` (the file at repo-relative `path`).
+
+        draft: a first completion at the cursor; retrieval then queries with it (RepoCoder's iterative step)."""
         rel = self.relative(path)
         budget = self.config.budget_tokens if budget is None else budget
         providers = providers or self.config.providers
@@ -167,7 +170,10 @@ class ContextEngine:
             if kind in futures:
                 continue
             t = time.perf_counter()
-            by_provider[kind] = self._safe_provide(kind, rel, text, prefix, line, col, budget)
+            if kind == "retrieval" and draft:
+                by_provider[kind] = self._retrieve(rel, prefix, line, draft)
+            else:
+                by_provider[kind] = self._safe_provide(kind, rel, text, prefix, line, col, budget)
             timings[kind] = round((time.perf_counter() - t) * 1000, 2)
         for kind, future in futures.items():
             t = time.perf_counter()
@@ -216,18 +222,21 @@ class ContextEngine:
 
             return typed_hole_context(self.root, self.root / rel, text, line, col)
         if kind == "retrieval":
-            from context_engine.retrieval import query_text_for
-
-            query = query_text_for(prefix, self.config.query_lines)
-            if not query.strip():
-                return []
-            first = max(1, line - self.config.window_lines)
-            return self.retriever.query(query, k=8, exclude=(rel, first, line))
+            return self._retrieve(rel, prefix, line)
         if kind == "repo_map":
             return self._repo_map(rel, int(budget * self.config.quotas.get("repo_map", 0.1)))
         if kind == "neighbours":
             return self.neighbours.records(rel, line)
         raise ValueError(f"unknown provider {kind!r}")
+
+    def _retrieve(self, rel: str, prefix: str, line: int, draft: str | None = None) -> list[ContextRecord]:
+        from context_engine.retrieval import query_text_for
+
+        exclude = (rel, max(1, line - self.config.window_lines), line)  # the cursor's own window
+        if draft:
+            return self.retriever.query_iterative(prefix, draft, k=8, exclude=exclude)
+        query = query_text_for(prefix, self.config.query_lines)
+        return self.retriever.query(query, k=8, exclude=exclude) if query.strip() else []
 
     def _repo_map(self, rel: str, budget: int) -> list[ContextRecord]:
         # The graph is built once per state of the index; each file then costs one personalised PageRank.
@@ -263,7 +272,8 @@ class ContextEngine:
     # -- prompt parts --------------------------------------------------------------------------------------
 
     def prompt_parts(
-        self, path: str, text: str, offset: int, window: Window | None = None, budget: int | None = None
+        self, path: str, text: str, offset: int, window: Window | None = None, budget: int | None = None,
+        draft: str | None = None,
     ) -> tuple[PromptParts, Context]:
         """The current file's window plus packed repository context, as the model runtime renders them."""
         rel = self.relative(path)
@@ -276,11 +286,11 @@ class ContextEngine:
         # While the user types a name, the context stays as it was: the prompt's head is then unchanged from
         # keystroke to keystroke and the prefix-KV cache reuses all of it. A new line, or a character that opens
         # a new hole (`obj.`, `f(`, `a, `, `x = `), asks the providers again.
-        key = (hole_key(rel, line, text[:offset]), budget, self.config.providers)
+        key = (hole_key(rel, line, text[:offset]), budget, self.config.providers, draft)
         if self._line_cache and self._line_cache[0] == key:
             ctx = self._line_cache[1]
         else:
-            ctx = self.context(rel, text, line, col, budget=budget, own_window=(first_line, last_line))
+            ctx = self.context(rel, text, line, col, budget=budget, own_window=(first_line, last_line), draft=draft)
             if ctx.complete:  # an incomplete one is asked again, to pick up the late provider's answer
                 self._line_cache = (key, ctx)
         parts.context = [ContextItem(r.path, r.text) for r in ctx.records]

@@ -39,6 +39,7 @@ def _add_context_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--budget", type=int, default=None, help="context token budget (default 1024)")
     g.add_argument("--providers", default=None, help="comma list of imports,typed_holes,retrieval,repo_map,neighbours")
     g.add_argument("--dense", action="store_true", help="add dense retrieval (all-MiniLM-L6-v2 + faiss)")
+    g.add_argument("--iterative", action="store_true", help="RepoCoder: retrieve again with a draft completion")
 
 
 def runtime_config(args: argparse.Namespace):
@@ -91,16 +92,21 @@ def cmd_complete(args: argparse.Namespace) -> int:
 
     text = read_source(args.file)
     offset = offset_of(text, args.line, args.col)
-    if args.context == "repo":
-        parts, _ = _context_engine(args.file, args).prompt_parts(str(Path(args.file).resolve()), text, offset)
-    else:
-        parts = cursor_parts(text, offset, mode=args.context, path=Path(args.file).name)
     config = runtime_config(args)
     from model_runtime.backend import make_engine
     from model_runtime.engine import CompletionRequest
 
+    if args.context == "repo":
+        context = _context_engine(args.file, args)
+        parts, _ = context.prompt_parts(str(Path(args.file).resolve()), text, offset)
+    else:
+        parts = cursor_parts(text, offset, mode=args.context, path=Path(args.file).name)
     engine = make_engine(config)
     result = engine.complete(CompletionRequest(parts, multiline=args.multiline))
+    if args.context == "repo" and args.iterative and result.text.strip():
+        # RepoCoder: retrieve again with the draft, then complete with the refreshed context.
+        parts, _ = context.prompt_parts(str(Path(args.file).resolve()), text, offset, draft=result.text)
+        result = engine.complete(CompletionRequest(parts, multiline=args.multiline))
     if args.json:
         print(
             json.dumps(

@@ -237,3 +237,14 @@ def test_watching_keeps_index_and_retrieval_live(repo, tmp_path):
         assert seen() == (["shop/pricing.py"], ["shop/pricing.py"])
     finally:
         e.close()
+
+
+def test_iterative_retrieval_queries_with_the_draft(engine):
+    text = "def pick(self):\n    self.levels = {}\n    "
+    plain = engine.context("shop/new.py", text, line=3, col=5, providers=("retrieval",))
+    drafted = engine.context("shop/new.py", text, line=3, col=5, providers=("retrieval",),
+                             draft="if inventory.available(item.sku) < count: raise ValueError(item.sku)")
+    best = max(plain.records, key=lambda r: r.score)  # records come in prompt order: pick the best by score
+    assert best.path == "shop/models.py"  # the lines above talk about levels
+    best = max(drafted.records, key=lambda r: r.score)
+    assert best.path == "shop/checkout.py" and "and the draft" in best.why  # the draft talks about selling
