@@ -15,7 +15,7 @@ LANGUAGES = ("python", "javascript", "typescript", "go", "java", "rust")
 # Folders that hold other people's code or build output: never indexed.
 SKIP_DIRS = (
     ".git", ".hg", ".svn", "node_modules", ".venv", "venv", "env", "__pycache__", "build", "dist", "target",
-    "vendor", "third_party", "site-packages", ".tox", ".nox", ".mypy_cache", ".pytest_cache", ".ruff_cache",
+    "vendor", "_vendor", "third_party", "site-packages", ".tox", ".nox", ".mypy_cache", ".pytest_cache", ".ruff_cache",
     ".idea", ".vscode", ".gradle", ".next", "out", "coverage", ".eggs",
 )
 

@@ -73,8 +73,10 @@ def score(prediction: str, target: str) -> tuple[float, float]:
 
 
 def run_quality(source: Path, model: Engine, n: int = 40, seed: int = 0, budget: int = 512,
-                configurations: tuple[str, ...] = ("infile", "repo", *KINDS), progress: bool = True) -> dict:
-    config = ContextConfig(budget_tokens=budget, slow_provider_deadline_ms=None)  # results must not depend on timing
+                configurations: tuple[str, ...] = ("infile", "repo", *KINDS), progress: bool = True,
+                config: ContextConfig | None = None) -> dict:
+    # Results must not depend on timing: wait for every provider.
+    config = (config or ContextConfig()).replace(budget_tokens=budget, slow_provider_deadline_ms=None)
     engine = ContextEngine(source, config)
     engine.build(progress=progress)
     tasks = cut_tasks(engine, n, seed)
