@@ -57,7 +57,7 @@ class ContextConfig:
     # How long a request waits for the jedi providers (imports, typed holes) before going without them; their
     # answer then serves the following keystrokes. None: always wait (evaluation, where results must not
     # depend on timing).
-    slow_provider_deadline_ms: float | None = 25.0
+    slow_provider_deadline_ms: float | None = 15.0
 
     def replace(self, **changes) -> "ContextConfig":
         return dataclasses.replace(self, **changes)

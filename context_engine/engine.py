@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, TimeoutError
 from collections.abc import Callable
@@ -59,6 +60,9 @@ class ContextEngine:
         self.retriever = Retriever(self.config)
         self.neighbours = Neighbours()
         self._graph = None  # (generation, RepoGraph)
+        self._graph_lock = threading.Lock()
+        self._graph_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="repocomplete-graph")
+        self._graph_job: Future | None = None
         # jedi is not thread-safe: one thread runs the slow providers, one job at a time.
         self._slow_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="repocomplete-jedi")
         self._slow_results: dict[tuple, Future] = {}
@@ -77,6 +81,9 @@ class ContextEngine:
             if text is not None:
                 self.retriever.add_document(path, text)
         self._generation += 1
+        # Pay the one-off costs now rather than in the first completion: the BM25 index and the reference graph.
+        self.retriever.build()
+        self._build_graph(self._generation)
         return stats
 
     def _refresh_retriever(self, path: str) -> None:
@@ -105,11 +112,13 @@ class ContextEngine:
             self.neighbours.open(path, text)
         else:
             self.neighbours.record_edit(path, edited_line, text)
+        self._generation += 1  # the repo map catches up on a worker thread
 
     def clear_buffer(self, path: str) -> None:
         self.index.clear_buffer(path)
         self.neighbours.close(path)
         self._refresh_retriever(path)
+        self._generation += 1
 
     def start_watching(self) -> None:
         """Follow the disk: the index updates itself (watchdog); the retriever follows the paths it touched."""
@@ -122,6 +131,7 @@ class ContextEngine:
 
     def close(self) -> None:
         self._slow_pool.shutdown(wait=False, cancel_futures=True)
+        self._graph_pool.shutdown(wait=False, cancel_futures=True)
         self.index.stop_watching()
         self.index.close()
 
@@ -239,16 +249,33 @@ class ContextEngine:
         return self.retriever.query(query, k=8, exclude=exclude) if query.strip() else []
 
     def _repo_map(self, rel: str, budget: int) -> list[ContextRecord]:
-        # The graph is built once per state of the index; each file then costs one personalised PageRank.
-        from context_engine.repo_map import RepoGraph, fit
+        # The graph is built once per state of the index; each file then costs one personalised PageRank. After a
+        # change the old graph serves while the new one is built on a worker thread (the map changes slowly).
+        from context_engine.repo_map import fit
 
-        if self._graph is None or self._graph[0] != self._generation:
-            self._graph = (self._generation, RepoGraph(self.index.definitions(), self.index.all_identifiers()))
-            self._map_cache = {}
-        key = (rel, budget)
+        graph = self._current_graph()
+        key = (rel, budget, id(graph))
         if key not in self._map_cache:
-            self._map_cache[key] = fit(self._graph[1].rank_definitions(rel), budget, self.count_tokens)
+            if len(self._map_cache) > 256:
+                self._map_cache.clear()
+            self._map_cache[key] = fit(graph.rank_definitions(rel), budget, self.count_tokens)
         return self._map_cache[key]
+
+    def _build_graph(self, generation: int) -> None:
+        from context_engine.repo_map import RepoGraph
+
+        graph = RepoGraph(self.index.definitions(), self.index.all_identifiers())
+        with self._graph_lock:
+            if self._graph is None or self._graph[0] < generation:
+                self._graph = (generation, graph)
+
+    def _current_graph(self):
+        generation = self._generation
+        if self._graph is None:
+            self._build_graph(generation)
+        elif self._graph[0] != generation and (self._graph_job is None or self._graph_job.done()):
+            self._graph_job = self._graph_pool.submit(self._build_graph, generation)
+        return self._graph[1]
 
     def _index_imports(self, rel: str) -> list[ContextRecord]:
         """Languages without a type checker here: imported names that the index defines, as signatures."""

@@ -50,7 +50,11 @@ class RepoGraph:
         self.src = np.array(src, dtype=np.int64)
         self.dst = np.array(dst, dtype=np.int64)
         self.weight = np.array(weight, dtype=np.float64)
-        self.names = names
+        # Each edge feeds one (defining file, name) key: scores are summed per key with one bincount.
+        key_ids: dict[tuple[int, str], int] = {}
+        self.edge_key = np.array([key_ids.setdefault((d, name), len(key_ids)) for d, name in zip(dst, names)],
+                                 dtype=np.int64)
+        self.keys = [(files[d], name) for d, name in key_ids]
         n = len(files)
         self.out_weight = np.bincount(self.src, weights=self.weight, minlength=n) if n else np.zeros(0)
         # Column-stochastic transition matrix: rank flows from a referrer to what it references.
@@ -73,21 +77,20 @@ class RepoGraph:
             rank = spread
         return rank
 
-    def rank_definitions(self, current: str | None = None) -> list[tuple[float, Definition]]:
-        """(score, definition) pairs, best first; the current file's own definitions left out."""
+    def rank_definitions(self, current: str | None = None, limit: int = 2000) -> list[tuple[float, Definition]]:
+        """(score, definition) pairs, best first (at most `limit` names); the current file's own left out."""
         if len(self.src) == 0:
             return []
         rank = self.pagerank(current)
         contribution = rank[self.src] * self.weight / self.out_weight[self.src]
-        scores: Counter = Counter()
-        for i in np.nonzero(contribution)[0]:
-            scores[(self.files[self.dst[i]], self.names[i])] += float(contribution[i])
+        scores = np.bincount(self.edge_key, weights=contribution, minlength=len(self.keys))
         ranked = []
-        for (path, name), score in scores.items():
-            if path == current:
+        for k in np.argsort(-scores)[:limit]:
+            path, name = self.keys[k]
+            if path == current or scores[k] <= 0:
                 continue  # the current file is in the prompt already
             for d in self.by_key.get((path, name), ()):
-                ranked.append((score, d))
+                ranked.append((float(scores[k]), d))
         ranked.sort(key=lambda pair: (-pair[0], pair[1].path, pair[1].start_line))
         return ranked
 

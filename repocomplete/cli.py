@@ -204,12 +204,15 @@ def cmd_bench_latency(args: argparse.Namespace) -> int:
 
 def cmd_bench_context(args: argparse.Namespace) -> int:
     from context_engine.document import InputError
+    from context_engine.config import ContextConfig
     from eval.bench_context import format_report, run_context_bench
 
     source = Path(args.dir)
     if not source.is_dir():
         raise InputError(f"not a directory: {source}")
-    report = run_context_bench(source, context_config(args), edits=args.edits, queries=args.queries,
+    # The editor's configuration: jedi providers behind their deadline (the one-shot commands wait instead).
+    config = context_config(args).replace(slow_provider_deadline_ms=ContextConfig().slow_provider_deadline_ms)
+    report = run_context_bench(source, config, edits=args.edits, queries=args.queries,
                                progress=not args.json)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0

@@ -137,7 +137,10 @@ def test_the_current_window_is_not_repeated(engine, repo):
 
 def test_unsaved_buffer_overrides_disk(engine):
     engine.set_buffer("shop/models.py", "class Warehouse:\n    def restock_everything(self) -> None: ...\n")
-    ctx = engine.context("shop/restock.py", "from shop.models import Warehouse\n\nw = Warehouse()\nw.", 4, 3)
+    query = ("shop/restock.py", "from shop.models import Warehouse\n\nw = Warehouse()\nw.", 4, 3)
+    engine.context(*query)  # the repo map starts catching up on its worker thread: wait for it
+    engine._graph_job.result(5)
+    ctx = engine.context(*query)
     texts = "\n".join(r.text for r in ctx.records)
     assert "restock_everything" in texts and "class Inventory" not in texts
     engine.clear_buffer("shop/models.py")
