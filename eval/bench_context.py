@@ -47,6 +47,34 @@ def _cursors(engine: ContextEngine, n: int, seed: int) -> list[tuple[str, str, i
     return out
 
 
+def _walk_in_files(engine: ContextEngine, files: int, per_file: int, seed: int) -> list[tuple[str, str, int, int]]:
+    """Editing as a person does: a few files, and in each the cursor moving down through consecutive code lines."""
+    rng = random.Random(seed + 1)
+    paths = sorted(p for p in engine.index.files() if p.endswith(".py"))
+    out = []
+    for path in rng.sample(paths, min(files, len(paths))):
+        text = engine.index.text(path) or ""
+        lines = text.split("\n")
+        code = [i for i, l in enumerate(lines) if l.strip() and not l.strip().startswith(("#", '"', "'"))]
+        if len(code) < per_file:
+            continue
+        start = rng.randrange(0, len(code) - per_file + 1)
+        out += [(path, text, i + 1, len(lines[i]) + 1) for i in code[start : start + per_file]]
+    return out
+
+
+def _timed_contexts(engine: ContextEngine, cursors) -> tuple[list[float], int, dict[str, list[float]]]:
+    total, incomplete, per_provider = [], 0, {}
+    for path, text, line, col in cursors:
+        ctx = engine.context(path, text, line, col)
+        total.append(ctx.timings_ms["total"])
+        incomplete += not ctx.complete
+        for kind, ms in ctx.timings_ms.items():
+            if kind != "total":
+                per_provider.setdefault(kind, []).append(ms)
+    return total, incomplete, per_provider
+
+
 def run_context_bench(source: Path, config: ContextConfig | None = None, edits: int = 30, queries: int = 50,
                       seed: int = 0, progress: bool = True) -> dict:
     config = config or ContextConfig()
@@ -86,18 +114,13 @@ def run_context_bench(source: Path, config: ContextConfig | None = None, edits: 
         target.write_text(original, encoding="utf-8")
         engine.file_changed(target.relative_to(root).as_posix())
 
-        # As the editor asks (jedi providers behind their deadline), then waiting for every provider.
+        # As the editor asks (jedi providers behind their deadline): first requests in random files (jedi cold
+        # there, the worst case), then a cursor moving down through a few files; then waiting for every provider.
         cursors = _cursors(engine, queries, seed)
-        context_ms: list[float] = []
-        per_provider: dict[str, list[float]] = {}
-        incomplete = 0
-        for path, text, line, col in cursors:
-            ctx = engine.context(path, text, line, col)
-            context_ms.append(ctx.timings_ms["total"])
-            incomplete += not ctx.complete
-            for kind, ms in ctx.timings_ms.items():
-                if kind != "total":
-                    per_provider.setdefault(kind, []).append(ms)
+        context_ms, incomplete, per_provider = _timed_contexts(engine, cursors)
+        engine._slow_pool.submit(lambda: None).result()  # let the late jedi answers finish
+        editing = _walk_in_files(engine, files=5, per_file=max(1, queries // 5), seed=seed)
+        editing_ms, editing_incomplete, _ = _timed_contexts(engine, editing)
         engine._slow_pool.submit(lambda: None).result()  # let the late jedi answers finish
         deadline = engine.config.slow_provider_deadline_ms
         engine.config.slow_provider_deadline_ms = None
@@ -126,13 +149,16 @@ def run_context_bench(source: Path, config: ContextConfig | None = None, edits: 
         "context_ms": {"n": len(context_ms), "p50": _pct(context_ms, 50), "p95": _pct(context_ms, 95),
                        "deadline_ms": deadline, "jedi_missed_deadline": incomplete},
         "context_ms_per_provider_p95": {k: _pct(v, 95) for k, v in per_provider.items()},
+        "context_ms_editing": {"n": len(editing_ms), "p50": _pct(editing_ms, 50), "p95": _pct(editing_ms, 95),
+                               "jedi_missed_deadline": editing_incomplete},
         "context_ms_waiting_for_all": {"p50": _pct(waited_ms, 50), "p95": _pct(waited_ms, 95)},
     }
     report["targets"] = {
         "cold >= 2 MB/s": report["cold_mb_per_s"] >= 2,
         "warm restart >= 10x faster than cold": report["cold_over_warm"] >= 10,
         "incremental update p95 < 50 ms": report["incremental_update_ms"]["p95"] < 50,
-        "context assembly p95 < 30 ms": report["context_ms"]["p95"] < 30,
+        "context assembly p95 < 30 ms (first request in a file)": report["context_ms"]["p95"] < 30,
+        "context assembly p95 < 30 ms (moving within files)": report["context_ms_editing"]["p95"] < 30,
     }
     return report
 
@@ -143,9 +169,11 @@ def format_report(r: dict) -> str:
         f"cold index      {r['cold_index_s']} s  = {r['cold_mb_per_s']} MB/s   (retriever build {r['retriever_build_s']} s)",
         f"warm restart    {r['warm_restart_s']} s  ({r['warm_reparsed_files']} files re-read) = {r['cold_over_warm']}x faster",
         f"incremental     p50 {r['incremental_update_ms']['p50']} ms  p95 {r['incremental_update_ms']['p95']} ms",
-        f"context         p50 {r['context_ms']['p50']} ms  p95 {r['context_ms']['p95']} ms  "
+        f"context, first request in a file: p50 {r['context_ms']['p50']} ms  p95 {r['context_ms']['p95']} ms  "
         f"(jedi deadline {r['context_ms']['deadline_ms']} ms, missed in {r['context_ms']['jedi_missed_deadline']}"
         f"/{r['context_ms']['n']}; p95 per provider: {r['context_ms_per_provider_p95']})",
+        f"context, moving within files: p50 {r['context_ms_editing']['p50']} ms  p95 {r['context_ms_editing']['p95']} ms"
+        f"  (jedi missed the deadline in {r['context_ms_editing']['jedi_missed_deadline']}/{r['context_ms_editing']['n']})",
         f"context, waiting for every provider (jedi warm): p50 {r['context_ms_waiting_for_all']['p50']} ms  "
         f"p95 {r['context_ms_waiting_for_all']['p95']} ms",
     ]
