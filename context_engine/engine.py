@@ -10,7 +10,8 @@ import logging
 import re
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor, TimeoutError
+import multiprocessing as mp
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, TimeoutError
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +49,13 @@ def find_root(path: Path) -> Path:
 
 
 class ContextEngine:
-    def __init__(self, root: Path, config: ContextConfig | None = None, count_tokens: Callable[[str], int] = approx_tokens):
+    def __init__(
+        self,
+        root: Path,
+        config: ContextConfig | None = None,
+        count_tokens: Callable[[str], int] = approx_tokens,
+        slow_executor: Executor | None = None,  # where the jedi providers run (default: a process)
+    ):
         from context_engine.index import RepoIndex
         from context_engine.retrieval import Retriever
 
@@ -63,8 +70,9 @@ class ContextEngine:
         self._graph_lock = threading.Lock()
         self._graph_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="repocomplete-graph")
         self._graph_job: Future | None = None
-        # jedi is not thread-safe: one thread runs the slow providers, one job at a time.
-        self._slow_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="repocomplete-jedi")
+        # jedi is pure Python, slow on a file's first visit and not thread-safe: it runs in a process of its own,
+        # one job at a time, so it neither holds the GIL against the fast providers nor races with itself.
+        self._slow_pool = slow_executor or ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"))
         self._slow_results: dict[tuple, Future] = {}
         self._map_cache: dict[tuple[str, int], list[ContextRecord]] = {}
         self._line_cache: tuple[tuple, Context] | None = None
@@ -211,7 +219,7 @@ class ContextEngine:
         key = (kind, hole)
         future = self._slow_results.get(key)
         if future is None:
-            future = self._slow_pool.submit(self._safe_provide, kind, rel, text, prefix, line, col, budget)
+            future = self._slow_pool.submit(slow_provider, kind, str(self.root), rel, text, line, col)
             self._slow_results[key] = future
             while len(self._slow_results) > 64:
                 self._slow_results.pop(next(iter(self._slow_results)))
@@ -219,18 +227,12 @@ class ContextEngine:
 
     def _provide(self, kind: str, rel: str, text: str, prefix: str, line: int, col: int, budget: int):
         language = _language(rel)
+        if kind in SLOW_PROVIDERS and language == "python":
+            return slow_provider(kind, str(self.root), rel, text, line, col)
         if kind == "imports":
-            if language != "python":
-                return self._index_imports(rel)
-            from context_engine.python_analysis import import_context
-
-            return import_context(self.root, self.root / rel, text)
+            return self._index_imports(rel)
         if kind == "typed_holes":
-            if language != "python":
-                return []
-            from context_engine.python_analysis import typed_hole_context
-
-            return typed_hole_context(self.root, self.root / rel, text, line, col)
+            return []  # jedi is the only type inference here: Python only
         if kind == "retrieval":
             return self._retrieve(rel, prefix, line)
         if kind == "repo_map":
@@ -323,6 +325,28 @@ class ContextEngine:
         parts.context = [ContextItem(r.path, r.text) for r in ctx.records]
         parts.repo_name = self.root.name
         return parts, ctx
+
+
+def slow_provider(kind: str, root: str, rel: str, text: str, line: int, col: int) -> list[ContextRecord]:
+    """The jedi providers, as a module-level function so a worker process can run them."""
+    from context_engine import python_analysis
+
+    try:
+        if kind == "imports":
+            return python_analysis.import_context(Path(root), Path(root) / rel, text)
+        return python_analysis.typed_hole_context(Path(root), Path(root) / rel, text, line, col)
+    except Exception as e:  # a provider's failure costs its records, never the completion
+        log.warning("provider %s failed on %s:%d: %s: %s", kind, rel, line, type(e).__name__, e)
+        return []
+
+
+def settle(executor: Executor) -> None:
+    """Wait until the jobs already queued on a one-worker executor have run."""
+    executor.submit(_nothing).result()
+
+
+def _nothing() -> None:
+    return None
 
 
 def hole_key(rel: str, line: int, prefix: str) -> tuple:

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from context_engine.config import ContextConfig
-from context_engine.engine import ContextEngine
+from context_engine.engine import ContextEngine, settle
 
 
 def _pct(values: list[float], q: int) -> float:
@@ -118,10 +118,10 @@ def run_context_bench(source: Path, config: ContextConfig | None = None, edits: 
         # there, the worst case), then a cursor moving down through a few files; then waiting for every provider.
         cursors = _cursors(engine, queries, seed)
         context_ms, incomplete, per_provider = _timed_contexts(engine, cursors)
-        engine._slow_pool.submit(lambda: None).result()  # let the late jedi answers finish
+        settle(engine._slow_pool)  # let the late jedi answers finish
         editing = _walk_in_files(engine, files=5, per_file=max(1, queries // 5), seed=seed)
         editing_ms, editing_incomplete, _ = _timed_contexts(engine, editing)
-        engine._slow_pool.submit(lambda: None).result()  # let the late jedi answers finish
+        settle(engine._slow_pool)  # let the late jedi answers finish
         deadline = engine.config.slow_provider_deadline_ms
         engine.config.slow_provider_deadline_ms = None
         waited_ms = []

@@ -157,11 +157,17 @@ def test_javascript_imports_come_from_the_index(engine, repo):
     ]
 
 
-def test_a_failing_provider_costs_only_its_records(engine, monkeypatch):
+def test_a_failing_provider_costs_only_its_records(repo, tmp_path, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
     def boom(*a, **k):
         raise RuntimeError("jedi fell over")
 
     monkeypatch.setattr("context_engine.python_analysis.typed_hole_context", boom)
+    # A thread instead of the jedi process, so that the patch applies.
+    engine = ContextEngine(repo, ContextConfig(index_dir=tmp_path / "index", slow_provider_deadline_ms=None),
+                           slow_executor=ThreadPoolExecutor(1))
+    engine.build()
     ctx = engine.context("shop/restock.py", NEW_FILE, line=6, col=13)
     assert not any(r.kind == "typed_holes" for r in ctx.records)
     assert any(r.kind == "imports" for r in ctx.records)
@@ -207,7 +213,10 @@ def test_slow_providers_miss_the_deadline_then_serve_the_next_keystroke(repo, tm
         return [ContextRecord("# expected type: Inventory", "shop/restock.py", line, line, 10.0, "typed_holes", "hole")]
 
     monkeypatch.setattr(python_analysis, "typed_hole_context", slow_hole)
-    e = ContextEngine(repo, ContextConfig(index_dir=tmp_path / "index", slow_provider_deadline_ms=20))
+    from concurrent.futures import ThreadPoolExecutor
+
+    e = ContextEngine(repo, ContextConfig(index_dir=tmp_path / "index", slow_provider_deadline_ms=20),
+                      slow_executor=ThreadPoolExecutor(1))  # a thread, so that the patch applies
     e.build()
     first = e.context("shop/restock.py", NEW_FILE, line=6, col=13)
     assert not first.complete and not any(r.kind == "typed_holes" for r in first.records)
