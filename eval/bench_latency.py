@@ -191,14 +191,7 @@ def _sample(result) -> Sample:
 
 
 def _healed_ids(engine: Engine, parts) -> list[int]:
-    from model_runtime.healing import backoff
-
-    _, encoded = engine.encode(parts)
-    ids = encoded.ids
-    if engine.config.token_healing and encoded.prefix_end > 0:
-        k = backoff(ids[: encoded.prefix_end], engine.vocab.texts)
-        ids = ids[: encoded.prefix_end - k] + ids[encoded.prefix_end :]
-    return ids
+    return engine.heal(engine.encode(parts)[1], parts)[0]
 
 
 def _progress(items, enabled: bool, desc: str):

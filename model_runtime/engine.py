@@ -207,6 +207,18 @@ class Engine:
             encoded = EncodedPrompt(encoded.ids[cut:], max(0, encoded.prefix_end - cut))
         return prompt, encoded
 
+    def heal(self, encoded: EncodedPrompt, parts: PromptParts) -> tuple[list[int], str]:
+        """Token healing: the prompt without the prefix's last token(s), and their text, which generation must
+        reproduce first ("" when healing is off or impossible)."""
+        ids = encoded.ids
+        if not (self.config.token_healing and encoded.prefix_end > 0 and parts.prefix):
+            return ids, ""
+        k = backoff(ids[: encoded.prefix_end], self.vocab.texts)
+        healed = self.tokenizer.decode(ids[encoded.prefix_end - k : encoded.prefix_end])
+        if not self.vocab.allowed(healed):  # e.g. half of a multi-byte character: nothing reproduces it alone
+            return ids, ""
+        return ids[: encoded.prefix_end - k] + ids[encoded.prefix_end :], healed
+
     # -- prefix reuse ----------------------------------------------------------------------------------------
 
     def _reuse(self, ids: list[int]) -> int:
@@ -269,17 +281,7 @@ class Engine:
         ids = encoded.ids
         if cancel.cancelled:
             return Completion("", "cancelled", prompt_tokens=len(ids))
-
-        # Token healing: remove the prefix's last token(s); generation must first reproduce their text.
-        healed = ""
-        if cfg.token_healing and encoded.prefix_end > 0 and parts.prefix:
-            k = backoff(ids[: encoded.prefix_end], self.vocab.texts)
-            healed = self.tokenizer.decode(ids[encoded.prefix_end - k : encoded.prefix_end])
-            if self.vocab.allowed(healed):
-                ids = ids[: encoded.prefix_end - k] + ids[encoded.prefix_end :]
-            else:  # e.g. a token that is half of a multi-byte character: nothing could reproduce it alone
-                healed = ""
-
+        ids, healed = self.heal(encoded, parts)
         logits, cached = self._run_prompt(ids)
         if self._compiled is not None:
             self._compiled.begin(self.slab)
