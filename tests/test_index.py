@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import write_tree
+
 from context_engine import index as index_module
 from context_engine.config import ContextConfig
 from context_engine.index import RepoIndex, db_path_for
@@ -30,15 +32,7 @@ REPO = {
 }
 
 
-def make(root: Path, files: dict[str, str | bytes]) -> Path:
-    for rel, content in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(content, bytes):
-            path.write_bytes(content)
-        else:
-            path.write_text(content, encoding="utf-8")
-    return root
+make = write_tree
 
 
 class CountingParser:

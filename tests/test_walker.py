@@ -8,20 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from helpers import write_tree
+
 from context_engine import walker
 from context_engine.config import SECRET_PATTERNS, ContextConfig
 from context_engine.walker import Skipped, Unindexable, read_source, walk
 
 
-def make(root: Path, files: dict[str, str | bytes]) -> Path:
-    for rel, content in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(content, bytes):
-            path.write_bytes(content)
-        else:
-            path.write_text(content, encoding="utf-8")
-    return root
+make = write_tree
 
 
 def run(root: Path, config: ContextConfig | None = None, **kwargs) -> tuple[list[str], dict[str, str]]:
