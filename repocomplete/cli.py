@@ -78,6 +78,14 @@ def context_config(args: argparse.Namespace):
     return config
 
 
+def make_completer(args: argparse.Namespace):
+    """The model engine and the context engines, as every command that completes uses them."""
+    from context_engine.completer import Completer
+    from model_runtime.backend import make_engine
+
+    return Completer(make_engine(runtime_config(args)), context_config(args))
+
+
 def _context_engine(file: str, args: argparse.Namespace):
     from context_engine.engine import ContextEngine, find_root
 
@@ -88,25 +96,22 @@ def _context_engine(file: str, args: argparse.Namespace):
 
 
 def cmd_complete(args: argparse.Namespace) -> int:
-    from context_engine.document import cursor_parts, offset_of, read_source
+    from context_engine.completer import CompletionOptions
+    from context_engine.document import offset_of, read_source
 
     text = read_source(args.file)
     offset = offset_of(text, args.line, args.col)
-    config = runtime_config(args)
-    from model_runtime.backend import make_engine
-    from model_runtime.engine import CompletionRequest
-
+    completer = make_completer(args)
+    workspace = None
     if args.context == "repo":
-        context = _context_engine(args.file, args)
-        parts, _ = context.prompt_parts(str(Path(args.file).resolve()), text, offset)
-    else:
-        parts = cursor_parts(text, offset, mode=args.context, path=Path(args.file).name)
-    engine = make_engine(config)
-    result = engine.complete(CompletionRequest(parts, multiline=args.multiline))
-    if args.context == "repo" and args.iterative and result.text.strip():
-        # RepoCoder: retrieve again with the draft, then complete with the refreshed context.
-        parts, _ = context.prompt_parts(str(Path(args.file).resolve()), text, offset, draft=result.text)
-        result = engine.complete(CompletionRequest(parts, multiline=args.multiline))
+        from context_engine.engine import find_root
+
+        root = Path(args.root) if args.root else find_root(Path(args.file))
+        workspace = completer.open_workspace(root, progress=not args.json)
+    options = CompletionOptions(context=args.context, multiline=args.multiline, budget=args.budget,
+                                iterative=args.iterative)
+    result = completer.complete(args.file, text, offset, options, workspace=workspace).completion
+    engine = completer.model
     if args.json:
         print(
             json.dumps(
@@ -123,6 +128,7 @@ def cmd_complete(args: argparse.Namespace) -> int:
         )
     else:
         print(result.text)
+    completer.close()
     return 0
 
 

@@ -1,0 +1,189 @@
+"""The one pipeline from "the cursor is here" to a completion: the context engine's prompt parts, then the model.
+
+The command line, the LSP server, the evaluation harness and the benchmarks all complete through a `Completer`;
+none of them assembles prompts of its own. A completer holds one model engine (local `Engine` or `RemoteEngine`)
+and one `ContextEngine` per workspace root, opened on first use (or ahead of time by `open_workspace`, which is
+what an editor's server does on its worker thread while it shows indexing progress).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from context_engine.config import ContextConfig
+from context_engine.document import CONTEXT_MODES, InputError, Window, cursor_parts
+from context_engine.engine import Context, ContextEngine, find_root
+from model_runtime.engine import CancelToken, Completion, CompletionRequest
+from model_runtime.templates import PromptParts
+
+
+@dataclass
+class CompletionOptions:
+    context: str = "repo"  # none | infile | repo
+    multiline: bool | None = None  # None: the runtime config's
+    max_new_tokens: int | None = None  # None: the runtime config's
+    budget: int | None = None  # None: the context config's
+    iterative: bool = False  # RepoCoder: complete, retrieve again with the draft, complete again
+
+    def validate(self) -> None:
+        if self.context not in CONTEXT_MODES:
+            raise InputError(f"unknown context mode {self.context!r}; expected one of {', '.join(CONTEXT_MODES)}")
+        if self.budget is not None and self.budget < 0:
+            raise InputError(f"context budget must be >= 0, got {self.budget}")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise InputError(f"max tokens must be >= 1, got {self.max_new_tokens}")
+
+
+@dataclass
+class CompletionResult:
+    completion: Completion
+    parts: PromptParts
+    context: Context | None  # None without repository context
+    context_ms: float  # assembling the prompt parts
+    engine_ms: float  # context + generation, as the completer saw it
+
+    @property
+    def text(self) -> str:
+        return self.completion.text
+
+
+@dataclass
+class Cursor:
+    """One completion to make: a file (absolute, or relative to the working directory), its text, an offset."""
+
+    path: str
+    text: str
+    offset: int
+
+
+class Completer:
+    def __init__(
+        self,
+        model,
+        context_config: ContextConfig | None = None,
+        window: Window | None = None,
+        make_context_engine: Callable[[Path, ContextConfig], ContextEngine] | None = None,
+    ):
+        self.model = model  # model_runtime.engine.Engine or model_runtime.remote.RemoteEngine
+        self.context_config = context_config or ContextConfig()
+        self.context_config.validate()
+        self.window = window
+        self._make = make_context_engine or (lambda root, config: ContextEngine(root, config))
+        self._workspaces: dict[Path, ContextEngine] = {}
+        self._lock = threading.RLock()
+
+    # -- workspaces ----------------------------------------------------------------------------------------
+
+    def open_workspace(self, root: str | Path, progress: bool = False) -> ContextEngine:
+        """The context engine of a workspace root, indexed on first use (cached and live afterwards)."""
+        root = Path(root).resolve()
+        with self._lock:
+            engine = self._workspaces.get(root)
+            if engine is None:
+                engine = self._make(root, self.context_config)
+                engine.build(progress=progress)
+                self._workspaces[root] = engine
+            return engine
+
+    def close_workspace(self, root: str | Path) -> None:
+        with self._lock:
+            engine = self._workspaces.pop(Path(root).resolve(), None)
+        if engine is not None:
+            engine.close()
+
+    def workspaces(self) -> list[Path]:
+        with self._lock:
+            return list(self._workspaces)
+
+    def workspace_for(self, path: str | Path, open_missing: bool = True) -> ContextEngine | None:
+        """The open workspace that holds a file (the deepest root); else, if asked, the file's repository."""
+        path = Path(path).resolve()
+        with self._lock:
+            roots = [r for r in self._workspaces if path == r or r in path.parents]
+            if roots:
+                return self._workspaces[max(roots, key=lambda r: len(r.parts))]
+        return self.open_workspace(find_root(path)) if open_missing else None
+
+    # -- completion ----------------------------------------------------------------------------------------
+
+    def prompt_parts(
+        self, path: str, text: str, offset: int, options: CompletionOptions | None = None, draft: str | None = None,
+        workspace: ContextEngine | None = None,
+    ) -> tuple[PromptParts, Context | None]:
+        options = options or CompletionOptions()
+        options.validate()
+        if not 0 <= offset <= len(text):
+            raise InputError(f"offset {offset} out of range (the text has {len(text)} characters)")
+        if options.context != "repo":
+            return cursor_parts(text, offset, mode=options.context, path=Path(path).name, window=self.window), None
+        engine = workspace or self.workspace_for(path)
+        return engine.prompt_parts(str(Path(path).resolve()), text, offset, window=self.window,
+                                   budget=options.budget, draft=draft)
+
+    def complete(
+        self, path: str, text: str, offset: int, options: CompletionOptions | None = None,
+        cancel: CancelToken | None = None, workspace: ContextEngine | None = None,
+    ) -> CompletionResult:
+        options = options or CompletionOptions()
+        t0 = time.perf_counter()
+        parts, ctx = self.prompt_parts(path, text, offset, options, workspace=workspace)
+        context_ms = (time.perf_counter() - t0) * 1000
+        request = CompletionRequest(parts, max_new_tokens=options.max_new_tokens, multiline=options.multiline,
+                                    cancel=cancel)
+        result = self.model.complete(request)
+        if options.iterative and options.context == "repo" and result.text.strip() and not _cancelled(cancel):
+            t1 = time.perf_counter()
+            parts, ctx = self.prompt_parts(path, text, offset, options, draft=result.text, workspace=workspace)
+            context_ms += (time.perf_counter() - t1) * 1000
+            result = self.model.complete(CompletionRequest(parts, max_new_tokens=options.max_new_tokens,
+                                                           multiline=options.multiline, cancel=cancel))
+        return CompletionResult(result, parts, ctx, round(context_ms, 2), round((time.perf_counter() - t0) * 1000, 2))
+
+    def complete_batch(
+        self, cursors: Sequence[Cursor], options: CompletionOptions | None = None,
+        workspace: ContextEngine | None = None, before_each: Callable[[Cursor], None] | None = None,
+    ) -> list[CompletionResult]:
+        """Many cursors at once: prompt parts for each, then the model's batch entry point (prefix-sharing order).
+
+        before_each(cursor) runs before a cursor's context is assembled (the evaluation harness sets the task's
+        buffer there). Iterative retrieval is not batched: with options.iterative each cursor runs `complete`.
+        """
+        options = options or CompletionOptions()
+        if options.iterative and options.context == "repo":
+            out = []
+            for c in cursors:
+                if before_each:
+                    before_each(c)
+                out.append(self.complete(c.path, c.text, c.offset, options, workspace=workspace))
+            return out
+        prepared = []
+        for c in cursors:
+            if before_each:
+                before_each(c)
+            t0 = time.perf_counter()
+            parts, ctx = self.prompt_parts(c.path, c.text, c.offset, options, workspace=workspace)
+            prepared.append((parts, ctx, (time.perf_counter() - t0) * 1000))
+        requests = [CompletionRequest(p, max_new_tokens=options.max_new_tokens, multiline=options.multiline)
+                    for p, _, _ in prepared]
+        completions = self.model.complete_batch(requests)
+        return [
+            CompletionResult(done, parts, ctx, round(ms, 2), round(ms + done.latency_s * 1000, 2))
+            for done, (parts, ctx, ms) in zip(completions, prepared)
+        ]
+
+    def close(self) -> None:
+        with self._lock:
+            engines, self._workspaces = list(self._workspaces.values()), {}
+        for engine in engines:
+            engine.close()
+        close = getattr(self.model, "close", None)
+        if close is not None:
+            close()
+
+
+def _cancelled(cancel: CancelToken | None) -> bool:
+    return cancel is not None and cancel.cancelled
