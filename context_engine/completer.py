@@ -78,14 +78,18 @@ class Completer:
 
     # -- workspaces ----------------------------------------------------------------------------------------
 
-    def open_workspace(self, root: str | Path, progress: bool = False) -> ContextEngine:
-        """The context engine of a workspace root, indexed on first use (cached and live afterwards)."""
+    def open_workspace(
+        self, root: str | Path, progress: bool = False, on_progress: Callable[[int, int], None] | None = None
+    ) -> ContextEngine:
+        """The context engine of a workspace root, indexed on first use (cached and live afterwards).
+
+        on_progress(files done, files in all) follows the indexing (an editor's progress bar)."""
         root = Path(root).resolve()
         with self._lock:
             engine = self._workspaces.get(root)
             if engine is None:
                 engine = self._make(root, self.context_config)
-                engine.build(progress=progress)
+                engine.build(progress=progress, on_progress=on_progress)
                 self._workspaces[root] = engine
             return engine
 

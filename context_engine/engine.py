@@ -80,8 +80,8 @@ class ContextEngine:
 
     # -- the workspace -------------------------------------------------------------------------------------
 
-    def build(self, progress: bool = False):
-        stats = self.index.build(progress=progress)
+    def build(self, progress: bool = False, on_progress: Callable[[int, int], None] | None = None):
+        stats = self.index.build(progress=progress, on_progress=on_progress)
         if self.config.watch:
             self.start_watching()
         for path in self.index.files():

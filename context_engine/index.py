@@ -223,8 +223,10 @@ class RepoIndex:
 
     # -- building -------------------------------------------------------------------------------------------------
 
-    def build(self, progress: bool = False) -> IndexStats:
-        """Bring the index in line with the disk: unchanged files are not opened, changed ones re-parsed."""
+    def build(self, progress: bool = False, on_progress: Callable[[int, int], None] | None = None) -> IndexStats:
+        """Bring the index in line with the disk: unchanged files are not opened, changed ones re-parsed.
+
+        on_progress(done, total) is called after each file walked (an editor shows it as indexing progress)."""
         from tqdm import tqdm
 
         t0 = time.perf_counter()
@@ -240,8 +242,10 @@ class RepoIndex:
             batch_bytes = 0
             bar = tqdm(total=len(entries), unit="file", desc="indexing", disable=not progress)
             try:
-                for entry in entries:
+                for done, entry in enumerate(entries, 1):
                     bar.update(1)
+                    if on_progress is not None:
+                        on_progress(done, len(entries))
                     seen.add(entry.path)
                     old = known.get(entry.path)
                     if old is not None and old[:2] == (entry.size, entry.mtime_ns):

@@ -192,6 +192,25 @@ def cmd_context(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from context_engine.config import ContextConfig
+    from context_engine.document import InputError
+    from lsp_server.config import Settings
+    from lsp_server.main import serve
+
+    tcp = None
+    if args.tcp:
+        host, _, port = args.tcp.rpartition(":")
+        if not port.isdigit() or not host:
+            raise InputError(f"--tcp wants HOST:PORT, got {args.tcp!r}")
+        tcp = (host, int(port))
+    # An editor's configuration: jedi providers behind their deadline, the index following the disk.
+    config = context_config(args).replace(slow_provider_deadline_ms=ContextConfig().slow_provider_deadline_ms, watch=True)
+    settings = Settings(model=args.model, adapter=args.adapter, endpoint=args.endpoint, context=args.context,
+                        context_budget=config.budget_tokens, max_tokens=args.max_tokens, multiline=args.multiline)
+    return serve(runtime_config(args), config, settings, tcp=tcp)
+
+
 def cmd_bench_latency(args: argparse.Namespace) -> int:
     from eval.bench_latency import BenchOptions, run_latency_bench
 
@@ -238,10 +257,104 @@ def cmd_bench_quality(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_build_suite(args: argparse.Namespace) -> int:
+    from eval.build_suite import build_suite
+
+    summary = build_suite(args.repo, args.out, n=args.n, seed=args.seed, include_tests=args.include_tests,
+                          progress=not args.json)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"{summary['tasks']} tasks from {summary['repository']} ({summary['files']} files) -> {summary['out']}: "
+              f"tasks.jsonl, repos/{summary['repository']}/, SOURCE.md")
+    return 0
+
+
+def cmd_eval_score(args: argparse.Namespace) -> int:
+    from eval.metrics import format_scores, score_files
+
+    report = score_files(args.tasks, args.pred)
+    print(json.dumps(report, indent=2) if args.json else format_scores(report))
+    return 0
+
+
+def _eval_context_config(args: argparse.Namespace):
+    config = context_config(args)
+    if getattr(args, "index_dir", None):
+        config.index_dir = Path(args.index_dir)
+    return config
+
+
+def _eval_run_options(args: argparse.Namespace, **changes):
+    from eval.runner import RunOptions
+    from eval.scale import parse_shard
+
+    return RunOptions(context=getattr(args, "context", "repo"), budget=args.budget, multiline=args.multiline,
+                      max_new_tokens=args.max_tokens, iterative=args.iterative, batch_size=args.batch_size,
+                      limit=args.limit, shard=parse_shard(args.shard) if getattr(args, "shard", None) else None,
+                      via=getattr(args, "via", "engine"), backend=args.backend, workers=args.workers,
+                      progress=not (args.json or args.quiet), **changes)
+
+
+def cmd_eval_run(args: argparse.Namespace) -> int:
+    from eval.runner import run
+    from eval.suites import load_tasks
+
+    tasks = load_tasks(args.tasks)
+    summary = run(tasks, args.repos, args.out, runtime_config(args), _eval_context_config(args),
+                  _eval_run_options(args), suite=args.tasks)
+    if args.json:
+        print(json.dumps(summary))
+    elif not args.quiet:
+        print(f"{summary['tasks']} tasks ({summary['skipped']} done before, {summary['ran']} run in "
+              f"{summary['seconds']} s) -> {summary['out']}")
+    return 0
+
+
+def cmd_eval_merge(args: argparse.Namespace) -> int:
+    from eval.scale import merge
+    from eval.suites import load_tasks
+
+    summary = merge(load_tasks(args.tasks), args.parts, args.out)
+    print(json.dumps(summary) if args.json else
+          f"{summary['predictions']} predictions ({summary['missing']} tasks without one) -> {summary['out']}")
+    return 0
+
+
+def cmd_eval_report(args: argparse.Namespace) -> int:
+    from eval.report import parse_configs, run_report
+    from eval.suites import load_tasks
+
+    tasks = load_tasks(args.tasks)
+    summary = run_report(tasks, args.repos, args.out_dir, runtime_config(args), _eval_context_config(args),
+                         _eval_run_options(args, context="repo"), parse_configs(args.configs, args.adapter),
+                         suite=args.tasks)
+    print(json.dumps(summary, indent=2) if args.json else summary["markdown"])
+    return 0
+
+
 def report_text(report: dict) -> str:
     from eval.bench_latency import format_report
 
     return format_report(report)
+
+
+def _add_eval_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tasks", required=True, help="the suite's tasks (CrossCodeEval or RepoBench JSONL)")
+    p.add_argument("--repos", required=True, help="the folder holding the suite's repositories")
+    p.add_argument("--limit", type=int, default=None, help="the first N tasks only")
+    p.add_argument("--budget", type=int, default=None, help="context token budget (default 1024)")
+    p.add_argument("--providers", default=None, help="comma list of imports,typed_holes,retrieval,repo_map,neighbours")
+    p.add_argument("--dense", action="store_true", help="add dense retrieval (all-MiniLM-L6-v2 + faiss)")
+    p.add_argument("--iterative", action="store_true", help="RepoCoder: retrieve again with a draft completion")
+    p.add_argument("--multiline", action="store_true", help="complete a block, not just the line")
+    p.add_argument("--batch-size", type=int, default=16, help="tasks per batch (and per write)")
+    p.add_argument("--index-dir", default=None, help="where the repositories' index caches go")
+    p.add_argument("--backend", default="local", choices=["local", "ray"], help="ray: RAY_ADDRESS or a local Ray")
+    p.add_argument("--workers", type=int, default=None, help="Ray actors (default: the cluster's CPUs)")
+    p.add_argument("--json", action="store_true", help="a JSON summary, no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_runtime_args(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -273,6 +386,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_context_args(p)
     p.set_defaults(func=cmd_context)
 
+    p = sub.add_parser("serve", help="the language server (LSP) for editors, over stdio or TCP")
+    p.add_argument("--tcp", default=None, metavar="HOST:PORT", help="listen on TCP instead of stdio (port 0: any)")
+    p.add_argument("--context", default="repo", choices=["none", "infile", "repo"], help="default context mode")
+    p.add_argument("--multiline", action="store_true", help="complete blocks by default, not just the line")
+    _add_context_args(p)
+    _add_runtime_args(p)
+    p.set_defaults(func=cmd_serve)
+
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
     p = bench.add_parser("latency", help="replay a typing session: latency with and without the prefix cache")
     p.add_argument("--file", default=None, help="source file to type (default: the bundled one)")
@@ -300,6 +421,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     _add_runtime_args(p)
     p.set_defaults(func=cmd_bench_quality, max_tokens=48)
+
+    eval_sub = sub.add_parser("eval", help="evaluation suites: build, score").add_subparsers(dest="eval", required=True)
+    p = eval_sub.add_parser("build-suite", help="cut CrossCodeEval-style line-completion tasks from a repository")
+    p.add_argument("repo", metavar="REPO_DIR", help="the repository to cut tasks from")
+    p.add_argument("--out", required=True, help="an empty or new folder: tasks.jsonl, repos/<repo>/, SOURCE.md")
+    p.add_argument("--n", type=int, default=40, help="most tasks (one per file at most)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--include-tests", action="store_true", help="cut tasks from test files too")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval_build_suite)
+
+    p = eval_sub.add_parser("score", help="CrossCodeEval metrics (EM, ES, ID-EM, ID-F1) of a predictions file")
+    p.add_argument("--tasks", required=True, help="the suite's tasks (CrossCodeEval or RepoBench JSONL)")
+    p.add_argument("--pred", required=True, help='predictions, JSONL {"task_id": ..., "pred": ...}')
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval_score)
+
+    p = eval_sub.add_parser("run", help="complete a suite's tasks into a CrossCodeEval predictions file (resumable)")
+    _add_eval_run_args(p)
+    p.add_argument("--out", required=True, help="predictions JSONL (OUT.partial until every task is done)")
+    p.add_argument("--context", default="repo", choices=["none", "infile", "repo"])
+    p.add_argument("--shard", default=None, help="i/n: run the i-th of n contiguous pieces (0 <= i < n)")
+    p.add_argument("--via", default="engine", choices=["engine", "lsp"],
+                   help="engine: the Completer in process; lsp: a `repocomplete serve` subprocess")
+    p.set_defaults(func=cmd_eval_run, max_tokens=48)
+
+    p = eval_sub.add_parser("merge", help="join finished shard prediction files into one, in suite order")
+    p.add_argument("parts", nargs="+", help="the shards' predictions files")
+    p.add_argument("--tasks", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval_merge)
+
+    p = eval_sub.add_parser("report", help="ablation: context modes and providers -> report.md, report.png")
+    _add_eval_run_args(p)
+    p.add_argument("--out-dir", required=True, help="pred-<config>.jsonl (resumable), report.md, report.png")
+    p.add_argument("--configs", default=None,
+                   help="comma list of none,infile,repo,<provider> (+adapter); default: all (and +adapter ones)")
+    p.set_defaults(func=cmd_eval_report, max_tokens=48)
     return parser
 
 

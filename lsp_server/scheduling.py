@@ -1,0 +1,186 @@
+"""When to ask the engine, and when not to: the adaptive debounce, the completion cache and per-request stats.
+
+Pure bookkeeping with no protocol and no threads, so each piece is unit-tested alone.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict, deque
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+class Debounce:
+    """How long a completion request waits before it starts engine work.
+
+        delay = floor + (min(latency, cap) - floor) * pressure,   pressure = min(1, latency / gap)
+
+    `latency` is a moving average of engine time and `gap` one of the time between requests (each gap counted at
+    most `max_gap_ms`, so one long pause does not hide a burst). While requests come faster than the engine answers
+    (gap <= latency) the delay rises to the engine's latency, capped: a request that would be superseded before it
+    finishes is not started at all. As requests slow down it falls back to the floor (the `debounceMs` setting).
+    Before any completion has been timed the delay is the floor.
+    """
+
+    def __init__(self, floor_ms: float = 50, cap_ms: float = 300, alpha: float = 0.3, max_gap_ms: float = 2000):
+        self.floor_ms = floor_ms
+        self.cap_ms = cap_ms
+        self.alpha = alpha
+        self.max_gap_ms = max_gap_ms
+        self.latency_ms: float | None = None
+        self.gap_ms: float | None = None
+        self._last_arrival: float | None = None
+
+    def _average(self, old: float | None, new: float) -> float:
+        return new if old is None else old + self.alpha * (new - old)
+
+    def arrived(self, now: float | None = None) -> None:
+        """A completion request arrived (monotonic seconds)."""
+        now = time.monotonic() if now is None else now
+        if self._last_arrival is not None:
+            gap = min((now - self._last_arrival) * 1000, self.max_gap_ms)
+            self.gap_ms = self._average(self.gap_ms, gap)
+        self._last_arrival = now
+
+    def finished(self, engine_ms: float) -> None:
+        """The engine finished a completion in this long (cancelled ones say nothing about latency)."""
+        self.latency_ms = self._average(self.latency_ms, engine_ms)
+
+    def delay_ms(self) -> float:
+        floor = self.floor_ms
+        cap = max(self.cap_ms, floor)
+        if self.latency_ms is None or self.latency_ms <= floor:
+            return floor
+        pressure = 1.0 if not self.gap_ms else min(1.0, self.latency_ms / self.gap_ms)
+        return floor + (min(self.latency_ms, cap) - floor) * pressure
+
+
+@dataclass
+class Cached:
+    text: str
+    explain: dict[str, Any]  # what showContext returns for it
+
+
+class CompletionCache:
+    """Recent completions by the text around the cursor, least recently used dropped first.
+
+    The key is (document uri, settings generation, the prefix's last `prefix_chars`, the suffix's first
+    `suffix_chars`): deleting a character and typing it again finds the completion made before. A lookup also
+    serves a user typing through the ghost text: if the characters typed since a cached completion are the start of
+    that completion, the rest of it is the answer.
+    """
+
+    def __init__(self, capacity: int = 256, prefix_chars: int = 512, suffix_chars: int = 128, max_typed: int = 64):
+        self.capacity = capacity
+        self.prefix_chars = prefix_chars
+        self.suffix_chars = suffix_chars
+        self.max_typed = max_typed
+        self._items: OrderedDict[tuple, Cached] = OrderedDict()
+
+    def key(self, uri: str, generation: int, prefix: str, suffix: str) -> tuple:
+        return (uri, generation, prefix[-self.prefix_chars :], suffix[: self.suffix_chars])
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, key: tuple, item: Cached) -> None:
+        if not item.text:
+            return  # an empty answer is not worth keeping: the next request may do better (e.g. after indexing)
+        self._items[key] = item
+        self._items.move_to_end(key)
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+
+    def peek(self, key: tuple) -> Cached | None:
+        return self._items.get(key)
+
+    def get(self, uri: str, generation: int, prefix: str, suffix: str) -> tuple[Cached, str] | None:
+        """(the cached entry, the text to show now), or None."""
+        key = self.key(uri, generation, prefix, suffix)
+        hit = self._items.get(key)
+        if hit is not None:
+            self._items.move_to_end(key)
+            return hit, hit.text
+        for k in range(1, min(self.max_typed, len(prefix)) + 1):
+            typed = prefix[-k:]
+            earlier = self._items.get(self.key(uri, generation, prefix[:-k], suffix))
+            if earlier is not None and len(earlier.text) > k and earlier.text.startswith(typed):
+                rest = Cached(earlier.text[k:], earlier.explain)
+                self.put(key, rest)
+                return rest, rest.text
+        return None
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+@dataclass
+class RequestStats:
+    """One completion request, as the `repocomplete.stats` command reports it (times in ms)."""
+
+    id: int
+    uri: str
+    method: str  # textDocument/inlineCompletion | textDocument/completion
+    arrival: float  # unix time (s)
+    outcome: str = "pending"  # completed | cached | superseded | cancelled | error | skipped
+    debounce_ms: float = 0.0
+    queued_ms: float | None = None  # submitted to the worker -> started there
+    engine_ms: float | None = None  # the completer's own time
+    total_ms: float | None = None  # arrival -> response
+    stop_reason: str | None = None
+    chars: int = 0  # characters of completion returned
+    # Superseded (a newer request for the document arrived) or cancelled ($/cancelRequest): how long the engine
+    # kept working on this one after that; 0 when it had not started.
+    ran_after_superseded_ms: float | None = None
+    ran_after_cancel_ms: float | None = None
+    _t0: float = field(default=0.0, repr=False)  # monotonic arrival
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        out.pop("_t0")
+        return out
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    return round(values[min(len(values) - 1, int(q * len(values)))], 2)
+
+
+class RequestLog:
+    def __init__(self, keep: int = 5000):
+        self._records: deque[RequestStats] = deque(maxlen=keep)
+        self._next = 1
+
+    def start(self, uri: str, method: str) -> RequestStats:
+        record = RequestStats(self._next, uri, method, arrival=time.time(), _t0=time.monotonic())
+        self._next += 1
+        self._records.append(record)
+        return record
+
+    def records(self) -> list[RequestStats]:
+        return list(self._records)
+
+    def clear(self) -> None:
+        self._records.clear()
+
+    def summary(self) -> dict:
+        records = [r for r in self._records if r.outcome != "pending"]
+        outcomes: dict[str, int] = {}
+        for r in records:
+            outcomes[r.outcome] = outcomes.get(r.outcome, 0) + 1
+        done = [r for r in records if r.outcome == "completed" and r.total_ms is not None and r.engine_ms is not None]
+        overhead = [r.total_ms - r.engine_ms - r.debounce_ms for r in done]
+        after = [r.ran_after_superseded_ms for r in records if r.ran_after_superseded_ms is not None]
+        return {
+            "requests": len(records),
+            "outcomes": outcomes,
+            "total_ms_p50": _pct([r.total_ms for r in done], 0.5),
+            "total_ms_p95": _pct([r.total_ms for r in done], 0.95),
+            "engine_ms_p50": _pct([r.engine_ms for r in done], 0.5),
+            "overhead_ms_p50": _pct(overhead, 0.5),  # latency - engine - debounce: what the server itself costs
+            "overhead_ms_p95": _pct(overhead, 0.95),
+            "superseded_max_ran_after_ms": max(after) if after else None,
+        }

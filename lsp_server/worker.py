@@ -1,0 +1,199 @@
+"""The engine thread: the one thread that touches the completer (model, context engines, buffers).
+
+The Completer and its ContextEngines are not built for concurrent calls, so every engine call runs here, one at a
+time, while the event loop keeps reading messages (`$/cancelRequest`, didChange) and answering. Jobs run in order;
+a job whose future was cancelled before it started is skipped, and a completion whose CancelToken is set stops at
+the engine's next decode step. Editor buffers are coalesced: a flood of didChange leaves one pending text per file,
+applied before the next job runs, so a completion always sees the latest buffers.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from context_engine.completer import Completer, CompletionOptions, CompletionResult
+from model_runtime.engine import CancelToken
+
+log = logging.getLogger(__name__)
+
+
+class NotReady(Exception):
+    """No model loaded (still loading, or loading failed)."""
+
+
+@dataclass
+class CompletionJob:
+    path: str
+    text: str  # the document as it was when the request arrived
+    offset: int
+    options: CompletionOptions
+    token: CancelToken = field(default_factory=CancelToken)
+    repo_context: bool = True  # False: the file is too large to index; in-file context only
+    started: float | None = None  # monotonic, set on the engine thread
+    finished: float | None = None
+
+
+class EngineWorker:
+    def __init__(self, completer: Completer):
+        self.completer = completer
+        self._cv = threading.Condition()
+        self._jobs: deque[tuple[Callable[[], Any], Future]] = deque()
+        self._buffers: dict[str, tuple[str | None, int | None]] = {}  # path -> (text | None to clear, edited line)
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="repocomplete-engine", daemon=True)
+
+    # -- the thread ----------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, fn: Callable[[], Any]) -> Future:
+        future: Future = Future()
+        with self._cv:
+            if self._stopping:
+                future.cancel()
+                return future
+            self._jobs.append((fn, future))
+            self._cv.notify()
+        return future
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._stopping and not self._jobs and not self._buffers:
+                    self._cv.wait()
+                if self._stopping:
+                    return
+                buffers, self._buffers = self._buffers, {}
+                job = self._jobs.popleft() if self._jobs else None
+            for path, (text, edited_line) in buffers.items():
+                self._apply_buffer(path, text, edited_line)
+            if job is None:
+                continue
+            fn, future = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn())
+            except BaseException as e:  # the future carries it to the awaiting handler
+                future.set_exception(e)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Cancel what is queued, let the running job stop, close the completer (model, context engines)."""
+        with self._cv:
+            self._stopping = True
+            jobs, self._jobs = list(self._jobs), deque()
+            self._cv.notify_all()
+        for _, future in jobs:
+            future.cancel()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+        try:
+            self.completer.close()
+        except Exception as e:
+            log.warning("closing the completer: %s: %s", type(e).__name__, e)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    # -- buffers -------------------------------------------------------------------------------------------
+
+    def sync_buffer(self, path: str, text: str, edited_line: int | None = None) -> None:
+        """An unsaved buffer for the context engine (the latest text per file wins; edited_line None: opened)."""
+        with self._cv:
+            previous = self._buffers.get(path)
+            if previous is not None and previous[0] is not None and edited_line is not None and previous[1] is None:
+                edited_line = None  # opened and edited before the thread got to it: still an open
+            self._buffers[path] = (text, edited_line)
+            self._cv.notify()
+
+    def clear_buffer(self, path: str) -> None:
+        with self._cv:
+            self._buffers[path] = (None, None)
+            self._cv.notify()
+
+    def _apply_buffer(self, path: str, text: str | None, edited_line: int | None) -> None:
+        workspace = self.completer.workspace_for(path, open_missing=False)
+        if workspace is None:
+            return  # its workspace is not open (yet): the server syncs open documents once it is
+        try:
+            if text is None:
+                workspace.clear_buffer(path)
+            else:
+                workspace.set_buffer(path, text, edited_line)
+        except Exception as e:  # a buffer the index cannot take costs its context, never the server
+            log.warning("buffer %s: %s: %s", path, type(e).__name__, e)
+
+    # -- engine work (each runs on the thread) ---------------------------------------------------------------
+
+    def load_model(self, make_model: Callable[[], Any]) -> Future:
+        def run():
+            model = make_model()
+            old, self.completer.model = self.completer.model, model
+            close = getattr(old, "close", None)
+            if close is not None:
+                close()
+            return model
+
+        return self.submit(run)
+
+    def open_workspace(self, root: Path, on_progress: Callable[[int, int], None] | None = None) -> Future:
+        return self.submit(lambda: self.completer.open_workspace(root, on_progress=on_progress))
+
+    def close_workspace(self, root: Path) -> Future:
+        return self.submit(lambda: self.completer.close_workspace(root))
+
+    def file_saved(self, path: str) -> Future:
+        def run():
+            workspace = self.completer.workspace_for(path, open_missing=False)
+            if workspace is not None:
+                workspace.file_changed(path)
+
+        return self.submit(run)
+
+    def complete(self, job: CompletionJob) -> Future:
+        return self.submit(lambda: self._complete(job))
+
+    def _complete(self, job: CompletionJob) -> CompletionResult | None:
+        job.started = time.monotonic()
+        try:
+            if job.token.cancelled:
+                return None
+            if self.completer.model is None:
+                raise NotReady("the model is not loaded")
+            options, workspace = self._options(job.path, job.options, job.repo_context)
+            return self.completer.complete(job.path, job.text, job.offset, options, cancel=job.token,
+                                           workspace=workspace)
+        finally:
+            job.finished = time.monotonic()
+
+    def context(self, path: str, text: str, offset: int, options: CompletionOptions, repo_context: bool = True) -> Future:
+        """The prompt parts and context for a position, without completing: (parts, Context | None, prompt tokens)."""
+        def run():
+            opts, workspace = self._options(path, options, repo_context)
+            parts, ctx = self.completer.prompt_parts(path, text, offset, opts, workspace=workspace)
+            encode = getattr(self.completer.model, "encode", None)
+            tokens = len(encode(parts)[1].ids) if encode is not None else None
+            return parts, ctx, tokens, opts.context
+
+        return self.submit(run)
+
+    def _options(self, path: str, options: CompletionOptions, repo_context: bool):
+        """Repository context only for files in an open (indexed) workspace; in-file context otherwise."""
+        options = copy.copy(options)
+        workspace = None
+        if options.context == "repo":
+            workspace = self.completer.workspace_for(path, open_missing=False) if repo_context else None
+            if workspace is None:
+                options.context = "infile"
+        return options, workspace
