@@ -10,8 +10,6 @@ configuration. The full harness (suite files, resumable runs, reports) is the ev
 
 from __future__ import annotations
 
-import random
-import re
 import statistics
 import time
 from dataclasses import dataclass
@@ -25,9 +23,6 @@ from context_engine.engine import ContextEngine
 from context_engine.records import KINDS
 from model_runtime.engine import CompletionRequest, Engine
 
-_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
 @dataclass
 class Task:
     path: str
@@ -38,33 +33,12 @@ class Task:
 
 
 def cut_tasks(engine: ContextEngine, n: int, seed: int = 0) -> list[Task]:
-    """Lines using a name that another file of the repository defines (tests and dunder-heavy lines excluded)."""
-    defined_in: dict[str, set[str]] = {}
-    for d in engine.index.definitions():
-        if len(d.name) > 3 and not d.name.startswith("__"):
-            defined_in.setdefault(d.name, set()).add(d.path)
-    rng = random.Random(seed)
-    candidates = []
-    for path in sorted(engine.index.files()):
-        if not path.endswith(".py") or "test" in path.lower():
-            continue
-        text = engine.index.text(path) or ""
-        lines = text.split("\n")
-        for i, line in enumerate(lines):
-            code = line.strip()
-            if not (12 <= len(code) <= 100) or code.startswith(("#", "import ", "from ", '"', "'", "def ", "class ", "@")):
-                continue
-            if any(path not in defined_in.get(name, {path}) for name in _IDENT.findall(code)):
-                candidates.append((path, i))
-    rng.shuffle(candidates)
-    tasks = []
-    for path, i in candidates[:n]:
-        text = engine.index.text(path) or ""
-        lines = text.split("\n")
-        indent = len(lines[i]) - len(lines[i].lstrip())
-        offset = sum(len(l) + 1 for l in lines[:i]) + indent
-        tasks.append(Task(path, i + 1, text, offset, lines[i].strip()))
-    return tasks
+    """Lines using a name that another file of the repository defines or that it imports from one (tests
+    excluded): the suite builder's cutter, several tasks per file allowed (nothing is written to disk here)."""
+    from eval.build_suite import cut_tasks as cut
+
+    return [Task(t.file, t.lineno + 1, t.prompt + t.groundtruth + t.right_context, len(t.prompt), t.groundtruth.strip())
+            for t in cut(engine.index, engine.root.name, n, seed, per_file=None)]
 
 
 def score(prediction: str, target: str) -> tuple[float, float]:
