@@ -1,0 +1,247 @@
+"""`repocomplete eval score --tasks T.jsonl --pred P.jsonl`: CrossCodeEval's line-completion metrics.
+
+As CrossCodeEval's `scripts/eval_metric.py` and `eval_utils.py` compute them, per task:
+
+1. The prediction is cut to the first statement: in Python, at the first newline where the prompt plus the
+   prediction so far parses without an ERROR node (tree-sitter); in Java, C#, TypeScript (and here JavaScript, Go,
+   Rust too) after the first `;`, `{` or `}`. Then comments are removed from prediction and ground truth alike
+   (`#...` and `//...` to the end of the line, in any language, `a // 2` included: their regexes).
+2. EM: the non-empty lines, stripped, are equal.
+3. ES: fuzz.ratio of the stripped texts (0-100). CrossCodeEval used fuzzywuzzy's difflib ratio rounded to an
+   integer; this is rapidfuzz's (normalised Indel similarity, not rounded), so figures can differ by a point or so.
+4. Identifiers: string literals removed, `\\w+` words that start like an identifier, keywords excluded (Python's
+   `keyword.kwlist` less True/False; the reserved words of the other languages). ID-EM: the two lists are equal
+   (order and repeats count); ID-F1 over the two sets (0 when both are empty, as theirs).
+
+A task without a prediction is scored as an empty prediction and counted as missing. Scores are averaged over
+tasks, overall and per repository (and per RepoBench setting when the tasks have one), in percent.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import keyword
+import re
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from rapidfuzz import fuzz
+
+from context_engine.document import InputError
+from eval.suites import EvalTask
+
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'')
+_WORD = re.compile(r"\w+")
+_IDENTIFIER_START = re.compile(r"[_a-zA-Z][_a-zA-Z0-9]*")
+_BRACKET_LANGUAGES = frozenset({"java", "csharp", "typescript", "javascript", "go", "rust"})
+
+_JAVASCRIPT = """await break case catch class const continue debugger default delete do else enum export extends finally
+for function if import in instanceof let new null return static super switch this throw try typeof var void while
+with yield implements interface package private protected public"""
+KEYWORDS = {
+    "python": frozenset(k for k in keyword.kwlist if k not in ("True", "False")),
+    "java": frozenset("""abstract assert boolean break byte case catch char class const continue default do double else
+        enum extends final finally float for goto if implements import instanceof int interface long native new
+        package private protected public return short static strictfp super switch synchronized this throw throws
+        transient try void volatile while""".split()),
+    "javascript": frozenset(_JAVASCRIPT.split()),
+    "typescript": frozenset((_JAVASCRIPT + """ abstract any as asserts boolean constructor declare get infer is keyof
+        module namespace never number object override readonly require satisfies set string symbol type undefined
+        unique unknown""").split()),
+    "go": frozenset("""break case chan const continue default defer else fallthrough for func go goto if import
+        interface map package range return select struct switch type var nil""".split()),
+    "rust": frozenset("""as async await break const continue crate dyn else enum extern fn for if impl in let loop match
+        mod move mut pub ref return self Self static struct super trait type unsafe use where while""".split()),
+    "csharp": frozenset("""abstract as base bool break byte case catch char checked class const continue decimal default
+        delegate do double else enum event explicit extern finally fixed float for foreach goto if implicit in int
+        interface internal is lock long namespace new null object operator out override params private protected
+        public readonly ref return sbyte sealed short sizeof stackalloc static string struct switch this throw try
+        typeof uint ulong unchecked unsafe ushort using virtual void volatile while""".split()),
+}
+
+
+# -- one task -----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TaskScore:
+    task_id: str
+    repository: str
+    setting: str | None
+    missing: bool
+    prediction: str  # after postprocessing and comment removal
+    target: str  # after comment removal
+    em: float
+    es: float
+    id_em: float
+    id_precision: float
+    id_recall: float
+    id_f1: float
+
+
+def first_statement(prompt: str, prediction: str, language: str) -> str:
+    """The prediction cut as CrossCodeEval cuts it before scoring (see the module's docstring)."""
+    if language == "python":
+        # theirs tries every prefix but can only stop at a newline: trying the newlines alone gives the same cut
+        for j, c in enumerate(prediction):
+            if c == "\n" and j > 0 and _parses(prompt + prediction[:j]):
+                return prediction[:j].rstrip()
+        return prediction
+    if language in _BRACKET_LANGUAGES:
+        end = next((i for i, c in enumerate(prediction) if c in ";{}"), None)
+        return prediction[: end + 1] if end else prediction  # (`if end`: a cut at 0 keeps it all, as theirs)
+    return prediction
+
+
+def _parses(code: str) -> bool:
+    """No ERROR node in the tree (MISSING nodes pass, as in CrossCodeEval's check)."""
+    root = _python_parser().parse(code.encode("utf-8", "replace")).root_node
+    if not root.has_error:
+        return True
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if node.is_error:
+            return False
+        stack.extend(child for child in node.children if child.has_error)
+    return True
+
+
+@functools.lru_cache(maxsize=1)
+def _python_parser():
+    import tree_sitter as ts
+
+    from context_engine.parsing import _grammar
+
+    return ts.Parser(_grammar("python", "python").language)
+
+
+def remove_comments(code: str) -> str:
+    return re.sub(r"//.*", "", re.sub(r"#.*", "", code))
+
+
+def identifiers(code: str, language: str) -> list[str]:
+    keywords = KEYWORDS.get(language, frozenset())
+    return [w for w in _WORD.findall(_STRING.sub("", code)) if _IDENTIFIER_START.match(w) and w not in keywords]
+
+
+def edit_similarity(prediction: str, target: str) -> float:
+    return fuzz.ratio(prediction.strip(), target.strip())
+
+
+def score_task(task: EvalTask, prediction: str | None) -> TaskScore:
+    missing = prediction is None
+    pred = remove_comments(first_statement(task.prompt, prediction or "", task.language))
+    target = remove_comments(task.groundtruth)
+    em = float([l.strip() for l in pred.split("\n") if l.strip()] == [l.strip() for l in target.split("\n") if l.strip()])
+    pred_ids, target_ids = identifiers(pred, task.language), identifiers(target, task.language)
+    p, t = set(pred_ids), set(target_ids)
+    tp, fp, fn = len(p & t), len(p - t), len(t - p)
+    return TaskScore(
+        task.task_id, task.repository, task.setting, missing, pred, target, em, edit_similarity(pred, target),
+        id_em=float(pred_ids == target_ids),
+        id_precision=tp / (tp + fp) if tp + fp else 0.0,
+        id_recall=tp / (tp + fn) if tp + fn else 0.0,
+        id_f1=2 * tp / (2 * tp + fp + fn) if 2 * tp + fp + fn else 0.0,
+    )
+
+
+# -- a suite ------------------------------------------------------------------------------------------------------
+
+
+def load_predictions(path: str | Path, tasks: list[EvalTask]) -> dict[str, str]:
+    """task id -> prediction, from CrossCodeEval-style JSONL ({"task_id": ..., "pred": ...} a line)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"predictions file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read predictions file {path}: {e}") from None
+    known = {t.task_id for t in tasks}
+    predictions: dict[str, str] = {}
+    first_line: dict[str, int] = {}
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(record, dict):
+            raise InputError(f"{where}: a prediction must be a JSON object, got {type(record).__name__}")
+        for key in ("task_id", "pred"):
+            if key not in record:
+                raise InputError(f"{where}: missing field {key}")
+            if not isinstance(record[key], str):
+                raise InputError(f"{where}: field {key} must be str, got {type(record[key]).__name__}")
+        task_id = record["task_id"]
+        if task_id not in known:
+            raise InputError(f"{where}: unknown task id {task_id!r} (not in the tasks file)")
+        if task_id in first_line:
+            raise InputError(f"{where}: second prediction for task {task_id!r} (first on line {first_line[task_id]})")
+        first_line[task_id] = lineno
+        predictions[task_id] = record["pred"]
+    if not predictions:
+        raise InputError(f"no predictions in {path} (expected JSONL lines {{\"task_id\": ..., \"pred\": ...}})")
+    return predictions
+
+
+def summarize(scores: list[TaskScore]) -> dict:
+    """Percentages over the tasks, rounded as CrossCodeEval rounds them (2 decimals)."""
+    def mean(values) -> float:
+        return round(statistics.fmean(values), 2) if scores else 0.0
+
+    return {
+        "n": len(scores),
+        "missing": sum(s.missing for s in scores),
+        "em": mean(100 * s.em for s in scores),
+        "es": mean(s.es for s in scores),
+        "id_em": mean(100 * s.id_em for s in scores),
+        "id_f1": mean(100 * s.id_f1 for s in scores),
+    }
+
+
+def score(tasks: list[EvalTask], predictions: dict[str, str], per_task: bool = False) -> dict:
+    scores = [score_task(t, predictions.get(t.task_id)) for t in tasks]
+    report = {
+        "tasks": len(tasks),
+        "predictions": len(predictions),
+        "missing": sum(s.missing for s in scores),
+        "missing_scored_as": "empty prediction",
+        "overall": summarize(scores),
+        "per_repository": {repo: summarize([s for s in scores if s.repository == repo])
+                           for repo in sorted({s.repository for s in scores})},
+    }
+    settings = sorted({s.setting for s in scores if s.setting is not None})
+    if settings:
+        report["per_setting"] = {name: summarize([s for s in scores if s.setting == name]) for name in settings}
+    if per_task:
+        report["per_task"] = [vars(s) for s in scores]
+    return report
+
+
+def score_files(tasks_path: str | Path, predictions_path: str | Path, per_task: bool = False) -> dict:
+    from eval.suites import load_tasks
+
+    tasks = load_tasks(tasks_path)
+    report = score(tasks, load_predictions(predictions_path, tasks), per_task)
+    report["tasks_file"], report["predictions_file"] = str(tasks_path), str(predictions_path)
+    return report
+
+
+def format_scores(report: dict) -> str:
+    rows = [(name, m) for name, m in report["per_repository"].items()]
+    rows += list(report.get("per_setting", {}).items())
+    rows.append(("overall", report["overall"]))
+    width = max(len("repository"), *(len(name) for name, _ in rows))
+    lines = [f"{'repository':<{width}} {'tasks':>6} {'EM':>6} {'ES':>6} {'ID-EM':>6} {'ID-F1':>6}"]
+    for name, m in rows:
+        lines.append(f"{name:<{width}} {m['n']:>6} {m['em']:>6.2f} {m['es']:>6.2f} {m['id_em']:>6.2f} {m['id_f1']:>6.2f}")
+    missing = report["missing"]
+    lines.append(f"{report['tasks']} tasks, {report['predictions']} predictions, {missing} missing"
+                 + (" (scored as empty predictions)" if missing else ""))
+    return "\n".join(lines)
