@@ -2,7 +2,8 @@
 
 A task is a line that uses another file of the repository: a name imported from it (CrossCodeEval's criterion) or
 a member (`state.push(...)`) that only other files define. The context engine's index finds them: its imports, its
-definitions (where each name is defined) and its identifiers (which names a file references). The cursor sits after the line's indentation and the ground truth is the rest of the line.
+definitions (where each name is defined) and its identifiers (which names a file references). The cursor sits
+after the line's indentation and the ground truth is the rest of the line.
 Trivial lines are passed over: comments, docstrings and other lines that start inside a string, imports,
 definition headers, decorators, lines outside 12-100 characters, and lines that are not whole statements (an open
 bracket before or after them, a backslash continuation); tests are left out unless asked for.
@@ -135,8 +136,9 @@ def cross_file_names(index, path: str, defined_in: dict[str, set[str]], referenc
         for imported, name in imp.names:
             if name != "*":
                 (bare if local or elsewhere(_LAST_SEGMENT.split(imported)[-1]) else external).add(name)
-        if not imp.names:
-            (bare if local else external).add(imp.alias or _LAST_SEGMENT.split(imp.module)[0 if language == "python" else -1])
+        if not imp.names:  # `import a.b` binds `a` in Python; elsewhere the last segment names the module
+            module = _LAST_SEGMENT.split(imp.module)[0 if language == "python" else -1]
+            (bare if local else external).add(imp.alias or module)
     if language in ("go", "java"):
         folder = posixpath.dirname(path)
         bare |= {name for name in referenced if elsewhere(name)
@@ -226,8 +228,8 @@ def mask_strings_and_comments(path: str, text: str) -> str:
     grammar = _grammar(entry[1], entry[0])
     src = text.encode("utf-8", "replace")
     root = _parser(grammar).parse(src).root_node
-    spans = sorted(node.byte_range for nodes in ts.QueryCursor(_literal_query(entry[1], entry[0])).captures(root).values()
-                   for node in nodes)
+    captures = ts.QueryCursor(_literal_query(entry[1], entry[0])).captures(root)
+    spans = sorted(node.byte_range for nodes in captures.values() for node in nodes)
     if len(src) != len(text):  # not ASCII: byte offsets -> character offsets
         ends = list(accumulate(len(c.encode("utf-8", "replace")) for c in text))
         spans = [(bisect_right(ends, s), bisect_right(ends, e - 1) + 1) for s, e in spans]

@@ -122,6 +122,10 @@ def remove_comments(code: str) -> str:
     return re.sub(r"//.*", "", re.sub(r"#.*", "", code))
 
 
+def _lines(code: str) -> list[str]:
+    return [line.strip() for line in code.split("\n") if line.strip()]
+
+
 def identifiers(code: str, language: str) -> list[str]:
     keywords = KEYWORDS.get(language, frozenset())
     return [w for w in _WORD.findall(_STRING.sub("", code)) if _IDENTIFIER_START.match(w) and w not in keywords]
@@ -135,7 +139,7 @@ def score_task(task: EvalTask, prediction: str | None) -> TaskScore:
     missing = prediction is None
     pred = remove_comments(first_statement(task.prompt, prediction or "", task.language))
     target = remove_comments(task.groundtruth)
-    em = float([l.strip() for l in pred.split("\n") if l.strip()] == [l.strip() for l in target.split("\n") if l.strip()])
+    em = float(_lines(pred) == _lines(target))
     pred_ids, target_ids = identifiers(pred, task.language), identifiers(target, task.language)
     p, t = set(pred_ids), set(target_ids)
     tp, fp, fn = len(p & t), len(p - t), len(t - p)
@@ -240,7 +244,8 @@ def format_scores(report: dict) -> str:
     width = max(len("repository"), *(len(name) for name, _ in rows))
     lines = [f"{'repository':<{width}} {'tasks':>6} {'EM':>6} {'ES':>6} {'ID-EM':>6} {'ID-F1':>6}"]
     for name, m in rows:
-        lines.append(f"{name:<{width}} {m['n']:>6} {m['em']:>6.2f} {m['es']:>6.2f} {m['id_em']:>6.2f} {m['id_f1']:>6.2f}")
+        scores = " ".join(f"{m[key]:>6.2f}" for key in ("em", "es", "id_em", "id_f1"))
+        lines.append(f"{name:<{width}} {m['n']:>6} {scores}")
     missing = report["missing"]
     lines.append(f"{report['tasks']} tasks, {report['predictions']} predictions, {missing} missing"
                  + (" (scored as empty predictions)" if missing else ""))

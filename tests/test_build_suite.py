@@ -187,7 +187,8 @@ def test_candidate_lines_skip_trivial_and_partial_statements():
         "    ok = inventory.add_item('x', 1)\n"  # 19 a repository member
         "    if isinstance(inventory, Inventory):\n"  # 20 yes
         "        return inventory\n"
-        "    m = make_inventory(a_rather_long_argument_name, another_long_argument, yet_another_argument, x=10000)\n"  # 101
+        "    m = make_inventory(a_rather_long_argument_name, another_long_argument, yet_another_argument, x=10000)\n"
+        # 22: 101 characters
         "    (Inventory)\n"  # 11 characters
         "    f(Inventory)\n"  # 12: yes
     )

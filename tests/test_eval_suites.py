@@ -16,8 +16,10 @@ CCEVAL = {
     "right_context": "\n\n\ndef other():\n    pass\n",
     "metadata": {"task_id": "demo/0", "repository": "demo", "file": "pkg/service.py",
                  "groundtruth_start_lineno": 4},
-    "crossfile_context": {"text": "# pkg/models.py\nclass Inventory: ...",
-                          "list": [{"retrieved_chunk": "class Inventory: ...", "filename": "pkg/models.py", "score": 1.0}]},
+    "crossfile_context": {
+        "text": "# pkg/models.py\nclass Inventory: ...",
+        "list": [{"retrieved_chunk": "class Inventory: ...", "filename": "pkg/models.py", "score": 1.0}],
+    },
 }
 
 IMPORTS = "from .models import Inventory\nimport os"
