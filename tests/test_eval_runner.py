@@ -365,3 +365,16 @@ def test_cli_run_writes_predictions_and_a_bad_line_is_exit_2(suite, tmp_path, ti
     assert f"{bad}:2: not valid JSON" in capsys.readouterr().err
     assert main([*args, "--shard", "2/2"]) == 2
     assert "--shard" in capsys.readouterr().err
+
+
+def test_via_lsp_drives_the_real_server_and_matches_the_engine(suite, tmp_path, model, go, tiny_config):
+    tasks_path, repos = suite
+    tasks = [t for t in load_tasks(tasks_path) if t.repository == "alpha"]  # one repository: one server
+    engine_out, lsp_out = tmp_path / "engine.jsonl", tmp_path / "lsp.jsonl"
+    go(tasks, repos, engine_out, model, context="infile")  # in-file: no provider deadline can make them differ
+    summary = run(tasks, repos, lsp_out, tiny_config.replace(max_new_tokens=6), ContextConfig(),
+                  RunOptions(context="infile", via="lsp", progress=False))
+    assert summary["ran"] == 4
+    assert lines(lsp_out) == lines(engine_out)
+    assert all("context_ms" not in r for r in map(json.loads, lsp_out.read_text().splitlines()))  # the server's
+    assert PredictionFile(lsp_out).meta()["settings"]["via"] == "lsp"
