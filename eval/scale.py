@@ -48,10 +48,11 @@ def shard(tasks: Sequence, i: int, n: int) -> list:
     return [t for t in tasks if t.task_id in keep]
 
 
-def merge(tasks: Sequence, parts: Sequence[str | Path], out: str | Path) -> dict:
+def merge(tasks: Sequence, parts: Sequence[str | Path], out: str | Path, limit: int | None = None) -> dict:
     """Join finished prediction files into `out`, in suite order. Refuses unfinished shards, a task predicted in two
-    files, predictions made with different settings, and ids the suite does not have."""
-    from eval.runner import PredictionFile, _write_lines, read_predictions
+    files, predictions made with different settings, ids the suite does not have, and a task of the suite (its
+    first `limit`, if the shards ran with one) that no file predicts: a merged file is a finished one."""
+    from eval.runner import PredictionFile, _write_lines, read_predictions, select
 
     records: dict[str, dict] = {}
     where: dict[str, str] = {}
@@ -78,13 +79,16 @@ def merge(tasks: Sequence, parts: Sequence[str | Path], out: str | Path) -> dict
     unknown = [task_id for task_id in records if task_id not in rank]
     if unknown:
         raise InputError(f"{len(unknown)} predictions for tasks the suite does not have, e.g. {unknown[0]!r}")
+    missing = [t.task_id for t in select(tasks, limit) if t.task_id not in records]
+    if missing:
+        raise InputError(f"{len(missing)} tasks have no prediction in these files (e.g. {missing[0]!r}): are all the "
+                         f"shards there?" + ("" if limit else " (--limit N if they ran with one)"))
     out = PredictionFile(out)
     out.path.parent.mkdir(parents=True, exist_ok=True)
     _write_lines(out.path, sorted(records.values(), key=lambda r: rank[r["task_id"]]))
     if settings is not None:
         out.write_meta({"settings": settings[1], "merged_from": [str(p) for p in parts], "predictions": len(records)})
-    missing = [t.task_id for t in tasks if t.task_id not in records]
-    return {"out": str(out.path), "predictions": len(records), "missing": len(missing)}
+    return {"out": str(out.path), "predictions": len(records)}
 
 
 # -- Ray -------------------------------------------------------------------------------------------------------

@@ -289,11 +289,12 @@ def _eval_run_options(args: argparse.Namespace, **changes):
     from eval.runner import RunOptions
     from eval.scale import parse_shard
 
-    return RunOptions(context=getattr(args, "context", "repo"), budget=args.budget, multiline=args.multiline,
-                      max_new_tokens=args.max_tokens, iterative=args.iterative, batch_size=args.batch_size,
-                      limit=args.limit, shard=parse_shard(args.shard) if getattr(args, "shard", None) else None,
-                      via=getattr(args, "via", "engine"), backend=args.backend, workers=args.workers,
-                      progress=not (args.json or args.quiet), **changes)
+    values = dict(context=getattr(args, "context", "repo"), budget=args.budget, multiline=args.multiline,
+                  max_new_tokens=args.max_tokens, iterative=args.iterative, batch_size=args.batch_size,
+                  limit=args.limit, shard=parse_shard(args.shard) if getattr(args, "shard", None) else None,
+                  via=getattr(args, "via", "engine"), backend=args.backend, workers=args.workers,
+                  progress=not (args.json or args.quiet))
+    return RunOptions(**{**values, **changes})
 
 
 def cmd_eval_run(args: argparse.Namespace) -> int:
@@ -315,9 +316,8 @@ def cmd_eval_merge(args: argparse.Namespace) -> int:
     from eval.scale import merge
     from eval.suites import load_tasks
 
-    summary = merge(load_tasks(args.tasks), args.parts, args.out)
-    print(json.dumps(summary) if args.json else
-          f"{summary['predictions']} predictions ({summary['missing']} tasks without one) -> {summary['out']}")
+    summary = merge(load_tasks(args.tasks), args.parts, args.out, limit=args.limit)
+    print(json.dumps(summary) if args.json else f"{summary['predictions']} predictions -> {summary['out']}")
     return 0
 
 
@@ -450,6 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = eval_sub.add_parser("merge", help="join finished shard prediction files into one, in suite order")
     p.add_argument("parts", nargs="+", help="the shards' predictions files")
     p.add_argument("--tasks", required=True)
+    p.add_argument("--limit", type=int, default=None, help="the shards ran with --limit N")
     p.add_argument("--out", required=True)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval_merge)

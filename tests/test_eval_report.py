@@ -113,3 +113,26 @@ def test_a_shard_cannot_make_a_report(suite, tmp_path, tiny_config):  # noqa: F8
     with pytest.raises(InputError, match="whole suite"):
         run_report(load_tasks(tasks_path), repos, tmp_path / "out", tiny_config, ContextConfig(),
                    RunOptions(shard=(0, 2)), ["infile"])
+
+
+def test_cli_report_and_merge(suite, tmp_path, tiny_model_dir, capsys):  # noqa: F811
+    from repocomplete.cli import main
+
+    tasks_path, repos = suite
+    model = ["--model", str(tiny_model_dir), "--quantize", "none", "--max-tokens", "4"]
+    out = tmp_path / "report"
+    assert main(["eval", "report", "--tasks", str(tasks_path), "--repos", str(repos), "--out-dir", str(out),
+                 "--configs", "none,infile", "--limit", "3", "--quiet", *model]) == 0
+    printed = capsys.readouterr().out
+    assert "| none | 3 |" in printed and "| infile | 3 |" in printed
+    assert sorted(p.name for p in out.iterdir() if not p.name.endswith(".meta.json")) == [
+        "pred-infile.jsonl", "pred-none.jsonl", "report.json", "report.md", "report.png"]
+    assert main(["eval", "report", "--tasks", str(tasks_path), "--repos", str(repos), "--out-dir", str(out),
+                 "--configs", "repo+adapter", *model]) == 2
+    assert "needs --adapter" in capsys.readouterr().err
+    parts = [str(tmp_path / f"s{i}.jsonl") for i in range(2)]
+    for i, part in enumerate(parts):
+        assert main(["eval", "run", "--tasks", str(tasks_path), "--repos", str(repos), "--out", part, "--context",
+                     "none", "--shard", f"{i}/2", "--quiet", *model]) == 0
+    assert main(["eval", "merge", "--tasks", str(tasks_path), "--out", str(tmp_path / "m.jsonl"), *parts]) == 0
+    assert (tmp_path / "m.jsonl").read_text().count("\n") == 6

@@ -287,7 +287,7 @@ def test_shards_merge_into_the_single_run(suite, tmp_path, model, go):
     assert sorted(sum(shard_ids, [])) == sorted(t.task_id for t in tasks)
     assert shard_ids[0] == ["alpha/use-1", "alpha/report-1"]  # contiguous in repository order
     merged = tmp_path / "merged.jsonl"
-    assert merge(tasks, parts, merged) == {"out": str(merged), "predictions": 6, "missing": 0}
+    assert merge(tasks, parts, merged) == {"out": str(merged), "predictions": 6}
     assert lines(merged) == lines(single)
     assert merged.read_text().count("\n") == 6
 
@@ -300,9 +300,18 @@ def test_merge_refuses_unfinished_and_overlapping_shards(suite, tmp_path, model,
     go(tasks, repos, b, model, context="none", limit=1)  # alpha/use-1 again
     with pytest.raises(InputError, match="alpha/use-1.*in both"):
         merge(tasks, [a, b], tmp_path / "m.jsonl")
+    with pytest.raises(InputError, match="3 tasks have no prediction in these files"):
+        merge(tasks, [a], tmp_path / "m.jsonl")
     b.rename(PredictionFile(b).partial)
     with pytest.raises(InputError, match="unfinished"):
         merge(tasks, [a, b], tmp_path / "m.jsonl")
+    assert not (tmp_path / "m.jsonl").exists()
+    halves = [tmp_path / "h0.jsonl", tmp_path / "h1.jsonl"]
+    for i, half in enumerate(halves):
+        go(tasks, repos, half, model, context="none", limit=4, shard=(i, 2))
+    with pytest.raises(InputError, match="2 tasks have no prediction.*--limit N"):
+        merge(tasks, halves, tmp_path / "m.jsonl")
+    assert merge(tasks, halves, tmp_path / "m.jsonl", limit=4)["predictions"] == 4
 
 
 def test_shard_split_is_contiguous_by_repository_and_covers_everything():
