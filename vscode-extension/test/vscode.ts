@@ -266,7 +266,16 @@ export class FakeOutputChannel {
 }
 
 export class FakeStatusBarItem {
-    text = '';
+    /** Every text the item has shown, in order. */
+    readonly texts: string[] = [];
+    private shownText = '';
+    get text(): string {
+        return this.shownText;
+    }
+    set text(value: string) {
+        this.shownText = value;
+        this.texts.push(value);
+    }
     tooltip: unknown = undefined;
     command: unknown = undefined;
     backgroundColor: ThemeColor | undefined = undefined;
