@@ -6,7 +6,8 @@ prompt. Tasks are grouped by repository: one workspace (index, retriever, repo m
 Completer's batch entry point over batches of a repository's tasks.
 
 Results depend on the suite and the settings only, not on timing or on the tasks run before:
-  * every provider is waited for (`slow_provider_deadline_ms=None`) and decoding has no wall-clock cut;
+  * every provider is waited for (`slow_provider_deadline_ms=None`), the typed-holes provider's type inference has
+    no wall-clock cut (see `eval_context_engine`), and decoding has none either;
   * before each task's context is assembled the workspace is settled: the retriever and the repo-map graph are
     rebuilt for the task's buffer on the spot (not on a worker thread, ~30 ms on setuptools), and the caches keyed
     by cursor are dropped, so a task sees the same context whichever tasks came before it (resume, shards, Ray).
@@ -25,9 +26,11 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import multiprocessing as mp
 import os
 import subprocess
 import time
+from concurrent.futures import ProcessPoolExecutor
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -230,6 +233,21 @@ def settle(engine: ContextEngine) -> None:
     engine._slow_results.clear()  # keyed by the text above the line only
 
 
+def _no_inference_deadline() -> None:
+    """In the jedi worker process: type inference for the typed-holes provider runs to the end instead of stopping
+    after python_analysis.INFER_BUDGET_S of wall clock, so its records do not depend on the machine's load."""
+    # TODO(context engine): a ContextConfig knob for that budget (None in evaluations) would replace this.
+    from context_engine import python_analysis
+
+    python_analysis.INFER_BUDGET_S = float("inf")
+
+
+def eval_context_engine(root: Path, config: ContextConfig) -> ContextEngine:
+    """A workspace as the runner uses it: the jedi providers in their own process, without inference deadline."""
+    executor = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"), initializer=_no_inference_deadline)
+    return ContextEngine(root, config, slow_executor=executor)
+
+
 def prediction_record(task, result: CompletionResult) -> dict:
     c = result.completion
     return {
@@ -429,7 +447,8 @@ def _run_local(todo, repos, runtime, context, options, sink, model=None, make_co
 
         if callable(model) and not hasattr(model, "complete_batch"):
             model = model()  # a factory: the caller shares one engine between runs that have work
-        completer = Completer(model or make_engine(runtime), context, make_context_engine=make_context_engine)
+        completer = Completer(model or make_engine(runtime), context,
+                              make_context_engine=make_context_engine or eval_context_engine)
         runner = BatchRunner(completer, repos, options)
     try:
         for batch in batches(todo, options.batch_size):

@@ -99,10 +99,11 @@ class _Worker:
 
     def __init__(self, runtime, context, repos: str, options):
         from context_engine.completer import Completer
-        from eval.runner import BatchRunner
+        from eval.runner import BatchRunner, eval_context_engine
         from model_runtime.backend import make_engine
 
-        self.runner = BatchRunner(Completer(make_engine(runtime), context), Path(repos), options)
+        completer = Completer(make_engine(runtime), context, make_context_engine=eval_context_engine)
+        self.runner = BatchRunner(completer, Path(repos), options)
 
     def run(self, tasks: list) -> list[dict]:
         return self.runner.run(tasks)
