@@ -14,6 +14,7 @@ import {
     ExecuteCommandRequest,
     LanguageClient,
     type DocumentSelector,
+    type RequestType,
     type Executable,
     type LanguageClientOptions,
     type Middleware,
@@ -194,7 +195,7 @@ export interface ClientLike {
     dispose(timeout?: number): Promise<void>;
     onDidChangeState(listener: (e: { oldState: State; newState: State }) => void): vscode.Disposable;
     onNotification(method: string, handler: (params: any) => void): vscode.Disposable;
-    sendRequest<R>(method: string, params: unknown, token?: vscode.CancellationToken): Promise<R>;
+    sendRequest<P, R, E>(type: RequestType<P, R, E>, params: P, token?: vscode.CancellationToken): Promise<R>;
     sendNotification(type: typeof DidChangeConfigurationNotification.type, params: { settings: unknown }): Promise<void>;
 }
 
@@ -328,7 +329,10 @@ export class ServerManager implements vscode.Disposable {
         if (client === undefined || client.state !== State.Running) {
             throw new Error('the repocomplete server is not running');
         }
-        return client.sendRequest<R>(ExecuteCommandRequest.method, { command, arguments: args }, token);
+        // By type, not by method name: with a name, vscode-jsonrpc sends every argument after it as a positional
+        // parameter (an undefined token included), and the server would get `[params, null]`.
+        const result = await client.sendRequest(ExecuteCommandRequest.type, { command, arguments: args }, token);
+        return result as R;
     }
 
     dispose(): void {

@@ -101,9 +101,22 @@ function num(v: unknown, digits: number): string {
     return typeof v === 'number' && Number.isFinite(v) ? v.toFixed(digits) : '?';
 }
 
-/** Markdown-safe inline text (one line, no markup). */
+/** One line of text. Left unescaped: the document is read as source more than rendered, and a `why` may use `code`. */
 function inline(text: string): string {
-    return text.replace(/[\r\n]+/g, ' ').replace(/([\\`*_[\]<>|])/g, '\\$1');
+    return text.replace(/[\r\n]+/g, ' ');
+}
+
+/** A table cell. */
+function cell(text: string): string {
+    return inline(text).replace(/\|/g, '\\|');
+}
+
+/** An inline code span that holds `text` whatever backticks it has. */
+function code(text: string): string {
+    const one = inline(text);
+    const longest = Math.max(0, ...[...one.matchAll(/`+/g)].map((m) => m[0].length));
+    const ticks = '`'.repeat(longest + 1);
+    return longest > 0 ? `${ticks} ${one} ${ticks}` : `${ticks}${one}${ticks}`;
 }
 
 function displayPath(file: string, where: Where): string {
@@ -118,7 +131,7 @@ export function formatContext(result: ShowContextResult, where: Where): string {
     lines.push('# repocomplete: context');
     lines.push('');
     const facts = [
-        `\`${inline(file)}\` line ${where.position.line + 1}, column ${where.position.character + 1}`,
+        `${code(file)} line ${where.position.line + 1}, column ${where.position.character + 1}`,
         `${records.length} record${records.length === 1 ? '' : 's'}`,
         `${typeof result.prompt_tokens === 'number' ? result.prompt_tokens : '?'} prompt tokens`,
     ];
@@ -145,7 +158,7 @@ export function formatContext(result: ShowContextResult, where: Where): string {
         lines.push('| step | ms |');
         lines.push('| --- | ---: |');
         for (const [step, ms] of timings) {
-            lines.push(`| ${inline(step)} | ${num(ms, 1)} |`);
+            lines.push(`| ${cell(step)} | ${num(ms, 1)} |`);
         }
     }
     lines.push('');
@@ -157,7 +170,7 @@ export function formatContext(result: ShowContextResult, where: Where): string {
     records.forEach((r, i) => {
         const span = r.start_line === r.end_line ? `line ${r.start_line}` : `lines ${r.start_line}–${r.end_line}`;
         lines.push('');
-        lines.push(`### ${i + 1}. \`${inline(r.path)}\` ${span}`);
+        lines.push(`### ${i + 1}. ${code(r.path)} ${span}`);
         lines.push('');
         lines.push(`kind **${inline(String(r.kind))}** · score ${num(r.score, 3)}${r.why ? ` · why: ${inline(r.why)}` : ''}`);
         lines.push('');

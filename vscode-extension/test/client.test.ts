@@ -268,9 +268,11 @@ class FakeClient implements ClientLike {
         this.notifications.set(method, handler);
         return { dispose: () => this.notifications.delete(method) };
     }
-    async sendRequest<R>(method: string, params: unknown): Promise<R> {
-        this.requests.push([method, params]);
-        return { completion: null, records: [] } as R;
+    async sendRequest(type: any, ...rest: unknown[]): Promise<any> {
+        // A method name would make vscode-jsonrpc send the remaining arguments as positional parameters.
+        assert.equal(typeof type, 'object', 'requests go by RequestType, not by method name');
+        this.requests.push([type.method, rest[0]]);
+        return { completion: null, records: [] };
     }
     async sendNotification(): Promise<void> {}
 }

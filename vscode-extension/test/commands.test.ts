@@ -105,7 +105,7 @@ describe('commands: show context', () => {
         assert.match(md, /2 records · 812 prompt tokens · context: repo/);
         assert.match(md, /```python\ntotal \+= item\.price \* item\.qty\n```/);
         assert.match(md, /### 1\. `inventory\/models\.py` lines 10–24/);
-        assert.match(md, /kind \*\*definition\*\* · score 0\.812 · why: imported as \\`Item\\` from inventory\.models/);
+        assert.match(md, /kind \*\*definition\*\* · score 0\.812 · why: imported as `Item` from inventory\.models/);
         assert.match(md, /```python\nclass Item:\n    price: float\n    qty: int\n```/);
         assert.match(md, /### 2\. `inventory\/util\.py` line 3\n/);
         // A record holding ``` gets a longer fence, so it cannot end the block early.
@@ -123,6 +123,16 @@ describe('commands: show context', () => {
         assert.match(md, /No context records/);
         assert.match(md, /0 records/);
         assert.doesNotMatch(md, /## Timings/);
+    });
+
+    it('keeps code spans and table cells whole whatever the text holds', () => {
+        const md = formatContext({
+            completion: null, prompt_tokens: 1, timings_ms: { 'a|b': 1 },
+            records: [{ path: 'odd`name.py', start_line: 1, end_line: 1, kind: 'k', score: 1, why: 'two\nlines', text: '' }],
+        }, { uri: 'file:///x.py', position: { line: 0, character: 0 } });
+        assert.match(md, /\| a\\\|b \| 1\.0 \|/);
+        assert.match(md, /### 1\. `` odd`name\.py `` line 1/);
+        assert.match(md, /why: two lines/);
     });
 
     it('fences text that ends without a newline and text with long backtick runs', () => {

@@ -39,7 +39,8 @@ async function until<T>(what: string, probe: () => T | undefined | false | Promi
             return v;
         }
         if (Date.now() > end) {
-            throw new Error(`timed out waiting for ${what}`);
+            const log = testing.outputChannels.flatMap((c) => c.lines).slice(-20).join('\n');
+            throw new Error(`timed out waiting for ${what}; the output channel's last lines:\n${log}`);
         }
         await new Promise((r) => setTimeout(r, 10));
     }
@@ -120,7 +121,9 @@ function suite(name: string, modulePath: string) {
         it('shows ghost text through the inline completion provider', async () => {
             assert.equal(testing.inlineProviders.length, 1);
             const provider = testing.inlineProviders[0].provider;
-            const doc = { uri: Uri.file(path.join(root, 'x.py')), languageId: 'python', version: 1 };
+            const doc = { uri: Uri.file(path.join(root, 'x.py')), languageId: 'python', version: 1, getText: () => 'def f():\n    ' };
+            testing.openDocument(doc);
+            await until('didOpen at the server', async () => (await serverLog()).opened.includes(doc.uri.toString()));
             const result = await provider.provideInlineCompletionItems(doc, new Position(3, 4), { triggerKind: 1 }, new CancellationTokenSource().token);
             const items = Array.isArray(result) ? result : result.items;
             assert.equal(items.length, 1);

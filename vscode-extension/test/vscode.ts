@@ -304,6 +304,11 @@ export const window = {
     visibleTextEditors: [] as unknown[],
     onDidChangeActiveTextEditor: new EventEmitter<unknown>().event,
     onDidChangeVisibleTextEditors: new EventEmitter<unknown>().event,
+    tabGroups: {
+        all: [] as unknown[],
+        onDidChangeTabs: new EventEmitter<unknown>().event,
+        onDidChangeTabGroups: new EventEmitter<unknown>().event,
+    },
     createOutputChannel(name: string, _options?: unknown): FakeOutputChannel {
         const ch = new FakeOutputChannel(name);
         testing.outputChannels.push(ch);
@@ -328,6 +333,9 @@ export const window = {
 
 // ---- workspace ----------------------------------------------------------------------------------------------------
 
+const openEmitter = new EventEmitter<unknown>();
+const closeEmitter = new EventEmitter<unknown>();
+
 export const workspace = {
     get workspaceFolders() {
         return testing.workspaceFolders;
@@ -338,8 +346,8 @@ export const workspace = {
         return makeConfiguration(section);
     },
     onDidChangeConfiguration: configEmitter.event,
-    onDidOpenTextDocument: new EventEmitter<unknown>().event,
-    onDidCloseTextDocument: new EventEmitter<unknown>().event,
+    onDidOpenTextDocument: openEmitter.event,
+    onDidCloseTextDocument: closeEmitter.event,
     onDidChangeTextDocument: new EventEmitter<unknown>().event,
     onDidSaveTextDocument: new EventEmitter<unknown>().event,
     onWillSaveTextDocument: new EventEmitter<unknown>().event,
@@ -435,6 +443,11 @@ export const testing = {
     inlineProviders: [] as { selector: unknown; provider: any }[],
     completionProviders: [] as { selector: unknown; provider: any; triggerCharacters: string[] }[],
     registeredCommands: () => [...registry.keys()],
+    /** Open a document, as VS Code does when a file is opened (the language client sends didOpen). */
+    openDocument(doc: { uri: Uri; languageId: string; version: number; getText(): string }): void {
+        workspace.textDocuments.push(doc);
+        openEmitter.fire(doc);
+    },
     defaults,
     /** Set a configuration value (full key, e.g. `repocomplete.maxTokens`) as if in user or workspace settings. */
     set(key: string, value: unknown, where: 'global' | 'workspace' | 'workspaceFolder' = 'global'): void {
@@ -458,6 +471,7 @@ export const testing = {
         testing.updates = [];
         testing.inlineProviders = [];
         testing.completionProviders = [];
+        workspace.textDocuments.splice(0);
         scope.global.clear();
         scope.workspace.clear();
         scope.workspaceFolder.clear();
