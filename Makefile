@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-python test-extension bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,11 +21,17 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/repocomplete complete examples/demo.py --line 28 --col 5 --json
 
-test: $(STAMP)
+# The VS Code extension's build, tests and .vsix, then the Python suite (server, engines, eval, editors).
+test: test-extension test-python
+
+test-python: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+test-extension:
+	bash vscode-extension/ci.sh
 
 bench: $(STAMP)
 	$(BIN)/repocomplete bench latency
 
 clean:
-	rm -rf $(VENV) *.egg-info
+	rm -rf $(VENV) *.egg-info vscode-extension/node_modules vscode-extension/dist vscode-extension/out vscode-extension/*.vsix
