@@ -184,7 +184,7 @@ def plot(report: dict, path: Path) -> None:
     names = list(rows)
     y = list(range(len(names)))
     height = 0.38
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 1.2 + 0.5 * len(names)), sharey=True)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, max(3.5, 1.2 + 0.5 * len(names))), sharey=True)
     es = [rows[n]["es"] for n in names]
     em = [rows[n]["em"] for n in names]
     left.barh([v - height / 2 for v in y], es, height, label="ES", color="#3b75af")

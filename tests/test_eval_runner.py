@@ -106,8 +106,12 @@ def model(tiny_loaded, tiny_config):
 
 
 @pytest.fixture
-def go(tmp_path, tiny_config):
-    """run(...) with the tiny model, jedi on a thread, the index in tmp_path."""
+def go(tmp_path, tiny_config, monkeypatch):
+    """run(...) with the tiny model, jedi on a thread (without its inference deadline, as the runner's jedi process
+    has it), the index in tmp_path."""
+    from context_engine import python_analysis
+
+    monkeypatch.setattr(python_analysis, "INFER_BUDGET_S", float("inf"))
     context = ContextConfig(index_dir=tmp_path / "index", budget_tokens=256)
 
     def go(tasks, repos, out, model, **options):
@@ -207,6 +211,24 @@ class _NoModel:
         from model_runtime.engine import Completion
 
         return [Completion("", "max_tokens") for _ in requests]
+
+
+def _inference_budget() -> float:
+    from context_engine import python_analysis
+
+    return python_analysis.INFER_BUDGET_S
+
+
+def test_the_runner_jedi_process_has_no_inference_deadline(tmp_path):
+    from eval.runner import eval_context_engine
+
+    engine = eval_context_engine(write_tree(tmp_path / "repo", {"a.py": "x = 1\n"}),
+                                 ContextConfig(index_dir=tmp_path / "index"))
+    try:
+        assert engine._slow_pool.submit(_inference_budget).result() == float("inf")
+    finally:
+        engine.close()
+    assert _inference_budget() < 1  # this process's is untouched
 
 
 def test_a_rerun_gives_the_same_predictions(suite, tmp_path, model, go):
