@@ -8,13 +8,16 @@ a file URI in the repository, `textDocument/inlineCompletion` at the cursor, the
 prediction, didClose.
 
 This measures the editor's path, server included: the server waits for the jedi providers only up to its
-deadline, rebuilds the repo map on a worker thread and stops decoding after the runtime's time budget, so its
-predictions may differ from `--via engine`'s, which waits for everything.
+deadline, rebuilds the repo map on a worker thread and stops decoding after the runtime's time budget (5 s, with no
+`serve` option to change it), so its predictions may differ from `--via engine`'s, which waits for everything. Each
+prediction line carries the server's stop reason and engine time (its `repocomplete.stats` command); completions cut
+by the time budget are counted in a warning.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import queue
 import subprocess
@@ -26,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from context_engine.document import InputError
+
+log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 300.0  # model load + indexing
 REQUEST_TIMEOUT_S = 600.0
@@ -232,7 +237,22 @@ class LspBatchRunner:
             if isinstance(pred, dict):  # a StringValue snippet
                 pred = pred.get("value", "")
             records.append({"task_id": t.task_id, "pred": pred, "latency_ms": round(latency, 1)})
+        self._add_server_stats(records)
         return records
+
+    def _add_server_stats(self, records: list[dict]) -> None:
+        """The server's own account of each request (stop reason, engine time), from its stats command."""
+        stats = self.client.request("workspace/executeCommand",
+                                    {"command": "repocomplete.stats", "arguments": [{"reset": True}]})
+        served = [r for r in (stats or {}).get("requests", []) if r.get("method") == "textDocument/inlineCompletion"]
+        if len(served) != len(records):
+            return
+        for record, s in zip(records, served):
+            record.update(engine_ms=s.get("engine_ms"), stop_reason=s.get("stop_reason"), outcome=s.get("outcome"))
+        timed_out = sum(s.get("stop_reason") == "time" for s in served)
+        if timed_out:
+            log.warning("%d of %d completions stopped on the server's time budget (RuntimeConfig.time_budget_s)",
+                        timed_out, len(served))
 
     def close(self) -> None:
         if self.client is not None:

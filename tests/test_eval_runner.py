@@ -407,5 +407,6 @@ def test_via_lsp_drives_the_real_server_and_matches_the_engine(suite, tmp_path, 
                   RunOptions(context="infile", via="lsp", progress=False))
     assert summary["ran"] == 4
     assert lines(lsp_out) == lines(engine_out)
-    assert all("context_ms" not in r for r in map(json.loads, lsp_out.read_text().splitlines()))  # the server's
+    records = [json.loads(line) for line in lsp_out.read_text().splitlines()]
+    assert all("context_ms" not in r and r["outcome"] == "completed" and r["stop_reason"] for r in records)
     assert PredictionFile(lsp_out).meta()["settings"]["via"] == "lsp"
