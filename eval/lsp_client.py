@@ -49,6 +49,8 @@ class JsonRpcClient:
         self._next_id = 0
         self._messages: queue.Queue = queue.Queue()
         self.notifications: list[dict] = []
+        self.answered: dict[Any, float] = {}  # response id -> perf_counter() when the reader received it
+        self._early: dict[Any, dict] = {}  # answers that arrived while another one was awaited
         self._reader = threading.Thread(target=self._read, name="lsp-client-reader", daemon=True)
         self._reader.start()
 
@@ -69,7 +71,10 @@ class JsonRpcClient:
                     length = int(value.strip())
             if length is None:
                 continue
-            self._messages.put(json.loads(stream.read(length)))
+            message = json.loads(stream.read(length))
+            if isinstance(message, dict) and "id" in message and "method" not in message:
+                self.answered[message["id"]] = time.perf_counter()
+            self._messages.put(message)
 
     def _send(self, message: dict) -> None:
         body = json.dumps(message).encode("utf-8")
@@ -83,13 +88,30 @@ class JsonRpcClient:
         self._send({"jsonrpc": "2.0", "method": method, "params": params})
 
     def request(self, method: str, params: Any, timeout: float = REQUEST_TIMEOUT_S) -> Any:
+        return self.response(self.send_request(method, params), timeout, method)
+
+    def send_request(self, method: str, params: Any) -> int:
+        """Send a request without waiting for its answer (see `response`)."""
         self._next_id += 1
-        msg_id = self._next_id
-        self._send({"jsonrpc": "2.0", "id": msg_id, "method": method, "params": params})
-        message = self.wait_for(lambda m: m.get("id") == msg_id and "method" not in m, timeout, method)
+        self._send({"jsonrpc": "2.0", "id": self._next_id, "method": method, "params": params})
+        return self._next_id
+
+    def response(self, msg_id: int, timeout: float = REQUEST_TIMEOUT_S, what: str = "a request") -> Any:
+        """The result of a request sent earlier (answers to other requests that arrive meanwhile are kept)."""
+        if msg_id in self._early:
+            message = self._early.pop(msg_id)
+        else:
+            while True:
+                message = self.wait_for(lambda m: "id" in m and "method" not in m, timeout, what)
+                if message["id"] == msg_id:
+                    break
+                self._early[message["id"]] = message
         if "error" in message:
-            raise ServerError(f"{method}: {message['error'].get('message')}")
+            raise ServerError(f"{what}: {message['error'].get('message')}")
         return message.get("result")
+
+    def answered_at(self, msg_id: int) -> float:
+        return self.answered[msg_id]
 
     def wait_for(self, match, timeout: float, what: str) -> dict:
         """The next message that `match`es; meanwhile requests from the server are answered, notifications kept."""

@@ -227,6 +227,18 @@ def cmd_bench_latency(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_lsp(args: argparse.Namespace) -> int:
+    from eval.bench_lsp import LspBenchOptions, format_report, run_lsp_bench
+
+    options = LspBenchOptions(file=args.file, keystrokes=args.keystrokes, burst_keystrokes=args.burst_keystrokes,
+                              burst_interval_ms=args.burst_interval_ms, context_tokens=args.context_tokens)
+    report = run_lsp_bench(runtime_config(args), options, progress=not args.json)
+    if not args.requests:
+        report.pop("requests")
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
 def cmd_bench_context(args: argparse.Namespace) -> int:
     from context_engine.document import InputError
     from context_engine.config import ContextConfig
@@ -404,6 +416,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     _add_runtime_args(p)
     p.set_defaults(func=cmd_bench_latency, max_tokens=16)
+
+    p = bench.add_parser("lsp", help="bench latency's typing session through the real server over stdio")
+    p.add_argument("--file", default=None, help="source file to type (default: the bundled one)")
+    p.add_argument("--keystrokes", type=int, default=24, help="paced keystrokes (each waits for its completion)")
+    p.add_argument("--burst-keystrokes", type=int, default=12, help="then keystrokes faster than completions")
+    p.add_argument("--burst-interval-ms", type=float, default=30.0)
+    p.add_argument("--context-tokens", type=int, default=2048, help="tokens before the cursor")
+    p.add_argument("--requests", action="store_true", help="include every request's record in --json")
+    p.add_argument("--json", action="store_true")
+    _add_runtime_args(p)
+    p.set_defaults(func=cmd_bench_lsp, max_tokens=16)
 
     p = bench.add_parser("context", help="context engine: cold/warm indexing, incremental updates, assembly")
     p.add_argument("dir", help="a repository (copied to a temporary folder first)")
