@@ -80,7 +80,7 @@ def run_lsp_bench(runtime: RuntimeConfig, options: LspBenchOptions, progress: bo
         document = text[:start] + text[start + total :]
         path.write_text(document)
         uri = path.as_uri()
-        client = JsonRpcClient(serve_argv(runtime), cwd=str(root))
+        client = JsonRpcClient(serve_argv(runtime))
         try:
             client.request("initialize", {
                 "processId": None, "rootUri": root.as_uri(),

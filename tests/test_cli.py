@@ -180,3 +180,11 @@ def test_module_entry_point_end_to_end(tmp_path, tiny_model_dir):
     assert proc.stdout == ""
     assert proc.stderr == f"repocomplete: adapter not found: {adapter} has no adapter_config.json\n"
     assert "Traceback" not in proc.stderr
+
+
+def test_module_entry_point_ignores_files_in_the_working_directory(tmp_path):
+    """The server runs in the user's repository: a `textwrap.py` there must not shadow the standard module."""
+    (tmp_path / "textwrap.py").write_text("+= 2\n")
+    proc = subprocess.run([sys.executable, "-m", "repocomplete", "--help"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0 and "usage: repocomplete" in proc.stdout, proc.stderr[-1000:]
