@@ -349,3 +349,69 @@ def test_bad_input_is_answered_or_ignored_and_the_server_keeps_serving(tmp_path,
         stderr = client.proc.stderr.read().decode(errors="replace")
     assert code is not None
     assert "Traceback" not in stderr, stderr[-3000:]
+
+
+def test_tcp_serves_one_client_then_exits(tmp_path, tiny_model_dir, repo):
+    import re
+    import socket
+
+    proc = subprocess.Popen(server_command(tiny_model_dir, "--tcp", "127.0.0.1:0"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=server_env(tmp_path))
+    try:
+        line = ""
+        deadline = time.monotonic() + 60
+        while "serving LSP on" not in line and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+        port = int(re.search(r"serving LSP on [\d.]+:(\d+)", line).group(1))
+        sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                           "params": {"processId": None, "rootUri": repo.as_uri(), "capabilities": {}}}).encode()
+        sock.sendall(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        data = b""
+        while b'"capabilities"' not in data:
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+        assert b'"inlineCompletionProvider"' in data
+        sock.close()  # the client's end ends the server
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.mark.asyncio
+async def test_workspace_folders_and_saves_reach_the_index(tmp_path, tiny_model_dir, repo):
+    other = write_tree(tmp_path / "other", {".git/HEAD": "x\n", "billing/tax.py": "def vat_rate(country):\n    return 0.2\n"})
+    client, _ = await start(tmp_path, tiny_model_dir, repo, {"context": "repo", "maxTokens": 2, "debounceMs": 0})
+    try:
+        assert (await wait_ready(client))["state"] == "ready"
+        client.workspace_did_change_workspace_folders(types.DidChangeWorkspaceFoldersParams(
+            event=types.WorkspaceFoldersChangeEvent(
+                added=[types.WorkspaceFolder(uri=other.as_uri(), name="other")], removed=[])))
+        text = "from billing.tax import vat_rate\n\n\ndef total(x):\n    return x * vat_rate(\n"
+        (other / "billing/cart.py").write_text(text)
+        uri = open_doc(client, other / "billing/cart.py", text)
+        shown = None
+        for _ in range(100):  # the new folder is indexed on the engine thread
+            shown = await client.workspace_execute_command_async(types.ExecuteCommandParams(
+                command="repocomplete.showContext", arguments=[{"uri": uri, "position": {"line": 4, "character": 24}}]))
+            if any(r["path"] == "billing/tax.py" for r in shown["records"]):
+                break
+            await asyncio.sleep(0.2)
+        assert any(r["path"] == "billing/tax.py" for r in shown["records"]), shown
+        # A file saved with new content: the index follows (didSave).
+        (repo / "shop/models.py").write_text(FILES["shop/models.py"] + "\n\ndef audit_stock(inv):\n    return inv\n")
+        client.text_document_did_save(types.DidSaveTextDocumentParams(
+            text_document=types.TextDocumentIdentifier(uri=(repo / "shop/models.py").as_uri())))
+        use_uri = open_doc(client, repo / "shop/use.py", USE + "    audit_stock(\n")
+        for _ in range(100):
+            shown = await client.workspace_execute_command_async(types.ExecuteCommandParams(
+                command="repocomplete.showContext",
+                arguments=[{"uri": use_uri, "position": {"line": 5, "character": 16}}]))
+            if any("audit_stock" in r["text"] for r in shown["records"]):
+                break
+            await asyncio.sleep(0.2)
+        assert any("audit_stock" in r["text"] for r in shown["records"]), shown
+    finally:
+        await client.shutdown_session()
