@@ -30,7 +30,7 @@ from pathlib import Path
 from rapidfuzz import fuzz
 
 from context_engine.document import InputError
-from eval.suites import EvalTask
+from eval.suites import EvalTask, jsonl_records
 
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'')
 _WORD = re.compile(r"\w+")
@@ -167,16 +167,7 @@ def load_predictions(path: str | Path, tasks: list[EvalTask]) -> dict[str, str]:
     known = {t.task_id for t in tasks}
     predictions: dict[str, str] = {}
     first_line: dict[str, int] = {}
-    for lineno, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(record, dict):
-            raise InputError(f"{where}: a prediction must be a JSON object, got {type(record).__name__}")
+    for lineno, where, record in jsonl_records(path, text, "a prediction"):
         for key in ("task_id", "pred"):
             if key not in record:
                 raise InputError(f"{where}: missing field {key}")

@@ -75,16 +75,7 @@ def load_tasks(path: str | Path, repos: str | Path | None = None) -> list[EvalTa
     tasks: list[EvalTask] = []
     first_line: dict[str, int] = {}
     per_setting: dict[str | None, int] = {}
-    for lineno, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(record, dict):
-            raise InputError(f"{where}: a task must be a JSON object, got {type(record).__name__}")
+    for lineno, where, record in jsonl_records(path, text, "a task"):
         if "next_line" in record:
             setting = _setting(record, file_setting, where)
             index = per_setting.get(setting, 0)
@@ -249,3 +240,18 @@ def task_id_for(repository: str, file: str, lineno: int) -> str:
     """The id `eval build-suite` gives a task: `<repo>/<file>:<1-based line>`."""
     return f"{repository}/{file}:{lineno + 1}"
 
+
+def jsonl_records(path, text: str, what: str):
+    """(line number, "file:line", object) for each non-blank line of a JSONL text; a line that is not a JSON object
+    is an InputError naming its file and line."""
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(record, dict):
+            raise InputError(f"{where}: {what} must be a JSON object, got {type(record).__name__}")
+        yield lineno, where, record
