@@ -20,7 +20,6 @@ tasks, overall and per repository (and per RepoBench setting when the tasks have
 from __future__ import annotations
 
 import functools
-import json
 import keyword
 import re
 import statistics
