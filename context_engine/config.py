@@ -8,6 +8,7 @@ from pathlib import Path
 
 import platformdirs
 
+from context_engine.errors import ContextConfigError
 from context_engine.records import KINDS
 
 LANGUAGES = ("python", "javascript", "typescript", "go", "java", "rust")
@@ -63,15 +64,13 @@ class ContextConfig:
         return dataclasses.replace(self, **changes)
 
     def validate(self) -> None:
-        from model_runtime.config import ConfigError
-
         if self.budget_tokens < 0:
-            raise ConfigError(f"budget_tokens must be >= 0, got {self.budget_tokens}")
+            raise ContextConfigError(f"budget_tokens must be >= 0, got {self.budget_tokens}")
         unknown = [p for p in self.providers if p not in KINDS]
         if unknown:
-            raise ConfigError(f"unknown providers {unknown}; known: {', '.join(KINDS)}")
+            raise ContextConfigError(f"unknown providers {unknown}; known: {', '.join(KINDS)}")
         unknown = [l for l in self.languages if l not in LANGUAGES]
         if unknown:
-            raise ConfigError(f"unknown languages {unknown}; known: {', '.join(LANGUAGES)}")
+            raise ContextConfigError(f"unknown languages {unknown}; known: {', '.join(LANGUAGES)}")
         if self.window_lines < 1 or self.window_stride < 1:
-            raise ConfigError("window_lines and window_stride must be >= 1")
+            raise ContextConfigError("window_lines and window_stride must be >= 1")

@@ -9,17 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from model_runtime.templates import PromptParts
+from context_engine.errors import InputError
+from context_engine.parts import CursorParts
 
 CONTEXT_MODES = ("none", "infile", "repo")
 MAX_FILE_BYTES = 10 * 2**20
 # The prefix window starts on a line number that is a multiple of this, so its start stays put while the user
 # types and the prefix-KV cache keeps matching.
 WINDOW_LINE_STEP = 32
-
-
-class InputError(Exception):
-    """Bad input from the user (file, position, mode); the message is one line meant for them."""
 
 
 def read_source(path: str | Path) -> str:
@@ -59,7 +56,7 @@ class Window:
     max_suffix_chars: int = 2_000
 
 
-def cursor_parts(text: str, offset: int, mode: str = "infile", path: str = "", window: Window | None = None) -> PromptParts:
+def cursor_parts(text: str, offset: int, mode: str = "infile", path: str = "", window: Window | None = None) -> CursorParts:
     """Prompt parts for a cursor at `offset`: the prefix window (and the suffix, for "infile")."""
     if mode not in CONTEXT_MODES:
         raise InputError(f"unknown context mode {mode!r}; expected one of {', '.join(CONTEXT_MODES)}")
@@ -77,4 +74,4 @@ def cursor_parts(text: str, offset: int, mode: str = "infile", path: str = "", w
             start += WINDOW_LINE_STEP
         prefix = prefix[dropped_chars:]
     suffix = text[offset:][: window.max_suffix_chars] if mode == "infile" else ""
-    return PromptParts(prefix=prefix, suffix=suffix, path=path)
+    return CursorParts(prefix=prefix, suffix=suffix, path=path)

@@ -21,7 +21,7 @@ from context_engine.document import Window, cursor_parts
 from context_engine.neighbours import Neighbours
 from context_engine.packing import Packed, approx_tokens, pack
 from context_engine.records import ContextRecord
-from model_runtime.templates import ContextItem, PromptParts
+from context_engine.parts import CursorParts, Snippet
 
 log = logging.getLogger(__name__)
 
@@ -303,7 +303,7 @@ class ContextEngine:
     def prompt_parts(
         self, path: str, text: str, offset: int, window: Window | None = None, budget: int | None = None,
         draft: str | None = None,
-    ) -> tuple[PromptParts, Context]:
+    ) -> tuple[CursorParts, Context]:
         """The current file's window plus packed repository context, as the model runtime renders them."""
         rel = self.relative(path)
         parts = cursor_parts(text, offset, mode="infile", path=rel, window=window)
@@ -322,7 +322,7 @@ class ContextEngine:
             ctx = self.context(rel, text, line, col, budget=budget, own_window=(first_line, last_line), draft=draft)
             if ctx.complete:  # an incomplete one is asked again, to pick up the late provider's answer
                 self._line_cache = (key, ctx)
-        parts.context = [ContextItem(r.path, r.text) for r in ctx.records]
+        parts.context = [Snippet(r.path, r.text) for r in ctx.records]
         parts.repo_name = self.root.name
         return parts, ctx
 

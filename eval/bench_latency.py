@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from context_engine.document import cursor_parts
+from repocomplete.pipeline import cursor_prompt
 from model_runtime.config import RuntimeConfig
 from model_runtime.engine import CompletionRequest, Engine
 from model_runtime.loading import LoadedModel, embedded_gguf_path, load_model
@@ -112,7 +112,7 @@ def run_latency_bench(config: RuntimeConfig, options: BenchOptions, progress: bo
     loaded = load_model(config)  # the GGUF was converted on an earlier run: this is a warm start
     load_s = time.perf_counter() - t_load
     start, cursors = typing_session(text, loaded.tokenizer, options.context_tokens, options.keystrokes)
-    parts = [cursor_parts(text, c, mode="infile", path=path.name) for c in cursors]
+    parts = [cursor_prompt(text, c, mode="infile", path=path.name) for c in cursors]
     every = max(1, options.uncached_every)
     sparse = [0] + list(range(1, len(parts), every))  # the warm-up keystroke, then every Nth
 
@@ -231,7 +231,7 @@ def healing_probe(loaded: LoadedModel, config: RuntimeConfig, text: str, name: s
         engine = Engine(loaded, config.replace(token_healing=healing))
         empty = 0
         for o in offsets:
-            result = engine.complete(CompletionRequest(cursor_parts(text, o, mode="infile", path=name)))
+            result = engine.complete(CompletionRequest(cursor_prompt(text, o, mode="infile", path=name)))
             empty += not result.text.strip()
         out[f"empty_{label}"] = empty
     return out

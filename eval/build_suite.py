@@ -37,7 +37,7 @@ from itertools import accumulate
 from pathlib import Path
 from typing import NamedTuple
 
-from context_engine.document import InputError
+from context_engine.errors import InputError
 from eval.suites import EvalTask, language_of, task_id_for, write_tasks
 
 MIN_CHARS, MAX_CHARS = 12, 100

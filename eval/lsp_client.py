@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from context_engine.document import InputError
+from context_engine.errors import InputError
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from rapidfuzz import fuzz
 
-from context_engine.document import InputError
+from context_engine.errors import InputError
 from eval.suites import EvalTask, jsonl_records
 
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'')

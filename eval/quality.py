@@ -18,7 +18,8 @@ from pathlib import Path
 from rapidfuzz import fuzz
 
 from context_engine.config import ContextConfig
-from context_engine.document import Window, cursor_parts
+from context_engine.document import Window
+from repocomplete.pipeline import cursor_prompt
 from context_engine.engine import ContextEngine
 from context_engine.records import KINDS
 from model_runtime.engine import CompletionRequest, Engine
@@ -68,7 +69,7 @@ def run_quality(source: Path, model: Engine, n: int = 40, seed: int = 0, budget:
             without_target = "\n".join(lines[: task.line - 1] + lines[task.line :])
             engine.set_buffer(task.path, without_target)
             if name == "infile":
-                parts = cursor_parts(task.text, task.offset, mode="infile", path=task.path, window=window)
+                parts = cursor_prompt(task.text, task.offset, mode="infile", path=task.path, window=window)
             else:
                 providers = KINDS if name == "repo" else (name,)
                 engine.config.providers = providers

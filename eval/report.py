@@ -22,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from context_engine.config import ContextConfig
-from context_engine.document import InputError
+from context_engine.errors import InputError
 from context_engine.records import KINDS
 
 CONFIGS = ("none", "infile", *KINDS, "repo")

@@ -35,9 +35,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from context_engine.completer import Completer, CompletionOptions, CompletionResult, Cursor
+from repocomplete.pipeline import Completer, CompletionOptions, CompletionResult, Cursor
 from context_engine.config import ContextConfig
-from context_engine.document import CONTEXT_MODES, InputError
+from context_engine.document import CONTEXT_MODES
+from context_engine.errors import InputError
 from context_engine.engine import ContextEngine
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from context_engine.document import InputError
+from context_engine.errors import InputError
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -98,7 +98,7 @@ class _Worker:
     """A Ray actor: one model, one Completer, batches of tasks in, prediction records out."""
 
     def __init__(self, runtime, context, repos: str, options):
-        from context_engine.completer import Completer
+        from repocomplete.pipeline import Completer
         from eval.runner import BatchRunner, eval_context_engine
         from model_runtime.backend import make_engine
 

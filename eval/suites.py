@@ -26,7 +26,7 @@ import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 
-from context_engine.document import InputError
+from context_engine.errors import InputError
 
 SETTINGS = ("cross_file_first", "cross_file_random", "in_file")
 # Suites shipped with the package: <name>/tasks.jsonl, <name>/repos/, <name>/SOURCE.md (see eval/build_suite.py).

@@ -12,7 +12,7 @@ from typing import Any
 
 from lsprotocol import types
 
-from context_engine.completer import CompletionOptions, CompletionResult
+from repocomplete.pipeline import CompletionOptions, CompletionResult
 from context_engine.records import ContextRecord
 from lsp_server.config import Settings
 

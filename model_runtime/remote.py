@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 
 from model_runtime.config import RuntimeConfig
+from model_runtime.errors import RemoteError
 from model_runtime.engine import CancelToken, Completion, CompletionRequest
 from model_runtime.stopping import StopRules, trim_suffix_overlap
 from model_runtime.templates import FimTemplate, PromptParts, get_template, render
@@ -25,10 +26,6 @@ from model_runtime.templates import FimTemplate, PromptParts, get_template, rend
 _FINISH = {"stop": "eos", "length": "max_tokens", None: "eos"}
 _BACKOFF_S = 0.2
 _BATCH_WORKERS = 4
-
-
-class RemoteError(Exception):
-    """The endpoint could not be reached or answered something unusable; the message is one line for people."""
 
 
 def base_url(endpoint: str) -> str:

@@ -80,7 +80,7 @@ def context_config(args: argparse.Namespace):
 
 def make_completer(args: argparse.Namespace):
     """The model engine and the context engines, as every command that completes uses them."""
-    from context_engine.completer import Completer
+    from repocomplete.pipeline import Completer
     from model_runtime.backend import make_engine
 
     return Completer(make_engine(runtime_config(args)), context_config(args))
@@ -96,7 +96,7 @@ def _context_engine(file: str, args: argparse.Namespace):
 
 
 def cmd_complete(args: argparse.Namespace) -> int:
-    from context_engine.completer import CompletionOptions
+    from repocomplete.pipeline import CompletionOptions
     from context_engine.document import offset_of, read_source
 
     text = read_source(args.file)
@@ -137,7 +137,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     root = Path(args.dir)
     if not root.is_dir():
-        from context_engine.document import InputError
+        from context_engine.errors import InputError
 
         raise InputError(f"not a directory: {root}")
     engine = ContextEngine(root, context_config(args))
@@ -194,7 +194,7 @@ def cmd_context(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from context_engine.config import ContextConfig
-    from context_engine.document import InputError
+    from context_engine.errors import InputError
     from lsp_server.config import Settings
     from lsp_server.main import serve
 
@@ -240,7 +240,7 @@ def cmd_bench_lsp(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_context(args: argparse.Namespace) -> int:
-    from context_engine.document import InputError
+    from context_engine.errors import InputError
     from context_engine.config import ContextConfig
     from eval.bench_context import format_report, run_context_bench
 
@@ -256,7 +256,7 @@ def cmd_bench_context(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_quality(args: argparse.Namespace) -> int:
-    from context_engine.document import InputError
+    from context_engine.errors import InputError
     from eval.quality import format_report, run_quality
     from model_runtime.backend import make_engine
 
@@ -492,22 +492,25 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     _quiet_libraries(args.debug)
-    from context_engine.document import InputError
-    from model_runtime.config import ConfigError
-
     try:
         return args.func(args)
-    except (InputError, ConfigError) as e:
+    except user_errors() as e:
         return _fail(e, args.debug)
     except Exception as e:
-        if type(e).__name__ in ("ModelLoadError", "RemoteError"):
-            return _fail(e, args.debug)
         if args.debug:
             raise
         print(f"repocomplete: internal error: {type(e).__name__}: {e} (run with --debug for details)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """Each layer's errors about the user's input (file, position, setting, model, endpoint): exit 2, one line."""
+    from context_engine.errors import ContextConfigError, InputError
+    from model_runtime.errors import ConfigError, ModelLoadError, RemoteError
+
+    return (InputError, ContextConfigError, ConfigError, ModelLoadError, RemoteError)
 
 
 def _fail(e: Exception, debug: bool) -> int:

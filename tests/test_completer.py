@@ -6,9 +6,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from context_engine.completer import Completer, CompletionOptions, Cursor
+from repocomplete.pipeline import Completer, CompletionOptions, Cursor
 from context_engine.config import ContextConfig
-from context_engine.document import InputError
+from context_engine.errors import InputError
 from context_engine.engine import ContextEngine
 from helpers import write_tree
 from model_runtime.engine import CancelToken, Engine

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from context_engine.completer import Completer, CompletionOptions
+from repocomplete.pipeline import Completer, CompletionOptions
 from eval.suites import SUITES_DIR, load_tasks
 from model_runtime.config import RuntimeConfig
 from model_runtime.engine import Engine

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from context_engine.document import InputError
+from context_engine.errors import InputError
 from eval.metrics import (
     edit_similarity, first_statement, format_scores, identifiers, load_predictions, remove_comments, score,
     score_task,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from context_engine.config import ContextConfig
-from context_engine.document import InputError
+from context_engine.errors import InputError
 from context_engine.engine import ContextEngine
 from eval.report import CONFIGS, configure, parse_configs, run_report
 from eval.runner import RunOptions

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from context_engine.config import ContextConfig
-from context_engine.document import InputError
+from context_engine.errors import InputError
 from context_engine.engine import ContextEngine
 from eval.runner import PredictionFile, RunOptions, read_predictions, run
 from eval.scale import merge, parse_shard, shard
@@ -157,7 +157,7 @@ def _in_run_order(recorder, tasks):
 
 
 def test_the_buffer_is_cleared_after_each_batch(suite, tmp_path, model, tiny_config):
-    from context_engine.completer import Completer
+    from repocomplete.pipeline import Completer
     from eval.runner import BatchRunner
 
     tasks_path, repos = suite
@@ -198,7 +198,7 @@ def test_a_task_sees_the_same_context_whatever_ran_before(suite, tmp_path, monke
     # and the runner settles the workspace before every task
     calls = []
     monkeypatch.setattr(runner, "settle", lambda engine: calls.append(engine))
-    from context_engine.completer import Completer
+    from repocomplete.pipeline import Completer
 
     completer = Completer(_NoModel(), ContextConfig(index_dir=tmp_path / "index", slow_provider_deadline_ms=None),
                           make_context_engine=lambda r, c: ContextEngine(r, c, slow_executor=ThreadPoolExecutor(1)))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from context_engine.document import InputError
+from context_engine.errors import InputError
 from eval.suites import SUITES_DIR, EvalTask, load_tasks, repo_dir, write_tasks
 
 CCEVAL = {

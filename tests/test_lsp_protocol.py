@@ -19,7 +19,7 @@ import pytest_asyncio
 from lsprotocol import types
 from pytest_lsp import ClientServerConfig, client_capabilities
 
-from context_engine.completer import Completer, CompletionOptions
+from repocomplete.pipeline import Completer, CompletionOptions
 from helpers import write_tree
 from model_runtime.config import RuntimeConfig
 from model_runtime.engine import Engine

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from model_runtime.config import ConfigError
+from model_runtime.errors import ConfigError
 from model_runtime.engine import encode_prompt
 from model_runtime.templates import (
     TEMPLATES,

@@ -15,10 +15,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from context_engine.config import ContextConfig
-from context_engine.document import CONTEXT_MODES, InputError, Window, cursor_parts
+from context_engine.document import CONTEXT_MODES, Window, cursor_parts
 from context_engine.engine import Context, ContextEngine, find_root
+from context_engine.errors import InputError
+from context_engine.parts import CursorParts
 from model_runtime.engine import CancelToken, Completion, CompletionRequest
-from model_runtime.templates import PromptParts
+from model_runtime.templates import ContextItem, PromptParts
+
+
+def model_parts(parts: CursorParts) -> PromptParts:
+    """The context engine's parts for a cursor, as the model runtime's prompt type."""
+    return PromptParts(parts.prefix, parts.suffix, parts.path, [ContextItem(c.path, c.text) for c in parts.context],
+                       parts.repo_name)
+
+
+def cursor_prompt(text: str, offset: int, mode: str = "infile", path: str = "", window: Window | None = None) -> PromptParts:
+    """The prompt for a cursor without repository context ("none" or "infile"), as benchmarks build it."""
+    return model_parts(cursor_parts(text, offset, mode=mode, path=path, window=window))
 
 
 @dataclass
@@ -123,10 +136,11 @@ class Completer:
         if not 0 <= offset <= len(text):
             raise InputError(f"offset {offset} out of range (the text has {len(text)} characters)")
         if options.context != "repo":
-            return cursor_parts(text, offset, mode=options.context, path=Path(path).name, window=self.window), None
+            return cursor_prompt(text, offset, mode=options.context, path=Path(path).name, window=self.window), None
         engine = workspace or self.workspace_for(path)
-        return engine.prompt_parts(str(Path(path).resolve()), text, offset, window=self.window,
-                                   budget=options.budget, draft=draft)
+        parts, ctx = engine.prompt_parts(str(Path(path).resolve()), text, offset, window=self.window,
+                                         budget=options.budget, draft=draft)
+        return model_parts(parts), ctx
 
     def complete(
         self, path: str, text: str, offset: int, options: CompletionOptions | None = None,
