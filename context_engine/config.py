@@ -54,11 +54,13 @@ class ContextConfig:
     window_stride: int = 10
     query_lines: int = 10  # the lines before the cursor that query retrieval
     dense: bool = False  # dense retrieval (faiss over all-MiniLM-L6-v2 embeddings) besides sparse BM25
-    iterative: bool = False  # RepoCoder: re-query with a draft completion
     # How long a request waits for the jedi providers (imports, typed holes) before going without them; their
     # answer then serves the following keystrokes. None: always wait (evaluation, where results must not
     # depend on timing).
     slow_provider_deadline_ms: float | None = 15.0
+    # Type inference for the bindings in scope (typed holes) stops after this long; the names are still listed.
+    # None: no cut (evaluation, where records must not depend on the machine's load).
+    infer_budget_ms: float | None = 120.0
 
     def replace(self, **changes) -> "ContextConfig":
         return dataclasses.replace(self, **changes)

@@ -219,7 +219,8 @@ class ContextEngine:
         key = (kind, hole)
         future = self._slow_results.get(key)
         if future is None:
-            future = self._slow_pool.submit(slow_provider, kind, str(self.root), rel, text, line, col)
+            future = self._slow_pool.submit(slow_provider, kind, str(self.root), rel, text, line, col,
+                                            self.config.infer_budget_ms)
             self._slow_results[key] = future
             while len(self._slow_results) > 64:
                 self._slow_results.pop(next(iter(self._slow_results)))
@@ -228,7 +229,7 @@ class ContextEngine:
     def _provide(self, kind: str, rel: str, text: str, prefix: str, line: int, col: int, budget: int):
         language = _language(rel)
         if kind in SLOW_PROVIDERS and language == "python":
-            return slow_provider(kind, str(self.root), rel, text, line, col)
+            return slow_provider(kind, str(self.root), rel, text, line, col, self.config.infer_budget_ms)
         if kind == "imports":
             return self._index_imports(rel)
         if kind == "typed_holes":
@@ -298,6 +299,16 @@ class ContextEngine:
                     )
         return records
 
+    def settle(self) -> None:
+        """Bring the workspace up to date with its buffers now, and forget what was cached per cursor, so that the
+        next context depends on the repository and the buffers only, never on timing or on earlier requests
+        (evaluation: each task sees the same context whichever tasks came before it)."""
+        self.retriever.build(full=True)  # no overlay whose statistics depend on which files were edited earlier
+        self._build_graph(self._generation)  # the repo map's graph now, not on a worker thread
+        self._map_cache.clear()  # keyed by id(graph), which a new graph may reuse
+        self._line_cache = None
+        self._slow_results.clear()  # keyed by the text above the line only
+
     # -- prompt parts --------------------------------------------------------------------------------------
 
     def prompt_parts(
@@ -327,14 +338,16 @@ class ContextEngine:
         return parts, ctx
 
 
-def slow_provider(kind: str, root: str, rel: str, text: str, line: int, col: int) -> list[ContextRecord]:
+def slow_provider(kind: str, root: str, rel: str, text: str, line: int, col: int,
+                  infer_budget_ms: float | None = 120.0) -> list[ContextRecord]:
     """The jedi providers, as a module-level function so a worker process can run them."""
     from context_engine import python_analysis
 
     try:
         if kind == "imports":
             return python_analysis.import_context(Path(root), Path(root) / rel, text)
-        return python_analysis.typed_hole_context(Path(root), Path(root) / rel, text, line, col)
+        return python_analysis.typed_hole_context(Path(root), Path(root) / rel, text, line, col,
+                                                  infer_budget_ms=infer_budget_ms)
     except Exception as e:  # a provider's failure costs its records, never the completion
         log.warning("provider %s failed on %s:%d: %s: %s", kind, rel, line, type(e).__name__, e)
         return []

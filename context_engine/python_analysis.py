@@ -30,7 +30,6 @@ MAX_STAR_NAMES = 30  # names one `from m import *` contributes
 MAX_STUB_LINES = 40  # lines of one class or module summary
 MAX_BINDINGS = 16  # bindings listed in a hole's "in scope" line
 MAX_MEMBERS = 30  # member names listed after `obj.`
-INFER_BUDGET_S = 0.12  # type inference for bindings stops here (the names are still listed)
 KEPT_DUNDERS = ("__init__", "__call__")  # the only dunder methods a class summary shows
 HOLE_SCORE, EXPECTED_SCORE, RECEIVER_SCORE, BINDING_SCORE = 10.0, 9.0, 8.0, 6.0
 
@@ -807,16 +806,19 @@ def _receiver_text(prefix: str, end: int) -> str:
 
 
 def typed_hole_context(
-    project_root: Path, path: Path, text: str, line: int, col: int, limit: int = 20
+    project_root: Path, path: Path, text: str, line: int, col: int, limit: int = 20,
+    infer_budget_ms: float | None = 120.0,
 ) -> list[ContextRecord]:
-    """The hole at 1-based (line, col): expected type, bindings in scope, receiver; then those types' definitions."""
+    """The hole at 1-based (line, col): expected type, bindings in scope, receiver; then those types' definitions.
+
+    Type inference of the bindings stops after infer_budget_ms (None: never)."""
     lines_of = text.split("\n")
     if not 1 <= line <= len(lines_of):
         return []
     column = max(0, min(col - 1, len(lines_of[line - 1])))
     prefix = lines_of[line - 1][:column]
     a = _Analysis.open(project_root, path, text)
-    deadline = time.perf_counter() + INFER_BUDGET_S
+    deadline = float("inf") if infer_budget_ms is None else time.perf_counter() + infer_budget_ms / 1000
     hole: list[str] = []
     wanted: list[tuple[tuple[Path, int, int], float, str]] = []
 

@@ -226,27 +226,13 @@ class PredictionFile:
 def settle(engine: ContextEngine) -> None:
     """Bring a workspace up to date with its buffers now, and forget what it cached per cursor, so that the next
     context depends on the repository and the buffer only, never on timing or on the tasks that came before."""
-    # TODO(context engine): a public ContextEngine.settle(); this reaches into its caches.
-    engine.retriever.build(full=True)  # no overlay whose statistics depend on which files were edited earlier
-    engine._build_graph(engine._generation)  # the repo map's graph now, not on a worker thread
-    engine._map_cache.clear()  # keyed by id(graph), which a new graph may reuse
-    engine._line_cache = None
-    engine._slow_results.clear()  # keyed by the text above the line only
-
-
-def _no_inference_deadline() -> None:
-    """In the jedi worker process: type inference for the typed-holes provider runs to the end instead of stopping
-    after python_analysis.INFER_BUDGET_S of wall clock, so its records do not depend on the machine's load."""
-    # TODO(context engine): a ContextConfig knob for that budget (None in evaluations) would replace this.
-    from context_engine import python_analysis
-
-    python_analysis.INFER_BUDGET_S = float("inf")
+    engine.settle()
 
 
 def eval_context_engine(root: Path, config: ContextConfig) -> ContextEngine:
     """A workspace as the runner uses it: the jedi providers in their own process, without inference deadline."""
-    executor = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"), initializer=_no_inference_deadline)
-    return ContextEngine(root, config, slow_executor=executor)
+    executor = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"))
+    return ContextEngine(root, config.replace(infer_budget_ms=None), slow_executor=executor)
 
 
 def prediction_record(task, result: CompletionResult) -> dict:

@@ -109,10 +109,7 @@ def model(tiny_loaded, tiny_config):
 def go(tmp_path, tiny_config, monkeypatch):
     """run(...) with the tiny model, jedi on a thread (without its inference deadline, as the runner's jedi process
     has it), the index in tmp_path."""
-    from context_engine import python_analysis
-
-    monkeypatch.setattr(python_analysis, "INFER_BUDGET_S", float("inf"))
-    context = ContextConfig(index_dir=tmp_path / "index", budget_tokens=256)
+    context = ContextConfig(index_dir=tmp_path / "index", budget_tokens=256, infer_budget_ms=None)
 
     def go(tasks, repos, out, model, **options):
         options.setdefault("progress", False)
@@ -184,7 +181,7 @@ def test_a_task_sees_the_same_context_whatever_ran_before(suite, tmp_path, monke
     seen = {}
     for k, order in enumerate((tasks, tasks[::-1])):
         engine = ContextEngine(repos / "alpha", ContextConfig(index_dir=tmp_path / f"index{k}", budget_tokens=256,
-                               slow_provider_deadline_ms=None), slow_executor=ThreadPoolExecutor(1))
+                               slow_provider_deadline_ms=None, infer_budget_ms=None), slow_executor=ThreadPoolExecutor(1))
         engine.build()
         for t in order:
             text, offset = t.buffer()
@@ -213,22 +210,16 @@ class _NoModel:
         return [Completion("", "max_tokens") for _ in requests]
 
 
-def _inference_budget() -> float:
-    from context_engine import python_analysis
-
-    return python_analysis.INFER_BUDGET_S
-
-
 def test_the_runner_jedi_process_has_no_inference_deadline(tmp_path):
     from eval.runner import eval_context_engine
 
     engine = eval_context_engine(write_tree(tmp_path / "repo", {"a.py": "x = 1\n"}),
                                  ContextConfig(index_dir=tmp_path / "index"))
     try:
-        assert engine._slow_pool.submit(_inference_budget).result() == float("inf")
+        assert engine.config.infer_budget_ms is None  # the jedi worker gets it with every job
     finally:
         engine.close()
-    assert _inference_budget() < 1  # this process's is untouched
+    assert ContextConfig().infer_budget_ms == 120.0  # the editor's default is untouched
 
 
 def test_a_rerun_gives_the_same_predictions(suite, tmp_path, model, go):

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
 
 import context_engine.python_analysis as pa
-from context_engine.python_analysis import import_context, typed_hole_context
+from context_engine.python_analysis import import_context
+
+# A cold jedi can spend the default inference budget on its first file; tests want every type.
+typed_hole_context = functools.partial(pa.typed_hole_context, infer_budget_ms=None)
 
 FILES = {
     "shop/__init__.py": '''"""The shop package."""
@@ -136,8 +140,6 @@ def root(tmp_path: Path, monkeypatch) -> Path:
     for rel, content in FILES.items():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(content)
-    # A cold jedi can spend the default inference budget on its first file; tests want every type.
-    monkeypatch.setattr(pa, "INFER_BUDGET_S", 60.0)
     return tmp_path
 
 
