@@ -208,7 +208,7 @@ def test_slow_providers_miss_the_deadline_then_serve_the_next_keystroke(repo, tm
 
     release = threading.Event()
 
-    def slow_hole(root, path, text, line, col, limit=20):
+    def slow_hole(root, path, text, line, col, limit=20, infer_budget_ms=None):
         release.wait(5)
         return [ContextRecord("# expected type: Inventory", "shop/restock.py", line, line, 10.0, "typed_holes", "hole")]
 
