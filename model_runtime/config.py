@@ -27,11 +27,13 @@ class RuntimeConfig:
     model: str = DEFAULT_MODEL
     adapter: str | None = None  # a peft LoRA adapter directory, merged into the weights at load
     device: str | None = None  # None: cuda when present, else cpu
-    dtype: str | None = None  # None: bfloat16 on cuda, float32 on cpu (bfloat16 activations with int8 weights)
-    # "int8": weight-only int8 linears, 2.3x the fp32 decode speed on a 2-core CPU; "int4": group-wise int4 (GGUF
-    # Q4_1's layout), half the bytes of int8 but measured no faster end to end here, and +2.6% NLL; "none";
-    # "auto": int8 on the CPU (where decode is bound by reading the weights), none on CUDA.
+    dtype: str | None = None  # None: bfloat16 on cuda; on the cpu the measured plan's (float32 with --quantize none)
+    # "auto": on the CPU, the weight form and activation dtype of each phase (decode, prefill) measured once per
+    # machine (model_runtime.cpu_path: int8 with bf16 activations decodes 2.3x faster than fp32 on an AVX-512 CPU
+    # with bf16, 3x slower on an AVX2 one); none on CUDA. "int8": weight-only int8 linears with bf16 activations;
+    # "int4": group-wise int4 (GGUF Q4_1's layout), +2.6% NLL; "none": dense weights in the dtype.
     quantize: str = "auto"
+    threads: int | None = None  # CPU threads; None: the physical cores this process may use (affinity, cgroup)
     cache_dir: Path = field(default_factory=lambda: default_cache_dir())  # converted GGUF models land here
     # Remote backend: an OpenAI-compatible completions endpoint replaces the local model when set.
     endpoint: str | None = None
@@ -47,13 +49,16 @@ class RuntimeConfig:
     top_p: float = 1.0
     top_k: int = 0
     seed: int = 0
-    time_budget_s: float = 5.0  # a completion stops decoding after this long, whatever it has
+    time_budget_s: float = 5.0  # decoding stops after this long, whatever it has (prefill is not counted)
     token_healing: bool = True
     # Prefix-KV cache.
     prefix_cache: bool = True
     prefix_cache_bytes: int = 512 * 2**20
     block_size: int = 16
     max_context_tokens: int = 4096  # prompt tokens kept (the start of the prompt is dropped beyond it)
+    # A long uncached prompt is prefilled in chunks of this many tokens, each stored in the prefix cache at once, so
+    # a cancelled cold prefill (the user typed on) is resumed by the next request instead of redone.
+    prefill_chunk_tokens: int = 512
     fast_forward: bool = True  # our own Llama-family forward where the architecture allows (fast_llama.py)
     compile_decode: bool = False  # static-shape decode step under torch.compile; off until it measures faster
 
@@ -75,5 +80,9 @@ class RuntimeConfig:
             raise ConfigError(f"quantize must be 'auto', 'none', 'int8' or 'int4', got {self.quantize!r}")
         if self.fim_order not in ("auto", "psm", "spm"):
             raise ConfigError(f"fim_order must be 'auto', 'psm' or 'spm', got {self.fim_order!r}")
+        if self.prefill_chunk_tokens < 1:
+            raise ConfigError(f"prefill_chunk_tokens must be >= 1, got {self.prefill_chunk_tokens}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be >= 1, got {self.threads}")
         if self.max_context_tokens < 16:
             raise ConfigError("max_context_tokens must be >= 16")

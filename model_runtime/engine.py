@@ -74,6 +74,12 @@ class Completion:
     def latency_s(self) -> float:
         return self.prefill_s + self.decode_s
 
+    @property
+    def prefill_tok_s(self) -> float | None:
+        """Prefill speed of this request (None when nearly everything came from the prefix cache)."""
+        fresh = self.prompt_tokens - self.cached_tokens
+        return fresh / self.prefill_s if fresh >= 64 and self.prefill_s > 0 else None
+
 
 @dataclass
 class EncodedPrompt:
@@ -178,7 +184,7 @@ class Engine:
         ) else "psm"
         self.stop_ids = _stop_token_ids(self.tokenizer, self.template)
         self.vocab = loaded.vocab
-        self.slab = SlabCache(loaded.n_layers, store_dtype=kv_store_dtype(loaded.device, loaded.dtype))
+        self.slab = SlabCache(loaded.n_layers, store_dtype=loaded.kv_dtype or kv_store_dtype(loaded.device, loaded.dtype))
         self.prefix_cache = PrefixCache(self.config.block_size, self.config.prefix_cache_bytes, salt=hash(loaded.name))
         self.lock = threading.Lock()
         self._compiled = None
@@ -244,13 +250,25 @@ class Engine:
         self.slab.truncate(common)
         return common
 
-    def _run_prompt(self, ids: list[int]) -> tuple[torch.Tensor, int]:
+    def _run_prompt(self, ids: list[int], cancel: CancelToken | None = None) -> tuple[torch.Tensor | None, int]:
+        """Prefill the uncached tail of `ids`; return the last logits (None if cancelled first) and the reused count.
+
+        A long tail runs in chunks, each stored in the prefix cache as it completes, and a cancellation is honoured
+        between chunks: on a slow CPU a cold prompt that the next keystroke supersedes is not wasted, the next
+        request continues from the chunks already done."""
         cached = self._reuse(ids)
-        logits = prefill(self.forward, self.slab, ids[cached:], self.device)
-        self.slab.tokens = list(ids)
-        if self.config.prefix_cache:
-            self.prefix_cache.store(ids, self.slab)
-        return logits, cached
+        pos, chunk = cached, self.config.prefill_chunk_tokens
+        while True:
+            end = len(ids) if len(ids) - pos <= chunk else pos + chunk
+            logits = prefill(self.forward, self.slab, ids[pos:end], self.device)
+            self.slab.tokens = list(ids[:end])
+            if self.config.prefix_cache:
+                self.prefix_cache.store(ids, self.slab, upto=end)
+            pos = end
+            if pos == len(ids):
+                return logits, cached
+            if cancel is not None and cancel.cancelled:
+                return None, cached
 
     # -- completion ------------------------------------------------------------------------------------------
 
@@ -271,7 +289,6 @@ class Engine:
     def _complete(self, request: CompletionRequest) -> Completion:
         cfg = self.config
         t0 = time.perf_counter()
-        deadline = t0 + cfg.time_budget_s
         cancel = request.cancel or CancelToken()
         parts = request.parts
         multiline = cfg.multiline if request.multiline is None else request.multiline
@@ -282,10 +299,15 @@ class Engine:
         if cancel.cancelled:
             return Completion("", "cancelled", prompt_tokens=len(ids))
         ids, healed = self.heal(encoded, parts)
-        logits, cached = self._run_prompt(ids)
+        logits, cached = self._run_prompt(ids, cancel)
+        t1 = time.perf_counter()
+        if logits is None:
+            return Completion("", "cancelled", prompt_tokens=len(ids), cached_tokens=cached, prefill_s=t1 - t0)
         if self._compiled is not None:
             self._compiled.begin(self.slab)
-        t1 = time.perf_counter()
+        # The time budget is for decoding: a slow (cold) prefill finishes and is reported in prefill_s, instead of
+        # eating the budget and answering nothing.
+        deadline = t1 + cfg.time_budget_s
         generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
         generated: list[int] = []
         text = ""

@@ -16,7 +16,7 @@ from torch import nn
 
 from model_runtime.attention import decode_attention
 from model_runtime.kv_cache import SlabCache
-from model_runtime.quantize import Int4Linear, Int8Linear
+from model_runtime.quantize import PlannedLinear
 
 # (input_ids [1, n], cache) -> logits of the last position [vocab]
 Forward = Callable[[torch.Tensor, SlabCache], torch.Tensor]
@@ -51,50 +51,21 @@ def fuse(linears: list[nn.Module]) -> nn.Module:
 
     The originals' weights are re-pointed at row slices of the fused tensors, so nothing is held twice.
     """
-    if all(isinstance(l, Int4Linear) for l in linears):
-        fused = Int4Linear.__new__(Int4Linear)
-        nn.Module.__init__(fused)
-        fused.in_features = linears[0].in_features
-        fused.out_features = sum(l.out_features for l in linears)
-        for name in ("q", "scale", "low"):
-            fused.register_buffer(name, torch.cat([getattr(l, name) for l in linears]))
-        # The packed layout is the kernel's own (not row-major): pack the concatenated values anew.
-        fused.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(fused.q.to(torch.int32), 2))
-        fused.register_buffer("scales_zeros", torch.cat([l.scales_zeros for l in linears], dim=1))
-        biases = [l.bias for l in linears]
-        fused.register_buffer("bias", None if biases[0] is None else torch.cat(biases))
-        return fused  # the originals keep their own (small) copies: int4 weights are not worth re-pointing
-    if all(isinstance(l, Int8Linear) for l in linears):
-        fused = Int8Linear.__new__(Int8Linear)
-        nn.Module.__init__(fused)
-        fused.in_features = linears[0].in_features
-        fused.out_features = sum(l.out_features for l in linears)
-        fused.register_buffer("weight", torch.cat([l.weight for l in linears]))
-        fused.register_buffer("scales", torch.cat([l.scales for l in linears]))
-        biases = [l.bias for l in linears]
-        fused.register_buffer("bias", None if biases[0] is None else torch.cat(biases))
-        names = ("weight", "scales", "bias")
-    elif all(type(l) is nn.Linear for l in linears):
-        has_bias = linears[0].bias is not None
-        fused = nn.Linear(linears[0].in_features, sum(l.out_features for l in linears), bias=has_bias, device="meta")
-        fused.weight = nn.Parameter(torch.cat([l.weight for l in linears]), requires_grad=False)
-        if has_bias:
-            fused.bias = nn.Parameter(torch.cat([l.bias for l in linears]), requires_grad=False)
-        names = ("weight", "bias")
-    else:
+    if all(isinstance(l, PlannedLinear) for l in linears):
+        return PlannedLinear.fuse(linears)
+    if not all(type(l) is nn.Linear for l in linears):
         raise TypeError(f"cannot fuse {[type(l).__name__ for l in linears]}")
+    has_bias = linears[0].bias is not None
+    fused = nn.Linear(linears[0].in_features, sum(l.out_features for l in linears), bias=has_bias, device="meta")
+    fused.weight = nn.Parameter(torch.cat([l.weight for l in linears]), requires_grad=False)
+    if has_bias:
+        fused.bias = nn.Parameter(torch.cat([l.bias for l in linears]), requires_grad=False)
     start = 0
     for l in linears:
         end = start + l.out_features
-        for name in names:
-            tensor = getattr(fused, name)
-            if tensor is None:
-                continue
-            view = tensor[start:end]
-            if isinstance(getattr(l, name), nn.Parameter):
-                setattr(l, name, nn.Parameter(view, requires_grad=False))
-            else:
-                setattr(l, name, view)
+        l.weight = nn.Parameter(fused.weight[start:end], requires_grad=False)
+        if has_bias:
+            l.bias = nn.Parameter(fused.bias[start:end], requires_grad=False)
         start = end
     return fused
 

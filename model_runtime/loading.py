@@ -42,6 +42,8 @@ class LoadedModel:
     forward: Callable = None  # (input_ids, SlabCache) -> last logits; see fast_llama.build_forward
     forward_name: str = "transformers"
     quantize: str = "none"
+    plan: object = None  # model_runtime.cpu_path.CpuPlan on the CPU; None on a GPU
+    kv_dtype: torch.dtype | None = None  # the decode KV cache's dtype (None: attention.kv_store_dtype's default)
 
     def __post_init__(self):
         if self.forward is None:
@@ -93,15 +95,17 @@ def pick_dtype(requested: str | None, device: torch.device, quantize: str = "non
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise ModelLoadError(f"bad dtype {requested!r}: expected float32, bfloat16 or float16")
         return dtype
-    # int8 weights multiply bf16 activations (the fp32 path of the int8 kernel is several times slower).
+    # int8 weights multiply bf16 activations (the fp32 path of the int8 kernel is several times slower); "auto" on
+    # the CPU takes its dtype from the measured plan.
     return torch.bfloat16 if device.type == "cuda" or quantize in ("int8", "int4") else torch.float32
 
 
 def pick_quantize(requested: str, device: torch.device) -> str:
+    """The weights for an explicit flag; "auto" is "none" on a GPU and, on the CPU, decided by the measured plan
+    (model_runtime.cpu_path) after loading."""
     if requested != "auto":
         return requested
-    # On the CPU decode reads every weight once per token: int8 weights read a quarter of the bytes.
-    return "int8" if device.type == "cpu" and hasattr(torch.ops.aten, "_weight_int8pack_mm") else "none"
+    return "none"
 
 
 def _gguf_cache_key(path: Path) -> str:
@@ -174,12 +178,20 @@ def load_tokenizer(model_dir: Path):
 
 
 def load_model(spec: str | RuntimeConfig = DEFAULT_MODEL, config: RuntimeConfig | None = None) -> LoadedModel:
-    """Load a model (and its LoRA adapter, if the config names one) ready for inference."""
+    """Load a model (and its LoRA adapter, if the config names one) ready for inference.
+
+    On the CPU the linears follow a plan (model_runtime.cpu_path): measured once per machine when `quantize` is
+    "auto", fixed by the flags otherwise."""
     if isinstance(spec, RuntimeConfig):
         config = spec
         spec = config.model
     config = config or RuntimeConfig(model=spec)
     device = pick_device(config.device)
+    cpu = device.type == "cpu"
+    if cpu:
+        from model_runtime.cpu import configure_threads
+
+        configure_threads(config.threads)
     quantize = pick_quantize(config.quantize, device)
     dtype = pick_dtype(config.dtype, device, quantize)
     model_dir, name = resolve_model_dir(spec, Path(config.cache_dir))
@@ -189,7 +201,9 @@ def load_model(spec: str | RuntimeConfig = DEFAULT_MODEL, config: RuntimeConfig 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+            # On the CPU the plan converts the weights itself: start from float32, so int8/int4 are made from the
+            # full-precision weights.
+            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32 if cpu else dtype)
         except Exception as e:
             raise ModelLoadError(f"cannot load model from {model_dir}: {type(e).__name__}: {e}") from None
     if config.adapter:
@@ -197,6 +211,7 @@ def load_model(spec: str | RuntimeConfig = DEFAULT_MODEL, config: RuntimeConfig 
         name = f"{name}+{Path(config.adapter).name}"
     model.to(device).eval()
     model.requires_grad_(False)
+    plan = _cpu_plan(model, config, dtype) if cpu else None
     # Our decode attention (grouped query heads, no K/V expansion); prefill still goes to SDPA.
     import model_runtime.attention as attention
 
@@ -204,19 +219,64 @@ def load_model(spec: str | RuntimeConfig = DEFAULT_MODEL, config: RuntimeConfig 
         model.set_attn_implementation(attention.NAME)
     except (ValueError, AttributeError) as e:  # an architecture that only has eager attention keeps it
         log.info("keeping %s attention: %s", model.config._attn_implementation, e)
-    if quantize != "none":
+    kv_dtype = None
+    if plan is not None:
+        from model_runtime.quantize import plan_linears
+
+        dtype, kv_dtype = plan.stream_dtype, plan.kv_torch_dtype
+        plain = plan.decode == plan.prefill and plan.decode.weights == plan.decode.act and plan.decode.act_dtype == dtype
+        if not plain:
+            plan_linears(model, plan.decode, plan.prefill, out_dtype=dtype)
+        model.to(dtype)  # embeddings and norms (planned linears keep their own forms)
+        quantize = "none" if plain else plan.decode.weights
+        if not plain:
+            name = f"{name} {plan.decode.name}" + ("" if plan.prefill == plan.decode else f"+{plan.prefill.name}")
+    elif quantize != "none":
         from model_runtime.quantize import quantize as quantize_linears
 
         quantize_linears(model, quantize, act_dtype=dtype)
         name = f"{name} {quantize}"
     loaded = LoadedModel(
-        model=model, tokenizer=tokenizer, name=name, device=device, dtype=dtype, source=model_dir, quantize=quantize
+        model=model, tokenizer=tokenizer, name=name, device=device, dtype=dtype, source=model_dir, quantize=quantize,
+        plan=plan, kv_dtype=kv_dtype,
     )
     if config.fast_forward:
         from model_runtime.fast_llama import build_forward
 
         loaded.forward, loaded.forward_name = build_forward(model)
     return loaded
+
+
+def model_shapes_of(config: RuntimeConfig):
+    """The linear shapes of the configured model (from its config, no weights loaded) and its display name."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from model_runtime.cpu_path import model_shapes
+
+    model_dir, name = resolve_model_dir(config.model, Path(config.cache_dir))
+    try:
+        with warnings.catch_warnings(), torch.device("meta"):
+            warnings.simplefilter("ignore")
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
+    except Exception as e:
+        raise ModelLoadError(f"cannot read the model config in {model_dir}: {type(e).__name__}: {e}") from None
+    return model_shapes(model), name
+
+
+def _cpu_plan(model, config: RuntimeConfig, dtype: torch.dtype):
+    """The CPU plan: measured (or cached) for `quantize="auto"`, restricted to `--dtype` when one is given; else
+    what the flags say."""
+    from model_runtime import cpu_path
+
+    if config.quantize != "auto":
+        return cpu_path.plan_from_flags(config.quantize, dtype)
+    plan = cpu_path.tuned_plan(cpu_path.model_shapes(model), Path(config.cache_dir))
+    if config.dtype:
+        act = "bf16" if dtype == torch.bfloat16 else "fp32"
+        if act not in (plan.decode.act, plan.prefill.act) or plan.decode.act != plan.prefill.act:
+            decode, prefill, kv = cpu_path.choose(cpu_path.restrict(plan.table, act=act))
+            plan = cpu_path.CpuPlan(decode, prefill, kv, plan.source, plan.table, plan.cpu, plan.seconds)
+    return plan
 
 
 def _apply_adapter(model, adapter_dir: Path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -24,10 +25,11 @@ def _add_runtime_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: bf16 on cuda, fp32 on cpu)")
     g.add_argument(
         "--quantize", default="auto", choices=["auto", "none", "int8", "int4"],
-        help="weights: auto = int8 on cpu, none on cuda"
+        help="weights: auto = measured per CPU (see `repocomplete doctor`), none on cuda"
     )
     g.add_argument("--fim-template", default=None, help="force a FIM template (default: from the tokenizer/model name)")
     g.add_argument("--compile", action="store_true", help="torch.compile a static-shape decode step")
+    g.add_argument("--threads", type=int, default=None, help="CPU threads (default: the physical cores available)")
     g.add_argument("--max-tokens", type=int, default=64, help="most tokens to generate")
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     g.add_argument("--no-token-healing", action="store_true", help="turn token healing off")
@@ -54,6 +56,7 @@ def runtime_config(args: argparse.Namespace):
         quantize=args.quantize,
         fim_template=args.fim_template,
         compile_decode=args.compile,
+        threads=args.threads,
         max_new_tokens=args.max_tokens,
         temperature=args.temperature,
         token_healing=not args.no_token_healing,
@@ -122,13 +125,67 @@ def cmd_complete(args: argparse.Namespace) -> int:
                     "cached_tokens": result.cached_tokens,
                     "generated_tokens": result.generated_tokens,
                     "stop_reason": result.stop_reason,
+                    "prefill_ms": round(result.prefill_s * 1000, 1),
+                    "decode_ms": round(result.decode_s * 1000, 1),
                     "model": engine.name,
+                    "path": _path_report(engine),
                 }
             )
         )
     else:
         print(result.text)
     completer.close()
+    return 0
+
+
+def _path_report(engine) -> dict | None:
+    """The CPU path the local model runs (None for an endpoint or a GPU)."""
+    plan = getattr(getattr(engine, "loaded", None), "plan", None)
+    if plan is None:
+        return None
+    from model_runtime.cpu_path import to_dict
+
+    return to_dict(plan)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """The CPU, the threads, the measured table of paths for the model's shapes, and the choice."""
+    import torch
+
+    from model_runtime import cpu, cpu_path
+    from model_runtime.loading import model_shapes_of
+
+    threads = cpu.configure_threads(args.threads)
+    info = cpu.cpu_info()
+    shapes, name = model_shapes_of(runtime_config(args))
+    plan = cpu_path.tuned_plan(shapes, runtime_config(args).cache_dir, retune=args.retune)
+    key = cpu_path.plan_key(shapes, info)
+    report = {
+        "cpu": info.to_json(),
+        "threads": {"used": threads, "available_cores": cpu.available_cores(), "cgroup_cpus": cpu.cgroup_cpu_limit(),
+                    "logical_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None},
+        "model": name,
+        "plan": plan.to_json(),
+        "cache_file": str(cpu_path.plan_path(runtime_config(args).cache_dir, key)),
+        "cuda": torch.cuda.is_available(),
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    t = report["threads"]
+    print(f"cpu      {info.name}")
+    print(f"isa      torch capability {info.capability}; flags {' '.join(info.flags) or '-'}"
+          + "".join(f"; {k}={v}" for k, v in info.isa_env))
+    print(f"threads  {t['used']} (physical cores available {t['available_cores']}, logical CPUs in the affinity mask "
+          f"{t['logical_cpus']}, cgroup quota {t['cgroup_cpus'] or 'none'})")
+    print(f"torch    {info.torch}{', CUDA available (a GPU runs bf16, no CPU plan)' if report['cuda'] else ''}")
+    print(f"model    {name}")
+    how = {"measured": f"measured now in {plan.seconds:.1f} s", "cache": "from the cache"}.get(plan.source, plan.source)
+    print(f"plan     {plan.name} ({how}; {report['cache_file']})")
+    print()
+    print(cpu_path.format_table(plan))
+    print()
+    print("* = chosen. --quantize and --dtype override the plan; `doctor --retune` measures again.")
     return 0
 
 
@@ -384,6 +441,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_context_args(p)
     _add_runtime_args(p)
     p.set_defaults(func=cmd_complete)
+
+    p = sub.add_parser("doctor", help="the CPU, its measured paths for the model and the one chosen")
+    p.add_argument("--retune", action="store_true", help="measure again instead of reading the cached plan")
+    p.add_argument("--json", action="store_true")
+    _add_runtime_args(p)
+    p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("index", help="index a repository (cached; a restart re-reads only what changed)")
     p.add_argument("dir")

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from repocomplete.cli import main
 
@@ -139,7 +140,8 @@ def test_complete_json(capsys, src, tiny_model_dir, tokenizer):
     assert out.endswith("\n") and out.count("\n") == 1
     result = json.loads(out)
     assert list(result) == [
-        "completion", "latency_ms", "prompt_tokens", "cached_tokens", "generated_tokens", "stop_reason", "model",
+        "completion", "latency_ms", "prompt_tokens", "cached_tokens", "generated_tokens", "stop_reason", "prefill_ms",
+        "decode_ms", "model", "path",
     ]
     # The SmolLM2 vocabulary has no FIM tokens: the plain template, i.e. the prefix alone, less the one token
     # ("\n    ") that token healing backs off.
@@ -150,7 +152,12 @@ def test_complete_json(capsys, src, tiny_model_dir, tokenizer):
     assert 0 <= result["generated_tokens"] <= 4
     assert result["stop_reason"] in {"eos", "stop_token", "newline", "max_tokens", "time"}
     assert isinstance(result["latency_ms"], float) and result["latency_ms"] > 0
-    assert result["model"] == Path(tiny_model_dir).name + " int8"  # quantize=auto: int8 weights on the CPU
+    # quantize=auto: the path measured on this CPU, named in the model when the linears are not plain fp32/bf16.
+    path = result["path"]
+    assert path["source"] in ("measured", "cache") and path["capability"] == torch.backends.cpu.get_cpu_capability()
+    plain = path["decode"] == path["prefill"] in ("fp32", "bf16")
+    suffix = "" if plain else f" {path['decode']}" + ("" if path["prefill"] == path["decode"] else f"+{path['prefill']}")
+    assert result["model"] == Path(tiny_model_dir).name + suffix
 
 
 def test_complete_json_without_token_healing(capsys, src, tiny_model_dir, tokenizer):

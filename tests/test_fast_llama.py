@@ -77,16 +77,53 @@ def test_unsupported_architectures_fall_back_to_transformers():
 
 
 @pytest.mark.parametrize("mode, tolerance", [("int8", 0.02), ("int4", 0.15)])
-def test_quantized_linear_tracks_the_float_linear(mode, tolerance):
-    from model_runtime.quantize import Int4Linear, Int8Linear
+@pytest.mark.parametrize("act", ["bf16", "fp32"])
+def test_quantized_linear_tracks_the_float_linear(mode, tolerance, act):
+    from model_runtime.quantize import LinearPath, PlannedLinear
 
     torch.manual_seed(0)
     linear = torch.nn.Linear(128, 96, bias=True)
-    q = (Int4Linear if mode == "int4" else Int8Linear)(linear)
+    path = LinearPath(mode, act)
+    q = PlannedLinear(linear, path, path, torch.float32)
     for rows in (1, 40):  # the int kernel path and the de-quantized GEMM path
         x = torch.randn(rows, 128)
         with torch.inference_mode():
             expected = linear(x)
-            got = q(x.bfloat16()).float()
+            got = q(x)
+        assert got.dtype == torch.float32
         relative = (got - expected).norm() / expected.norm()
-        assert relative < tolerance, f"{mode} rows={rows}: relative error {relative:.4f}"
+        assert relative < tolerance, f"{mode}/{act} rows={rows}: relative error {relative:.4f}"
+
+
+def test_a_planned_linear_runs_each_phase_in_its_own_form():
+    from model_runtime.quantize import DECODE_MAX_ROWS, LinearPath, PlannedLinear
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 32, bias=False)
+    q = PlannedLinear(linear, LinearPath("int8", "bf16"), LinearPath("fp32", "fp32"), torch.float32)
+    x = torch.randn(DECODE_MAX_ROWS + 1, 64)
+    with torch.inference_mode():
+        # Prefill rows run the fp32 copy: exactly the float linear.
+        torch.testing.assert_close(q(x), linear(x), rtol=1e-5, atol=1e-5)
+        # Decode rows run int8 with bf16 activations: close, not exact.
+        small = q(x[:DECODE_MAX_ROWS])
+    assert not torch.equal(small, linear(x[:DECODE_MAX_ROWS]))
+    torch.testing.assert_close(small, linear(x[:DECODE_MAX_ROWS]), rtol=0.05, atol=0.05)
+
+
+def test_fusing_planned_linears_keeps_their_outputs():
+    from model_runtime.fast_llama import fuse
+    from model_runtime.quantize import LinearPath, PlannedLinear
+
+    torch.manual_seed(0)
+    parts = [torch.nn.Linear(64, n, bias=True) for n in (32, 16, 16)]
+    for decode, prefill in (("int8/bf16", "bf16"), ("int4/bf16", "int4/fp32"), ("fp32", "bf16")):
+        planned = [PlannedLinear(l, LinearPath.parse(decode), LinearPath.parse(prefill), torch.float32) for l in parts]
+        x = torch.randn(20, 64)
+        with torch.inference_mode():
+            before = [torch.cat([p(x[:r]) for p in planned], dim=-1) for r in (1, 20)]
+            fused = fuse(planned)
+            torch.testing.assert_close(fused(x[:1]), before[0])
+            torch.testing.assert_close(fused(x), before[1])
+            # The originals still work on views of the fused weights.
+            torch.testing.assert_close(torch.cat([p(x) for p in planned], dim=-1), before[1])

@@ -25,7 +25,7 @@ def test_automatic_device_dtype_and_quantization_on_this_cpu_machine():
     assert pick_dtype(None, torch.device("cuda")) == torch.bfloat16
     assert pick_dtype(None, cpu, "int8") == torch.bfloat16  # int8 weights multiply bf16 activations
     assert pick_dtype("float16", cpu) == torch.float16
-    assert pick_quantize("auto", cpu) == "int8"
+    assert pick_quantize("auto", cpu) == "none"  # the measured plan decides after loading (test_cpu_path.py)
     assert pick_quantize("auto", torch.device("cuda")) == "none"
     assert pick_quantize("none", cpu) == "none"
 
