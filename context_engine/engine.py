@@ -7,6 +7,7 @@ the evaluation harness all ask it the same question (`context`) and turn the ans
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 import time
@@ -72,7 +73,8 @@ class ContextEngine:
         self._graph_job: Future | None = None
         # jedi is pure Python, slow on a file's first visit and not thread-safe: it runs in a process of its own,
         # one job at a time, so it neither holds the GIL against the fast providers nor races with itself.
-        self._slow_pool = slow_executor or ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"))
+        self._slow_pool = slow_executor or ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"),
+                                                               initializer=lower_priority)
         self._slow_results: dict[tuple, Future] = {}
         self._map_cache: dict[tuple[str, int], list[ContextRecord]] = {}
         self._line_cache: tuple[tuple, Context] | None = None
@@ -360,6 +362,16 @@ def settle(executor: Executor) -> None:
 
 def _nothing() -> None:
     return None
+
+
+def lower_priority() -> None:
+    """In the jedi worker process: yield the cores to the model. On a 2-core machine its inference for the next
+    keystroke otherwise takes a core from the decode threads of this one, and OpenMP threads that wait on a
+    descheduled sibling stall the whole step."""
+    try:
+        os.nice(10)
+    except OSError:  # not permitted here: run at the normal priority
+        pass
 
 
 def hole_key(rel: str, line: int, prefix: str) -> tuple:

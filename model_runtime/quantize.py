@@ -56,7 +56,34 @@ class LinearPath:
 # Weight forms: each multiplies a 2-D input as a decode call (`small`) or a prefill call.
 
 
-class DenseWeights:
+class RowWeights:
+    """A weight form whose tensors all have the output rows first, so that slicing rows (the views `fuse` hands
+    back to the original modules) and concatenating forms (fused q/k/v) are the same for every form."""
+
+    TENSORS: tuple[str, ...] = ()
+
+    def _derive(self) -> None:
+        """Recompute what is derived from the tensors (caches, the kernel's packed layout)."""
+
+    def rows(self, start: int, end: int):
+        out = object.__new__(type(self))
+        for name in self.TENSORS:
+            setattr(out, name, getattr(self, name)[start:end])
+        out._derive()
+        return out
+
+    @classmethod
+    def cat(cls, forms: list):
+        out = object.__new__(cls)
+        for name in cls.TENSORS:
+            setattr(out, name, torch.cat([getattr(f, name) for f in forms]))
+        out._derive()
+        return out
+
+
+class DenseWeights(RowWeights):
+    TENSORS = ("weight",)
+
     def __init__(self, weight: torch.Tensor, dtype: torch.dtype):
         self.weight = weight.detach().to(dtype).contiguous()
 
@@ -64,27 +91,21 @@ class DenseWeights:
         w = self.weight if self.weight.dtype == act else self.weight.to(act)
         return nn.functional.linear(x.to(act), w)
 
-    def rows(self, start: int, end: int) -> "DenseWeights":
-        out = DenseWeights.__new__(DenseWeights)
-        out.weight = self.weight[start:end]
-        return out
 
-    @staticmethod
-    def cat(forms: list["DenseWeights"]) -> "DenseWeights":
-        out = DenseWeights.__new__(DenseWeights)
-        out.weight = torch.cat([f.weight for f in forms])
-        return out
-
-
-class Int8Weights:
+class Int8Weights(RowWeights):
     """Per-output-channel symmetric int8: a quarter of fp32's bytes."""
+
+    TENSORS = ("q", "scales")
 
     def __init__(self, weight: torch.Tensor):
         w = weight.detach().float()
         scales = w.abs().amax(dim=1).clamp(min=1e-8) / 127.0
         self.q = torch.round(w / scales[:, None]).clamp(-128, 127).to(torch.int8)
         self.scales = scales
-        self._scales_as: dict[torch.dtype, torch.Tensor] = {}
+        self._derive()
+
+    def _derive(self) -> None:
+        self._scales_as: dict[torch.dtype, torch.Tensor] = {}  # the kernel wants scales in the activations' dtype
 
     def _scales(self, dtype: torch.dtype) -> torch.Tensor:
         if dtype not in self._scales_as:
@@ -97,21 +118,8 @@ class Int8Weights:
             return torch.ops.aten._weight_int8pack_mm(x, self.q, self._scales(act))
         return nn.functional.linear(x, self.q.to(act) * self._scales(act)[:, None])
 
-    def rows(self, start: int, end: int) -> "Int8Weights":
-        out = Int8Weights.__new__(Int8Weights)
-        out.q, out.scales, out._scales_as = self.q[start:end], self.scales[start:end], {}
-        return out
 
-    @staticmethod
-    def cat(forms: list["Int8Weights"]) -> "Int8Weights":
-        out = Int8Weights.__new__(Int8Weights)
-        out.q = torch.cat([f.q for f in forms])
-        out.scales = torch.cat([f.scales for f in forms])
-        out._scales_as = {}
-        return out
-
-
-class Int4Weights:
+class Int4Weights(RowWeights):
     """Group-wise asymmetric int4 (groups of 32 along the input): half of int8's bytes.
 
     Decode multiplies the packed weights directly (`_weight_int4pack_mm_for_cpu`); prefill de-quantizes the
@@ -119,6 +127,7 @@ class Int4Weights:
     """
 
     GROUP = 32
+    TENSORS = ("q", "scale", "low")
 
     def __init__(self, weight: torch.Tensor):
         w = weight.detach().float()
@@ -128,9 +137,10 @@ class Int4Weights:
         scale = ((groups.amax(-1, keepdim=True) - low) / 15).clamp(min=1e-8)
         self.q = torch.round((groups - low) / scale).clamp(0, 15).to(torch.uint8).view(n, k)
         self.scale, self.low = scale, low  # [n, k/32, 1], fp32
-        self._pack()
+        self._derive()
 
-    def _pack(self) -> None:
+    def _derive(self) -> None:
+        # The packed layout is the kernel's own (not row-major): a slice or a concatenation is packed anew.
         n = self.q.shape[0]
         self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(self.q.to(torch.int32), 2)
         # The kernel computes w = (q - 8) * scale + zero.
@@ -157,21 +167,6 @@ class Int4Weights:
         n, k = self.q.shape
         w = (self.q.view(n, -1, self.GROUP).to(act) * scale + low).view(n, k)
         return nn.functional.linear(x, w)
-
-    def rows(self, start: int, end: int) -> "Int4Weights":
-        out = Int4Weights.__new__(Int4Weights)
-        out.q, out.scale, out.low = self.q[start:end], self.scale[start:end], self.low[start:end]
-        out._pack()  # the packed layout is the kernel's own (not row-major): pack anew
-        return out
-
-    @staticmethod
-    def cat(forms: list["Int4Weights"]) -> "Int4Weights":
-        out = Int4Weights.__new__(Int4Weights)
-        out.q = torch.cat([f.q for f in forms])
-        out.scale = torch.cat([f.scale for f in forms])
-        out.low = torch.cat([f.low for f in forms])
-        out._pack()
-        return out
 
 
 def make_weights(form: str, weight: torch.Tensor):
