@@ -671,10 +671,10 @@ def _bench(directory: Path, edits: int = 30) -> None:
         root = work / "repo"
         shutil.copytree(directory, root, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
         config = ContextConfig(index_dir=work / "index")
-        from context_engine.parsing import _grammar, EXTENSIONS
+        from context_engine.parsing import EXTENSIONS, load_grammar
 
         for language, grammar in set(EXTENSIONS.values()):
-            _grammar(grammar, language)  # compile the grammars outside the timing (once per process anyway)
+            load_grammar(grammar, language)  # compile the grammars outside the timing (once per process anyway)
 
         t = time.perf_counter()
         index = RepoIndex(root, config)
