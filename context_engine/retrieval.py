@@ -143,6 +143,12 @@ class Retriever:
             f = self._files.get(path)
             return [] if f is None else list(zip(f.starts.tolist(), f.ends.tolist()))
 
+    def sizes(self) -> dict[str, int]:
+        """How big the index is once up to date: windows, distinct window texts, tokens in the vocabulary."""
+        with self._lock:
+            self.build()
+            return {"windows": len(self), "distinct": len(set(self._index.keys)), "vocabulary": len(self._vocab)}
+
     # -- documents ---------------------------------------------------------------------------------------------
 
     def add_document(self, path: str, text: str) -> None:
