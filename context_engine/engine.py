@@ -343,13 +343,13 @@ class ContextEngine:
 def slow_provider(kind: str, root: str, rel: str, text: str, line: int, col: int,
                   infer_budget_ms: float | None = 120.0) -> list[ContextRecord]:
     """The jedi providers, as a module-level function so a worker process can run them."""
-    from context_engine import python_analysis
+    from context_engine import python_imports, typed_holes
 
     try:
         if kind == "imports":
-            return python_analysis.import_context(Path(root), Path(root) / rel, text)
-        return python_analysis.typed_hole_context(Path(root), Path(root) / rel, text, line, col,
-                                                  infer_budget_ms=infer_budget_ms)
+            return python_imports.import_context(Path(root), Path(root) / rel, text)
+        return typed_holes.typed_hole_context(Path(root), Path(root) / rel, text, line, col,
+                                              infer_budget_ms=infer_budget_ms)
     except Exception as e:  # a provider's failure costs its records, never the completion
         log.warning("provider %s failed on %s:%d: %s: %s", kind, rel, line, type(e).__name__, e)
         return []

@@ -11,8 +11,8 @@ picks up where it stopped. Files the walk or the reader turned down are remember
 (`skipped` table), so a restart does not re-read them either.
 
 Unsaved editor buffers live in memory only: `set_buffer` parses the text and serves it in place of the file on
-disk until `clear_buffer`. A watchdog observer (`start_watching`) feeds file events, debounced, to
-`update_file` / `remove_file` on a background thread; one lock serialises the writers, another the connection.
+disk until `clear_buffer`. `start_watching` follows the disk (watch.py: file events, debounced, to `update_file` /
+`remove_file` on a background thread); one lock serialises the writers, another the connection.
 """
 
 from __future__ import annotations
@@ -33,13 +33,13 @@ from pathlib import Path
 from context_engine.config import ContextConfig
 from context_engine.records import Definition, FileSymbols, Import
 from context_engine.walker import Rules, Skipped, Unindexable, WalkEntry, read_source
+from context_engine.watch import Watcher
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 BATCH_FILES = 256  # files per transaction during a build
 BATCH_BYTES = 8_000_000
-DEBOUNCE_S = 0.1
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -118,7 +118,7 @@ class RepoIndex:
         self._buffers: dict[str, tuple[str, FileSymbols | None]] = {}
         self._identifiers: dict[str, Counter] | None = None  # all_identifiers(), loaded once, kept current
         self.generation = 0  # bumped on every change to what the queries return
-        self._watcher: _Watcher | None = None
+        self._watcher: Watcher | None = None
         self._conn = self._open()
 
     # -- the database ---------------------------------------------------------------------------------------------
@@ -526,7 +526,7 @@ class RepoIndex:
         appears, disappears or moves, is answered with a (warm, stat-only) `build()`.
         """
         if self._watcher is None:
-            self._watcher = _Watcher(self, on_change)
+            self._watcher = Watcher(self, on_change)
             self._watcher.start()
 
     def stop_watching(self) -> None:
@@ -547,182 +547,3 @@ class RepoIndex:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-class _Watcher:
-    """watchdog events -> a set of pending paths -> update_file/remove_file once no event came for DEBOUNCE_S."""
-
-    def __init__(self, index: RepoIndex, on_change: Callable[[list[str]], None] | None):
-        self.index = index
-        self.on_change = on_change
-        self.pending: dict[str, bool] = {}  # path -> True; the key "" asks for a whole (warm) build
-        self.cond = threading.Condition()
-        self.last_event = 0.0
-        self.stopping = False
-        self.observer = None
-        self.thread = threading.Thread(target=self._run, name="repo-index-watcher", daemon=True)
-
-    def start(self) -> None:
-        from watchdog.events import FileSystemEventHandler
-        from watchdog.observers import Observer
-
-        watcher = self
-
-        class Handler(FileSystemEventHandler):
-            def on_any_event(self, event):
-                watcher.event(event)
-
-        self.observer = Observer()
-        self.observer.schedule(Handler(), str(self.index.root), recursive=True)
-        self.observer.start()
-        self.thread.start()
-
-    def stop(self) -> None:
-        if self.observer is not None:
-            self.observer.stop()
-            self.observer.join(timeout=5)
-        with self.cond:
-            self.stopping = True
-            self.cond.notify_all()
-        self.thread.join(timeout=10)
-
-    def event(self, event) -> None:
-        kind = event.event_type
-        if kind not in ("created", "modified", "moved", "deleted"):
-            return
-        paths = [event.src_path] + ([event.dest_path] if kind == "moved" and getattr(event, "dest_path", "") else [])
-        wanted = []
-        for p in paths:
-            rel = self.index.relative(os.fsdecode(p))
-            if rel is None:
-                continue
-            key = self._key(rel, event.is_directory, kind)
-            if key is not None:
-                wanted.append(key)
-        if wanted:
-            with self.cond:
-                for key in wanted:
-                    self.pending[key] = True
-                self.last_event = time.monotonic()
-                self.cond.notify_all()
-
-    def _key(self, rel: str, is_dir: bool, kind: str) -> str | None:
-        """The pending key for an event, or None to drop it (ignored, secret, not source, inside skip_dirs)."""
-        rules = self.index.rules
-        parts = rel.split("/")
-        if any(p in rules.skip_dirs for p in (parts if is_dir else parts[:-1])):
-            return None
-        if rules.is_ignore_file(rel):
-            return ""
-        if is_dir:
-            return "" if kind != "modified" else None
-        if rules.language(rel) is None or rules.is_secret(rel):
-            return None
-        language, _ = rules.policy(rel)
-        return rel if language is not None else None
-
-    def _run(self) -> None:
-        while True:
-            with self.cond:
-                while not self.pending and not self.stopping:
-                    self.cond.wait()
-                if self.stopping:
-                    return
-                # debounce: wait until the events have settled (a save is often several events)
-                while not self.stopping:
-                    wait = self.last_event + DEBOUNCE_S - time.monotonic()
-                    if wait <= 0:
-                        break
-                    self.cond.wait(wait)
-                if self.stopping:
-                    return
-                batch, self.pending = list(self.pending), {}
-            changed: list[str] = []
-            try:
-                if "" in batch:
-                    changed = self.index.build().changed
-                else:
-                    for rel in batch:
-                        if os.path.lexists(self.index.root / rel):
-                            self.index.update_file(rel)
-                        else:
-                            self.index.remove_file(rel)
-                        changed.append(rel)
-                if self.on_change is not None and changed:
-                    self.on_change(changed)
-            except Exception:  # the watcher outlives one bad event
-                log.exception("index update failed for %s", batch)
-
-
-# -- benchmark ------------------------------------------------------------------------------------------------------
-
-
-def _pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, max(0, round(q * (len(values) - 1))))]
-
-
-def _bench(directory: Path, edits: int = 30) -> None:
-    import shutil
-    import tempfile
-
-    work = Path(tempfile.mkdtemp(prefix="rc-index-bench-"))
-    try:
-        root = work / "repo"
-        shutil.copytree(directory, root, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
-        config = ContextConfig(index_dir=work / "index")
-        from context_engine.parsing import _grammar, EXTENSIONS
-
-        for language, grammar in set(EXTENSIONS.values()):
-            _grammar(grammar, language)  # compile the grammars outside the timing (once per process anyway)
-
-        t = time.perf_counter()
-        index = RepoIndex(root, config)
-        cold = index.build()
-        cold_s = time.perf_counter() - t
-        index.close()
-
-        t = time.perf_counter()
-        index = RepoIndex(root, config)
-        warm = index.build()
-        warm_s = time.perf_counter() - t
-
-        py = sorted(p for p in index.files() if p.endswith(".py"))
-        # the file `repocomplete bench context` edits (the middle one by name), and the largest one
-        targets = [py[len(py) // 2], max(py, key=lambda p: (root / p).stat().st_size)]
-        updates = []
-        for rel in targets:
-            target = root / rel
-            original = target.read_text(encoding="utf-8")
-            times = []
-            for i in range(edits):
-                target.write_text(original + f"\n\ndef _bench_edit_{i}(x):\n    return x + {i}\n", encoding="utf-8")
-                t = time.perf_counter()
-                index.update_file(target)
-                times.append((time.perf_counter() - t) * 1000)
-            assert index.definitions(name=f"_bench_edit_{edits - 1}", path=rel), "the edit did not reach the index"
-            target.write_text(original, encoding="utf-8")
-            index.update_file(target)
-            updates.append((rel, target.stat().st_size, times))
-        index.close()
-        mb = cold.bytes / 1e6
-        print(f"{directory}: {cold.files} files, {mb:.1f} MB, {cold.definitions} definitions, "
-              f"{len(cold.skipped)} skipped")
-        print(f"cold build: {cold_s:.2f} s = {mb / cold_s:.2f} MB/s ({cold.parsed} parsed)")
-        print(f"warm restart: {warm_s:.3f} s ({warm.parsed} parsed), cold/warm = {cold_s / warm_s:.0f}x")
-        for rel, size, times in updates:
-            print(f"update_file on {rel} ({size} bytes), {edits} edits: "
-                  f"p50 {_pct(times, 0.5):.1f} ms, p95 {_pct(times, 0.95):.1f} ms")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
-if __name__ == "__main__":
-    import argparse
-
-    arguments = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    arguments.add_argument("--bench", type=Path, metavar="DIR", required=True,
-                           help="copy DIR to a temporary folder and time cold/warm builds and incremental updates")
-    arguments.add_argument("--edits", type=int, default=30)
-    args = arguments.parse_args()
-    _bench(args.bench, args.edits)

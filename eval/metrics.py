@@ -112,9 +112,9 @@ def _parses(code: str) -> bool:
 def _python_parser():
     import tree_sitter as ts
 
-    from context_engine.parsing import _grammar
+    from context_engine.parsing import load_grammar
 
-    return ts.Parser(_grammar("python", "python").language)
+    return ts.Parser(load_grammar("python", "python").language)
 
 
 def remove_comments(code: str) -> str:

@@ -163,7 +163,7 @@ def test_a_failing_provider_costs_only_its_records(repo, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("jedi fell over")
 
-    monkeypatch.setattr("context_engine.python_analysis.typed_hole_context", boom)
+    monkeypatch.setattr("context_engine.typed_holes.typed_hole_context", boom)
     # A thread instead of the jedi process, so that the patch applies.
     engine = ContextEngine(repo, ContextConfig(index_dir=tmp_path / "index", slow_provider_deadline_ms=None),
                            slow_executor=ThreadPoolExecutor(1))
@@ -203,7 +203,7 @@ def test_complete_with_repo_context(repo, tiny_model_dir, tmp_path, capsys, monk
 def test_slow_providers_miss_the_deadline_then_serve_the_next_keystroke(repo, tmp_path, monkeypatch):
     import threading
 
-    from context_engine import python_analysis
+    from context_engine import typed_holes
     from context_engine.records import ContextRecord
 
     release = threading.Event()
@@ -212,7 +212,7 @@ def test_slow_providers_miss_the_deadline_then_serve_the_next_keystroke(repo, tm
         release.wait(5)
         return [ContextRecord("# expected type: Inventory", "shop/restock.py", line, line, 10.0, "typed_holes", "hole")]
 
-    monkeypatch.setattr(python_analysis, "typed_hole_context", slow_hole)
+    monkeypatch.setattr(typed_holes, "typed_hole_context", slow_hole)
     from concurrent.futures import ThreadPoolExecutor
 
     e = ContextEngine(repo, ContextConfig(index_dir=tmp_path / "index", slow_provider_deadline_ms=20),

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-import context_engine.python_analysis as pa
-from context_engine.python_analysis import import_context
+from context_engine import python_imports, typed_holes
+from context_engine.python_imports import import_context
 
 # A cold jedi can spend the default inference budget on its first file; tests want every type.
-typed_hole_context = functools.partial(pa.typed_hole_context, infer_budget_ms=None)
+typed_hole_context = functools.partial(typed_holes.typed_hole_context, infer_budget_ms=None)
 
 FILES = {
     "shop/__init__.py": '''"""The shop package."""
@@ -227,7 +227,7 @@ def test_star_without_all_is_public_names_in_the_project_and_bounded(root, monke
         ("shop/models.py", 18, 30, 0.5, "imports", "imported as `Item` by `from shop.models import *` (line 1)"),
     ]
     assert records[2].text == 'DEFAULT_CITY = "Berlin"'
-    monkeypatch.setattr(pa, "MAX_STAR_NAMES", 2)  # dataclass, DEFAULT_CITY
+    monkeypatch.setattr(python_imports, "MAX_STAR_NAMES", 2)  # dataclass, DEFAULT_CITY
     assert [r.why for r in import_context(root, root / "main.py", text)] == [
         "imported as `DEFAULT_CITY` by `from shop.models import *` (line 1)"
     ]
@@ -453,13 +453,13 @@ def test_hole_limit(root):
 
 def test_imports_outside_the_project_are_never_followed(root, monkeypatch):
     asked = []
-    goto = pa._goto
+    goto = python_imports._goto
 
     def spy(a, leaf):
         asked.append(leaf.value)
         return goto(a, leaf)
 
-    monkeypatch.setattr(pa, "_goto", spy)
+    monkeypatch.setattr(python_imports, "_goto", spy)
     text = "import json\nfrom os import path\nfrom jedi import Script\nimport shop.models\nfrom .x import y\n"
     records = import_context(root, root / "main.py", text)
     assert asked == ["models", "y"]  # json, os and jedi are not in the project: jedi never resolves them

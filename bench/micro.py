@@ -1,0 +1,351 @@
+"""Micro-benchmarks of single context-engine parts, each timed on its own in this process.
+
+    python -m bench.micro parsing DIR [--repeat N]      tree-sitter parsing of every supported file, MB/s
+    python -m bench.micro index DIR [--edits N]         cold/warm index builds and incremental updates
+    python -m bench.micro analysis [--calls N]          the jedi providers on a small bundled package
+    python -m bench.micro retrieval DIR [--queries N] [--dense-sample N] [--method bm25|jaccard]
+
+DIR is never written: `index` works on a copy. The figures are of the machine they ran on, and a shared machine's
+speed drifts, so say which one when you quote them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.stats import percentile
+
+
+def _compile_grammars() -> None:
+    """Compile every tree-sitter grammar outside the timing (once per process anyway)."""
+    from context_engine.parsing import EXTENSIONS, load_grammar
+
+    for language, grammar in set(EXTENSIONS.values()):
+        load_grammar(grammar, language)
+
+
+def _p50_p95(ms: list[float], digits: int = 1) -> str:
+    return f"p50 {percentile(ms, 50):.{digits}f} ms, p95 {percentile(ms, 95):.{digits}f} ms"
+
+
+# -- parsing -------------------------------------------------------------------------------------------------------
+
+
+def bench_parsing(directory: Path, repeat: int) -> None:
+    from context_engine.parsing import EXTENSIONS, load_grammar, parse_source, parser_for
+
+    files = []
+    for file in sorted(directory.rglob("*")):
+        if file.suffix.lower() in EXTENSIONS and file.is_file():
+            files.append((str(file.relative_to(directory)), file.read_bytes().decode("utf-8", "replace")))
+    size = sum(len(text.encode("utf-8", "replace")) for _, text in files) / 1e6
+    _compile_grammars()
+    best = best_parse = float("inf")
+    for _ in range(repeat):  # the best of a few runs: a shared machine's speed drifts
+        start = time.perf_counter()
+        counts = [0, 0, 0]
+        for path, text in files:
+            symbols = parse_source(path, text)
+            counts[0] += len(symbols.definitions)
+            counts[1] += len(symbols.imports)
+            counts[2] += len(symbols.identifiers)
+        best = min(best, time.perf_counter() - start)
+        start = time.perf_counter()
+        for path, text in files:
+            entry = EXTENSIONS[Path(path).suffix.lower()]
+            parser_for(load_grammar(entry[1], entry[0])).parse(text.encode("utf-8", "replace"))
+        best_parse = min(best_parse, time.perf_counter() - start)
+    print(f"{len(files)} files, {size:.1f} MB: {counts[0]} definitions, {counts[1]} imports, {counts[2]} identifiers")
+    print(f"parse_source: {best:.2f} s = {size / best:.2f} MB/s "
+          f"(tree-sitter's parse alone: {size / best_parse:.2f} MB/s; best of {repeat})")
+
+
+# -- index ---------------------------------------------------------------------------------------------------------
+
+
+def bench_index(directory: Path, edits: int) -> None:
+    from context_engine.config import ContextConfig
+    from context_engine.index import RepoIndex
+
+    work = Path(tempfile.mkdtemp(prefix="rc-index-bench-"))
+    try:
+        root = work / "repo"
+        shutil.copytree(directory, root, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+        config = ContextConfig(index_dir=work / "index")
+        _compile_grammars()
+
+        t = time.perf_counter()
+        index = RepoIndex(root, config)
+        cold = index.build()
+        cold_s = time.perf_counter() - t
+        index.close()
+
+        t = time.perf_counter()
+        index = RepoIndex(root, config)
+        warm = index.build()
+        warm_s = time.perf_counter() - t
+
+        py = sorted(p for p in index.files() if p.endswith(".py"))
+        # the file `repocomplete bench context` edits (the middle one by name), and the largest one
+        targets = [py[len(py) // 2], max(py, key=lambda p: (root / p).stat().st_size)]
+        updates = []
+        for rel in targets:
+            target = root / rel
+            original = target.read_text(encoding="utf-8")
+            times = []
+            for i in range(edits):
+                target.write_text(original + f"\n\ndef _bench_edit_{i}(x):\n    return x + {i}\n", encoding="utf-8")
+                t = time.perf_counter()
+                index.update_file(target)
+                times.append((time.perf_counter() - t) * 1000)
+            assert index.definitions(name=f"_bench_edit_{edits - 1}", path=rel), "the edit did not reach the index"
+            target.write_text(original, encoding="utf-8")
+            index.update_file(target)
+            updates.append((rel, target.stat().st_size, times))
+        index.close()
+        mb = cold.bytes / 1e6
+        print(f"{directory}: {cold.files} files, {mb:.1f} MB, {cold.definitions} definitions, "
+              f"{len(cold.skipped)} skipped")
+        print(f"cold build: {cold_s:.2f} s = {mb / cold_s:.2f} MB/s ({cold.parsed} parsed)")
+        print(f"warm restart: {warm_s:.3f} s ({warm.parsed} parsed), cold/warm = {cold_s / warm_s:.0f}x")
+        for rel, size, times in updates:
+            print(f"update_file on {rel} ({size} bytes), {edits} edits: {_p50_p95(times)}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# -- the jedi providers --------------------------------------------------------------------------------------------
+
+# A small package: a few classes, a relative import, a star import and a half-typed call at the end.
+_DEMO = {
+    "shop/__init__.py": '"""The shop."""\nfrom .models import Inventory, Item, Store\n',
+    "shop/models.py": '''"""Items and where they are kept."""
+
+
+class Store:
+    """A physical store."""
+
+    def __init__(self, name: str, city: str = "Berlin") -> None:
+        self.name = name
+        self.city = city
+
+
+class Item:
+    """A thing for sale."""
+
+    price: float = 0.0
+
+    def __init__(self, sku: str, price: float) -> None:
+        self.sku = sku
+        self.price = price
+
+    def total(self, count: int) -> float:
+        """Price of `count` units."""
+        return self.price * count
+
+
+class Inventory:
+    """Counts of items in one store."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.counts: dict[str, int] = {}
+
+    def restock(self, item: Item, count: int = 1) -> None:
+        """Add `count` units of `item`."""
+        self.counts[item.sku] = self.counts.get(item.sku, 0) + count
+''',
+    "shop/util/__init__.py": "",
+    "shop/util/helpers.py": '''from ..models import Item
+
+
+def fmt_price(item: Item, currency: str = "EUR") -> str:
+    """Format the price of an item."""
+    return f"{item.price} {currency}"
+''',
+    "app.py": '''import os
+import shop.models as m
+from shop import Item, Inventory
+from shop.util.helpers import *
+
+
+class Shop:
+    def __init__(self, inv: Inventory) -> None:
+        self.inv = inv
+
+    def sell(self, item: Item, n: int = 1) -> str:
+        total = item.total(n)
+        label = fmt_price(item)
+        self.inv.restock(item, 
+''',
+}
+
+
+def bench_analysis(calls: int) -> None:
+    """p50/p95 latency of both jedi providers on a small package, after one warm-up call each."""
+    from context_engine.python_imports import import_context
+    from context_engine.typed_holes import typed_hole_context
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for rel, content in _DEMO.items():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_text(content)
+        text = _DEMO["app.py"]
+        lines = text.split("\n")
+        last = len(lines) - 1  # the unclosed `self.inv.restock(item, ` line
+        after_dot = text.replace("restock(item, ", "")
+        body_lines = [(i, len(lines[i - 1]) + 1) for i in range(1, last + 1) if lines[i - 1].startswith(" " * 8)]
+        cases = {
+            "import_context": lambda i: import_context(root, root / "app.py", text),
+            "typed_hole_context, unclosed call argument": lambda i: typed_hole_context(
+                root, root / "app.py", text, last, len(lines[last - 1]) + 1),
+            "typed_hole_context, after `self.inv.`": lambda i: typed_hole_context(
+                root, root / "app.py", after_dot, last, len("        self.inv.") + 1),
+            "typed_hole_context, end of each method-body line in turn": lambda i: typed_hole_context(
+                root, root / "app.py", text, *body_lines[i % len(body_lines)]),
+        }
+        for label, call in cases.items():
+            t = time.perf_counter()
+            records = call(0)
+            cold = (time.perf_counter() - t) * 1000
+            times = []
+            for i in range(calls):
+                t = time.perf_counter()
+                call(i)
+                times.append((time.perf_counter() - t) * 1000)
+            print(f"{label}: {len(records)} records; first call {cold:.1f} ms; {_p50_p95(times)} over {calls} calls")
+
+
+# -- retrieval -----------------------------------------------------------------------------------------------------
+
+
+def bench_retrieval(root: Path, n_queries: int, dense_sample: int, method: str) -> None:
+    from context_engine.config import ContextConfig
+    from context_engine.retrieval import Retriever, query_text_for
+    from context_engine.sparse import windows
+
+    config = ContextConfig()
+    files = {}
+    for p in sorted(root.rglob("*.py")):
+        try:
+            files[p.relative_to(root).as_posix()] = p.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+    n_lines = sum(t.count("\n") + 1 for t in files.values())
+    retriever = Retriever(config)
+    t = time.perf_counter()
+    for path, text in files.items():
+        retriever.add_document(path, text)
+    t_add = time.perf_counter() - t
+    t = time.perf_counter()
+    retriever.build()
+    t_build = time.perf_counter() - t
+    sizes = retriever.sizes()
+    print(f"{len(files)} files, {n_lines} lines, {sizes['windows']} windows ({sizes['distinct']} distinct), "
+          f"vocabulary {sizes['vocabulary']}")
+    print(f"add_document (tokenise) {t_add * 1000:.0f} ms, index build {t_build * 1000:.1f} ms")
+
+    rng = random.Random(0)
+    paths = [p for p, t in files.items() if t.count("\n") > 30]
+    cursors = []
+    for _ in range(n_queries):
+        path = rng.choice(paths)
+        lines = files[path].split("\n")
+        line = rng.randrange(config.query_lines + 1, len(lines))
+        prefix = "\n".join(lines[: line - 1]) + "\n" + lines[line - 1][: len(lines[line - 1]) // 2]
+        cursors.append((path, line, prefix))
+
+    def timed(fn) -> list[float]:
+        out = []
+        for path, line, prefix in cursors:
+            t = time.perf_counter()
+            fn(path, line, prefix)
+            out.append((time.perf_counter() - t) * 1000)
+        return out
+
+    def ask(path, line, prefix):
+        query = query_text_for(prefix, config.query_lines)
+        return retriever.query(query, k=8, exclude=(path, max(1, line - config.window_lines), line), method=method)
+
+    def report(name, ms):
+        print(f"{name}: {_p50_p95(ms, 2)}, max {max(ms):.2f} ms")
+
+    report(f"query ({method}, k=8, {n_queries} queries)", timed(ask))
+
+    def edit_then_ask(path, line, prefix):  # a keystroke in the current buffer, then the completion's query
+        text = files[path].split("\n")
+        text[line - 1] = text[line - 1] + "x"
+        retriever.add_document(path, "\n".join(text))
+        ask(path, line, prefix)
+
+    report("edit one file + re-index + query", timed(edit_then_ask))
+
+    if dense_sample:
+        import torch
+
+        from context_engine.dense import EMBED_BATCH, EMBED_MAX_TOKENS, Embedder
+
+        embedder = Embedder.shared()
+        texts = [chunk for text in files.values() for _, _, chunk in
+                 windows(text, config.window_lines, config.window_stride)][:dense_sample]
+        embedder.embed(texts[:8])  # warm-up
+        t = time.perf_counter()
+        embedder.embed(texts)
+        dt = time.perf_counter() - t
+        print(f"dense embedding: {len(texts)} windows in {dt:.2f} s = {len(texts) / dt:.0f} windows/s "
+              f"({embedder.device}, {torch.get_num_threads()} threads, batch {EMBED_BATCH}, "
+              f"max {EMBED_MAX_TOKENS} tokens)")
+        t = time.perf_counter()
+        for _ in range(20):
+            embedder.embed([texts[0]])
+        print(f"dense query embedding: {(time.perf_counter() - t) / 20 * 1000:.1f} ms per query")
+
+
+# -- command line --------------------------------------------------------------------------------------------------
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not >= 1")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.micro", description=__doc__.splitlines()[0])
+    parts = parser.add_subparsers(dest="part", required=True, metavar="PART")
+    p = parts.add_parser("parsing", help="parse every supported file under DIR and print MB/s")
+    p.add_argument("directory", type=Path, metavar="DIR")
+    p.add_argument("--repeat", type=_positive, default=3, help="runs to take the best of (default 3)")
+    p = parts.add_parser("index", help="copy DIR to a temporary folder and time cold/warm builds and "
+                                       "incremental updates")
+    p.add_argument("directory", type=Path, metavar="DIR")
+    p.add_argument("--edits", type=_positive, default=30, help="edits of each timed file (default 30)")
+    p = parts.add_parser("analysis", help="time the jedi providers (imports, typed holes) on a bundled package")
+    p.add_argument("--calls", type=_positive, default=20, help="timed calls per case (default 20)")
+    p = parts.add_parser("retrieval", help="index every .py file under DIR and time queries")
+    p.add_argument("directory", type=Path, metavar="DIR")
+    p.add_argument("--queries", type=_positive, default=50, help="cursors to query from (default 50)")
+    p.add_argument("--dense-sample", type=int, default=0, metavar="N", help="also time embedding N windows")
+    p.add_argument("--method", default="bm25", choices=("bm25", "jaccard"))
+    args = parser.parse_args(argv)
+    if args.part == "parsing":
+        bench_parsing(args.directory, args.repeat)
+    elif args.part == "index":
+        bench_index(args.directory, args.edits)
+    elif args.part == "analysis":
+        bench_analysis(args.calls)
+    else:
+        bench_retrieval(args.directory, args.queries, args.dense_sample, args.method)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

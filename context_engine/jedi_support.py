@@ -1,0 +1,169 @@
+"""One request's view of a Python project through jedi and parso, shared by the `imports` and `typed_holes` providers.
+
+`Analysis` holds the buffer's jedi Script (jedi resolves and infers error-tolerantly, on the unsaved text) and the
+parso trees of the files it needed; the functions below find nodes in those trees. Only files inside the project
+count: `Analysis.rel` turns anything in the standard library, site-packages or a skipped folder into None, and
+`Analysis.is_local_package` tells which absolute imports are worth following at all.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jedi
+import parso
+
+from context_engine.config import SKIP_DIRS
+
+
+@functools.lru_cache(maxsize=8)
+def _project(root: str) -> jedi.Project:
+    return jedi.Project(root)
+
+
+@functools.lru_cache(maxsize=1)
+def _grammar():
+    return parso.load_grammar()  # the same object jedi parses with, so both share parso's cache
+
+
+@dataclass
+class Analysis:
+    """One request: the buffer's jedi Script and tree, and the trees/scripts of other files it needed."""
+
+    root: Path
+    path: Path
+    project: jedi.Project
+    script: jedi.Script
+    tree: object  # parso Module of the buffer
+    _scripts: dict = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, project_root: Path, path: Path, text: str) -> "Analysis":
+        root = Path(project_root).resolve()
+        path = Path(path)
+        path = (path if path.is_absolute() else root / path).resolve()
+        project = _project(str(root))
+        script = jedi.Script(text, path=path, project=project)
+        tree = getattr(script, "_module_node", None) or _grammar().parse(text)
+        return cls(root, path, project, script, tree)
+
+    def rel(self, module_path) -> str | None:
+        """Repository-relative POSIX path of a file inside the project, else None."""
+        if module_path is None:
+            return None
+        try:
+            rel = Path(module_path).resolve().relative_to(self.root)
+        except ValueError:
+            return None
+        if any(part in SKIP_DIRS or part.endswith(".egg-info") for part in rel.parts[:-1]):
+            return None
+        return rel.as_posix()
+
+    def current_rel(self) -> str:
+        return self.rel(self.path) or self.path.as_posix()
+
+    def script_for(self, module_path: Path) -> jedi.Script:
+        if Path(module_path).resolve() == self.path:
+            return self.script
+        key = str(module_path)
+        if key not in self._scripts:
+            self._scripts[key] = jedi.Script(path=module_path, project=self.project)
+        return self._scripts[key]
+
+    def tree_for(self, module_path: Path):
+        if Path(module_path).resolve() == self.path:
+            return self.tree
+        return _grammar().parse(path=str(module_path), cache=True, cache_path=jedi.settings.cache_directory)
+
+    def node_of(self, name) -> object | None:
+        """The parso node a jedi Name points at (class/function/statement definition, or the module)."""
+        if name.module_path is None:
+            return None
+        try:
+            tree = self.tree_for(name.module_path)
+        except OSError:
+            return None
+        if name.type == "module":
+            return tree
+        return definition_at(tree, name.line, name.column)
+
+    def is_local_package(self, top: str) -> bool:
+        """Whether an absolute import's first component lives in the project (else it is never followed)."""
+        folders = [self.root] + [p for p in self.path.parents if p == self.root or self.root in p.parents]
+        return any((d / top).is_dir() or (d / f"{top}.py").is_file() or (d / f"{top}.pyi").is_file() for d in folders)
+
+
+# -- parso trees: nodes by position, spans, bodies --------------------------------------------------------
+
+
+def leaf_at(tree, pos: tuple[int, int]):
+    """The leaf starting at `pos` where there is one (parso prefers the leaf ending there: `f(` + `x`)."""
+    leaf = tree.get_leaf_for_position(pos)
+    if leaf is not None and leaf.start_pos != pos and leaf.end_pos == pos:
+        nxt = leaf.get_next_leaf()
+        if nxt is not None and nxt.start_pos == pos:
+            return nxt
+    return leaf
+
+
+def definition_at(tree, line: int, column: int):
+    """The class or function whose name is at (line, column), else the definition that name belongs to, or None."""
+    leaf = leaf_at(tree, (line, column))
+    if leaf is None or leaf.type != "name":
+        return None
+    parent = leaf.parent
+    if parent.type in ("classdef", "funcdef") and parent.name is leaf:
+        return parent
+    return leaf.get_definition()
+
+
+def outer(node):
+    """The node with its `async` and decorators."""
+    while node.parent is not None and node.parent.type in ("async_funcdef", "async_stmt", "decorated"):
+        node = node.parent
+    return node
+
+
+def _end_line(node) -> int:
+    last = node.get_last_leaf()
+    return last.start_pos[0] if last.type == "newline" else last.end_pos[0]
+
+
+def span(node) -> tuple[int, int]:
+    """(first line, last line) of a definition, its decorators included; of a whole module for its tree."""
+    if node.type == "file_input":
+        last = node.get_last_leaf().get_previous_leaf()  # before the endmarker
+        return 1, _end_line(last) if last is not None else 1
+    return outer(node).start_pos[0], _end_line(node)
+
+
+def self_attribute(target, self_name: str):
+    """The Name leaf `x` of a `self.x` target, else None."""
+    if target.type not in ("atom_expr", "power") or len(target.children) != 2:
+        return None
+    base, trailer = target.children
+    if base.type != "name" or base.value != self_name or trailer.type != "trailer" or trailer.children[0] != ".":
+        return None
+    return trailer.children[1]
+
+
+def statements(items):
+    """Expression statements among a body's items (a simple_stmt may hold several, `a = 1; b = 2`)."""
+    for item in items:
+        if item.type == "simple_stmt":
+            for child in item.children:
+                if child.type == "expr_stmt":
+                    yield child
+        elif item.type == "expr_stmt":
+            yield item
+
+
+def walk(node, types: tuple[str, ...], stop: tuple[str, ...] = ()):
+    """Descendants of the given types, not descending into nodes of the `stop` types."""
+    for child in getattr(node, "children", ()):
+        if child.type in types:
+            yield child
+        if child.type not in stop:
+            yield from walk(child, types, stop)

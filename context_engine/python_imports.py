@@ -1,0 +1,165 @@
+"""The `imports` provider for Python (LANCE): the project definitions the current file imports, as stubs.
+
+jedi resolves each imported name on the unsaved buffer; the definitions it lands on inside the project are
+summarised (`python_stubs`) and ranked by how often the buffer uses the name. Absolute imports whose top-level
+package is not in the project are never followed, and anything resolving outside it is dropped.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+from collections import Counter
+from pathlib import Path
+
+from context_engine.jedi_support import Analysis, span, statements
+from context_engine.python_stubs import class_stub, function_stub, module_stub, statement_stub
+from context_engine.records import ContextRecord
+
+log = logging.getLogger(__name__)
+
+MAX_STAR_NAMES = 30  # names one `from m import *` contributes
+
+
+def _summary(a: Analysis, name) -> tuple[str, str, int, int] | None:
+    """(text, path, start_line, end_line) of a resolved jedi Name inside the project, else None."""
+    rel = a.rel(name.module_path)
+    if rel is None:
+        return None
+    node = a.node_of(name)
+    if node is None:
+        return None
+    if node.type == "file_input":
+        text = module_stub(node, Path(name.module_path).name == "__init__.py")
+    elif node.type == "classdef":
+        text = class_stub(node)
+    elif node.type == "funcdef":
+        text = function_stub(node)
+    else:
+        text = statement_stub(node)
+    if not text:
+        return None
+    return (text, rel, *span(node))
+
+
+def _scan(tree) -> tuple[list, Counter]:
+    """The buffer's import statements, and how often each name / dotted chain is used outside them."""
+    imports, uses = [], Counter()
+    leaf = tree.get_first_leaf()
+    while leaf is not None:
+        if leaf.type == "keyword" and leaf.value == "import" and leaf.parent.type in ("import_name", "import_from"):
+            imports.append(leaf.parent)
+        elif leaf.type == "name" and not _in_import(leaf):
+            prev = leaf.get_previous_leaf()
+            if prev is None or prev.value != ".":
+                chain, nxt = leaf.value, leaf.get_next_leaf()
+                uses[chain] += 1
+                for _ in range(4):
+                    after = nxt.get_next_leaf() if nxt is not None and nxt.value == "." else None
+                    if after is None or after.type != "name":
+                        break
+                    chain += "." + after.value
+                    uses[chain] += 1
+                    nxt = after.get_next_leaf()
+        leaf = leaf.get_next_leaf()
+    return imports, uses
+
+
+def _in_import(leaf) -> bool:
+    node = leaf.parent
+    while node is not None and node.type not in ("simple_stmt", "file_input", "suite"):
+        if node.type in ("import_name", "import_from"):
+            return True
+        node = node.parent
+    return False
+
+
+def _goto(a: Analysis, leaf) -> list:
+    try:
+        return a.script.goto(*leaf.start_pos, follow_imports=True)
+    except Exception as e:  # jedi's inference can trip over broken code; one name is not worth the request
+        log.debug("goto failed at %s:%s: %s", a.path, leaf.start_pos, e)
+        return []
+
+
+def _star_names(a: Analysis, module) -> list:
+    """The names `from module import *` binds: `__all__` when the module spells it out, else its public names."""
+    tree = a.node_of(module)
+    public = None
+    if tree is not None:
+        for stmt in statements(tree.children):
+            if stmt.children[0].type == "name" and stmt.children[0].value == "__all__":
+                try:
+                    public = set(ast.literal_eval(stmt.children[-1].get_code(include_prefix=False)))
+                except (ValueError, SyntaxError, TypeError):
+                    public = None
+    names = [n for n in module.defined_names()
+             if (n.name in public if public is not None else not n.name.startswith("_"))]
+    return names[:MAX_STAR_NAMES]
+
+
+def _module_for_relative(a: Analysis, level: int):
+    """`from . import *` names no module jedi can goto: the package's __init__ by hand."""
+    folder = a.path.parent
+    for _ in range(level - 1):
+        folder = folder.parent
+    init = folder / "__init__.py"
+    if not init.is_file():
+        return None
+    return a.script_for(init).get_context(1, 0)  # the module's own Name
+
+
+def _resolve_import(a: Analysis, imp, uses: Counter, add) -> None:
+    line = imp.start_pos[0]
+    if imp.type == "import_name":
+        for dotted_path, local in zip(imp.get_paths(), imp.get_defined_names()):
+            dotted = ".".join(n.value for n in dotted_path)
+            if not a.is_local_package(dotted_path[0].value):
+                continue
+            aliased = local is not dotted_path[0]
+            why = f"imported module `{dotted}`" + (f" as `{local.value}`" if aliased else "") + f" (line {line})"
+            for name in _goto(a, dotted_path[-1])[:1]:
+                add(name, 1.0 + uses[local.value if aliased else dotted], why)
+        return
+    from_names = imp.get_from_names()
+    module_text = "." * imp.level + ".".join(n.value for n in from_names)
+    if imp.level == 0 and (not from_names or not a.is_local_package(from_names[0].value)):
+        return
+    if imp.is_star_import():
+        modules = _goto(a, from_names[-1]) if from_names else [_module_for_relative(a, imp.level)]
+        for module in [m for m in modules if m is not None and m.type == "module"][:1]:
+            for star in _star_names(a, module):
+                for name in star.goto(follow_imports=True)[:1]:
+                    why = f"imported as `{star.name}` by `from {module_text} import *` (line {line})"
+                    add(name, 0.5 + uses[star.name], why)
+        return
+    for local in imp.get_defined_names():
+        why = f"imported as `{local.value}` from {module_text} (line {line})"
+        for name in _goto(a, local)[:1]:
+            add(name, 1.0 + uses[local.value], why)
+
+
+def import_context(project_root: Path, path: Path, text: str, limit: int = 20) -> list[ContextRecord]:
+    """The project definitions the current file imports, as summaries, the most used first."""
+    a = Analysis.open(project_root, path, text)
+    imports, uses = _scan(a.tree)
+    found: dict[tuple[str, int, int], tuple[float, int, ContextRecord]] = {}
+
+    def add(name, score: float, why: str) -> None:
+        summary = _summary(a, name)
+        if summary is None:
+            return
+        text_, rel, start, end = summary
+        key = (rel, start, end)
+        if key not in found or found[key][0] < score:
+            order = found[key][1] if key in found else len(found)
+            found[key] = (score, order, ContextRecord(text_, rel, start, end, score, "imports", why))
+
+    for imp in imports:
+        try:
+            _resolve_import(a, imp, uses, add)
+        except Exception as e:  # a half-typed import statement costs its own records only
+            log.debug("import at %s:%d not resolved: %s: %s", a.path, imp.start_pos[0], type(e).__name__, e)
+
+    ranked = sorted(found.values(), key=lambda item: (-item[0], item[1]))
+    return [record for _, _, record in ranked[:limit]]

@@ -1,0 +1,201 @@
+"""Python definitions summarised as stubs, read from their parso trees: what a .pyi would say.
+
+Headers and signatures as written, the first docstring line, public attributes (`self.x` set in __init__ included)
+and member signatures, bounded to MAX_STUB_LINES; so a record is a summary rather than a whole file.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+
+from context_engine.jedi_support import outer, self_attribute, statements, walk
+
+MAX_STUB_LINES = 40  # lines of one class or module summary
+KEPT_DUNDERS = ("__init__", "__call__")  # the only dunder methods a class summary shows
+
+
+def _decorators(node) -> list[str]:
+    wrapped = outer(node)
+    if wrapped.type != "decorated":
+        return []
+    decos = wrapped.children[0]
+    decos = decos.children if decos.type == "decorators" else [decos]
+    return [d.get_code(include_prefix=False).strip() for d in decos]
+
+
+def _header(node) -> str:
+    """`def f(x: int) -> str:` / `class A(B):` as written (continuation lines keep their source indentation)."""
+    parts = ["async "] if node.parent is not None and node.parent.type in ("async_funcdef", "async_stmt") else []
+    for i, child in enumerate(node.children):
+        parts.append(child.get_code(include_prefix=i > 0))
+        if child.type == "operator" and child.value == ":":
+            break
+    return "".join(parts)
+
+
+def _doc_line(node) -> str:
+    doc = node.get_doc_node()
+    if doc is None:
+        return ""
+    try:
+        value = ast.literal_eval(doc.get_code(include_prefix=False))
+    except (ValueError, SyntaxError):
+        return ""
+    if not isinstance(value, str):
+        return ""
+    for line in value.strip().splitlines():
+        return line.strip().replace('"""', r"\"\"\"")
+    return ""
+
+
+def _function_lines(node, with_doc: bool) -> list[str]:
+    indent = " " * outer(node).start_pos[1]
+    lines = [indent + d for d in _decorators(node)]
+    header = _header(node)
+    doc = _doc_line(node) if with_doc else ""
+    if doc:
+        lines += [indent + header, f'{indent}    """{doc}"""']
+    else:
+        lines.append(indent + header + " ...")
+    return lines
+
+
+def _stmt_line(stmt, indent: str, params: dict[str, str] | None = None, name: str | None = None) -> str | None:
+    """One public assignment as a stub line: as written when short (`name: T = value`), else `name: T = ...`.
+    `name` is given for `self.name = ...` targets; `params` maps parameter names to their annotations."""
+    target = stmt.children[0]
+    name = name or (target.value if target.type == "name" else None)
+    if name is None or name.startswith("_"):
+        return None
+    ann = stmt.children[1] if len(stmt.children) > 1 and stmt.children[1].type == "annassign" else None
+    if target.type == "name":
+        code = stmt.get_code(include_prefix=False)
+        if "\n" not in code and len(code) <= 80:
+            return indent + code
+    if ann is not None:
+        annotation = ann.children[1].get_code(include_prefix=False)
+        has_value = len(ann.children) > 2
+        if target.type == "name":
+            return f"{indent}{name}: {annotation}" + (" = ..." if has_value else "")
+        return f"{indent}{name}: {annotation}"
+    value = stmt.children[-1]
+    if params and value.type == "name" and params.get(value.value):
+        return f"{indent}{name}: {params[value.value]}"  # self.x = x, with x annotated
+    return f"{indent}{name} = ..."
+
+
+def _body(node) -> list:
+    suite = node.children[-1]
+    return suite.children if suite.type == "suite" else [suite]
+
+
+def _unwrap_def(item):
+    """The funcdef/classdef inside a decorated or async item, else None."""
+    while item.type in ("decorated", "async_stmt", "async_funcdef"):
+        item = item.children[-1]
+    return item if item.type in ("funcdef", "classdef") else None
+
+
+def _init_attributes(cls) -> list[str]:
+    """`self.x` attributes set in __init__, as `x: T` stub lines (T from an annotation where there is one)."""
+    init = next((d for d in map(_unwrap_def, _body(cls)) if d is not None and d.name.value == "__init__"), None)
+    if init is None or not init.get_params():
+        return []
+    params = init.get_params()
+    self_name = params[0].name.value
+    annotated = {p.name.value: p.annotation.get_code(include_prefix=False) for p in params[1:] if p.annotation}
+    lines, seen = [], set()
+    for stmt in walk(init.children[-1], ("expr_stmt",), stop=("funcdef", "classdef", "lambdef")):
+        leaf = self_attribute(stmt.children[0], self_name)
+        if leaf is None or leaf.value in seen or leaf.value.startswith("_"):
+            continue
+        seen.add(leaf.value)
+        line = _stmt_line(stmt, "", annotated, name=leaf.value)
+        if line is not None:
+            lines.append(line)
+    return lines
+
+
+def class_stub(node) -> str:
+    """Header, first docstring line, public attributes and method signatures: what a .pyi would say."""
+    col = outer(node).start_pos[1]
+    inner = " " * (node.start_pos[1] + 4)
+    lines = [" " * col + d for d in _decorators(node)] + [" " * node.start_pos[1] + _header(node)]
+    doc = _doc_line(node)
+    if doc:
+        lines.append(f'{inner}"""{doc}"""')
+    members: list[str] = []
+    attrs = [line for line in (_stmt_line(s, inner) for s in statements(_body(node))) if line]
+    members += attrs
+    have = {re.split(r"[\s:=]", a.strip(), maxsplit=1)[0] for a in attrs}
+    for attr in _init_attributes(node):
+        name = re.split(r"[\s:=]", attr, maxsplit=1)[0]
+        if name not in have:
+            members.append(inner + attr)
+    for item in _body(node):
+        d = _unwrap_def(item)
+        if d is None:
+            continue
+        name = d.name.value
+        if d.type == "classdef":
+            if not name.startswith("_"):
+                members.append(" " * d.start_pos[1] + _header(d) + " ...")
+        elif not name.startswith("_") or name in KEPT_DUNDERS:
+            members += _function_lines(d, with_doc=False)
+    if len(members) > MAX_STUB_LINES:
+        members = members[:MAX_STUB_LINES] + [f"{inner}...  # {len(members) - MAX_STUB_LINES} more"]
+    if not members and not doc:
+        lines[-1] += " ..."
+    return _dedent("\n".join(lines + members), col)
+
+
+def function_stub(node) -> str:
+    return _dedent("\n".join(_function_lines(node, with_doc=True)), outer(node).start_pos[1])
+
+
+def statement_stub(node) -> str | None:
+    return _stmt_line(node, "") if node.type == "expr_stmt" else None
+
+
+def module_stub(tree, is_package: bool) -> str:
+    """A module imported as a whole: its docstring line and the signatures of its top-level public names."""
+    lines = []
+    doc = _doc_line(tree)
+    if doc:
+        lines.append(f'"""{doc}"""')
+    for item in tree.children:
+        if item.type == "simple_stmt":
+            for child in item.children:
+                if child.type == "expr_stmt":
+                    line = _stmt_line(child, "")
+                    if line:
+                        lines.append(line)
+                elif is_package and child.type == "import_from" and child.level > 0:  # a package's re-exports
+                    lines.append(child.get_code(include_prefix=False))
+            continue
+        d = _unwrap_def(item)
+        if d is None or d.name.value.startswith("_"):
+            continue
+        if d.type == "funcdef":
+            lines += _function_lines(d, with_doc=False)
+            continue
+        lines += _decorators(d) + [_header(d)]
+        cls_doc = _doc_line(d)
+        if cls_doc:
+            lines.append(f'    """{cls_doc}"""')
+        init = next((f for f in map(_unwrap_def, _body(d)) if f is not None and f.name.value == "__init__"), None)
+        if init is not None:
+            lines += _function_lines(init, with_doc=False)
+        elif not cls_doc:
+            lines[-1] += " ..."
+    if len(lines) > MAX_STUB_LINES:
+        lines = lines[:MAX_STUB_LINES] + [f"...  # {len(lines) - MAX_STUB_LINES} more"]
+    return "\n".join(lines)
+
+
+def _dedent(text: str, col: int) -> str:
+    if col == 0:
+        return text
+    pad = " " * col
+    return "\n".join(line[col:] if line.startswith(pad) else line.lstrip() for line in text.split("\n"))

@@ -1,0 +1,111 @@
+"""bench.micro on a tiny repository: every subcommand runs and prints its figures, with the counts it should have."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from bench.micro import main
+from context_engine.parsing import parse_source
+
+NUM = r"\d+(?:\.\d+)?"
+SHORT = "".join(f"def helper_{i}(x):\n    return x + {i}\n\n\n" for i in range(3))
+LONG = '"""Forty lines and more: retrieval queries only from files longer than 30 lines."""\n\n' + "".join(
+    f"def step_{i}(value):\n    return value * {i}\n\n\n" for i in range(10))
+FILES = {
+    "pkg/__init__.py": "",
+    "pkg/short.py": SHORT,
+    "pkg/long.py": "from .short import helper_1\n\n\n" + LONG,
+}
+
+
+@pytest.fixture
+def repo(tmp_path):
+    root = tmp_path / "repo"
+    for rel, text in FILES.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return root
+
+
+def run(capsys, *argv: str) -> list[str]:
+    assert main(list(argv)) == 0
+    return capsys.readouterr().out.splitlines()
+
+
+def test_parsing_counts_what_parse_source_finds(repo, capsys):
+    symbols = [parse_source(rel, text) for rel, text in FILES.items()]
+    counts = [sum(len(getattr(s, k)) for s in symbols) for k in ("definitions", "imports", "identifiers")]
+    first, second = run(capsys, "parsing", str(repo), "--repeat", "2")
+    assert first == f"3 files, 0.0 MB: {counts[0]} definitions, {counts[1]} imports, {counts[2]} identifiers"
+    assert counts[0] == 13 and counts[1] == 1
+    assert re.fullmatch(rf"parse_source: {NUM} s = {NUM} MB/s \(tree-sitter's parse alone: {NUM} MB/s; best of 2\)",
+                        second)
+
+
+def test_index_builds_a_copy_and_times_updates_of_two_files(repo, capsys):
+    lines = run(capsys, "index", str(repo), "--edits", "2")
+    assert lines[0] == f"{repo}: 3 files, 0.0 MB, 13 definitions, 0 skipped"
+    assert re.fullmatch(rf"cold build: {NUM} s = {NUM} MB/s \(3 parsed\)", lines[1])
+    assert re.fullmatch(rf"warm restart: {NUM} s \(0 parsed\), cold/warm = \d+x", lines[2])
+    # the middle file by name, then the largest one
+    assert [re.match(r"update_file on (\S+) \((\d+) bytes\)", line).groups() for line in lines[3:]] == [
+        ("pkg/long.py", str(len(FILES["pkg/long.py"]))), ("pkg/long.py", str(len(FILES["pkg/long.py"])))]
+    assert all(re.search(rf", 2 edits: p50 {NUM} ms, p95 {NUM} ms$", line) for line in lines[3:])
+    assert {rel: (repo / rel).read_text() for rel in FILES} == FILES  # DIR itself is never written
+    assert not list(repo.rglob("*.sqlite"))
+
+
+def test_analysis_times_each_provider_case(capsys):
+    lines = run(capsys, "analysis", "--calls", "1")
+    pattern = re.compile(rf"(.+): (\d+) records; first call {NUM} ms; p50 {NUM} ms, p95 {NUM} ms over 1 calls")
+    found = [pattern.fullmatch(line).groups() for line in lines]
+    assert [label for label, _ in found] == [
+        "import_context", "typed_hole_context, unclosed call argument", "typed_hole_context, after `self.inv.`",
+        "typed_hole_context, end of each method-body line in turn"]
+    assert all(int(n) > 0 for _, n in found[:3])  # the demo's imports, and both holes, have project definitions
+
+
+@pytest.mark.parametrize("method", ["bm25", "jaccard"])
+def test_retrieval_sizes_and_query_latencies(repo, capsys, method):
+    lines = run(capsys, "retrieval", str(repo), "--queries", "3", "--method", method)
+    n_lines = sum(text.count("\n") + 1 for rel, text in FILES.items())
+    assert re.fullmatch(rf"3 files, {n_lines} lines, 5 windows \(5 distinct\), vocabulary \d+", lines[0])
+    assert re.fullmatch(rf"add_document \(tokenise\) \d+ ms, index build {NUM} ms", lines[1])
+    assert re.fullmatch(rf"query \({method}, k=8, 3 queries\): p50 {NUM} ms, p95 {NUM} ms, max {NUM} ms", lines[2])
+    assert re.fullmatch(rf"edit one file \+ re-index \+ query: p50 {NUM} ms, p95 {NUM} ms, max {NUM} ms", lines[3])
+    assert len(lines) == 4  # no dense figures unless asked
+
+
+class StubEmbedder:
+    """Unit vectors without the model: loading MiniLM alone takes seconds (test_retrieval covers the real one)."""
+
+    dim, device = 8, "cpu"
+
+    def __init__(self):
+        self.texts: list[str] = []
+
+    def embed(self, texts):
+        self.texts += texts
+        return np.eye(self.dim, dtype=np.float32)[[len(t) % self.dim for t in texts]]
+
+
+def test_retrieval_dense_sample_embeds_that_many_windows(repo, capsys, monkeypatch):
+    from context_engine.dense import Embedder
+
+    stub = StubEmbedder()
+    monkeypatch.setattr(Embedder, "shared", lambda: stub)
+    lines = run(capsys, "retrieval", str(repo), "--queries", "1", "--dense-sample", "4")
+    assert re.fullmatch(rf"dense embedding: 4 windows in {NUM} s = \d+ windows/s \(cpu, \d+ threads, batch 64, "
+                        r"max 256 tokens\)", lines[4])
+    assert re.fullmatch(rf"dense query embedding: {NUM} ms per query", lines[5])
+    assert len(stub.texts) == 4 + 4 + 20  # the warm-up, the sample, one text per timed query
+
+
+def test_unknown_part_and_bad_counts_are_usage_errors(capsys):
+    for argv in ([], ["nothing"], ["analysis", "--calls", "0"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2
