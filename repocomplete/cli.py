@@ -326,6 +326,12 @@ def cmd_bench_quality(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_micro(args: argparse.Namespace) -> int:
+    from bench.micro import main as micro
+
+    return micro(args.extra + args.rest)
+
+
 def cmd_eval_build_suite(args: argparse.Namespace) -> int:
     from eval.build_suite import build_suite
 
@@ -508,6 +514,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime_args(p)
     p.set_defaults(func=cmd_bench_quality, max_tokens=48)
 
+    p = bench.add_parser("micro", help="micro-benchmarks of single parts: parsing, index, analysis, retrieval",
+                         add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="see `repocomplete bench micro --help`")
+    p.set_defaults(func=cmd_bench_micro, passthrough=True)
+
     eval_sub = sub.add_parser("eval", help="evaluation suites: build, score").add_subparsers(dest="eval", required=True)
     p = eval_sub.add_parser("build-suite", help="cut CrossCodeEval-style line-completion tasks from a repository")
     p.add_argument("repo", metavar="REPO_DIR", help="the repository to cut tasks from")
@@ -552,7 +563,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "passthrough", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     _quiet_libraries(args.debug)
     try:
