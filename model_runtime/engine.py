@@ -19,7 +19,7 @@ from model_runtime.config import RuntimeConfig
 from model_runtime.healing import backoff
 from model_runtime.kv_cache import PrefixCache, SlabCache
 from model_runtime.loading import LoadedModel
-from model_runtime.stopping import StopRules, trim_suffix_overlap
+from model_runtime.stopping import StopRules, final_text
 from model_runtime.templates import (
     ContextItem,
     FimTemplate,
@@ -27,6 +27,7 @@ from model_runtime.templates import (
     context_text,
     detect_template,
     get_template,
+    model_view,
     render,
 )
 
@@ -202,9 +203,7 @@ class Engine:
     # -- prompt ----------------------------------------------------------------------------------------------
 
     def encode(self, parts: PromptParts) -> tuple[str, EncodedPrompt]:
-        if self.template.left_to_right:
-            parts = PromptParts(parts.prefix, "", parts.path, parts.context, parts.repo_name)
-        prompt, encoded = encode_prompt(self.tokenizer, self.template, parts, self.order)
+        prompt, encoded = encode_prompt(self.tokenizer, self.template, model_view(self.template, parts), self.order)
         limit = self.config.max_context_tokens
         if len(encoded.ids) > limit:
             # Drop the start in coarse steps so the cut point, and so the cached prefix, stays put while typing.
@@ -348,13 +347,8 @@ class Engine:
             logits = self._decode(token)
         t2 = time.perf_counter()
         body = text[len(healed) :] if text.startswith(healed) else text
-        kept, _ = rules.cut(body)
-        if reason == "cancelled":
-            kept = ""
-        elif parts.suffix:
-            kept = trim_suffix_overlap(kept, parts.suffix)
         return Completion(
-            text=kept,
+            text=final_text(rules, body, reason, parts.suffix),
             stop_reason=reason,
             prompt_tokens=len(ids),
             cached_tokens=cached,

@@ -20,8 +20,8 @@ import httpx
 from model_runtime.config import RuntimeConfig
 from model_runtime.errors import RemoteError
 from model_runtime.engine import CancelToken, Completion, CompletionRequest
-from model_runtime.stopping import StopRules, trim_suffix_overlap
-from model_runtime.templates import FimTemplate, PromptParts, get_template, render
+from model_runtime.stopping import StopRules, final_text
+from model_runtime.templates import FimTemplate, PromptParts, get_template, model_view, render
 
 _FINISH = {"stop": "eos", "length": "max_tokens", None: "eos"}
 _BACKOFF_S = 0.2
@@ -159,9 +159,7 @@ class RemoteEngine:
     # -- completion ----------------------------------------------------------------------------------------------
 
     def prompt(self, parts: PromptParts) -> str:
-        if self.template.left_to_right:
-            parts = PromptParts(parts.prefix, "", parts.path, parts.context, parts.repo_name)
-        return render(self.template, parts, self.order)
+        return render(self.template, model_view(self.template, parts), self.order)
 
     def complete(self, request: CompletionRequest) -> Completion:
         cfg = self.config
@@ -215,11 +213,7 @@ class RemoteEngine:
                     break
         t2 = time.perf_counter()
         t1 = t1 or t2
-        kept, _ = rules.cut(text)
-        if reason == "cancelled":
-            kept = ""
-        elif parts.suffix:
-            kept = trim_suffix_overlap(kept, parts.suffix)
+        kept = final_text(rules, text, reason, parts.suffix)
         details = usage.get("prompt_tokens_details") or {}
         return Completion(
             text=kept,

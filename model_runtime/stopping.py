@@ -92,3 +92,12 @@ def trim_suffix_overlap(completion: str, suffix: str) -> str:
                 completion = "\n".join(lines[:i])
                 break
     return completion.rstrip() if "\n" in completion else completion
+
+
+def final_text(rules: StopRules, text: str, reason: str, suffix: str) -> str:
+    """What the editor gets from the decoded text: cut by the stop rules, nothing for a cancelled request, and
+    without the part that repeats what follows the cursor."""
+    if reason == "cancelled":
+        return ""
+    kept, _ = rules.cut(text)
+    return trim_suffix_overlap(kept, suffix) if suffix else kept

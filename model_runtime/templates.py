@@ -186,3 +186,10 @@ def render(template: FimTemplate, parts: PromptParts, order: str = "psm") -> str
     body = template.repo_spm if order == "spm" and template.repo_spm else template.repo_psm
     out.append(body.format(**fields))
     return "".join(out)
+
+
+def model_view(template: FimTemplate, parts: PromptParts) -> PromptParts:
+    """The parts a template can use: a left-to-right model never sees the text after the cursor."""
+    if template.left_to_right:
+        return PromptParts(parts.prefix, "", parts.path, parts.context, parts.repo_name)
+    return parts
