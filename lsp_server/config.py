@@ -1,7 +1,12 @@
 """The server's settings: one dataclass, read from initializationOptions and from `workspace/configuration`.
 
 Clients send camelCase keys (`maxTokens`); fields are snake_case. A bad value is reported and the previous value
-kept; an unknown key is reported and ignored. The `serve` command line gives the defaults (model, context, ...).
+kept; an unknown key is reported and ignored.
+
+The server owns four knobs (enabled, context, debounceMs, languages). The others override a knob another layer
+owns: the model's in `RuntimeConfig`, the context budget in `ContextConfig` (both from the `serve` command line).
+An override left unset (None) is the owner's value; `resolve` is the one place that turns the three into what the
+server uses.
 """
 
 from __future__ import annotations
@@ -11,30 +16,72 @@ import re
 from dataclasses import dataclass, fields
 from typing import Any
 
+from context_engine.config import ContextConfig
+from context_engine.document import CONTEXT_MODES
+from model_runtime.config import RuntimeConfig
+from repocomplete.pipeline import CompletionOptions
+
 SECTION = "repocomplete"  # the workspace/configuration section
-CONTEXT_MODES = ("none", "infile", "repo")
 DEFAULT_LANGUAGES = (
     "python", "javascript", "typescript", "typescriptreact", "javascriptreact", "go", "java", "rust",
 )
 # Settings whose change means loading another model (on the worker thread).
 MODEL_FIELDS = ("model", "adapter", "endpoint")
+# Integer settings and their ranges (the VS Code extension declares the same: tests/test_extension_settings.py).
+RANGES = {"context_budget": (0, 32_768), "max_tokens": (1, 4096), "debounce_ms": (0, 5000)}
 
 
 @dataclass(frozen=True)
 class Settings:
+    # The server's own knobs.
     enabled: bool = True
-    model: str = "default"
-    adapter: str | None = None
-    endpoint: str | None = None
-    context: str = "repo"  # none | infile | repo
-    context_budget: int = 1024  # tokens of repository context
-    max_tokens: int = 64
-    multiline: bool = False
+    context: str = "repo"  # one of context_engine.document.CONTEXT_MODES
     debounce_ms: int = 50  # the debounce floor; see lsp_server.scheduling.Debounce
     languages: tuple[str, ...] = DEFAULT_LANGUAGES  # LSP languageIds that get completions
+    # Overrides of other layers' knobs; None: the owner's value (see `resolve`).
+    model: str | None = None  # RuntimeConfig.model
+    adapter: str | None = None  # RuntimeConfig.adapter; "": none, whatever the command line said (a client's null)
+    endpoint: str | None = None  # RuntimeConfig.endpoint; "": the local model, whatever the command line said
+    context_budget: int | None = None  # ContextConfig.budget_tokens: tokens of repository context
+    max_tokens: int | None = None  # RuntimeConfig.max_new_tokens
+    multiline: bool | None = None  # RuntimeConfig.multiline
 
     def replace(self, **changes) -> "Settings":
         return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Effective:
+    """What the server uses: the settings resolved against the configs that own their defaults."""
+
+    settings: Settings  # every override filled in with the value in use (what the server reports)
+    runtime: RuntimeConfig  # what the model is loaded with
+    options: CompletionOptions  # what each completion request asks for
+
+    @property
+    def model_name(self) -> str:
+        return self.runtime.endpoint or self.runtime.model
+
+
+def resolve(runtime: RuntimeConfig, context_config: ContextConfig, settings: Settings) -> Effective:
+    """The RuntimeConfig to load the model with and the CompletionOptions of a request: each override that is set
+    replaces its owner's value. The decoding knobs go into the options only: the model is loaded with the command
+    line's, so that changing them never reloads it."""
+    s = settings
+    model = _owned(s.model, runtime.model)
+    adapter = _owned(s.adapter, runtime.adapter) or None
+    endpoint = _owned(s.endpoint, runtime.endpoint) or None
+    max_tokens = _owned(s.max_tokens, runtime.max_new_tokens)
+    multiline = _owned(s.multiline, runtime.multiline)
+    budget = _owned(s.context_budget, context_config.budget_tokens)
+    shown = s.replace(model=model, adapter=adapter, endpoint=endpoint, max_tokens=max_tokens, multiline=multiline,
+                      context_budget=budget)
+    return Effective(shown, runtime.replace(model=model, adapter=adapter, endpoint=endpoint),
+                     CompletionOptions(context=s.context, multiline=multiline, max_new_tokens=max_tokens, budget=budget))
+
+
+def _owned(override, value):
+    return value if override is None else override
 
 
 def camel_to_snake(name: str) -> str:
@@ -60,21 +107,15 @@ def _check(name: str, value: Any) -> Any:
         return value
     if name in ("adapter", "endpoint"):
         want(value is None or (isinstance(value, str)), "a string or null")
-        return value or None
+        return value or ""  # null or "": none (not "unset": that would be the command line's)
     if name == "context":
         want(value in CONTEXT_MODES, f"one of {', '.join(CONTEXT_MODES)}")
         return value
-    if name == "context_budget":
-        want(isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 32_768,
-             "an integer in [0, 32768]")
-        return value
-    if name == "max_tokens":
-        want(isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 4096,
-             "an integer in [1, 4096]")
-        return value
-    if name == "debounce_ms":
-        want(isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 5000,
-             "a number of milliseconds in [0, 5000]")
+    if name in RANGES:
+        lo, hi = RANGES[name]
+        number = isinstance(value, int) or (name == "debounce_ms" and isinstance(value, float))
+        want(number and not isinstance(value, bool) and lo <= value <= hi,
+             f"a number of milliseconds in [{lo}, {hi}]" if name == "debounce_ms" else f"an integer in [{lo}, {hi}]")
         return int(value)
     if name == "languages":
         want(isinstance(value, list) and all(isinstance(v, str) and v for v in value), "a list of languageIds")
@@ -85,8 +126,9 @@ def _check(name: str, value: Any) -> Any:
 FIELDS = {f.name for f in fields(Settings)}
 
 
-def apply(settings: Settings, raw: Any) -> tuple[Settings, list[str]]:
-    """`settings` updated from a client's settings object; the problems found, one line each.
+def apply(settings: Settings, raw: Any, shown: Settings | None = None) -> tuple[Settings, list[str]]:
+    """`settings` updated from a client's settings object; the problems found, one line each (naming the values
+    kept as `shown` has them: the effective settings, where an override is unset).
 
     Keys may be camelCase (as clients send them) or snake_case. `null` leaves a setting as it is, except for
     adapter and endpoint, where it means "none"."""
@@ -94,6 +136,7 @@ def apply(settings: Settings, raw: Any) -> tuple[Settings, list[str]]:
         return settings, []
     if not isinstance(raw, dict):
         return settings, [f"settings must be an object, got {type(raw).__name__}; ignored"]
+    shown = shown or settings
     changes: dict[str, Any] = {}
     problems = []
     for key, value in raw.items():
@@ -106,7 +149,7 @@ def apply(settings: Settings, raw: Any) -> tuple[Settings, list[str]]:
         try:
             changes[name] = _check(name, value)
         except ValueError as e:
-            problems.append(f"{e}; keeping {snake_to_camel(name)} = {getattr(settings, name)!r}")
+            problems.append(f"{e}; keeping {snake_to_camel(name)} = {getattr(shown, name)!r}")
     return settings.replace(**changes), problems
 
 

@@ -12,9 +12,9 @@ from typing import Any
 
 from lsprotocol import types
 
-from repocomplete.pipeline import CompletionOptions, CompletionResult
+from context_engine.engine import Context
 from context_engine.records import ContextRecord
-from lsp_server.config import Settings
+from repocomplete.pipeline import CompletionResult
 
 _WORD = re.compile(r"[\w$]+$")
 
@@ -50,15 +50,6 @@ def word_before(text: str, offset: int) -> str:
     line_start = text.rfind("\n", 0, offset) + 1
     match = _WORD.search(text, line_start, offset)
     return match.group(0) if match else ""
-
-
-def options_for(settings: Settings) -> CompletionOptions:
-    return CompletionOptions(
-        context=settings.context,
-        multiline=settings.multiline,
-        max_new_tokens=settings.max_tokens,
-        budget=settings.context_budget,
-    )
 
 
 def inline_items(completion: str, position: types.Position) -> list[types.InlineCompletionItem]:
@@ -117,14 +108,24 @@ def explain(result: CompletionResult, context_mode: str) -> dict[str, Any]:
         "decode": round(done.decode_s * 1000, 2),
         "engine": result.engine_ms,
     }
-    if result.context is not None:
-        timings.update({f"provider.{k}": round(v, 2) for k, v in result.context.timings_ms.items()})
+    return _explained(done.text, result.context, done.prompt_tokens, timings, done.stop_reason, context_mode)
+
+
+def explain_context(context: Context | None, prompt_tokens: int | None, context_ms: float, context_mode: str) -> dict[str, Any]:
+    """What showContext returns where no completion was made: the context for the position, and its time."""
+    return _explained(None, context, prompt_tokens, {"context": context_ms}, None, context_mode)
+
+
+def _explained(completion: str | None, context: Context | None, prompt_tokens: int | None, timings: dict,
+               stop_reason: str | None, context_mode: str) -> dict[str, Any]:
+    if context is not None:
+        timings.update({f"provider.{k}": round(v, 2) for k, v in context.timings_ms.items()})
     return {
-        "completion": done.text,
-        "records": [record_json(r) for r in result.context.records] if result.context is not None else [],
-        "prompt_tokens": done.prompt_tokens,
+        "completion": completion,  # None: no completion was made at this position
+        "records": [record_json(r) for r in context.records] if context is not None else [],
+        "prompt_tokens": prompt_tokens,
         "timings_ms": timings,
-        "stop_reason": done.stop_reason,
+        "stop_reason": stop_reason,
         "context_mode": context_mode,
     }
 

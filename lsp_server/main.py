@@ -9,7 +9,8 @@ import sys
 
 from context_engine.config import ContextConfig
 from lsp_server.config import Settings
-from lsp_server.server import RepocompleteServer, make_server
+from lsp_server.handlers import make_server
+from lsp_server.server import RepocompleteServer
 from lsp_server.transport import MessageLoop, PipeWriter, StdinReader
 from model_runtime.config import RuntimeConfig
 
@@ -18,7 +19,10 @@ log = logging.getLogger(__name__)
 
 def serve(runtime: RuntimeConfig, context_config: ContextConfig, settings: Settings, tcp: tuple[str, int] | None = None,
           make_model=None) -> int:
-    """Serve one client until it sends exit or goes away; the exit code (0 after shutdown+exit or end of input)."""
+    """Serve one client until it sends exit or goes away; the exit code (0 after shutdown+exit or end of input).
+
+    `runtime` and `context_config` own the model's and the context's defaults; `settings` holds the server's own
+    knobs (the client's settings may override the others)."""
     _quiet_pygls()
     server = make_server(runtime, context_config, settings, make_model)
     try:
@@ -38,7 +42,7 @@ async def _serve_stdio(server: RepocompleteServer) -> int:
     server.protocol.set_writer(writer)
     reader = StdinReader(sys.stdin.fileno(), asyncio.get_running_loop())
     code = await MessageLoop(server.protocol, writer.write).run(reader.read)
-    await _stop(server)
+    await server.lifecycle.stop()
     return code
 
 
@@ -80,12 +84,8 @@ async def _serve_tcp(server: RepocompleteServer, host: str, port: int) -> int:
     print(f"repocomplete: serving LSP on {bound[0]}:{bound[1]}", file=sys.stderr, flush=True)
     async with listener:
         code = await done
-    await _stop(server)
+    await server.lifecycle.stop()
     return code
-
-
-async def _stop(server: RepocompleteServer) -> None:
-    await server.stop_engine()
 
 
 def _quiet_pygls() -> None:

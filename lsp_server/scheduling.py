@@ -81,6 +81,12 @@ class CompletionCache:
     def key(self, uri: str, generation: int, prefix: str, suffix: str) -> tuple:
         return (uri, generation, prefix[-self.prefix_chars :], suffix[: self.suffix_chars])
 
+    def around(self, text: str, offset: int) -> tuple[str, str]:
+        """The prefix and suffix of a cursor that `key` and `get` need (the prefix long enough to find a completion
+        typed through)."""
+        back = self.prefix_chars + self.max_typed
+        return text[max(0, offset - back) : offset], text[offset : offset + self.suffix_chars]
+
     def __len__(self) -> int:
         return len(self._items)
 
@@ -134,11 +140,16 @@ class RequestStats:
     # kept working on this one after that; 0 when it had not started.
     ran_after_superseded_ms: float | None = None
     ran_after_cancel_ms: float | None = None
-    _t0: float = field(default=0.0, repr=False)  # monotonic arrival
+    started: float = field(default_factory=time.monotonic, repr=False)  # monotonic arrival (not reported)
+
+    def finish(self, now: float | None = None) -> None:
+        """The response goes out now: total_ms is set."""
+        now = time.monotonic() if now is None else now
+        self.total_ms = round((now - self.started) * 1000, 2)
 
     def to_json(self) -> dict:
         out = asdict(self)
-        out.pop("_t0")
+        out.pop("started")
         return out
 
 
@@ -155,7 +166,7 @@ class RequestLog:
         self._next = 1
 
     def start(self, uri: str, method: str) -> RequestStats:
-        record = RequestStats(self._next, uri, method, arrival=time.time(), _t0=time.monotonic())
+        record = RequestStats(self._next, uri, method, arrival=time.time())
         self._next += 1
         self._records.append(record)
         return record

@@ -263,9 +263,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tcp = (host, int(port))
     # An editor's configuration: jedi providers behind their deadline, the index following the disk.
     config = context_config(args).replace(slow_provider_deadline_ms=ContextConfig().slow_provider_deadline_ms, watch=True)
-    settings = Settings(model=args.model, adapter=args.adapter, endpoint=args.endpoint, context=args.context,
-                        context_budget=config.budget_tokens, max_tokens=args.max_tokens, multiline=args.multiline)
-    return serve(runtime_config(args), config, settings, tcp=tcp)
+    # The model's knobs (--max-tokens, --multiline, ...) and the budget are the configs'; Settings are the server's.
+    return serve(runtime_config(args), config, Settings(context=args.context), tcp=tcp)
 
 
 def cmd_bench_latency(args: argparse.Namespace) -> int:

@@ -16,11 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from repocomplete.pipeline import Completer, CompletionOptions
 from eval.suites import SUITES_DIR, load_tasks
-from model_runtime.config import RuntimeConfig
-from model_runtime.engine import Engine
-from model_runtime.loading import load_model
+from test_lsp_protocol import RawClient, engine_completion
 
 ROOT = Path(__file__).resolve().parent.parent
 EDITORS = ROOT / "editors"
@@ -47,13 +44,9 @@ def real_repo(tmp_path) -> Path:
 
 @pytest.fixture
 def engine_text(tiny_model_dir, tmp_path):
-    """What the engine itself completes at a cursor (in-file context, 6 tokens), for comparison."""
-    runtime = RuntimeConfig(model=str(tiny_model_dir), device="cpu", quantize="none", cache_dir=tmp_path / "mc",
-                            max_new_tokens=6)
-    completer = Completer(Engine(load_model(runtime), runtime))
-    yield lambda path, text, offset: completer.complete(str(path), text, offset,
-                                                        CompletionOptions(context="infile")).text
-    completer.close()
+    """What the engine itself completes at a cursor (in-file context, 6 tokens unless told), for comparison."""
+    return lambda path, text, offset, max_tokens=6: engine_completion(tiny_model_dir, tmp_path, path, text, offset,
+                                                                      max_tokens)
 
 
 def readme_blocks(language: str) -> list[str]:
@@ -116,7 +109,7 @@ def test_emacs_eglot_completion_at_point_offers_the_completion(tmp_path, tiny_mo
     assert expected.strip() != "x" and expected in seen["candidates"], (expected, seen)
 
 
-def test_helix_snippet_starts_a_server_that_completes(tmp_path, tiny_model_dir, real_repo):
+def test_helix_snippet_starts_a_server_that_completes(tmp_path, tiny_model_dir, real_repo, engine_text):
     """Helix cannot be installed here: its configuration is checked, and its command run as Helix would run it."""
     config = tomllib.loads((EDITORS / "helix/languages.toml").read_text())
     server = config["language-server"]["repocomplete"]
@@ -124,8 +117,6 @@ def test_helix_snippet_starts_a_server_that_completes(tmp_path, tiny_model_dir, 
     # Helix runs `command args...`; `repocomplete` is this venv's entry point, with the test model's arguments.
     command = [str(Path(sys.executable).parent / server["command"]), *server["args"],
                *serve_command(tiny_model_dir)[4:]]
-    from test_lsp_protocol import RawClient
-
     client = RawClient(command, env_for(tmp_path))
     try:
         init = client.request("initialize", {"processId": None, "rootUri": real_repo.as_uri(), "capabilities": {},
@@ -148,8 +139,11 @@ def test_helix_snippet_starts_a_server_that_completes(tmp_path, tiny_model_dir, 
             result = answer.get("result")
             if result is None:
                 time.sleep(0.2)  # the model is still loading
-        items = result["items"] if isinstance(result, dict) else result
-        assert items and items[0]["textEdit"]["range"]["end"] == position
+        expected = engine_text(real_repo / task.file, text, offset, 4)
+        assert expected, "the test model gave an empty completion here: pick another cursor"
+        # The cursor line is only indentation: no word before the cursor, the item inserts the completion there.
+        assert [item["textEdit"] for item in result["items"]] == [
+            {"range": {"start": position, "end": position}, "newText": expected}]
     finally:
         client.proc.stdin.close()
         client.proc.wait(timeout=20)

@@ -1,4 +1,5 @@
-"""The server's pure pieces: settings, the adaptive debounce, the completion cache, position conversion."""
+"""The server's pure pieces: settings and their resolution, the adaptive debounce, the completion cache, request
+records, document checks, position conversion."""
 
 from __future__ import annotations
 
@@ -6,20 +7,44 @@ import pytest
 from lsprotocol import types
 from pygls.workspace import TextDocument
 
+from context_engine.config import ContextConfig
 from lsp_server import convert
-from lsp_server.config import Settings, apply, section_of, to_json
-from lsp_server.scheduling import Cached, CompletionCache, Debounce
+from lsp_server.config import Settings, apply, resolve, section_of, to_json
+from lsp_server.documents import BINARY, LARGE, text_problem
+from lsp_server.scheduling import Cached, CompletionCache, Debounce, RequestLog
+from model_runtime.config import RuntimeConfig
+from repocomplete.pipeline import CompletionOptions
 
 
 def test_settings_take_camel_case_and_keep_the_old_value_on_a_bad_one():
+    shown = resolve(RuntimeConfig(), ContextConfig(budget_tokens=300), Settings()).settings
     s, problems = apply(Settings(), {"maxTokens": 12, "contextBudget": "lots", "debounceMs": 20, "colour": "red",
-                                     "languages": ["python"], "endpoint": None})
-    assert (s.max_tokens, s.context_budget, s.debounce_ms, s.languages) == (12, 1024, 20, ("python",))
-    assert any("contextBudget must be an integer" in p and "keeping contextBudget = 1024" in p for p in problems)
-    assert any("unknown setting 'colour'" in p for p in problems)
+                                     "languages": ["python"], "endpoint": None}, shown=shown)
+    assert s == Settings(max_tokens=12, debounce_ms=20, languages=("python",), endpoint="")
+    assert problems == ["contextBudget must be an integer in [0, 32768], got 'lots'; keeping contextBudget = 300",
+                        "unknown setting 'colour' ignored"]
     assert apply(Settings(), "not an object")[0] == Settings()
     assert section_of({"repocomplete": {"enabled": False}}) == {"enabled": False}
-    assert to_json(Settings())["maxTokens"] == 64
+
+
+def test_unset_overrides_are_the_configs_values_and_set_ones_replace_them():
+    runtime = RuntimeConfig(model="m.gguf", endpoint="http://127.0.0.1:1", max_new_tokens=32, multiline=True)
+    context = ContextConfig(budget_tokens=700)
+    plain = resolve(runtime, context, Settings(context="infile"))
+    assert plain.runtime == runtime
+    assert plain.options == CompletionOptions(context="infile", multiline=True, max_new_tokens=32, budget=700)
+    assert plain.model_name == "http://127.0.0.1:1"
+    assert to_json(plain.settings) == {
+        "enabled": True, "context": "infile", "debounceMs": 50, "languages": list(Settings().languages),
+        "model": "m.gguf", "adapter": None, "endpoint": "http://127.0.0.1:1", "contextBudget": 700, "maxTokens": 32,
+        "multiline": True}
+    # A client's settings: another model, no endpoint (its null), other decoding knobs and budget.
+    client, _ = apply(Settings(), {"model": "other", "endpoint": None, "maxTokens": 8, "multiline": False,
+                                   "contextBudget": 0})
+    over = resolve(runtime, context, client)
+    assert over.runtime == runtime.replace(model="other", endpoint=None)  # decoding knobs: the options only
+    assert over.options == CompletionOptions(context="repo", multiline=False, max_new_tokens=8, budget=0)
+    assert over.model_name == "other"
 
 
 @pytest.mark.parametrize("raw", [{"enabled": "yes"}, {"maxTokens": 0}, {"maxTokens": True}, {"context": "all"},
@@ -61,6 +86,28 @@ def test_cache_serves_retyping_and_typing_through_the_ghost_text():
     assert len(c) == 2 and c.peek(key) is None  # least recently used dropped
     c.put(c.key("u", 0, "e", ""), Cached("", {}))
     assert c.peek(c.key("u", 0, "e", "")) is None  # empty answers are not kept
+
+
+def test_cache_lookups_take_the_text_around_the_cursor():
+    c = CompletionCache(prefix_chars=4, suffix_chars=2, max_typed=3)
+    text = "abcdefghij"
+    assert c.around(text, 8) == ("bcdefgh", "ij")  # 4 + 3 characters back: the typed-through lookups need them
+    assert c.around(text, 2) == ("ab", "cd")
+    assert c.key("u", 1, *c.around(text, 8)) == ("u", 1, "efgh", "ij")
+
+
+def test_a_request_record_reports_its_total_time_but_not_its_clock():
+    log = RequestLog()
+    record = log.start("file:///a.py", "textDocument/inlineCompletion")
+    record.finish(now=record.started + 0.25)
+    assert record.total_ms == 250.0
+    assert "started" not in record.to_json() and record.to_json()["id"] == 1
+
+
+def test_binary_and_large_documents_are_told_apart():
+    assert text_problem("x = 1\n", 10) is None
+    assert text_problem("x" * 11, 10) == LARGE
+    assert text_problem("x\x00" * 11, 10) == BINARY  # NUL first: a binary gets no completion at all
 
 
 def test_positions_are_utf16_and_past_the_end_is_an_error():

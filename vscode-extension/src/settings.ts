@@ -7,17 +7,38 @@
  * (the status bar), and it must not pass its own client-only keys (`serverPath`, `serverArgs`, `trace`) to the server.
  */
 
+import manifest from '../package.json';
+
 export const SECTION = 'repocomplete';
 
-export const CONTEXT_MODES = ['none', 'infile', 'repo'] as const;
-export type ContextMode = (typeof CONTEXT_MODES)[number];
+/**
+ * One setting as package.json contributes it. Its defaults are the ones VS Code applies (and sends to the server), so
+ * they are read from there, not restated here; tests/test_extension_settings.py holds them to the server's owners.
+ */
+interface Contributed {
+    default?: unknown;
+    enum?: string[];
+    minimum?: number;
+    maximum?: number;
+}
 
-export const TRACE_LEVELS = ['off', 'messages', 'verbose'] as const;
-export type TraceLevel = (typeof TRACE_LEVELS)[number];
+const CONTRIBUTED = manifest.contributes.configuration.properties as unknown as Record<string, Contributed>;
 
-export const DEFAULT_LANGUAGES: readonly string[] = [
-    'python', 'javascript', 'typescript', 'typescriptreact', 'javascriptreact', 'go', 'java', 'rust',
-];
+function contributed(key: string): Contributed {
+    const spec = CONTRIBUTED[`${SECTION}.${key}`];
+    if (spec === undefined) {
+        throw new Error(`package.json contributes no ${SECTION}.${key}`);
+    }
+    return spec;
+}
+
+export const CONTEXT_MODES: readonly string[] = contributed('context').enum ?? [];
+export type ContextMode = string;
+
+export const TRACE_LEVELS: readonly string[] = contributed('trace.server').enum ?? [];
+export type TraceLevel = string;
+
+export const DEFAULT_LANGUAGES = contributed('languages').default as readonly string[];
 
 /** The settings the server reads (camelCase, as sent in initializationOptions and workspace/configuration). */
 export interface ServerSettings {
@@ -47,34 +68,20 @@ export interface Settings {
     problems: string[];
 }
 
-export const SERVER_DEFAULTS: Readonly<ServerSettings> = Object.freeze({
-    enabled: true,
-    model: 'default',
-    adapter: null,
-    endpoint: null,
-    context: 'repo',
-    contextBudget: 1024,
-    maxTokens: 64,
-    multiline: false,
-    debounceMs: 50,
-    languages: [...DEFAULT_LANGUAGES],
-});
-
-export const CLIENT_DEFAULTS: Readonly<ClientSettings> = Object.freeze({
-    serverPath: 'repocomplete',
-    serverArgs: [],
-    traceServer: 'off',
-});
-
-/** The server's keys, in the order of the contract. */
-export const SERVER_KEYS = Object.keys(SERVER_DEFAULTS) as (keyof ServerSettings)[];
-
-/** Integer ranges, the same as the server's (lsp_server/config.py). */
+/** Integer ranges, as package.json declares them (the same as the server's: lsp_server/config.py). */
 export const RANGES = {
-    contextBudget: [0, 32768],
-    maxTokens: [1, 4096],
-    debounceMs: [0, 5000],
+    contextBudget: range('contextBudget'),
+    maxTokens: range('maxTokens'),
+    debounceMs: range('debounceMs'),
 } as const;
+
+function range(key: string): readonly [number, number] {
+    const { minimum, maximum } = contributed(key);
+    if (minimum === undefined || maximum === undefined) {
+        throw new Error(`package.json gives ${SECTION}.${key} no minimum and maximum`);
+    }
+    return [minimum, maximum];
+}
 
 /** What `vscode.WorkspaceConfiguration` offers that we use; a plain object works too (see `fromObject`). */
 export interface ConfigLike {
@@ -146,6 +153,20 @@ const SERVER_CHECKS: { [K in keyof ServerSettings]: Check<ServerSettings[K]> } =
     debounceMs: intIn(...RANGES.debounceMs),
     languages: stringList('a non-empty list of languageIds', { allowEmpty: false, dedupe: true }),
 };
+
+/** The server's keys, in the order of the contract. */
+export const SERVER_KEYS = Object.keys(SERVER_CHECKS) as (keyof ServerSettings)[];
+
+/** The defaults: package.json's, which VS Code applies where a setting is not set. */
+export const SERVER_DEFAULTS = Object.freeze(Object.fromEntries(
+    SERVER_KEYS.map((key) => [key, contributed(key).default]),
+)) as Readonly<ServerSettings>;
+
+export const CLIENT_DEFAULTS: Readonly<ClientSettings> = Object.freeze({
+    serverPath: contributed('serverPath').default as string,
+    serverArgs: contributed('serverArgs').default as string[],
+    traceServer: contributed('trace.server').default as TraceLevel,
+});
 
 function take<T>(config: ConfigLike, key: string, check: Check<T>, fallback: T, problems: string[]): T {
     const raw = config.get<unknown>(key);

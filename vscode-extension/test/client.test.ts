@@ -16,7 +16,7 @@ import {
     type ClientHooks,
     type ClientLike,
 } from '../src/client';
-import { fromObject, readSettings, SECTION, type Settings } from '../src/settings';
+import { fromObject, readSettings, SECTION, SERVER_DEFAULTS, type Settings } from '../src/settings';
 import type { StatusEvent } from '../src/statusBar';
 import { CancellationTokenSource, EventEmitter, FakeOutputChannel, Position, testing, Uri, workspace } from './vscode';
 
@@ -88,10 +88,7 @@ describe('client: client options', () => {
         const h = hooks();
         const opts = buildClientOptions(readSettings(h.config()), h, new FakeOutputChannel('repocomplete') as any);
         assert.deepEqual(opts.documentSelector, [{ scheme: 'file', language: 'rust' }, { scheme: 'untitled', language: 'rust' }]);
-        assert.deepEqual(opts.initializationOptions, {
-            enabled: true, model: 'default', adapter: null, endpoint: null, context: 'repo', contextBudget: 1024,
-            maxTokens: 128, multiline: false, debounceMs: 50, languages: ['rust'],
-        });
+        assert.deepEqual(opts.initializationOptions, { ...SERVER_DEFAULTS, maxTokens: 128, languages: ['rust'] });
         assert.deepEqual(opts.synchronize, { configurationSection: 'repocomplete' });
         assert.equal((opts.outputChannel as any).name, 'repocomplete');
     });
