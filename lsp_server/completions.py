@@ -27,6 +27,28 @@ from repocomplete.pipeline import CompletionOptions
 
 log = logging.getLogger(__name__)
 
+# A first completion (nothing of the prompt cached) that takes longer than this to read its prompt is "too slow":
+# the user is told once, with the setting that shortens it.
+SLOW_COLD_PREFILL_S = 3.0
+
+
+def slow_machine_advice(completion, settings: Settings, capability: str) -> str | None:
+    """One line for the user when this machine reads prompts of the configured size too slowly, else None.
+
+    The cold cost is estimated from this request's own prefill speed and the whole prompt's length, so it also
+    fires on a request that found most of its prompt cached."""
+    speed = completion.prefill_tok_s
+    if speed is None:
+        return None
+    cold_s = completion.prompt_tokens / speed
+    if cold_s < SLOW_COLD_PREFILL_S:
+        return None
+    lower = (f"lower repocomplete.contextBudget (now {settings.context_budget} tokens)"
+             if settings.context == "repo" else "")
+    return (f"this CPU ({capability}) reads prompts at {speed:.0f} tokens/s: a first completion with "
+            f"{completion.prompt_tokens} prompt tokens takes about {cold_s:.1f} s. For faster first completions "
+            + (f"{lower} or " if lower else "") + 'set repocomplete.context to "none".')
+
 
 @dataclass
 class Pending:
@@ -66,10 +88,14 @@ class Pending:
 
 
 class Completions:
-    def __init__(self, worker: EngineWorker, documents: Documents, tell: Callable[[str, types.MessageType], None]):
+    def __init__(self, worker: EngineWorker, documents: Documents, tell: Callable[[str, types.MessageType], None],
+                 advise: Callable[[str], None] = lambda message: None):
+        """`advise(message)` is told once when the machine is too slow for the configured context size."""
         self.worker = worker
         self.documents = documents
         self._tell = tell
+        self._advise = advise
+        self.advice: str | None = None
         self.settings = Settings()
         self.options = CompletionOptions()
         self.generation = 0  # bumped on every settings change: part of the cache key
@@ -85,6 +111,7 @@ class Completions:
         """New settings (resolved: `options` is what requests ask the engine for)."""
         self.settings, self.options = settings, options
         self.generation += 1
+        self.advice = None  # judged again for the new settings
         self.debounce.floor_ms = settings.debounce_ms
         if not settings.enabled:
             self.stop_all()
@@ -197,6 +224,7 @@ class Completions:
                 record.outcome = pending.stopped_outcome
                 return answer("")
             record.outcome = "completed"
+            self._check_speed(result.completion)
             self.debounce.finished(result.engine_ms)
             explain = convert.explain(result, options.context if problem is None else "infile")
             self.cache.put(key, Cached(result.text, explain))
@@ -205,6 +233,15 @@ class Completions:
         finally:
             if self._inflight.get(uri) is pending:
                 del self._inflight[uri]
+
+    def _check_speed(self, completion) -> None:
+        if self.advice is None:
+            import torch
+
+            advice = slow_machine_advice(completion, self.settings, torch.backends.cpu.get_cpu_capability())
+            if advice is not None:
+                self.advice = advice
+                self._advise(advice)
 
     def _warn_once(self, uri: str, what: str, message: str) -> None:
         if (uri, what) not in self._warned:

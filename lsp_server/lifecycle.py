@@ -73,7 +73,15 @@ class Lifecycle:
         return self._model_job is not None and self._model_job.done() and not self._model_job.exception()
 
     def status_json(self) -> dict:
-        return {"state": self.state, "model": self.model_name}
+        out = {"state": self.state, "model": self.model_name}
+        if self.completions.advice:
+            out["advice"] = self.completions.advice
+        return out
+
+    def advise(self, message: str) -> None:
+        """The machine is too slow for the configured context size: shown once, and kept in the status."""
+        self.tell(message, types.MessageType.Warning, show=True)
+        self.status(self.state, message, self._status_pct)
 
     # -- initialize ------------------------------------------------------------------------------------------
 
@@ -120,7 +128,7 @@ class Lifecycle:
         """Resolve the settings and hand them to the parts that use them."""
         effective = resolve(self.runtime, self.context_config, settings)
         self.documents.languages = settings.languages
-        self.completions.configure(settings, effective.options)
+        self.completions.configure(effective.settings, effective.options)
         return effective
 
     def apply_settings(self, raw: Any, initial: bool = False) -> None:

@@ -45,7 +45,8 @@ class RepocompleteServer(LanguageServer):
                          text_document_sync_kind=types.TextDocumentSyncKind.Incremental)
         self.worker = EngineWorker(Completer(None, context_config))
         self.documents = Documents(lambda: self.workspace, self.worker, context_config.max_file_bytes)
-        self.completions = Completions(self.worker, self.documents, self.tell)
+        self.completions = Completions(self.worker, self.documents, self.tell,
+                                       advise=lambda message: self.lifecycle.advise(message))
         self.lifecycle = Lifecycle(self, runtime, context_config, settings, self.worker, self.documents,
                                    self.completions, self.tell, make_model)
 

@@ -116,3 +116,26 @@ def test_positions_are_utf16_and_past_the_end_is_an_error():
     assert doc.source[:offset] == "s = '😀'"
     with pytest.raises(convert.PositionError):
         convert.offset_at(doc, types.Position(line=9, character=0))
+
+
+def test_the_machine_is_called_too_slow_from_the_measured_prefill_speed():
+    from lsp_server.completions import slow_machine_advice
+    from lsp_server.config import Settings
+    from model_runtime.engine import Completion
+
+    settings = Settings(context="repo", context_budget=1024)
+    cold = Completion("x", "newline", prompt_tokens=2046, cached_tokens=0, prefill_s=6.5)
+    assert slow_machine_advice(cold, settings, "AVX2") == (
+        "this CPU (AVX2) reads prompts at 315 tokens/s: a first completion with 2046 prompt tokens takes about 6.5 s. "
+        'For faster first completions lower repocomplete.contextBudget (now 1024 tokens) or set repocomplete.context '
+        'to "none".'
+    )
+    # Mostly cached, but the part read shows the same speed: still too slow for a cold start.
+    warm = Completion("x", "newline", prompt_tokens=2046, cached_tokens=1900, prefill_s=146 / 315)
+    assert "about 6.5 s" in slow_machine_advice(warm, settings, "AVX2")
+    assert slow_machine_advice(Completion("x", "newline", prompt_tokens=2046, prefill_s=1.0), settings, "AVX512") is None
+    # A keystroke that read a few tokens says nothing about the speed.
+    assert slow_machine_advice(Completion("x", "eos", prompt_tokens=2046, cached_tokens=2040, prefill_s=0.5),
+                               settings, "AVX2") is None
+    infile = slow_machine_advice(cold, settings.replace(context="infile"), "AVX2")
+    assert infile.endswith('For faster first completions set repocomplete.context to "none".')
