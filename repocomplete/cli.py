@@ -212,7 +212,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_latency(args: argparse.Namespace) -> int:
-    from eval.bench_latency import BenchOptions, run_latency_bench
+    from bench.latency import BenchOptions, run_latency_bench
 
     options = BenchOptions(
         file=args.file,
@@ -228,7 +228,7 @@ def cmd_bench_latency(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_lsp(args: argparse.Namespace) -> int:
-    from eval.bench_lsp import LspBenchOptions, format_report, run_lsp_bench
+    from bench.lsp import LspBenchOptions, format_report, run_lsp_bench
 
     options = LspBenchOptions(file=args.file, keystrokes=args.keystrokes, burst_keystrokes=args.burst_keystrokes,
                               burst_interval_ms=args.burst_interval_ms, context_tokens=args.context_tokens)
@@ -242,7 +242,7 @@ def cmd_bench_lsp(args: argparse.Namespace) -> int:
 def cmd_bench_context(args: argparse.Namespace) -> int:
     from context_engine.errors import InputError
     from context_engine.config import ContextConfig
-    from eval.bench_context import format_report, run_context_bench
+    from bench.context import format_report, run_context_bench
 
     source = Path(args.dir)
     if not source.is_dir():
@@ -257,7 +257,7 @@ def cmd_bench_context(args: argparse.Namespace) -> int:
 
 def cmd_bench_quality(args: argparse.Namespace) -> int:
     from context_engine.errors import InputError
-    from eval.quality import format_report, run_quality
+    from bench.quality import format_report, run_quality
     from model_runtime.backend import make_engine
 
     source = Path(args.dir)
@@ -346,7 +346,7 @@ def cmd_eval_report(args: argparse.Namespace) -> int:
 
 
 def report_text(report: dict) -> str:
-    from eval.bench_latency import format_report
+    from bench.latency import format_report
 
     return format_report(report)
 

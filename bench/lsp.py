@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from eval.bench_latency import BUNDLED_FILE, typing_session
+from bench.latency import BUNDLED_FILE, typing_session
 from eval.lsp_client import JsonRpcClient, ServerError, utf16_position
 from model_runtime.config import RuntimeConfig
 
