@@ -188,3 +188,18 @@ def test_module_entry_point_ignores_files_in_the_working_directory(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "repocomplete", "--help"], cwd=tmp_path, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0 and "usage: repocomplete" in proc.stdout, proc.stderr[-1000:]
+
+
+@pytest.mark.parametrize("config", [
+    {},
+    {"model": "some/dir", "quantize": "int4", "max_new_tokens": 7, "temperature": 0.2, "multiline": True},
+    {"adapter": "lora", "device": "cpu", "dtype": "bfloat16", "fim_template": "starcoder", "token_healing": False,
+     "compile_decode": True},
+    {"endpoint": "http://localhost:8000/v1", "quantize": "none", "temperature": 1.5},
+])
+def test_runtime_config_to_argv_round_trips_through_the_serve_command_line(config):
+    from model_runtime.config import RuntimeConfig
+    from repocomplete.cli import build_parser, runtime_config
+
+    c = RuntimeConfig(**config)
+    assert runtime_config(build_parser().parse_args(["serve", *c.to_argv()])) == c
