@@ -298,11 +298,11 @@ def _eval_context_config(args: argparse.Namespace):
 
 
 def _eval_run_options(args: argparse.Namespace, **changes):
-    from eval.runner import RunOptions
+    """eval's own knobs; --budget, --max-tokens and --multiline reach the run through the configs."""
+    from eval.options import RunOptions
     from eval.scale import parse_shard
 
-    values = dict(context=getattr(args, "context", "repo"), budget=args.budget, multiline=args.multiline,
-                  max_new_tokens=args.max_tokens, iterative=args.iterative, batch_size=args.batch_size,
+    values = dict(context=getattr(args, "context", "repo"), iterative=args.iterative, batch_size=args.batch_size,
                   limit=args.limit, shard=parse_shard(args.shard) if getattr(args, "shard", None) else None,
                   via=getattr(args, "via", "engine"), backend=args.backend, workers=args.workers,
                   progress=not (args.json or args.quiet))
