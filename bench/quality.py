@@ -1,99 +1,85 @@
 """`repocomplete bench quality DIR`: does repository context help? A small CrossCodeEval-style check.
 
-Line-completion tasks are cut from a real repository: lines that use a name defined in another file of it. The
-cursor sits after the line's indentation; the target is the rest of the line. While a task runs, the file is
-served to the context engine with the target line removed (an unsaved buffer), so nothing leaks. Each
-configuration (in-file only, all providers, each provider alone) completes every task with the same engine;
-exact match and edit similarity (rapidfuzz's ratio, as CrossCodeEval computes it) are reported per
-configuration. The full harness (suite files, resumable runs, reports) is the evaluation issue's.
+Line-completion tasks are cut from a real repository by the suite builder's cutter (eval/build_suite.py: lines that
+use a name another file of it defines or that it imports from one, tests excluded; several tasks per file allowed;
+nothing is written into the repository). Each configuration (in-file only, all providers, each provider alone, as
+`eval report` names them) runs every task through eval's runner with the same model: the Completer, the task's file
+served as an unsaved buffer with the target removed, so nothing leaks. eval's metrics score the predictions
+(CrossCodeEval's exact match and edit similarity, after its first-statement cut). A quick check on any repository;
+the full harness (suite files, resumable runs, the ablation report) is `repocomplete eval`.
 """
 
 from __future__ import annotations
 
-import statistics
-import time
-from dataclasses import dataclass
+import tempfile
 from pathlib import Path
 
-from rapidfuzz import fuzz
-
 from context_engine.config import ContextConfig
-from context_engine.document import Window
-from repocomplete.pipeline import cursor_prompt
-from context_engine.engine import ContextEngine
+from context_engine.errors import InputError
+from context_engine.index import RepoIndex
 from context_engine.records import KINDS
-from model_runtime.engine import CompletionRequest, Engine
+from eval.build_suite import cut_tasks
+from eval.options import RunOptions
+from eval.report import configure, summarize_config
+from eval.runner import eval_runtime, run
+from eval.suites import EvalTask
 
-@dataclass
-class Task:
-    path: str
-    line: int  # 1-based
-    text: str  # the whole file
-    offset: int  # the cursor: after the target line's indentation
-    target: str  # the rest of the line
+CONFIGURATIONS = ("infile", "repo", *KINDS)
 
 
-def cut_tasks(engine: ContextEngine, n: int, seed: int = 0) -> list[Task]:
-    """Lines using a name that another file of the repository defines or that it imports from one (tests
-    excluded): the suite builder's cutter, several tasks per file allowed (nothing is written to disk here)."""
-    from eval.build_suite import cut_tasks as cut
+def quality_tasks(root: Path, config: ContextConfig, n: int, seed: int = 0, progress: bool = False) -> list[EvalTask]:
+    """Up to n tasks cut from the repository at `root` (its index is the one the runner's workspace then opens)."""
+    index = RepoIndex(root, config)
+    try:
+        stats = index.build(progress=progress)
+        tasks = cut_tasks(index, root.name, n, seed, per_file=None)
+    finally:
+        index.close()
+    if not tasks:
+        raise InputError(f"no task in {root}: no line of its {stats.files} indexed files uses a name defined in "
+                         f"another of them (tests excluded)")
+    return tasks
 
-    return [Task(t.file, t.lineno + 1, t.prompt + t.groundtruth + t.right_context, len(t.prompt), t.groundtruth.strip())
-            for t in cut(engine.index, engine.root.name, n, seed, per_file=None)]
 
+def run_quality(source: Path, runtime, model=None, n: int = 40, seed: int = 0, budget: int = 512,
+                configurations: tuple[str, ...] = CONFIGURATIONS, progress: bool = True,
+                config: ContextConfig | None = None, make_context_engine=None) -> dict:
+    """Every configuration over the same tasks and model. runtime: a RuntimeConfig; model: an engine to use
+    instead of loading one from it (tests); make_context_engine: as the runner's."""
+    root = Path(source).resolve()
+    if not root.is_dir():
+        raise InputError(f"not a directory: {source}")
+    config = config or ContextConfig()
+    tasks = quality_tasks(root, config, n, seed, progress)
+    own_model = model is None
+    if own_model:
+        from model_runtime.backend import make_engine
 
-def score(prediction: str, target: str) -> tuple[float, float]:
-    p, t = prediction.strip(), target.strip()
-    return float(p == t), fuzz.ratio(p, t)
-
-
-def run_quality(source: Path, model: Engine, n: int = 40, seed: int = 0, budget: int = 512,
-                configurations: tuple[str, ...] = ("infile", "repo", *KINDS), progress: bool = True,
-                config: ContextConfig | None = None) -> dict:
-    # Results must not depend on timing: wait for every provider.
-    config = (config or ContextConfig()).replace(budget_tokens=budget, slow_provider_deadline_ms=None)
-    engine = ContextEngine(source, config)
-    engine.build(progress=progress)
-    tasks = cut_tasks(engine, n, seed)
-    window = Window(max_prefix_chars=4000, max_suffix_chars=1000)
+        model = make_engine(eval_runtime(runtime))
+    options = RunOptions(budget=budget, multiline=False, progress=progress)
     results = {}
-    for name in configurations:
-        ems, ess, seconds = [], [], []
-        items = tasks
-        if progress:
-            from tqdm import tqdm
-
-            items = tqdm(tasks, desc=name, leave=False)
-        for task in items:
-            lines = task.text.split("\n")
-            without_target = "\n".join(lines[: task.line - 1] + lines[task.line :])
-            engine.set_buffer(task.path, without_target)
-            if name == "infile":
-                parts = cursor_prompt(task.text, task.offset, mode="infile", path=task.path, window=window)
-            else:
-                providers = KINDS if name == "repo" else (name,)
-                engine.config.providers = providers
-                parts, _ = engine.prompt_parts(task.path, task.text, task.offset, window=window)
-            parts.suffix = parts.suffix.split("\n", 1)[1] if "\n" in parts.suffix else ""  # the target line is gone
-            t = time.perf_counter()
-            result = model.complete(CompletionRequest(parts, multiline=False))
-            seconds.append(time.perf_counter() - t)
-            em, es = score(result.text, task.target)
-            ems.append(em)
-            ess.append(es)
-            engine.clear_buffer(task.path)
-        engine.config.providers = KINDS
-        results[name] = {
-            "n": len(tasks),
-            "exact_match": round(100 * statistics.mean(ems), 1) if ems else None,
-            "edit_similarity": round(statistics.mean(ess), 1) if ess else None,
-            "mean_latency_s": round(statistics.mean(seconds), 2) if seconds else None,
-        }
-    engine.close()
+    try:
+        with tempfile.TemporaryDirectory(prefix="repocomplete-bench-quality-") as tmp:
+            for name in configurations:
+                _, context, opts = configure(name, runtime, config, options)  # per-provider configs: copies
+                pred = Path(tmp) / f"pred-{name}.jsonl"
+                run(tasks, root.parent, pred, runtime, context, opts, model=model,
+                    make_context_engine=make_context_engine)
+                m = summarize_config(tasks, pred)
+                results[name] = {
+                    "n": m["n"],
+                    "exact_match": round(m["em"], 1),
+                    "edit_similarity": round(m["es"], 1),
+                    "mean_latency_s": round(m["latency_ms_mean"] / 1000, 2),
+                }
+    finally:
+        if own_model:
+            getattr(model, "close", lambda: None)()
     report = {"source": str(source), "model": model.name, "tasks": len(tasks), "seed": seed, "budget": budget,
               "results": results}
-    if "infile" in results and "repo" in results and results["infile"]["edit_similarity"] is not None:
-        report["repo_minus_infile_es"] = round(results["repo"]["edit_similarity"] - results["infile"]["edit_similarity"], 1)
+    if "infile" in results and "repo" in results:
+        report["repo_minus_infile_es"] = round(results["repo"]["edit_similarity"]
+                                               - results["infile"]["edit_similarity"], 1)
     return report
 
 
@@ -104,4 +90,5 @@ def format_report(r: dict) -> str:
         lines.append(f"{name:<14} {m['exact_match']:>6} {m['edit_similarity']:>6} {m['mean_latency_s']:>7}")
     if "repo_minus_infile_es" in r:
         lines.append(f"\nrepo - infile edit similarity: {r['repo_minus_infile_es']:+} points (goal >= +5)")
+    lines.append("EM, ES: CrossCodeEval's (eval/metrics.py), in percent; s/task: context + prefill + decode.")
     return "\n".join(lines)

@@ -256,15 +256,10 @@ def cmd_bench_context(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_quality(args: argparse.Namespace) -> int:
-    from context_engine.errors import InputError
     from bench.quality import format_report, run_quality
-    from model_runtime.backend import make_engine
 
-    source = Path(args.dir)
-    if not source.is_dir():
-        raise InputError(f"not a directory: {source}")
-    model = make_engine(runtime_config(args))
-    report = run_quality(source, model, n=args.n, seed=args.seed, budget=args.budget or 512, progress=not args.json)
+    report = run_quality(Path(args.dir), runtime_config(args), n=args.n, seed=args.seed, budget=args.budget or 512,
+                         progress=not args.json)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 
