@@ -227,3 +227,20 @@ def test_runtime_config_to_argv_round_trips_through_the_serve_command_line(confi
 
     c = RuntimeConfig(**config)
     assert runtime_config(build_parser().parse_args(["serve", *c.to_argv()])) == c
+
+
+def test_runtime_config_to_argv_covers_every_model_flag_of_serve(capsys):
+    """A flag added to the command line's model options must reach the server through to_argv too."""
+    import re
+
+    from repocomplete.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--help"])
+    help_text = capsys.readouterr().out
+    model_section = help_text[help_text.index("\nmodel:\n"):].split("\n\n")[0]
+    flags = set(re.findall(r"^  (--[a-z-]+)", model_section, re.M))
+    everything = RuntimeConfig(model="m", adapter="a", endpoint="http://e", device="cpu", dtype="float32",
+                               quantize="int8", fim_template="starcoder", compile_decode=True, max_new_tokens=5,
+                               temperature=0.5, token_healing=False, multiline=True)
+    assert len(flags) >= 11 and flags <= {a for a in everything.to_argv() if a.startswith("--")}
