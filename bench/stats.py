@@ -32,3 +32,13 @@ def summary(values: Iterable[float], digits: int = 1) -> dict:
         "max": round(max(values), digits),
         "mean": round(statistics.fmean(values), digits),
     }
+
+
+def percentiles(values: Iterable[float], qs: Iterable[int] = (50, 95), digits: int = 2) -> dict:
+    """{"p50": ..., "p95": ...} (one key per q), rounded; None for no values."""
+    values = list(values)
+    out = {}
+    for q in qs:
+        p = percentile(values, q)
+        out[f"p{q}"] = None if p is None else round(p, digits)
+    return out

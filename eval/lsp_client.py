@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from context_engine.errors import InputError
+from eval.options import resolve_options
+from eval.suites import repo_dir
 
 log = logging.getLogger(__name__)
 
@@ -156,30 +158,21 @@ class JsonRpcClient:
 
 def serve_argv(runtime, context, options) -> list[str]:
     """The `repocomplete serve` command line carrying what initializationOptions cannot."""
-    argv = [sys.executable, "-m", "repocomplete", "serve", "--model", runtime.model, "--quantize", runtime.quantize,
-            "--max-tokens", str(options.max_new_tokens or runtime.max_new_tokens),
-            "--temperature", str(runtime.temperature), "--context", options.context]
-    for flag, value in (("--adapter", runtime.adapter), ("--endpoint", runtime.endpoint),
-                        ("--device", runtime.device), ("--dtype", runtime.dtype),
-                        ("--fim-template", runtime.fim_template)):
-        if value:
-            argv += [flag, value]
-    if not runtime.token_healing:
-        argv.append("--no-token-healing")
-    if options.multiline:
-        argv.append("--multiline")
-    budget = context.budget_tokens if options.budget is None else options.budget
-    argv += ["--budget", str(budget), "--providers", ",".join(context.providers)]
+    options = resolve_options(runtime, context, options)
+    server_runtime = runtime.replace(max_new_tokens=options.max_new_tokens, multiline=options.multiline)
+    argv = [sys.executable, "-m", "repocomplete", "serve", *server_runtime.to_argv(), "--context", options.context,
+            "--budget", str(options.budget), "--providers", ",".join(context.providers)]
     if context.dense:
         argv.append("--dense")
     return argv
 
 
 def initialization_options(runtime, context, options) -> dict:
+    options = resolve_options(runtime, context, options)
     return {
         "context": options.context,
-        "contextBudget": context.budget_tokens if options.budget is None else options.budget,
-        "maxTokens": options.max_new_tokens or runtime.max_new_tokens,
+        "contextBudget": options.budget,
+        "maxTokens": options.max_new_tokens,
         "multiline": options.multiline,
         "model": runtime.model,
         "adapter": runtime.adapter,
@@ -200,7 +193,7 @@ class LspBatchRunner:
         if options.iterative:
             raise InputError("--via lsp has no --iterative (the server does not offer it)")
         self.repos = Path(repos)
-        self.runtime, self.context, self.options = runtime, context, options
+        self.runtime, self.context, self.options = runtime, context, resolve_options(runtime, context, options)
         self.client: JsonRpcClient | None = None
         self._root: Path | None = None
 
@@ -233,8 +226,6 @@ class LspBatchRunner:
         return client
 
     def run(self, tasks) -> list[dict]:
-        from eval.suites import repo_dir
-
         if not tasks:
             return []
         root = repo_dir(self.repos, tasks[0]).resolve()

@@ -28,8 +28,8 @@ from pathlib import Path
 
 from rapidfuzz import fuzz
 
-from context_engine.errors import InputError
-from eval.suites import EvalTask, jsonl_records
+from eval.predictions import load_predictions
+from eval.suites import EvalTask, load_tasks
 
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'')
 _WORD = re.compile(r"\w+")
@@ -154,36 +154,6 @@ def score_task(task: EvalTask, prediction: str | None) -> TaskScore:
 # -- a suite ------------------------------------------------------------------------------------------------------
 
 
-def load_predictions(path: str | Path, tasks: list[EvalTask]) -> dict[str, str]:
-    """task id -> prediction, from CrossCodeEval-style JSONL ({"task_id": ..., "pred": ...} a line)."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"predictions file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"cannot read predictions file {path}: {e}") from None
-    known = {t.task_id for t in tasks}
-    predictions: dict[str, str] = {}
-    first_line: dict[str, int] = {}
-    for lineno, where, record in jsonl_records(path, text, "a prediction"):
-        for key in ("task_id", "pred"):
-            if key not in record:
-                raise InputError(f"{where}: missing field {key}")
-            if not isinstance(record[key], str):
-                raise InputError(f"{where}: field {key} must be str, got {type(record[key]).__name__}")
-        task_id = record["task_id"]
-        if task_id not in known:
-            raise InputError(f"{where}: unknown task id {task_id!r} (not in the tasks file)")
-        if task_id in first_line:
-            raise InputError(f"{where}: second prediction for task {task_id!r} (first on line {first_line[task_id]})")
-        first_line[task_id] = lineno
-        predictions[task_id] = record["pred"]
-    if not predictions:
-        raise InputError(f"no predictions in {path} (expected JSONL lines {{\"task_id\": ..., \"pred\": ...}})")
-    return predictions
-
-
 def summarize(scores: list[TaskScore]) -> dict:
     """Percentages over the tasks, rounded as CrossCodeEval rounds them (2 decimals)."""
     def mean(values) -> float:
@@ -219,8 +189,6 @@ def score(tasks: list[EvalTask], predictions: dict[str, str], per_task: bool = F
 
 
 def score_files(tasks_path: str | Path, predictions_path: str | Path, per_task: bool = False) -> dict:
-    from eval.suites import load_tasks
-
     tasks = load_tasks(tasks_path)
     report = score(tasks, load_predictions(predictions_path, tasks), per_task)
     report["tasks_file"], report["predictions_file"] = str(tasks_path), str(predictions_path)

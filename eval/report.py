@@ -21,9 +21,15 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from bench.stats import percentile
 from context_engine.config import ContextConfig
 from context_engine.errors import InputError
 from context_engine.records import KINDS
+from eval.metrics import score
+from eval.options import resolve_options
+from eval.predictions import read_predictions
+from eval.runner import check_unique, eval_runtime, git_head, run
+from eval.scale import select
 
 CONFIGS = ("none", "infile", *KINDS, "repo")
 ADAPTED = ("infile+adapter", "repo+adapter")
@@ -53,21 +59,8 @@ def configure(name: str, runtime, context: ContextConfig, options):
     return runtime, context.replace(providers=(base,)), replace(options, context="repo")
 
 
-def _percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    values = sorted(values)
-    k = (len(values) - 1) * q
-    lo = int(k)
-    hi = min(lo + 1, len(values) - 1)
-    return values[lo] + (values[hi] - values[lo]) * (k - lo)
-
-
 def summarize_config(tasks: Sequence, pred_path: Path) -> dict:
     """Scores and latency of one configuration's predictions, over `tasks`."""
-    from eval.metrics import score
-    from eval.runner import read_predictions
-
     ids = {t.task_id for t in tasks}
     records = {k: r for k, r in read_predictions(pred_path).items() if k in ids}
     overall = score(list(tasks), {k: r["pred"] for k, r in records.items()})["overall"]
@@ -75,7 +68,7 @@ def summarize_config(tasks: Sequence, pred_path: Path) -> dict:
     return {
         **overall,
         "latency_ms_mean": round(statistics.fmean(latency), 1) if latency else None,
-        "latency_ms_p50": round(_percentile(latency, 0.5), 1) if latency else None,
+        "latency_ms_p50": round(percentile(latency, 50), 1) if latency else None,
         "predictions": str(pred_path),
     }
 
@@ -86,8 +79,6 @@ def run_report(tasks: Sequence, repos, out_dir, runtime, context: ContextConfig,
 
     model: an engine to use for every configuration without adapter (tests); otherwise one is loaded per adapter
     setting, on first need."""
-    from eval.runner import check_unique, eval_context, eval_runtime, git_head, run, select
-
     if options.shard is not None:
         raise InputError("a report covers the whole suite: run shards with `eval run --shard` and merge them")
     check_unique(tasks)
@@ -119,14 +110,14 @@ def run_report(tasks: Sequence, repos, out_dir, runtime, context: ContextConfig,
         close = getattr(engine, "close", None)
         if close is not None:
             close()
-    budget = eval_context(context).budget_tokens if options.budget is None else options.budget
+    resolved = resolve_options(runtime, context, options)
     header = {
         "model": runtime.model,
         "adapter": runtime.adapter,
         "quantize": runtime.quantize,
         "device": runtime.device or "auto",
-        "max_new_tokens": options.max_new_tokens or runtime.max_new_tokens,
-        "budget": budget,
+        "max_new_tokens": resolved.max_new_tokens,
+        "budget": resolved.budget,
         "suite": suite,
         "tasks": len(selected),
         "date": _dt.date.today().isoformat(),

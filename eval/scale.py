@@ -7,19 +7,23 @@ others (eval.runner.settle), any split gives the predictions of a single run. Ea
 file (in suite order); `repocomplete eval merge` joins finished shard files into one, in suite order, which is then
 line for line the file a single run writes.
 
-Ray: one actor per worker, each loading the model once and building its own Completer; the driver gives actor k
-shard k of the remaining tasks, one batch at a time, and appends each batch's predictions to the run's partial
-file as it arrives, so a Ray run resumes like a local one. The repositories folder must be readable by every
-worker at the same path (a shared file system, or a single machine).
+Ray: one actor per worker, each building its own batch runner once (the runner's: a model loaded once, its own
+Completer); the driver gives actor k shard k of the remaining tasks, one batch at a time, and hands each batch's
+predictions to the run as they arrive, so a Ray run resumes like a local one. The repositories folder must be
+readable by every worker at the same path (a shared file system, or a single machine).
+
+This module knows tasks and prediction files, not how a batch is run: eval.runner imports it (for `select`,
+`batches` and `run_ray`) and hands `run_ray` a function that makes a batch runner; nothing here imports the runner.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from context_engine.errors import InputError
+from eval.predictions import PredictionFile, read_predictions, write_predictions
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -48,12 +52,26 @@ def shard(tasks: Sequence, i: int, n: int) -> list:
     return [t for t in tasks if t.task_id in keep]
 
 
+def select(tasks: Sequence, limit: int | None = None, shard_of: tuple[int, int] | None = None) -> list:
+    """The tasks a run covers: the first `limit` of the suite, then shard i of n of those (suite order kept)."""
+    chosen = list(tasks[:limit] if limit else tasks)
+    return shard(chosen, *shard_of) if shard_of else chosen
+
+
+def batches(tasks: Sequence, size: int) -> Iterator[list]:
+    """Batches of one repository each: repositories in order of first appearance, at most `size` tasks."""
+    by_repo: dict[str, list] = {}
+    for t in tasks:
+        by_repo.setdefault(t.repository, []).append(t)
+    for group in by_repo.values():
+        for k in range(0, len(group), size):
+            yield group[k : k + size]
+
+
 def merge(tasks: Sequence, parts: Sequence[str | Path], out: str | Path, limit: int | None = None) -> dict:
     """Join finished prediction files into `out`, in suite order. Refuses unfinished shards, a task predicted in two
     files, predictions made with different settings, ids the suite does not have, and a task of the suite (its
     first `limit`, if the shards ran with one) that no file predicts: a merged file is a finished one."""
-    from eval.runner import PredictionFile, _write_lines, read_predictions, select
-
     records: dict[str, dict] = {}
     where: dict[str, str] = {}
     settings = None
@@ -85,7 +103,7 @@ def merge(tasks: Sequence, parts: Sequence[str | Path], out: str | Path, limit: 
                          f"shards there?" + ("" if limit else " (--limit N if they ran with one)"))
     out = PredictionFile(out)
     out.path.parent.mkdir(parents=True, exist_ok=True)
-    _write_lines(out.path, sorted(records.values(), key=lambda r: rank[r["task_id"]]))
+    write_predictions(out.path, sorted(records.values(), key=lambda r: rank[r["task_id"]]))
     if settings is not None:
         out.write_meta({"settings": settings[1], "merged_from": [str(p) for p in parts], "predictions": len(records)})
     return {"out": str(out.path), "predictions": len(records)}
@@ -95,22 +113,16 @@ def merge(tasks: Sequence, parts: Sequence[str | Path], out: str | Path, limit: 
 
 
 class _Worker:
-    """A Ray actor: one model, one Completer, batches of tasks in, prediction records out."""
+    """A Ray actor: one batch runner (made once, on the actor), batches of tasks in, prediction records out."""
 
-    def __init__(self, runtime, context, repos: str, options):
-        from repocomplete.pipeline import Completer
-        from eval.runner import BatchRunner, eval_context_engine
-        from model_runtime.backend import make_engine
-
-        completer = Completer(make_engine(runtime), context, make_context_engine=eval_context_engine)
-        self.runner = BatchRunner(completer, Path(repos), options)
+    def __init__(self, make_runner: Callable[[], object]):
+        self.runner = make_runner()
 
     def run(self, tasks: list) -> list[dict]:
         return self.runner.run(tasks)
 
     def close(self) -> None:
         self.runner.close()
-        self.runner.completer.close()
 
 
 def init_ray():
@@ -122,18 +134,20 @@ def init_ray():
     return ray
 
 
-def run_ray(todo: Sequence, repos: Path, runtime, context, options, sink: Callable[[list[dict]], None]) -> None:
-    """Run the remaining tasks on Ray actors; `sink` gets each batch's records on the driver as they arrive."""
-    from eval.runner import batches
+def run_ray(todo: Sequence, make_runner: Callable[[], object], workers: int | None, batch_size: int,
+            sink: Callable[[list[dict]], None]) -> None:
+    """Run the remaining tasks on Ray actors; `sink` gets each batch's records on the driver as they arrive.
 
+    make_runner: a picklable function returning an object with run(tasks) -> records and close(), called once on
+    each actor. workers: actors (None: the cluster's CPUs)."""
     ray = init_ray()
-    workers = options.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
     workers = min(workers, len(todo))
     if workers == 0:
         return
-    queues = [list(batches(shard(todo, k, workers), options.batch_size)) for k in range(workers)]
+    queues = [list(batches(shard(todo, k, workers), batch_size)) for k in range(workers)]
     actor_class = ray.remote(num_cpus=1)(_Worker)
-    actors = [actor_class.remote(runtime, context, str(Path(repos).resolve()), options) for _ in range(workers)]
+    actors = [actor_class.remote(make_runner) for _ in range(workers)]
     pending = {}
     try:
         for k, queue in enumerate(queues):

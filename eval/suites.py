@@ -65,12 +65,7 @@ def language_of(path: str) -> str:
 def load_tasks(path: str | Path, repos: str | Path | None = None) -> list[EvalTask]:
     """The tasks of a CrossCodeEval or RepoBench JSONL file; with `repos`, each task's snapshot must exist."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"tasks file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"cannot read tasks file {path}: {e}") from None
+    text = read_input(path, "tasks file")
     file_setting = next((s for s in SETTINGS if s in path.name), None)
     tasks: list[EvalTask] = []
     first_line: dict[str, int] = {}
@@ -98,7 +93,7 @@ def load_tasks(path: str | Path, repos: str | Path | None = None) -> list[EvalTa
     return tasks
 
 
-def _field(record: dict, key: str, kind: type | tuple[type, ...], where: str, prefix: str = ""):
+def required_field(record: dict, key: str, kind: type | tuple[type, ...], where: str, prefix: str = ""):
     if key not in record:
         raise InputError(f"{where}: missing field {prefix}{key}")
     value = record[key]
@@ -116,14 +111,14 @@ def _relative(value: str, what: str, where: str) -> str:
 
 
 def _from_crosscodeeval(record: dict, where: str) -> EvalTask:
-    meta = _field(record, "metadata", dict, where)
-    prompt = _field(record, "prompt", str, where)
-    groundtruth = _field(record, "groundtruth", str, where)
-    right_context = _field(record, "right_context", str, where)
-    task_id = _field(meta, "task_id", str, where, "metadata.")
-    repository = _relative(_field(meta, "repository", str, where, "metadata."), "metadata.repository", where)
-    file = _relative(_field(meta, "file", str, where, "metadata."), "metadata.file", where)
-    lineno = _field(meta, "groundtruth_start_lineno", int, where, "metadata.")
+    meta = required_field(record, "metadata", dict, where)
+    prompt = required_field(record, "prompt", str, where)
+    groundtruth = required_field(record, "groundtruth", str, where)
+    right_context = required_field(record, "right_context", str, where)
+    task_id = required_field(meta, "task_id", str, where, "metadata.")
+    repository = _relative(required_field(meta, "repository", str, where, "metadata."), "metadata.repository", where)
+    file = _relative(required_field(meta, "file", str, where, "metadata."), "metadata.file", where)
+    lineno = required_field(meta, "groundtruth_start_lineno", int, where, "metadata.")
     if not task_id:
         raise InputError(f"{where}: metadata.task_id is empty")
     if lineno < 0:
@@ -157,16 +152,16 @@ def _setting(record: dict, file_setting: str | None, where: str) -> str | None:
 
 
 def _from_repobench(record: dict, setting: str | None, index: int, where: str) -> EvalTask:
-    repository = _relative(_field(record, "repo_name", str, where), "repo_name", where)
-    file = _relative(_field(record, "file_path", str, where), "file_path", where)
-    next_line = _field(record, "next_line", str, where)
-    cropped = _field(record, "cropped_code", str, where)
-    all_code = _field(record, "all_code", str, where)
-    imports = _field(record, "import_statement", str, where)
-    context = _field(record, "context", list, where)
+    repository = _relative(required_field(record, "repo_name", str, where), "repo_name", where)
+    file = _relative(required_field(record, "file_path", str, where), "file_path", where)
+    next_line = required_field(record, "next_line", str, where)
+    cropped = required_field(record, "cropped_code", str, where)
+    all_code = required_field(record, "all_code", str, where)
+    imports = required_field(record, "import_statement", str, where)
+    context = required_field(record, "context", list, where)
     for key, kind in (("gold_snippet_index", int), ("level", str)):
         if key in record:
-            _field(record, key, kind, where)
+            required_field(record, key, kind, where)
     if not all(isinstance(c, dict) for c in context):
         raise InputError(f"{where}: field context must be a list of objects")
     next_line = next_line.rstrip("\r\n")
@@ -241,17 +236,35 @@ def task_id_for(repository: str, file: str, lineno: int) -> str:
     return f"{repository}/{file}:{lineno + 1}"
 
 
+# -- reading input files --------------------------------------------------------------------------------------
+
+
+def read_input(path: str | Path, what: str, errors: str = "strict") -> str:
+    """The text of an input file (UTF-8); a missing or unreadable one is an InputError naming `what` it is."""
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8", errors=errors)
+    except FileNotFoundError:
+        raise InputError(f"{what} not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read {what} {path}: {e}") from None
+
+
+def jsonl_object(line: str, where: str, what: str) -> dict:
+    """One JSONL line that must hold a JSON object; otherwise an InputError naming `where` ("file:line")."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise InputError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(record, dict):
+        raise InputError(f"{where}: {what} must be a JSON object, got {type(record).__name__}")
+    return record
+
+
 def jsonl_records(path, text: str, what: str):
     """(line number, "file:line", object) for each non-blank line of a JSONL text; a line that is not a JSON object
     is an InputError naming its file and line."""
     for lineno, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(record, dict):
-            raise InputError(f"{where}: {what} must be a JSON object, got {type(record).__name__}")
-        yield lineno, where, record
+        if line.strip():
+            where = f"{path}:{lineno}"
+            yield lineno, where, jsonl_object(line, where, what)

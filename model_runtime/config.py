@@ -65,6 +65,23 @@ class RuntimeConfig:
     def replace(self, **changes) -> "RuntimeConfig":
         return dataclasses.replace(self, **changes)
 
+    def to_argv(self) -> list[str]:
+        """The `repocomplete serve` flags that reproduce this config (the knobs the command line has; the others,
+        cache_dir, time_budget_s and the like, are the defaults on that side)."""
+        argv = ["--model", str(self.model), "--quantize", self.quantize, "--max-tokens", str(self.max_new_tokens),
+                "--temperature", repr(float(self.temperature))]
+        for flag, value in (("--adapter", self.adapter), ("--endpoint", self.endpoint), ("--device", self.device),
+                            ("--dtype", self.dtype), ("--fim-template", self.fim_template)):
+            if value:
+                argv += [flag, str(value)]
+        if not self.token_healing:
+            argv.append("--no-token-healing")
+        if self.compile_decode:
+            argv.append("--compile")
+        if self.multiline:
+            argv.append("--multiline")
+        return argv
+
     def validate(self) -> None:
         if self.max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")

@@ -268,7 +268,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_latency(args: argparse.Namespace) -> int:
-    from eval.bench_latency import BenchOptions, run_latency_bench
+    from bench.latency import BenchOptions, run_latency_bench
 
     options = BenchOptions(
         file=args.file,
@@ -284,7 +284,7 @@ def cmd_bench_latency(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_lsp(args: argparse.Namespace) -> int:
-    from eval.bench_lsp import LspBenchOptions, format_report, run_lsp_bench
+    from bench.lsp import LspBenchOptions, format_report, run_lsp_bench
 
     options = LspBenchOptions(file=args.file, keystrokes=args.keystrokes, burst_keystrokes=args.burst_keystrokes,
                               burst_interval_ms=args.burst_interval_ms, context_tokens=args.context_tokens)
@@ -298,7 +298,7 @@ def cmd_bench_lsp(args: argparse.Namespace) -> int:
 def cmd_bench_context(args: argparse.Namespace) -> int:
     from context_engine.errors import InputError
     from context_engine.config import ContextConfig
-    from eval.bench_context import format_report, run_context_bench
+    from bench.context import format_report, run_context_bench
 
     source = Path(args.dir)
     if not source.is_dir():
@@ -312,15 +312,10 @@ def cmd_bench_context(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_quality(args: argparse.Namespace) -> int:
-    from context_engine.errors import InputError
-    from eval.quality import format_report, run_quality
-    from model_runtime.backend import make_engine
+    from bench.quality import format_report, run_quality
 
-    source = Path(args.dir)
-    if not source.is_dir():
-        raise InputError(f"not a directory: {source}")
-    model = make_engine(runtime_config(args))
-    report = run_quality(source, model, n=args.n, seed=args.seed, budget=args.budget or 512, progress=not args.json)
+    report = run_quality(Path(args.dir), runtime_config(args), n=args.n, seed=args.seed, budget=args.budget or 512,
+                         progress=not args.json)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 
@@ -360,11 +355,11 @@ def _eval_context_config(args: argparse.Namespace):
 
 
 def _eval_run_options(args: argparse.Namespace, **changes):
-    from eval.runner import RunOptions
+    """eval's own knobs; --budget, --max-tokens and --multiline reach the run through the configs."""
+    from eval.options import RunOptions
     from eval.scale import parse_shard
 
-    values = dict(context=getattr(args, "context", "repo"), budget=args.budget, multiline=args.multiline,
-                  max_new_tokens=args.max_tokens, iterative=args.iterative, batch_size=args.batch_size,
+    values = dict(context=getattr(args, "context", "repo"), iterative=args.iterative, batch_size=args.batch_size,
                   limit=args.limit, shard=parse_shard(args.shard) if getattr(args, "shard", None) else None,
                   via=getattr(args, "via", "engine"), backend=args.backend, workers=args.workers,
                   progress=not (args.json or args.quiet))
@@ -408,7 +403,7 @@ def cmd_eval_report(args: argparse.Namespace) -> int:
 
 
 def report_text(report: dict) -> str:
-    from eval.bench_latency import format_report
+    from bench.latency import format_report
 
     return format_report(report)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from eval.bench_lsp import LspBenchOptions, format_report, run_lsp_bench
+from bench.lsp import LspBenchOptions, format_report, run_lsp_bench
 from model_runtime.config import RuntimeConfig
 
 

@@ -11,7 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from context_engine.config import ContextConfig
+from context_engine.document import offset_of
+from model_runtime.backend import make_engine
+from model_runtime.config import RuntimeConfig
 from repocomplete.cli import main
+from repocomplete.pipeline import Completer, CompletionOptions
 
 SOURCE = "def add(a, b):\n    return a + b\n"
 
@@ -29,6 +34,16 @@ def cache_home(tmp_path, monkeypatch) -> Path:
     home = tmp_path / "cache-home"
     monkeypatch.setattr("platformdirs.user_cache_dir", lambda appname=None, *a, **k: str(home / appname))
     return home
+
+
+def complete_in_process(path: Path, line: int, col: int, runtime: RuntimeConfig, options: CompletionOptions):
+    """What the pipeline completes at (line, col) of a file, built here in the test's process."""
+    text = path.read_text()
+    completer = Completer(make_engine(runtime), ContextConfig(slow_provider_deadline_ms=None))
+    try:
+        return completer.complete(str(path), text, offset_of(text, line, col), options)
+    finally:
+        completer.close()
 
 
 def run_cli(capsys, *argv) -> tuple[int, str, str]:
@@ -148,7 +163,12 @@ def test_complete_json(capsys, src, tiny_model_dir, tokenizer):
     prefix_ids = tokenizer.encode("def add(a, b):\n    ", add_special_tokens=False)
     assert result["prompt_tokens"] == len(prefix_ids) - 1 == 7
     assert result["cached_tokens"] == 0
-    assert isinstance(result["completion"], str)
+    # The completion is the one the engine itself makes for the same prompt with the same model and settings.
+    expected = complete_in_process(src, 2, 5, RuntimeConfig(model=str(tiny_model_dir), device="cpu", max_new_tokens=4),
+                                   CompletionOptions(context="infile"))
+    assert result["completion"] == expected.text
+    assert (result["generated_tokens"], result["stop_reason"]) == (expected.completion.generated_tokens,
+                                                                   expected.completion.stop_reason)
     assert 0 <= result["generated_tokens"] <= 4
     assert result["stop_reason"] in {"eos", "stop_token", "newline", "max_tokens", "time"}
     assert isinstance(result["latency_ms"], float) and result["latency_ms"] > 0
@@ -169,6 +189,11 @@ def test_complete_json_without_token_healing(capsys, src, tiny_model_dir, tokeni
     result = json.loads(out)
     assert result["prompt_tokens"] == len(tokenizer.encode("def add(a, b):", add_special_tokens=False))
     assert result["generated_tokens"] <= 2
+    expected = complete_in_process(src, 1, 15, RuntimeConfig(model=str(tiny_model_dir), device="cpu", max_new_tokens=2,
+                                                             token_healing=False), CompletionOptions(context="none"))
+    assert result["completion"] == expected.text
+    assert result["generated_tokens"] == expected.completion.generated_tokens
+    assert result["prompt_tokens"] == expected.completion.prompt_tokens
 
 
 def test_module_entry_point_end_to_end(tmp_path, tiny_model_dir):
@@ -195,3 +220,34 @@ def test_module_entry_point_ignores_files_in_the_working_directory(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "repocomplete", "--help"], cwd=tmp_path, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0 and "usage: repocomplete" in proc.stdout, proc.stderr[-1000:]
+
+
+@pytest.mark.parametrize("config", [
+    {},
+    {"model": "some/dir", "quantize": "int4", "max_new_tokens": 7, "temperature": 0.2, "multiline": True},
+    {"adapter": "lora", "device": "cpu", "dtype": "bfloat16", "fim_template": "starcoder", "token_healing": False,
+     "compile_decode": True},
+    {"endpoint": "http://localhost:8000/v1", "quantize": "none", "temperature": 1.5},
+])
+def test_runtime_config_to_argv_round_trips_through_the_serve_command_line(config):
+    from repocomplete.cli import build_parser, runtime_config
+
+    c = RuntimeConfig(**config)
+    assert runtime_config(build_parser().parse_args(["serve", *c.to_argv()])) == c
+
+
+def test_runtime_config_to_argv_covers_every_model_flag_of_serve(capsys):
+    """A flag added to the command line's model options must reach the server through to_argv too."""
+    import re
+
+    from repocomplete.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--help"])
+    help_text = capsys.readouterr().out
+    model_section = help_text[help_text.index("\nmodel:\n"):].split("\n\n")[0]
+    flags = set(re.findall(r"^  (--[a-z-]+)", model_section, re.M))
+    everything = RuntimeConfig(model="m", adapter="a", endpoint="http://e", device="cpu", dtype="float32",
+                               quantize="int8", fim_template="starcoder", compile_decode=True, max_new_tokens=5,
+                               temperature=0.5, token_healing=False, multiline=True)
+    assert len(flags) >= 11 and flags <= {a for a in everything.to_argv() if a.startswith("--")}

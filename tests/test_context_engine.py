@@ -198,6 +198,30 @@ def test_complete_with_repo_context(repo, tiny_model_dir, tmp_path, capsys, monk
     assert code == 0
     # The prompt carries the repository context: far longer than the file's own 9 lines.
     assert out["prompt_tokens"] > 250
+    # What `repocomplete context` shows for that position is what reached the prompt...
+    assert main(["context", str(repo / "shop/checkout.py"), "--line", "8", "--col", "13", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown and any(i["kind"] == "imports" and i["path"] == "shop/models.py" for i in shown)
+    # ...in the completion the same pipeline makes in this process (same model, settings and index): the same
+    # prompt, the same completion, and each record of the context among its prompt's context items.
+    from context_engine.document import offset_of
+    from model_runtime.backend import make_engine
+    from model_runtime.config import RuntimeConfig
+    from repocomplete.pipeline import Completer, CompletionOptions
+
+    text = (repo / "shop/checkout.py").read_text()
+    completer = Completer(make_engine(RuntimeConfig(model=str(tiny_model_dir), quantize="none", max_new_tokens=3)),
+                          ContextConfig(slow_provider_deadline_ms=None))
+    try:
+        with_repo, in_file = (completer.complete(str(repo / "shop/checkout.py"), text, offset_of(text, 8, 13),
+                                                 CompletionOptions(context=mode)) for mode in ("repo", "infile"))
+    finally:
+        completer.close()
+    assert out["prompt_tokens"] == with_repo.completion.prompt_tokens
+    assert out["completion"] == with_repo.text
+    items = {(item.path, item.text) for item in with_repo.parts.context}
+    assert {(i["path"], i["text"]) for i in shown} <= items
+    assert not in_file.parts.context and in_file.completion.prompt_tokens < 250 < out["prompt_tokens"]
 
 
 def test_slow_providers_miss_the_deadline_then_serve_the_next_keystroke(repo, tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ from context_engine.config import ContextConfig
 from context_engine.errors import InputError
 from context_engine.engine import ContextEngine
 from eval.report import CONFIGS, configure, parse_configs, run_report
-from eval.runner import RunOptions
+from eval.options import RunOptions
 from eval.suites import load_tasks
 from model_runtime.engine import Engine
 from test_eval_runner import Recorder, suite  # noqa: F401 - the shared tiny suite

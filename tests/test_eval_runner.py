@@ -11,7 +11,9 @@ import pytest
 from context_engine.config import ContextConfig
 from context_engine.errors import InputError
 from context_engine.engine import ContextEngine
-from eval.runner import PredictionFile, RunOptions, read_predictions, run
+from eval.options import RunOptions
+from eval.predictions import PredictionFile, read_predictions
+from eval.runner import run
 from eval.scale import merge, parse_shard, shard
 from eval.suites import EvalTask, load_tasks, write_tasks
 from helpers import write_tree

@@ -1,7 +1,7 @@
 """`repocomplete bench latency`: replay a typing session and time a single-line completion after each keystroke.
 
-The session: a real source file (bundled: CPython's textwrap.py), the cursor placed about `context_tokens` tokens
-into it, then the next `keystrokes` characters typed one at a time. Every keystroke asks the engine for a
+The session (bench.session): a real source file (bundled: CPython's textwrap.py), the cursor placed about
+`context_tokens` tokens into it, then the next `keystrokes` characters typed one at a time. Every keystroke asks the engine for a
 single-line completion, as an editor would. Measured on the same prompts:
   * the engine with its prefix-KV cache (the product path);
   * the engine with the cache off (every prompt prefilled from scratch), on every Nth keystroke;
@@ -19,20 +19,18 @@ from pathlib import Path
 
 import torch
 
+from bench.session import SessionOptions, load_session
+from bench.stats import percentile
 from repocomplete.pipeline import cursor_prompt
 from model_runtime.config import RuntimeConfig
 from model_runtime.engine import CompletionRequest, Engine
 from model_runtime.loading import LoadedModel, embedded_gguf_path, load_model
 
-BUNDLED_FILE = Path(__file__).parent / "data" / "textwrap.py"
 DECODE_PROBE_TOKENS = 64
 
 
 @dataclass
-class BenchOptions:
-    file: str | None = None
-    keystrokes: int = 24
-    context_tokens: int = 2048
+class BenchOptions(SessionOptions):
     max_new_tokens: int = 16
     uncached_every: int = 4
     peers: tuple[str, ...] = ("hf", "llama-cpp")
@@ -63,15 +61,15 @@ class Series:
         s = self.samples
         if not s:
             return {"n": 0}
-        lat = sorted(x.latency_s * 1000 for x in s)
+        lat = [x.latency_s * 1000 for x in s]
         prefill_s = sum(x.prefill_s for x in s)
         decode_s = sum(x.decode_s for x in s)
         # Decode rate over the tokens after the first, whose logits come out of the prefill.
         decoded = sum(max(x.generated - 1, 0) for x in s)
         return {
             "n": len(s),
-            "p50_ms": round(_percentile(lat, 50), 1),
-            "p95_ms": round(_percentile(lat, 95), 1),
+            "p50_ms": round(percentile(lat, 50), 1),
+            "p95_ms": round(percentile(lat, 95), 1),
             "mean_prefill_tokens": round(statistics.mean(x.prefill_tokens for x in s), 1),
             "mean_cached_tokens": round(statistics.mean(x.cached_tokens for x in s), 1),
             "mean_generated": round(statistics.mean(x.generated for x in s), 1),
@@ -81,38 +79,18 @@ class Series:
         }
 
 
-def _percentile(sorted_values: list[float], q: float) -> float:
-    if len(sorted_values) == 1:
-        return sorted_values[0]
-    return statistics.quantiles(sorted_values, n=100, method="inclusive")[int(q) - 1]
-
-
 # ---------------------------------------------------------------------------------------------------------------
-# The session.
-
-
-def typing_session(text: str, tokenizer, context_tokens: int, keystrokes: int) -> tuple[int, list[int]]:
-    """The cursor offsets of the session: start at the first code character of the line ~context_tokens in."""
-    ids = tokenizer.encode(text, add_special_tokens=False)
-    if len(ids) <= context_tokens:
-        raise ValueError(f"the file has only {len(ids)} tokens; need more than {context_tokens}")
-    offset = len(tokenizer.decode(ids[:context_tokens]))
-    line_start = text.index("\n", offset) + 1
-    while not text[line_start:].split("\n", 1)[0].strip():  # skip blank lines
-        line_start = text.index("\n", line_start) + 1
-    start = line_start + len(text[line_start:]) - len(text[line_start:].lstrip(" \t"))
-    return start, [start + k for k in range(keystrokes)]
+# The benchmark.
 
 
 def run_latency_bench(config: RuntimeConfig, options: BenchOptions, progress: bool = True) -> dict:
-    path = Path(options.file) if options.file else BUNDLED_FILE
-    text = path.read_text(encoding="utf-8")
     config = config.replace(max_new_tokens=options.max_new_tokens, multiline=False)
     t_load = time.perf_counter()
     loaded = load_model(config)  # the GGUF was converted on an earlier run: this is a warm start
     load_s = time.perf_counter() - t_load
-    start, cursors = typing_session(text, loaded.tokenizer, options.context_tokens, options.keystrokes)
-    parts = [cursor_prompt(text, c, mode="infile", path=path.name) for c in cursors]
+    session = load_session(options, loaded.tokenizer)
+    path, text = session.path, session.text
+    parts = [cursor_prompt(text, c, mode="infile", path=path.name) for c in session.cursors]
     every = max(1, options.uncached_every)
     sparse = [0] + list(range(1, len(parts), every))  # the warm-up keystroke, then every Nth
 
@@ -149,7 +127,7 @@ def run_latency_bench(config: RuntimeConfig, options: BenchOptions, progress: bo
         "threads": torch.get_num_threads(),
         "load_s": round(load_s, 2),
         "file": str(path),
-        "cursor_line": text[:start].count("\n") + 1,
+        "cursor_line": session.cursor_line,
         "prompt_tokens": len(prompts[0]),
         "keystrokes": options.keystrokes,
         "max_new_tokens": options.max_new_tokens,

@@ -14,20 +14,13 @@ from __future__ import annotations
 
 import random
 import shutil
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
+from bench.stats import percentiles
 from context_engine.config import ContextConfig
 from context_engine.engine import ContextEngine, settle
-
-
-def _pct(values: list[float], q: int) -> float:
-    values = sorted(values)
-    if len(values) == 1:
-        return round(values[0], 2)
-    return round(statistics.quantiles(values, n=100, method="inclusive")[q - 1], 2)
 
 
 def _cursors(engine: ContextEngine, n: int, seed: int) -> list[tuple[str, str, int, int]]:
@@ -145,13 +138,13 @@ def run_context_bench(source: Path, config: ContextConfig | None = None, edits: 
         "warm_restart_s": round(warm_index_s, 3),
         "warm_reparsed_files": warm.parsed,
         "cold_over_warm": round(cold_index_s / warm_index_s, 1),
-        "incremental_update_ms": {"n": edits, "p50": _pct(update_ms, 50), "p95": _pct(update_ms, 95)},
-        "context_ms": {"n": len(context_ms), "p50": _pct(context_ms, 50), "p95": _pct(context_ms, 95),
-                       "deadline_ms": deadline, "jedi_missed_deadline": incomplete},
-        "context_ms_per_provider_p95": {k: _pct(v, 95) for k, v in per_provider.items()},
-        "context_ms_editing": {"n": len(editing_ms), "p50": _pct(editing_ms, 50), "p95": _pct(editing_ms, 95),
+        "incremental_update_ms": {"n": edits, **percentiles(update_ms)},
+        "context_ms": {"n": len(context_ms), **percentiles(context_ms), "deadline_ms": deadline,
+                       "jedi_missed_deadline": incomplete},
+        "context_ms_per_provider_p95": {k: percentiles(v, qs=(95,))["p95"] for k, v in per_provider.items()},
+        "context_ms_editing": {"n": len(editing_ms), **percentiles(editing_ms),
                                "jedi_missed_deadline": editing_incomplete},
-        "context_ms_waiting_for_all": {"p50": _pct(waited_ms, 50), "p95": _pct(waited_ms, 95)},
+        "context_ms_waiting_for_all": percentiles(waited_ms),
     }
     report["targets"] = {
         "cold >= 2 MB/s": report["cold_mb_per_s"] >= 2,

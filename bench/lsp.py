@@ -24,7 +24,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from eval.bench_latency import BUNDLED_FILE, typing_session
+from bench.session import SessionOptions, load_session
+from bench.stats import percentiles
 from eval.lsp_client import JsonRpcClient, ServerError, utf16_position
 from model_runtime.config import RuntimeConfig
 
@@ -32,25 +33,14 @@ OVERHEAD_TARGET_MS = 5.0
 
 
 @dataclass
-class LspBenchOptions:
-    file: str | None = None
-    keystrokes: int = 24
+class LspBenchOptions(SessionOptions):  # keystrokes: the paced ones
     burst_keystrokes: int = 12
     burst_interval_ms: float = 30.0
-    context_tokens: int = 2048
     context: str = "infile"  # the server's context mode for the session (bench latency's prompts are in-file)
 
 
 def serve_argv(runtime: RuntimeConfig) -> list[str]:
-    argv = [sys.executable, "-m", "repocomplete", "serve", "--model", runtime.model, "--quantize", runtime.quantize,
-            "--max-tokens", str(runtime.max_new_tokens)]
-    for flag, value in (("--device", runtime.device), ("--dtype", runtime.dtype), ("--adapter", runtime.adapter),
-                        ("--endpoint", runtime.endpoint), ("--fim-template", runtime.fim_template)):
-        if value:
-            argv += [flag, value]
-    if not runtime.token_healing:
-        argv.append("--no-token-healing")
-    return argv
+    return [sys.executable, "-m", "repocomplete", "serve", *runtime.to_argv()]
 
 
 def _tokenizer(runtime: RuntimeConfig):
@@ -60,18 +50,10 @@ def _tokenizer(runtime: RuntimeConfig):
     return load_tokenizer(model_dir)
 
 
-def _pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    values = sorted(values)
-    return round(values[min(len(values) - 1, int(round(q * (len(values) - 1))))], 2)
-
-
 def run_lsp_bench(runtime: RuntimeConfig, options: LspBenchOptions, progress: bool = True) -> dict:
-    source = Path(options.file) if options.file else BUNDLED_FILE
-    text = source.read_text()
     total = options.keystrokes + options.burst_keystrokes
-    start, cursors = typing_session(text, _tokenizer(runtime), options.context_tokens, total)
+    session = load_session(options, _tokenizer(runtime), keystrokes=total)
+    source, text, start = session.path, session.text, session.start
     typed = text[start : start + total]
     with tempfile.TemporaryDirectory(prefix="repocomplete-bench-lsp-") as tmp:
         root = Path(tmp) / "repo"
@@ -166,13 +148,11 @@ def summarize(rows: list[dict], runtime: RuntimeConfig, options: LspBenchOptions
         return {
             "requests": len(phase_rows),
             "outcomes": outcomes,
-            "latency_ms": {"p50": _pct([r["latency_ms"] for r in done], 0.5),
-                           "p95": _pct([r["latency_ms"] for r in done], 0.95)},
-            "engine_ms": {"p50": _pct([r["engine_ms"] for r in engine], 0.5),
-                          "p95": _pct([r["engine_ms"] for r in engine], 0.95)},
-            "overhead_ms": {"p50": _pct(overhead, 0.5), "p95": _pct(overhead, 0.95),
+            "latency_ms": percentiles(r["latency_ms"] for r in done),
+            "engine_ms": percentiles(r["engine_ms"] for r in engine),
+            "overhead_ms": {**percentiles(overhead),
                             "mean": round(statistics.fmean(overhead), 2) if overhead else None},
-            "debounce_ms": {"p50": _pct([r["debounce_ms"] for r in done], 0.5)},
+            "debounce_ms": percentiles((r["debounce_ms"] for r in done), qs=(50,)),
         }
 
     paced = [r for r in rows if r["phase"] == "paced"]
@@ -181,7 +161,7 @@ def summarize(rows: list[dict], runtime: RuntimeConfig, options: LspBenchOptions
     ran_after = [r["ran_after_superseded_ms"] or 0.0 for r in superseded]
     all_overhead = [r["latency_ms"] - r["engine_ms"] - (r["debounce_ms"] or 0) for r in rows
                     if r["outcome"] == "completed" and r["engine_ms"] is not None]
-    overhead_p50 = _pct(all_overhead, 0.5)
+    overhead_p50 = percentiles(all_overhead, qs=(50,))["p50"]
     return {
         "file": source.name,
         "model": runtime.model,
@@ -190,7 +170,7 @@ def summarize(rows: list[dict], runtime: RuntimeConfig, options: LspBenchOptions
         "paced": phase_summary(paced),
         "burst": phase_summary(burst),
         "superseded": {"count": len(superseded), "ran_after_superseded_max_ms": max(ran_after, default=0.0),
-                       "ran_after_superseded_p50_ms": _pct(ran_after, 0.5)},
+                       "ran_after_superseded_p50_ms": percentiles(ran_after, qs=(50,))["p50"]},
         "targets": {
             "overhead_p50_ms": overhead_p50,
             "overhead_p50_met": overhead_p50 is not None and overhead_p50 < OVERHEAD_TARGET_MS,
