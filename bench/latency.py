@@ -44,6 +44,7 @@ class Sample:
     generated: int
     decode_s: float
     cached_tokens: int = 0
+    empty_by_time: bool = False  # the time budget stopped it before it produced any text
 
 
 @dataclass
@@ -76,6 +77,7 @@ class Series:
             "prefill_tok_s": round(sum(x.prefill_tokens for x in s) / prefill_s, 1) if prefill_s else None,
             "decode_tok_s": round(decoded / decode_s, 1) if decode_s and decoded else None,
             "warmup_ms": round(self.warmup.latency_s * 1000, 1) if self.warmup else None,
+            "empty_by_time": sum(x.empty_by_time for x in s) + bool(self.warmup and self.warmup.empty_by_time),
         }
 
 
@@ -125,6 +127,7 @@ def run_latency_bench(config: RuntimeConfig, options: BenchOptions, progress: bo
         "compile_decode": config.compile_decode,
         "forward": loaded.forward_name,
         "threads": torch.get_num_threads(),
+        "cpu": cpu_report(loaded),
         "load_s": round(load_s, 2),
         "file": str(path),
         "cursor_line": session.cursor_line,
@@ -165,7 +168,30 @@ def _sample(result) -> Sample:
         generated=result.generated_tokens,
         decode_s=result.decode_s,
         cached_tokens=result.cached_tokens,
+        empty_by_time=result.stop_reason == "time" and not result.text.strip(),
     )
+
+
+def cpu_report(loaded: LoadedModel) -> dict:
+    """The CPU and the path the figures were measured on (`repocomplete doctor` shows the table behind it)."""
+    from model_runtime.cpu import cpu_info
+
+    info = cpu_info()
+    out = {"name": info.name, "capability": info.capability, "isa_env": dict(info.isa_env), "threads": info.threads}
+    if loaded.plan is not None:
+        from model_runtime.cpu_path import to_dict
+
+        plan = to_dict(loaded.plan)
+        out.update(path={k: plan[k] for k in ("decode", "prefill", "kv", "source")})
+    return out
+
+
+def cpu_line(cpu: dict) -> str:
+    env = "".join(f" {k}={v}" for k, v in cpu.get("isa_env", {}).items())
+    path = cpu.get("path")
+    how = (f"decode {path['decode']}, prefill {path['prefill']}, kv {path['kv']} ({path['source']})" if path
+           else "no CPU plan")
+    return f"cpu {cpu['name']} ({cpu['capability']}{env}), {cpu['threads']} threads: {how}"
 
 
 def _healed_ids(engine: Engine, parts) -> list[int]:
@@ -220,11 +246,17 @@ def hf_generate_series(loaded: LoadedModel, prompts: list[list[int]], counts: li
     from transformers import AutoModelForCausalLM
     from transformers.generation.streamers import BaseStreamer
 
-    model = AutoModelForCausalLM.from_pretrained(loaded.source, dtype=loaded.dtype).to(loaded.device).eval()
-    if loaded.quantize != "none":
-        from model_runtime.quantize import quantize
+    if loaded.plan is not None:  # the same CPU path as the engine
+        from model_runtime.loading import apply_cpu_plan
 
-        quantize(model, loaded.quantize, act_dtype=loaded.dtype)
+        model = AutoModelForCausalLM.from_pretrained(loaded.source, dtype=torch.float32).eval()
+        apply_cpu_plan(model, loaded.plan)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(loaded.source, dtype=loaded.dtype).to(loaded.device).eval()
+        if loaded.quantize != "none":
+            from model_runtime.quantize import quantize
+
+            quantize(model, loaded.quantize, act_dtype=loaded.dtype)
 
     class Clock(BaseStreamer):
         def __init__(self):
@@ -307,6 +339,7 @@ def format_report(report: dict) -> str:
         f"model {report['model']} on {report['device']} ({report['dtype']}, quantize={report['quantize']}, "
         f"compile={report['compile_decode']}, forward={report['forward']}, {report['threads']} threads), "
         f"loaded in {report['load_s']} s",
+        cpu_line(report["cpu"]),
         f"session: {report['keystrokes']} keystrokes at line {report['cursor_line']} of {report['file']}, "
         f"~{report['prompt_tokens']} prompt tokens, single-line, max {report['max_new_tokens']} new tokens",
         "",

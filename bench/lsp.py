@@ -117,7 +117,9 @@ def run_lsp_bench(runtime: RuntimeConfig, options: LspBenchOptions, progress: bo
     rows = []
     for (phase, _, msg_id), record in zip(sent, records):
         rows.append({"phase": phase, "latency_ms": round(latency[msg_id], 2), **record})
-    return summarize(rows, runtime, options, source)
+    report = summarize(rows, runtime, options, source)
+    report["cpu"] = {"capability": stats.get("cpu"), "path": stats.get("path"), "server_model": stats.get("model")}
+    return report
 
 
 def _params(uri: str, before_cursor: str) -> dict:
@@ -184,6 +186,11 @@ def summarize(rows: list[dict], runtime: RuntimeConfig, options: LspBenchOptions
 def format_report(r: dict) -> str:
     lines = [f"bench lsp: {r['file']}, model {r['model']}, {r['keystrokes']['paced']} paced keystrokes, "
              f"{r['keystrokes']['burst']} every {r['keystrokes']['burst_interval_ms']:.0f} ms"]
+    cpu = r.get("cpu") or {}
+    path = cpu.get("path")
+    lines.append(f"server cpu {path['cpu'] if path else ''} ({cpu.get('capability')}), "
+                 + (f"{path['threads']} threads: decode {path['decode']}, prefill {path['prefill']}, kv {path['kv']} "
+                    f"({path['source']})" if path else "no CPU plan"))
     lines.append(f"{'phase':<8}{'requests':>9}{'latency p50/p95':>18}{'engine p50/p95':>17}{'overhead p50/p95':>19}"
                  "  outcomes")
     for phase in ("paced", "burst"):

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from lsprotocol import types
 from pygls.lsp.server import LanguageServer
 from pygls.uris import to_fs_path
@@ -26,6 +27,7 @@ from lsp_server.completions import Completions
 from lsp_server.config import Effective, Settings, resolve
 from lsp_server.documents import Documents
 from lsp_server.worker import EngineWorker
+from model_runtime import cpu_path
 from model_runtime.config import RuntimeConfig
 
 log = logging.getLogger(__name__)
@@ -73,7 +75,10 @@ class Lifecycle:
         return self._model_job is not None and self._model_job.done() and not self._model_job.exception()
 
     def status_json(self) -> dict:
-        out = {"state": self.state, "model": self.model_name}
+        out = {"state": self.state, "model": self.model_name, "cpu": torch.backends.cpu.get_cpu_capability()}
+        plan = getattr(getattr(self.worker.completer.model, "loaded", None), "plan", None)
+        if plan is not None:
+            out["path"] = cpu_path.to_dict(plan)
         if self.completions.advice:
             out["advice"] = self.completions.advice
         return out

@@ -71,7 +71,7 @@ class RuntimeConfig:
         argv = ["--model", str(self.model), "--quantize", self.quantize, "--max-tokens", str(self.max_new_tokens),
                 "--temperature", repr(float(self.temperature))]
         for flag, value in (("--adapter", self.adapter), ("--endpoint", self.endpoint), ("--device", self.device),
-                            ("--dtype", self.dtype), ("--fim-template", self.fim_template)):
+                            ("--dtype", self.dtype), ("--fim-template", self.fim_template), ("--threads", self.threads)):
             if value:
                 argv += [flag, str(value)]
         if not self.token_healing:

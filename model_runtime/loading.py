@@ -221,16 +221,9 @@ def load_model(spec: str | RuntimeConfig = DEFAULT_MODEL, config: RuntimeConfig 
         log.info("keeping %s attention: %s", model.config._attn_implementation, e)
     kv_dtype = None
     if plan is not None:
-        from model_runtime.quantize import plan_linears
-
+        quantize, suffix = apply_cpu_plan(model, plan)
         dtype, kv_dtype = plan.stream_dtype, plan.kv_torch_dtype
-        plain = plan.decode == plan.prefill and plan.decode.weights == plan.decode.act and plan.decode.act_dtype == dtype
-        if not plain:
-            plan_linears(model, plan.decode, plan.prefill, out_dtype=dtype)
-        model.to(dtype)  # embeddings and norms (planned linears keep their own forms)
-        quantize = "none" if plain else plan.decode.weights
-        if not plain:
-            name = f"{name} {plan.decode.name}" + ("" if plan.prefill == plan.decode else f"+{plan.prefill.name}")
+        name += suffix
     elif quantize != "none":
         from model_runtime.quantize import quantize as quantize_linears
 
@@ -245,6 +238,22 @@ def load_model(spec: str | RuntimeConfig = DEFAULT_MODEL, config: RuntimeConfig 
 
         loaded.forward, loaded.forward_name = build_forward(model)
     return loaded
+
+
+def apply_cpu_plan(model, plan) -> tuple[str, str]:
+    """Convert a float32 model to a CPU plan in place: planned linears (unless the plan is plain dense weights in
+    the stream dtype), the rest in the stream dtype. Returns the weights' name ("none" when plain) and the suffix
+    for the model's display name."""
+    from model_runtime.quantize import plan_linears
+
+    dtype = plan.stream_dtype
+    plain = plan.decode == plan.prefill and plan.decode.weights == plan.decode.act and plan.decode.act_dtype == dtype
+    if not plain:
+        plan_linears(model, plan.decode, plan.prefill, out_dtype=dtype)
+    model.to(dtype)  # embeddings and norms (planned linears keep their own forms)
+    if plain:
+        return "none", ""
+    return plan.decode.weights, f" {plan.decode.name}" + ("" if plan.prefill == plan.decode else f"+{plan.prefill.name}")
 
 
 def model_shapes_of(config: RuntimeConfig):

@@ -27,3 +27,11 @@ def test_bench_lsp_reports_latency_engine_time_and_overhead(tiny_model_dir, tmp_
         report["burst"]["outcomes"].get("superseded", 0)
     text = format_report(report)
     assert "server overhead p50" in text and "superseded requests" in text
+    # The server's CPU and path stand beside the figures: --quantize none is plain fp32, fixed by the flag.
+    import torch
+
+    assert report["cpu"]["capability"] == torch.backends.cpu.get_cpu_capability()
+    path = report["cpu"]["path"]
+    assert (path["decode"], path["prefill"], path["kv"], path["source"]) == ("fp32", "fp32", "fp32", "flags")
+    assert f"({report['cpu']['capability']}), {path['threads']} threads: decode fp32, prefill fp32, kv fp32 (flags)" \
+        in text
