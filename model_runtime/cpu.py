@@ -73,19 +73,52 @@ def _proc_cpuinfo(path: str = "/proc/cpuinfo") -> tuple[str, set[str]]:
 # Threads.
 
 
-def cgroup_cpu_limit(root: str = "/sys/fs/cgroup") -> float | None:
-    """The CPU quota of this process's cgroup in CPUs (cgroup v2 cpu.max or v1 cfs quota), None when unlimited."""
-    base = Path(root)
+def cgroup_cpu_limit(root: str = "/sys/fs/cgroup", proc: str = "/proc/self/cgroup") -> float | None:
+    """The CPU quota of this process's cgroup in CPUs, None when unlimited: cgroup v2's cpu.max or v1's CFS quota,
+    of the process's own group and of every group above it (the smallest wins)."""
+    limits = [q for d in _cgroup_dirs(Path(root), proc) if (q := _quota(d)) is not None]
+    return min(limits) if limits else None
+
+
+def _cgroup_dirs(root: Path, proc: str) -> list[Path]:
+    """The folders whose quota applies to this process: its group under each CPU hierarchy, and their parents."""
+    own: list[Path] = []
     try:
-        quota, period = (base / "cpu.max").read_text().split()[:2]
-        if quota != "max":
-            return int(quota) / int(period)
-        return None
+        lines = Path(proc).read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, rel = parts
+        rel = rel.strip().lstrip("/")
+        if controllers == "":  # v2: one unified hierarchy
+            own.append(root / rel)
+        elif "cpu" in controllers.split(","):
+            own.append(root / controllers / rel)
+            own += [root / name / rel for name in ("cpu", "cpu,cpuacct") if name != controllers]
+    own += [root, root / "cpu"]  # a namespaced container sees its own group as the root
+    dirs: list[Path] = []
+    for d in own:
+        while True:
+            if d not in dirs:
+                dirs.append(d)
+            if d == root or d.parent == d or root not in d.parents:
+                break
+            d = d.parent
+    return dirs
+
+
+def _quota(d: Path) -> float | None:
+    try:
+        quota, period = (d / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
     except (OSError, ValueError):
         pass
     try:
-        quota = int((base / "cpu" / "cpu.cfs_quota_us").read_text())
-        period = int((base / "cpu" / "cpu.cfs_period_us").read_text())
+        quota = int((d / "cpu.cfs_quota_us").read_text())
+        period = int((d / "cpu.cfs_period_us").read_text())
         return quota / period if quota > 0 and period > 0 else None
     except (OSError, ValueError):
         return None
@@ -103,7 +136,8 @@ def physical_cores(cpus: set[int], sysfs: str = "/sys/devices/system/cpu") -> in
     return max(1, len(cores))
 
 
-def available_cores(cgroup_root: str = "/sys/fs/cgroup", sysfs: str = "/sys/devices/system/cpu") -> int:
+def available_cores(cgroup_root: str = "/sys/fs/cgroup", sysfs: str = "/sys/devices/system/cpu",
+                    proc: str = "/proc/self/cgroup") -> int:
     """The physical cores this process can use: its affinity mask, counted in physical cores, capped by the
     cgroup's CPU quota."""
     try:
@@ -111,7 +145,7 @@ def available_cores(cgroup_root: str = "/sys/fs/cgroup", sysfs: str = "/sys/devi
     except AttributeError:  # not Linux
         cpus = set(range(os.cpu_count() or 1))
     cores = physical_cores(cpus, sysfs)
-    limit = cgroup_cpu_limit(cgroup_root)
+    limit = cgroup_cpu_limit(cgroup_root, proc)
     if limit is not None:
         cores = min(cores, max(1, math.floor(limit)))
     return cores

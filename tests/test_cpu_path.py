@@ -255,16 +255,34 @@ def test_a_dtype_flag_with_auto_quantize_picks_among_that_dtype(tiny_model_dir, 
 
 
 def test_cgroup_quota_in_cpus(tmp_path):
+    proc = tmp_path / "proc-cgroup"
+    proc.write_text("0::/\n")
     (tmp_path / "cpu.max").write_text("150000 100000\n")
-    assert cgroup_cpu_limit(str(tmp_path)) == 1.5
+    assert cgroup_cpu_limit(str(tmp_path), str(proc)) == 1.5
     (tmp_path / "cpu.max").write_text("max 100000\n")
-    assert cgroup_cpu_limit(str(tmp_path)) is None
-    v1 = tmp_path / "v1"
-    (v1 / "cpu").mkdir(parents=True)
-    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("200000")
-    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000")
-    assert cgroup_cpu_limit(str(v1)) == 2.0
-    assert cgroup_cpu_limit(str(tmp_path / "missing")) is None
+    assert cgroup_cpu_limit(str(tmp_path), str(proc)) is None
+    assert cgroup_cpu_limit(str(tmp_path / "missing"), str(tmp_path / "no-proc")) is None
+
+
+def test_the_process_own_cgroup_and_its_parents_count(tmp_path):
+    # cgroup v1: the process sits in cpu:/box/job; the job has no quota, the box has 2 CPUs.
+    proc = tmp_path / "proc-cgroup"
+    proc.write_text("4:memory:/box/job\n2:cpu,cpuacct:/box/job\n0::/\n")
+    job = tmp_path / "cpu,cpuacct" / "box" / "job"
+    job.mkdir(parents=True)
+    (job / "cpu.cfs_quota_us").write_text("-1")
+    (job / "cpu.cfs_period_us").write_text("100000")
+    (job.parent / "cpu.cfs_quota_us").write_text("200000")
+    (job.parent / "cpu.cfs_period_us").write_text("100000")
+    assert cgroup_cpu_limit(str(tmp_path), str(proc)) == 2.0
+    (job / "cpu.cfs_quota_us").write_text("50000")  # the tighter one wins
+    assert cgroup_cpu_limit(str(tmp_path), str(proc)) == 0.5
+    # cgroup v2: /sys/fs/cgroup/<group>/cpu.max.
+    proc.write_text("0::/user.slice/app\n")
+    app = tmp_path / "user.slice" / "app"
+    app.mkdir(parents=True)
+    (app / "cpu.max").write_text("300000 100000\n")
+    assert cgroup_cpu_limit(str(tmp_path), str(proc)) == 3.0
 
 
 def test_smt_siblings_count_once(tmp_path):
@@ -279,10 +297,12 @@ def test_smt_siblings_count_once(tmp_path):
 
 def test_available_cores_is_capped_by_the_quota(tmp_path, monkeypatch):
     monkeypatch.setattr(cpu_mod.os, "sched_getaffinity", lambda pid: set(range(8)))
+    proc = tmp_path / "proc-cgroup"
+    proc.write_text("0::/\n")
     (tmp_path / "cpu.max").write_text("200000 100000\n")
-    assert available_cores(str(tmp_path), str(tmp_path / "no-sysfs")) == 2
+    assert available_cores(str(tmp_path), str(tmp_path / "no-sysfs"), str(proc)) == 2
     (tmp_path / "cpu.max").write_text("max 100000\n")
-    assert available_cores(str(tmp_path), str(tmp_path / "no-sysfs")) == 8
+    assert available_cores(str(tmp_path), str(tmp_path / "no-sysfs"), str(proc)) == 8
 
 
 # -- the time budget and chunked prefill ---------------------------------------------------------------------------
