@@ -17,12 +17,12 @@ from typing import Any
 
 from lsprotocol import types
 
-from lsp_server import convert
-from lsp_server.config import Settings
-from lsp_server.documents import BINARY, Documents, fs_path
-from lsp_server.scheduling import Cached, CompletionCache, Debounce, RequestLog, RequestStats
-from lsp_server.worker import CompletionJob, EngineWorker, NotReady
-from model_runtime.engine import CancelToken
+from repocomplete.lsp_server import convert
+from repocomplete.lsp_server.config import Settings
+from repocomplete.lsp_server.documents import BINARY, Documents, fs_path
+from repocomplete.lsp_server.scheduling import Cached, CompletionCache, Debounce, RequestLog, RequestStats
+from repocomplete.lsp_server.worker import CompletionJob, EngineWorker, NotReady
+from repocomplete.model_runtime.engine import CancelToken
 from repocomplete.pipeline import CompletionOptions
 
 log = logging.getLogger(__name__)
@@ -224,7 +224,7 @@ class Completions:
                 record.outcome = pending.stopped_outcome
                 return answer("")
             record.outcome = "completed"
-            self._check_speed(result.completion)
+            self.check_speed(result.completion)
             self.debounce.finished(result.engine_ms)
             explain = convert.explain(result, options.context if problem is None else "infile")
             self.cache.put(key, Cached(result.text, explain))
@@ -234,7 +234,8 @@ class Completions:
             if self._inflight.get(uri) is pending:
                 del self._inflight[uri]
 
-    def _check_speed(self, completion) -> None:
+    def check_speed(self, completion) -> None:
+        """Tell the user once (per settings) when this completion shows the machine too slow for the context size."""
         if self.advice is None:
             import torch
 

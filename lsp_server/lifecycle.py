@@ -21,14 +21,14 @@ from lsprotocol import types
 from pygls.lsp.server import LanguageServer
 from pygls.uris import to_fs_path
 
-from context_engine.config import ContextConfig
-from lsp_server import config as settings_mod
-from lsp_server.completions import Completions
-from lsp_server.config import Effective, Settings, resolve
-from lsp_server.documents import Documents
-from lsp_server.worker import EngineWorker
-from model_runtime import cpu_path
-from model_runtime.config import RuntimeConfig
+from repocomplete.context_engine.config import ContextConfig
+from repocomplete.lsp_server import config as settings_mod
+from repocomplete.lsp_server.completions import Completions
+from repocomplete.lsp_server.config import Effective, Settings, resolve
+from repocomplete.lsp_server.documents import Documents
+from repocomplete.lsp_server.worker import EngineWorker
+from repocomplete.model_runtime import cpu_path
+from repocomplete.model_runtime.config import RuntimeConfig
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class Lifecycle:
 
     def advise(self, message: str) -> None:
         """The machine is too slow for the configured context size: shown once, and kept in the status."""
-        self.tell(message, types.MessageType.Warning, show=True)
+        self._tell(message, types.MessageType.Warning, show=True)
         self.status(self.state, message, self._status_pct)
 
     # -- initialize ------------------------------------------------------------------------------------------
@@ -164,7 +164,7 @@ class Lifecycle:
         def make():
             if self._make_model is not None:
                 return self._make_model(config)
-            from model_runtime.backend import make_engine
+            from repocomplete.model_runtime.backend import make_engine
 
             config.validate()
             return make_engine(config)

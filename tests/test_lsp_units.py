@@ -7,12 +7,12 @@ import pytest
 from lsprotocol import types
 from pygls.workspace import TextDocument
 
-from context_engine.config import ContextConfig
-from lsp_server import convert
-from lsp_server.config import Settings, apply, resolve, section_of, to_json
-from lsp_server.documents import BINARY, LARGE, text_problem
-from lsp_server.scheduling import Cached, CompletionCache, Debounce, RequestLog
-from model_runtime.config import RuntimeConfig
+from repocomplete.context_engine.config import ContextConfig
+from repocomplete.lsp_server import convert
+from repocomplete.lsp_server.config import Settings, apply, resolve, section_of, to_json
+from repocomplete.lsp_server.documents import BINARY, LARGE, text_problem
+from repocomplete.lsp_server.scheduling import Cached, CompletionCache, Debounce, RequestLog
+from repocomplete.model_runtime.config import RuntimeConfig
 from repocomplete.pipeline import CompletionOptions
 
 
@@ -119,9 +119,9 @@ def test_positions_are_utf16_and_past_the_end_is_an_error():
 
 
 def test_the_machine_is_called_too_slow_from_the_measured_prefill_speed():
-    from lsp_server.completions import slow_machine_advice
-    from lsp_server.config import Settings
-    from model_runtime.engine import Completion
+    from repocomplete.lsp_server.completions import slow_machine_advice
+    from repocomplete.lsp_server.config import Settings
+    from repocomplete.model_runtime.engine import Completion
 
     settings = Settings(context="repo", context_budget=1024)
     cold = Completion("x", "newline", prompt_tokens=2046, cached_tokens=0, prefill_s=6.5)
@@ -139,3 +139,22 @@ def test_the_machine_is_called_too_slow_from_the_measured_prefill_speed():
                                settings, "AVX2") is None
     infile = slow_machine_advice(cold, settings.replace(context="infile"), "AVX2")
     assert infile.endswith('For faster first completions set repocomplete.context to "none".')
+
+
+def test_a_slow_machine_is_told_once_and_the_advice_stays_in_the_status(monkeypatch, tmp_path):
+    from repocomplete.context_engine.config import ContextConfig
+    from repocomplete.lsp_server.config import Settings
+    from repocomplete.lsp_server.server import RepocompleteServer
+    from repocomplete.model_runtime.config import RuntimeConfig
+    from repocomplete.model_runtime.engine import Completion
+
+    told = []
+    monkeypatch.setattr(RepocompleteServer, "tell", lambda self, message, kind=None, show=False: told.append(
+        (message, show)))
+    server = RepocompleteServer(RuntimeConfig(cache_dir=tmp_path), ContextConfig(index_dir=tmp_path), Settings())
+    slow = Completion("x", "newline", prompt_tokens=2046, prefill_s=6.5)
+    server.completions.check_speed(slow)
+    server.completions.check_speed(slow)
+    assert len(told) == 1 and told[0][1] is True  # shown, once
+    assert "lower repocomplete.contextBudget (now 1024 tokens)" in told[0][0]
+    assert server.lifecycle.status_json()["advice"] == told[0][0]
