@@ -9,15 +9,15 @@ import time
 import pytest
 import torch
 
-from model_runtime import cpu as cpu_mod
-from model_runtime import cpu_path
-from model_runtime.config import RuntimeConfig
-from model_runtime.cpu import available_cores, cgroup_cpu_limit, physical_cores
-from model_runtime.cpu_path import Shapes, choose, restrict, tuned_plan
-from model_runtime.engine import CancelToken, CompletionRequest, Engine
-from model_runtime.kv_cache import SlabCache
-from model_runtime.loading import load_model
-from model_runtime.templates import PromptParts
+from repocomplete.model_runtime import cpu as cpu_mod
+from repocomplete.model_runtime import cpu_path
+from repocomplete.model_runtime.config import RuntimeConfig
+from repocomplete.model_runtime.cpu import available_cores, cgroup_cpu_limit, physical_cores
+from repocomplete.model_runtime.cpu_path import Shapes, choose, restrict, tuned_plan
+from repocomplete.model_runtime.engine import CancelToken, CompletionRequest, Engine
+from repocomplete.model_runtime.kv_cache import SlabCache
+from repocomplete.model_runtime.loading import load_model
+from repocomplete.model_runtime.templates import PromptParts
 
 # Recorded on a 2-core AMD EPYC, ms per forward's linears of SmolLM2-135M: natively (AVX-512 with bf16 and VNNI)
 # and with ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 (`repocomplete doctor` on each).
@@ -71,6 +71,14 @@ def test_prefill_keeps_the_decode_form_when_another_is_only_slightly_faster():
     table = json.loads(json.dumps(AVX512))
     table["prefill"]["int8/bf16"] = {"64": 28.0, "256": 75.0}  # within 15% of bf16: no second copy (JSON keys)
     assert names(choose(table)) == ("int8/bf16", "int8/bf16", "fp32")
+
+
+def test_int4_must_be_clearly_faster_than_int8_to_be_chosen():
+    table = json.loads(json.dumps(AVX512))
+    table["decode"]["int4/bf16"] = {"1": 2.0}  # 9% faster than int8: not worth its accuracy
+    assert names(choose(table))[0] == "int8/bf16"
+    table["decode"]["int4/bf16"] = {"1": 1.5}  # 32% faster: taken
+    assert names(choose(table))[0] == "int4/bf16"
 
 
 def test_a_path_must_beat_fp32_by_the_margin():
@@ -165,7 +173,7 @@ def test_a_plan_measured_under_load_is_measured_again_when_the_machine_is_quiete
 
 
 def test_the_confirmation_falls_back_to_fp32_when_the_choice_is_not_faster(monkeypatch):
-    from model_runtime.quantize import LinearPath
+    from repocomplete.model_runtime.quantize import LinearPath
 
     ms = {"int8": 10.0, "fp32": 1.0, "bf16": 0.5}  # int8 measured fast by accident, slow when timed again
     timed = []
@@ -356,7 +364,7 @@ def test_a_cancelled_cold_prefill_is_resumed_from_its_chunks(tiny_loaded, tiny_c
 
 
 def test_doctor_prints_the_capability_the_table_and_the_choice(tiny_model_dir, tmp_path, monkeypatch, capsys):
-    import model_runtime.config as config_mod
+    import repocomplete.model_runtime.config as config_mod
     from repocomplete.cli import main
 
     monkeypatch.setattr(config_mod, "default_cache_dir", lambda: tmp_path)
