@@ -18,9 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.stats import percentiles
-from context_engine.config import ContextConfig
-from context_engine.engine import ContextEngine, settle
+from repocomplete.bench.stats import percentiles
+from repocomplete.context_engine.config import ContextConfig
+from repocomplete.context_engine.engine import ContextEngine
 
 
 def _cursors(engine: ContextEngine, n: int, seed: int) -> list[tuple[str, str, int, int]]:
@@ -111,16 +111,12 @@ def run_context_bench(source: Path, config: ContextConfig | None = None, edits: 
         # there, the worst case), then a cursor moving down through a few files; then waiting for every provider.
         cursors = _cursors(engine, queries, seed)
         context_ms, incomplete, per_provider = _timed_contexts(engine, cursors)
-        settle(engine._slow_pool)  # let the late jedi answers finish
+        engine.wait_background(timeout=600)  # let the late jedi answers finish
         editing = _walk_in_files(engine, files=5, per_file=max(1, queries // 5), seed=seed)
         editing_ms, editing_incomplete, _ = _timed_contexts(engine, editing)
-        settle(engine._slow_pool)  # let the late jedi answers finish
-        deadline = engine.config.slow_provider_deadline_ms
-        engine.config.slow_provider_deadline_ms = None
-        waited_ms = []
-        for path, text, line, col in cursors:
-            engine._slow_results.clear()
-            waited_ms.append(engine.context(path, text, line, col).timings_ms["total"])
+        engine.wait_background(timeout=600)  # let the late jedi answers finish
+        waited_ms = [engine.context(path, text, line, col, wait=True).timings_ms["total"]
+                     for path, text, line, col in cursors]
         engine.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -139,7 +135,7 @@ def run_context_bench(source: Path, config: ContextConfig | None = None, edits: 
         "warm_reparsed_files": warm.parsed,
         "cold_over_warm": round(cold_index_s / warm_index_s, 1),
         "incremental_update_ms": {"n": edits, **percentiles(update_ms)},
-        "context_ms": {"n": len(context_ms), **percentiles(context_ms), "deadline_ms": deadline,
+        "context_ms": {"n": len(context_ms), **percentiles(context_ms), "deadline_ms": engine.config.slow_provider_deadline_ms,
                        "jedi_missed_deadline": incomplete},
         "context_ms_per_provider_p95": {k: percentiles(v, qs=(95,))["p95"] for k, v in per_provider.items()},
         "context_ms_editing": {"n": len(editing_ms), **percentiles(editing_ms),

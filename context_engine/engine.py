@@ -17,12 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from context_engine.config import ContextConfig
-from context_engine.document import Window, cursor_parts
-from context_engine.neighbours import Neighbours
-from context_engine.packing import Packed, approx_tokens, pack
-from context_engine.records import ContextRecord
-from context_engine.parts import CursorParts, Snippet
+from repocomplete.context_engine.config import ContextConfig
+from repocomplete.context_engine.document import Window, cursor_parts
+from repocomplete.context_engine.neighbours import Neighbours
+from repocomplete.context_engine.packing import Packed, approx_tokens, pack
+from repocomplete.context_engine.records import ContextRecord
+from repocomplete.context_engine.parts import CursorParts, Snippet
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,8 @@ class ContextEngine:
         count_tokens: Callable[[str], int] = approx_tokens,
         slow_executor: Executor | None = None,  # where the jedi providers run (default: a process)
     ):
-        from context_engine.index import RepoIndex
-        from context_engine.retrieval import Retriever
+        from repocomplete.context_engine.index import RepoIndex
+        from repocomplete.context_engine.retrieval import Retriever
 
         self.root = Path(root).resolve()
         self.config = config or ContextConfig()
@@ -166,10 +166,12 @@ class ContextEngine:
         own_window: tuple[int, int] | None = None,
         providers: tuple[str, ...] | None = None,
         draft: str | None = None,
+        wait: bool = False,
     ) -> Context:
         """Records for a cursor at 1-based (line, col) of `text` (the file at repo-relative `path`).
 
-        draft: a first completion at the cursor; retrieval then queries with it (RepoCoder's iterative step)."""
+        draft: a first completion at the cursor; retrieval then queries with it (RepoCoder's iterative step).
+        wait: ask the slow providers afresh and wait for them, whatever the configured deadline."""
         rel = self.relative(path)
         budget = self.config.budget_tokens if budget is None else budget
         providers = providers or self.config.providers
@@ -177,7 +179,7 @@ class ContextEngine:
         timings: dict[str, float] = {}
         by_provider: dict[str, list[ContextRecord]] = {}
         t_all = time.perf_counter()
-        deadline = self.config.slow_provider_deadline_ms
+        deadline = None if wait else self.config.slow_provider_deadline_ms
         complete = True
         # jedi-backed providers can take hundreds of ms on a file's first visit: they run on their own thread
         # and, past the deadline, this request goes without them; their answer serves the next keystrokes.
@@ -185,7 +187,7 @@ class ContextEngine:
         futures = {}
         for kind in providers:
             if kind in SLOW_PROVIDERS and _language(rel) == "python":
-                futures[kind] = self._slow(kind, hole, rel, text, prefix, line, col, budget)
+                futures[kind] = self._slow(kind, hole, rel, text, line, col, fresh=wait)
         for kind in providers:
             if kind in futures:
                 continue
@@ -216,10 +218,10 @@ class ContextEngine:
             log.warning("provider %s failed on %s:%d: %s: %s", kind, rel, line, type(e).__name__, e)
             return []
 
-    def _slow(self, kind, hole, rel, text, prefix, line, col, budget) -> Future:
+    def _slow(self, kind, hole, rel, text, line, col, fresh: bool = False) -> Future:
         """The pending or finished answer of a slow provider for this hole (one per hole, newest kept)."""
         key = (kind, hole)
-        future = self._slow_results.get(key)
+        future = None if fresh else self._slow_results.get(key)
         if future is None:
             future = self._slow_pool.submit(slow_provider, kind, str(self.root), rel, text, line, col,
                                             self.config.infer_budget_ms)
@@ -245,7 +247,7 @@ class ContextEngine:
         raise ValueError(f"unknown provider {kind!r}")
 
     def _retrieve(self, rel: str, prefix: str, line: int, draft: str | None = None) -> list[ContextRecord]:
-        from context_engine.retrieval import query_text_for
+        from repocomplete.context_engine.retrieval import query_text_for
 
         exclude = (rel, max(1, line - self.config.window_lines), line)  # the cursor's own window
         if draft:
@@ -256,7 +258,7 @@ class ContextEngine:
     def _repo_map(self, rel: str, budget: int) -> list[ContextRecord]:
         # The graph is built once per state of the index; each file then costs one personalised PageRank. After a
         # change the old graph serves while the new one is built on a worker thread (the map changes slowly).
-        from context_engine.repo_map import fit
+        from repocomplete.context_engine.repo_map import fit
 
         graph = self._current_graph()
         key = (rel, budget, id(graph))
@@ -267,7 +269,7 @@ class ContextEngine:
         return self._map_cache[key]
 
     def _build_graph(self, generation: int) -> None:
-        from context_engine.repo_map import RepoGraph
+        from repocomplete.context_engine.repo_map import RepoGraph
 
         graph = RepoGraph(self.index.definitions(), self.index.all_identifiers())
         with self._graph_lock:
@@ -300,6 +302,13 @@ class ContextEngine:
                                       1.0, "imports", f"`{name}` imported from {imp.module} (line {imp.line})")
                     )
         return records
+
+    def wait_background(self, timeout: float = 10.0) -> None:
+        """Wait for the work started in the background (the repo map's graph, the jedi providers' late answers),
+        so that the next request sees its results."""
+        pending = [f for f in [self._graph_job, *self._slow_results.values()] if f is not None]
+        for future in pending:
+            future.result(timeout)
 
     def settle(self) -> None:
         """Bring the workspace up to date with its buffers now, and forget what was cached per cursor, so that the
@@ -343,7 +352,7 @@ class ContextEngine:
 def slow_provider(kind: str, root: str, rel: str, text: str, line: int, col: int,
                   infer_budget_ms: float | None = 120.0) -> list[ContextRecord]:
     """The jedi providers, as a module-level function so a worker process can run them."""
-    from context_engine import python_imports, typed_holes
+    from repocomplete.context_engine import python_imports, typed_holes
 
     try:
         if kind == "imports":
@@ -353,15 +362,6 @@ def slow_provider(kind: str, root: str, rel: str, text: str, line: int, col: int
     except Exception as e:  # a provider's failure costs its records, never the completion
         log.warning("provider %s failed on %s:%d: %s: %s", kind, rel, line, type(e).__name__, e)
         return []
-
-
-def settle(executor: Executor) -> None:
-    """Wait until the jobs already queued on a one-worker executor have run."""
-    executor.submit(_nothing).result()
-
-
-def _nothing() -> None:
-    return None
 
 
 def lower_priority() -> None:
@@ -384,6 +384,6 @@ def hole_key(rel: str, line: int, prefix: str) -> tuple:
 
 
 def _language(path: str) -> str | None:
-    from context_engine.parsing import language_for
+    from repocomplete.context_engine.parsing import language_for
 
     return language_for(path)

@@ -30,10 +30,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from context_engine.config import ContextConfig
-from context_engine.records import Definition, FileSymbols, Import
-from context_engine.walker import Rules, Skipped, Unindexable, WalkEntry, read_source
-from context_engine.watch import Watcher
+from repocomplete.context_engine.config import ContextConfig
+from repocomplete.context_engine.records import Definition, FileSymbols, Import
+from repocomplete.context_engine.walker import Rules, Skipped, Unindexable, WalkEntry, read_source
+from repocomplete.context_engine.watch import Watcher
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def db_path_for(root: Path, config: ContextConfig) -> Path:
 
 def _parser_identity(parse) -> str:
     """What the cached symbols were computed with: the real parser by the hash of its code and queries."""
-    from context_engine import parsing
+    from repocomplete.context_engine import parsing
 
     if parse is not parsing.parse_source:
         return f"{getattr(parse, '__module__', '?')}.{getattr(parse, '__qualname__', type(parse).__name__)}"
@@ -107,7 +107,7 @@ def _parser_identity(parse) -> str:
 class RepoIndex:
     def __init__(self, root: Path, config: ContextConfig | None = None, parse: Callable | None = None):
         if parse is None:
-            from context_engine.parsing import parse_source as parse
+            from repocomplete.context_engine.parsing import parse_source as parse
         self.root = Path(root).resolve()
         self.config = config or ContextConfig()
         self.parse = parse
@@ -528,6 +528,10 @@ class RepoIndex:
         if self._watcher is None:
             self._watcher = Watcher(self, on_change)
             self._watcher.start()
+
+    @property
+    def watching(self) -> bool:
+        return self._watcher is not None
 
     def stop_watching(self) -> None:
         if self._watcher is not None:

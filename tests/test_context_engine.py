@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from context_engine.config import ContextConfig
-from context_engine.engine import ContextEngine, find_root, hole_key
-from model_runtime.templates import TEMPLATES, render
+from repocomplete.context_engine.config import ContextConfig
+from repocomplete.context_engine.engine import ContextEngine, find_root
+from repocomplete.model_runtime.templates import TEMPLATES, render
 from repocomplete.cli import main
 
 FILES = {
@@ -139,7 +139,7 @@ def test_unsaved_buffer_overrides_disk(engine):
     engine.set_buffer("shop/models.py", "class Warehouse:\n    def restock_everything(self) -> None: ...\n")
     query = ("shop/restock.py", "from shop.models import Warehouse\n\nw = Warehouse()\nw.", 4, 3)
     engine.context(*query)  # the repo map starts catching up on its worker thread: wait for it
-    engine._graph_job.result(5)
+    engine.wait_background(5)
     ctx = engine.context(*query)
     texts = "\n".join(r.text for r in ctx.records)
     assert "restock_everything" in texts and "class Inventory" not in texts
@@ -163,7 +163,7 @@ def test_a_failing_provider_costs_only_its_records(repo, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("jedi fell over")
 
-    monkeypatch.setattr("context_engine.typed_holes.typed_hole_context", boom)
+    monkeypatch.setattr("repocomplete.context_engine.typed_holes.typed_hole_context", boom)
     # A thread instead of the jedi process, so that the patch applies.
     engine = ContextEngine(repo, ContextConfig(index_dir=tmp_path / "index", slow_provider_deadline_ms=None),
                            slow_executor=ThreadPoolExecutor(1))
@@ -178,7 +178,7 @@ def test_find_root_stops_at_the_repository(repo):
 
 
 def test_index_and_context_commands(repo, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("context_engine.config.default_index_dir", lambda: tmp_path / "cli-index")
+    monkeypatch.setattr("repocomplete.context_engine.config.default_index_dir", lambda: tmp_path / "cli-index")
     assert main(["index", str(repo), "--json"]) == 0
     stats = json.loads(capsys.readouterr().out)
     # .git/ and config/secrets.py are skipped; .env and keys.pem are not source files: never even considered.
@@ -191,7 +191,7 @@ def test_index_and_context_commands(repo, tmp_path, capsys, monkeypatch):
 
 
 def test_complete_with_repo_context(repo, tiny_model_dir, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("context_engine.config.default_index_dir", lambda: tmp_path / "cli-index")
+    monkeypatch.setattr("repocomplete.context_engine.config.default_index_dir", lambda: tmp_path / "cli-index")
     code = main(["complete", str(repo / "shop/checkout.py"), "--line", "8", "--col", "13", "--context", "repo",
                  "--model", str(tiny_model_dir), "--quantize", "none", "--max-tokens", "3", "--json"])
     out = json.loads(capsys.readouterr().out)
@@ -204,9 +204,9 @@ def test_complete_with_repo_context(repo, tiny_model_dir, tmp_path, capsys, monk
     assert shown and any(i["kind"] == "imports" and i["path"] == "shop/models.py" for i in shown)
     # ...in the completion the same pipeline makes in this process (same model, settings and index): the same
     # prompt, the same completion, and each record of the context among its prompt's context items.
-    from context_engine.document import offset_of
-    from model_runtime.backend import make_engine
-    from model_runtime.config import RuntimeConfig
+    from repocomplete.context_engine.document import offset_of
+    from repocomplete.model_runtime.backend import make_engine
+    from repocomplete.model_runtime.config import RuntimeConfig
     from repocomplete.pipeline import Completer, CompletionOptions
 
     text = (repo / "shop/checkout.py").read_text()
@@ -227,8 +227,8 @@ def test_complete_with_repo_context(repo, tiny_model_dir, tmp_path, capsys, monk
 def test_slow_providers_miss_the_deadline_then_serve_the_next_keystroke(repo, tmp_path, monkeypatch):
     import threading
 
-    from context_engine import typed_holes
-    from context_engine.records import ContextRecord
+    from repocomplete.context_engine import typed_holes
+    from repocomplete.context_engine.records import ContextRecord
 
     release = threading.Event()
 
@@ -246,7 +246,7 @@ def test_slow_providers_miss_the_deadline_then_serve_the_next_keystroke(repo, tm
     assert not first.complete and not any(r.kind == "typed_holes" for r in first.records)
     assert first.timings_ms["typed_holes"] < 1000
     release.set()
-    e._slow_results[("typed_holes", hole_key("shop/restock.py", 6, NEW_FILE))].result(5)  # let it finish
+    e.wait_background(5)  # let it finish
     # The same hole a keystroke later (a letter typed after `inv.`): the late answer is there now.
     second = e.context("shop/restock.py", NEW_FILE + "r", line=6, col=14)
     assert second.complete

@@ -13,11 +13,11 @@ import pytest
 
 from helpers import write_tree
 
-from context_engine import index as index_module
-from context_engine.config import ContextConfig
-from context_engine.index import RepoIndex, db_path_for
-from context_engine.parsing import parse_source
-from context_engine.records import Import
+from repocomplete.context_engine import index as index_module
+from repocomplete.context_engine.config import ContextConfig
+from repocomplete.context_engine.index import RepoIndex, db_path_for
+from repocomplete.context_engine.parsing import parse_source
+from repocomplete.context_engine.records import Import
 
 REPO = {
     "pkg/__init__.py": "from .models import Item\n",
@@ -291,7 +291,7 @@ def test_interrupted_build_recovers(repo, config, monkeypatch):
 
 
 def test_failed_write_leaves_no_half_indexed_file(repo, config, monkeypatch):
-    from context_engine.records import Definition, FileSymbols
+    from repocomplete.context_engine.records import Definition, FileSymbols
 
     def bad_parse(path, text):
         symbols = parse_source(path, text)
@@ -421,7 +421,7 @@ def test_watcher_follows_creation_edits_and_deletion(repo, config):
         assert not any(".env.py" in batch for batch in changes)
     finally:
         index.stop_watching()
-    assert index._watcher is None
+    assert not index.watching
     assert_consistent(index)
     index.close()
 
