@@ -34,7 +34,7 @@ from pathlib import Path
 
 import tree_sitter as ts
 
-from context_engine.records import Definition, FileSymbols, Import
+from repocomplete.context_engine.records import Definition, FileSymbols, Import
 
 QUERY_DIR = Path(__file__).parent / "queries"
 
@@ -102,7 +102,21 @@ class Grammar:
 
 
 def _query_source(*names: str) -> bytes:
-    parts = [(QUERY_DIR / name).read_bytes() for name in names if (QUERY_DIR / name).is_file()]
+    """The query files' text; a first line `; inherits: LANG` (as in nvim-treesitter) puts LANG's file of the same
+    kind first, so a language whose grammar shares another's node types (TypeScript, JavaScript's) adds only its
+    own patterns."""
+    parts = []
+    for name in names:
+        path = QUERY_DIR / name
+        if not path.is_file():
+            continue
+        text = path.read_bytes()
+        first = text.split(b"\n", 1)[0]
+        if first.startswith(b"; inherits:"):
+            base = first.split(b":", 1)[1].strip().decode()
+            kind = name.split("-", 1)[1]  # "imports.scm"
+            parts.append(_query_source(f"{base}-{kind}"))
+        parts.append(text)
     return b"\n".join(parts)
 
 
