@@ -1,9 +1,9 @@
 """Micro-benchmarks of single context-engine parts, each timed on its own in this process.
 
-    python -m bench.micro parsing DIR [--repeat N]      tree-sitter parsing of every supported file, MB/s
-    python -m bench.micro index DIR [--edits N]         cold/warm index builds and incremental updates
-    python -m bench.micro analysis [--calls N]          the jedi providers on a small bundled package
-    python -m bench.micro retrieval DIR [--queries N] [--dense-sample N] [--method bm25|jaccard]
+    repocomplete bench micro parsing DIR [--repeat N]      tree-sitter parsing of every supported file, MB/s
+    repocomplete bench micro index DIR [--edits N]         cold/warm index builds and incremental updates
+    repocomplete bench micro analysis [--calls N]          the jedi providers on a small bundled package
+    repocomplete bench micro retrieval DIR [--queries N] [--dense-sample N] [--method bm25|jaccard]
 
 DIR is never written: `index` works on a copy. The figures are of the machine they ran on, and a shared machine's
 speed drifts, so say which one when you quote them.
@@ -19,12 +19,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.stats import percentile
+from repocomplete.bench.stats import percentile
 
 
 def _compile_grammars() -> None:
     """Compile every tree-sitter grammar outside the timing (once per process anyway)."""
-    from context_engine.parsing import EXTENSIONS, load_grammar
+    from repocomplete.context_engine.parsing import EXTENSIONS, load_grammar
 
     for language, grammar in set(EXTENSIONS.values()):
         load_grammar(grammar, language)
@@ -38,7 +38,7 @@ def _p50_p95(ms: list[float], digits: int = 1) -> str:
 
 
 def bench_parsing(directory: Path, repeat: int) -> None:
-    from context_engine.parsing import EXTENSIONS, load_grammar, parse_source, parser_for
+    from repocomplete.context_engine.parsing import EXTENSIONS, load_grammar, parse_source, parser_for
 
     files = []
     for file in sorted(directory.rglob("*")):
@@ -70,8 +70,8 @@ def bench_parsing(directory: Path, repeat: int) -> None:
 
 
 def bench_index(directory: Path, edits: int) -> None:
-    from context_engine.config import ContextConfig
-    from context_engine.index import RepoIndex
+    from repocomplete.context_engine.config import ContextConfig
+    from repocomplete.context_engine.index import RepoIndex
 
     work = Path(tempfile.mkdtemp(prefix="rc-index-bench-"))
     try:
@@ -189,8 +189,8 @@ class Shop:
 
 def bench_analysis(calls: int) -> None:
     """p50/p95 latency of both jedi providers on a small package, after one warm-up call each."""
-    from context_engine.python_imports import import_context
-    from context_engine.typed_holes import typed_hole_context
+    from repocomplete.context_engine.python_imports import import_context
+    from repocomplete.context_engine.typed_holes import typed_hole_context
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -227,9 +227,9 @@ def bench_analysis(calls: int) -> None:
 
 
 def bench_retrieval(root: Path, n_queries: int, dense_sample: int, method: str) -> None:
-    from context_engine.config import ContextConfig
-    from context_engine.retrieval import Retriever, query_text_for
-    from context_engine.sparse import windows
+    from repocomplete.context_engine.config import ContextConfig
+    from repocomplete.context_engine.retrieval import Retriever, query_text_for
+    from repocomplete.context_engine.sparse import windows
 
     config = ContextConfig()
     files = {}
@@ -290,7 +290,7 @@ def bench_retrieval(root: Path, n_queries: int, dense_sample: int, method: str) 
     if dense_sample:
         import torch
 
-        from context_engine.dense import EMBED_BATCH, EMBED_MAX_TOKENS, Embedder
+        from repocomplete.context_engine.dense import EMBED_BATCH, EMBED_MAX_TOKENS, Embedder
 
         embedder = Embedder.shared()
         texts = [chunk for text in files.values() for _, _, chunk in
@@ -319,7 +319,7 @@ def _positive(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.micro", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="repocomplete bench micro", description=__doc__.splitlines()[0])
     parts = parser.add_subparsers(dest="part", required=True, metavar="PART")
     p = parts.add_parser("parsing", help="parse every supported file under DIR and print MB/s")
     p.add_argument("directory", type=Path, metavar="DIR")

@@ -14,15 +14,15 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from context_engine.config import ContextConfig
-from context_engine.errors import InputError
-from context_engine.index import RepoIndex
-from context_engine.records import KINDS
-from eval.build_suite import cut_tasks
-from eval.options import RunOptions
-from eval.report import configure, summarize_config
-from eval.runner import eval_runtime, run
-from eval.suites import EvalTask
+from repocomplete.context_engine.config import ContextConfig
+from repocomplete.context_engine.errors import InputError
+from repocomplete.context_engine.index import RepoIndex
+from repocomplete.context_engine.records import KINDS
+from repocomplete.eval.build_suite import cut_tasks
+from repocomplete.eval.options import RunOptions
+from repocomplete.eval.report import configure, summarize_config
+from repocomplete.eval.runner import eval_runtime, run
+from repocomplete.eval.suites import EvalTask
 
 CONFIGURATIONS = ("infile", "repo", *KINDS)
 
@@ -41,7 +41,7 @@ def quality_tasks(root: Path, config: ContextConfig, n: int, seed: int = 0, prog
     return tasks
 
 
-def run_quality(source: Path, runtime, model=None, n: int = 40, seed: int = 0, budget: int = 512,
+def run_quality(source: Path, runtime, model=None, n: int = 40, seed: int = 0, budget: int | None = None,
                 configurations: tuple[str, ...] = CONFIGURATIONS, progress: bool = True,
                 config: ContextConfig | None = None, make_context_engine=None) -> dict:
     """Every configuration over the same tasks and model. runtime: a RuntimeConfig; model: an engine to use
@@ -53,7 +53,7 @@ def run_quality(source: Path, runtime, model=None, n: int = 40, seed: int = 0, b
     tasks = quality_tasks(root, config, n, seed, progress)
     own_model = model is None
     if own_model:
-        from model_runtime.backend import make_engine
+        from repocomplete.model_runtime.backend import make_engine
 
         model = make_engine(eval_runtime(runtime))
     options = RunOptions(budget=budget, multiline=False, progress=progress)

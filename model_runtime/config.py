@@ -12,9 +12,10 @@ from pathlib import Path
 
 import platformdirs
 
-from model_runtime.errors import ConfigError
+from repocomplete.model_runtime.errors import ConfigError
 
 DEFAULT_MODEL = "default"
+QUANTIZE_MODES = ("auto", "none", "int8", "int4")
 
 
 def default_cache_dir() -> Path:
@@ -93,8 +94,8 @@ class RuntimeConfig:
             raise ConfigError(f"block_size must be >= 1, got {self.block_size}")
         if self.prefix_cache_bytes < 0:
             raise ConfigError("prefix_cache_bytes must be >= 0")
-        if self.quantize not in ("auto", "none", "int8", "int4"):
-            raise ConfigError(f"quantize must be 'auto', 'none', 'int8' or 'int4', got {self.quantize!r}")
+        if self.quantize not in QUANTIZE_MODES:
+            raise ConfigError(f"quantize must be one of {', '.join(QUANTIZE_MODES)}, got {self.quantize!r}")
         if self.fim_order not in ("auto", "psm", "spm"):
             raise ConfigError(f"fim_order must be 'auto', 'psm' or 'spm', got {self.fim_order!r}")
         if self.prefill_chunk_tokens < 1:

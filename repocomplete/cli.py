@@ -17,57 +17,68 @@ EXIT_BAD_INPUT = 2
 
 
 def _add_runtime_args(p: argparse.ArgumentParser) -> None:
+    from repocomplete.model_runtime.config import QUANTIZE_MODES, RuntimeConfig
+
+    defaults = RuntimeConfig()
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="default", help="'default' (embedded SmolLM2-135M), a HF directory or a .gguf")
+    g.add_argument("--model", default=None, help="'default' (embedded SmolLM2-135M), a HF directory or a .gguf")
     g.add_argument("--adapter", default=None, help="a peft LoRA adapter directory")
     g.add_argument("--endpoint", default=None, help="an OpenAI-compatible completions server instead of a local model")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
     g.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: bf16 on cuda, fp32 on cpu)")
     g.add_argument(
-        "--quantize", default="auto", choices=["auto", "none", "int8", "int4"],
+        "--quantize", default=None, choices=QUANTIZE_MODES,
         help="weights: auto = measured per CPU (see `repocomplete doctor`), none on cuda"
     )
     g.add_argument("--fim-template", default=None, help="force a FIM template (default: from the tokenizer/model name)")
     g.add_argument("--compile", action="store_true", help="torch.compile a static-shape decode step")
     g.add_argument("--threads", type=int, default=None, help="CPU threads (default: the physical cores available)")
-    g.add_argument("--max-tokens", type=int, default=64, help="most tokens to generate")
-    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    g.add_argument("--max-tokens", type=int, default=None, help=f"most tokens to generate (default {defaults.max_new_tokens})")
+    g.add_argument("--temperature", type=float, default=None, help="0 = greedy (the default)")
     g.add_argument("--no-token-healing", action="store_true", help="turn token healing off")
 
 
 def _add_context_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("repository context")
     g.add_argument("--root", default=None, help="the repository (default: the nearest parent with .git)")
-    g.add_argument("--budget", type=int, default=None, help="context token budget (default 1024)")
+    g.add_argument("--budget", type=int, default=None, help=f"context token budget (default {_budget_default()})")
     g.add_argument("--providers", default=None, help="comma list of imports,typed_holes,retrieval,repo_map,neighbours")
     g.add_argument("--dense", action="store_true", help="add dense retrieval (all-MiniLM-L6-v2 + faiss)")
     g.add_argument("--iterative", action="store_true", help="RepoCoder: retrieve again with a draft completion")
 
 
-def runtime_config(args: argparse.Namespace):
-    from model_runtime.config import RuntimeConfig
+def _budget_default() -> int:
+    from repocomplete.context_engine.config import ContextConfig
 
-    config = RuntimeConfig(
-        model=args.model,
-        adapter=args.adapter,
-        endpoint=args.endpoint,
-        device=args.device,
-        dtype=args.dtype,
-        quantize=args.quantize,
-        fim_template=args.fim_template,
-        compile_decode=args.compile,
-        threads=args.threads,
-        max_new_tokens=args.max_tokens,
-        temperature=args.temperature,
-        token_healing=not args.no_token_healing,
-        multiline=getattr(args, "multiline", False),
-    )
+    return ContextConfig().budget_tokens
+
+
+def _context_modes() -> tuple[str, ...]:
+    from repocomplete.context_engine.document import CONTEXT_MODES
+
+    return CONTEXT_MODES
+
+
+def runtime_config(args: argparse.Namespace):
+    from repocomplete.model_runtime.config import RuntimeConfig
+
+    # A flag left out means RuntimeConfig's default: the command line restates none of them.
+    given = dict(model=args.model, adapter=args.adapter, endpoint=args.endpoint, device=args.device, dtype=args.dtype,
+                 quantize=args.quantize, fim_template=args.fim_template, threads=args.threads,
+                 max_new_tokens=args.max_tokens, temperature=args.temperature)
+    config = RuntimeConfig(**{k: v for k, v in given.items() if v is not None})
+    if args.compile:
+        config.compile_decode = True
+    if args.no_token_healing:
+        config.token_healing = False
+    if getattr(args, "multiline", False):
+        config.multiline = True
     config.validate()
     return config
 
 
 def context_config(args: argparse.Namespace):
-    from context_engine.config import ContextConfig
+    from repocomplete.context_engine.config import ContextConfig
 
     # A one-shot command waits for every provider; the deadline is for an editor's keystrokes.
     config = ContextConfig(slow_provider_deadline_ms=None)
@@ -84,13 +95,13 @@ def context_config(args: argparse.Namespace):
 def make_completer(args: argparse.Namespace):
     """The model engine and the context engines, as every command that completes uses them."""
     from repocomplete.pipeline import Completer
-    from model_runtime.backend import make_engine
+    from repocomplete.model_runtime.backend import make_engine
 
     return Completer(make_engine(runtime_config(args)), context_config(args))
 
 
 def _context_engine(file: str, args: argparse.Namespace):
-    from context_engine.engine import ContextEngine, find_root
+    from repocomplete.context_engine.engine import ContextEngine, find_root
 
     root = Path(args.root) if getattr(args, "root", None) else find_root(Path(file))
     engine = ContextEngine(root, context_config(args))
@@ -100,14 +111,14 @@ def _context_engine(file: str, args: argparse.Namespace):
 
 def cmd_complete(args: argparse.Namespace) -> int:
     from repocomplete.pipeline import CompletionOptions
-    from context_engine.document import offset_of, read_source
+    from repocomplete.context_engine.document import offset_of, read_source
 
     text = read_source(args.file)
     offset = offset_of(text, args.line, args.col)
     completer = make_completer(args)
     workspace = None
     if args.context == "repo":
-        from context_engine.engine import find_root
+        from repocomplete.context_engine.engine import find_root
 
         root = Path(args.root) if args.root else find_root(Path(args.file))
         workspace = completer.open_workspace(root, progress=not args.json)
@@ -143,7 +154,7 @@ def _path_report(engine) -> dict | None:
     plan = getattr(getattr(engine, "loaded", None), "plan", None)
     if plan is None:
         return None
-    from model_runtime.cpu_path import to_dict
+    from repocomplete.model_runtime.cpu_path import to_dict
 
     return to_dict(plan)
 
@@ -152,8 +163,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     """The CPU, the threads, the measured table of paths for the model's shapes, and the choice."""
     import torch
 
-    from model_runtime import cpu, cpu_path
-    from model_runtime.loading import model_shapes_of
+    from repocomplete.model_runtime import cpu, cpu_path
+    from repocomplete.model_runtime.loading import model_shapes_of
 
     threads = cpu.configure_threads(args.threads)
     info = cpu.cpu_info()
@@ -190,11 +201,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from context_engine.engine import ContextEngine
+    from repocomplete.context_engine.engine import ContextEngine
 
     root = Path(args.dir)
     if not root.is_dir():
-        from context_engine.errors import InputError
+        from repocomplete.context_engine.errors import InputError
 
         raise InputError(f"not a directory: {root}")
     engine = ContextEngine(root, context_config(args))
@@ -220,7 +231,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_context(args: argparse.Namespace) -> int:
-    from context_engine.document import offset_of, read_source
+    from repocomplete.context_engine.document import offset_of, read_source
 
     text = read_source(args.file)
     offset = offset_of(text, args.line, args.col)
@@ -250,10 +261,10 @@ def cmd_context(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from context_engine.config import ContextConfig
-    from context_engine.errors import InputError
-    from lsp_server.config import Settings
-    from lsp_server.main import serve
+    from repocomplete.context_engine.config import ContextConfig
+    from repocomplete.context_engine.errors import InputError
+    from repocomplete.lsp_server.config import Settings
+    from repocomplete.lsp_server.main import serve
 
     tcp = None
     if args.tcp:
@@ -268,7 +279,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_latency(args: argparse.Namespace) -> int:
-    from bench.latency import BenchOptions, run_latency_bench
+    from repocomplete.bench.latency import BenchOptions, run_latency_bench
 
     options = BenchOptions(
         file=args.file,
@@ -284,7 +295,7 @@ def cmd_bench_latency(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_lsp(args: argparse.Namespace) -> int:
-    from bench.lsp import LspBenchOptions, format_report, run_lsp_bench
+    from repocomplete.bench.lsp import LspBenchOptions, format_report, run_lsp_bench
 
     options = LspBenchOptions(file=args.file, keystrokes=args.keystrokes, burst_keystrokes=args.burst_keystrokes,
                               burst_interval_ms=args.burst_interval_ms, context_tokens=args.context_tokens)
@@ -296,9 +307,9 @@ def cmd_bench_lsp(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_context(args: argparse.Namespace) -> int:
-    from context_engine.errors import InputError
-    from context_engine.config import ContextConfig
-    from bench.context import format_report, run_context_bench
+    from repocomplete.context_engine.errors import InputError
+    from repocomplete.context_engine.config import ContextConfig
+    from repocomplete.bench.context import format_report, run_context_bench
 
     source = Path(args.dir)
     if not source.is_dir():
@@ -312,22 +323,22 @@ def cmd_bench_context(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_quality(args: argparse.Namespace) -> int:
-    from bench.quality import format_report, run_quality
+    from repocomplete.bench.quality import format_report, run_quality
 
-    report = run_quality(Path(args.dir), runtime_config(args), n=args.n, seed=args.seed, budget=args.budget or 512,
+    report = run_quality(Path(args.dir), runtime_config(args), n=args.n, seed=args.seed, budget=args.budget,
                          progress=not args.json)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 
 
 def cmd_bench_micro(args: argparse.Namespace) -> int:
-    from bench.micro import main as micro
+    from repocomplete.bench.micro import main as micro
 
     return micro(args.extra + args.rest)
 
 
 def cmd_eval_build_suite(args: argparse.Namespace) -> int:
-    from eval.build_suite import build_suite
+    from repocomplete.eval.build_suite import build_suite
 
     summary = build_suite(args.repo, args.out, n=args.n, seed=args.seed, include_tests=args.include_tests,
                           progress=not args.json)
@@ -340,7 +351,7 @@ def cmd_eval_build_suite(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_score(args: argparse.Namespace) -> int:
-    from eval.metrics import format_scores, score_files
+    from repocomplete.eval.metrics import format_scores, score_files
 
     report = score_files(args.tasks, args.pred)
     print(json.dumps(report, indent=2) if args.json else format_scores(report))
@@ -356,8 +367,8 @@ def _eval_context_config(args: argparse.Namespace):
 
 def _eval_run_options(args: argparse.Namespace, **changes):
     """eval's own knobs; --budget, --max-tokens and --multiline reach the run through the configs."""
-    from eval.options import RunOptions
-    from eval.scale import parse_shard
+    from repocomplete.eval.options import RunOptions
+    from repocomplete.eval.scale import parse_shard
 
     values = dict(context=getattr(args, "context", "repo"), iterative=args.iterative, batch_size=args.batch_size,
                   limit=args.limit, shard=parse_shard(args.shard) if getattr(args, "shard", None) else None,
@@ -367,8 +378,8 @@ def _eval_run_options(args: argparse.Namespace, **changes):
 
 
 def cmd_eval_run(args: argparse.Namespace) -> int:
-    from eval.runner import run
-    from eval.suites import load_tasks
+    from repocomplete.eval.runner import run
+    from repocomplete.eval.suites import load_tasks
 
     tasks = load_tasks(args.tasks)
     summary = run(tasks, args.repos, args.out, runtime_config(args), _eval_context_config(args),
@@ -382,8 +393,8 @@ def cmd_eval_run(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_merge(args: argparse.Namespace) -> int:
-    from eval.scale import merge
-    from eval.suites import load_tasks
+    from repocomplete.eval.scale import merge
+    from repocomplete.eval.suites import load_tasks
 
     summary = merge(load_tasks(args.tasks), args.parts, args.out, limit=args.limit)
     print(json.dumps(summary) if args.json else f"{summary['predictions']} predictions -> {summary['out']}")
@@ -391,8 +402,8 @@ def cmd_eval_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_report(args: argparse.Namespace) -> int:
-    from eval.report import parse_configs, run_report
-    from eval.suites import load_tasks
+    from repocomplete.eval.report import parse_configs, run_report
+    from repocomplete.eval.suites import load_tasks
 
     tasks = load_tasks(args.tasks)
     summary = run_report(tasks, args.repos, args.out_dir, runtime_config(args), _eval_context_config(args),
@@ -403,7 +414,7 @@ def cmd_eval_report(args: argparse.Namespace) -> int:
 
 
 def report_text(report: dict) -> str:
-    from bench.latency import format_report
+    from repocomplete.bench.latency import format_report
 
     return format_report(report)
 
@@ -412,7 +423,7 @@ def _add_eval_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", required=True, help="the suite's tasks (CrossCodeEval or RepoBench JSONL)")
     p.add_argument("--repos", required=True, help="the folder holding the suite's repositories")
     p.add_argument("--limit", type=int, default=None, help="the first N tasks only")
-    p.add_argument("--budget", type=int, default=None, help="context token budget (default 1024)")
+    p.add_argument("--budget", type=int, default=None, help=f"context token budget (default {_budget_default()})")
     p.add_argument("--providers", default=None, help="comma list of imports,typed_holes,retrieval,repo_map,neighbours")
     p.add_argument("--dense", action="store_true", help="add dense retrieval (all-MiniLM-L6-v2 + faiss)")
     p.add_argument("--iterative", action="store_true", help="RepoCoder: retrieve again with a draft completion")
@@ -426,6 +437,13 @@ def _add_eval_run_args(p: argparse.ArgumentParser) -> None:
     _add_runtime_args(p)
 
 
+def _add_session_args(p: argparse.ArgumentParser, keystrokes_help: str) -> None:
+    """The typing session both latency benchmarks replay (bench/session.py)."""
+    p.add_argument("--file", default=None, help="source file to type (default: the bundled one)")
+    p.add_argument("--keystrokes", type=int, default=24, help=keystrokes_help)
+    p.add_argument("--context-tokens", type=int, default=2048, help="tokens before the cursor")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="repocomplete", description="Repository-aware code completion.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
@@ -435,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--line", type=int, required=True, help="1-based line")
     p.add_argument("--col", type=int, required=True, help="1-based column (characters)")
-    p.add_argument("--context", default="infile", choices=["none", "infile", "repo"])
+    p.add_argument("--context", default="infile", choices=_context_modes())
     p.add_argument("--multiline", action="store_true", help="complete a block, not just the line")
     p.add_argument("--json", action="store_true")
     _add_context_args(p)
@@ -463,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="the language server (LSP) for editors, over stdio or TCP")
     p.add_argument("--tcp", default=None, metavar="HOST:PORT", help="listen on TCP instead of stdio (port 0: any)")
-    p.add_argument("--context", default="repo", choices=["none", "infile", "repo"], help="default context mode")
+    p.add_argument("--context", default="repo", choices=_context_modes(), help="default context mode")
     p.add_argument("--multiline", action="store_true", help="complete blocks by default, not just the line")
     _add_context_args(p)
     _add_runtime_args(p)
@@ -471,9 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
     p = bench.add_parser("latency", help="replay a typing session: latency with and without the prefix cache")
-    p.add_argument("--file", default=None, help="source file to type (default: the bundled one)")
-    p.add_argument("--keystrokes", type=int, default=24)
-    p.add_argument("--context-tokens", type=int, default=2048, help="tokens before the cursor")
+    _add_session_args(p, "keystrokes")
     p.add_argument("--uncached-every", type=int, default=4, help="run the slow baselines on every Nth keystroke")
     p.add_argument("--peers", default="hf,llama-cpp", help="comma list: hf, llama-cpp (skipped if not installed)")
     p.add_argument("--json", action="store_true")
@@ -481,11 +497,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench_latency, max_tokens=16)
 
     p = bench.add_parser("lsp", help="bench latency's typing session through the real server over stdio")
-    p.add_argument("--file", default=None, help="source file to type (default: the bundled one)")
-    p.add_argument("--keystrokes", type=int, default=24, help="paced keystrokes (each waits for its completion)")
+    _add_session_args(p, "paced keystrokes (each waits for its completion)")
     p.add_argument("--burst-keystrokes", type=int, default=12, help="then keystrokes faster than completions")
     p.add_argument("--burst-interval-ms", type=float, default=30.0)
-    p.add_argument("--context-tokens", type=int, default=2048, help="tokens before the cursor")
     p.add_argument("--requests", action="store_true", help="include every request's record in --json")
     p.add_argument("--json", action="store_true")
     _add_runtime_args(p)
@@ -503,7 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", help="a repository to cut line-completion tasks from")
     p.add_argument("--n", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--budget", type=int, default=512, help="context token budget")
+    p.add_argument("--budget", type=int, default=None, help=f"context token budget (default {_budget_default()})")
     p.add_argument("--json", action="store_true")
     _add_runtime_args(p)
     p.set_defaults(func=cmd_bench_quality, max_tokens=48)
@@ -532,7 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = eval_sub.add_parser("run", help="complete a suite's tasks into a CrossCodeEval predictions file (resumable)")
     _add_eval_run_args(p)
     p.add_argument("--out", required=True, help="predictions JSONL (OUT.partial until every task is done)")
-    p.add_argument("--context", default="repo", choices=["none", "infile", "repo"])
+    p.add_argument("--context", default="repo", choices=_context_modes())
     p.add_argument("--shard", default=None, help="i/n: run the i-th of n contiguous pieces (0 <= i < n)")
     p.add_argument("--via", default="engine", choices=["engine", "lsp"],
                    help="engine: the Completer in process; lsp: a `repocomplete serve` subprocess")
@@ -578,8 +592,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def user_errors() -> tuple[type[Exception], ...]:
     """Each layer's errors about the user's input (file, position, setting, model, endpoint): exit 2, one line."""
-    from context_engine.errors import ContextConfigError, InputError
-    from model_runtime.errors import ConfigError, ModelLoadError, RemoteError
+    from repocomplete.context_engine.errors import ContextConfigError, InputError
+    from repocomplete.model_runtime.errors import ConfigError, ModelLoadError, RemoteError
 
     return (InputError, ContextConfigError, ConfigError, ModelLoadError, RemoteError)
 
