@@ -19,12 +19,12 @@ from pathlib import Path
 
 import torch
 
-from bench.session import SessionOptions, load_session
-from bench.stats import percentile
+from repocomplete.bench.session import SessionOptions, load_session
+from repocomplete.bench.stats import percentile
 from repocomplete.pipeline import cursor_prompt
-from model_runtime.config import RuntimeConfig
-from model_runtime.engine import CompletionRequest, Engine
-from model_runtime.loading import LoadedModel, embedded_gguf_path, load_model
+from repocomplete.model_runtime.config import RuntimeConfig
+from repocomplete.model_runtime.engine import CompletionRequest, Engine
+from repocomplete.model_runtime.loading import LoadedModel, embedded_gguf_path, load_model
 
 DECODE_PROBE_TOKENS = 64
 
@@ -174,12 +174,12 @@ def _sample(result) -> Sample:
 
 def cpu_report(loaded: LoadedModel) -> dict:
     """The CPU and the path the figures were measured on (`repocomplete doctor` shows the table behind it)."""
-    from model_runtime.cpu import cpu_info
+    from repocomplete.model_runtime.cpu import cpu_info
 
     info = cpu_info()
     out = {"name": info.name, "capability": info.capability, "isa_env": dict(info.isa_env), "threads": info.threads}
     if loaded.plan is not None:
-        from model_runtime.cpu_path import to_dict
+        from repocomplete.model_runtime.cpu_path import to_dict
 
         plan = to_dict(loaded.plan)
         out.update(path={k: plan[k] for k in ("decode", "prefill", "kv", "source")})
@@ -247,14 +247,14 @@ def hf_generate_series(loaded: LoadedModel, prompts: list[list[int]], counts: li
     from transformers.generation.streamers import BaseStreamer
 
     if loaded.plan is not None:  # the same CPU path as the engine
-        from model_runtime.loading import apply_cpu_plan
+        from repocomplete.model_runtime.loading import apply_cpu_plan
 
         model = AutoModelForCausalLM.from_pretrained(loaded.source, dtype=torch.float32).eval()
         apply_cpu_plan(model, loaded.plan)
     else:
         model = AutoModelForCausalLM.from_pretrained(loaded.source, dtype=loaded.dtype).to(loaded.device).eval()
         if loaded.quantize != "none":
-            from model_runtime.quantize import quantize
+            from repocomplete.model_runtime.quantize import quantize
 
             quantize(model, loaded.quantize, act_dtype=loaded.dtype)
 

@@ -24,10 +24,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.session import SessionOptions, load_session
-from bench.stats import percentiles
-from eval.lsp_client import JsonRpcClient, ServerError, utf16_position
-from model_runtime.config import RuntimeConfig
+from repocomplete.bench.session import SessionOptions, load_session
+from repocomplete.bench.stats import percentiles
+from repocomplete.eval.lsp_client import JsonRpcClient, ServerError, utf16_position
+from repocomplete.model_runtime.config import RuntimeConfig
 
 OVERHEAD_TARGET_MS = 5.0
 
@@ -44,7 +44,7 @@ def serve_argv(runtime: RuntimeConfig) -> list[str]:
 
 
 def _tokenizer(runtime: RuntimeConfig):
-    from model_runtime.loading import load_tokenizer, resolve_model_dir
+    from repocomplete.model_runtime.loading import load_tokenizer, resolve_model_dir
 
     model_dir, _ = resolve_model_dir(runtime.model, runtime.cache_dir)
     return load_tokenizer(model_dir)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import platformdirs
 
-from context_engine.errors import ContextConfigError
-from context_engine.records import KINDS
+from repocomplete.context_engine.errors import ContextConfigError
+from repocomplete.context_engine.records import KINDS
 
 LANGUAGES = ("python", "javascript", "typescript", "go", "java", "rust")
 

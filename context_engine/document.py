@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from context_engine.errors import InputError
-from context_engine.parts import CursorParts
+from repocomplete.context_engine.errors import InputError
+from repocomplete.context_engine.parts import CursorParts
 
 CONTEXT_MODES = ("none", "infile", "repo")
 MAX_FILE_BYTES = 10 * 2**20

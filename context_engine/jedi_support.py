@@ -15,7 +15,7 @@ from pathlib import Path
 import jedi
 import parso
 
-from context_engine.config import SKIP_DIRS
+from repocomplete.context_engine.config import SKIP_DIRS
 
 
 @functools.lru_cache(maxsize=8)

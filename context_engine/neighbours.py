@@ -6,7 +6,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from context_engine.records import ContextRecord
+from repocomplete.context_engine.records import ContextRecord
 
 
 @dataclass

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from context_engine.records import ContextRecord
+from repocomplete.context_engine.records import ContextRecord
 
 # Most stable first: the order records take in the prompt.
 STABILITY_ORDER = ("repo_map", "imports", "retrieval", "typed_holes", "neighbours")

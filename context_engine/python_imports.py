@@ -12,9 +12,9 @@ import logging
 from collections import Counter
 from pathlib import Path
 
-from context_engine.jedi_support import Analysis, span, statements
-from context_engine.python_stubs import class_stub, function_stub, module_stub, statement_stub
-from context_engine.records import ContextRecord
+from repocomplete.context_engine.jedi_support import Analysis, span, statements
+from repocomplete.context_engine.python_stubs import class_stub, function_stub, module_stub, statement_stub
+from repocomplete.context_engine.records import ContextRecord
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ast
 import re
 
-from context_engine.jedi_support import outer, self_attribute, statements, walk
+from repocomplete.context_engine.jedi_support import outer, self_attribute, statements, walk
 
 MAX_STUB_LINES = 40  # lines of one class or module summary
 KEPT_DUNDERS = ("__init__", "__call__")  # the only dunder methods a class summary shows

@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterable, Mapping
 import numpy as np
 from scipy import sparse
 
-from context_engine.packing import approx_tokens
-from context_engine.records import ContextRecord, Definition
+from repocomplete.context_engine.packing import approx_tokens
+from repocomplete.context_engine.records import ContextRecord, Definition
 
 DAMPING = 0.85
 

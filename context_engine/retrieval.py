@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import bm25s
 import numpy as np
 
-from context_engine.config import ContextConfig
-from context_engine.dense import Embedder, flat_index, nearest
-from context_engine.records import ContextRecord
-from context_engine.sparse import Counts, bm25_from_counts, count_windows, ranked, similarity, windows
+from repocomplete.context_engine.config import ContextConfig
+from repocomplete.context_engine.dense import Embedder, flat_index, nearest
+from repocomplete.context_engine.records import ContextRecord
+from repocomplete.context_engine.sparse import Counts, bm25_from_counts, count_windows, ranked, similarity, windows
 
 RRF_K = 60  # the constant of Cormack et al.'s reciprocal-rank fusion
 FUSION_DEPTH = 50  # how deep each ranking goes into the fusion

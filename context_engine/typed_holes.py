@@ -13,9 +13,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from context_engine.jedi_support import Analysis, definition_at, leaf_at, outer, self_attribute, span, statements, walk
-from context_engine.python_stubs import class_stub
-from context_engine.records import ContextRecord
+from repocomplete.context_engine.jedi_support import Analysis, definition_at, leaf_at, outer, self_attribute, span, statements, walk
+from repocomplete.context_engine.python_stubs import class_stub
+from repocomplete.context_engine.records import ContextRecord
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from pathspec import GitIgnoreSpec
 
-from context_engine.config import ContextConfig
+from repocomplete.context_engine.config import ContextConfig
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class Rules:
 
     def __init__(self, root: Path, config: ContextConfig, language_for: Callable[[str], str | None] | None = None):
         if language_for is None:
-            from context_engine.parsing import language_for
+            from repocomplete.context_engine.parsing import language_for
         self.root = os.path.realpath(root)
         self.config = config
         self.language_for = language_for

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from context_engine.index import RepoIndex
+    from repocomplete.context_engine.index import RepoIndex
 
 log = logging.getLogger(__name__)
 

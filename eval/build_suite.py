@@ -37,8 +37,8 @@ from itertools import accumulate
 from pathlib import Path
 from typing import NamedTuple
 
-from context_engine.errors import InputError
-from eval.suites import EvalTask, language_of, task_id_for, write_tasks
+from repocomplete.context_engine.errors import InputError
+from repocomplete.eval.suites import EvalTask, language_of, task_id_for, write_tasks
 
 MIN_CHARS, MAX_CHARS = 12, 100
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -219,7 +219,7 @@ def make_task(repository: str, path: str, text: str, i: int) -> EvalTask:
 
 def mask_strings_and_comments(path: str, text: str) -> str:
     """`text` with every string literal and comment blanked (newlines kept), by the file's tree-sitter grammar."""
-    from context_engine.parsing import EXTENSIONS, load_grammar, parser_for
+    from repocomplete.context_engine.parsing import EXTENSIONS, load_grammar, parser_for
     import tree_sitter as ts
 
     entry = EXTENSIONS.get(Path(path).suffix.lower())
@@ -247,7 +247,7 @@ def mask_strings_and_comments(path: str, text: str) -> str:
 @functools.lru_cache(maxsize=None)
 def _literal_query(grammar_name: str, language_name: str):
     """One query capturing the grammar's strings, characters, regexes and comments (found by node kind name)."""
-    from context_engine.parsing import load_grammar
+    from repocomplete.context_engine.parsing import load_grammar
     import tree_sitter as ts
 
     language = load_grammar(grammar_name, language_name).language
@@ -338,8 +338,8 @@ def _git(root: Path) -> dict | None:
 def build_suite(repo: str | Path, out: str | Path, n: int = 40, seed: int = 0, include_tests: bool = False,
                 progress: bool = False) -> dict:
     """Cut the tasks, write DIR/tasks.jsonl, DIR/repos/<repo>/ and DIR/SOURCE.md; return a summary."""
-    from context_engine.config import ContextConfig
-    from context_engine.index import RepoIndex
+    from repocomplete.context_engine.config import ContextConfig
+    from repocomplete.context_engine.index import RepoIndex
 
     root, out = Path(repo).resolve(), Path(out).resolve()
     if not root.is_dir():

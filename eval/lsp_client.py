@@ -28,9 +28,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from context_engine.errors import InputError
-from eval.options import resolve_options
-from eval.suites import repo_dir
+from repocomplete.context_engine.errors import InputError
+from repocomplete.eval.options import resolve_options
+from repocomplete.eval.suites import repo_dir
 
 log = logging.getLogger(__name__)
 

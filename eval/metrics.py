@@ -28,8 +28,8 @@ from pathlib import Path
 
 from rapidfuzz import fuzz
 
-from eval.predictions import load_predictions
-from eval.suites import EvalTask, load_tasks
+from repocomplete.eval.predictions import load_predictions
+from repocomplete.eval.suites import EvalTask, load_tasks
 
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'')
 _WORD = re.compile(r"\w+")
@@ -112,7 +112,7 @@ def _parses(code: str) -> bool:
 def _python_parser():
     import tree_sitter as ts
 
-    from context_engine.parsing import load_grammar
+    from repocomplete.context_engine.parsing import load_grammar
 
     return ts.Parser(load_grammar("python", "python").language)
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from context_engine.document import CONTEXT_MODES
-from context_engine.errors import InputError
+from repocomplete.context_engine.document import CONTEXT_MODES
+from repocomplete.context_engine.errors import InputError
 from repocomplete.pipeline import CompletionOptions
 
 VIAS = ("engine", "lsp")

@@ -21,8 +21,8 @@ import os
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
-from context_engine.errors import InputError
-from eval.suites import EvalTask, jsonl_object, read_input, required_field
+from repocomplete.context_engine.errors import InputError
+from repocomplete.eval.suites import EvalTask, jsonl_object, read_input, required_field
 
 log = logging.getLogger(__name__)
 

@@ -21,15 +21,15 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from bench.stats import percentile
-from context_engine.config import ContextConfig
-from context_engine.errors import InputError
-from context_engine.records import KINDS
-from eval.metrics import score
-from eval.options import resolve_options
-from eval.predictions import read_predictions
-from eval.runner import check_unique, eval_runtime, git_head, run
-from eval.scale import select
+from repocomplete.bench.stats import percentile
+from repocomplete.context_engine.config import ContextConfig
+from repocomplete.context_engine.errors import InputError
+from repocomplete.context_engine.records import KINDS
+from repocomplete.eval.metrics import score
+from repocomplete.eval.options import resolve_options
+from repocomplete.eval.predictions import read_predictions
+from repocomplete.eval.runner import check_unique, eval_runtime, git_head, run
+from repocomplete.eval.scale import select
 
 CONFIGS = ("none", "infile", *KINDS, "repo")
 ADAPTED = ("infile+adapter", "repo+adapter")
@@ -92,7 +92,7 @@ def run_report(tasks: Sequence, repos, out_dir, runtime, context: ContextConfig,
             if model is not None and rt.adapter is None:
                 return model
             if rt.adapter not in engines:
-                from model_runtime.backend import make_engine
+                from repocomplete.model_runtime.backend import make_engine
 
                 engines[rt.adapter] = make_engine(eval_runtime(rt))
             return engines[rt.adapter]

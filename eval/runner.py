@@ -31,13 +31,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from repocomplete.pipeline import Completer, CompletionResult, Cursor
-from context_engine.config import ContextConfig
-from context_engine.errors import InputError
-from context_engine.engine import ContextEngine
-from eval.options import RunOptions, resolve_options
-from eval.predictions import PredictionFile
-from eval.scale import batches, run_ray, select
-from eval.suites import repo_dir
+from repocomplete.context_engine.config import ContextConfig
+from repocomplete.context_engine.errors import InputError
+from repocomplete.context_engine.engine import ContextEngine
+from repocomplete.eval.options import RunOptions, resolve_options
+from repocomplete.eval.predictions import PredictionFile
+from repocomplete.eval.scale import batches, run_ray, select
+from repocomplete.eval.suites import repo_dir
 
 # Decoding may not stop on the clock in an evaluation (the product's 5 s cut would make results machine-dependent).
 EVAL_TIME_BUDGET_S = 600.0
@@ -132,7 +132,7 @@ class BatchRunner:
 
 def make_batch_runner(runtime, context: ContextConfig, repos: str | Path, options: RunOptions) -> BatchRunner:
     """A batch runner with a model of its own, loaded from `runtime` (a Ray actor's); closing it closes the model."""
-    from model_runtime.backend import make_engine
+    from repocomplete.model_runtime.backend import make_engine
 
     completer = Completer(make_engine(runtime), context, make_context_engine=eval_context_engine)
     return BatchRunner(completer, Path(repos), options, owns_completer=True)
@@ -264,11 +264,11 @@ def run(
 
 def _run_local(todo, repos, runtime, context, options, sink, model=None, make_context_engine=None) -> None:
     if options.via == "lsp":
-        from eval.lsp_client import LspBatchRunner
+        from repocomplete.eval.lsp_client import LspBatchRunner
 
         runner = LspBatchRunner(repos, runtime, context, options)
     else:
-        from model_runtime.backend import make_engine
+        from repocomplete.model_runtime.backend import make_engine
 
         if callable(model) and not hasattr(model, "complete_batch"):
             model = model()  # a factory: the caller shares one engine between runs that have work

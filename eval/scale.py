@@ -22,8 +22,8 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from context_engine.errors import InputError
-from eval.predictions import PredictionFile, read_predictions, write_predictions
+from repocomplete.context_engine.errors import InputError
+from repocomplete.eval.predictions import PredictionFile, read_predictions, write_predictions
 
 
 def parse_shard(text: str) -> tuple[int, int]:

@@ -26,7 +26,7 @@ import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 
-from context_engine.errors import InputError
+from repocomplete.context_engine.errors import InputError
 
 SETTINGS = ("cross_file_first", "cross_file_random", "in_file")
 # Suites shipped with the package: <name>/tasks.jsonl, <name>/repos/, <name>/SOURCE.md (see eval/build_suite.py).
@@ -53,7 +53,7 @@ class EvalTask:
 
 
 def language_of(path: str) -> str:
-    from context_engine.parsing import language_for
+    from repocomplete.context_engine.parsing import language_for
 
     suffix = posixpath.splitext(path)[1].lower()
     return language_for(path) or _EXTRA_LANGUAGES.get(suffix) or (suffix.lstrip(".") or "unknown")

@@ -16,9 +16,9 @@ import re
 from dataclasses import dataclass, fields
 from typing import Any
 
-from context_engine.config import ContextConfig
-from context_engine.document import CONTEXT_MODES
-from model_runtime.config import RuntimeConfig
+from repocomplete.context_engine.config import ContextConfig
+from repocomplete.context_engine.document import CONTEXT_MODES
+from repocomplete.model_runtime.config import RuntimeConfig
 from repocomplete.pipeline import CompletionOptions
 
 SECTION = "repocomplete"  # the workspace/configuration section

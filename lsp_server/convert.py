@@ -12,8 +12,8 @@ from typing import Any
 
 from lsprotocol import types
 
-from context_engine.engine import Context
-from context_engine.records import ContextRecord
+from repocomplete.context_engine.engine import Context
+from repocomplete.context_engine.records import ContextRecord
 from repocomplete.pipeline import CompletionResult
 
 _WORD = re.compile(r"[\w$]+$")

@@ -14,9 +14,9 @@ from pygls.exceptions import JsonRpcInvalidParams
 from pygls.uris import to_fs_path
 from pygls.workspace import Workspace
 
-from lsp_server import convert
-from lsp_server.config import DEFAULT_LANGUAGES
-from lsp_server.worker import EngineWorker
+from repocomplete.lsp_server import convert
+from repocomplete.lsp_server.config import DEFAULT_LANGUAGES
+from repocomplete.lsp_server.worker import EngineWorker
 
 BINARY = "binary"
 LARGE = "large"

@@ -6,11 +6,11 @@ from __future__ import annotations
 from lsprotocol import types
 from pygls.exceptions import JsonRpcInvalidParams
 
-from context_engine.config import ContextConfig
-from lsp_server import convert
-from lsp_server.config import Settings
-from lsp_server.server import RepocompleteServer
-from model_runtime.config import RuntimeConfig
+from repocomplete.context_engine.config import ContextConfig
+from repocomplete.lsp_server import convert
+from repocomplete.lsp_server.config import Settings
+from repocomplete.lsp_server.server import RepocompleteServer
+from repocomplete.model_runtime.config import RuntimeConfig
 
 SHOW_CONTEXT = "repocomplete.showContext"
 STATS = "repocomplete.stats"

@@ -7,12 +7,12 @@ import logging
 import os
 import sys
 
-from context_engine.config import ContextConfig
-from lsp_server.config import Settings
-from lsp_server.handlers import make_server
-from lsp_server.server import RepocompleteServer
-from lsp_server.transport import MessageLoop, PipeWriter, StdinReader
-from model_runtime.config import RuntimeConfig
+from repocomplete.context_engine.config import ContextConfig
+from repocomplete.lsp_server.config import Settings
+from repocomplete.lsp_server.handlers import make_server
+from repocomplete.lsp_server.server import RepocompleteServer
+from repocomplete.lsp_server.transport import MessageLoop, PipeWriter, StdinReader
+from repocomplete.model_runtime.config import RuntimeConfig
 
 log = logging.getLogger(__name__)
 

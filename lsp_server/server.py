@@ -13,13 +13,13 @@ from lsprotocol import types
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
 
-from context_engine.config import ContextConfig
-from lsp_server.completions import Completions
-from lsp_server.config import Settings
-from lsp_server.documents import Documents
-from lsp_server.lifecycle import Lifecycle
-from lsp_server.worker import EngineWorker
-from model_runtime.config import RuntimeConfig
+from repocomplete.context_engine.config import ContextConfig
+from repocomplete.lsp_server.completions import Completions
+from repocomplete.lsp_server.config import Settings
+from repocomplete.lsp_server.documents import Documents
+from repocomplete.lsp_server.lifecycle import Lifecycle
+from repocomplete.lsp_server.worker import EngineWorker
+from repocomplete.model_runtime.config import RuntimeConfig
 from repocomplete.pipeline import Completer
 
 log = logging.getLogger(__name__)

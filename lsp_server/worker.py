@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from repocomplete.pipeline import Completer, CompletionOptions, CompletionResult
-from model_runtime.engine import CancelToken
+from repocomplete.model_runtime.engine import CancelToken
 
 log = logging.getLogger(__name__)
 

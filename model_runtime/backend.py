@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from model_runtime.config import RuntimeConfig
+from repocomplete.model_runtime.config import RuntimeConfig
 
 
 def make_engine(config: RuntimeConfig):
     """An `Engine` over a local model, or a `RemoteEngine` when the config names an endpoint."""
     config.validate()
     if config.endpoint:
-        from model_runtime.remote import RemoteEngine
+        from repocomplete.model_runtime.remote import RemoteEngine
 
         return RemoteEngine(config)
-    from model_runtime.engine import Engine
-    from model_runtime.loading import load_model
+    from repocomplete.model_runtime.engine import Engine
+    from repocomplete.model_runtime.loading import load_model
 
     return Engine(load_model(config), config)

@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from model_runtime.attention import kv_store_dtype
-from model_runtime.config import RuntimeConfig
-from model_runtime.healing import backoff
-from model_runtime.kv_cache import PrefixCache, SlabCache
-from model_runtime.loading import LoadedModel
-from model_runtime.stopping import StopRules, final_text
-from model_runtime.templates import (
+from repocomplete.model_runtime.attention import kv_store_dtype
+from repocomplete.model_runtime.config import RuntimeConfig
+from repocomplete.model_runtime.healing import backoff
+from repocomplete.model_runtime.kv_cache import PrefixCache, SlabCache
+from repocomplete.model_runtime.loading import LoadedModel
+from repocomplete.model_runtime.stopping import StopRules, final_text
+from repocomplete.model_runtime.templates import (
     ContextItem,
     FimTemplate,
     PromptParts,
@@ -190,7 +190,7 @@ class Engine:
         self.lock = threading.Lock()
         self._compiled = None
         if self.config.compile_decode:
-            from model_runtime.static_decode import StaticDecoder
+            from repocomplete.model_runtime.static_decode import StaticDecoder
 
             self._compiled = StaticDecoder(
                 self.model, self.config.max_context_tokens + self.config.max_new_tokens + 8, self.device, loaded.dtype

@@ -14,9 +14,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from model_runtime.attention import decode_attention
-from model_runtime.kv_cache import SlabCache
-from model_runtime.quantize import PlannedLinear
+from repocomplete.model_runtime.attention import decode_attention
+from repocomplete.model_runtime.kv_cache import SlabCache
+from repocomplete.model_runtime.quantize import PlannedLinear
 
 # (input_ids [1, n], cache) -> logits of the last position [vocab]
 Forward = Callable[[torch.Tensor, SlabCache], torch.Tensor]

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from model_runtime.config import DEFAULT_MODEL, RuntimeConfig
-from model_runtime.errors import ModelLoadError
+from repocomplete.model_runtime.config import DEFAULT_MODEL, RuntimeConfig
+from repocomplete.model_runtime.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +47,14 @@ class LoadedModel:
 
     def __post_init__(self):
         if self.forward is None:
-            from model_runtime.fast_llama import hf_forward
+            from repocomplete.model_runtime.fast_llama import hf_forward
 
             self.forward = hf_forward(self.model)
 
     @functools.cached_property
     def vocab(self):
         """The token-text index token healing uses (built once per model: it decodes every token)."""
-        from model_runtime.healing import VocabIndex
+        from repocomplete.model_runtime.healing import VocabIndex
 
         return VocabIndex(self.tokenizer)
 
@@ -189,7 +189,7 @@ def load_model(spec: str | RuntimeConfig = DEFAULT_MODEL, config: RuntimeConfig 
     device = pick_device(config.device)
     cpu = device.type == "cpu"
     if cpu:
-        from model_runtime.cpu import configure_threads
+        from repocomplete.model_runtime.cpu import configure_threads
 
         configure_threads(config.threads)
     quantize = pick_quantize(config.quantize, device)
@@ -213,7 +213,7 @@ def load_model(spec: str | RuntimeConfig = DEFAULT_MODEL, config: RuntimeConfig 
     model.requires_grad_(False)
     plan = _cpu_plan(model, config, dtype) if cpu else None
     # Our decode attention (grouped query heads, no K/V expansion); prefill still goes to SDPA.
-    import model_runtime.attention as attention
+    import repocomplete.model_runtime.attention as attention
 
     try:
         model.set_attn_implementation(attention.NAME)
@@ -225,7 +225,7 @@ def load_model(spec: str | RuntimeConfig = DEFAULT_MODEL, config: RuntimeConfig 
         dtype, kv_dtype = plan.stream_dtype, plan.kv_torch_dtype
         name += suffix
     elif quantize != "none":
-        from model_runtime.quantize import quantize as quantize_linears
+        from repocomplete.model_runtime.quantize import quantize as quantize_linears
 
         quantize_linears(model, quantize, act_dtype=dtype)
         name = f"{name} {quantize}"
@@ -234,7 +234,7 @@ def load_model(spec: str | RuntimeConfig = DEFAULT_MODEL, config: RuntimeConfig 
         plan=plan, kv_dtype=kv_dtype,
     )
     if config.fast_forward:
-        from model_runtime.fast_llama import build_forward
+        from repocomplete.model_runtime.fast_llama import build_forward
 
         loaded.forward, loaded.forward_name = build_forward(model)
     return loaded
@@ -244,7 +244,7 @@ def apply_cpu_plan(model, plan) -> tuple[str, str]:
     """Convert a float32 model to a CPU plan in place: planned linears (unless the plan is plain dense weights in
     the stream dtype), the rest in the stream dtype. Returns the weights' name ("none" when plain) and the suffix
     for the model's display name."""
-    from model_runtime.quantize import plan_linears
+    from repocomplete.model_runtime.quantize import plan_linears
 
     dtype = plan.stream_dtype
     plain = plan.decode == plan.prefill and plan.decode.weights == plan.decode.act and plan.decode.act_dtype == dtype
@@ -260,7 +260,7 @@ def model_shapes_of(config: RuntimeConfig):
     """The linear shapes of the configured model (from its config, no weights loaded) and its display name."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from model_runtime.cpu_path import model_shapes
+    from repocomplete.model_runtime.cpu_path import model_shapes
 
     model_dir, name = resolve_model_dir(config.model, Path(config.cache_dir))
     try:
@@ -275,7 +275,7 @@ def model_shapes_of(config: RuntimeConfig):
 def _cpu_plan(model, config: RuntimeConfig, dtype: torch.dtype):
     """The CPU plan: measured (or cached) for `quantize="auto"`, restricted to `--dtype` when one is given; else
     what the flags say."""
-    from model_runtime import cpu_path
+    from repocomplete.model_runtime import cpu_path
 
     if config.quantize != "auto":
         return cpu_path.plan_from_flags(config.quantize, dtype)

@@ -17,11 +17,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from model_runtime.config import RuntimeConfig
-from model_runtime.errors import RemoteError
-from model_runtime.engine import CancelToken, Completion, CompletionRequest
-from model_runtime.stopping import StopRules, final_text
-from model_runtime.templates import FimTemplate, PromptParts, get_template, model_view, render
+from repocomplete.model_runtime.config import RuntimeConfig
+from repocomplete.model_runtime.errors import RemoteError
+from repocomplete.model_runtime.engine import CancelToken, Completion, CompletionRequest
+from repocomplete.model_runtime.stopping import StopRules, final_text
+from repocomplete.model_runtime.templates import FimTemplate, PromptParts, get_template, model_view, render
 
 _FINISH = {"stop": "eos", "length": "max_tokens", None: "eos"}
 _BACKOFF_S = 0.2

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import StaticCache
 
-from model_runtime.kv_cache import SlabCache
+from repocomplete.model_runtime.kv_cache import SlabCache
 
 
 class StaticDecoder:

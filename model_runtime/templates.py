@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import PurePath
 
-from model_runtime.errors import ConfigError
+from repocomplete.model_runtime.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -14,13 +14,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from context_engine.config import ContextConfig
-from context_engine.document import CONTEXT_MODES, Window, cursor_parts
-from context_engine.engine import Context, ContextEngine, find_root
-from context_engine.errors import InputError
-from context_engine.parts import CursorParts
-from model_runtime.engine import CancelToken, Completion, CompletionRequest
-from model_runtime.templates import ContextItem, PromptParts
+from repocomplete.context_engine.config import ContextConfig
+from repocomplete.context_engine.document import CONTEXT_MODES, Window, cursor_parts
+from repocomplete.context_engine.engine import Context, ContextEngine, find_root
+from repocomplete.context_engine.errors import InputError
+from repocomplete.context_engine.parts import CursorParts
+from repocomplete.model_runtime.engine import CancelToken, Completion, CompletionRequest
+from repocomplete.model_runtime.templates import ContextItem, PromptParts
 
 
 def model_parts(parts: CursorParts) -> PromptParts:

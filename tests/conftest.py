@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model_runtime.config import RuntimeConfig, default_cache_dir
-from model_runtime.loading import convert_gguf, embedded_gguf_path, load_model, load_tokenizer
+from repocomplete.model_runtime.config import RuntimeConfig, default_cache_dir
+from repocomplete.model_runtime.loading import convert_gguf, embedded_gguf_path, load_model, load_tokenizer
 
 
 @pytest.fixture(scope="session")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from bench.lsp import LspBenchOptions, format_report, run_lsp_bench
-from model_runtime.config import RuntimeConfig
+from repocomplete.bench.lsp import LspBenchOptions, format_report, run_lsp_bench
+from repocomplete.model_runtime.config import RuntimeConfig
 
 
 def test_bench_lsp_reports_latency_engine_time_and_overhead(tiny_model_dir, tmp_path, monkeypatch):

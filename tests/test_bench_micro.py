@@ -7,8 +7,8 @@ import re
 import numpy as np
 import pytest
 
-from bench.micro import main
-from context_engine.parsing import parse_source
+from repocomplete.bench.micro import main
+from repocomplete.context_engine.parsing import parse_source
 
 NUM = r"\d+(?:\.\d+)?"
 SHORT = "".join(f"def helper_{i}(x):\n    return x + {i}\n\n\n" for i in range(3))
@@ -93,7 +93,7 @@ class StubEmbedder:
 
 
 def test_retrieval_dense_sample_embeds_that_many_windows(repo, capsys, monkeypatch):
-    from context_engine.dense import Embedder
+    from repocomplete.context_engine.dense import Embedder
 
     stub = StubEmbedder()
     monkeypatch.setattr(Embedder, "shared", lambda: stub)

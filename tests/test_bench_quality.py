@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from concurrent.futures import ThreadPoolExecutor
 
-from bench.quality import CONFIGURATIONS, format_report, quality_tasks, run_quality
-from context_engine.config import ContextConfig
-from context_engine.engine import ContextEngine
-from eval.metrics import score
+from repocomplete.bench.quality import CONFIGURATIONS, format_report, quality_tasks, run_quality
+from repocomplete.context_engine.config import ContextConfig
+from repocomplete.context_engine.engine import ContextEngine
+from repocomplete.eval.metrics import score
 from helpers import write_tree
-from model_runtime.engine import Engine
+from repocomplete.model_runtime.engine import Engine
 from repocomplete.cli import main
 from test_build_suite import REPO
 from test_eval_runner import Recorder
@@ -69,7 +69,7 @@ def test_quality_runs_every_configuration_through_the_runner_and_scores_with_the
 
 
 def test_cli_bench_quality(tmp_path, tiny_model_dir, capsys, monkeypatch):
-    monkeypatch.setattr("context_engine.config.default_index_dir", lambda: tmp_path / "index")
+    monkeypatch.setattr("repocomplete.context_engine.config.default_index_dir", lambda: tmp_path / "index")
     repo = write_tree(tmp_path / "demo", REPO)
     model = ["--model", str(tiny_model_dir), "--quantize", "none", "--max-tokens", "3"]
     assert main(["bench", "quality", str(tmp_path / "nope"), *model]) == 2

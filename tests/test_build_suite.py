@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from helpers import write_tree
 
-from context_engine.errors import InputError
-from eval.build_suite import CrossFileNames, build_suite, candidate_lines, is_test_path, mask_strings_and_comments
-from eval.suites import load_tasks, repo_dir
+from repocomplete.context_engine.errors import InputError
+from repocomplete.eval.build_suite import CrossFileNames, build_suite, candidate_lines, is_test_path, mask_strings_and_comments
+from repocomplete.eval.suites import load_tasks, repo_dir
 from repocomplete.cli import main
 
 REPO = {

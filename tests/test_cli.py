@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from context_engine.config import ContextConfig
-from context_engine.document import offset_of
-from model_runtime.backend import make_engine
-from model_runtime.config import RuntimeConfig
+from repocomplete.context_engine.config import ContextConfig
+from repocomplete.context_engine.document import offset_of
+from repocomplete.model_runtime.backend import make_engine
+from repocomplete.model_runtime.config import RuntimeConfig
 from repocomplete.cli import main
 from repocomplete.pipeline import Completer, CompletionOptions
 

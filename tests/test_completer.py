@@ -7,11 +7,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from repocomplete.pipeline import Completer, CompletionOptions, Cursor
-from context_engine.config import ContextConfig
-from context_engine.errors import InputError
-from context_engine.engine import ContextEngine
+from repocomplete.context_engine.config import ContextConfig
+from repocomplete.context_engine.errors import InputError
+from repocomplete.context_engine.engine import ContextEngine
 from helpers import write_tree
-from model_runtime.engine import CancelToken, Engine
+from repocomplete.model_runtime.engine import CancelToken, Engine
 
 FILES = {
     ".git/HEAD": "ref: refs/heads/main\n",

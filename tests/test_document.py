@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-import context_engine.document as document
-from context_engine.document import (
+import repocomplete.context_engine.document as document
+from repocomplete.context_engine.document import (
     WINDOW_LINE_STEP,
     InputError,
     Window,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from eval.suites import SUITES_DIR, load_tasks
+from repocomplete.eval.suites import SUITES_DIR, load_tasks
 from test_lsp_protocol import RawClient, engine_completion
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,9 +7,9 @@ import threading
 import pytest
 import torch
 
-from model_runtime.engine import CancelToken, CompletionRequest, Engine
-from model_runtime.static_decode import StaticDecoder
-from model_runtime.templates import PromptParts
+from repocomplete.model_runtime.engine import CancelToken, CompletionRequest, Engine
+from repocomplete.model_runtime.static_decode import StaticDecoder
+from repocomplete.model_runtime.templates import PromptParts
 
 
 class Script:
@@ -155,7 +155,7 @@ def test_static_decode_step_matches_the_slab(tiny_loaded, tiny_config):
         static.begin(engine.slab)
         for token in (11, 12, 13):
             engine.slab.tokens.append(token)
-            from model_runtime.engine import decode_one_token
+            from repocomplete.model_runtime.engine import decode_one_token
 
             expected = decode_one_token(tiny_loaded.forward, engine.slab, token, tiny_loaded.device)
             torch.testing.assert_close(static.step(token), expected, rtol=1e-4, atol=1e-4)

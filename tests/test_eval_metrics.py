@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from context_engine.errors import InputError
-from eval.metrics import (
+from repocomplete.context_engine.errors import InputError
+from repocomplete.eval.metrics import (
     edit_similarity, first_statement, format_scores, identifiers, load_predictions, remove_comments, score,
     score_task,
 )
-from eval.suites import EvalTask, write_tasks
+from repocomplete.eval.suites import EvalTask, write_tasks
 from repocomplete.cli import main
 
 
@@ -127,7 +127,7 @@ def write_lines(path, lines):
      ":3: second prediction for task 'r/a.py:1' (first on line 1)"),
 ])
 def test_bad_prediction_lines_name_the_file_and_line(tmp_path, tasks_file, lines, message):
-    from eval.suites import load_tasks
+    from repocomplete.eval.suites import load_tasks
 
     path = write_lines(tmp_path / "pred.jsonl", lines)
     with pytest.raises(InputError) as e:

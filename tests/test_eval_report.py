@@ -8,13 +8,13 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from context_engine.config import ContextConfig
-from context_engine.errors import InputError
-from context_engine.engine import ContextEngine
-from eval.report import CONFIGS, configure, parse_configs, run_report
-from eval.options import RunOptions
-from eval.suites import load_tasks
-from model_runtime.engine import Engine
+from repocomplete.context_engine.config import ContextConfig
+from repocomplete.context_engine.errors import InputError
+from repocomplete.context_engine.engine import ContextEngine
+from repocomplete.eval.report import CONFIGS, configure, parse_configs, run_report
+from repocomplete.eval.options import RunOptions
+from repocomplete.eval.suites import load_tasks
+from repocomplete.model_runtime.engine import Engine
 from test_eval_runner import Recorder, suite  # noqa: F401 - the shared tiny suite
 
 
@@ -98,7 +98,7 @@ def test_configurations():
                          ("repo,repo", "named twice"), ("repo+lora", "unknown configuration")):
         with pytest.raises(InputError, match=message):
             parse_configs(bad, None)
-    from model_runtime.config import RuntimeConfig
+    from repocomplete.model_runtime.config import RuntimeConfig
 
     runtime, context, options = RuntimeConfig(adapter="lora"), ContextConfig(), RunOptions(context="infile")
     rt, ctx, opts = configure("retrieval", runtime, context, options)

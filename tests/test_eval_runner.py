@@ -8,16 +8,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from context_engine.config import ContextConfig
-from context_engine.errors import InputError
-from context_engine.engine import ContextEngine
-from eval.options import RunOptions
-from eval.predictions import PredictionFile, read_predictions
-from eval.runner import run
-from eval.scale import merge, parse_shard, shard
-from eval.suites import EvalTask, load_tasks, write_tasks
+from repocomplete.context_engine.config import ContextConfig
+from repocomplete.context_engine.errors import InputError
+from repocomplete.context_engine.engine import ContextEngine
+from repocomplete.eval.options import RunOptions
+from repocomplete.eval.predictions import PredictionFile, read_predictions
+from repocomplete.eval.runner import run
+from repocomplete.eval.scale import merge, parse_shard, shard
+from repocomplete.eval.suites import EvalTask, load_tasks, write_tasks
 from helpers import write_tree
-from model_runtime.engine import Engine
+from repocomplete.model_runtime.engine import Engine
 
 USE_TASK = (
     "from shop.models import Inventory\n\n\n"
@@ -157,7 +157,7 @@ def _in_run_order(recorder, tasks):
 
 def test_the_buffer_is_cleared_after_each_batch(suite, tmp_path, model, tiny_config):
     from repocomplete.pipeline import Completer
-    from eval.runner import BatchRunner
+    from repocomplete.eval.runner import BatchRunner
 
     tasks_path, repos = suite
     tasks = [t for t in load_tasks(tasks_path) if t.repository == "alpha"]
@@ -174,8 +174,8 @@ def test_the_buffer_is_cleared_after_each_batch(suite, tmp_path, model, tiny_con
 
 
 def test_a_task_sees_the_same_context_whatever_ran_before(suite, tmp_path, monkeypatch):
-    import context_engine.retrieval as retrieval
-    import eval.runner as runner
+    import repocomplete.context_engine.retrieval as retrieval
+    import repocomplete.eval.runner as runner
 
     monkeypatch.setattr(retrieval, "OVERLAY_MIN_BASE", 1)  # the overlay a large repository gets, on a small one
     tasks_path, repos = suite
@@ -207,13 +207,13 @@ def test_a_task_sees_the_same_context_whatever_ran_before(suite, tmp_path, monke
 
 class _NoModel:
     def complete_batch(self, requests):
-        from model_runtime.engine import Completion
+        from repocomplete.model_runtime.engine import Completion
 
         return [Completion("", "max_tokens") for _ in requests]
 
 
 def test_the_runner_jedi_process_has_no_inference_deadline(tmp_path):
-    from eval.runner import eval_context_engine
+    from repocomplete.eval.runner import eval_context_engine
 
     engine = eval_context_engine(write_tree(tmp_path / "repo", {"a.py": "x = 1\n"}),
                                  ContextConfig(index_dir=tmp_path / "index"))

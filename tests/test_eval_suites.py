@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from context_engine.errors import InputError
-from eval.suites import SUITES_DIR, EvalTask, load_tasks, repo_dir, write_tasks
+from repocomplete.context_engine.errors import InputError
+from repocomplete.eval.suites import SUITES_DIR, EvalTask, load_tasks, repo_dir, write_tasks
 
 CCEVAL = {
     "prompt": "from pkg.models import Inventory\n\n\ndef make():\n    ",

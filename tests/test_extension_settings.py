@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from context_engine.config import ContextConfig
-from context_engine.document import CONTEXT_MODES
-from lsp_server.config import RANGES, SECTION, Settings, snake_to_camel
-from model_runtime.config import RuntimeConfig
+from repocomplete.context_engine.config import ContextConfig
+from repocomplete.context_engine.document import CONTEXT_MODES
+from repocomplete.lsp_server.config import RANGES, SECTION, Settings, snake_to_camel
+from repocomplete.model_runtime.config import RuntimeConfig
 
 PACKAGE = Path(__file__).resolve().parent.parent / "vscode-extension" / "package.json"
 CLIENT_ONLY = {"serverPath", "serverArgs", "trace.server"}  # read by the extension, never sent to the server

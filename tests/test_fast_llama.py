@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model_runtime.config import RuntimeConfig
-from model_runtime.fast_llama import build_forward, supports
-from model_runtime.kv_cache import SlabCache
-from model_runtime.loading import load_model
+from repocomplete.model_runtime.config import RuntimeConfig
+from repocomplete.model_runtime.fast_llama import build_forward, supports
+from repocomplete.model_runtime.kv_cache import SlabCache
+from repocomplete.model_runtime.loading import load_model
 
 
 def _tiny(model_type: str, vocab: int = 512, **extra):
@@ -79,7 +79,7 @@ def test_unsupported_architectures_fall_back_to_transformers():
 @pytest.mark.parametrize("mode, tolerance", [("int8", 0.02), ("int4", 0.15)])
 @pytest.mark.parametrize("act", ["bf16", "fp32"])
 def test_quantized_linear_tracks_the_float_linear(mode, tolerance, act):
-    from model_runtime.quantize import LinearPath, PlannedLinear
+    from repocomplete.model_runtime.quantize import LinearPath, PlannedLinear
 
     torch.manual_seed(0)
     linear = torch.nn.Linear(128, 96, bias=True)
@@ -96,7 +96,7 @@ def test_quantized_linear_tracks_the_float_linear(mode, tolerance, act):
 
 
 def test_a_planned_linear_runs_each_phase_in_its_own_form():
-    from model_runtime.quantize import DECODE_MAX_ROWS, LinearPath, PlannedLinear
+    from repocomplete.model_runtime.quantize import DECODE_MAX_ROWS, LinearPath, PlannedLinear
 
     torch.manual_seed(0)
     linear = torch.nn.Linear(64, 32, bias=False)
@@ -112,8 +112,8 @@ def test_a_planned_linear_runs_each_phase_in_its_own_form():
 
 
 def test_fusing_planned_linears_keeps_their_outputs():
-    from model_runtime.fast_llama import fuse
-    from model_runtime.quantize import LinearPath, PlannedLinear
+    from repocomplete.model_runtime.fast_llama import fuse
+    from repocomplete.model_runtime.quantize import LinearPath, PlannedLinear
 
     torch.manual_seed(0)
     parts = [torch.nn.Linear(64, n, bias=True) for n in (32, 16, 16)]

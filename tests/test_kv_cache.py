@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model_runtime.engine import Engine
-from model_runtime.kv_cache import BlockPool, PoolFull, PrefixCache, SlabCache, hash_blocks
+from repocomplete.model_runtime.engine import Engine
+from repocomplete.model_runtime.kv_cache import BlockPool, PoolFull, PrefixCache, SlabCache, hash_blocks
 
 
 def kv(fill: float, n_bytes_elems: int = 8) -> torch.Tensor:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model_runtime.config import RuntimeConfig, default_cache_dir
-from model_runtime.kv_cache import SlabCache
-from model_runtime.loading import (
+from repocomplete.model_runtime.config import RuntimeConfig, default_cache_dir
+from repocomplete.model_runtime.kv_cache import SlabCache
+from repocomplete.model_runtime.loading import (
     ModelLoadError,
     embedded_gguf_path,
     load_model,

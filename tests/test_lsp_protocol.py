@@ -21,9 +21,9 @@ from pytest_lsp import ClientServerConfig, client_capabilities
 
 from repocomplete.pipeline import Completer, CompletionOptions
 from helpers import write_tree
-from model_runtime.config import RuntimeConfig
-from model_runtime.engine import Engine
-from model_runtime.loading import load_model
+from repocomplete.model_runtime.config import RuntimeConfig
+from repocomplete.model_runtime.engine import Engine
+from repocomplete.model_runtime.loading import load_model
 
 FILES = {
     ".git/HEAD": "ref: refs/heads/main\n",

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections import Counter
 
-from context_engine.neighbours import Neighbours
-from context_engine.packing import pack
-from context_engine.records import ContextRecord, Definition
-from context_engine.repo_map import rank_definitions, repo_map
+from repocomplete.context_engine.neighbours import Neighbours
+from repocomplete.context_engine.packing import pack
+from repocomplete.context_engine.records import ContextRecord, Definition
+from repocomplete.context_engine.repo_map import rank_definitions, repo_map
 
 
 def rec(kind, path, start, end, score, text=None):

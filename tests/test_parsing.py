@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from context_engine.parsing import language_for, parse_source
-from context_engine.records import Definition, Import
+from repocomplete.context_engine.parsing import language_for, parse_source
+from repocomplete.context_engine.records import Definition, Import
 
 
 def defs(symbols, *fields):

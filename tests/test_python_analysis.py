@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from context_engine import python_imports, typed_holes
-from context_engine.python_imports import import_context
+from repocomplete.context_engine import python_imports, typed_holes
+from repocomplete.context_engine.python_imports import import_context
 
 # A cold jedi can spend the default inference budget on its first file; tests want every type.
 typed_hole_context = functools.partial(typed_holes.typed_hole_context, infer_budget_ms=None)

@@ -10,11 +10,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from model_runtime.config import RuntimeConfig
-from model_runtime.engine import CancelToken, CompletionRequest
-from model_runtime.errors import RemoteError
-from model_runtime.remote import RemoteEngine, base_url, guess_template
-from model_runtime.templates import PromptParts
+from repocomplete.model_runtime.config import RuntimeConfig
+from repocomplete.model_runtime.engine import CancelToken, CompletionRequest
+from repocomplete.model_runtime.errors import RemoteError
+from repocomplete.model_runtime.remote import RemoteEngine, base_url, guess_template
+from repocomplete.model_runtime.templates import PromptParts
 
 QWEN_STOP = ["<|endoftext|>", "<|fim_pad|>", "<|file_sep|>", "<|repo_name|>", "<|fim_prefix|>", "<|im_end|>"]
 

@@ -8,9 +8,9 @@ import bm25s
 import numpy as np
 import pytest
 
-from context_engine.config import ContextConfig
-from context_engine.retrieval import Retriever, query_text_for
-from context_engine.sparse import tokenize, windows
+from repocomplete.context_engine.config import ContextConfig
+from repocomplete.context_engine.retrieval import Retriever, query_text_for
+from repocomplete.context_engine.sparse import tokenize, windows
 
 SMALL = ContextConfig(window_lines=10, window_stride=5)
 
@@ -256,7 +256,7 @@ class CountingEmbedder:
     """The real MiniLM embedder, counting the texts it is asked to embed."""
 
     def __init__(self):
-        from context_engine.dense import Embedder
+        from repocomplete.context_engine.dense import Embedder
 
         self.inner = Embedder.shared()
         self.dim = self.inner.dim

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from model_runtime.healing import VocabIndex, backoff
-from model_runtime.stopping import StopRules, indent_of, trim_suffix_overlap
+from repocomplete.model_runtime.healing import VocabIndex, backoff
+from repocomplete.model_runtime.stopping import StopRules, indent_of, trim_suffix_overlap
 
 # -- StopRules.at_cursor ---------------------------------------------------------------------------------------
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from model_runtime.errors import ConfigError
-from model_runtime.engine import encode_prompt
-from model_runtime.templates import (
+from repocomplete.model_runtime.errors import ConfigError
+from repocomplete.model_runtime.engine import encode_prompt
+from repocomplete.model_runtime.templates import (
     TEMPLATES,
     ContextItem,
     PromptParts,

@@ -10,9 +10,9 @@ import pytest
 
 from helpers import write_tree
 
-from context_engine import walker
-from context_engine.config import SECRET_PATTERNS, ContextConfig
-from context_engine.walker import Skipped, Unindexable, read_source, walk
+from repocomplete.context_engine import walker
+from repocomplete.context_engine.config import SECRET_PATTERNS, ContextConfig
+from repocomplete.context_engine.walker import Skipped, Unindexable, read_source, walk
 
 
 make = write_tree
