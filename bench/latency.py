@@ -45,6 +45,8 @@ class Sample:
     decode_s: float
     cached_tokens: int = 0
     empty_by_time: bool = False  # the time budget stopped it before it produced any text
+    draft_tokens: int = 0  # speculative decoding: proposed and taken
+    accepted_tokens: int = 0
 
 
 @dataclass
@@ -78,6 +80,9 @@ class Series:
             "decode_tok_s": round(decoded / decode_s, 1) if decode_s and decoded else None,
             "warmup_ms": round(self.warmup.latency_s * 1000, 1) if self.warmup else None,
             "empty_by_time": sum(x.empty_by_time for x in s) + bool(self.warmup and self.warmup.empty_by_time),
+            "draft_tokens": sum(x.draft_tokens for x in s),
+            "acceptance": (round(sum(x.accepted_tokens for x in s) / drafted, 3)
+                           if (drafted := sum(x.draft_tokens for x in s)) else None),
         }
 
 
@@ -169,6 +174,8 @@ def _sample(result) -> Sample:
         decode_s=result.decode_s,
         cached_tokens=result.cached_tokens,
         empty_by_time=result.stop_reason == "time" and not result.text.strip(),
+        draft_tokens=getattr(result, "draft_tokens", 0),
+        accepted_tokens=getattr(result, "accepted_tokens", 0),
     )
 
 
@@ -355,6 +362,8 @@ def format_report(report: dict) -> str:
             lines.append(
                 f"{name:<22} {m['n']:>3} {m['p50_ms']:>9} {m['p95_ms']:>9} {m['mean_prefill_tokens']:>11} "
                 f"{m['mean_cached_tokens']:>10} {m['prefill_tok_s'] or '-':>13} {m['decode_tok_s'] or '-':>12}"
+                + (f"  (speculation: {m['acceptance']:.0%} of {m['draft_tokens']} drafted tokens taken)"
+                   if m.get("acceptance") is not None else "")
             )
     h = report.get("token_healing")
     if h:

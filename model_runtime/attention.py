@@ -36,6 +36,23 @@ def decode_attention(query, key, value, attention_mask, scaling: float) -> torch
     return out.reshape(b, h, 1, d).transpose(1, 2)
 
 
+def few_rows_attention(query, key, value, start: int, scaling: float) -> torch.Tensor:
+    """The causal attention of a few new rows (a speculative draft being verified) over a long cache, grouped
+    like `decode_attention`: the cache is read once per K/V head, never cast or expanded to every query head.
+
+    query [B, H, n, D] at positions start..start+n-1; key/value [B, Hkv, start+n, D]. Returns [B, n, H, D]."""
+    b, h, n, d = query.shape
+    hkv, total = key.shape[1], key.shape[2]
+    q = query.reshape(b, hkv, (h // hkv) * n, d)  # rows ordered (group, position)
+    scores = torch.matmul(q, key.transpose(-1, -2)).float() * scaling  # [B, Hkv, G*n, L]
+    rows = torch.arange(n, device=query.device).repeat(h // hkv)  # each row's position among the new ones
+    allowed = torch.arange(total, device=query.device)[None, :] <= (start + rows)[:, None]
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    probs = torch.softmax(scores, dim=-1).to(value.dtype)
+    out = torch.matmul(probs, value)  # [B, Hkv, G*n, D]
+    return out.reshape(b, h, n, d).transpose(1, 2)
+
+
 def attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
     # The cache may be stored in float32 under bf16 activations (see `kv_store_dtype`).
     if query.shape[2] == 1 and not module.training:

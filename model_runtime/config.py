@@ -52,6 +52,9 @@ class RuntimeConfig:
     seed: int = 0
     time_budget_s: float = 5.0  # decoding stops after this long, whatever it has (prefill is not counted)
     token_healing: bool = True
+    # Greedy decoding verifies up to this many tokens drafted from the prompt in one forward pass (prompt lookup;
+    # up to 16 rows stay in the decode kernels); 0 turns it off. Output is the same token for token.
+    speculative_tokens: int = 8
     # Prefix-KV cache.
     prefix_cache: bool = True
     prefix_cache_bytes: int = 512 * 2**20
@@ -98,6 +101,8 @@ class RuntimeConfig:
             raise ConfigError(f"quantize must be one of {', '.join(QUANTIZE_MODES)}, got {self.quantize!r}")
         if self.fim_order not in ("auto", "psm", "spm"):
             raise ConfigError(f"fim_order must be 'auto', 'psm' or 'spm', got {self.fim_order!r}")
+        if not 0 <= self.speculative_tokens <= 15:
+            raise ConfigError(f"speculative_tokens must be in [0, 15], got {self.speculative_tokens}")
         if self.prefill_chunk_tokens < 1:
             raise ConfigError(f"prefill_chunk_tokens must be >= 1, got {self.prefill_chunk_tokens}")
         if self.threads is not None and self.threads < 1:

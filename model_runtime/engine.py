@@ -19,6 +19,7 @@ from repocomplete.model_runtime.config import RuntimeConfig
 from repocomplete.model_runtime.healing import backoff
 from repocomplete.model_runtime.kv_cache import PrefixCache, SlabCache
 from repocomplete.model_runtime.loading import LoadedModel
+from repocomplete.model_runtime.speculate import PromptLookup
 from repocomplete.model_runtime.stopping import StopRules, final_text
 from repocomplete.model_runtime.templates import (
     ContextItem,
@@ -69,6 +70,8 @@ class Completion:
     decode_s: float = 0.0
     raw_text: str = ""  # everything decoded, before stop rules and trimming
     healed: str = ""  # prompt text that token healing backed off (the generation re-produced it)
+    draft_tokens: int = 0  # speculative decoding: tokens proposed from the prompt, and how many were taken
+    accepted_tokens: int = 0
     timings: dict = field(default_factory=dict)
 
     @property
@@ -188,6 +191,7 @@ class Engine:
         self.slab = SlabCache(loaded.n_layers, store_dtype=loaded.kv_dtype or kv_store_dtype(loaded.device, loaded.dtype))
         self.prefix_cache = PrefixCache(self.config.block_size, self.config.prefix_cache_bytes, salt=hash(loaded.name))
         self.lock = threading.Lock()
+        self._previous: list[int] = []  # the last completion's tokens: drafts while the user types through it
         self._compiled = None
         if self.config.compile_decode:
             from repocomplete.model_runtime.static_decode import StaticDecoder
@@ -313,7 +317,15 @@ class Engine:
         reason = "max_tokens"
         remaining_heal = healed
         history = torch.tensor([ids], dtype=torch.long, device=self.device)
+        # Greedy decoding verifies drafts from the prompt (speculate.py): the same tokens, fewer forward passes.
+        # Sampling decodes one token at a time, so its distribution is untouched.
+        speculate = cfg.speculative_tokens if cfg.temperature <= 0 and self._compiled is None else 0
+        lookup = PromptLookup(ids, self._previous) if speculate else None
+        queue: list[torch.Tensor] = [logits]  # the logits of the next position, then of each pending draft token
+        drafts: list[int] = []
+        drafted = accepted = 0
         while True:
+            logits = queue.pop(0)
             if remaining_heal:
                 logits = logits + self.vocab.mask(remaining_heal, logits.shape[-1], logits.device)
             for processor in request.logits_processors:
@@ -344,8 +356,22 @@ class Engine:
             if self._compiled is not None and self._compiled.full:
                 reason = "length"
                 break
-            logits = self._decode(token)
+            if lookup is not None:
+                lookup.append(token)
+            if drafts and token == drafts[0]:  # the verification pass already computed what follows it
+                drafts.pop(0)
+                accepted += 1
+                continue
+            if drafts:  # rejected: drop the K/V of the draft tokens that were not taken
+                self._rewind(len(ids) + len(generated) - 1)
+                drafts = []
+            drafts = lookup.draft(min(speculate, max_new - len(generated))) if lookup is not None else []
+            drafted += len(drafts)
+            queue = self._step(token, drafts)
         t2 = time.perf_counter()
+        if speculate:
+            self._rewind(min(self.slab.length, len(ids) + len(generated) - 1))
+            self._previous = generated
         body = text[len(healed) :] if text.startswith(healed) else text
         return Completion(
             text=final_text(rules, body, reason, parts.suffix),
@@ -357,7 +383,20 @@ class Engine:
             decode_s=t2 - t1,
             raw_text=text,
             healed=healed,
+            draft_tokens=drafted,
+            accepted_tokens=accepted,
         )
+
+    def _step(self, token: int, drafts: list[int]) -> list[torch.Tensor]:
+        """Run `token` (and the draft tokens after it, verified in the same pass); the logits after each."""
+        if not drafts:
+            return [self._decode(token)]
+        self.slab.tokens += [token, *drafts]
+        ids = torch.tensor([[token, *drafts]], dtype=torch.long, device=self.device)
+        return list(self.forward(ids, self.slab, all_logits=True))
+
+    def _rewind(self, length: int) -> None:
+        self.slab.truncate(length)  # the K/V and the token list
 
     def _decode(self, token: int) -> torch.Tensor:
         if self._compiled is not None:

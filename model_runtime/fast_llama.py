@@ -14,21 +14,21 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from repocomplete.model_runtime.attention import decode_attention
+from repocomplete.model_runtime.attention import decode_attention, few_rows_attention
 from repocomplete.model_runtime.kv_cache import SlabCache
-from repocomplete.model_runtime.quantize import PlannedLinear
+from repocomplete.model_runtime.quantize import DECODE_MAX_ROWS, PlannedLinear
 
-# (input_ids [1, n], cache) -> logits of the last position [vocab]
-Forward = Callable[[torch.Tensor, SlabCache], torch.Tensor]
+# (input_ids [1, n], cache, all_logits=False) -> logits of the last position [vocab], or of every position [n, vocab]
+Forward = Callable[..., torch.Tensor]
 
 SUPPORTED = ("llama", "qwen2")
 _ROPE_TYPES = ("default", "linear", "llama3")  # static inv_freq; "dynamic" rescales with the length
 
 
 def hf_forward(model) -> Forward:
-    def forward(input_ids: torch.Tensor, cache: SlabCache) -> torch.Tensor:
-        out = model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        return out.logits[0, -1]
+    def forward(input_ids: torch.Tensor, cache: SlabCache, all_logits: bool = False) -> torch.Tensor:
+        out = model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=0 if all_logits else 1)
+        return out.logits[0] if all_logits else out.logits[0, -1]
 
     return forward
 
@@ -121,7 +121,7 @@ class FastLlama:
         rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
         return x * cos + rotated * sin
 
-    def __call__(self, input_ids: torch.Tensor, cache: SlabCache) -> torch.Tensor:
+    def __call__(self, input_ids: torch.Tensor, cache: SlabCache, all_logits: bool = False) -> torch.Tensor:
         b, n = input_ids.shape
         start = cache.layers[0].length
         x = self.embed(input_ids)
@@ -135,6 +135,8 @@ class FastLlama:
             keys, values = cache.layers[i].update(k, v)
             if n == 1:  # the cache may be float32 under bf16 activations (attention.kv_store_dtype)
                 attn = decode_attention(q.to(keys.dtype), keys, values, None, self.scale).to(x.dtype)  # [b,1,H,D]
+            elif n <= DECODE_MAX_ROWS and start > 0:  # a draft being verified: read the cache as decode does
+                attn = few_rows_attention(q.to(keys.dtype), keys, values, start, self.scale).to(x.dtype)
             else:
                 keys, values = keys.to(x.dtype), values.to(x.dtype)
                 attn = self._prefill_attention(q, keys, values, start).transpose(1, 2)
@@ -142,8 +144,9 @@ class FastLlama:
             h = torch.rms_norm(x, (x.shape[-1],), ln2, self.eps)
             gate, up = gate_up(h).split((self.intermediate, self.intermediate), dim=-1)
             x = x + down(nn.functional.silu(gate) * up)
-        x = torch.rms_norm(x[:, -1:], (x.shape[-1],), self.norm.weight, self.eps)
-        return self.lm_head(x)[0, -1]
+        x = torch.rms_norm(x if all_logits else x[:, -1:], (x.shape[-1],), self.norm.weight, self.eps)
+        logits = self.lm_head(x)[0]
+        return logits if all_logits else logits[-1]
 
     def _prefill_attention(self, q, keys, values, start: int) -> torch.Tensor:
         n, total = q.shape[2], keys.shape[2]

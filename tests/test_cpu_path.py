@@ -322,9 +322,9 @@ class SlowForward:
     def __init__(self, forward, sleep_s=0.0, after=None):
         self.forward, self.sleep_s, self.after, self.prefill_rows = forward, sleep_s, after, []
 
-    def __call__(self, ids, cache):
-        out = self.forward(ids, cache)
-        if ids.shape[1] > 1:
+    def __call__(self, ids, cache, all_logits=False):
+        out = self.forward(ids, cache, all_logits=all_logits)
+        if ids.shape[1] > 1 and not all_logits:  # a prefill (not a speculative draft being verified)
             self.prefill_rows.append(ids.shape[1])
             time.sleep(self.sleep_s)
             if self.after:
