@@ -28,15 +28,17 @@ import parso.file_io
 from repocomplete.context_engine.gate import Gate, private_dir, private_file
 
 _GATE: contextvars.ContextVar[Gate | None] = contextvars.ContextVar("repocomplete_jedi_gate", default=None)
-_original_read = parso.file_io.FileIO.read
 _original_save = parso.cache._save_to_file_system
 
 
-def _gated_read(self):
-    gate = _GATE.get()
-    if gate is not None and self.path is not None and not gate.may_read(self.path):
-        return b""  # refused by the workspace's gate: jedi sees an empty module
-    return _original_read(self)
+def _gated(read):
+    def gated_read(self):
+        gate = _GATE.get()
+        if gate is not None and self.path is not None and not gate.may_read(self.path):
+            return b""  # refused by the workspace's gate: jedi sees an empty module
+        return read(self)
+
+    return gated_read
 
 
 def _private_save(hashed_grammar, path, item, cache_path=None):
@@ -46,7 +48,10 @@ def _private_save(hashed_grammar, path, item, cache_path=None):
     private_file(target)
 
 
-parso.file_io.FileIO.read = _gated_read  # jedi.file_io.FileIO inherits it
+# jedi's FileIO classes inherit these. Its import resolver reads a module's source through the import system and
+# hands it over as KnownContentFileIO, so both are gated.
+parso.file_io.FileIO.read = _gated(parso.file_io.FileIO.read)
+parso.file_io.KnownContentFileIO.read = _gated(parso.file_io.KnownContentFileIO.read)
 parso.cache._save_to_file_system = _private_save
 
 

@@ -291,7 +291,9 @@ class Rules:
                 name = entry.name
                 rel = f"{dir_rel}/{name}" if dir_rel else name
                 if not is_utf8(name):
-                    if entry.is_dir(follow_symlinks=False) or self.language(name) is not None:
+                    if entry.is_dir(follow_symlinks=False):
+                        skip_(printable(rel) + "/", "file name not UTF-8")
+                    elif self.language(name) is not None:
                         skip_(printable(rel), "file name not UTF-8")
                     continue
                 try:
