@@ -15,7 +15,10 @@ line count unchanged), a private key block keeps its BEGIN/END lines and loses i
 from __future__ import annotations
 
 import bisect
+import hashlib
+import os
 import re
+import threading
 
 from detect_secrets.filters import heuristic
 from detect_secrets.plugins import (
@@ -25,6 +28,10 @@ from detect_secrets.plugins import (
 )
 
 REDACTED = "<redacted>"
+MEMO_ENTRIES = 100_000  # scrubbed texts remembered by content hash (16 bytes each when nothing was found)
+_memo: dict[bytes, str | None] = {}
+_memo_lock = threading.Lock()
+_MISSING = object()
 
 _PLUGINS = (
     aws.AWSKeyDetector(), azure_storage_key.AzureStorageKeyDetector(), basic_auth.BasicAuthDetector(),
@@ -42,16 +49,14 @@ _KEYWORD = keyword.KeywordDetector()
 # deny-list; the key/password/token names of the IBM, Cloudant and SoftLayer assignment patterns).
 _ASSIGNMENT_PLUGINS = (cloudant.CloudantDetector, ibm_cloud_iam.IbmCloudIamDetector, ibm_cos_hmac.IbmCosHmacDetector,
                        softlayer.SoftlayerDetector)
-_LOWER_TRIGGER = re.compile("|".join(
-    [w for w in keyword.DENYLIST if w.isascii()]
-    + ["contrase", "key", "pw", "pass", "token", "cloudant", "softlayer", "private key"]
-))
 # (pattern, search the lowercased text, the plugins to ask about the lines it finds)
 _ALL = (*_PLUGINS, _KEYWORD)  # (plugins are known by their index: they are not hashable)
 _TRIGGERS = [(p, False, (i,)) for i, plugin in enumerate(_PLUGINS) if not isinstance(plugin, _ASSIGNMENT_PLUGINS)
              for p in plugin.denylist]
-_TRIGGERS.append((_LOWER_TRIGGER, True, tuple(i for i, p in enumerate(_ALL)
-                                              if p is _KEYWORD or isinstance(p, _ASSIGNMENT_PLUGINS))))
+_TRIGGERS.append((re.compile("|".join([w for w in keyword.DENYLIST if w.isascii()] + ["contrase"])), True,
+                  (len(_PLUGINS),)))
+_TRIGGERS.append((re.compile("key|pw|pass|token|cloudant|softlayer"), True,
+                  tuple(i for i, p in enumerate(_PLUGINS) if isinstance(p, _ASSIGNMENT_PLUGINS))))
 _PRIVATE_KEY = private_key.PrivateKeyDetector()
 _PEM = re.compile(
     r"(-----BEGIN[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----)"
@@ -101,9 +106,24 @@ def _mask_line(line: str, path: str, plugins) -> str:
 def scrub(text: str, path: str = "") -> str:
     """`text` with credential values replaced by REDACTED; the same text (object) when none is found.
 
-    `path` (its extension) tells the keyword plugin which assignment forms the language has."""
+    `path` (its extension) tells the keyword plugin which assignment forms the language has. Results are memoised
+    by content (a file is scrubbed when it is parsed and again when retrieval reads it)."""
     if not text:
         return text
+    key = hashlib.blake2b(f"{os.path.splitext(path)[1]}\0{text}".encode("utf-8", "surrogatepass"),
+                          digest_size=16).digest()
+    found = _memo.get(key, _MISSING)
+    if found is _MISSING:
+        found = _scrub(text, path)
+        found = None if found is text else found
+        with _memo_lock:
+            _memo[key] = found
+            while len(_memo) > MEMO_ENTRIES:
+                _memo.pop(next(iter(_memo)))
+    return text if found is None else found
+
+
+def _scrub(text: str, path: str) -> str:
     candidates: dict[int, set] = {}  # line -> the plugins to ask
     lowered = None
     for trigger, lower, plugins in _TRIGGERS:
