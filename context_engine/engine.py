@@ -199,8 +199,8 @@ class ContextEngine:
         wait: ask the slow providers afresh and wait for them, whatever the configured deadline."""
         rel = self.relative(path)
         budget = self.config.budget_tokens if budget is None else budget
-        if self.gate.rel(path) is None or self.gate.reason_rel(rel) in ("symlink outside the root", "outside the root"):
-            # A file outside the workspace, or a link to one, yields nothing (nor does its text query anything).
+        if self.gate.rel(path) is not None and self.gate.reason_rel(rel) == "symlink outside the root":
+            # A link out of the workspace yields nothing (nor does the text behind it query anything).
             return Context(pack({}, budget, self.config.quotas, self.count_tokens), {"total": 0.0}, True)
         providers = providers or self.config.providers
         prefix = "\n".join(text.split("\n")[: line - 1] + [text.split("\n")[line - 1][: col - 1]]) if text else ""
