@@ -29,8 +29,17 @@ SECRET_PATTERNS = (
 )
 
 
+def default_cache_root() -> Path:
+    """repocomplete's own cache folder (the model runtime's converted models and CPU plans live there too)."""
+    return Path(platformdirs.user_cache_dir("repocomplete"))
+
+
 def default_index_dir() -> Path:
-    return Path(platformdirs.user_cache_dir("repocomplete")) / "index"
+    return default_cache_root() / "index"
+
+
+def default_jedi_dir() -> Path:
+    return default_cache_root() / "jedi"
 
 
 @dataclass
@@ -44,10 +53,15 @@ class ContextConfig:
     )
     languages: tuple[str, ...] = LANGUAGES
     max_file_bytes: int = 1_000_000
+    # A workspace's bounds: the walk stops past this many files or bytes (what it found so far is indexed).
+    max_workspace_files: int = 50_000
+    max_workspace_bytes: int = 1 << 30
     skip_dirs: tuple[str, ...] = SKIP_DIRS
     secret_patterns: tuple[str, ...] = SECRET_PATTERNS
     # The SQLite caches, one per workspace (looked up at construction, so tests can redirect it).
     index_dir: Path = field(default_factory=lambda: default_index_dir())
+    # jedi's parse cache (pickled syntax trees of project files), in the jedi worker; private like the index.
+    jedi_cache_dir: Path = field(default_factory=lambda: default_jedi_dir())
     watch: bool = False  # live updates through watchdog
     # Retrieval: sliding windows over files (RepoCoder/CrossCodeEval use 20 lines, stride 10).
     window_lines: int = 20
@@ -74,5 +88,7 @@ class ContextConfig:
         unknown = [l for l in self.languages if l not in LANGUAGES]
         if unknown:
             raise ContextConfigError(f"unknown languages {unknown}; known: {', '.join(LANGUAGES)}")
+        if self.max_workspace_files < 1 or self.max_workspace_bytes < 1:
+            raise ContextConfigError("max_workspace_files and max_workspace_bytes must be >= 1")
         if self.window_lines < 1 or self.window_stride < 1:
             raise ContextConfigError("window_lines and window_stride must be >= 1")

@@ -2,6 +2,12 @@
 
 One object per workspace owns the index, the retriever and the neighbours; the command line, the LSP server and
 the evaluation harness all ask it the same question (`context`) and turn the answer into prompt parts.
+
+Trust: the workspace's `gate.Gate` decides which files may yield text (buffers included: one the index refuses
+reaches neither retrieval nor neighbours), every path is known by one identity (`relative`), and the assembled
+context passes a final check (records from refused paths dropped, all text scrubbed of credentials) before it
+is packed. A root the gate refuses (missing, a file, /, home, a system folder) raises `gate.WorkspaceError`
+before anything is created.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from pathlib import Path
 
 from repocomplete.context_engine.config import ContextConfig
 from repocomplete.context_engine.document import Window, cursor_parts
+from repocomplete.context_engine.gate import Gate, check_workspace_root
 from repocomplete.context_engine.neighbours import Neighbours
 from repocomplete.context_engine.packing import Packed, approx_tokens, pack
 from repocomplete.context_engine.records import ContextRecord
@@ -41,8 +48,10 @@ class Context:
 
 
 def find_root(path: Path) -> Path:
-    """The repository a file belongs to: the nearest parent holding .git (else the file's own folder)."""
-    path = path.resolve()
+    """The repository a file belongs to: the nearest parent holding .git (else the file's own folder).
+
+    From the path as given (made absolute, symlinks not resolved): a symlinked file's target never moves the root."""
+    path = Path(os.path.abspath(path))
     for parent in [path.parent, *path.parent.parents]:
         if (parent / ".git").exists():
             return parent
@@ -60,11 +69,13 @@ class ContextEngine:
         from repocomplete.context_engine.index import RepoIndex
         from repocomplete.context_engine.retrieval import Retriever
 
-        self.root = Path(root).resolve()
+        given = check_workspace_root(root)  # raises WorkspaceError before anything is created
+        self.root = given.resolve()
         self.config = config or ContextConfig()
         self.config.validate()
         self.count_tokens = count_tokens
-        self.index = RepoIndex(self.root, self.config)
+        self.gate = Gate(given, self.config)
+        self.index = RepoIndex(self.root, self.config, gate=self.gate)
         self.retriever = Retriever(self.config)
         self.neighbours = Neighbours()
         self._graph = None  # (generation, RepoGraph)
@@ -96,38 +107,56 @@ class ContextEngine:
         self._build_graph(self._generation)
         return stats
 
-    def _refresh_retriever(self, path: str) -> None:
-        text = self.index.text(path)  # the buffer, else the disk, else None (gone or not indexable)
+    def _refresh_retriever(self, rel: str) -> None:
+        text = self.index.text(rel)  # the buffer, else the disk, else None (gone or not indexable)
         if text is None:
-            self.retriever.remove_document(path)
+            self.retriever.remove_document(rel)
         else:
-            self.retriever.add_document(path, text)
+            self.retriever.add_document(rel, text)
 
     def file_changed(self, path: str) -> None:
         """A file changed on disk (or was created): refresh the index and the retriever."""
-        self.index.update_file(path)
-        self._refresh_retriever(path)
+        rel = self.index.relative(path)
+        if rel is None:
+            return
+        self.index.update_file(rel)
+        self._refresh_retriever(rel)
         self._generation += 1
 
     def file_removed(self, path: str) -> None:
-        self.index.remove_file(path)
-        self.retriever.remove_document(path)
+        rel = self.index.relative(path)
+        if rel is None:
+            return
+        self.index.remove_file(rel)
+        self.retriever.remove_document(rel)
         self._generation += 1
 
     def set_buffer(self, path: str, text: str, edited_line: int | None = None) -> None:
-        """An unsaved editor buffer: it overrides the file on disk until cleared."""
-        self.index.set_buffer(path, text)
-        self.retriever.add_document(path, text)
+        """An unsaved editor buffer: it overrides the file on disk until cleared. A buffer the gate refuses (a
+        secret, an ignored file, a symlink out of the root, outside the root) feeds nothing."""
+        rel = self.index.relative(path)
+        if rel is None:
+            return
+        if not self.index.set_buffer(rel, text):
+            self.neighbours.close(rel)
+            self._refresh_retriever(rel)
+            self._generation += 1
+            return
+        text = self.index.buffer_text(rel)  # as the index keeps it: scrubbed
+        self.retriever.add_document(rel, text)
         if edited_line is None:
-            self.neighbours.open(path, text)
+            self.neighbours.open(rel, text)
         else:
-            self.neighbours.record_edit(path, edited_line, text)
+            self.neighbours.record_edit(rel, edited_line, text)
         self._generation += 1  # the repo map catches up on a worker thread
 
     def clear_buffer(self, path: str) -> None:
-        self.index.clear_buffer(path)
-        self.neighbours.close(path)
-        self._refresh_retriever(path)
+        rel = self.index.relative(path)
+        if rel is None:
+            return
+        self.index.clear_buffer(rel)
+        self.neighbours.close(rel)
+        self._refresh_retriever(rel)
         self._generation += 1
 
     def start_watching(self) -> None:
@@ -148,13 +177,9 @@ class ContextEngine:
     # -- the question --------------------------------------------------------------------------------------
 
     def relative(self, path: str | Path) -> str:
-        p = Path(path)
-        if p.is_absolute():
-            try:
-                return p.resolve().relative_to(self.root).as_posix()
-            except ValueError:
-                return p.name
-        return p.as_posix()
+        """The one identity of a file (the gate's); a file outside the root goes by its name."""
+        rel = self.gate.rel(path)
+        return rel if rel is not None else Path(path).name
 
     def context(
         self,
@@ -174,6 +199,9 @@ class ContextEngine:
         wait: ask the slow providers afresh and wait for them, whatever the configured deadline."""
         rel = self.relative(path)
         budget = self.config.budget_tokens if budget is None else budget
+        if self.gate.rel(path) is not None and self.gate.reason_rel(rel) == "symlink outside the root":
+            # A link out of the workspace yields nothing (nor does the text behind it query anything).
+            return Context(pack({}, budget, self.config.quotas, self.count_tokens), {"total": 0.0}, True)
         providers = providers or self.config.providers
         prefix = "\n".join(text.split("\n")[: line - 1] + [text.split("\n")[line - 1][: col - 1]]) if text else ""
         timings: dict[str, float] = {}
@@ -206,6 +234,9 @@ class ContextEngine:
                 by_provider[kind] = []
                 complete = False
             timings[kind] = round((time.perf_counter() - t) * 1000, 2)
+        # The final check: whatever route a record came by, a path the gate refuses yields nothing, and the text
+        # of the rest is scrubbed of credentials.
+        by_provider = {kind: self.gate.records(records) for kind, records in by_provider.items()}
         window = (rel, *own_window) if own_window else None
         packed = pack(by_provider, budget, self.config.quotas, self.count_tokens, own_window=window)
         timings["total"] = round((time.perf_counter() - t_all) * 1000, 2)
@@ -224,7 +255,7 @@ class ContextEngine:
         future = None if fresh else self._slow_results.get(key)
         if future is None:
             future = self._slow_pool.submit(slow_provider, kind, str(self.root), rel, text, line, col,
-                                            self.config.infer_budget_ms)
+                                            self.config.infer_budget_ms, self.config)
             self._slow_results[key] = future
             while len(self._slow_results) > 64:
                 self._slow_results.pop(next(iter(self._slow_results)))
@@ -233,7 +264,8 @@ class ContextEngine:
     def _provide(self, kind: str, rel: str, text: str, prefix: str, line: int, col: int, budget: int):
         language = _language(rel)
         if kind in SLOW_PROVIDERS and language == "python":
-            return slow_provider(kind, str(self.root), rel, text, line, col, self.config.infer_budget_ms)
+            return slow_provider(kind, str(self.root), rel, text, line, col, self.config.infer_budget_ms,
+                                 self.config)
         if kind == "imports":
             return self._index_imports(rel)
         if kind == "typed_holes":
@@ -344,24 +376,45 @@ class ContextEngine:
             ctx = self.context(rel, text, line, col, budget=budget, own_window=(first_line, last_line), draft=draft)
             if ctx.complete:  # an incomplete one is asked again, to pick up the late provider's answer
                 self._line_cache = (key, ctx)
-        parts.context = [Snippet(r.path, r.text) for r in ctx.records]
+        parts.prefix = self.gate.scrub(parts.prefix, rel)  # the current file's credentials stay home too
+        parts.suffix = self.gate.scrub(parts.suffix, rel)
+        parts.context = [Snippet(r.path, r.text) for r in self.gate.records(ctx.records)]
         parts.repo_name = self.root.name
         return parts, ctx
 
 
 def slow_provider(kind: str, root: str, rel: str, text: str, line: int, col: int,
-                  infer_budget_ms: float | None = 120.0) -> list[ContextRecord]:
-    """The jedi providers, as a module-level function so a worker process can run them."""
-    from repocomplete.context_engine import python_imports, typed_holes
+                  infer_budget_ms: float | None = 120.0, config: ContextConfig | None = None) -> list[ContextRecord]:
+    """The jedi providers, as a module-level function so a worker process can run them: behind the workspace's
+    gate (jedi reads no refused file), with jedi's cache in ours."""
+    from repocomplete.context_engine import jedi_support, python_imports, typed_holes
 
+    config = config or ContextConfig()
     try:
-        if kind == "imports":
-            return python_imports.import_context(Path(root), Path(root) / rel, text)
-        return typed_holes.typed_hole_context(Path(root), Path(root) / rel, text, line, col,
-                                              infer_budget_ms=infer_budget_ms)
+        jedi_support.use_cache_dir(config.jedi_cache_dir)
+        with jedi_support.gated(_worker_gate(root, config)) as gate:
+            if kind == "imports":
+                records = python_imports.import_context(Path(root), Path(root) / rel, text)
+            else:
+                records = typed_holes.typed_hole_context(Path(root), Path(root) / rel, text, line, col,
+                                                         infer_budget_ms=infer_budget_ms)
+            return gate.records(records)
     except Exception as e:  # a provider's failure costs its records, never the completion
         log.warning("provider %s failed on %s:%d: %s: %s", kind, rel, line, type(e).__name__, e)
         return []
+
+
+_worker_gates: dict[tuple[str, str], Gate] = {}
+
+
+def _worker_gate(root: str, config: ContextConfig) -> Gate:
+    """One gate per workspace in the jedi worker (its compiled ignore files are cached)."""
+    key = (root, repr(config))
+    if key not in _worker_gates:
+        if len(_worker_gates) > 8:
+            _worker_gates.clear()
+        _worker_gates[key] = Gate(root, config)
+    return _worker_gates[key]
 
 
 def lower_priority() -> None:

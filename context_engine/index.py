@@ -10,6 +10,10 @@ many files per transaction during a build, so an interrupted build leaves whole 
 picks up where it stopped. Files the walk or the reader turned down are remembered with their reason and stat
 (`skipped` table), so a restart does not re-read them either.
 
+What may be indexed is the workspace's `gate.Gate` (the walk's rules, one identity per path); every text is
+scrubbed of credentials (`scrub.py`) before it is parsed, stored or served. The database, its -wal/-shm files and
+their folder are private to the user (0600 / 0700): they hold signatures and docstrings.
+
 Unsaved editor buffers live in memory only: `set_buffer` parses the text and serves it in place of the file on
 disk until `clear_buffer`. `start_watching` follows the disk (watch.py: file events, debounced, to `update_file` /
 `remove_file` on a background thread); one lock serialises the writers, another the connection.
@@ -21,7 +25,6 @@ import hashlib
 import json
 import logging
 import os
-import posixpath
 import sqlite3
 import threading
 import time
@@ -30,9 +33,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from repocomplete.context_engine.config import ContextConfig
+from repocomplete.context_engine.config import ContextConfig, default_cache_root
+from repocomplete.context_engine.gate import Gate, private_dir, private_file
 from repocomplete.context_engine.records import Definition, FileSymbols, Import
-from repocomplete.context_engine.walker import Rules, Skipped, Unindexable, WalkEntry, read_source
+from repocomplete.context_engine.walker import Skipped, Unindexable, WalkEntry, is_utf8, read_source
 from repocomplete.context_engine.watch import Watcher
 
 log = logging.getLogger(__name__)
@@ -105,13 +109,15 @@ def _parser_identity(parse) -> str:
 
 
 class RepoIndex:
-    def __init__(self, root: Path, config: ContextConfig | None = None, parse: Callable | None = None):
+    def __init__(self, root: Path, config: ContextConfig | None = None, parse: Callable | None = None,
+                 gate: Gate | None = None):
         if parse is None:
             from repocomplete.context_engine.parsing import parse_source as parse
         self.root = Path(root).resolve()
         self.config = config or ContextConfig()
         self.parse = parse
-        self.rules = Rules(self.root, self.config)
+        self.gate = gate or Gate(root, self.config)
+        self.rules = self.gate.rules
         self.db_path = db_path_for(self.root, self.config)
         self._db_lock = threading.RLock()  # the one connection
         self._write_lock = threading.RLock()  # builds and single-file updates, one at a time
@@ -124,7 +130,10 @@ class RepoIndex:
     # -- the database ---------------------------------------------------------------------------------------------
 
     def _open(self) -> sqlite3.Connection:
-        self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        cache_root = default_cache_root()
+        if cache_root in self.db_path.parents:  # our own cache folder: private as a whole (models, plans, jedi)
+            private_dir(cache_root)
+        private_dir(self.db_path.parent)
         expected = {"format_version": str(FORMAT_VERSION), "parser": _parser_identity(self.parse)}
         for _ in range(2):
             conn = None
@@ -148,8 +157,12 @@ class RepoIndex:
 
     def _connect(self) -> sqlite3.Connection:
         # One connection shared by the caller's and the watcher's threads, always used under _db_lock.
+        private_file(self.db_path)  # created 0600 before SQLite opens it; -wal and -shm take its mode
         conn = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False, timeout=30)
         conn.execute("PRAGMA journal_mode = WAL")
+        for suffix in ("-wal", "-shm"):  # (made by an older version, perhaps with a wider mode)
+            if os.path.exists(str(self.db_path) + suffix):
+                private_file(str(self.db_path) + suffix)
         conn.execute("PRAGMA synchronous = NORMAL")  # WAL: durable up to the last checkpoint, never corrupt
         conn.execute("PRAGMA temp_store = MEMORY")
         return conn
@@ -295,7 +308,7 @@ class RepoIndex:
         if source.sha1 == old_sha1:
             return _Pending(entry.path, known, entry, sha1=source.sha1)
         try:
-            symbols = self.parse(entry.path, source.text)
+            symbols = self.parse(entry.path, self.gate.scrub(source.text, entry.path))
         except Exception as e:  # a parser bug on one file costs that file, not the build
             log.warning("parsing %s failed: %s: %s", entry.path, type(e).__name__, e)
             return _Pending(entry.path, known, entry, reason=f"parser error ({type(e).__name__}: {e})"[:300])
@@ -306,18 +319,12 @@ class RepoIndex:
     # -- one file ---------------------------------------------------------------------------------------------
 
     def relative(self, path: str | os.PathLike) -> str | None:
-        """A repository-relative POSIX path for an absolute or relative one; None when outside the root."""
-        p = Path(path)
-        if not p.is_absolute():
-            rel = posixpath.normpath(p.as_posix())
-            return None if rel.startswith("../") or rel in (".", "..") else rel
-        for candidate in (Path(os.path.abspath(p)), p.resolve()):
-            try:
-                rel = candidate.relative_to(self.root).as_posix()
-            except ValueError:
-                continue
-            return rel if rel != "." else None
-        return None
+        """A repository-relative POSIX path for an absolute or relative one (the gate's one identity per file); None
+        when outside the root, or named in bytes that are not UTF-8 (such a name is never stored)."""
+        rel = self.gate.rel(path)
+        if rel is None or not is_utf8(rel):
+            return None
+        return rel
 
     def update_file(self, path: str | os.PathLike) -> bool:
         """Re-index one file (created, changed, or now ignored/gone); True when it is indexed afterwards."""
@@ -325,7 +332,7 @@ class RepoIndex:
         if rel is None:
             return False
         with self._write_lock:
-            entry, reason = self.rules.check(rel)
+            entry, reason = self.gate.check(rel)
             row = self._query("SELECT size, mtime_ns, sha1 FROM files WHERE path = ?", (rel,))
             was_skipped = bool(self._query("SELECT 1 FROM skipped WHERE path = ?", (rel,)))
             known = bool(row) or was_skipped
@@ -351,19 +358,25 @@ class RepoIndex:
 
     def set_buffer(self, path: str | os.PathLike, text: str) -> bool:
         """Serve `text` for `path` instead of the disk (memory only). False (and nothing kept) for a path the
-        index would not take: a secret, an ignored file, a language without a parser."""
+        index would not take: a secret, an ignored file, a language without a parser, a symlink out of the root.
+        The text is kept scrubbed of credentials."""
         rel = self.relative(path)
         if rel is None:
             return False
-        language, _ = self.rules.policy(rel)
-        if language is None:
+        if self.gate.reason_rel(rel) is not None:
             self.clear_buffer(rel)
             return False
+        text = self.gate.scrub(text, rel)
         symbols = self.parse(rel, text)
         with self._db_lock:
             self._buffers[rel] = (text, symbols)
             self.generation += 1
         return True
+
+    def buffer_text(self, path: str | os.PathLike) -> str | None:
+        """The open buffer's text as kept (scrubbed), None when the index refused it or holds none."""
+        buffered = self._buffers.get(self.relative(path))
+        return buffered[0] if buffered is not None else None
 
     def clear_buffer(self, path: str | os.PathLike) -> None:
         rel = self.relative(path)
@@ -389,7 +402,7 @@ class RepoIndex:
         if not self._query("SELECT 1 FROM files WHERE path = ?", (rel,)):
             return None
         try:
-            return read_source(str(self.root / rel), self.config.max_file_bytes).text
+            return self.gate.scrub(read_source(str(self.root / rel), self.config.max_file_bytes).text, rel)
         except Unindexable:
             return None
 
@@ -551,3 +564,4 @@ class RepoIndex:
 
     def __exit__(self, *exc) -> None:
         self.close()
+

@@ -2,20 +2,74 @@
 
 `Analysis` holds the buffer's jedi Script (jedi resolves and infers error-tolerantly, on the unsaved text) and the
 parso trees of the files it needed; the functions below find nodes in those trees. Only files inside the project
-count: `Analysis.rel` turns anything in the standard library, site-packages or a skipped folder into None, and
-`Analysis.is_local_package` tells which absolute imports are worth following at all.
+that the workspace's gate allows count: `Analysis.rel` turns anything in the standard library, site-packages, a
+skipped or ignored folder, a secret or a symlink out of the root into None, and `Analysis.is_local_package` tells
+which absolute imports are worth following at all.
+
+jedi and parso read the files an import leads to themselves: while a gate is active (`gated`), a file inside the
+root that the gate refuses reads as empty, so its text reaches neither an inference, nor a record, nor jedi's
+pickled parse cache. That cache lives in repocomplete's own cache folder (`use_cache_dir`), 0700, pickles 0600.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import jedi
 import parso
+import parso.cache
+import parso.file_io
 
-from repocomplete.context_engine.config import SKIP_DIRS
+from repocomplete.context_engine.gate import Gate, private_dir, private_file
+
+_GATE: contextvars.ContextVar[Gate | None] = contextvars.ContextVar("repocomplete_jedi_gate", default=None)
+_original_save = parso.cache._save_to_file_system
+
+
+def _gated(read):
+    def gated_read(self):
+        gate = _GATE.get()
+        if gate is not None and self.path is not None and not gate.may_read(self.path):
+            return b""  # refused by the workspace's gate: jedi sees an empty module
+        return read(self)
+
+    return gated_read
+
+
+def _private_save(hashed_grammar, path, item, cache_path=None):
+    _original_save(hashed_grammar, path, item, cache_path=cache_path)
+    target = parso.cache._get_hashed_path(hashed_grammar, path, cache_path=cache_path)
+    private_dir(os.path.dirname(target))
+    private_file(target)
+
+
+# jedi's FileIO classes inherit these. Its import resolver reads a module's source through the import system and
+# hands it over as KnownContentFileIO, so both are gated.
+parso.file_io.FileIO.read = _gated(parso.file_io.FileIO.read)
+parso.file_io.KnownContentFileIO.read = _gated(parso.file_io.KnownContentFileIO.read)
+parso.cache._save_to_file_system = _private_save
+
+
+@contextlib.contextmanager
+def gated(gate: Gate):
+    """jedi and parso read the workspace's files through `gate` meanwhile (this thread/context only)."""
+    token = _GATE.set(gate)
+    try:
+        yield gate
+    finally:
+        _GATE.reset(token)
+
+
+def use_cache_dir(path: str | os.PathLike) -> None:
+    """jedi's (and parso's) parse cache goes to `path`, created private (0700)."""
+    path = str(private_dir(path))
+    if jedi.settings.cache_directory != path:
+        jedi.settings.cache_directory = path
 
 
 @functools.lru_cache(maxsize=8)
@@ -37,39 +91,46 @@ class Analysis:
     project: jedi.Project
     script: jedi.Script
     tree: object  # parso Module of the buffer
+    gate: Gate
     _scripts: dict = field(default_factory=dict)
+    _verdicts: dict = field(default_factory=dict)
 
     @classmethod
-    def open(cls, project_root: Path, path: Path, text: str) -> "Analysis":
+    def open(cls, project_root: Path, path: Path, text: str, gate: Gate | None = None) -> "Analysis":
+        """gate: the workspace's (default: the one `gated` made active, else the default rules for the root)."""
+        gate = gate or _GATE.get() or Gate(project_root)
         root = Path(project_root).resolve()
         path = Path(path)
-        path = (path if path.is_absolute() else root / path).resolve()
+        path = Path(os.path.abspath(path if path.is_absolute() else root / path))
+        path = Path(os.path.realpath(path.parent)) / path.name  # (the file's own name is never resolved)
         project = _project(str(root))
         script = jedi.Script(text, path=path, project=project)
         tree = getattr(script, "_module_node", None) or _grammar().parse(text)
-        return cls(root, path, project, script, tree)
+        return cls(root, path, project, script, tree, gate)
 
     def rel(self, module_path) -> str | None:
-        """Repository-relative POSIX path of a file inside the project, else None."""
+        """Repository-relative POSIX path of a file inside the project that the gate allows, else None."""
         if module_path is None:
             return None
-        try:
-            rel = Path(module_path).resolve().relative_to(self.root)
-        except ValueError:
-            return None
-        if any(part in SKIP_DIRS or part.endswith(".egg-info") for part in rel.parts[:-1]):
-            return None
-        return rel.as_posix()
+        key = str(module_path)
+        if key not in self._verdicts:
+            rel = self.gate.rel(module_path)
+            if rel is not None and (any(part.endswith(".egg-info") for part in rel.split("/")[:-1])
+                                    or self.gate.reason_rel(rel) is not None):
+                rel = None
+            self._verdicts[key] = rel
+        return self._verdicts[key]
 
     def current_rel(self) -> str:
-        return self.rel(self.path) or self.path.as_posix()
+        return self.gate.rel(self.path) or self.path.as_posix()
 
     def script_for(self, module_path: Path) -> jedi.Script:
         if Path(module_path).resolve() == self.path:
             return self.script
         key = str(module_path)
         if key not in self._scripts:
-            self._scripts[key] = jedi.Script(path=module_path, project=self.project)
+            code = parso.file_io.FileIO(module_path).read()  # (through the gate; jedi.Script would open() it)
+            self._scripts[key] = jedi.Script(code, path=module_path, project=self.project)
         return self._scripts[key]
 
     def tree_for(self, module_path: Path):

@@ -10,7 +10,11 @@ The rules, in the order they are applied to every entry:
   * symlinks: one pointing outside the root, a loop or a dangling one is skipped; a directory symlink inside the
     root is walked after the real tree, and only if its target was not walked already (each physical directory,
     known by (st_dev, st_ino), is walked once, so a link to an ancestor cannot loop);
-  * files over `config.max_file_bytes`, and (`sniff=True`) binaries: a NUL byte in the first 8 KB.
+  * files over `config.max_file_bytes`, and (`sniff=True`) binaries: a NUL byte in the first 8 KB;
+  * names whose bytes are not UTF-8 (files and folders): skipped with their reason, shown with the bytes escaped
+    (a path with surrogate escapes can be neither stored nor sent);
+  * the workspace's bounds: past `config.max_workspace_files` files or `config.max_workspace_bytes` bytes the walk
+    stops, with one skip record that says so.
 Files that vanish or cannot be read mid-walk are skipped with their reason; the walk goes on.
 
 Content rules that need the whole file (not UTF-8, a minified line) are in `read_source`, which the index calls
@@ -208,6 +212,8 @@ class Rules:
         parts = rel.split("/")
         if not rel or any(p in ("", ".", "..") for p in parts):
             return None, "not a path inside the repository"
+        if not is_utf8(rel):
+            return None, "file name not UTF-8"
         language = self.language(rel)
         if language is None:
             return None, None
@@ -256,6 +262,7 @@ class Rules:
         stack = [(self.root, "", [], frozenset(visited))]
         linked: list[tuple[str, str, list[_Level], frozenset, os.stat_result]] = []  # directory symlinks, walked last
         max_bytes = self.config.max_file_bytes
+        files_left, bytes_left = self.config.max_workspace_files, self.config.max_workspace_bytes
         while stack or linked:
             if stack:
                 dir_abs, dir_rel, chain, ancestors = stack.pop()
@@ -283,6 +290,12 @@ class Rules:
             for entry in entries:
                 name = entry.name
                 rel = f"{dir_rel}/{name}" if dir_rel else name
+                if not is_utf8(name):
+                    if entry.is_dir(follow_symlinks=False):
+                        skip_(printable(rel) + "/", "file name not UTF-8")
+                    elif self.language(name) is not None:
+                        skip_(printable(rel), "file name not UTF-8")
+                    continue
                 try:
                     is_link = entry.is_symlink()
                     if is_link:
@@ -334,8 +347,15 @@ class Rules:
                         found = None
                 if found is None:
                     skip_(rel, reason)
-                else:
-                    yield found
+                    continue
+                files_left -= 1
+                bytes_left -= found.size
+                if files_left < 0 or bytes_left < 0:
+                    skip_(rel, f"workspace limit reached ({self.config.max_workspace_files} files or "
+                               f"{self.config.max_workspace_bytes} bytes): the walk stops here")
+                    log.warning("%s: workspace limit reached at %s; the rest is not indexed", self.root, rel)
+                    return
+                yield found
             # Pushed in reverse so that the walk goes through each folder in name order.
             for entry, rel in reversed(subdirs):
                 try:
@@ -349,6 +369,19 @@ class Rules:
                     continue
                 visited.add(key)
                 stack.append((entry.path, rel, chain, ancestors | {key}))
+
+
+def is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # surrogate escapes: the name's bytes are not UTF-8
+        return False
+    return True
+
+
+def printable(path: str) -> str:
+    """A path whose name bytes are not UTF-8, with those bytes escaped (`caf\\xe9.py`): safe to store and show."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _stat_reason(e: OSError, link: bool = False) -> str:

@@ -100,11 +100,18 @@ def make_completer(args: argparse.Namespace):
     return Completer(make_engine(runtime_config(args)), context_config(args))
 
 
-def _context_engine(file: str, args: argparse.Namespace):
-    from repocomplete.context_engine.engine import ContextEngine, find_root
+def _workspace_root(file: str, args: argparse.Namespace) -> Path:
+    """--root, else the file's repository; checked before anything is loaded or created (bad: exit 2)."""
+    from repocomplete.context_engine.engine import find_root
+    from repocomplete.context_engine.gate import check_workspace_root
 
-    root = Path(args.root) if getattr(args, "root", None) else find_root(Path(file))
-    engine = ContextEngine(root, context_config(args))
+    return check_workspace_root(Path(args.root) if getattr(args, "root", None) else find_root(Path(file)))
+
+
+def _context_engine(file: str, args: argparse.Namespace):
+    from repocomplete.context_engine.engine import ContextEngine
+
+    engine = ContextEngine(_workspace_root(file, args), context_config(args))
     engine.build(progress=not getattr(args, "json", False))
     return engine
 
@@ -115,12 +122,10 @@ def cmd_complete(args: argparse.Namespace) -> int:
 
     text = read_source(args.file)
     offset = offset_of(text, args.line, args.col)
+    root = _workspace_root(args.file, args) if args.context == "repo" else None
     completer = make_completer(args)
     workspace = None
-    if args.context == "repo":
-        from repocomplete.context_engine.engine import find_root
-
-        root = Path(args.root) if args.root else find_root(Path(args.file))
+    if root is not None:
         workspace = completer.open_workspace(root, progress=not args.json)
     options = CompletionOptions(context=args.context, multiline=args.multiline, budget=args.budget,
                                 iterative=args.iterative)
@@ -202,13 +207,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_index(args: argparse.Namespace) -> int:
     from repocomplete.context_engine.engine import ContextEngine
+    from repocomplete.context_engine.gate import check_workspace_root
 
-    root = Path(args.dir)
-    if not root.is_dir():
-        from repocomplete.context_engine.errors import InputError
-
-        raise InputError(f"not a directory: {root}")
-    engine = ContextEngine(root, context_config(args))
+    engine = ContextEngine(check_workspace_root(args.dir), context_config(args))
     stats = engine.build(progress=not args.json)
     engine.close()
     out = {
@@ -236,7 +237,7 @@ def cmd_context(args: argparse.Namespace) -> int:
     text = read_source(args.file)
     offset = offset_of(text, args.line, args.col)
     engine = _context_engine(args.file, args)
-    _, ctx = engine.prompt_parts(str(Path(args.file).resolve()), text, offset, budget=args.budget)
+    _, ctx = engine.prompt_parts(os.path.abspath(args.file), text, offset, budget=args.budget)
     engine.close()
     items = [
         {

@@ -8,6 +8,7 @@ what an editor's server does on its worker thread while it shows indexing progre
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -118,12 +119,13 @@ class Completer:
 
     def workspace_for(self, path: str | Path, open_missing: bool = True) -> ContextEngine | None:
         """The open workspace that holds a file (the deepest root); else, if asked, the file's repository."""
-        path = Path(path).resolve()
+        given = Path(os.path.abspath(path))  # the file's own name is never resolved (a symlink is its own entry)
+        forms = {given, Path(os.path.realpath(given.parent)) / given.name}
         with self._lock:
-            roots = [r for r in self._workspaces if path == r or r in path.parents]
+            roots = [r for r in self._workspaces for p in forms if p == r or r in p.parents]
             if roots:
                 return self._workspaces[max(roots, key=lambda r: len(r.parts))]
-        return self.open_workspace(find_root(path)) if open_missing else None
+        return self.open_workspace(find_root(given)) if open_missing else None
 
     # -- completion ----------------------------------------------------------------------------------------
 
@@ -138,7 +140,7 @@ class Completer:
         if options.context != "repo":
             return cursor_prompt(text, offset, mode=options.context, path=Path(path).name, window=self.window), None
         engine = workspace or self.workspace_for(path)
-        parts, ctx = engine.prompt_parts(str(Path(path).resolve()), text, offset, window=self.window,
+        parts, ctx = engine.prompt_parts(os.path.abspath(path), text, offset, window=self.window,
                                          budget=options.budget, draft=draft)
         return model_parts(parts), ctx
 
