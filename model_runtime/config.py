@@ -78,6 +78,7 @@ class RuntimeConfig:
                             ("--dtype", self.dtype), ("--fim-template", self.fim_template), ("--threads", self.threads)):
             if value:
                 argv += [flag, str(value)]
+        argv += ["--speculative-tokens", str(self.speculative_tokens)]
         if not self.token_healing:
             argv.append("--no-token-healing")
         if self.compile_decode:

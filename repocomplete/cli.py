@@ -33,6 +33,9 @@ def _add_runtime_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fim-template", default=None, help="force a FIM template (default: from the tokenizer/model name)")
     g.add_argument("--compile", action="store_true", help="torch.compile a static-shape decode step")
     g.add_argument("--threads", type=int, default=None, help="CPU threads (default: the physical cores available)")
+    g.add_argument("--speculative-tokens", type=int, default=None,
+                   help=f"greedy decoding verifies up to N tokens drafted from the prompt (default "
+                        f"{defaults.speculative_tokens}; 0: off)")
     g.add_argument("--max-tokens", type=int, default=None, help=f"most tokens to generate (default {defaults.max_new_tokens})")
     g.add_argument("--temperature", type=float, default=None, help="0 = greedy (the default)")
     g.add_argument("--no-token-healing", action="store_true", help="turn token healing off")
@@ -65,6 +68,7 @@ def runtime_config(args: argparse.Namespace):
     # A flag left out means RuntimeConfig's default: the command line restates none of them.
     given = dict(model=args.model, adapter=args.adapter, endpoint=args.endpoint, device=args.device, dtype=args.dtype,
                  quantize=args.quantize, fim_template=args.fim_template, threads=args.threads,
+                 speculative_tokens=args.speculative_tokens,
                  max_new_tokens=args.max_tokens, temperature=args.temperature)
     config = RuntimeConfig(**{k: v for k, v in given.items() if v is not None})
     if args.compile:
