@@ -44,6 +44,9 @@ class ContextConfig:
     )
     languages: tuple[str, ...] = LANGUAGES
     max_file_bytes: int = 1_000_000
+    # Unsaved editor buffers kept (their parse, retrieval windows and neighbours entry): the most recently opened
+    # or edited ones; the server sends no others (lsp_server.documents), those get in-file context until edited.
+    max_buffers: int = 32
     skip_dirs: tuple[str, ...] = SKIP_DIRS
     secret_patterns: tuple[str, ...] = SECRET_PATTERNS
     # The SQLite caches, one per workspace (looked up at construction, so tests can redirect it).
@@ -74,5 +77,7 @@ class ContextConfig:
         unknown = [l for l in self.languages if l not in LANGUAGES]
         if unknown:
             raise ContextConfigError(f"unknown languages {unknown}; known: {', '.join(LANGUAGES)}")
+        if self.max_buffers < 0:
+            raise ContextConfigError(f"max_buffers must be >= 0, got {self.max_buffers}")
         if self.window_lines < 1 or self.window_stride < 1:
             raise ContextConfigError("window_lines and window_stride must be >= 1")

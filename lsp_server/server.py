@@ -44,7 +44,8 @@ class RepocompleteServer(LanguageServer):
         super().__init__("repocomplete", VERSION, protocol_cls=Protocol,
                          text_document_sync_kind=types.TextDocumentSyncKind.Incremental)
         self.worker = EngineWorker(Completer(None, context_config))
-        self.documents = Documents(lambda: self.workspace, self.worker, context_config.max_file_bytes)
+        self.documents = Documents(lambda: self.workspace, self.worker, context_config.max_file_bytes,
+                                   context_config.max_buffers)
         self.completions = Completions(self.worker, self.documents, self.tell,
                                        advise=lambda message: self.lifecycle.advise(message))
         self.lifecycle = Lifecycle(self, runtime, context_config, settings, self.worker, self.documents,
