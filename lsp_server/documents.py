@@ -43,6 +43,16 @@ def fs_path(uri: str) -> str:
     return to_fs_path(uri) or uri
 
 
+def valid_uri(uri: str) -> bool:
+    """Whether a uri can name a file: JSON lets a client send lone surrogates, and %00 decodes to a NUL; no path
+    holds either."""
+    try:
+        uri.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in fs_path(uri)
+
+
 class Documents:
     def __init__(self, workspace: Callable[[], Workspace], worker: EngineWorker, max_chars: int, max_buffers: int = 32):
         self._workspace = workspace  # pygls' open documents (made at initialize; it applies the sync itself)
@@ -64,8 +74,9 @@ class Documents:
         return problem
 
     def _syncable(self, doc) -> bool:
-        """Whether a document's text goes to the context engine: a language we complete, text, not too large."""
-        return doc.language_id in self.languages and self.problem(doc.source) is None
+        """Whether a document's text goes to the context engine: a language we complete, text, not too large, a uri
+        that can name a file."""
+        return doc.language_id in self.languages and self.problem(doc.source) is None and valid_uri(doc.uri)
 
     @property
     def synced(self) -> list[str]:
@@ -120,6 +131,8 @@ class Documents:
         position past its end."""
         if uri not in self._workspace().text_documents:
             raise JsonRpcInvalidParams(f"document not open: {uri}")
+        if not valid_uri(uri):
+            raise JsonRpcInvalidParams(f"not a valid uri (not UTF-8): {uri!r}")
         doc = self._workspace().get_text_document(uri)
         try:
             offset, position = convert.offset_at(doc, position)
