@@ -268,6 +268,20 @@ class Completions:
             fs_path(uri), text, offset, self.options, self.documents.context_problem(uri, text) is None))
         return convert.explain_context(ctx, tokens, round((time.perf_counter() - t0) * 1000, 2), mode)
 
+    def memory(self) -> dict:
+        """What the bounded stores hold now, beside their bounds (read from the event loop: a snapshot)."""
+        out = {"completion_cache_bytes": [self.cache.used_bytes, self.cache.max_bytes],
+               "synced_documents": [len(self.documents.synced), self.documents.max_buffers]}
+        engine = self.worker.completer.model
+        pool = getattr(getattr(engine, "prefix_cache", None), "pool", None)
+        if pool is not None:
+            out["prefix_cache_bytes"] = [pool.used_bytes, pool.capacity_bytes]
+        slab = getattr(engine, "slab", None)
+        if slab is not None:
+            out["slab_bytes"] = slab.allocated_bytes()
+            out["slab_rows"] = [slab.layers[0].capacity, slab.max_tokens]
+        return out
+
     def stats(self, reset: bool = False) -> dict:
         out = {
             "requests": [r.to_json() for r in self.requests.records()],
@@ -275,6 +289,7 @@ class Completions:
             "debounce": {"floor_ms": self.debounce.floor_ms, "delay_ms": round(self.debounce.delay_ms(), 2),
                          "latency_ms": self.debounce.latency_ms, "gap_ms": self.debounce.gap_ms},
             "cache": {"entries": len(self.cache), "bytes": self.cache.used_bytes, "max_bytes": self.cache.max_bytes},
+            "memory": self.memory(),
         }
         if reset:
             self.requests.clear()

@@ -35,6 +35,17 @@ class Protocol(LanguageServerProtocol):
         super().__init__(*args, **kwargs)
         self._sent_ids: set = set()  # the ids of our requests to the client awaiting a response
 
+    def _execute_handler(self, msg_id, handler, callback, args=None, kwargs=None):
+        """pygls keeps the future of every handler it runs in `_request_futures` (for $/cancelRequest) but removes
+        only a request's: the future of each notification (every didChange) and of each step of its built-in
+        handlers would stay for good. Each is forgotten when it is done."""
+        def forget(future) -> None:
+            if self._request_futures.get(msg_id) is future:
+                del self._request_futures[msg_id]
+            callback(future)
+
+        super()._execute_handler(msg_id, handler, forget, args, kwargs)
+
     def _handle_request(self, msg_id, method_name: str, params):
         """A second initialize is refused (pygls would make a new workspace, losing the open documents, and the
         engine thread cannot start twice)."""

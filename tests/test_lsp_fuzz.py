@@ -10,6 +10,7 @@ changes what the final completion depends on (no valid setting, no shutdown or e
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import random
@@ -17,6 +18,12 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
+from repocomplete.context_engine.config import ContextConfig
+from repocomplete.lsp_server.config import Settings
+from repocomplete.lsp_server.handlers import make_server
+from repocomplete.model_runtime.config import RuntimeConfig
 from test_lsp_protocol import AUTO, USE, RawClient, engine_completion, repo, server_command, server_env  # noqa: F401
 
 SEED = 12
@@ -355,3 +362,49 @@ def test_a_thousand_hostile_messages_then_a_normal_completion(tmp_path, tiny_mod
         code, stderr = finish(client)
     assert code == 0, stderr[-3000:]
     assert "Traceback" not in stderr, stderr[-5000:]
+
+
+class _Writer:
+    def __init__(self):
+        self.out: list[dict] = []
+
+    def write(self, data: bytes) -> None:
+        self.out.append(json.loads(data.split(b"\r\n\r\n", 1)[1]))
+
+
+@pytest.mark.asyncio
+async def test_handled_messages_leave_nothing_behind(tmp_path):
+    """pygls keeps every handler's future for $/cancelRequest; the server forgets each once it is done (a didChange
+    per keystroke would otherwise stay for good), and answers only responses to its own requests."""
+    server = make_server(RuntimeConfig(), ContextConfig(index_dir=tmp_path / "index"), Settings(),
+                         make_model=lambda config: None)
+    writer = _Writer()
+    server.protocol.set_writer(writer)
+    protocol = server.protocol
+
+    def handle(message: dict) -> None:
+        protocol.handle_message(protocol.structure_message({"jsonrpc": "2.0", **message}))
+
+    try:
+        handle({"id": 1, "method": "initialize", "params": {"processId": None, "capabilities": {}}})
+        uri = (tmp_path / "a.py").as_uri()
+        handle({"method": "textDocument/didOpen", "params": {"textDocument": {
+            "uri": uri, "languageId": "python", "version": 1, "text": "x = 1\n"}}})
+        for version in range(2, 102):
+            handle({"method": "textDocument/didChange", "params": {"textDocument": {"uri": uri, "version": version},
+                                                                   "contentChanges": [{"text": f"x = {version}\n"}]}})
+            handle({"method": "workspace/didChangeConfiguration", "params": {"settings": {"debounceMs": version}}})
+        handle({"id": 2, "method": "workspace/executeCommand", "params": {"command": "repocomplete.stats"}})
+        # A response carrying the id of a request of the client's: not ours, ignored.
+        handle({"id": 3, "method": "textDocument/inlineCompletion", "params": {
+            "textDocument": {"uri": uri}, "position": {"line": 0, "character": 0}, "context": AUTO}})
+        handle({"id": 3, "result": None})
+        for _ in range(50):
+            await asyncio.sleep(0.02)
+            if not protocol._request_futures:
+                break
+        assert not protocol._request_futures, protocol._request_futures
+        assert server.workspace.get_text_document(uri).source == "x = 101\n"
+        assert [m["id"] for m in writer.out if "id" in m and "method" not in m] == [1, 2, 3]
+    finally:
+        await server.lifecycle.stop()
