@@ -38,10 +38,13 @@ class Protocol(LanguageServerProtocol):
     def _execute_handler(self, msg_id, handler, callback, args=None, kwargs=None):
         """pygls keeps the future of every handler it runs in `_request_futures` (for $/cancelRequest) but removes
         only a request's: the future of each notification (every didChange) and of each step of its built-in
-        handlers would stay for good. Each is forgotten when it is done."""
+        handlers would stay for good. Each is forgotten when it is done; its outcome counts as seen (a step of a
+        request cancelled meanwhile is never looked at by pygls, which used to keep it from being collected)."""
         def forget(future) -> None:
             if self._request_futures.get(msg_id) is future:
                 del self._request_futures[msg_id]
+            if not future.cancelled():
+                future.exception()
             callback(future)
 
         super()._execute_handler(msg_id, handler, forget, args, kwargs)
