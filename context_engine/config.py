@@ -56,6 +56,9 @@ class ContextConfig:
     # A workspace's bounds: the walk stops past this many files or bytes (what it found so far is indexed).
     max_workspace_files: int = 50_000
     max_workspace_bytes: int = 1 << 30
+    # Unsaved editor buffers kept (their parse, retrieval windows and neighbours entry): the most recently opened
+    # or edited ones; the server sends no others (lsp_server.documents), those get in-file context until edited.
+    max_buffers: int = 32
     skip_dirs: tuple[str, ...] = SKIP_DIRS
     secret_patterns: tuple[str, ...] = SECRET_PATTERNS
     # The SQLite caches, one per workspace (looked up at construction, so tests can redirect it).
@@ -90,5 +93,7 @@ class ContextConfig:
             raise ContextConfigError(f"unknown languages {unknown}; known: {', '.join(LANGUAGES)}")
         if self.max_workspace_files < 1 or self.max_workspace_bytes < 1:
             raise ContextConfigError("max_workspace_files and max_workspace_bytes must be >= 1")
+        if self.max_buffers < 0:
+            raise ContextConfigError(f"max_buffers must be >= 0, got {self.max_buffers}")
         if self.window_lines < 1 or self.window_stride < 1:
             raise ContextConfigError("window_lines and window_stride must be >= 1")

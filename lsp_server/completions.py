@@ -100,7 +100,7 @@ class Completions:
         self.options = CompletionOptions()
         self.generation = 0  # bumped on every settings change: part of the cache key
         self.debounce = Debounce(self.settings.debounce_ms)
-        self.cache = CompletionCache()
+        self.cache = CompletionCache(self.settings.completion_cache_bytes)
         self.requests = RequestLog()
         self._inflight: dict[str, Pending] = {}  # uri -> the newest completion request for that document
         self._by_msg_id: dict[Any, Pending] = {}
@@ -113,6 +113,7 @@ class Completions:
         self.generation += 1
         self.advice = None  # judged again for the new settings
         self.debounce.floor_ms = settings.debounce_ms
+        self.cache.resize(settings.completion_cache_bytes)
         if not settings.enabled:
             self.stop_all()
 
@@ -174,7 +175,7 @@ class Completions:
             record.outcome = "skipped"
             return None
         text = doc.source
-        problem = self.documents.problem(text)
+        problem = self.documents.context_problem(uri, text)
         if problem == BINARY:
             record.outcome = "skipped"
             self._warn_once(uri, problem, f"{uri} holds NUL bytes (binary?): no completions there")
@@ -264,8 +265,22 @@ class Completions:
             return cached.explain
         t0 = time.perf_counter()
         parts, ctx, tokens, mode = await asyncio.wrap_future(self.worker.context(
-            fs_path(uri), text, offset, self.options, self.documents.problem(text) is None))
+            fs_path(uri), text, offset, self.options, self.documents.context_problem(uri, text) is None))
         return convert.explain_context(ctx, tokens, round((time.perf_counter() - t0) * 1000, 2), mode)
+
+    def memory(self) -> dict:
+        """What the bounded stores hold now, beside their bounds (read from the event loop: a snapshot)."""
+        out = {"completion_cache_bytes": [self.cache.used_bytes, self.cache.max_bytes],
+               "synced_documents": [len(self.documents.synced), self.documents.max_buffers]}
+        engine = self.worker.completer.model
+        pool = getattr(getattr(engine, "prefix_cache", None), "pool", None)
+        if pool is not None:
+            out["prefix_cache_bytes"] = [pool.used_bytes, pool.capacity_bytes]
+        slab = getattr(engine, "slab", None)
+        if slab is not None:
+            out["slab_bytes"] = slab.allocated_bytes()
+            out["slab_rows"] = [slab.layers[0].capacity, slab.max_tokens]
+        return out
 
     def stats(self, reset: bool = False) -> dict:
         out = {
@@ -273,7 +288,8 @@ class Completions:
             "summary": self.requests.summary(),
             "debounce": {"floor_ms": self.debounce.floor_ms, "delay_ms": round(self.debounce.delay_ms(), 2),
                          "latency_ms": self.debounce.latency_ms, "gap_ms": self.debounce.gap_ms},
-            "cache": {"entries": len(self.cache)},
+            "cache": {"entries": len(self.cache), "bytes": self.cache.used_bytes, "max_bytes": self.cache.max_bytes},
+            "memory": self.memory(),
         }
         if reset:
             self.requests.clear()

@@ -3,7 +3,7 @@
 Clients send camelCase keys (`maxTokens`); fields are snake_case. A bad value is reported and the previous value
 kept; an unknown key is reported and ignored.
 
-The server owns four knobs (enabled, context, debounceMs, languages). The others override a knob another layer
+The server owns five knobs (enabled, context, debounceMs, languages, completionCacheBytes). The others override a knob another layer
 owns: the model's in `RuntimeConfig`, the context budget in `ContextConfig` (both from the `serve` command line).
 An override left unset (None) is the owner's value; `resolve` is the one place that turns the three into what the
 server uses.
@@ -28,7 +28,8 @@ DEFAULT_LANGUAGES = (
 # Settings whose change means loading another model (on the worker thread).
 MODEL_FIELDS = ("model", "adapter", "endpoint")
 # Integer settings and their ranges (the VS Code extension declares the same: tests/test_extension_settings.py).
-RANGES = {"context_budget": (0, 32_768), "max_tokens": (1, 4096), "debounce_ms": (0, 5000)}
+RANGES = {"context_budget": (0, 32_768), "max_tokens": (1, 4096), "debounce_ms": (0, 5000),
+          "completion_cache_bytes": (0, 2**30)}
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,8 @@ class Settings:
     context: str = "repo"  # one of context_engine.document.CONTEXT_MODES
     debounce_ms: int = 50  # the debounce floor; see lsp_server.scheduling.Debounce
     languages: tuple[str, ...] = DEFAULT_LANGUAGES  # LSP languageIds that get completions
+    # The bound of the completion cache (lsp_server.scheduling.CompletionCache), least recently used dropped first.
+    completion_cache_bytes: int = 8 * 2**20
     # Overrides of other layers' knobs; None: the owner's value (see `resolve`).
     model: str | None = None  # RuntimeConfig.model
     adapter: str | None = None  # RuntimeConfig.adapter; "": none, whatever the command line said (a client's null)

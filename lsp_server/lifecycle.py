@@ -225,8 +225,13 @@ class Lifecycle:
                     loop.call_soon_threadsafe(self._report_indexing, token, root, pct)
 
             self._report_indexing(token, root, int(100 * n / len(roots)))
+            job = self.worker.open_workspace(root, on_progress=report)
             try:
-                await asyncio.wrap_future(self.worker.open_workspace(root, on_progress=report))
+                await asyncio.wrap_future(job)
+            except asyncio.CancelledError:
+                if job.cancelled():  # the engine thread stopped (shutdown): nothing more to index
+                    return
+                raise
             except Exception as e:
                 self._tell(f"indexing {root} failed: {type(e).__name__}: {e}", types.MessageType.Error)
             else:

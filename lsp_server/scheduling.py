@@ -5,6 +5,7 @@ Pure bookkeeping with no protocol and no threads, so each piece is unit-tested a
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import OrderedDict, deque
 from dataclasses import asdict, dataclass, field
@@ -62,8 +63,20 @@ class Cached:
     explain: dict[str, Any]  # what showContext returns for it
 
 
+def approx_bytes(obj: Any) -> int:
+    """Roughly the memory an object holds: the objects themselves and what they contain (strings, numbers, dicts,
+    lists and tuples of them; anything else at its own size). Shared objects count once per reference."""
+    size = sys.getsizeof(obj)
+    if isinstance(obj, dict):
+        size += sum(approx_bytes(k) + approx_bytes(v) for k, v in obj.items())
+    elif isinstance(obj, (list, tuple)):
+        size += sum(approx_bytes(v) for v in obj)
+    return size
+
+
 class CompletionCache:
-    """Recent completions by the text around the cursor, least recently used dropped first.
+    """Recent completions by the text around the cursor, bounded in bytes (`max_bytes`: keys, texts and their
+    showContext explanations together), least recently used dropped first.
 
     The key is (document uri, settings generation, the prefix's last `prefix_chars`, the suffix's first
     `suffix_chars`): deleting a character and typing it again finds the completion made before. A lookup also
@@ -71,12 +84,14 @@ class CompletionCache:
     that completion, the rest of it is the answer.
     """
 
-    def __init__(self, capacity: int = 256, prefix_chars: int = 512, suffix_chars: int = 128, max_typed: int = 64):
-        self.capacity = capacity
+    def __init__(self, max_bytes: int = 8 * 2**20, prefix_chars: int = 512, suffix_chars: int = 128,
+                 max_typed: int = 64):
+        self.max_bytes = max_bytes
         self.prefix_chars = prefix_chars
         self.suffix_chars = suffix_chars
         self.max_typed = max_typed
-        self._items: OrderedDict[tuple, Cached] = OrderedDict()
+        self.used_bytes = 0
+        self._items: OrderedDict[tuple, tuple[Cached, int]] = OrderedDict()  # key -> (entry, its bytes)
 
     def key(self, uri: str, generation: int, prefix: str, suffix: str) -> tuple:
         return (uri, generation, prefix[-self.prefix_chars :], suffix[: self.suffix_chars])
@@ -93,24 +108,39 @@ class CompletionCache:
     def put(self, key: tuple, item: Cached) -> None:
         if not item.text:
             return  # an empty answer is not worth keeping: the next request may do better (e.g. after indexing)
-        self._items[key] = item
-        self._items.move_to_end(key)
-        while len(self._items) > self.capacity:
-            self._items.popitem(last=False)
+        self._drop(key)
+        size = approx_bytes(key) + approx_bytes(item.text) + approx_bytes(item.explain)
+        if size > self.max_bytes:
+            return  # larger than the whole cache: not kept
+        self._items[key] = (item, size)
+        self.used_bytes += size
+        self.resize(self.max_bytes)
+
+    def resize(self, max_bytes: int) -> None:
+        """A new bound: the least recently used entries go until the rest fit."""
+        self.max_bytes = max_bytes
+        while self.used_bytes > self.max_bytes:
+            self._drop(next(iter(self._items)))
+
+    def _drop(self, key: tuple) -> None:
+        old = self._items.pop(key, None)
+        if old is not None:
+            self.used_bytes -= old[1]
 
     def peek(self, key: tuple) -> Cached | None:
-        return self._items.get(key)
+        hit = self._items.get(key)
+        return hit[0] if hit is not None else None
 
     def get(self, uri: str, generation: int, prefix: str, suffix: str) -> tuple[Cached, str] | None:
         """(the cached entry, the text to show now), or None."""
         key = self.key(uri, generation, prefix, suffix)
-        hit = self._items.get(key)
+        hit = self.peek(key)
         if hit is not None:
             self._items.move_to_end(key)
             return hit, hit.text
         for k in range(1, min(self.max_typed, len(prefix)) + 1):
             typed = prefix[-k:]
-            earlier = self._items.get(self.key(uri, generation, prefix[:-k], suffix))
+            earlier = self.peek(self.key(uri, generation, prefix[:-k], suffix))
             if earlier is not None and len(earlier.text) > k and earlier.text.startswith(typed):
                 rest = Cached(earlier.text[k:], earlier.explain)
                 self.put(key, rest)
@@ -119,6 +149,7 @@ class CompletionCache:
 
     def clear(self) -> None:
         self._items.clear()
+        self.used_bytes = 0
 
 
 @dataclass

@@ -176,6 +176,10 @@ class MessageLoop:
         if not hasattr(message, "jsonrpc"):  # structure_message left it a dict: nothing pygls can take
             log.warning("bad input: unusable message %r", frame.body[:120])
             return
+        if "method" in data and "id" in data and not hasattr(message, "id"):  # pygls would drop the id: no answer
+            log.warning("bad input: notification %s sent with an id", data["method"])
+            self.send(error_response(data["id"], INVALID_REQUEST, f"Invalid request: {data['method']} is a notification"))
+            return
         self.protocol.handle_message(message)  # SystemExit (the exit notification) goes to the caller
 
     async def run(self, read_chunk) -> int:

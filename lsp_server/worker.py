@@ -123,10 +123,10 @@ class EngineWorker:
             self._cv.notify()
 
     def _apply_buffer(self, path: str, text: str | None, edited_line: int | None) -> None:
-        workspace = self.completer.workspace_for(path, open_missing=False)
-        if workspace is None:
-            return  # its workspace is not open (yet): the server syncs open documents once it is
         try:
+            workspace = self.completer.workspace_for(path, open_missing=False)
+            if workspace is None:
+                return  # its workspace is not open (yet): the server syncs open documents once it is
             if text is None:
                 workspace.clear_buffer(path)
             else:

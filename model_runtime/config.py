@@ -57,6 +57,8 @@ class RuntimeConfig:
     speculative_tokens: int = 8
     # Prefix-KV cache.
     prefix_cache: bool = True
+    # The bound of the prefix cache's block pool (kv_cache.BlockPool), whatever the prompts: the least recently
+    # used blocks go first, and a prompt with more blocks than fit stores only the blocks that fit.
     prefix_cache_bytes: int = 512 * 2**20
     block_size: int = 16
     max_context_tokens: int = 4096  # prompt tokens kept (the start of the prompt is dropped beyond it)
@@ -65,6 +67,12 @@ class RuntimeConfig:
     prefill_chunk_tokens: int = 512
     fast_forward: bool = True  # our own Llama-family forward where the architecture allows (fast_llama.py)
     compile_decode: bool = False  # static-shape decode step under torch.compile; off until it measures faster
+
+    @property
+    def slab_tokens(self) -> int:
+        """The bound of the working KV slab in rows (kv_cache.SlabCache): the longest prompt kept plus the tokens
+        generated. A request asking for more than `max_new_tokens` decodes until the slab is full ("length")."""
+        return self.max_context_tokens + self.max_new_tokens
 
     def replace(self, **changes) -> "RuntimeConfig":
         return dataclasses.replace(self, **changes)

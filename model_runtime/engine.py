@@ -16,6 +16,7 @@ import torch
 
 from repocomplete.model_runtime.attention import kv_store_dtype
 from repocomplete.model_runtime.config import RuntimeConfig
+from repocomplete.model_runtime.errors import SlabFull
 from repocomplete.model_runtime.healing import backoff
 from repocomplete.model_runtime.kv_cache import PrefixCache, SlabCache
 from repocomplete.model_runtime.loading import LoadedModel
@@ -188,7 +189,8 @@ class Engine:
         ) else "psm"
         self.stop_ids = _stop_token_ids(self.tokenizer, self.template)
         self.vocab = loaded.vocab
-        self.slab = SlabCache(loaded.n_layers, store_dtype=loaded.kv_dtype or kv_store_dtype(loaded.device, loaded.dtype))
+        self.slab = SlabCache(loaded.n_layers, store_dtype=loaded.kv_dtype or kv_store_dtype(loaded.device, loaded.dtype),
+                              max_tokens=self.config.slab_tokens)
         self.prefix_cache = PrefixCache(self.config.block_size, self.config.prefix_cache_bytes, salt=hash(loaded.name))
         self.lock = threading.Lock()
         self._previous: list[int] = []  # the last completion's tokens: drafts while the user types through it
@@ -210,8 +212,9 @@ class Engine:
         prompt, encoded = encode_prompt(self.tokenizer, self.template, model_view(self.template, parts), self.order)
         limit = self.config.max_context_tokens
         if len(encoded.ids) > limit:
-            # Drop the start in coarse steps so the cut point, and so the cached prefix, stays put while typing.
-            step = 512
+            # Drop the start in coarse steps so the cut point, and so the cached prefix, stays put while typing (a
+            # step never larger than a quarter of the limit: a short limit keeps some of the prompt).
+            step = min(512, max(1, limit // 4))
             cut = -(-(len(encoded.ids) - limit) // step) * step
             encoded = EncodedPrompt(encoded.ids[cut:], max(0, encoded.prefix_end - cut))
         return prompt, encoded
@@ -259,6 +262,8 @@ class Engine:
         A long tail runs in chunks, each stored in the prefix cache as it completes, and a cancellation is honoured
         between chunks: on a slow CPU a cold prompt that the next keystroke supersedes is not wasted, the next
         request continues from the chunks already done."""
+        if len(ids) > self.config.slab_tokens:  # only a token prompt given directly: encode() cuts text prompts
+            raise SlabFull(len(ids), self.config.slab_tokens)
         cached = self._reuse(ids)
         pos, chunk = cached, self.config.prefill_chunk_tokens
         while True:
@@ -353,8 +358,8 @@ class Engine:
             if time.perf_counter() > deadline:
                 reason = "time"
                 break
-            if self._compiled is not None and self._compiled.full:
-                reason = "length"
+            if (self._compiled is not None and self._compiled.full) or (self._compiled is None and self.slab.room() == 0):
+                reason = "length"  # the slab is full (a request asking for more tokens than the config's)
                 break
             if lookup is not None:
                 lookup.append(token)
@@ -411,6 +416,8 @@ class Engine:
         Returns the tokens, the prefill seconds and the decode seconds (the n-1 steps after the first token).
         """
         with self.lock:
+            if len(ids) + n - 1 > self.config.slab_tokens:
+                raise SlabFull(len(ids) + n - 1, self.config.slab_tokens)
             t0 = time.perf_counter()
             logits, _ = self._run_prompt(list(ids))
             if self._compiled is not None:

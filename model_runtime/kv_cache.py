@@ -6,7 +6,10 @@ Three layers, each testable alone:
   * `PrefixCache`: answers "how many tokens of this prompt are cached" and stores new blocks.
 
 The `SlabCache` is a transformers `Cache` whose layers write into preallocated buffers and hand attention a
-view, instead of `torch.cat` on every step as `DynamicCache` does (which copies the whole cache per token).
+view, instead of `torch.cat` on every step as `DynamicCache` does (which copies the whole cache per token). Its
+buffers grow by doubling up to a bound in rows (`RuntimeConfig.slab_tokens`); a write past it raises `SlabFull`
+before allocating anything, and the engine keeps within it (the prompt is cut to `max_context_tokens`, decoding
+stops with "length" when the slab is full).
 """
 
 from __future__ import annotations
@@ -18,17 +21,21 @@ from dataclasses import dataclass, field
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
+from repocomplete.model_runtime.errors import SlabFull
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # The working slab.
 
 
 class SlabLayer(DynamicLayer):
-    """One layer's K/V in a buffer that grows by doubling; `keys`/`values` are views of the filled part."""
+    """One layer's K/V in a buffer that grows by doubling up to `max_tokens` rows (None: no bound);
+    `keys`/`values` are views of the filled part."""
 
-    def __init__(self, capacity: int = 256, store_dtype: torch.dtype | None = None):
+    def __init__(self, capacity: int = 256, store_dtype: torch.dtype | None = None, max_tokens: int | None = None):
         super().__init__()
-        self.capacity = capacity
+        self.max_tokens = max_tokens
+        self.capacity = capacity if max_tokens is None else min(capacity, max_tokens)
         self.store_dtype = store_dtype  # None: the dtype of the first K/V written
         self.length = 0
         self.k_buf: torch.Tensor | None = None
@@ -49,7 +56,11 @@ class SlabLayer(DynamicLayer):
     def _reserve(self, needed: int) -> None:
         if needed <= self.capacity:
             return
+        if self.max_tokens is not None and needed > self.max_tokens:
+            raise SlabFull(needed, self.max_tokens)
         capacity = max(needed, 2 * self.capacity)
+        if self.max_tokens is not None:
+            capacity = min(capacity, self.max_tokens)
         k_buf = self.k_buf.new_empty(*self.k_buf.shape[:2], capacity, self.k_buf.shape[-1])
         v_buf = self.v_buf.new_empty(*self.v_buf.shape[:2], capacity, self.v_buf.shape[-1])
         k_buf[:, :, : self.length] = self.k_buf[:, :, : self.length]
@@ -107,15 +118,27 @@ class SlabLayer(DynamicLayer):
 
 
 class SlabCache(Cache):
-    """A transformers Cache over `SlabLayer`s, with the token ids it holds (row 0) for prefix matching."""
+    """A transformers Cache over `SlabLayer`s, with the token ids it holds (row 0) for prefix matching; at most
+    `max_tokens` rows (None: no bound)."""
 
-    def __init__(self, n_layers: int, capacity: int = 256, store_dtype: torch.dtype | None = None):
-        super().__init__(layers=[SlabLayer(capacity, store_dtype) for _ in range(n_layers)])
+    def __init__(self, n_layers: int, capacity: int = 256, store_dtype: torch.dtype | None = None,
+                 max_tokens: int | None = None):
+        super().__init__(layers=[SlabLayer(capacity, store_dtype, max_tokens) for _ in range(n_layers)])
+        self.max_tokens = max_tokens
         self.tokens: list[int] = []
 
     @property
     def length(self) -> int:
         return self.layers[0].length
+
+    def room(self) -> int | None:
+        """How many more rows fit (None: no bound)."""
+        return None if self.max_tokens is None else self.max_tokens - self.length
+
+    def allocated_bytes(self) -> int:
+        """The bytes of the K/V buffers as allocated now (at most `max_tokens` rows of them)."""
+        return sum(buf.numel() * buf.element_size() for layer in self.layers for buf in (layer.k_buf, layer.v_buf)
+                   if buf is not None)
 
     def truncate(self, length: int) -> None:
         for layer in self.layers:

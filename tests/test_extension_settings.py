@@ -27,6 +27,7 @@ OWNERS = {
     "context": Settings().context,
     "debounceMs": Settings().debounce_ms,
     "languages": list(Settings().languages),
+    "completionCacheBytes": Settings().completion_cache_bytes,
     "model": RuntimeConfig().model,
     "adapter": RuntimeConfig().adapter,
     "endpoint": RuntimeConfig().endpoint,

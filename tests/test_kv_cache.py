@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from repocomplete.model_runtime.engine import Engine
+from repocomplete.model_runtime.engine import CompletionRequest, Engine
+from repocomplete.model_runtime.errors import SlabFull
 from repocomplete.model_runtime.kv_cache import BlockPool, PoolFull, PrefixCache, SlabCache, hash_blocks
+from repocomplete.model_runtime.templates import PromptParts
 
 
 def kv(fill: float, n_bytes_elems: int = 8) -> torch.Tensor:
@@ -188,3 +190,51 @@ def test_prefix_cache_off_reuses_nothing(tiny_loaded, tiny_config):
     engine.logits_for(prompt)
     assert engine.logits_for(prompt)[1] == 0
     assert len(engine.prefix_cache.pool) == 0
+
+
+# -- bounds ------------------------------------------------------------------------------------------------------
+
+
+def test_the_slab_grows_up_to_its_bound_and_never_past_it():
+    slab = SlabCache(2, capacity=4, max_tokens=10)
+    k = torch.zeros(1, 2, 6, 3)
+    for layer in slab.layers:
+        layer.update(k, k)
+    assert slab.layers[0].capacity == 8 and slab.room() == 4
+    for layer in slab.layers:
+        layer.update(k[:, :, :4], k[:, :, :4])
+    assert slab.layers[0].capacity == 10 and slab.room() == 0  # doubling stops at the bound
+    with pytest.raises(SlabFull):
+        slab.layers[0].update(k[:, :, :1], k[:, :, :1])
+    assert slab.length == 10 and slab.allocated_bytes() == 2 * 2 * (2 * 10 * 3) * 4  # layers, K+V, heads*rows*dim
+
+
+def test_the_engine_keeps_the_slab_within_its_bound(tiny_loaded, tiny_config):
+    config = tiny_config.replace(max_context_tokens=32, max_new_tokens=4)
+    engine = Engine(tiny_loaded, config)
+    assert config.slab_tokens == 36 and engine.slab.max_tokens == 36
+    # A prompt far over the context: cut to the context, and a request for more tokens than the config's stops
+    # when the slab is full.
+    parts = PromptParts(prefix="def f(x):\n    return x + 1\n" * 40, suffix="", path="a.py")
+    done = engine.complete(CompletionRequest(parts, max_new_tokens=200, multiline=True))
+    assert done.prompt_tokens <= 32 and engine.slab.length <= 36
+    assert engine.slab.layers[0].capacity <= 36
+    # Token prompts handed in directly: a typed error past the bound, before any allocation.
+    with pytest.raises(SlabFull):
+        engine.logits_for(_prompt(37))
+    with pytest.raises(SlabFull):
+        engine.greedy_tokens(_prompt(30), 8)
+    tokens, _, _ = engine.greedy_tokens(_prompt(30), 7)
+    assert len(tokens) == 7 and engine.slab.length == 36
+
+
+def test_one_prompt_larger_than_the_pool_stores_only_what_fits(tiny_loaded, tiny_config):
+    probe = Engine(tiny_loaded, tiny_config.replace(block_size=4))
+    probe.logits_for(_prompt(5))
+    bound = 3 * probe.prefix_cache.pool.used_bytes  # three blocks
+    engine = Engine(tiny_loaded, tiny_config.replace(block_size=4, prefix_cache_bytes=bound, prefill_chunk_tokens=8))
+    engine.logits_for(_prompt(41))  # ten blocks, prefilled and stored in chunks
+    assert engine.prefix_cache.pool.used_bytes <= bound and len(engine.prefix_cache.pool) == 3
+    engine.slab.reset()
+    assert engine.logits_for(_prompt(41))[1] == 12  # the first three blocks serve the next request
+    assert engine.prefix_cache.pool.used_bytes <= bound

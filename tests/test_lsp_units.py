@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 from lsprotocol import types
-from pygls.workspace import TextDocument
+from pygls.workspace import TextDocument, Workspace
 
 from repocomplete.context_engine.config import ContextConfig
 from repocomplete.lsp_server import convert
 from repocomplete.lsp_server.config import Settings, apply, resolve, section_of, to_json
-from repocomplete.lsp_server.documents import BINARY, LARGE, text_problem
-from repocomplete.lsp_server.scheduling import Cached, CompletionCache, Debounce, RequestLog
+from repocomplete.lsp_server.documents import BINARY, LARGE, UNSYNCED, Documents, text_problem
+from repocomplete.lsp_server.scheduling import Cached, CompletionCache, Debounce, RequestLog, approx_bytes
 from repocomplete.model_runtime.config import RuntimeConfig
 from repocomplete.pipeline import CompletionOptions
 
@@ -37,7 +37,7 @@ def test_unset_overrides_are_the_configs_values_and_set_ones_replace_them():
     assert to_json(plain.settings) == {
         "enabled": True, "context": "infile", "debounceMs": 50, "languages": list(Settings().languages),
         "model": "m.gguf", "adapter": None, "endpoint": "http://127.0.0.1:1", "contextBudget": 700, "maxTokens": 32,
-        "multiline": True}
+        "multiline": True, "completionCacheBytes": 8 * 2**20}
     # A client's settings: another model, no endpoint (its null), other decoding knobs and budget.
     client, _ = apply(Settings(), {"model": "other", "endpoint": None, "maxTokens": 8, "multiline": False,
                                    "contextBudget": 0})
@@ -74,18 +74,35 @@ def test_debounce_rises_under_pressure_and_falls_back_to_the_floor():
 
 
 def test_cache_serves_retyping_and_typing_through_the_ghost_text():
-    c = CompletionCache(capacity=2)
+    c = CompletionCache()
     key = c.key("u", 0, "x = foo.", "\n")
     c.put(key, Cached("bar(1)", {}))
     assert c.get("u", 0, "x = foo.", "\n")[1] == "bar(1)"  # backspace + retype: the same text around the cursor
     assert c.get("u", 0, "x = foo.ba", "\n")[1] == "r(1)"  # typed "ba" of the ghost text: the rest
     assert c.get("u", 0, "x = foo.bz", "\n") is None  # typed something else
     assert c.get("u", 1, "x = foo.", "\n") is None  # settings changed
-    c.put(c.key("u", 0, "a", ""), Cached("1", {}))
-    c.put(c.key("u", 0, "b", ""), Cached("2", {}))
-    assert len(c) == 2 and c.peek(key) is None  # least recently used dropped
     c.put(c.key("u", 0, "e", ""), Cached("", {}))
     assert c.peek(c.key("u", 0, "e", "")) is None  # empty answers are not kept
+
+
+def test_the_cache_is_bounded_in_bytes_and_drops_the_least_recently_used():
+    c = CompletionCache(max_bytes=50_000)
+    explain = {"records": [{"path": "a.py", "text": "y" * 2000}], "timings_ms": {"engine": 12.5}}
+    keys = [c.key("file:///a.py", 0, f"line {i} = ", "\n") for i in range(200)]
+    for i, key in enumerate(keys):
+        c.put(key, Cached(f"value_{i}" * 20, explain))
+        assert c.get("file:///a.py", 0, "line 0 = ", "\n") is not None  # kept in use: never the one dropped
+        assert c.used_bytes <= 50_000
+    assert 5 < len(c) < 200
+    assert c.peek(keys[1]) is None and c.peek(keys[-1]) is not None  # the least recently used went first
+    assert c.used_bytes == sum(approx_bytes(k) + approx_bytes(e.text) + approx_bytes(e.explain)
+                               for k, (e, _) in c._items.items())
+    c.resize(10_000)  # a smaller bound (the setting changed): entries go until the rest fit
+    assert c.used_bytes <= 10_000 and c.peek(keys[0]) is not None
+    c.put(c.key("u", 0, "huge", ""), Cached("z" * 20_000, {}))  # larger than the whole cache: not kept
+    assert c.peek(c.key("u", 0, "huge", "")) is None and c.used_bytes <= 10_000
+    c.resize(0)
+    assert len(c) == 0 and c.used_bytes == 0
 
 
 def test_cache_lookups_take_the_text_around_the_cursor():
@@ -108,6 +125,45 @@ def test_binary_and_large_documents_are_told_apart():
     assert text_problem("x = 1\n", 10) is None
     assert text_problem("x" * 11, 10) == LARGE
     assert text_problem("x\x00" * 11, 10) == BINARY  # NUL first: a binary gets no completion at all
+
+
+class _Worker:
+    """What Documents sends the engine thread: the buffers it holds, as the engine would."""
+
+    def __init__(self):
+        self.buffers: dict[str, str] = {}
+
+    def sync_buffer(self, path, text, edited_line=None):
+        self.buffers[path] = text
+
+    def clear_buffer(self, path):
+        self.buffers.pop(path, None)
+
+
+def test_only_the_most_recently_used_documents_feed_the_context_engine():
+    workspace, worker = Workspace(None), _Worker()
+    docs = Documents(lambda: workspace, worker, max_chars=1000, max_buffers=3)
+    uris = [f"file:///w/m{i}.py" for i in range(8)]
+    for i, uri in enumerate(uris):
+        workspace.put_text_document(types.TextDocumentItem(uri=uri, language_id="python", version=1, text=f"x = {i}\n"))
+        docs.opened(uri)
+        assert len(worker.buffers) <= 3 and docs.synced == uris[max(0, i - 2) : i + 1]
+    # A document past the cap still completes (in-file context); an edit brings it back, the least recent goes.
+    assert docs.context_problem(uris[0], "x = 0\n") == UNSYNCED
+    assert docs.locate(uris[0], types.Position(0, 2))[1] == 2
+    change = types.TextDocumentContentChangePartial(range=types.Range(types.Position(0, 4), types.Position(0, 5)),
+                                                    text="9")
+    workspace.update_text_document(types.VersionedTextDocumentIdentifier(uri=uris[0], version=2), change)
+    docs.changed(types.DidChangeTextDocumentParams(types.VersionedTextDocumentIdentifier(uri=uris[0], version=2),
+                                                   [change]))
+    assert docs.synced == [uris[6], uris[7], uris[0]] and worker.buffers["/w/m0.py"] == "x = 9\n"
+    assert docs.context_problem(uris[0], "x = 9\n") is None and "/w/m5.py" not in worker.buffers
+    # Closing frees a place; a document grown too large takes its buffer back.
+    docs.closed(uris[7])
+    assert docs.synced == [uris[6], uris[0]] and set(worker.buffers) == {"/w/m6.py", "/w/m0.py"}
+    workspace.put_text_document(types.TextDocumentItem(uri=uris[6], language_id="python", version=3, text="y" * 2000))
+    docs.opened(uris[6])
+    assert docs.synced == [uris[0]] and set(worker.buffers) == {"/w/m0.py"}
 
 
 def test_positions_are_utf16_and_past_the_end_is_an_error():

@@ -52,6 +52,7 @@ export interface ServerSettings {
     multiline: boolean;
     debounceMs: number;
     languages: string[];
+    completionCacheBytes: number;
 }
 
 /** The settings only the extension reads. */
@@ -73,6 +74,7 @@ export const RANGES = {
     contextBudget: range('contextBudget'),
     maxTokens: range('maxTokens'),
     debounceMs: range('debounceMs'),
+    completionCacheBytes: range('completionCacheBytes'),
 } as const;
 
 function range(key: string): readonly [number, number] {
@@ -152,6 +154,7 @@ const SERVER_CHECKS: { [K in keyof ServerSettings]: Check<ServerSettings[K]> } =
     multiline: boolean(),
     debounceMs: intIn(...RANGES.debounceMs),
     languages: stringList('a non-empty list of languageIds', { allowEmpty: false, dedupe: true }),
+    completionCacheBytes: intIn(...RANGES.completionCacheBytes),
 };
 
 /** The server's keys, in the order of the contract. */
