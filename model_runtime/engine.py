@@ -370,7 +370,9 @@ class Engine:
             if drafts:  # rejected: drop the K/V of the draft tokens that were not taken
                 self._rewind(len(ids) + len(generated) - 1)
                 drafts = []
-            drafts = lookup.draft(min(speculate, max_new - len(generated))) if lookup is not None else []
+            room = self.slab.room()  # the token itself takes a row; drafts get what the slab has left
+            room = speculate if room is None else room - 1
+            drafts = lookup.draft(min(speculate, max_new - len(generated), room)) if lookup is not None else []
             drafted += len(drafts)
             queue = self._step(token, drafts)
         t2 = time.perf_counter()
