@@ -74,3 +74,12 @@ def test_speculation_gives_the_plain_greedy_tokens_on_the_embedded_model(smollm_
         assert got.raw_text == want.raw_text and got.generated_tokens == want.generated_tokens
         accepted += got.accepted_tokens
     assert accepted > 0  # the repetitive prompt's continuation was drafted and taken
+
+
+def test_drafts_never_take_the_slab_past_its_bound(tiny_loaded, tiny_config):
+    config = tiny_config.replace(token_healing=False, max_context_tokens=64, max_new_tokens=8, time_budget_s=600)
+    engine = Engine(tiny_loaded, config)
+    result = engine.complete(CompletionRequest(PromptParts(REPETITIVE * 3), max_new_tokens=200, multiline=True))
+    assert result.stop_reason in ("length", "eos", "indent", "blank_lines")
+    assert result.prompt_tokens + result.generated_tokens <= config.slab_tokens + 1
+    assert engine.slab.length <= config.slab_tokens
