@@ -33,7 +33,7 @@ def complete(engine: Engine, prefix: str, max_new: int = 24):
     return engine.complete(CompletionRequest(PromptParts(prefix), max_new_tokens=max_new, multiline=True))
 
 
-@pytest.mark.parametrize("k", [1, 4, 8, 15])
+@pytest.mark.parametrize("k", [1, 15])
 def test_speculation_gives_the_plain_greedy_tokens_on_the_tiny_model(tiny_loaded, tiny_config, k):
     config = tiny_config.replace(token_healing=False, time_budget_s=600)
     plain = Engine(tiny_loaded, config.replace(speculative_tokens=0))
@@ -65,7 +65,6 @@ def test_speculation_gives_the_plain_greedy_tokens_on_the_embedded_model(smollm_
     fast = Engine(loaded, config.replace(speculative_tokens=8))
     prompts = [
         REPETITIVE + "    result_12 = compute(",
-        "import os\n\n\ndef read(path):\n    with open(path) as f:\n        return f.read()\n\n\ndef write(path, text):\n",
         "class Point:\n    def __init__(self, x, y):\n        self.x = x\n        self.y = y\n\n    def __add__(self, other):\n",
     ]
     accepted = 0
