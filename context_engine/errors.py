@@ -7,3 +7,7 @@ class InputError(Exception):
 
 class ContextConfigError(ValueError):
     """A context-engine setting out of range or unknown; the message names it."""
+
+
+class ParseTimeout(Exception):
+    """Parsing a file ran past its time budget (pathological input): its symbols are unknown."""

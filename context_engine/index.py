@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from repocomplete.context_engine.config import ContextConfig
+from repocomplete.context_engine.errors import ParseTimeout
 from repocomplete.context_engine.records import Definition, FileSymbols, Import
 from repocomplete.context_engine.walker import Rules, Skipped, Unindexable, WalkEntry, read_source
 from repocomplete.context_engine.watch import Watcher
@@ -296,6 +297,9 @@ class RepoIndex:
             return _Pending(entry.path, known, entry, sha1=source.sha1)
         try:
             symbols = self.parse(entry.path, source.text)
+        except ParseTimeout as e:  # pathological input: the file is skipped, remembered with its stat
+            log.info("skipped %s: %s", entry.path, e)
+            return _Pending(entry.path, known, entry, reason=str(e))
         except Exception as e:  # a parser bug on one file costs that file, not the build
             log.warning("parsing %s failed: %s: %s", entry.path, type(e).__name__, e)
             return _Pending(entry.path, known, entry, reason=f"parser error ({type(e).__name__}: {e})"[:300])
@@ -359,7 +363,11 @@ class RepoIndex:
         if language is None:
             self.clear_buffer(rel)
             return False
-        symbols = self.parse(rel, text)
+        try:
+            symbols = self.parse(rel, text)
+        except Exception as e:  # pathological or unparsable text: served as text, without symbols
+            log.info("buffer %s not parsed: %s: %s", rel, type(e).__name__, e)
+            symbols = None
         with self._db_lock:
             self._buffers[rel] = (text, symbols)
             self.generation += 1

@@ -15,3 +15,15 @@ def write_tree(root: Path, files: dict[str, str | bytes]) -> Path:
         else:
             path.write_text(content, encoding="utf-8")
     return root
+
+
+def hostile_files() -> dict[str, str]:
+    """Small files that once stalled the server: 200 KB of unclosed brackets (Python and JavaScript), one 900 KB
+    line, deep nesting, NUL bytes."""
+    return {
+        "unclosed.py": ("(" * 99 + "\n") * 2000,
+        "unclosed.js": "[" * 200_000,
+        "oneline.py": "x = [" + ", ".join(str(i) for i in range(130_000)) + "]\n",
+        "deep.py": "x = " + "[" * 50_000 + "]" * 50_000 + "\n",
+        "nul.py": "def f\x00(a):\n    return (\x00\n" * 5000,
+    }

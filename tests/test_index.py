@@ -462,3 +462,22 @@ def _share(repo, config):
     assert [d.name for d in index.definitions(path="pkg/util.py")] == ["make_99"]
     assert_consistent(index)
     index.close()
+
+
+def test_a_file_past_the_parse_budget_is_skipped_with_its_reason(repo, config):
+    from repocomplete.context_engine.errors import ParseTimeout
+
+    def parse(path, text):
+        if path == "pkg/util.py":
+            raise ParseTimeout("parsing took over 2 s")
+        return parse_source(path, text)
+
+    index = RepoIndex(repo, config, parse=parse)
+    stats = index.build()
+    assert stats.files == 7 and "pkg/util.py" not in index.files()
+    assert {s.path: s.reason for s in stats.skipped} == {"pkg/util.py": "parsing took over 2 s"}
+    assert index.build().parsed == 0  # remembered: a restart does not pay for it again
+    assert index.set_buffer("pkg/util.py", "def make():\n    pass\n")  # a buffer that cannot be parsed ...
+    assert index.text("pkg/util.py") == "def make():\n    pass\n"  # ... is still served as text
+    assert index.definitions(path="pkg/util.py") == []
+    index.close()
