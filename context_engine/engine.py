@@ -83,8 +83,13 @@ class ContextEngine:
 
     # -- the workspace -------------------------------------------------------------------------------------
 
-    def build(self, progress: bool = False, on_progress: Callable[[int, int], None] | None = None):
-        stats = self.index.build(progress=progress, on_progress=on_progress)
+    def build(self, progress: bool = False, on_progress: Callable[[int, int], None] | None = None,
+              cancelled: Callable[[], bool] | None = None):
+        """Index the workspace and prepare the retriever and the repo map; `cancelled()` True stops it between two
+        files (stats.cancelled: the index holds the files done, the rest waits for the next build)."""
+        stats = self.index.build(progress=progress, on_progress=on_progress, cancelled=cancelled)
+        if stats.cancelled:
+            return stats
         if self.config.watch:
             self.start_watching()
         for path in self.index.files():

@@ -11,3 +11,7 @@ class ContextConfigError(ValueError):
 
 class ParseTimeout(Exception):
     """Parsing a file ran past its time budget (pathological input): its symbols are unknown."""
+
+
+class Cancelled(Exception):
+    """Work stopped early because it was asked to (the server shutting down, a folder closed)."""

@@ -70,6 +70,7 @@ class IndexStats:
     restamped: int = 0  # files whose stat changed but whose content did not: only the stat was written
     removed: int = 0  # files gone from disk (or now ignored) and taken out of the index
     changed: list[str] = field(default_factory=list)  # paths parsed or removed
+    cancelled: bool = False  # the build stopped early (asked to): the files done so far are in, the rest are not
 
 
 @dataclass
@@ -224,10 +225,13 @@ class RepoIndex:
 
     # -- building -------------------------------------------------------------------------------------------------
 
-    def build(self, progress: bool = False, on_progress: Callable[[int, int], None] | None = None) -> IndexStats:
+    def build(self, progress: bool = False, on_progress: Callable[[int, int], None] | None = None,
+              cancelled: Callable[[], bool] | None = None) -> IndexStats:
         """Bring the index in line with the disk: unchanged files are not opened, changed ones re-parsed.
 
-        on_progress(done, total) is called after each file walked (an editor shows it as indexing progress)."""
+        on_progress(done, total) is called after each file walked (an editor shows it as indexing progress).
+        cancelled() is asked before each file: True stops the build there, with the files done so far written
+        (whole) and `stats.cancelled` set; the next build goes on from them."""
         from tqdm import tqdm
 
         t0 = time.perf_counter()
@@ -244,6 +248,9 @@ class RepoIndex:
             bar = tqdm(total=len(entries), unit="file", desc="indexing", disable=not progress)
             try:
                 for done, entry in enumerate(entries, 1):
+                    if cancelled is not None and cancelled():
+                        stats.cancelled = True
+                        break
                     bar.update(1)
                     if on_progress is not None:
                         on_progress(done, len(entries))
@@ -275,6 +282,8 @@ class RepoIndex:
                 self._write(batch)
             finally:
                 bar.close()
+            if stats.cancelled:  # files not seen yet are not gone: leave them to the next build
+                known = remembered = {}
             gone = [p for p in known if p not in seen] + [p for p in remembered if p not in seen and p not in known]
             for i in range(0, len(gone), 10_000):
                 self._write([_Pending(p, known=True) for p in gone[i : i + 10_000]])

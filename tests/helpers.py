@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 
@@ -27,3 +29,39 @@ def hostile_files() -> dict[str, str]:
         "deep.py": "x = " + "[" * 50_000 + "]" * 50_000 + "\n",
         "nul.py": "def f\x00(a):\n    return (\x00\n" * 5000,
     }
+
+
+# -- processes (Linux: read from /proc) ----------------------------------------------------------------------------
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def wait_gone(pids, timeout: float) -> list[int]:
+    """Wait until none of `pids` is alive, at most `timeout` seconds; the ones still alive."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [pid for pid in pids if process_alive(pid)]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
+
+
+def child_pids(pid: int) -> set[int]:
+    """The pids of a process's children."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.add(int(entry))
+            except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+                pass
+    return found

@@ -12,25 +12,8 @@ import time
 
 import pytest
 
+from helpers import process_alive, wait_gone
 from repocomplete.context_engine.slow_pool import SlowCallTimeout, SlowPool
-
-
-def alive(pid: int) -> bool:
-    """Whether a process exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def wait_gone(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not alive(pid):
-            return True
-        time.sleep(0.05)
-    return not alive(pid)
 
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -46,7 +29,7 @@ def test_a_call_past_its_budget_is_killed_and_the_next_runs_in_a_fresh_process()
         with pytest.raises(SlowCallTimeout):
             stuck.result(timeout=30)
         assert time.monotonic() - t0 < 10
-        assert wait_gone(first, 2), "the stuck process was not killed"
+        assert not wait_gone([first], 2), "the stuck process was not killed"
         second = after.result(timeout=60)
         assert second != first and pool.restarts == 1
         assert pool.submit(sum, [1, 2]).result(timeout=10) == 3  # and it serves on
@@ -66,7 +49,7 @@ def test_shutdown_kills_the_process_at_once():
     t0 = time.monotonic()
     pool.shutdown(wait=False, cancel_futures=True)
     assert time.monotonic() - t0 < 1
-    assert wait_gone(pid, 2)
+    assert not wait_gone([pid], 2)
     with pytest.raises(SlowCallTimeout):
         busy.result(timeout=5)
     assert queued.cancelled()
@@ -89,10 +72,10 @@ def test_the_process_exits_with_its_parent():
     try:
         pid = int(parent.stdout.readline())
         time.sleep(0.3)
-        assert alive(pid)
+        assert process_alive(pid)
         parent.send_signal(signal.SIGKILL)  # no cleanup runs in the parent
         parent.wait(10)
-        assert wait_gone(pid, 2), "the worker outlived its parent"
+        assert not wait_gone([pid], 2), "the worker outlived its parent"
     finally:
         if parent.poll() is None:
             parent.kill()
