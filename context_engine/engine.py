@@ -11,7 +11,7 @@ import os
 import re
 import threading
 import time
-from concurrent.futures import Executor, Future, ThreadPoolExecutor, TimeoutError
+from concurrent.futures import CancelledError, Executor, Future, ThreadPoolExecutor, TimeoutError
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -210,7 +210,7 @@ class ContextEngine:
             remaining = None if limit is None else max(0.0, limit - (t - t_all))
             try:
                 by_provider[kind] = future.result(timeout=remaining)
-            except TimeoutError:
+            except (TimeoutError, CancelledError):  # late (or dropped for a request that waits): asked again later
                 by_provider[kind] = []
                 complete = False
             except Exception as e:  # over its budget, its worker gone: this hole goes without it
@@ -327,9 +327,11 @@ class ContextEngine:
     def wait_background(self, timeout: float = 10.0) -> None:
         """Wait for the work started in the background (the repo map's graph, the jedi providers' late answers),
         so that the next request sees its results."""
-        pending = [f for f in [self._graph_job, *self._slow_results.values()] if f is not None and not f.cancelled()]
-        for future in pending:
-            future.exception(timeout)  # an answer or a failure, not a hang (raises TimeoutError past `timeout`)
+        if self._graph_job is not None:
+            self._graph_job.result(timeout)
+        for future in list(self._slow_results.values()):
+            if not future.cancelled():
+                future.exception(timeout)  # a late answer, or a call over its budget: either way it has ended
 
     def settle(self) -> None:
         """Bring the workspace up to date with its buffers now, and forget what was cached per cursor, so that the
