@@ -75,6 +75,10 @@ class ContextConfig:
     # answer then serves the following keystrokes. None: always wait (evaluation, where results must not
     # depend on timing).
     slow_provider_deadline_ms: float | None = 15.0
+    # One jedi call (a provider for one hole) may run this long once started; past it its worker process is
+    # killed and a fresh one takes the next call. A request that waits for jedi (deadline None, `wait`) waits
+    # for at most the call in progress and its own. None: no limit (evaluation).
+    slow_provider_budget_ms: float | None = 10_000.0
     # Type inference for the bindings in scope (typed holes) stops after this long; the names are still listed.
     # None: no cut (evaluation, where records must not depend on the machine's load).
     infer_budget_ms: float | None = 120.0

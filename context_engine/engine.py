@@ -17,8 +17,7 @@ import os
 import re
 import threading
 import time
-import multiprocessing as mp
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, TimeoutError
+from concurrent.futures import CancelledError, Executor, Future, ThreadPoolExecutor, TimeoutError
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,10 +29,12 @@ from repocomplete.context_engine.neighbours import Neighbours
 from repocomplete.context_engine.packing import Packed, approx_tokens, pack
 from repocomplete.context_engine.records import ContextRecord
 from repocomplete.context_engine.parts import CursorParts, Snippet
+from repocomplete.context_engine.slow_pool import SlowPool
 
 log = logging.getLogger(__name__)
 
 SLOW_PROVIDERS = ("imports", "typed_holes")  # jedi inference
+SLOW_START_S = 30.0  # what a request waiting for jedi allows for a fresh worker process to start
 
 
 @dataclass
@@ -82,10 +83,10 @@ class ContextEngine:
         self._graph_lock = threading.Lock()
         self._graph_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="repocomplete-graph")
         self._graph_job: Future | None = None
-        # jedi is pure Python, slow on a file's first visit and not thread-safe: it runs in a process of its own,
-        # one job at a time, so it neither holds the GIL against the fast providers nor races with itself.
-        self._slow_pool = slow_executor or ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"),
-                                                               initializer=lower_priority)
+        # jedi runs in a worker process of its own, one call at a time, each within its budget (slow_pool.py).
+        budget = self.config.slow_provider_budget_ms
+        self._slow_pool = slow_executor or SlowPool(None if budget is None else budget / 1000,
+                                                    initializer=lower_priority)
         self._slow_results: dict[tuple, Future] = {}
         self._map_cache: dict[tuple[str, int], list[ContextRecord]] = {}
         self._line_cache: tuple[tuple, Context] | None = None
@@ -93,8 +94,13 @@ class ContextEngine:
 
     # -- the workspace -------------------------------------------------------------------------------------
 
-    def build(self, progress: bool = False, on_progress: Callable[[int, int], None] | None = None):
-        stats = self.index.build(progress=progress, on_progress=on_progress)
+    def build(self, progress: bool = False, on_progress: Callable[[int, int], None] | None = None,
+              cancelled: Callable[[], bool] | None = None):
+        """Index the workspace and prepare the retriever and the repo map; `cancelled()` True stops it between two
+        files (stats.cancelled: the index holds the files done, the rest waits for the next build)."""
+        stats = self.index.build(progress=progress, on_progress=on_progress, cancelled=cancelled)
+        if stats.cancelled:
+            return stats
         if self.config.watch:
             self.start_watching()
         for path in self.index.files():
@@ -208,6 +214,7 @@ class ContextEngine:
         by_provider: dict[str, list[ContextRecord]] = {}
         t_all = time.perf_counter()
         deadline = None if wait else self.config.slow_provider_deadline_ms
+        wait_s = self._slow_wait_s() if deadline is None else None
         complete = True
         # jedi-backed providers can take hundreds of ms on a file's first visit: they run on their own thread
         # and, past the deadline, this request goes without them; their answer serves the next keystrokes.
@@ -227,12 +234,16 @@ class ContextEngine:
             timings[kind] = round((time.perf_counter() - t) * 1000, 2)
         for kind, future in futures.items():
             t = time.perf_counter()
-            remaining = None if deadline is None else max(0.0, deadline / 1000 - (t - t_all))
+            limit = wait_s if deadline is None else deadline / 1000
+            remaining = None if limit is None else max(0.0, limit - (t - t_all))
             try:
                 by_provider[kind] = future.result(timeout=remaining)
-            except TimeoutError:
+            except (TimeoutError, CancelledError):  # late (or dropped for a request that waits): asked again later
                 by_provider[kind] = []
                 complete = False
+            except Exception as e:  # over its budget, its worker gone: this hole goes without it
+                log.info("provider %s on %s:%d: %s: %s", kind, rel, line, type(e).__name__, e)
+                by_provider[kind] = []
             timings[kind] = round((time.perf_counter() - t) * 1000, 2)
         # The final check: whatever route a record came by, a path the gate refuses yields nothing, and the text
         # of the rest is scrubbed of credentials.
@@ -249,16 +260,26 @@ class ContextEngine:
             log.warning("provider %s failed on %s:%d: %s: %s", kind, rel, line, type(e).__name__, e)
             return []
 
+    def _slow_wait_s(self) -> float | None:
+        """How long a request that waits for jedi waits at most: the call in progress and its own, each within its
+        budget, and a fresh process's start (None: jedi has no budget)."""
+        budget = self.config.slow_provider_budget_ms
+        return None if budget is None else 2 * budget / 1000 + SLOW_START_S
+
     def _slow(self, kind, hole, rel, text, line, col, fresh: bool = False) -> Future:
         """The pending or finished answer of a slow provider for this hole (one per hole, newest kept)."""
         key = (kind, hole)
         future = None if fresh else self._slow_results.get(key)
-        if future is None:
+        if future is None or future.cancelled():
+            if fresh:  # a request that waits goes first: what is queued for other holes is dropped
+                for (_, other_hole), other in self._slow_results.items():
+                    if other_hole != hole:
+                        other.cancel()
             future = self._slow_pool.submit(slow_provider, kind, str(self.root), rel, text, line, col,
                                             self.config.infer_budget_ms, self.config)
             self._slow_results[key] = future
             while len(self._slow_results) > 64:
-                self._slow_results.pop(next(iter(self._slow_results)))
+                self._slow_results.pop(next(iter(self._slow_results))).cancel()
         return future
 
     def _provide(self, kind: str, rel: str, text: str, prefix: str, line: int, col: int, budget: int):
@@ -338,9 +359,11 @@ class ContextEngine:
     def wait_background(self, timeout: float = 10.0) -> None:
         """Wait for the work started in the background (the repo map's graph, the jedi providers' late answers),
         so that the next request sees its results."""
-        pending = [f for f in [self._graph_job, *self._slow_results.values()] if f is not None]
-        for future in pending:
-            future.result(timeout)
+        if self._graph_job is not None:
+            self._graph_job.result(timeout)
+        for future in list(self._slow_results.values()):
+            if not future.cancelled():
+                future.exception(timeout)  # a late answer, or a call over its budget: either way it has ended
 
     def settle(self) -> None:
         """Bring the workspace up to date with its buffers now, and forget what was cached per cursor, so that the
@@ -386,21 +409,24 @@ class ContextEngine:
 def slow_provider(kind: str, root: str, rel: str, text: str, line: int, col: int,
                   infer_budget_ms: float | None = 120.0, config: ContextConfig | None = None) -> list[ContextRecord]:
     """The jedi providers, as a module-level function so a worker process can run them: behind the workspace's
-    gate (jedi reads no refused file), with jedi's cache in ours."""
+    gate (jedi reads no refused file), with jedi's cache in ours; a huge buffer reaches jedi as a view."""
     from repocomplete.context_engine import jedi_support, python_imports, typed_holes
+    from repocomplete.context_engine.jedi_support import BufferView, Unanalysable
 
     config = config or ContextConfig()
     try:
         jedi_support.use_cache_dir(config.jedi_cache_dir)
+        view = BufferView.of(text, line, col)  # a huge buffer: its imports and the lines around the cursor
         with jedi_support.gated(_worker_gate(root, config)) as gate:
             if kind == "imports":
-                records = python_imports.import_context(Path(root), Path(root) / rel, text)
+                records = python_imports.import_context(Path(root), Path(root) / rel, view.text)
             else:
-                records = typed_holes.typed_hole_context(Path(root), Path(root) / rel, text, line, col,
-                                                         infer_budget_ms=infer_budget_ms)
-            return gate.records(records)
+                records = typed_holes.typed_hole_context(Path(root), Path(root) / rel, view.text, view.line,
+                                                         view.col, infer_budget_ms=infer_budget_ms)
+            return gate.records(view.to_buffer(records, rel))
     except Exception as e:  # a provider's failure costs its records, never the completion
-        log.warning("provider %s failed on %s:%d: %s: %s", kind, rel, line, type(e).__name__, e)
+        level = logging.INFO if isinstance(e, Unanalysable) else logging.WARNING
+        log.log(level, "provider %s failed on %s:%d: %s: %s", kind, rel, line, type(e).__name__, e)
         return []
 
 

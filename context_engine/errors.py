@@ -7,3 +7,11 @@ class InputError(Exception):
 
 class ContextConfigError(ValueError):
     """A context-engine setting out of range or unknown; the message names it."""
+
+
+class ParseTimeout(Exception):
+    """Parsing a file ran past its time budget (pathological input): its symbols are unknown."""
+
+
+class Cancelled(Exception):
+    """Work stopped early because it was asked to (the server shutting down, a folder closed)."""

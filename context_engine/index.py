@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from repocomplete.context_engine.config import ContextConfig, default_cache_root
+from repocomplete.context_engine.errors import ParseTimeout
 from repocomplete.context_engine.gate import Gate, private_dir, private_file
 from repocomplete.context_engine.records import Definition, FileSymbols, Import
 from repocomplete.context_engine.walker import Skipped, Unindexable, WalkEntry, is_utf8, read_source
@@ -73,6 +74,7 @@ class IndexStats:
     restamped: int = 0  # files whose stat changed but whose content did not: only the stat was written
     removed: int = 0  # files gone from disk (or now ignored) and taken out of the index
     changed: list[str] = field(default_factory=list)  # paths parsed or removed
+    cancelled: bool = False  # the build stopped early (asked to): the files done so far are in, the rest are not
 
 
 @dataclass
@@ -236,10 +238,13 @@ class RepoIndex:
 
     # -- building -------------------------------------------------------------------------------------------------
 
-    def build(self, progress: bool = False, on_progress: Callable[[int, int], None] | None = None) -> IndexStats:
+    def build(self, progress: bool = False, on_progress: Callable[[int, int], None] | None = None,
+              cancelled: Callable[[], bool] | None = None) -> IndexStats:
         """Bring the index in line with the disk: unchanged files are not opened, changed ones re-parsed.
 
-        on_progress(done, total) is called after each file walked (an editor shows it as indexing progress)."""
+        on_progress(done, total) is called after each file walked (an editor shows it as indexing progress).
+        cancelled() is asked before each file: True stops the build there, with the files done so far written
+        (whole) and `stats.cancelled` set; the next build goes on from them."""
         from tqdm import tqdm
 
         t0 = time.perf_counter()
@@ -256,6 +261,9 @@ class RepoIndex:
             bar = tqdm(total=len(entries), unit="file", desc="indexing", disable=not progress)
             try:
                 for done, entry in enumerate(entries, 1):
+                    if cancelled is not None and cancelled():
+                        stats.cancelled = True
+                        break
                     bar.update(1)
                     if on_progress is not None:
                         on_progress(done, len(entries))
@@ -287,6 +295,8 @@ class RepoIndex:
                 self._write(batch)
             finally:
                 bar.close()
+            if stats.cancelled:  # files not seen yet are not gone: leave them to the next build
+                known = remembered = {}
             gone = [p for p in known if p not in seen] + [p for p in remembered if p not in seen and p not in known]
             for i in range(0, len(gone), 10_000):
                 self._write([_Pending(p, known=True) for p in gone[i : i + 10_000]])
@@ -309,6 +319,9 @@ class RepoIndex:
             return _Pending(entry.path, known, entry, sha1=source.sha1)
         try:
             symbols = self.parse(entry.path, self.gate.scrub(source.text, entry.path))
+        except ParseTimeout as e:  # pathological input: the file is skipped, remembered with its stat
+            log.info("skipped %s: %s", entry.path, e)
+            return _Pending(entry.path, known, entry, reason=str(e))
         except Exception as e:  # a parser bug on one file costs that file, not the build
             log.warning("parsing %s failed: %s: %s", entry.path, type(e).__name__, e)
             return _Pending(entry.path, known, entry, reason=f"parser error ({type(e).__name__}: {e})"[:300])
@@ -367,7 +380,11 @@ class RepoIndex:
             self.clear_buffer(rel)
             return False
         text = self.gate.scrub(text, rel)
-        symbols = self.parse(rel, text)
+        try:
+            symbols = self.parse(rel, text)
+        except Exception as e:  # pathological or unparsable text: served as text, without symbols
+            log.info("buffer %s not parsed: %s: %s", rel, type(e).__name__, e)
+            symbols = None
         with self._db_lock:
             self._buffers[rel] = (text, symbols)
             self.generation += 1

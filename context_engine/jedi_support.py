@@ -9,6 +9,9 @@ which absolute imports are worth following at all.
 jedi and parso read the files an import leads to themselves: while a gate is active (`gated`), a file inside the
 root that the gate refuses reads as empty, so its text reaches neither an inference, nor a record, nor jedi's
 pickled parse cache. That cache lives in repocomplete's own cache folder (`use_cache_dir`), 0700, pickles 0600.
+
+A huge buffer reaches jedi as a `BufferView`: its first lines (the imports) and the lines around the cursor, long
+lines cut, so that a 900 KB line or a megabyte of generated code costs jedi milliseconds, not minutes.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import contextlib
 import contextvars
 import functools
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import jedi
@@ -72,6 +75,75 @@ def use_cache_dir(path: str | os.PathLike) -> None:
         jedi.settings.cache_directory = path
 
 
+# A buffer larger than this, or with a line longer than VIEW_MAX_LINE_CHARS, reaches jedi as a view: its first
+# lines (the imports) and the lines around the cursor, each part within its lines and characters.
+VIEW_MAX_CHARS = 100_000
+VIEW_MAX_LINE_CHARS = 1_000  # longer lines are cut to this (the cursor's around the cursor)
+VIEW_HEAD = (100, 5_000)  # (lines, characters) from the top
+VIEW_BEFORE = (300, 10_000)  # above the cursor, its line included
+VIEW_AFTER = (50, 2_000)
+
+
+# jedi's error recovery steps through an error node's children with list.index (n squared): a buffer with a wider
+# one (unclosed brackets by the thousand) is not analysed.
+MAX_ERROR_CHILDREN = 1000
+
+
+class Unanalysable(Exception):
+    """A buffer jedi would take minutes over."""
+
+
+@dataclass(frozen=True)
+class BufferView:
+    """What jedi sees of a buffer: the text, the cursor in it, and the buffer's lines it kept (1-based, in
+    order), so that records on the buffer map back to its own lines."""
+
+    text: str
+    line: int
+    col: int
+    lines: tuple[int, ...] | None = None  # None: the whole buffer, lines as they are
+
+    @classmethod
+    def of(cls, text: str, line: int, col: int) -> "BufferView":
+        """The whole buffer when it is small and has no long line; else a view around the cursor."""
+        if len(text) <= VIEW_MAX_CHARS and (len(text) <= VIEW_MAX_LINE_CHARS or
+                                             max(map(len, text.split("\n"))) <= VIEW_MAX_LINE_CHARS):
+            return cls(text, line, col)
+        lines = [t[:VIEW_MAX_LINE_CHARS] for t in text.split("\n")]
+        line = max(1, min(line, len(lines)))
+        cursor_line = text.split("\n", line)[line - 1]
+        if len(cursor_line) > VIEW_MAX_LINE_CHARS:  # keep what leads to the cursor
+            start = max(0, col - 1 - (VIEW_MAX_LINE_CHARS - 100))
+            lines[line - 1], col = cursor_line[start:start + VIEW_MAX_LINE_CHARS], col - start
+        keep = set(_span(lines, 1, 1, VIEW_HEAD))
+        keep.update(_span(lines, line, -1, VIEW_BEFORE), _span(lines, line + 1, 1, VIEW_AFTER))
+        keep = sorted(keep)
+        return cls("\n".join(lines[n - 1] for n in keep), keep.index(line) + 1, col, tuple(keep))
+
+    def to_buffer(self, records: list, rel: str) -> list:
+        """Records on the view's lines (those whose path is `rel`) moved to the buffer's own lines."""
+        if self.lines is None:
+            return records
+
+        def own(n: int) -> int:
+            return self.lines[max(1, min(n, len(self.lines))) - 1]
+
+        return [replace(r, start_line=own(r.start_line), end_line=own(r.end_line)) if r.path == rel else r
+                for r in records]
+
+
+def _span(lines: list[str], first: int, step: int, limit: tuple[int, int]) -> list[int]:
+    """Line numbers from `first` on (step 1) or back (step -1), within (lines, characters); `first` always."""
+    out, chars, n = [], 0, first
+    while 1 <= n <= len(lines) and len(out) < limit[0]:
+        chars += len(lines[n - 1]) + 1
+        if out and chars > limit[1]:
+            break
+        out.append(n)
+        n += step
+    return out
+
+
 @functools.lru_cache(maxsize=8)
 def _project(root: str) -> jedi.Project:
     return jedi.Project(root)
@@ -106,6 +178,9 @@ class Analysis:
         project = _project(str(root))
         script = jedi.Script(text, path=path, project=project)
         tree = getattr(script, "_module_node", None) or _grammar().parse(text)
+        wide = widest_error(tree)
+        if wide > MAX_ERROR_CHILDREN:
+            raise Unanalysable(f"a syntax error node of {wide} tokens")
         return cls(root, path, project, script, tree, gate)
 
     def rel(self, module_path) -> str | None:
@@ -157,6 +232,33 @@ class Analysis:
 
 
 # -- parso trees: nodes by position, spans, bodies --------------------------------------------------------
+
+
+def leaves(node) -> list:
+    """The leaves under a node, in order. (parso's get_next_leaf() looks itself up in its parent's children, so
+    stepping through a node of n children that way costs n squared: minutes for a run of unclosed brackets.)"""
+    out, stack = [], [node]
+    while stack:
+        current = stack.pop()
+        children = getattr(current, "children", None)
+        if children is None:
+            out.append(current)
+        else:
+            stack.extend(reversed(children))
+    return out
+
+
+def widest_error(tree) -> int:
+    """The most children any error node of a parso tree has (0 without one)."""
+    widest, stack = 0, [tree]
+    while stack:
+        children = stack.pop().children
+        for child in children:
+            if hasattr(child, "children"):
+                if child.type == "error_node":
+                    widest = max(widest, len(child.children))
+                stack.append(child)
+    return widest
 
 
 def leaf_at(tree, pos: tuple[int, int]):

@@ -17,9 +17,16 @@ dictionaries) and are the bulk of the work; definitions and imports are rare, so
 which does not descend below MAX_START_DEPTH. Node text is sliced from the source once per node, straight from the
 `str` when the file is ASCII.
 
-Public API: `language_for` and `parse_source`; for other tree-sitter work over the same grammars (eval's masking
-of literals, its syntax checks), `EXTENSIONS`, `load_grammar` (a `Grammar`, compiled once per process) and
-`parser_for` (the calling thread's parser for it).
+Work is bounded, so that no file can hold the caller: the parse stops after PARSE_BUDGET_S (`ParseTimeout`; the
+index then skips the file with that reason), and the queries never enter an ERROR node of more than
+MAX_ERROR_CHILDREN children (unclosed brackets by the thousand: tree-sitter's query cursor is quadratic in them,
+a 200 KB file of `(` took minutes). What such a node holds gives no definitions or names; the rest of the file does.
+(The queries' own progress callback is not used: py-tree-sitter 0.26 hands tree-sitter an options struct that
+goes out of scope before the query runs, and crashes.)
+
+Public API: `language_for` and `parse_source`; for other tree-sitter work over the same grammars
+(eval's masking of literals, its syntax checks), `EXTENSIONS`, `load_grammar` (a `Grammar`, compiled once per
+process) and `parser_for` (the calling thread's parser for it).
 """
 
 from __future__ import annotations
@@ -29,11 +36,13 @@ import importlib
 import inspect
 import re
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import tree_sitter as ts
 
+from repocomplete.context_engine.errors import ParseTimeout
 from repocomplete.context_engine.records import Definition, FileSymbols, Import
 
 QUERY_DIR = Path(__file__).parent / "queries"
@@ -69,6 +78,12 @@ _PATH_SEPARATORS = re.compile(r"::|\.|/")
 # Definitions and imports are looked for this many levels below the root at most: deeper ones are locals, and
 # not descending into every function body makes the structure pass several times cheaper.
 MAX_START_DEPTH = 8
+# A parse stops after this long: tree-sitter parses megabytes a second, so only pathological input reaches it.
+PARSE_BUDGET_S = 2.0
+# The queries skip ERROR nodes with more children than this (their cost grows with the square of the count: 1000
+# children cost well under a millisecond, 200 000 cost minutes).
+MAX_ERROR_CHILDREN = 1000
+_READ_CHUNK = 1 << 16
 
 
 def language_for(path: str) -> str | None:
@@ -185,18 +200,19 @@ def parser_for(grammar: Grammar) -> ts.Parser:
 # -- parsing ------------------------------------------------------------------------------------------------------
 
 
-def parse_source(path: str, text: str) -> FileSymbols | None:
+def parse_source(path: str, text: str, budget_s: float | None = PARSE_BUDGET_S) -> FileSymbols | None:
     """Definitions, imports and referenced names of one file; None for a language we do not parse.
 
     Syntax errors are normal input (the file is being typed): tree-sitter recovers, the definitions that still
-    parse are returned and `has_errors` is set.
+    parse are returned and `has_errors` is set. A parse that runs past `budget_s` seconds (None: no limit) raises
+    `ParseTimeout`.
     """
     entry = EXTENSIONS.get(Path(path).suffix.lower())
     if entry is None:
         return None
     grammar = load_grammar(entry[1], entry[0])
     src = text.encode("utf-8", "replace")
-    tree = parser_for(grammar).parse(src)
+    tree = _parse(parser_for(grammar), src, budget_s)
     root = tree.root_node
     if len(src) == len(text):  # ASCII: byte offsets are character offsets, so slice the str itself
 
@@ -207,19 +223,82 @@ def parse_source(path: str, text: str) -> FileSymbols | None:
         def slice_(start: int, end: int) -> str:
             return src[start:end].decode("utf-8", "replace")
 
-    definitions, imports, definition_names = _structure(grammar, root, path, slice_)
-    identifiers = _identifiers(grammar, root, text if len(src) == len(text) else None, src, definition_names)
+    runs = _query_runs(root)
+    definitions, imports, definition_names = _structure(grammar, root, path, slice_, runs)
+    identifiers = _identifiers(grammar, root, text if len(src) == len(text) else None, src, definition_names, runs)
     return FileSymbols(path, grammar.language_name, definitions, imports, identifiers, root.has_error)
 
 
-def _structure(grammar: Grammar, root: ts.Node, path: str, slice_) -> tuple[list[Definition], list[Import], set[int]]:
+def _parse(parser: ts.Parser, src: bytes, budget_s: float | None) -> ts.Tree:
+    if budget_s is None:
+        return parser.parse(src)
+    deadline = time.monotonic() + budget_s
+
+    def over(_offset: int, _has_error: bool) -> bool:
+        return time.monotonic() > deadline
+
+    try:
+        tree = parser.parse(lambda byte, _point: src[byte:byte + _READ_CHUNK], progress_callback=over)
+    except ValueError:  # "Parsing failed": halted by the callback
+        tree = None
+    if tree is None:
+        parser.reset()  # a halted parse would resume on the next call
+        raise ParseTimeout(f"parsing took over {budget_s:g} s")
+    return tree
+
+
+# A query run: a node to run the query on, and the byte range it is limited to (None: all of the node).
+_Run = tuple[ts.Node, "tuple[int, int] | None"]
+
+
+def _query_runs(node: ts.Node) -> list[_Run]:
+    """Where the queries run: the whole tree, unless it holds wide ERROR nodes. Then the tree is queried without
+    them (byte ranges around them), and each of their children that is more than a token on its own."""
+    if not node.has_error:
+        return [(node, None)]
+    wide = []
+    stack = [node]
+    while stack:  # only down the paths that hold an error
+        current = stack.pop()
+        if current.is_error and current.child_count > MAX_ERROR_CHILDREN:
+            wide.append(current)
+        else:
+            stack.extend(child for child in current.children if child.has_error)
+    if not wide:
+        return [(node, None)]
+    runs: list[_Run] = []
+    start = node.start_byte
+    for begin, end in sorted(w.byte_range for w in wide):
+        if begin > start:
+            runs.append((node, (start, begin)))
+        start = max(start, end)
+    if start < node.end_byte:
+        runs.append((node, (start, node.end_byte)))
+    for w in wide:
+        for child in w.children:
+            if child.child_count:
+                runs += _query_runs(child)
+    return runs
+
+
+def _run(cursor: ts.QueryCursor, method: str, runs: list[_Run]):
+    """matches() or captures() of each run (a match that two runs share comes twice)."""
+    whole = len(runs) == 1 and runs[0][1] is None
+    for node, byte_range in runs:
+        if not whole:
+            cursor.set_byte_range(*(byte_range or node.byte_range))
+        yield getattr(cursor, method)(node)
+
+
+def _structure(grammar: Grammar, root: ts.Node, path: str, slice_,
+               runs: list[_Run]) -> tuple[list[Definition], list[Import], set[int]]:
     found: dict[tuple[int, int, int], tuple] = {}  # (start, end, name start) -> (kind, node, name, parent, body, doc)
     statements: dict[tuple[int, int], dict] = {}  # import node range -> its parts
-    scopes: list[tuple[int, int]] = []  # function bodies that are not definitions themselves
+    scopes: set[tuple[int, int]] = set()  # function bodies that are not definitions themselves
     patterns = grammar.patterns
     cursor = ts.QueryCursor(grammar.structure)
     cursor.set_max_start_depth(MAX_START_DEPTH)
-    for index, captures in cursor.matches(root):
+    for index, captures in (match for matches in _run(cursor, "matches", runs) for match in matches):
         pattern = patterns[index]
         if pattern.kinds:
             for kind, definition, name in pattern.kinds:
@@ -236,7 +315,7 @@ def _structure(grammar: Grammar, root: ts.Node, path: str, slice_) -> tuple[list
             doc = captures.get("doc")
             found[key] = (kind, node, name, parent and parent[0], body and body[0], doc and doc[0], rank)
         elif pattern.scope:
-            scopes.append(captures["local.scope"][0].byte_range)
+            scopes.add(captures["local.scope"][0].byte_range)
         else:
             _add_import_parts(statements, captures, pattern, slice_)
 
@@ -396,11 +475,12 @@ def _first_paragraph(text: str) -> str:
     return "\n".join(paragraph)
 
 
-def _identifiers(grammar: Grammar, root: ts.Node, ascii_text: str | None, src: bytes, skip: set[int]) -> list[str]:
-    captures = ts.QueryCursor(grammar.references).captures(root)
+def _identifiers(grammar: Grammar, root: ts.Node, ascii_text: str | None, src: bytes, skip: set[int],
+                 runs: list[_Run]) -> list[str]:
     spans = []
-    for nodes in captures.values():
-        spans += [node.byte_range for node in nodes]
+    for captures in _run(ts.QueryCursor(grammar.references), "captures", runs):
+        for nodes in captures.values():
+            spans += [node.byte_range for node in nodes]
     spans = sorted(set(spans))  # the lists come per capture name; a node may be captured by two patterns
     if ascii_text is not None:
         return [ascii_text[start:end] for start, end in spans if start not in skip]

@@ -12,7 +12,7 @@ import logging
 from collections import Counter
 from pathlib import Path
 
-from repocomplete.context_engine.jedi_support import Analysis, span, statements
+from repocomplete.context_engine.jedi_support import Analysis, leaves, span, statements
 from repocomplete.context_engine.python_stubs import class_stub, function_stub, module_stub, statement_stub
 from repocomplete.context_engine.records import ContextRecord
 
@@ -45,23 +45,21 @@ def _summary(a: Analysis, name) -> tuple[str, str, int, int] | None:
 def _scan(tree) -> tuple[list, Counter]:
     """The buffer's import statements, and how often each name / dotted chain is used outside them."""
     imports, uses = [], Counter()
-    leaf = tree.get_first_leaf()
-    while leaf is not None:
+    all_leaves = leaves(tree)
+    last = len(all_leaves) - 1
+    for i, leaf in enumerate(all_leaves):
         if leaf.type == "keyword" and leaf.value == "import" and leaf.parent.type in ("import_name", "import_from"):
             imports.append(leaf.parent)
-        elif leaf.type == "name" and not _in_import(leaf):
-            prev = leaf.get_previous_leaf()
-            if prev is None or prev.value != ".":
-                chain, nxt = leaf.value, leaf.get_next_leaf()
+        elif leaf.type == "name" and not _in_import(leaf) and (i == 0 or all_leaves[i - 1].value != "."):
+            chain = leaf.value
+            uses[chain] += 1
+            j = i + 1  # the leaf after the chain so far
+            for _ in range(4):
+                if j + 1 > last or all_leaves[j].value != "." or all_leaves[j + 1].type != "name":
+                    break
+                chain += "." + all_leaves[j + 1].value
                 uses[chain] += 1
-                for _ in range(4):
-                    after = nxt.get_next_leaf() if nxt is not None and nxt.value == "." else None
-                    if after is None or after.type != "name":
-                        break
-                    chain += "." + after.value
-                    uses[chain] += 1
-                    nxt = after.get_next_leaf()
-        leaf = leaf.get_next_leaf()
+                j += 2
     return imports, uses
 
 

@@ -13,7 +13,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from repocomplete.context_engine.jedi_support import Analysis, definition_at, leaf_at, outer, self_attribute, span, statements, walk
+from repocomplete.context_engine.jedi_support import (Analysis, definition_at, leaf_at, leaves, outer, self_attribute, span,
+                                                      statements, walk)
 from repocomplete.context_engine.python_stubs import class_stub
 from repocomplete.context_engine.records import ContextRecord
 
@@ -226,14 +227,14 @@ def _defined_before(scope, line: int):
             for stmt in statements([item]):
                 yield from (n for n in stmt.get_defined_names() if n.type == "name")
         return
-    leaf = scope.children[-1].get_first_leaf()
-    while leaf is not None and leaf.start_pos[0] < line:
+    body = leaves(scope.children[-1])
+    for i, leaf in enumerate(body):
+        if leaf.start_pos[0] >= line:
+            break
         if leaf.type == "name" and not _nested(leaf, scope):
-            prev = leaf.get_previous_leaf()
-            if (prev is None or prev.value != ".") and leaf.is_definition():
+            if (i == 0 or body[i - 1].value != ".") and leaf.is_definition():
                 if leaf.get_definition().type not in ("import_name", "import_from"):
                     yield leaf
-        leaf = leaf.get_next_leaf()
 
 
 def _enclosing_class(funcdef):

@@ -63,7 +63,8 @@ def settle(engine: ContextEngine) -> None:
 def eval_context_engine(root: Path, config: ContextConfig) -> ContextEngine:
     """A workspace as the runner uses it: the jedi providers in their own process, without inference deadline."""
     executor = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"))
-    return ContextEngine(root, config.replace(infer_budget_ms=None), slow_executor=executor)
+    return ContextEngine(root, config.replace(infer_budget_ms=None, slow_provider_budget_ms=None),
+                         slow_executor=executor)
 
 
 def prediction_record(task, result: CompletionResult) -> dict:

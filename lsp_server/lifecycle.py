@@ -10,6 +10,7 @@ on the engine thread; nothing here blocks the event loop.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import uuid
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from pygls.lsp.server import LanguageServer
 from pygls.uris import to_fs_path
 
 from repocomplete.context_engine.config import ContextConfig
+from repocomplete.context_engine.errors import Cancelled
 from repocomplete.lsp_server import config as settings_mod
 from repocomplete.lsp_server.completions import Completions
 from repocomplete.lsp_server.config import Effective, Settings, resolve
@@ -228,10 +230,8 @@ class Lifecycle:
             job = self.worker.open_workspace(root, on_progress=report)
             try:
                 await asyncio.wrap_future(job)
-            except asyncio.CancelledError:
-                if job.cancelled():  # the engine thread stopped (shutdown): nothing more to index
-                    return
-                raise
+            except (Cancelled, asyncio.CancelledError, concurrent.futures.CancelledError):
+                return  # stopped: the server is shutting down
             except Exception as e:
                 self._tell(f"indexing {root} failed: {type(e).__name__}: {e}", types.MessageType.Error)
             else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import multiprocessing
 import threading
 import time
 from collections import deque
@@ -49,6 +50,9 @@ class EngineWorker:
         self._jobs: deque[tuple[Callable[[], Any], Future]] = deque()
         self._buffers: dict[str, tuple[str | None, int | None]] = {}  # path -> (text | None to clear, edited line)
         self._stopping = False
+        self._stop_event = threading.Event()  # also asked by an index build between two files
+        self._closed = False
+        self._close_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="repocomplete-engine", daemon=True)
 
     # -- the thread ----------------------------------------------------------------------------------------
@@ -72,7 +76,7 @@ class EngineWorker:
                 while not self._stopping and not self._jobs and not self._buffers:
                     self._cv.wait()
                 if self._stopping:
-                    return
+                    break
                 buffers, self._buffers = self._buffers, {}
                 job = self._jobs.popleft() if self._jobs else None
             for path, (text, edited_line) in buffers.items():
@@ -86,17 +90,31 @@ class EngineWorker:
                 future.set_result(fn())
             except BaseException as e:  # the future carries it to the awaiting handler
                 future.set_exception(e)
+        self._close()  # the job that ran when stop() came has ended: the completer is ours to close
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Cancel what is queued, let the running job stop, close the completer (model, context engines)."""
+    def stop(self, timeout: float = 0.5) -> None:
+        """Stop within about `timeout` seconds, whatever runs: queued jobs are cancelled, an index build stops at its
+        next file, a completion at its next step (its CancelToken, set by the caller). The completer (model,
+        context engines) is closed here once the thread is idle, else by the thread when its job ends; the child
+        processes (jedi workers) are killed now either way."""
         with self._cv:
             self._stopping = True
+            self._stop_event.set()
             jobs, self._jobs = list(self._jobs), deque()
             self._cv.notify_all()
         for _, future in jobs:
             future.cancel()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
+        if not self._thread.is_alive():
+            self._close()
+        kill_children()
+
+    def _close(self) -> None:
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
         try:
             self.completer.close()
         except Exception as e:
@@ -148,7 +166,9 @@ class EngineWorker:
         return self.submit(run)
 
     def open_workspace(self, root: Path, on_progress: Callable[[int, int], None] | None = None) -> Future:
-        return self.submit(lambda: self.completer.open_workspace(root, on_progress=on_progress))
+        """Index a folder (stopped by stop(): the future then raises `Cancelled`)."""
+        return self.submit(lambda: self.completer.open_workspace(root, on_progress=on_progress,
+                                                                 cancelled=self._stop_event.is_set))
 
     def close_workspace(self, root: Path) -> Future:
         return self.submit(lambda: self.completer.close_workspace(root))
@@ -197,3 +217,12 @@ class EngineWorker:
             if workspace is None:
                 options.context = "infile"
         return options, workspace
+
+
+def kill_children() -> None:
+    """Kill this process's multiprocessing children (the jedi workers): at exit none may outlive the server."""
+    for child in multiprocessing.active_children():
+        try:
+            child.kill()
+        except (OSError, ValueError):  # gone meanwhile
+            pass

@@ -18,7 +18,7 @@ from pathlib import Path
 from repocomplete.context_engine.config import ContextConfig
 from repocomplete.context_engine.document import CONTEXT_MODES, Window, cursor_parts
 from repocomplete.context_engine.engine import Context, ContextEngine, find_root
-from repocomplete.context_engine.errors import InputError
+from repocomplete.context_engine.errors import Cancelled, InputError
 from repocomplete.context_engine.parts import CursorParts
 from repocomplete.model_runtime.engine import CancelToken, Completion, CompletionRequest
 from repocomplete.model_runtime.templates import ContextItem, PromptParts
@@ -93,17 +93,23 @@ class Completer:
     # -- workspaces ----------------------------------------------------------------------------------------
 
     def open_workspace(
-        self, root: str | Path, progress: bool = False, on_progress: Callable[[int, int], None] | None = None
+        self, root: str | Path, progress: bool = False, on_progress: Callable[[int, int], None] | None = None,
+        cancelled: Callable[[], bool] | None = None,
     ) -> ContextEngine:
         """The context engine of a workspace root, indexed on first use (cached and live afterwards).
 
-        on_progress(files done, files in all) follows the indexing (an editor's progress bar)."""
+        on_progress(files done, files in all) follows the indexing (an editor's progress bar); cancelled() True
+        stops it between two files and raises `Cancelled` (the workspace is not opened; its index keeps the files
+        done, and the next open goes on from them)."""
         root = Path(root).resolve()
         with self._lock:
             engine = self._workspaces.get(root)
             if engine is None:
                 engine = self._make(root, self.context_config)
-                engine.build(progress=progress, on_progress=on_progress)
+                stats = engine.build(progress=progress, on_progress=on_progress, cancelled=cancelled)
+                if getattr(stats, "cancelled", False):
+                    engine.close()
+                    raise Cancelled(f"indexing {root} stopped")
                 self._workspaces[root] = engine
             return engine
 

@@ -173,6 +173,29 @@ def test_a_failing_provider_costs_only_its_records(repo, tmp_path, monkeypatch):
     assert any(r.kind == "imports" for r in ctx.records)
 
 
+def test_jedi_over_its_budget_costs_only_its_records(repo, tmp_path):
+    """A jedi call killed past its budget (or whose worker died) answers nothing; the request still completes,
+    within its own bound, with the other providers' records."""
+    from concurrent.futures import Executor, Future
+
+    from repocomplete.context_engine.slow_pool import SlowCallTimeout
+
+    class OverBudget(Executor):
+        def submit(self, fn, /, *args, **kwargs):
+            future = Future()
+            future.set_exception(SlowCallTimeout("over its budget of 10 s"))
+            return future
+
+    engine = ContextEngine(repo, ContextConfig(index_dir=tmp_path / "index", slow_provider_deadline_ms=None),
+                           slow_executor=OverBudget())
+    engine.build()
+    ctx = engine.context("shop/restock.py", NEW_FILE, line=6, col=13)
+    assert not any(r.kind in ("typed_holes", "imports") for r in ctx.records)
+    assert any(r.kind == "retrieval" for r in ctx.records) and ctx.complete
+    engine.wait_background()  # a failed call has ended: nothing to wait for
+    engine.close()
+
+
 def test_find_root_stops_at_the_repository(repo):
     assert find_root(repo / "shop" / "models.py") == repo.resolve()
 

@@ -15,6 +15,7 @@ from helpers import write_tree
 
 from repocomplete.context_engine import index as index_module
 from repocomplete.context_engine.config import ContextConfig
+from repocomplete.context_engine.errors import ParseTimeout
 from repocomplete.context_engine.index import RepoIndex, db_path_for
 from repocomplete.context_engine.parsing import parse_source
 from repocomplete.context_engine.records import Import
@@ -358,17 +359,25 @@ def test_bad_input_is_skipped_with_reasons(repo, config, monkeypatch):
     index.close()
 
 
-def test_a_parser_error_costs_one_file(repo, config):
+@pytest.mark.parametrize("error, reason", [
+    (ValueError("grammar bug"), "parser error (ValueError: grammar bug)"),
+    (ParseTimeout("parsing took over 2 s"), "parsing took over 2 s"),  # pathological input, past the budget
+])
+def test_a_parser_error_or_timeout_costs_one_file(repo, config, error, reason):
     def parse(path, text):
         if path == "pkg/util.py":
-            raise ValueError("grammar bug")
+            raise error
         return parse_source(path, text)
 
     index = RepoIndex(repo, config, parse=parse)
     stats = index.build()
     assert stats.files == 7 and "pkg/util.py" not in index.files()
-    assert {s.path: s.reason for s in stats.skipped} == {"pkg/util.py": "parser error (ValueError: grammar bug)"}
+    assert {s.path: s.reason for s in stats.skipped} == {"pkg/util.py": reason}
     assert_consistent(index)
+    assert index.build().parsed == 0  # remembered: a restart does not pay for it again
+    assert index.set_buffer("pkg/util.py", "def make():\n    pass\n")  # a buffer that cannot be parsed ...
+    assert index.text("pkg/util.py") == "def make():\n    pass\n"  # ... is still served as text
+    assert index.definitions(path="pkg/util.py") == []
     index.close()
 
 
@@ -462,3 +471,75 @@ def _share(repo, config):
     assert [d.name for d in index.definitions(path="pkg/util.py")] == ["make_99"]
     assert_consistent(index)
     index.close()
+
+
+def test_a_cancelled_build_stops_between_files_and_the_next_goes_on(repo, config):
+    asked = []
+
+    def cancelled() -> bool:
+        asked.append(1)
+        return len(asked) > 3  # after three files
+
+    index, parser = open_index(repo, config)
+    stats = index.build(cancelled=cancelled)
+    assert stats.cancelled and len(parser.calls) == 3 and index.files() == sorted(parser.calls)
+    assert stats.removed == 0  # the files not walked yet are not gone
+    assert_consistent(index)
+    stats = index.build()
+    assert not stats.cancelled and stats.parsed == len(REPO) - 1 - 3 and len(index.files()) == len(REPO) - 1
+    assert_consistent(index)
+    index.close()
+
+
+def _index_rows(db_path: Path) -> dict[str, list]:
+    db = sqlite3.connect(db_path)
+    try:
+        return {table: sorted(db.execute(f"SELECT * FROM {table}"), key=repr)
+                for table in ("files", "definitions", "imports", "identifiers", "skipped")}
+    finally:
+        db.close()
+
+
+def test_kill_9_during_indexing_then_a_restart_equals_a_clean_build(tmp_path):
+    """`repocomplete index` killed mid-build (SIGKILL: no cleanup runs), then run again, gives the same index as a
+    clean build of the same tree."""
+    import signal
+    import subprocess
+    import sys
+
+    files = {f"pkg{i // 50}/mod{i}.py": f"import os\n\n\nclass C{i}:\n    def m(self, a):\n        return os.sep + a\n"
+             f"\n\ndef f{i}(x):\n    return C{i}().m(x)\n" for i in range(2000)}
+    root = make(tmp_path / "tree", {**files, "bad.py": ("(" * 99 + "\n") * 200, ".env": "SECRET=1\n"})
+
+    def index(cache: Path) -> subprocess.Popen:
+        env = {**os.environ, "XDG_CACHE_HOME": str(cache)}
+        return subprocess.Popen([sys.executable, "-m", "repocomplete", "index", str(root), "--json"], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    killed = index(tmp_path / "killed")
+    db = None
+    deadline = time.monotonic() + 120
+    while killed.poll() is None and time.monotonic() < deadline:
+        db = db or next((tmp_path / "killed").rglob("*.sqlite"), None)
+        if db is not None:
+            try:
+                conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.1)
+                done = conn.execute("SELECT COUNT(*) FROM files").fetchone()[0]
+                conn.close()
+            except sqlite3.Error:  # not created yet, or busy
+                done = 0
+            if done > 0:
+                killed.send_signal(signal.SIGKILL)
+                break
+        time.sleep(0.005)
+    assert killed.wait(30) == -signal.SIGKILL, "the build ended before it could be killed: make the tree larger"
+    partial = _index_rows(db)["files"]
+    assert 0 < len(partial) < len(files) + 1  # killed mid-way, with whole batches in
+
+    for run in (index(tmp_path / "killed"), index(tmp_path / "clean")):
+        out, err = run.communicate(timeout=300)
+        assert run.returncode == 0, err.decode()[-2000:]
+    clean = next((tmp_path / "clean").rglob("*.sqlite"))
+    restarted, fresh = _index_rows(db), _index_rows(clean)
+    assert len(fresh["files"]) == len(files) + 1 and fresh["definitions"]
+    assert restarted == fresh

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
+from repocomplete.context_engine.errors import ParseTimeout
 from repocomplete.context_engine.parsing import language_for, parse_source
 from repocomplete.context_engine.records import Definition, Import
 
@@ -543,3 +546,33 @@ def test_threads_share_compiled_queries_but_not_parsers():
     expected = [parse_source(path, text) for path, text in sources]
     with ThreadPoolExecutor(4) as pool:
         assert list(pool.map(lambda item: parse_source(*item), sources)) == expected
+
+
+# -- bounded work -----------------------------------------------------------------------------------------------------
+
+
+def test_hostile_files_parse_within_a_bound():
+    from helpers import hostile_files
+
+    for name, text in hostile_files().items():
+        t0 = time.monotonic()
+        try:
+            parse_source(name, text)
+        except ParseTimeout:
+            pass  # also within the bound: the index skips the file
+        assert time.monotonic() - t0 < 10, name  # unbounded, 200 KB of `(` took minutes
+
+
+def test_definitions_outside_a_run_of_unclosed_brackets_are_kept():
+    text = "class Kept:\n    def run(self):\n        return 1\n\n\nvalue = " + "(" * 50_000
+    t0 = time.monotonic()
+    symbols = parse_source("m.py", text)
+    assert time.monotonic() - t0 < 10
+    assert defs(symbols, "name", "kind") == [("Kept", "class"), ("run", "method")]
+    assert symbols.has_errors
+
+
+def test_a_parse_past_its_budget_raises():
+    with pytest.raises(ParseTimeout):
+        parse_source("m.py", "x = 1\n" * 100_000, budget_s=0)
+    assert parse_source("m.py", PYTHON).definitions  # the parser is left ready for the next file

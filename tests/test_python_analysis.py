@@ -464,3 +464,40 @@ def test_imports_outside_the_project_are_never_followed(root, monkeypatch):
     records = import_context(root, root / "main.py", text)
     assert asked == ["models", "y"]  # json, os and jedi are not in the project: jedi never resolves them
     assert [r.path for r in records] == ["shop/models.py"]
+
+
+# -- bounded work on huge and hostile buffers --------------------------------------------------------------------
+
+
+def test_a_huge_buffer_reaches_jedi_as_a_view_and_records_keep_its_lines(root):
+    from repocomplete.context_engine.engine import slow_provider
+    from repocomplete.context_engine.jedi_support import BufferView
+
+    filler = "".join(f"def f{i}(a, b):\n    return a + b * {i}\n\n\n" for i in range(5000))  # ~190 KB
+    text, line, col = at_cursor("from shop.models import Store\n\n\n" + filler + "def g(s: Store):\n    s.|\n")
+    view = BufferView.of(text, line, col)
+    assert view.lines is not None and len(view.text) < 40_000
+    assert view.text.split("\n")[view.line - 1][: view.col - 1] == "    s."
+    records = slow_provider("typed_holes", str(root), "big.py", text, line, col, None)
+    assert records[0].why == "the hole at the cursor" and records[0].text.startswith("# receiver `s`: Store")
+    assert (records[0].path, records[0].start_line) == ("big.py", line)  # the buffer's line, not the view's
+    imports = slow_provider("imports", str(root), "big.py", text, line, col, None)
+    assert [(r.path, r.why) for r in imports] == [("shop/models.py", "imported as `Store` from shop.models (line 1)")]
+
+
+def test_hostile_buffers_cost_jedi_little():
+    import time
+
+    from helpers import hostile_files
+    from repocomplete.context_engine.engine import slow_provider
+
+    for name, text in hostile_files().items():
+        if not name.endswith(".py"):
+            continue
+        lines = text.split("\n")
+        for line, col in ((1, 1), (len(lines) // 2 or 1, 50), (1, len(lines[0]))):
+            col = min(col, len(lines[line - 1]) + 1)
+            t0 = time.monotonic()
+            for kind in ("imports", "typed_holes"):
+                slow_provider(kind, "/nonexistent-root", name, text, line, col, 120.0)
+            assert time.monotonic() - t0 < 10, (name, line, col)  # unbounded: minutes
