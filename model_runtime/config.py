@@ -22,6 +22,18 @@ def default_cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("repocomplete"))
 
 
+def private_dir(path: Path) -> Path:
+    """Create a cache folder (and its missing parents) for the user alone (0700), tightening an existing one: the
+    converted models and the CPU plans sit beside the index, whose excerpts of the user's code are private."""
+    path = Path(path)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        path.chmod(0o700)
+    except OSError:  # not ours (a shared cache given on purpose): leave it as it is
+        pass
+    return path
+
+
 @dataclass
 class RuntimeConfig:
     # What to load: "default" (the embedded SmolLM2-135M), a Hugging Face directory or a .gguf path.

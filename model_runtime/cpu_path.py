@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from repocomplete.model_runtime.config import private_dir
 from repocomplete.model_runtime.cpu import CpuInfo, cpu_info
 from repocomplete.model_runtime.quantize import DECODE_MAX_ROWS, DTYPES, Int4Weights, LinearPath, make_weights
 
@@ -313,9 +314,11 @@ def tuned_plan(shapes: Shapes, cache_dir: Path, retune: bool = False, measure_fn
     plan = CpuPlan(decode, prefill, kv, "measured", _jsonable(table), info.to_json(), time.perf_counter() - t0, load)
     log.info("cpu path for %s: %s (measured in %.1f s, load %.1f)", info.summary, plan.name, plan.seconds, load)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent.parent)
+        private_dir(path.parent)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"key": key, "plan": plan.to_json()}, indent=1))
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+            f.write(json.dumps({"key": key, "plan": plan.to_json()}, indent=1))
         tmp.replace(path)
     except OSError as e:  # a read-only cache costs a re-measurement next start, nothing else
         log.warning("cannot cache the cpu path in %s: %s", path, e)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from repocomplete.model_runtime.config import DEFAULT_MODEL, RuntimeConfig
+from repocomplete.model_runtime.config import DEFAULT_MODEL, RuntimeConfig, private_dir
 from repocomplete.model_runtime.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,8 @@ def convert_gguf(gguf: Path, cache_dir: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("converting %s to safetensors in %s (once)", gguf, target)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(cache_dir)
+    private_dir(target.parent)
     # Write into a temporary sibling and rename, so an interrupted conversion never looks complete.
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     try:

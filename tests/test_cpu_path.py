@@ -124,7 +124,12 @@ class FakeMeasure:
 
 def test_the_plan_is_measured_once_then_read_from_the_cache(tmp_path):
     measure = FakeMeasure(AVX512)
-    first = tuned_plan(SHAPES, tmp_path, measure_fn=measure)
+    first = tuned_plan(SHAPES, tmp_path / "cache", measure_fn=measure)
+    (plan_file,) = (tmp_path / "cache" / "cpu-path").iterdir()
+    assert plan_file.stat().st_mode & 0o777 == 0o600  # the user's alone, as every cache file
+    assert (tmp_path / "cache" / "cpu-path").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "cache").stat().st_mode & 0o777 == 0o700
+    tmp_path = tmp_path / "cache"
     second = tuned_plan(SHAPES, tmp_path, measure_fn=measure)
     assert (first.source, second.source, measure.calls) == ("measured", "cache", 1)
     assert second.to_json()["table"] == first.to_json()["table"]
