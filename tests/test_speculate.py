@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from repocomplete.model_runtime.config import RuntimeConfig
 from repocomplete.model_runtime.engine import CompletionRequest, Engine
