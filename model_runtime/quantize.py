@@ -232,9 +232,13 @@ class PlannedLinear(nn.Module):
         start = 0
         for l in linears:
             end = start + l.out_features
-            if not isinstance(l.decode_weights, Int4Weights):  # int4 slices would need re-packing: keep the small copy
+            # int4 slices would need re-packing: the original keeps its small copy; every other form is a view.
+            if not isinstance(l.decode_weights, Int4Weights):
                 l.decode_weights = fused.decode_weights.rows(start, end)
-                l.prefill_weights = l.decode_weights if shared else fused.prefill_weights.rows(start, end)
+            if shared:
+                l.prefill_weights = l.decode_weights
+            elif not isinstance(l.prefill_weights, Int4Weights):
+                l.prefill_weights = fused.prefill_weights.rows(start, end)
             start = end
         return fused
 
