@@ -147,6 +147,32 @@ def test_the_current_file_comes_from_the_task_not_the_disk(suite, tmp_path, mode
     assert [tid for tid, _ in lines(out)] == [t.task_id for t in tasks]  # suite order
 
 
+def test_a_prediction_keeps_its_contexts_provenance(suite, tmp_path, model, go):
+    from repocomplete.context_engine.packing import approx_tokens
+
+    tasks_path, repos = suite
+    tasks = load_tasks(tasks_path)
+    recorder = Recorder(model)
+    out = tmp_path / "pred.jsonl"
+    go(tasks, repos, out, recorder, context="repo", batch_size=6)
+    records = read_predictions(out)
+    for request, task in zip(_in_run_order(recorder, tasks), tasks):
+        context = records[task.task_id]["context"]
+        assert context["budget"] == 256 and context["complete"] is True
+        # the records in the prompt, in prompt order, with their token counts; nothing but these in the prompt
+        assert [(r["path"], r["tokens"]) for r in context["records"]] == [
+            (item.path, approx_tokens(item.text)) for item in request.parts.context]
+        assert context["tokens"] == sum(r["tokens"] for r in context["records"]) <= 256
+        assert all(r["kind"] in ("imports", "typed_holes", "retrieval", "repo_map", "neighbours")
+                   and r["lines"][0] <= r["lines"][1] for r in context["records"] + context["dropped"])
+        assert all(d["reason"] for d in context["dropped"])
+    assert any(r["context"]["records"] for r in records.values())
+    # in-file runs have no repository context, and so no provenance
+    out = tmp_path / "infile.jsonl"
+    go(tasks, repos, out, model, context="infile")
+    assert all("context" not in r for r in read_predictions(out).values())
+
+
 def _in_run_order(recorder, tasks):
     """The recorded requests matched to the tasks (each request's prefix is its task's prompt)."""
     by_prompt = {}
