@@ -418,6 +418,27 @@ def cmd_eval_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_explain(args: argparse.Namespace) -> int:
+    from repocomplete.eval.explain import explain
+    from repocomplete.eval.options import RunOptions
+    from repocomplete.eval.suites import load_tasks
+    from repocomplete.model_runtime.config import RuntimeConfig
+
+    tasks = load_tasks(args.tasks)
+    runtime = None  # the run's model, from its meta file
+    if args.model or args.fim_template:
+        runtime = RuntimeConfig(**{k: v for k, v in (("model", args.model), ("fim_template", args.fim_template))
+                                   if v is not None})
+    report = explain(tasks, args.repos, args.pred, runtime, _eval_context_config(args),
+                     RunOptions(context="repo", limit=args.limit, progress=not (args.json or args.quiet)),
+                     baseline=args.baseline, depth=not args.no_depth, title=args.title)
+    if args.json:
+        print(json.dumps({k: v for k, v in report.items() if k != "markdown"}, indent=2))
+    else:
+        print(report["markdown"], end="")
+    return 0
+
+
 def report_text(report: dict) -> str:
     from repocomplete.bench.latency import format_report
 
@@ -532,7 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("rest", nargs=argparse.REMAINDER, help="see `repocomplete bench micro --help`")
     p.set_defaults(func=cmd_bench_micro, passthrough=True)
 
-    eval_sub = sub.add_parser("eval", help="evaluation suites: build, score").add_subparsers(dest="eval", required=True)
+    eval_sub = sub.add_parser("eval", help="evaluation suites: build, run, score, report, explain").add_subparsers(dest="eval", required=True)
     p = eval_sub.add_parser("build-suite", help="cut CrossCodeEval-style line-completion tasks from a repository")
     p.add_argument("repo", metavar="REPO_DIR", help="the repository to cut tasks from")
     p.add_argument("--out", required=True, help="an empty or new folder: tasks.jsonl, repos/<repo>/, SOURCE.md")
@@ -571,6 +592,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--configs", default=None,
                    help="comma list of none,infile,repo,<provider> (+adapter); default: all (and +adapter ones)")
     p.set_defaults(func=cmd_eval_report, max_tokens=48)
+
+    p = eval_sub.add_parser("explain", help="why each task of a repository-context run missed: not retrieved, cut, "
+                                            "model miss; recall and tokens per provider")
+    p.add_argument("--tasks", required=True, help="the suite's tasks (CrossCodeEval or RepoBench JSONL)")
+    p.add_argument("--repos", required=True, help="the folder holding the suite's repositories")
+    p.add_argument("--pred", required=True, help="the predictions of an `eval run` with repository context")
+    p.add_argument("--baseline", default=None, help="another run's predictions (in-file, say): its ES per class")
+    p.add_argument("--limit", type=int, default=None, help="the first N tasks only")
+    p.add_argument("--budget", type=int, default=None, help="the run's budget, if its meta file does not say")
+    p.add_argument("--providers", default=None, help="the run's providers, if its meta file does not say")
+    p.add_argument("--model", default=None, help="the model whose tokenizer and template to use (default: the run's)")
+    p.add_argument("--fim-template", default=None, help="force a FIM template (default: the run's)")
+    p.add_argument("--index-dir", default=None, help="where the repositories' index caches go")
+    p.add_argument("--no-depth", action="store_true", help="skip the deeper repo-map and retrieval look-ups")
+    p.add_argument("--title", default=None, help="a heading for the tables")
+    p.add_argument("--json", action="store_true", help="the summary and every task's explanation as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_eval_explain)
     return parser
 
 
