@@ -82,18 +82,40 @@ class TaskFacts:
     depth: dict[str, dict[str, int]] = field(default_factory=dict)  # name -> {provider: 1-based rank beyond its cut}
 
 
-def needed_definitions(target_names: Iterable[str], definitions: Mapping[str, Sequence[Site]], current: str,
-                       visible: tuple[int, int]) -> dict[str, tuple[Site, ...]]:
-    """The names of a ground truth (its identifiers, in order) that it needs from elsewhere: defined in the
-    repository (`definitions`: name -> its sites) and nowhere in `visible` = (first, last) line of the current file
-    as the model sees it. Builtins, the builtin types' members and dunders are no repository's."""
+def name_uses(code: str, language: str) -> list[tuple[str, bool]]:
+    """The names a line of code uses, in order, each with whether it follows a dot (a member: `state.level`) or
+    not (a bare name: `Ruler()`); strings, comments and keywords left out (as the identifier metrics do)."""
+    from repocomplete.eval.metrics import KEYWORDS, remove_comments, strip_strings
+
+    keywords = KEYWORDS.get(language, frozenset())
+    code = strip_strings(remove_comments(code))
+    return [(m.group(), code[: m.start()].rstrip().endswith("."))
+            for m in _NAME.finditer(code) if m.group() not in keywords]
+
+
+_NAME = re.compile(r"\b[A-Za-z_][A-Za-z0-9_]*")
+
+
+def needed_definitions(uses: Iterable[tuple[str, bool]], definitions: Mapping[str, Sequence[Site]], current: str,
+                       visible: tuple[int, int], imported: Iterable[str] = ()) -> dict[str, tuple[Site, ...]]:
+    """The names a ground truth needs from elsewhere. uses: its (name, member?) pairs (`name_uses`); definitions:
+    name -> the sites the repository's index knows; visible: the (first, last) line of the current file the model
+    sees; imported: the bare names the current file imports from the repository.
+
+    A name is needed when the index defines it and no definition of it lies in the visible lines, and, used bare,
+    when the file imports it from the repository or defines it itself (elsewhere than in view): a bare name
+    bound otherwise (a local variable, a parameter) is the file's own, whatever the repository defines under that
+    name. Builtins, the builtin types' members and dunders are no repository's."""
+    imported = set(imported)
     needed: dict[str, tuple[Site, ...]] = {}
     first, last = visible
-    for name in target_names:
+    for name, member in uses:
         if name in needed or name in COMMON_NAMES or (name.startswith("__") and name.endswith("__")):
             continue
         sites = tuple(definitions.get(name, ()))
-        if sites and not any(s.path == current and first <= s.line <= last for s in sites):
+        if not sites or any(s.path == current and first <= s.line <= last for s in sites):
+            continue
+        if member or name in imported or any(s.path == current for s in sites):
             needed[name] = sites
     return needed
 
@@ -347,7 +369,7 @@ def _facts(task, workspace, text: str, offset: int, parts, ctx, record: dict, vi
     """One task's facts, with its workspace holding the task's buffer; and whether the context recomputed here is
     the one the run recorded (None: the run recorded none)."""
     from repocomplete.context_engine.document import cursor_parts
-    from repocomplete.eval.metrics import identifiers, remove_comments, score_task
+    from repocomplete.eval.metrics import score_task
     from repocomplete.eval.runner import context_provenance
 
     rel = workspace.relative(workspace.root / task.file)
@@ -356,9 +378,9 @@ def _facts(task, workspace, text: str, offset: int, parts, ctx, record: dict, vi
     window = cursor_parts(text, offset, "infile")  # the Completer's default window, as in the run
     first = line - window.prefix.count("\n")
     last = line + (window.suffix.count("\n") if view is None or view.sees_suffix else 0)
-    names = identifiers(remove_comments(task.groundtruth), task.language)
-    definitions = {n: [Site(d.path, d.start_line) for d in workspace.index.definitions(name=n)] for n in set(names)}
-    needed = needed_definitions(names, definitions, rel, (first, last))
+    uses = name_uses(task.groundtruth, task.language)
+    definitions = {n: [Site(d.path, d.start_line) for d in workspace.index.definitions(name=n)] for n, _ in uses}
+    needed = needed_definitions(uses, definitions, rel, (first, last), imported_from_repository(workspace.index, rel))
     packed, dropped = list(ctx.packed.records), list(ctx.packed.dropped)
     in_prompt = view.kept(parts) if view is not None else None
     if in_prompt is not None and len(in_prompt) != len(packed):
@@ -373,6 +395,16 @@ def _facts(task, workspace, text: str, offset: int, parts, ctx, record: dict, vi
         now = context_provenance(ctx, workspace.count_tokens)
         same = now["records"] == recorded.get("records") and now["dropped"] == recorded.get("dropped")
     return TaskFacts(task.task_id, bool(score.em), score.es, needed, packed, dropped, in_prompt, ranks), same
+
+
+def imported_from_repository(index, rel: str) -> set[str]:
+    """The bare names a file imports from the repository (`eval build-suite`'s criterion for a cross-file use)."""
+    from repocomplete.eval.build_suite import cross_file_names
+
+    defined_in: dict[str, set[str]] = {}
+    for d in index.definitions():
+        defined_in.setdefault(d.name, set()).add(d.path)
+    return cross_file_names(index, rel, defined_in, index.all_identifiers().get(rel, ())).bare
 
 
 def _depth(workspace, rel: str, text: str, offset: int, line: int,

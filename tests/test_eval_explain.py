@@ -21,6 +21,7 @@ from repocomplete.eval.explain import (
     classify,
     explain,
     format_tables,
+    name_uses,
     needed_definitions,
     shows,
     summarize,
@@ -52,8 +53,8 @@ ORDERS = (
     "    return total\n"                                  # 6
     "\n"                                                  # 7
     "\n"                                                  # 8
-    "def taxed(amount: float) -> float:\n"                # 9
-    "    value = price_with_tax(amount)\n"                # 10 task B: needs price_with_tax (pricing.py:1)
+    "def taxed(cart, amount: float) -> float:\n"          # 9
+    "    value = cart.price_with_tax(amount)\n"           # 10 task B: needs price_with_tax (pricing.py:1)
     "    return value\n"                                  # 11
     "\n"                                                  # 12
     "\n"                                                  # 13
@@ -66,9 +67,9 @@ ORDERS = (
     "    return z\n"                                      # 20
     "\n"                                                  # 21
     "\n"                                                  # 22
-    "def checkout(inv: Inventory) -> float:\n"            # 23 (uses of restock and price_with_tax the tasks keep)
+    "def checkout(inv: Inventory, cart) -> float:\n"      # 23 (uses of restock and price_with_tax the tasks keep)
     "    inv.restock(1)\n"                                # 24
-    "    return price_with_tax(1.0)\n"                    # 25
+    "    return cart.price_with_tax(1.0)\n"               # 25
 )
 REPO = {".git/HEAD": "ref: refs/heads/main\n", "shop/__init__.py": "", "shop/models.py": MODELS,
         "shop/pricing.py": PRICING, "shop/orders.py": ORDERS}
@@ -100,20 +101,37 @@ MODELS_TAIL = window("retrieval", "shop/models.py", MODELS, 6, 11)  # audit and 
 # -- the pure part ----------------------------------------------------------------------------------------------
 
 
+def test_name_uses_tell_members_from_bare_names():
+    assert name_uses("total = inv.restock(n)  # price_with_tax", "python") == [
+        ("total", False), ("inv", False), ("restock", True), ("n", False)]
+    assert name_uses("x = a . b('c.d', 1e5).e if f else None", "python") == [
+        ("x", False), ("a", False), ("b", True), ("e", True), ("f", False)]  # None: a keyword
+
+
 def test_needed_definitions_are_the_repositorys_names_outside_the_visible_window():
-    names = ["total", "inv", "restock", "n"]
-    assert needed_definitions(names, DEFINITIONS, "shop/orders.py", (1, 6)) == {
-        "restock": (Site("shop/models.py", 4),)}
+    uses = name_uses("total = inv.restock(n)", "python")
+    assert needed_definitions(uses, DEFINITIONS, "shop/orders.py", (1, 6)) == {"restock": (Site("shop/models.py", 4),)}
     # defined in the visible part of the current file: the model sees it; outside it, it is needed
-    assert needed_definitions(["z", "local_helper", "y"], DEFINITIONS, "shop/orders.py", (1, 20)) == {}
-    assert needed_definitions(["local_helper"], DEFINITIONS, "shop/orders.py", (18, 20)) == {
+    uses = name_uses("z = local_helper(y)", "python")
+    assert needed_definitions(uses, DEFINITIONS, "shop/orders.py", (1, 20)) == {}
+    assert needed_definitions(uses, DEFINITIONS, "shop/orders.py", (18, 20)) == {
         "local_helper": (Site("shop/orders.py", 14),)}
+    # a bare name is needed when the file imports it from the repository; otherwise it is a local of the same name
+    uses = name_uses("value = price_with_tax(amount) * TAX_RATE", "python")
+    assert needed_definitions(uses, DEFINITIONS, "shop/orders.py", (1, 10)) == {}
+    assert list(needed_definitions(uses, DEFINITIONS, "shop/orders.py", (1, 10), imported={"TAX_RATE"})) == [
+        "TAX_RATE"]
+    # ... while a member is anybody's who defines it
+    assert list(needed_definitions(name_uses("rate = shop.TAX_RATE", "python"), DEFINITIONS, "shop/orders.py",
+                                   (1, 10))) == ["TAX_RATE"]
     # builtins' and builtin types' names and dunders are nobody's, whatever the repository defines
-    assert needed_definitions(["get", "__init__", "len"], {**DEFINITIONS, "__init__": [Site("a.py", 1)],
-                                                           "len": [Site("a.py", 2)]}, "x.py", (1, 1)) == {}
+    defs = {**DEFINITIONS, "__init__": [Site("a.py", 1)], "len": [Site("a.py", 2)]}
+    assert needed_definitions(name_uses("d.get(x).__init__(len(y))", "python"), defs, "x.py", (1, 1),
+                              imported={"len"}) == {}
     # in order of first use, once
-    assert list(needed_definitions(["price_with_tax", "TAX_RATE", "price_with_tax"], DEFINITIONS, "shop/orders.py",
-                                   (9, 11))) == ["price_with_tax", "TAX_RATE"]
+    assert list(needed_definitions(name_uses("price_with_tax(TAX_RATE).restock(price_with_tax)", "python"),
+                                   DEFINITIONS, "shop/orders.py", (9, 11), imported={"price_with_tax", "TAX_RATE"})
+                ) == ["price_with_tax", "TAX_RATE", "restock"]
 
 
 def test_a_record_shows_a_definition_when_it_holds_its_first_line_and_its_name():
@@ -239,7 +257,7 @@ def _task(task_id: str, line_text: str, cut: int) -> EvalTask:
 
 TASKS = [
     _task("A", "    total = inv.restock(n)", 4),
-    _task("B", "    value = price_with_tax(amount)", 4),
+    _task("B", "    value = cart.price_with_tax(amount)", 4),
     _task("C", "    z = local_helper(y)", 4),
 ]
 
