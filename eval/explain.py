@@ -2,9 +2,12 @@
 
 A task needs a definition when its ground truth uses a name that the repository defines (the context engine's
 index: classes, functions, methods, module constants) and that no definition of it lies in the part of the task's
-own file the model sees (the prefix window, and the suffix window where the prompt template shows it); the names
-of builtins and of the builtin types' members (`get`, `append`, ...) and dunders are left out, as `eval
-build-suite` leaves them out. A context record shows a definition when it comes from the definition's file, its
+own file the model sees (the prefix window, and the suffix window where the prompt template shows it). Used after
+a dot (`state.level`) any such name counts; used bare, only one the file imports from the repository or defines
+itself out of view (a local variable that shares a repository name is the file's own): `eval build-suite`'s
+criterion for a cross-file use. The names of builtins and of the builtin types' members (`get`, `append`, ...)
+and dunders are left out, as there. Class-level fields (dataclass fields, attributes) are no index definitions:
+a use of one counts only where a method or function of that name exists. A context record shows a definition when it comes from the definition's file, its
 lines hold the definition's first line, and its text holds the name (a retrieved window, an import's or a type's
 stub, a repo-map signature, a neighbour's lines).
 
@@ -32,6 +35,7 @@ gathered facts; `gather` does the looking up.
 
 from __future__ import annotations
 
+import logging
 import re
 import statistics
 from collections import Counter
@@ -44,6 +48,8 @@ from repocomplete.context_engine.errors import InputError
 from repocomplete.context_engine.packing import STABILITY_ORDER, approx_tokens
 from repocomplete.context_engine.records import ContextRecord
 from repocomplete.eval.build_suite import COMMON_NAMES
+
+log = logging.getLogger(__name__)
 
 CLASSES = ("hit", "no_need", "not_retrieved", "cut", "model_miss")
 CLASS_LABELS = {
@@ -136,10 +142,11 @@ class Explanation:
     es: float
     names: dict[str, dict]  # name -> {stage, reason, candidates: [providers], prompt: [providers], depth}
     providers: dict[str, dict]  # kind -> {candidates, records, tokens, needed_tokens, found, prompt}
+    lost: int = 0  # packed records the model's prompt limit cut off
 
     def to_json(self) -> dict:
         return {"task_id": self.task_id, "class": self.klass, "hit": self.hit, "es": round(self.es, 2),
-                "names": self.names, "providers": self.providers}
+                "names": self.names, "providers": self.providers, "lost_to_prompt_limit": self.lost}
 
 
 def classify(facts: TaskFacts, count_tokens: Callable[[str], int] = approx_tokens) -> Explanation:
@@ -186,7 +193,7 @@ def classify(facts: TaskFacts, count_tokens: Callable[[str], int] = approx_token
     else:
         klass = max((v["stage"] for v in names.values()), key=STAGES.index)  # the worst stage decides
         klass = "model_miss" if klass == "in_prompt" else klass
-    return Explanation(facts.task_id, klass, facts.hit, facts.es, names, providers)
+    return Explanation(facts.task_id, klass, facts.hit, facts.es, names, providers, len(lost))
 
 
 def _provider_rank(kind: str) -> int:
@@ -248,6 +255,7 @@ def summarize(explanations: Sequence[Explanation], baseline_es: Mapping[str, flo
         "recall_any": round(100 * sum(v["stage"] != "not_retrieved" for _, _, v in pairs) / len(pairs), 1)
         if pairs else None,
         "cut_reasons": dict(Counter(v["reason"] for _, _, v in pairs if v["stage"] == "cut").most_common()),
+        "prompt_limit_tasks": sum(e.lost > 0 for e in explanations),
         "providers": providers,
         "not_retrieved_depth": depth,
     }
@@ -287,6 +295,8 @@ def format_tables(summary: dict, title: str = "") -> str:
                  f"{_fmt(summary['recall_any'], '%')}).")
     if summary["cut_reasons"]:
         lines.append("Cut: " + ", ".join(f"{why} {k}" for why, k in summary["cut_reasons"].items()) + ".")
+    if summary["prompt_limit_tasks"]:
+        lines.append(f"In {summary['prompt_limit_tasks']} tasks the model's prompt limit cut off packed records.")
     if summary["not_retrieved_depth"]:
         parts = [f"{kind} ranks {d['found']} of them (median rank {d['median_rank']}, {d['within_10']} within 10, "
                  f"{d['within_25']} within 25)" for kind, d in summary["not_retrieved_depth"].items()]
@@ -383,8 +393,10 @@ def _facts(task, workspace, text: str, offset: int, parts, ctx, record: dict, vi
     needed = needed_definitions(uses, definitions, rel, (first, last), imported_from_repository(workspace.index, rel))
     packed, dropped = list(ctx.packed.records), list(ctx.packed.dropped)
     in_prompt = view.kept(parts) if view is not None else None
-    if in_prompt is not None and len(in_prompt) != len(packed):
-        in_prompt = None  # (the gate dropped a record between packing and the prompt: never seen)
+    if view is not None and (in_prompt is None or len(in_prompt) != len(packed)):
+        log.warning("task %s: the prompt's context could not be matched to the packed records; taken as all kept",
+                    task.task_id)
+        in_prompt = None
     found = {name for name, sites in needed.items()
              if any(shows(r, name, sites) for r in packed + [r for r, _ in dropped])}
     ranks = _depth(workspace, rel, text, offset, line, {n: s for n, s in needed.items() if n not in found}) \

@@ -165,7 +165,8 @@ def test_each_class():
     assert e.klass == "cut" and e.names["restock"] == {
         "stage": "cut", "reason": "over budget", "candidates": ["retrieval"], "prompt": [], "depth": {}}
     e = classify(facts("b2", ["restock"], packed=[STUB, PRICING_WINDOW], in_prompt=[False, True]))
-    assert e.klass == "cut" and e.names["restock"]["reason"] == PROMPT_LIMIT
+    assert e.klass == "cut" and e.names["restock"]["reason"] == PROMPT_LIMIT and e.lost == 1
+    assert summarize([e])["prompt_limit_tasks"] == 1
     # over budget is the reason that counts when a definition was dropped several ways
     e = classify(facts("b3", ["restock"], dropped=[(STUB, "duplicate"),
                                                   (window("retrieval", "shop/models.py", MODELS, 1, 8), "over budget")]))
