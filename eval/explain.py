@@ -6,10 +6,14 @@ own file the model sees (the prefix window, and the suffix window where the prom
 a dot (`state.level`) any such name counts; used bare, only one the file imports from the repository or defines
 itself out of view (a local variable that shares a repository name is the file's own): `eval build-suite`'s
 criterion for a cross-file use. The names of builtins and of the builtin types' members (`get`, `append`, ...)
-and dunders are left out, as there. Class-level fields (dataclass fields, attributes) are no index definitions:
-a use of one counts only where a method or function of that name exists. A context record shows a definition when it comes from the definition's file, its
-lines hold the definition's first line, and its text holds the name (a retrieved window, an import's or a type's
-stub, a repo-map signature, a neighbour's lines).
+and dunders are left out, as there.
+
+A context record shows a definition when it comes from the definition's file, its lines hold the definition's
+first line, and its text holds the name (a retrieved window, an import's or a type's stub, a repo-map signature,
+a neighbour's lines). Class-level fields (dataclass fields, attributes set in `__init__`) are no index
+definitions: a member name is needed only where the index defines something of that name, and it is also shown
+by a record that declares an attribute of that name (`self.name =`, an annotated `name: T` in a class body or
+stub), the declaration an attribute has instead of an index site.
 
 Each needed name reaches one stage: `in_prompt` (a record in the prompt shows it), `cut` (only records the packer
 dropped show it: over budget, a duplicate, overlapping the current file's window; or packed but dropped from the
@@ -86,6 +90,7 @@ class TaskFacts:
     dropped: list[tuple[ContextRecord, str]] = field(default_factory=list)  # the packer's other candidates, why
     in_prompt: list[bool] | None = None  # per packed record: still in the prompt after the model's limit (None: all)
     depth: dict[str, dict[str, int]] = field(default_factory=dict)  # name -> {provider: 1-based rank beyond its cut}
+    members: frozenset[str] = frozenset()  # needed names the ground truth uses after a dot (attributes count)
 
 
 def name_uses(code: str, language: str) -> list[tuple[str, bool]]:
@@ -126,12 +131,20 @@ def needed_definitions(uses: Iterable[tuple[str, bool]], definitions: Mapping[st
     return needed
 
 
-def shows(record: ContextRecord, name: str, sites: Iterable[Site]) -> bool:
+def shows(record: ContextRecord, name: str, sites: Iterable[Site], member: bool = False) -> bool:
     """Does the record show a definition of `name`: one of its sites in the record's file and lines, and the name in
-    its text?"""
-    if not any(s.path == record.path and record.start_line <= s.line <= record.end_line for s in sites):
-        return False
-    return re.search(rf"(?<!\w){re.escape(name)}(?!\w)", record.text) is not None
+    its text? A name used as a member is also shown by a declaration of an attribute of that name (`self.name =`,
+    an annotated `name: T` in a class body or a stub), which is what an attribute has instead of an index site."""
+    if any(s.path == record.path and record.start_line <= s.line <= record.end_line for s in sites) and re.search(
+            rf"(?<!\w){re.escape(name)}(?!\w)", record.text):
+        return True
+    return member and declares_attribute(record.text, name)
+
+
+def declares_attribute(text: str, name: str) -> bool:
+    """`self.name = ...` / `this.name = ...` anywhere, or an indented annotation `name: T` (a class field)."""
+    n = re.escape(name)
+    return re.search(rf"(?:\bself|\bthis)\.{n}\s*=(?!=)|^[ \t]+{n}[ \t]*:[ \t]*[^\s=]", text, re.MULTILINE) is not None
 
 
 @dataclass
@@ -159,10 +172,14 @@ def classify(facts: TaskFacts, count_tokens: Callable[[str], int] = approx_token
     candidates = list(facts.packed) + [r for r, _ in facts.dropped]
 
     names: dict[str, dict] = {}
-    for name, sites in facts.needed.items():
-        prompt = [r.kind for r in shown if shows(r, name, sites)]
-        found = [r.kind for r in candidates if shows(r, name, sites)]
-        reasons = [why for r, why in lost + list(facts.dropped) if shows(r, name, sites)]
+
+    def show(r: ContextRecord, name: str) -> bool:
+        return shows(r, name, facts.needed[name], name in facts.members)
+
+    for name in facts.needed:
+        prompt = [r.kind for r in shown if show(r, name)]
+        found = [r.kind for r in candidates if show(r, name)]
+        reasons = [why for r, why in lost + list(facts.dropped) if show(r, name)]
         if prompt:
             stage, reason = "in_prompt", None
         elif reasons:
@@ -176,7 +193,7 @@ def classify(facts: TaskFacts, count_tokens: Callable[[str], int] = approx_token
     providers: dict[str, dict] = {}
     for kind in sorted({r.kind for r in candidates} | set(PROVIDERS), key=_provider_rank):
         mine = [r for r in shown if r.kind == kind]
-        useful = [r for r in mine if any(shows(r, n, s) for n, s in facts.needed.items())]
+        useful = [r for r in mine if any(show(r, n) for n in facts.needed)]
         providers[kind] = {
             "candidates": sum(r.kind == kind for r in candidates),
             "records": len(mine),
@@ -397,16 +414,18 @@ def _facts(task, workspace, text: str, offset: int, parts, ctx, record: dict, vi
         log.warning("task %s: the prompt's context could not be matched to the packed records; taken as all kept",
                     task.task_id)
         in_prompt = None
+    members = frozenset(n for n, member in uses if member and n in needed)
     found = {name for name, sites in needed.items()
-             if any(shows(r, name, sites) for r in packed + [r for r, _ in dropped])}
-    ranks = _depth(workspace, rel, text, offset, line, {n: s for n, s in needed.items() if n not in found}) \
-        if depth else {}
+             if any(shows(r, name, sites, name in members) for r in packed + [r for r, _ in dropped])}
+    missed = {n: s for n, s in needed.items() if n not in found}
+    ranks = _depth(workspace, rel, text, offset, line, missed, members) if depth else {}
     recorded = record.get("context")
     same = None
     if isinstance(recorded, dict):
         now = context_provenance(ctx, workspace.count_tokens)
         same = now["records"] == recorded.get("records") and now["dropped"] == recorded.get("dropped")
-    return TaskFacts(task.task_id, bool(score.em), score.es, needed, packed, dropped, in_prompt, ranks), same
+    return TaskFacts(task.task_id, bool(score.em), score.es, needed, packed, dropped, in_prompt, ranks,
+                     members), same
 
 
 def imported_from_repository(index, rel: str) -> set[str]:
@@ -419,8 +438,8 @@ def imported_from_repository(index, rel: str) -> set[str]:
     return cross_file_names(index, rel, defined_in, index.all_identifiers().get(rel, ())).bare
 
 
-def _depth(workspace, rel: str, text: str, offset: int, line: int,
-           missed: dict[str, tuple[Site, ...]]) -> dict[str, dict[str, int]]:
+def _depth(workspace, rel: str, text: str, offset: int, line: int, missed: dict[str, tuple[Site, ...]],
+           members: frozenset[str] = frozenset()) -> dict[str, dict[str, int]]:
     """For needed names no candidate showed: their rank in the repo map's whole ranking (the provider keeps what
     fits its quota) and in a retrieval query DEPTH_K deep (the provider asks for 8)."""
     from repocomplete.context_engine.repo_map import RepoGraph
@@ -442,7 +461,7 @@ def _depth(workspace, rel: str, text: str, offset: int, line: int,
         exclude = (rel, max(1, line - config.window_lines), line)
         windows = workspace.retriever.query(query, k=DEPTH_K, exclude=exclude) if query.strip() else []
         for name, sites in missed.items():
-            rank = next((k for k, r in enumerate(windows, 1) if shows(r, name, sites)), None)
+            rank = next((k for k, r in enumerate(windows, 1) if shows(r, name, sites, name in members)), None)
             if rank is not None:
                 out[name]["retrieval"] = rank
     return out

@@ -147,6 +147,20 @@ def test_a_record_shows_a_definition_when_it_holds_its_first_line_and_its_name()
                      "restock", restock)  # a longer name is not the name
 
 
+def test_a_member_is_also_shown_by_an_attributes_declaration():
+    sites = [Site("shop/tree.py", 30)]  # the index's only `content`: a property of another class
+    field = ContextRecord("class Token:\n    kind: str\n    content: str = ''", "shop/token.py", 1, 9, 1, "imports", "")
+    init = ContextRecord("def __init__(self):\n    self.content = ''", "shop/state.py", 5, 6, 1, "retrieval", "")
+    local = ContextRecord("def f(t):\n    content = t.content\n    x = {content: 1}", "a.py", 1, 3, 1, "retrieval", "")
+    assert shows(field, "content", sites, member=True) and shows(init, "content", sites, member=True)
+    assert not shows(field, "content", sites)  # used bare, a name needs its index site
+    assert not shows(local, "content", sites, member=True)  # a local variable or a use declares nothing
+    assert not shows(ContextRecord("self.content == x", "a.py", 1, 1, 1, "retrieval", ""), "content", sites, True)
+    f = TaskFacts("m", False, 10.0, {"content": tuple(sites)}, [], [(field, "over budget")], members=frozenset(
+        {"content"}))
+    assert classify(f).klass == "cut"
+
+
 def facts(task_id, needed, packed=(), dropped=(), hit=False, es=50.0, in_prompt=None, depth=None):
     return TaskFacts(task_id, hit, es, {n: tuple(DEFINITIONS[n]) for n in needed}, list(packed), list(dropped),
                      in_prompt, depth or {})
