@@ -26,8 +26,9 @@ prompt by the model's prompt limit), `not_retrieved` (no provider's candidate sh
     model_miss     a miss with every needed definition in the prompt                    (c)
 
 Per provider: recall of the needed names among its candidates and among its records in the prompt (over every
-(task, needed name) pair), and the tokens its records take in the prompt, with the share of them that show a
-needed definition. For needed names no provider found, how deep the repo map's full ranking and a deeper retrieval
+(task, needed name) pair), how often its records in the prompt name them at all (a retrieved window that calls a
+function shows how it is used, not where it is defined), and the tokens its records take in the prompt, with the
+share of them that show a needed definition. For needed names no provider found, how deep the repo map's full ranking and a deeper retrieval
 query would have had to go (what a bigger quota or k would buy).
 
 Nothing is read from the model but the predictions: the context of each task is recomputed as `eval run` made it
@@ -187,8 +188,12 @@ def classify(facts: TaskFacts, count_tokens: Callable[[str], int] = approx_token
             reason = min(reasons, key=lambda w: _CUT_PRIORITY.index(w) if w in _CUT_PRIORITY else len(_CUT_PRIORITY))
         else:
             stage, reason = "not_retrieved", None
+        # a record may use the name without defining it (a retrieved window calling it): what an example shows
+        word = re.compile(rf"(?<!\w){re.escape(name)}(?!\w)")
+        mentioned = [r.kind for r in shown if word.search(r.text)]
         names[name] = {"stage": stage, "reason": reason, "candidates": sorted(set(found)),
-                       "prompt": sorted(set(prompt)), "depth": dict(facts.depth.get(name, {}))}
+                       "prompt": sorted(set(prompt)), "mentioned": sorted(set(mentioned)),
+                       "depth": dict(facts.depth.get(name, {}))}
 
     providers: dict[str, dict] = {}
     for kind in sorted({r.kind for r in candidates} | set(PROVIDERS), key=_provider_rank):
@@ -248,6 +253,8 @@ def summarize(explanations: Sequence[Explanation], baseline_es: Mapping[str, flo
             if pairs else None,
             "recall_prompt": round(100 * sum(kind in v["prompt"] for _, _, v in pairs) / len(pairs), 1)
             if pairs else None,
+            "mentions_prompt": round(100 * sum(kind in v["mentioned"] for _, _, v in pairs) / len(pairs), 1)
+            if pairs else None,
             "candidates_per_task": _mean([r.get("candidates", 0) for r in rows]),
             "tokens_per_task": _mean([r.get("tokens", 0) for r in rows]),
             "needed_token_share": round(100 * sum(r.get("needed_tokens", 0) for r in rows) / tokens, 1)
@@ -298,10 +305,11 @@ def format_tables(summary: dict, title: str = "") -> str:
         gain = None if summary["es"] is None else round(summary["es"] - summary["baseline_es"], 1)
         line += f" {_fmt(summary['baseline_es'])} | {_fmt(gain)} | {_fmt(gain)} |"
     lines += [line, ""]
-    lines += [("| provider | recall in candidates | recall in prompt | candidates/task | prompt tokens/task | "
-               "tokens on needed defs |"), "|---|---:|---:|---:|---:|---:|"]
+    lines += [("| provider | recall in candidates | recall in prompt | named in prompt | candidates/task | "
+               "prompt tokens/task | tokens on needed defs |"), "|---|---:|---:|---:|---:|---:|---:|"]
     for kind, row in summary["providers"].items():
         lines.append(f"| {kind} | {_fmt(row['recall_candidates'], '%')} | {_fmt(row['recall_prompt'], '%')} | "
+                     f"{_fmt(row['mentions_prompt'], '%')} | "
                      f"{_fmt(row['candidates_per_task'])} | {_fmt(row['tokens_per_task'])} | "
                      f"{_fmt(row['needed_token_share'], '%')} |")
     stages = summary["stages"]

@@ -170,14 +170,19 @@ def test_each_class():
     # (c) the definition in the prompt and still a miss
     e = classify(facts("c", ["restock"], packed=[STUB, PRICING_WINDOW]))
     assert e.klass == "model_miss" and e.names["restock"]["stage"] == "in_prompt"
-    assert e.names["restock"]["prompt"] == ["imports"]
+    assert e.names["restock"]["prompt"] == ["imports"] and e.names["restock"]["mentioned"] == ["imports"]
     # the same with an exact match: a hit
     assert classify(facts("c", ["restock"], packed=[STUB], hit=True, es=100.0)).klass == "hit"
     # (b) found by retrieval, dropped over budget; or packed but lost to the model's prompt limit
     e = classify(facts("b", ["restock"], packed=[PRICING_WINDOW],
                        dropped=[(window("retrieval", "shop/models.py", MODELS, 1, 8), "over budget")]))
     assert e.klass == "cut" and e.names["restock"] == {
-        "stage": "cut", "reason": "over budget", "candidates": ["retrieval"], "prompt": [], "depth": {}}
+        "stage": "cut", "reason": "over budget", "candidates": ["retrieval"], "prompt": [], "mentioned": [],
+        "depth": {}}
+    # a window that only calls it names it without showing it
+    call = window("retrieval", "shop/orders.py", ORDERS, 23, 25)
+    e = classify(facts("b4", ["restock"], packed=[call]))
+    assert e.klass == "not_retrieved" and e.names["restock"]["mentioned"] == ["retrieval"]
     e = classify(facts("b2", ["restock"], packed=[STUB, PRICING_WINDOW], in_prompt=[False, True]))
     assert e.klass == "cut" and e.names["restock"]["reason"] == PROMPT_LIMIT and e.lost == 1
     assert summarize([e])["prompt_limit_tasks"] == 1
@@ -225,6 +230,7 @@ def test_per_provider_recall_and_tokens():
     assert p["retrieval"]["tokens_per_task"] == round((tail + pricing) / 3, 1)
     assert p["retrieval"]["needed_token_share"] == round(100 * pricing / (tail + pricing), 1)
     assert p["retrieval"]["candidates_per_task"] == round(3 / 3, 1)
+    assert p["retrieval"]["mentions_prompt"] == round(100 / 3, 1)  # the pricing window; the models tail names none
     c = s["classes"]
     assert c["hit"]["tasks"] == 1 and c["model_miss"]["tasks"] == 2 and c["cut"]["tasks"] == 0
     assert c["model_miss"]["es"] == 50.0 and c["model_miss"]["baseline_es"] == 30.0
