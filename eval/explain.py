@@ -223,7 +223,7 @@ def _provider_rank(kind: str) -> int:
 
 
 def _mean(values: Sequence[float]) -> float | None:
-    return round(statistics.fmean(values), 1) if values else None
+    return round(statistics.fmean(values), 2) if values else None  # (2 decimals, as eval.metrics; shown with 1)
 
 
 def summarize(explanations: Sequence[Explanation], baseline_es: Mapping[str, float] | None = None) -> dict:
@@ -240,7 +240,7 @@ def summarize(explanations: Sequence[Explanation], baseline_es: Mapping[str, flo
             row["baseline_es"] = _mean(base)
             paired = [e.es - baseline_es[e.task_id] for e in mine if e.task_id in baseline_es]
             row["es_gain"] = _mean(paired)
-            row["es_gain_points"] = round(sum(paired) / n, 1) if n else 0.0  # its share of the suite's ES gain
+            row["es_gain_points"] = round(sum(paired) / n, 2) if n else 0.0  # its share of the suite's ES gain
         classes[klass] = row
 
     pairs = [(e, name, v) for e in explanations for name, v in e.names.items()]
@@ -286,7 +286,9 @@ def summarize(explanations: Sequence[Explanation], baseline_es: Mapping[str, flo
 
 
 def _fmt(value, suffix: str = "") -> str:
-    return "-" if value is None else f"{value}{suffix}"
+    if value is None:
+        return "-"
+    return f"{value:.1f}{suffix}" if isinstance(value, float) else f"{value}{suffix}"
 
 
 def format_tables(summary: dict, title: str = "") -> str:
@@ -302,8 +304,8 @@ def format_tables(summary: dict, title: str = "") -> str:
         lines.append(line)
     line = f"| all | {summary['tasks']} | 100% | {_fmt(summary['es'])} |"
     if base:
-        gain = None if summary["es"] is None else round(summary["es"] - summary["baseline_es"], 1)
-        line += f" {_fmt(summary['baseline_es'])} | {_fmt(gain)} | {_fmt(gain)} |"
+        gain = None if summary["es"] is None else round(summary["es"] - summary["baseline_es"], 2)
+        line += f" {_fmt(summary['baseline_es'])} | {_fmt(gain)} | {'-' if gain is None else f'{gain:+.1f}'} |"
     lines += [line, ""]
     lines += [("| provider | recall in candidates | recall in prompt | named in prompt | candidates/task | "
                "prompt tokens/task | tokens on needed defs |"), "|---|---:|---:|---:|---:|---:|---:|"]

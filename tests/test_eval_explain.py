@@ -225,16 +225,16 @@ def test_per_provider_recall_and_tokens():
         100 / 3, 1)
     assert p["typed_holes"]["recall_candidates"] == 0.0 and p["typed_holes"]["tokens_per_task"] == 0.0
     stub, tail, pricing = approx_tokens(STUB.text), approx_tokens(MODELS_TAIL.text), approx_tokens(PRICING_WINDOW.text)
-    assert p["imports"]["tokens_per_task"] == round((stub + stub) / 3, 1)
+    assert p["imports"]["tokens_per_task"] == round((stub + stub) / 3, 2)
     assert p["imports"]["needed_token_share"] == round(100 * stub / (2 * stub), 1)  # t3's stub helped nothing
-    assert p["retrieval"]["tokens_per_task"] == round((tail + pricing) / 3, 1)
+    assert p["retrieval"]["tokens_per_task"] == round((tail + pricing) / 3, 2)
     assert p["retrieval"]["needed_token_share"] == round(100 * pricing / (tail + pricing), 1)
     assert p["retrieval"]["candidates_per_task"] == round(3 / 3, 1)
     assert p["retrieval"]["mentions_prompt"] == round(100 / 3, 1)  # the pricing window; the models tail names none
     c = s["classes"]
     assert c["hit"]["tasks"] == 1 and c["model_miss"]["tasks"] == 2 and c["cut"]["tasks"] == 0
     assert c["model_miss"]["es"] == 50.0 and c["model_miss"]["baseline_es"] == 30.0
-    assert c["model_miss"]["es_gain"] == 20.0 and c["model_miss"]["es_gain_points"] == round(40 / 3, 1)
+    assert c["model_miss"]["es_gain"] == 20.0 and c["model_miss"]["es_gain_points"] == round(40 / 3, 2)
     assert c["hit"]["es_gain_points"] == 0.0
     table = format_tables(s, "suite")
     assert "| (c) miss, definitions in the prompt | 2 | 66.7% | 50.0 | 30.0 | 20.0 | +13.3 |" in table
