@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from helpers import write_tree
+from repocomplete.cli import main
+from repocomplete.context_engine.config import ContextConfig
+from repocomplete.context_engine.engine import ContextEngine
 from repocomplete.context_engine.gate import WorkspaceError
 from repocomplete.context_engine.roots import PROJECT_MARKERS, VCS_MARKERS, Root, find_root, locate_root
+from repocomplete.lsp_server import convert
+from repocomplete.pipeline import Completer
 
 OWN_FOLDER = "the file's own folder (no repository marker or Python package above it)"
 
@@ -181,3 +188,58 @@ def test_a_symlinked_folder_is_taken_as_given(home):
     write_tree(home / "real/proj", {"pyproject.toml": "", "m.py": ""})
     (home / "alias").symlink_to(home / "real/proj")
     assert locate_root(home / "alias/m.py") == Root(home / "alias", "nearest pyproject.toml")
+
+
+# -- where the choice is shown -----------------------------------------------------------------------------------
+
+
+SDIST = {
+    "pyproject.toml": "[project]\nname = 'shop'\n",
+    "src/shop/__init__.py": "",
+    "src/shop/models.py": "class Inventory:\n    def restock_all_shelves(self, count):\n        return count\n",
+    "src/shop/sub/__init__.py": "",
+    "src/shop/sub/use.py": "from shop.models import Inventory\n\n\ndef run(inv: Inventory):\n    inv.restock_all\n",
+}
+
+
+def test_completer_opens_the_located_root_and_its_context_says_why(home, tmp_path):
+    """An sdist without .git: the context engine sees the whole project (the file's own folder saw one file)."""
+    root = write_tree(home / "shop-1.0", SDIST)
+    completer = Completer(None, ContextConfig(index_dir=tmp_path / "index", slow_provider_deadline_ms=None),
+                          make_context_engine=lambda r, cfg: ContextEngine(r, cfg, slow_executor=ThreadPoolExecutor(1)))
+    try:
+        text = SDIST["src/shop/sub/use.py"]
+        _, ctx = completer.prompt_parts(str(root / "src/shop/sub/use.py"), text, len(text) - 1)
+        assert completer.workspaces() == [root.resolve()]
+        assert (ctx.root, ctx.root_reason) == (str(root.resolve()), "nearest pyproject.toml")
+        assert any(r.path == "src/shop/models.py" for r in ctx.records), ctx.records
+        shown = convert.explain_context(ctx, 10, 1.0, "repo")
+        assert (shown["root"], shown["root_reason"]) == (str(root.resolve()), "nearest pyproject.toml")
+        # A workspace opened by its caller says so; the first opener's reason stays.
+        other = write_tree(home / "other", {"m.py": "x = 1\n"})
+        assert completer.open_workspace(other, reason="the editor's workspace folder").root_reason == \
+            "the editor's workspace folder"
+        assert completer.open_workspace(other, reason="--root").root_reason == "the editor's workspace folder"
+    finally:
+        completer.close()
+    assert convert.explain_context(None, 10, 1.0, "infile")["root"] is None
+
+
+def test_complete_json_has_the_root_and_why(home, tmp_path, tiny_model_dir, monkeypatch, capsys):
+    monkeypatch.setattr("repocomplete.context_engine.config.default_index_dir", lambda: tmp_path / "cli-index")
+    monkeypatch.setattr("platformdirs.user_cache_dir", lambda appname=None, *a, **k: str(tmp_path / "c" / appname))
+    root = write_tree(home / "shop-1.0", SDIST)
+    argv = ["complete", str(root / "src/shop/sub/use.py"), "--line", "5", "--col", "20", "--model",
+            str(tiny_model_dir), "--quantize", "none", "--max-tokens", "2", "--json", "--providers", "retrieval"]
+    for extra, expected in (([], (str(root.resolve()), "nearest pyproject.toml")),
+                            (["--root", str(root / "src")], (str((root / "src").resolve()), "--root")),
+                            (["--context", "infile"], (None, None))):
+        assert main(argv + (["--context", "repo"] if "--context" not in extra else []) + extra) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert (out["root"], out["root_reason"]) == expected
+    # A file directly in the home folder: one line, exit 2, nothing indexed.
+    (home / "script.py").write_text("x = 1\n")
+    assert main(["complete", str(home / "script.py"), "--line", "1", "--col", "3", "--context", "repo",
+                 "--model", str(tiny_model_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("repocomplete: no workspace for") and err.count("\n") == 1
