@@ -29,6 +29,7 @@ from repocomplete.context_engine.neighbours import Neighbours
 from repocomplete.context_engine.packing import Packed, approx_tokens, pack
 from repocomplete.context_engine.records import ContextRecord
 from repocomplete.context_engine.parts import CursorParts, Snippet
+from repocomplete.context_engine.roots import GIVEN, find_root  # noqa: F401 (find_root lived here; still importable)
 from repocomplete.context_engine.slow_pool import SlowPool
 
 log = logging.getLogger(__name__)
@@ -42,21 +43,12 @@ class Context:
     packed: Packed
     timings_ms: dict[str, float] = field(default_factory=dict)  # per provider, and "total"
     complete: bool = True  # False: a slow provider missed the deadline (its answer serves a later request)
+    root: str | None = None  # the workspace the records come from (resolved)
+    root_reason: str | None = None  # why that folder is the workspace (roots.py: "nearest .git", ...)
 
     @property
     def records(self) -> list[ContextRecord]:
         return self.packed.records
-
-
-def find_root(path: Path) -> Path:
-    """The repository a file belongs to: the nearest parent holding .git (else the file's own folder).
-
-    From the path as given (made absolute, symlinks not resolved): a symlinked file's target never moves the root."""
-    path = Path(os.path.abspath(path))
-    for parent in [path.parent, *path.parent.parents]:
-        if (parent / ".git").exists():
-            return parent
-    return path.parent
 
 
 class ContextEngine:
@@ -72,6 +64,7 @@ class ContextEngine:
 
         given = check_workspace_root(root)  # raises WorkspaceError before anything is created
         self.root = given.resolve()
+        self.root_reason = GIVEN  # why this folder: set by whoever chose it (roots.locate_root, --root, the editor)
         self.config = config or ContextConfig()
         self.config.validate()
         self.count_tokens = count_tokens
@@ -207,7 +200,8 @@ class ContextEngine:
         budget = self.config.budget_tokens if budget is None else budget
         if self.gate.rel(path) is not None and self.gate.reason_rel(rel) == "symlink outside the root":
             # A link out of the workspace yields nothing (nor does the text behind it query anything).
-            return Context(pack({}, budget, self.config.quotas, self.count_tokens), {"total": 0.0}, True)
+            return Context(pack({}, budget, self.config.quotas, self.count_tokens), {"total": 0.0}, True,
+                           str(self.root), self.root_reason)
         providers = providers or self.config.providers
         prefix = "\n".join(text.split("\n")[: line - 1] + [text.split("\n")[line - 1][: col - 1]]) if text else ""
         timings: dict[str, float] = {}
@@ -251,7 +245,7 @@ class ContextEngine:
         window = (rel, *own_window) if own_window else None
         packed = pack(by_provider, budget, self.config.quotas, self.count_tokens, own_window=window)
         timings["total"] = round((time.perf_counter() - t_all) * 1000, 2)
-        return Context(packed, timings, complete)
+        return Context(packed, timings, complete, str(self.root), self.root_reason)
 
     def _safe_provide(self, kind, rel, text, prefix, line, col, budget) -> list[ContextRecord]:
         try:

@@ -43,7 +43,9 @@ def _add_runtime_args(p: argparse.ArgumentParser) -> None:
 
 def _add_context_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("repository context")
-    g.add_argument("--root", default=None, help="the repository (default: the nearest parent with .git)")
+    g.add_argument("--root", default=None,
+                   help="the repository (default: the nearest parent with .git/.hg/.svn/.jj, else with a project "
+                        "file such as pyproject.toml, else the folder above the top Python package)")
     g.add_argument("--budget", type=int, default=None, help=f"context token budget (default {_budget_default()})")
     g.add_argument("--providers", default=None, help="comma list of imports,typed_holes,retrieval,repo_map,neighbours")
     g.add_argument("--dense", action="store_true", help="add dense retrieval (all-MiniLM-L6-v2 + faiss)")
@@ -104,18 +106,23 @@ def make_completer(args: argparse.Namespace):
     return Completer(make_engine(runtime_config(args)), context_config(args))
 
 
-def _workspace_root(file: str, args: argparse.Namespace) -> Path:
-    """--root, else the file's repository; checked before anything is loaded or created (bad: exit 2)."""
-    from repocomplete.context_engine.engine import find_root
+def _workspace_root(file: str, args: argparse.Namespace):
+    """--root, else the file's repository (`roots.locate_root`), as a `roots.Root` (the folder and why); checked
+    before anything is loaded or created (bad: exit 2)."""
     from repocomplete.context_engine.gate import check_workspace_root
+    from repocomplete.context_engine.roots import Root, locate_root
 
-    return check_workspace_root(Path(args.root) if getattr(args, "root", None) else find_root(Path(file)))
+    if getattr(args, "root", None):
+        return Root(check_workspace_root(Path(args.root)), "--root")
+    return locate_root(Path(file))
 
 
 def _context_engine(file: str, args: argparse.Namespace):
     from repocomplete.context_engine.engine import ContextEngine
 
-    engine = ContextEngine(_workspace_root(file, args), context_config(args))
+    root = _workspace_root(file, args)
+    engine = ContextEngine(root.path, context_config(args))
+    engine.root_reason = root.reason
     engine.build(progress=not getattr(args, "json", False))
     return engine
 
@@ -130,7 +137,7 @@ def cmd_complete(args: argparse.Namespace) -> int:
     completer = make_completer(args)
     workspace = None
     if root is not None:
-        workspace = completer.open_workspace(root, progress=not args.json)
+        workspace = completer.open_workspace(root.path, progress=not args.json, reason=root.reason)
     options = CompletionOptions(context=args.context, multiline=args.multiline, budget=args.budget,
                                 iterative=args.iterative)
     result = completer.complete(args.file, text, offset, options, workspace=workspace).completion
@@ -149,6 +156,8 @@ def cmd_complete(args: argparse.Namespace) -> int:
                     "decode_ms": round(result.decode_s * 1000, 1),
                     "model": engine.name,
                     "path": _path_report(engine),
+                    "root": None if workspace is None else str(workspace.root),  # None: no repository context
+                    "root_reason": None if workspace is None else workspace.root_reason,
                 }
             )
         )
@@ -262,6 +271,7 @@ def cmd_context(args: argparse.Namespace) -> int:
             print(f"--- {item['path']}:{item['start_line']}-{item['end_line']} [{item['kind']} {item['score']}] {item['why']}")
             print(item["text"])
         print(f"--- {len(items)} items, {ctx.packed.tokens}/{ctx.packed.budget} tokens, {ctx.timings_ms}")
+        print(f"--- root {engine.root} ({engine.root_reason})")
     return 0
 
 

@@ -165,6 +165,7 @@ async def test_a_session_from_initialize_to_exit(tmp_path, tiny_model_dir, repo)
             arguments=[{"uri": uri, "position": {"line": 4, "character": 18}}]))
         assert any(r["path"] == "shop/models.py" and "Inventory" in r["text"] for r in shown["records"]), shown
         assert all({"path", "start_line", "end_line", "kind", "why"} <= set(r) for r in shown["records"])
+        assert (shown["root"], shown["root_reason"]) == (str(repo.resolve()), "the editor's workspace folder")
 
         # A configuration change is honoured: disabled means no completions.
         client.set_configuration({"repocomplete": {**options, "enabled": False}})
