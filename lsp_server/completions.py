@@ -224,6 +224,11 @@ class Completions:
             record.queued_ms = round(((job.started or submitted) - submitted) * 1000, 2)
             if result is not None:
                 record.engine_ms, record.stop_reason = result.engine_ms, result.completion.stop_reason
+                c = result.completion
+                record.tokens, record.prompt_tokens, record.cached_tokens = (
+                    c.generated_tokens, c.prompt_tokens, c.cached_tokens)
+                record.prefill_ms, record.decode_ms = round(c.prefill_s * 1000, 2), round(c.decode_s * 1000, 2)
+                record.draft_tokens, record.accepted_tokens = c.draft_tokens, c.accepted_tokens
             if result is None or result.completion.stop_reason == "cancelled" or pending.token.cancelled:
                 record.outcome = pending.stopped_outcome
                 return answer("")

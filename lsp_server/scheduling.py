@@ -217,6 +217,15 @@ class RequestStats:
     total_ms: float | None = None  # arrival -> response
     stop_reason: str | None = None
     chars: int = 0  # characters of completion returned
+    # The engine's account of a completed request: tokens generated, its prefill and decode times, prompt tokens
+    # and how many of them the prefix cache held, speculative draft tokens proposed and taken.
+    tokens: int | None = None
+    prefill_ms: float | None = None
+    decode_ms: float | None = None
+    prompt_tokens: int | None = None
+    cached_tokens: int | None = None
+    draft_tokens: int | None = None
+    accepted_tokens: int | None = None
     # Superseded (a newer request for the document arrived) or cancelled ($/cancelRequest): how long the engine
     # kept working on this one after that; 0 when it had not started.
     ran_after_superseded_ms: float | None = None

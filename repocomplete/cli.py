@@ -313,7 +313,9 @@ def cmd_bench_lsp(args: argparse.Namespace) -> int:
     from repocomplete.bench.lsp import LspBenchOptions, format_report, run_lsp_bench
 
     options = LspBenchOptions(file=args.file, keystrokes=args.keystrokes, burst_keystrokes=args.burst_keystrokes,
-                              burst_interval_ms=args.burst_interval_ms, context_tokens=args.context_tokens)
+                              burst_interval_ms=args.burst_interval_ms, context_tokens=args.context_tokens,
+                              cache=not args.no_cache, peer=args.peer, peer_command=args.peer_command,
+                              peer_python=args.peer_python)
     report = run_lsp_bench(runtime_config(args), options, progress=not args.json)
     if not args.requests:
         report.pop("requests")
@@ -515,6 +517,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_session_args(p, "paced keystrokes (each waits for its completion)")
     p.add_argument("--burst-keystrokes", type=int, default=12, help="then keystrokes faster than completions")
     p.add_argument("--burst-interval-ms", type=float, default=30.0)
+    p.add_argument("--no-cache", action="store_true",
+                   help="turn the server's completion cache off: every keystroke reaches the engine")
+    p.add_argument("--peer", choices=("auto", "llama-server", "llama-cpp-python", "none"), default="auto",
+                   help="replay the paced keystrokes against llama.cpp's server on the same GGUF (skipped with a "
+                        "line when not installed)")
+    p.add_argument("--peer-command", help="the llama-server binary (default: llama-server on PATH)")
+    p.add_argument("--peer-python", help="a Python with llama-cpp-python[server] installed (default: this one)")
     p.add_argument("--requests", action="store_true", help="include every request's record in --json")
     p.add_argument("--json", action="store_true")
     _add_runtime_args(p)
