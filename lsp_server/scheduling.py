@@ -19,19 +19,18 @@ class Debounce:
     With prefix reuse a keystroke costs the engine one new token of prefill plus decoding, and a request superseded
     by the next keystroke stops at its next decode step, so starting at once is usually cheapest. Waiting pays only
     when it saves engine work: a request started while the user is still typing runs until the next keystroke
-    supersedes it, and that work is wasted. The delay is chosen from what was measured:
+    supersedes it, and that work is wasted. The delay is chosen from what was measured on recent requests that
+    reached the engine (cache answers, such as typing through the ghost text or backspace-and-retype, never wait,
+    cost the engine nothing and are not counted): for each, the gap g until the next such request, and its engine
+    time e when it completed (else the median E of the completed ones: it was superseded or dropped).
 
-      * `gaps`: the times between recent requests that reached the engine (cache answers, such as typing through
-        the ghost text or backspace-and-retype, are not counted: they never wait and cost the engine nothing);
-      * `engine`: the engine times of recent completed requests (their median is E).
-
-    For a candidate delay d, each recorded gap g tells what would have happened to a request: g <= d, it is dropped
-    before it starts (no cost); g - d >= E, it is answered, and the user waited d longer; otherwise the engine worked
-    g - d ms for an answer nobody sees. The delay minimises (added wait + wasted engine ms) per request over the
-    recorded gaps, candidates being the floor and each recorded gap (plus a margin) up to the cap; the floor wins
-    ties, so with no waste to save there is no wait. A request arriving after the editor was idle (more than
-    `idle_ms` since the previous one) waits only the floor, and so does every request before enough has been timed.
-    The floor is the `debounceMs` setting (default 0).
+    For a candidate delay d, each recorded request tells what would have happened to it: g <= d, it is dropped
+    before it starts (no cost); g - d >= e, it is answered, and the user waited d longer; otherwise the engine worked
+    g - d ms for an answer nobody sees. The delay minimises (added wait + wasted engine ms) per request, candidates
+    being the floor and each recorded gap (plus a margin) up to the cap; the floor wins ties, so with no waste to
+    save there is no wait (an editor that waits for each answer before the next keystroke never waits). A request
+    arriving after the editor was idle (more than `idle_ms` since the previous one) waits only the floor, and so
+    does every request before enough has been timed. The floor is the `debounceMs` setting (default 0).
     """
 
     def __init__(self, floor_ms: float = 0, cap_ms: float = 300, window: int = 32, idle_ms: float = 1000,
@@ -41,9 +40,11 @@ class Debounce:
         self.idle_ms = idle_ms
         self.min_samples = min_samples
         self.margin_ms = margin_ms
-        self.gaps: deque[float] = deque(maxlen=window)  # ms; idle gaps are recorded as idle_ms
+        # (gap to the next request in ms, capped at idle_ms; the request's engine ms, None when it did not complete)
+        self.gaps: deque[tuple[float, float | None]] = deque(maxlen=window)
         self.engine: deque[float] = deque(maxlen=max(4, window // 2))  # ms, completed requests
         self._last_arrival: float | None = None
+        self._last_engine: float | None = None  # the latest request's engine time, once it completed
         self._current_gap: float | None = None  # the gap before the latest arrival (ms)
 
     def arrived(self, now: float | None = None) -> None:
@@ -52,28 +53,31 @@ class Debounce:
         if self._last_arrival is not None:
             gap = (now - self._last_arrival) * 1000
             self._current_gap = gap
-            self.gaps.append(round(min(gap, self.idle_ms), 2))
+            self.gaps.append((round(min(gap, self.idle_ms), 2), self._last_engine))
         self._last_arrival = now
+        self._last_engine = None
 
     def finished(self, engine_ms: float) -> None:
-        """The engine finished a completion in this long (superseded or cancelled ones say nothing about latency)."""
+        """The latest request completed in this long (superseded or cancelled ones say nothing about latency)."""
         self.engine.append(engine_ms)
+        self._last_engine = engine_ms
 
     @property
     def latency_ms(self) -> float | None:
         """E: the median engine time of recent completed requests."""
         return statistics.median(self.engine) if self.engine else None
 
-    def cost(self, delay: float, latency: float | None = None) -> dict[str, float]:
-        """Per recorded gap, on average: the wait added to answered requests and the engine ms wasted on requests
-        superseded while they ran, if requests waited `delay` ms."""
-        latency = self.latency_ms if latency is None else latency
+    def cost(self, delay: float) -> dict[str, float]:
+        """Per recorded request, on average: the wait added to answered requests and the engine ms wasted on
+        requests superseded while they ran, had requests waited `delay` ms."""
+        median = self.latency_ms
         wait = waste = 0.0
-        for g in self.gaps:
+        for g, e in self.gaps:
             if g <= delay:
                 continue  # dropped before it started
             ran = g - delay
-            if latency is not None and ran >= latency:
+            needed = e if e is not None else median
+            if needed is not None and ran >= needed:
                 wait += delay
             else:
                 waste += ran
@@ -82,16 +86,15 @@ class Debounce:
 
     def delay_ms(self) -> float:
         floor = self.floor_ms
-        latency = self.latency_ms
-        if latency is None or len(self.gaps) < self.min_samples:
+        if self.latency_ms is None or len(self.gaps) < self.min_samples:
             return floor
         if self._current_gap is not None and self._current_gap >= self.idle_ms:
             return floor  # the first keystroke after a pause starts at once
         cap = max(self.cap_ms, floor)
-        candidates = sorted({floor} | {g + self.margin_ms for g in self.gaps if floor < g + self.margin_ms <= cap})
+        candidates = sorted({floor} | {g + self.margin_ms for g, _ in self.gaps if floor < g + self.margin_ms <= cap})
         best, best_cost = floor, None
         for d in candidates:
-            c = self.cost(d, latency)
+            c = self.cost(d)
             total = c["wait_ms"] + c["wasted_ms"]
             if best_cost is None or total < best_cost - 1e-9:
                 best, best_cost = d, total
@@ -102,7 +105,7 @@ class Debounce:
         delay = self.delay_ms()
         return {"floor_ms": self.floor_ms, "cap_ms": self.cap_ms, "delay_ms": round(delay, 2),
                 "latency_ms": self.latency_ms, "gaps": len(self.gaps),
-                "gap_ms_p50": round(statistics.median(self.gaps), 2) if self.gaps else None,
+                "gap_ms_p50": round(statistics.median(g for g, _ in self.gaps), 2) if self.gaps else None,
                 "expected_at_delay": {k: round(v, 2) for k, v in self.cost(delay).items()},
                 "expected_without_delay": {k: round(v, 2) for k, v in self.cost(self.floor_ms).items()}}
 

@@ -202,7 +202,13 @@ class Engine:
         self._previous: list[int] = []  # the last completion's tokens: drafts while the user types through it
         self._compiled = None
         if self.config.compile_decode:
+            import os
+
+            from repocomplete.model_runtime.config import private_dir
             from repocomplete.model_runtime.static_decode import StaticDecoder
+
+            # Inductor's compiled artefacts persist in our private cache: only the first start pays for compiling.
+            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(private_dir(self.config.cache_dir / "inductor")))
 
             self._compiled = StaticDecoder(
                 self.model, self.config.max_context_tokens + self.config.max_new_tokens + 8, self.device, loaded.dtype

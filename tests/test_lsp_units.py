@@ -54,12 +54,15 @@ def test_each_bad_value_is_reported(raw):
     assert s == Settings() and len(problems) == 1
 
 
-def _typed(d: Debounce, gaps_ms, engine_ms: float, t: float = 0.0) -> float:
-    """Requests arriving after each of `gaps_ms`, every one finishing in `engine_ms` (a scripted session)."""
-    for gap in gaps_ms:
+def _typed(d: Debounce, gaps_ms, engine_ms, t: float = 0.0) -> float:
+    """Requests arriving after each of `gaps_ms` (a scripted session); each one completes in `engine_ms` (a number,
+    or one per request) when that is shorter than the gap to the next request, else it is superseded."""
+    engine = [engine_ms] * len(gaps_ms) if isinstance(engine_ms, (int, float)) else list(engine_ms)
+    for k, gap in enumerate(gaps_ms):
         t += gap / 1000
         d.arrived(t)
-        d.finished(engine_ms)
+        if k + 1 == len(gaps_ms) or engine[k] <= gaps_ms[k + 1]:
+            d.finished(engine[k])
     return t
 
 
@@ -106,6 +109,16 @@ def test_debounce_waits_only_where_waiting_saves_more_than_it_costs():
     _typed(fast, [60, 90, 70, 80] * 6, engine_ms=120)
     assert fast.delay_ms() == pytest.approx(95)  # the largest gap plus the margin
     assert fast.cost(fast.delay_ms())["wasted_ms"] == 0
+
+
+def test_debounce_an_editor_waiting_for_each_answer_never_waits():
+    # Paced typing: each keystroke comes once the previous answer is shown, so every gap is that request's own
+    # engine time plus a little; engine times vary (60-300 ms), so many gaps are shorter than the median.
+    d = Debounce(floor_ms=0)
+    engine = [60, 300, 70, 65, 250, 75, 60, 62, 280, 70] * 3
+    gaps = [100] + [e + 5 for e in engine[:-1]]
+    _typed(d, gaps, engine)
+    assert d.delay_ms() == 0 and d.cost(0) == {"wait_ms": 0.0, "wasted_ms": 0.0}
 
 
 def test_debounce_never_exceeds_its_cap():
