@@ -40,7 +40,7 @@ class Debounce:
         self.idle_ms = idle_ms
         self.min_samples = min_samples
         self.margin_ms = margin_ms
-        # (gap to the next request in ms, capped at idle_ms; the request's engine ms, None when it did not complete)
+        # (gap to the next request in ms; the request's engine ms, None when it did not complete)
         self.gaps: deque[tuple[float, float | None]] = deque(maxlen=window)
         self.engine: deque[float] = deque(maxlen=max(4, window // 2))  # ms, completed requests
         self._last_arrival: float | None = None
@@ -53,7 +53,7 @@ class Debounce:
         if self._last_arrival is not None:
             gap = (now - self._last_arrival) * 1000
             self._current_gap = gap
-            self.gaps.append((round(min(gap, self.idle_ms), 2), self._last_engine))
+            self.gaps.append((round(gap, 2), self._last_engine))
         self._last_arrival = now
         self._last_engine = None
 

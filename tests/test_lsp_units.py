@@ -121,6 +121,13 @@ def test_debounce_an_editor_waiting_for_each_answer_never_waits():
     assert d.delay_ms() == 0 and d.cost(0) == {"wait_ms": 0.0, "wasted_ms": 0.0}
 
 
+def test_debounce_a_slow_answer_after_a_long_wait_is_no_waste():
+    # A request that took 5 s (a cold prompt) and was answered: the user waited for it, nothing was wasted.
+    d = Debounce(floor_ms=0)
+    _typed(d, [100, 5020, 120, 110, 130, 120], [5000, 100, 100, 100, 100, 100])
+    assert d.cost(0)["wasted_ms"] == 0 and d.delay_ms() == 0
+
+
 def test_debounce_never_exceeds_its_cap():
     d = Debounce(floor_ms=0, cap_ms=100)
     _typed(d, [250] * 10, engine_ms=400)  # the engine is slower than any gap, but waiting past the cap is refused
