@@ -26,16 +26,19 @@ class Debounce:
 
     For a candidate delay d, each recorded request tells what would have happened to it: g <= d, it is dropped
     before it starts (no cost); g - d >= e, it is answered, and the user waited d longer; otherwise the engine worked
-    g - d ms for an answer nobody sees. The delay minimises (added wait + wasted engine ms) per request, candidates
-    being the floor and each recorded gap (plus a margin) up to the cap; the floor wins ties, so with no waste to
-    save there is no wait (an editor that waits for each answer before the next keystroke never waits). A request
+    g - d ms for an answer nobody sees. A request answered without the delay but not with it is a lost answer,
+    weighed as `lost_answer_ms` (300: more than any wait). The delay minimises (added wait + wasted engine ms + lost
+    answers) per request, candidates being the floor and each recorded gap (plus a margin) up to the cap; the floor
+    wins ties, so with no waste to save there is no wait, and a delay never drops answers the user would have seen
+    to save a burst's waste unless the bursts cost more. A request
     arriving after the editor was idle (more than `idle_ms` since the previous one) waits only the floor, and so
     does every request before enough has been timed. The floor is the `debounceMs` setting (default 0).
     """
 
     def __init__(self, floor_ms: float = 0, cap_ms: float = 300, window: int = 32, idle_ms: float = 1000,
-                 min_samples: int = 4, margin_ms: float = 5):
+                 min_samples: int = 4, margin_ms: float = 5, lost_answer_ms: float = 300):
         self.floor_ms = floor_ms
+        self.lost_answer_ms = lost_answer_ms  # an answer the user would have seen is worth more than any wait
         self.cap_ms = cap_ms
         self.idle_ms = idle_ms
         self.min_samples = min_samples
@@ -68,21 +71,29 @@ class Debounce:
         return statistics.median(self.engine) if self.engine else None
 
     def cost(self, delay: float) -> dict[str, float]:
-        """Per recorded request, on average: the wait added to answered requests and the engine ms wasted on
-        requests superseded while they ran, had requests waited `delay` ms."""
+        """Per recorded request, on average, had requests waited `delay` ms: the wait added to answered requests,
+        the engine ms wasted on requests superseded while they ran, and the answers lost (shown without the delay,
+        not with it), each weighed as `lost_answer_ms`."""
         median = self.latency_ms
-        wait = waste = 0.0
+        wait = waste = lost = 0.0
         for g, e in self.gaps:
-            if g <= delay:
-                continue  # dropped before it started
-            ran = g - delay
             needed = e if e is not None else median
+            shown_at_floor = needed is not None and g - self.floor_ms >= needed
+            if g <= delay:  # dropped before it started
+                lost += shown_at_floor
+                continue
+            ran = g - delay
             if needed is not None and ran >= needed:
                 wait += delay
             else:
                 waste += ran
+                lost += shown_at_floor
         n = max(1, len(self.gaps))
-        return {"wait_ms": wait / n, "wasted_ms": waste / n}
+        return {"wait_ms": wait / n, "wasted_ms": waste / n, "lost_answers": lost / n}
+
+    def _total(self, delay: float) -> float:
+        c = self.cost(delay)
+        return c["wait_ms"] + c["wasted_ms"] + c["lost_answers"] * self.lost_answer_ms
 
     def delay_ms(self) -> float:
         floor = self.floor_ms
@@ -94,8 +105,7 @@ class Debounce:
         candidates = sorted({floor} | {g + self.margin_ms for g, _ in self.gaps if floor < g + self.margin_ms <= cap})
         best, best_cost = floor, None
         for d in candidates:
-            c = self.cost(d)
-            total = c["wait_ms"] + c["wasted_ms"]
+            total = self._total(d)
             if best_cost is None or total < best_cost - 1e-9:
                 best, best_cost = d, total
         return best
