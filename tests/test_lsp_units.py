@@ -286,3 +286,43 @@ def test_a_slow_machine_is_told_once_and_the_advice_stays_in_the_status(monkeypa
     assert len(told) == 1 and told[0][1] is True  # shown, once
     assert "lower repocomplete.contextBudget (now 1024 tokens)" in told[0][0]
     assert server.lifecycle.status_json()["advice"] == told[0][0]
+
+
+def test_the_engine_thread_runs_in_file_completions_before_pending_buffers():
+    import threading
+
+    from repocomplete.lsp_server.worker import BUFFER_IDLE_S, EngineWorker
+
+    order: list[str] = []
+    applied = threading.Event()
+
+    class Workspace:
+        def set_buffer(self, path, text, edited_line):
+            order.append(f"buffer {text}")
+            applied.set()
+
+    class Completer:
+        model = None
+
+        def workspace_for(self, path, open_missing=False):
+            return Workspace()
+
+        def close(self):
+            pass
+
+    worker = EngineWorker(Completer())
+    gate = threading.Event()
+    worker.submit(gate.wait)  # hold the thread so that the buffer and the jobs below queue behind it
+    worker.start()
+    worker.sync_buffer("/r/a.py", "v2", 3)
+    infile = worker.submit(lambda: order.append("in-file completion"), needs_buffers=False)
+    repo = worker.submit(lambda: order.append("repo completion"))
+    gate.set()
+    infile.result(5), repo.result(5)
+    # The in-file completion did not wait for the buffer; the repository one saw it.
+    assert order == ["in-file completion", "buffer v2", "repo completion"]
+    # With no job to read it, a buffer is applied once the thread has been idle a moment.
+    applied.clear()
+    worker.sync_buffer("/r/a.py", "v3", 4)
+    assert applied.wait(5 + BUFFER_IDLE_S) and order[-1] == "buffer v3"
+    worker.stop()
