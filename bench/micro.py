@@ -4,6 +4,7 @@
     repocomplete bench micro index DIR [--edits N]         cold/warm index builds and incremental updates
     repocomplete bench micro analysis [--calls N]          the jedi providers on a small bundled package
     repocomplete bench micro retrieval DIR [--queries N] [--dense-sample N] [--method bm25|jaccard]
+    repocomplete bench micro decode [--context-tokens N] [--steps N]   one decode step: weights, attention, the rest
 
 DIR is never written: `index` works on a copy. The figures are of the machine they ran on, and a shared machine's
 speed drifts, so say which one when you quote them.
@@ -308,6 +309,52 @@ def bench_retrieval(root: Path, n_queries: int, dense_sample: int, method: str) 
         print(f"dense query embedding: {(time.perf_counter() - t) / 20 * 1000:.1f} ms per query")
 
 
+# -- decode step ---------------------------------------------------------------------------------------------------
+
+WEIGHT_OPS = ("aten::_weight_int8pack_mm", "aten::_weight_int4pack_mm_for_cpu", "aten::_weight_int4pack_mm",
+              "aten::mm", "aten::addmm")
+ATTENTION_OPS = ("aten::bmm", "aten::_softmax", "aten::_scaled_dot_product_flash_attention_for_cpu",
+                 "aten::_scaled_dot_product_attention_math")
+
+
+def bench_decode(context_tokens: int, steps: int) -> None:
+    """One decode step of the product's engine (the CPU path `doctor` chose, no speculation) at `context_tokens`
+    of context, split into the weights' kernels, attention over the KV cache, and the rest (elementwise ops, casts,
+    allocation, Python and dispatch per op)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from repocomplete.bench.latency import cpu_line, cpu_report
+    from repocomplete.bench.session import SessionOptions, load_session
+    from repocomplete.model_runtime.config import RuntimeConfig
+    from repocomplete.model_runtime.engine import Engine
+    from repocomplete.model_runtime.loading import load_model
+
+    config = RuntimeConfig()
+    loaded = load_model(config)
+    engine = Engine(loaded, config)
+    session = load_session(SessionOptions(context_tokens=context_tokens), loaded.tokenizer)
+    ids = loaded.tokenizer.encode(session.text[: session.start], add_special_tokens=False)[-context_tokens:]
+    engine.greedy_tokens(ids, 4)  # warm-up: the prompt is in the prefix cache from here on
+    plain = min(engine.greedy_tokens(ids, steps + 1)[2] for _ in range(3)) / steps * 1000
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        _, _, decode_s = engine.greedy_tokens(ids, steps + 1)
+    profiled = decode_s / steps * 1000
+    kernels = {"weights": 0.0, "attention": 0.0}
+    for event in prof.key_averages():
+        kind = "weights" if event.key in WEIGHT_OPS else "attention" if event.key in ATTENTION_OPS else None
+        if kind:
+            kernels[kind] += event.self_cpu_time_total / 1000 / (steps + 1)  # the prefill's first token too
+    other = max(0.0, profiled - kernels["weights"] - kernels["attention"])
+    print(cpu_line(cpu_report(loaded)))
+    print(f"decode step at {len(ids)} tokens of context, {steps} steps: {plain:.2f} ms ({1000 / plain:.1f} tok/s) "
+          f"unprofiled; profiled {profiled:.2f} ms =")
+    for name, ms in (("weights (linear kernels)", kernels["weights"]), ("attention over the KV cache",
+                                                                        kernels["attention"]),
+                     ("other (elementwise, casts, Python, dispatch)", other)):
+        print(f"  {name:<46} {ms:6.2f} ms  {ms / profiled:5.1%}")
+
+
 # -- command line --------------------------------------------------------------------------------------------------
 
 
@@ -335,8 +382,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--queries", type=_positive, default=50, help="cursors to query from (default 50)")
     p.add_argument("--dense-sample", type=int, default=0, metavar="N", help="also time embedding N windows")
     p.add_argument("--method", default="bm25", choices=("bm25", "jaccard"))
+    p = parts.add_parser("decode", help="one decode step of the engine, split into weights, attention and the rest")
+    p.add_argument("--context-tokens", type=_positive, default=2048)
+    p.add_argument("--steps", type=_positive, default=32)
     args = parser.parse_args(argv)
-    if args.part == "parsing":
+    if args.part == "decode":
+        bench_decode(args.context_tokens, args.steps)
+    elif args.part == "parsing":
         bench_parsing(args.directory, args.repeat)
     elif args.part == "index":
         bench_index(args.directory, args.edits)
