@@ -1,0 +1,104 @@
+"""Token budgets: the estimate without a tokenizer is calibrated, and the packer fills the budget it is given."""
+
+from __future__ import annotations
+
+import sysconfig
+from pathlib import Path
+
+import pytest
+from repocomplete.context_engine.packing import approx_tokens, pack, truncate
+from repocomplete.context_engine.records import ContextRecord
+from repocomplete.model_runtime.errors import ModelLoadError
+from repocomplete.model_runtime.loading import embedded_gguf_path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _smollm_missing() -> str | None:
+    try:
+        embedded_gguf_path()
+    except ModelLoadError as e:
+        return str(e)
+    return None
+
+
+# The tests that count with SmolLM2's tokenizer (the real one, or tiny models over it) need its GGUF file.
+needs_smollm = pytest.mark.skipif(_smollm_missing() is not None, reason=f"no SmolLM2 tokenizer: {_smollm_missing()}")
+
+# -- the estimate ------------------------------------------------------------------------------------------------
+
+# Real Python: the bundled textwrap.py and standard-library modules that every Python 3.10+ has.
+STDLIB = ("argparse", "ast", "bisect", "calendar", "contextlib", "csv", "dataclasses", "difflib", "enum", "fractions",
+          "functools", "heapq", "json/decoder", "json/encoder", "pathlib", "shlex", "statistics", "string",
+          "tokenize", "typing")
+
+
+def corpus() -> list[Path]:
+    std = Path(sysconfig.get_paths()["stdlib"])
+    files = [ROOT / "bench/data/textwrap.py"] + [std / f"{name}.py" for name in STDLIB]
+    return [f for f in files if f.is_file()]
+
+
+@needs_smollm
+def test_the_estimate_is_within_3_percent_of_smollm2_on_real_python(tokenizer):
+    files = corpus()
+    assert len(files) >= 15
+    real = estimate = 0
+    for f in files:
+        text = f.read_text(encoding="utf-8")
+        real += len(tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True))
+        estimate += approx_tokens(text)
+    assert real > 150_000
+    assert abs(estimate / real - 1) <= 0.03, f"estimate {estimate} vs {real} tokens ({estimate / real - 1:+.2%})"
+
+
+def test_the_estimate_counts_nothing_as_nothing_and_grows_with_the_text():
+    assert approx_tokens("") == 0
+    assert approx_tokens("x") == 1
+    assert approx_tokens("def f(x):\n    return x\n" * 10) > approx_tokens("def f(x):\n    return x\n")
+
+
+# -- the packer fills its budget -------------------------------------------------------------------------------------
+
+
+def window(path: str, start: int, n: int, score: float, kind: str = "retrieval") -> ContextRecord:
+    stem = path.split(".")[0]
+    text = "\n".join(f"{stem}_{start + i} x{start + i} y{start + i} z{start + i}" for i in range(n))
+    return ContextRecord(text, path, start, start + n - 1, score, kind, "BM25")
+
+
+def cost(path: str, text: str) -> int:
+    """A header of 3 tokens, then a token a word: a 10-line window of 4 words a line costs 43."""
+    return 3 + len(text.split())
+
+
+def test_what_is_left_goes_to_the_head_of_the_best_window_that_did_not_fit():
+    records = [window(f"m{i}.py", 1 + 10 * i, 10, 1.0 - i / 10) for i in range(5)]
+    packed = pack({"retrieval": records}, 100, {"retrieval": 1.0}, record_tokens=cost)
+    # Two whole windows (86), then the best of the rest cut to 2 lines (3 + 8 = 11): 97; nothing else fits in 3.
+    assert packed.tokens == 97 == sum(cost(r.path, r.text) for r in packed.records)
+    cut = next(r for r in packed.records if r.path == "m2.py")
+    assert (cut.start_line, cut.end_line) == (21, 22) and cut.text == "\n".join(records[2].text.split("\n")[:2])
+    assert "first 2 of 10 lines" in cut.why
+    assert [(r.path, why) for r, why in packed.dropped] == [("m3.py", "over budget"), ("m4.py", "over budget")]
+    assert packed.budget - packed.tokens < cost("m3.py", "m3_31 x31 y31 z31")  # less than one more line
+
+
+def test_only_windows_are_cut_so_line_numbers_stay_true():
+    stub = ContextRecord("class A:\n    def f(self): ...\n    def g(self): ...", "a.py", 1, 40, 1.0, "imports", "import")
+    assert truncate(stub, 8, cost) is None  # 3 lines standing for lines 1-40: not a verbatim span
+    span = window("b.py", 5, 3, 1.0)
+    cut, c = truncate(span, 8, cost)
+    assert (cut.start_line, cut.end_line, c) == (5, 5, 7)
+    packed = pack({"imports": [stub]}, 8, {"imports": 1.0}, record_tokens=cost)
+    assert packed.records == [] and packed.dropped == [(stub, "over budget")]
+
+
+def test_a_large_record_does_not_stop_smaller_ones_from_filling_the_budget():
+    big = window("big.py", 1, 30, 0.9)  # 123 tokens
+    small = [window(f"s{i}.py", 1, 2, 0.5 - i / 100) for i in range(6)]  # 11 each
+    packed = pack({"retrieval": [big, *small]}, 70, {"retrieval": 1.0}, record_tokens=cost)
+    # The six small windows (66) come in whole; what is left (4) is less than a line of the big one (7).
+    assert packed.tokens == 66 and {r.path for r in packed.records} == {f"s{i}.py" for i in range(6)}
+    packed = pack({"retrieval": [big, *small]}, 100, {"retrieval": 1.0}, record_tokens=cost)
+    assert packed.tokens == 66 + 31 and any(r.path == "big.py" and r.end_line == 7 for r in packed.records)
