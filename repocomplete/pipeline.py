@@ -4,6 +4,10 @@ The command line, the LSP server, the evaluation harness and the benchmarks all 
 none of them assembles prompts of its own. A completer holds one model engine (local `Engine` or `RemoteEngine`)
 and one `ContextEngine` per workspace root, opened on first use (or ahead of time by `open_workspace`, which is
 what an editor's server does on its worker thread while it shows indexing progress).
+
+Budgets are the model's tokens: the completer gives its context engines the model's counter
+(`model_runtime.tokens.PromptTokens`: a record costs what it adds to the prompt, header and separator included).
+Without a tokenizer (no model yet, an endpoint) the context engine's calibrated estimate counts.
 """
 
 from __future__ import annotations
@@ -19,9 +23,11 @@ from repocomplete.context_engine.config import ContextConfig
 from repocomplete.context_engine.document import CONTEXT_MODES, Window, cursor_parts
 from repocomplete.context_engine.engine import Context, ContextEngine, find_root
 from repocomplete.context_engine.errors import Cancelled, InputError
+from repocomplete.context_engine.packing import RecordTokens, approx_tokens, text_tokens
 from repocomplete.context_engine.parts import CursorParts
 from repocomplete.model_runtime.engine import CancelToken, Completion, CompletionRequest
 from repocomplete.model_runtime.templates import ContextItem, PromptParts
+from repocomplete.model_runtime.tokens import PromptTokens
 
 
 def model_parts(parts: CursorParts) -> PromptParts:
@@ -33,6 +39,27 @@ def model_parts(parts: CursorParts) -> PromptParts:
 def cursor_prompt(text: str, offset: int, mode: str = "infile", path: str = "", window: Window | None = None) -> PromptParts:
     """The prompt for a cursor without repository context ("none" or "infile"), as benchmarks build it."""
     return model_parts(cursor_parts(text, offset, mode=mode, path=path, window=window))
+
+
+class ModelTokens:
+    """The counter of one model, built on first use: its tokenizer over records as its template renders them."""
+
+    def __init__(self, model):
+        self.model = model
+        self._counter: PromptTokens | None | bool = None
+
+    def counter(self) -> PromptTokens | None:
+        """The model's counter; None where its tokenizer is unknown (an endpoint, whose template its server would
+        have to be asked for, or a test double): records then cost the estimate of their text."""
+        if self._counter is None:
+            tokenizer = getattr(self.model, "tokenizer", None)
+            template = getattr(self.model, "template", None) if tokenizer is not None else None
+            self._counter = PromptTokens(template, tokenizer) if template is not None else False
+        return self._counter or None
+
+    def record(self, path: str, text: str) -> int:
+        counter = self.counter()
+        return approx_tokens(text) if counter is None else counter.item(path, text)
 
 
 @dataclass
@@ -82,13 +109,31 @@ class Completer:
         window: Window | None = None,
         make_context_engine: Callable[[Path, ContextConfig], ContextEngine] | None = None,
     ):
-        self.model = model  # model_runtime.engine.Engine or model_runtime.remote.RemoteEngine
         self.context_config = context_config or ContextConfig()
         self.context_config.validate()
         self.window = window
         self._make = make_context_engine or (lambda root, config: ContextEngine(root, config))
         self._workspaces: dict[Path, ContextEngine] = {}
         self._lock = threading.RLock()
+        self.model = model  # model_runtime.engine.Engine or model_runtime.remote.RemoteEngine (None: none yet)
+
+    @property
+    def model(self):
+        return self._model
+
+    @model.setter
+    def model(self, model) -> None:
+        """Another model (the editor's server loads one, or another): its counter measures the context from now."""
+        self._model = model
+        self._tokens = ModelTokens(model)
+        with self._lock:
+            engines = list(self._workspaces.values())
+        for engine in engines:
+            engine.set_record_tokens(self.record_tokens())
+
+    def record_tokens(self) -> RecordTokens:
+        """What a context record costs in the current model's prompt (the calibrated estimate without a model)."""
+        return self._tokens.record if self._model is not None else text_tokens(approx_tokens)
 
     # -- workspaces ----------------------------------------------------------------------------------------
 
@@ -106,6 +151,7 @@ class Completer:
             engine = self._workspaces.get(root)
             if engine is None:
                 engine = self._make(root, self.context_config)
+                engine.set_record_tokens(self.record_tokens())
                 stats = engine.build(progress=progress, on_progress=on_progress, cancelled=cancelled)
                 if getattr(stats, "cancelled", False):
                     engine.close()

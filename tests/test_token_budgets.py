@@ -1,15 +1,26 @@
-"""Token budgets: the estimate without a tokenizer is calibrated, and the packer fills the budget it is given."""
+"""Budgets are the model's tokens: the packer fills them exactly as the prompt counts, and the estimate without a
+tokenizer is calibrated."""
 
 from __future__ import annotations
 
 import sysconfig
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from conftest import make_tiny_model_dir
+from helpers import write_tree
+from repocomplete.context_engine.config import ContextConfig
+from repocomplete.context_engine.engine import ContextEngine
 from repocomplete.context_engine.packing import approx_tokens, pack, truncate
 from repocomplete.context_engine.records import ContextRecord
+from repocomplete.model_runtime.config import RuntimeConfig
+from repocomplete.model_runtime.engine import Engine
 from repocomplete.model_runtime.errors import ModelLoadError
-from repocomplete.model_runtime.loading import embedded_gguf_path
+from repocomplete.model_runtime.loading import embedded_gguf_path, load_model
+from repocomplete.model_runtime.templates import PromptParts
+
+from repocomplete.pipeline import Completer, CompletionOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -102,3 +113,109 @@ def test_a_large_record_does_not_stop_smaller_ones_from_filling_the_budget():
     assert packed.tokens == 66 and {r.path for r in packed.records} == {f"s{i}.py" for i in range(6)}
     packed = pack({"retrieval": [big, *small]}, 100, {"retrieval": 1.0}, record_tokens=cost)
     assert packed.tokens == 66 + 31 and any(r.path == "big.py" and r.end_line == 7 for r in packed.records)
+
+
+# -- exact budgets through the pipeline ------------------------------------------------------------------------------
+
+
+def module(i: int) -> str:
+    out = [f'"""Helpers for part {i} of the shop: prices, stock and reports."""', "", "import math", ""]
+    for j in range(6):
+        out += ["", f"def compute_{i}_{j}(items, rate={j + 1}.5):",
+                f'    """Sum the prices of the items at rate {j} (part {i})."""',
+                "    total = 0", "    for item in items:",
+                f"        total += math.ceil(item.price * rate) + {i * j}",
+                f"    return total // {j + 2}", ""]
+    return "\n".join(out)
+
+
+CURRENT = ("from shop.part0 import compute_0_1\nfrom shop.part1 import compute_1_2\n\n\n"
+           "def report(items):\n    a = compute_0_1(items)\n    b = compute_1_2(items)\n"
+           "    total = 0\n    for item in items:\n        total += math.ceil(item.price * ")
+
+
+@pytest.fixture
+def shop(tmp_path) -> Path:
+    files = {".git/HEAD": "ref: refs/heads/main\n", "shop/__init__.py": ""}
+    files.update({f"shop/part{i}.py": module(i) for i in range(10)})
+    files["shop/report.py"] = CURRENT
+    return write_tree(tmp_path / "repo", files)
+
+
+def completer_for(engine, tmp_path, providers=("retrieval", "repo_map", "neighbours")) -> Completer:
+    config = ContextConfig(index_dir=tmp_path / "index", slow_provider_deadline_ms=None, providers=providers)
+    return Completer(engine, config,
+                     make_context_engine=lambda r, cfg: ContextEngine(r, cfg, slow_executor=ThreadPoolExecutor(1)))
+
+
+def context_tokens(engine: Engine, parts: PromptParts) -> int:
+    """The tokens the context items add to the prompt as the engine encodes it (the whole prompt, uncut)."""
+    bare = PromptParts(parts.prefix, parts.suffix, parts.path, [], parts.repo_name)
+    return len(engine.encode(parts)[1].ids) - len(engine.encode(bare)[1].ids)
+
+
+def check_exact_budgets(completer: Completer, root: Path, budgets) -> None:
+    engine = completer.model
+    for budget in budgets:
+        parts, ctx = completer.prompt_parts(str(root / "shop/report.py"), CURRENT, len(CURRENT),
+                                            CompletionOptions(budget=budget))
+        exact = context_tokens(engine, parts)
+        assert ctx.packed.tokens == exact <= budget, (budget, ctx.packed.tokens, exact)
+        # Filled: no window left out could have given its first line (with its header).
+        for r, why in ctx.packed.dropped:
+            if why == "over budget" and r.kind == "retrieval":
+                lines = r.text.split("\n")
+                first = "\n".join(lines[: next(i for i, line in enumerate(lines) if line.strip()) + 1])
+                assert budget - exact < completer.record_tokens()(r.path, first), (budget, exact, r.path)
+        assert any(r.kind == "retrieval" for r in ctx.records)
+
+
+@needs_smollm
+def test_the_context_part_is_token_exact_with_smollm2(shop, tmp_path, tiny_loaded, tiny_config):
+    completer = completer_for(Engine(tiny_loaded, tiny_config.replace(max_new_tokens=4)), tmp_path)
+    try:
+        assert completer.model.template.name == "plain"  # context as "# Path:" headed comments
+        check_exact_budgets(completer, shop, (40, 97, 256, 401, 800))
+    finally:
+        completer.close()
+
+
+@pytest.fixture(scope="module")
+def tiny_fim_model(tmp_path_factory) -> Path:
+    """A tiny random model over a byte-level BPE of 300 tokens trained here, with StarCoder's FIM tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    special = ["<|endoftext|>", "<fim_prefix>", "<fim_suffix>", "<fim_middle>", "<file_sep>", "<repo_name>"]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator([(ROOT / "bench/data/textwrap.py").read_text()], trainers.BpeTrainer(
+        vocab_size=300, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny-fim"), tokenizer)
+
+
+def test_the_context_part_is_token_exact_with_a_tiny_fim_tokenizer(shop, tmp_path, tiny_fim_model):
+    config = RuntimeConfig(model=str(tiny_fim_model), cache_dir=tmp_path / "cache", device="cpu", quantize="none",
+                           max_new_tokens=4)
+    completer = completer_for(Engine(load_model(config), config), tmp_path)
+    try:
+        assert completer.model.template.name == "starcoder"  # "<file_sep>{path}\n{text}" items, SPM order
+        check_exact_budgets(completer, shop, (40, 97, 256, 401, 800))
+    finally:
+        completer.close()
+
+
+@needs_smollm
+def test_a_model_loaded_later_measures_the_open_workspaces(shop, tmp_path, tiny_loaded, tiny_config):
+    completer = completer_for(None, tmp_path)  # an editor's server: the workspace opens before the model loads
+    try:
+        completer.open_workspace(shop)
+        _, before = completer.prompt_parts(str(shop / "shop/report.py"), CURRENT, len(CURRENT),
+                                           CompletionOptions(budget=300))
+        assert before.packed.tokens <= 300  # the estimate counts meanwhile
+        completer.model = Engine(tiny_loaded, tiny_config.replace(max_new_tokens=4))
+        check_exact_budgets(completer, shop, (300,))
+    finally:
+        completer.close()
