@@ -12,6 +12,7 @@ before anything is created.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -43,6 +44,7 @@ class Context:
     packed: Packed
     timings_ms: dict[str, float] = field(default_factory=dict)  # per provider, and "total"
     complete: bool = True  # False: a slow provider missed the deadline (its answer serves a later request)
+    notes: list[str] = field(default_factory=list)  # what the explanation should say (a budget reduced to fit)
 
     @property
     def records(self) -> list[ContextRecord]:
@@ -396,9 +398,13 @@ class ContextEngine:
 
     def prompt_parts(
         self, path: str, text: str, offset: int, window: Window | None = None, budget: int | None = None,
-        draft: str | None = None,
+        draft: str | None = None, room: Callable[[CursorParts, int], tuple[int, str] | None] | None = None,
     ) -> tuple[CursorParts, Context]:
-        """The current file's window plus packed repository context, as the model runtime renders them."""
+        """The current file's window plus packed repository context, as the model runtime renders them.
+
+        room(parts without context, budget): the most tokens the context may take beside that window in the
+        model's prompt, and why (None: the budget fits); a budget over it is reduced to it, with a note in
+        `Context.notes`."""
         rel = self.relative(path)
         parts = cursor_parts(text, offset, mode="infile", path=rel, window=window)
         line_start = text.rfind("\n", 0, offset) + 1
@@ -406,6 +412,15 @@ class ContextEngine:
         col = offset - line_start + 1
         first_line = line - parts.prefix.count("\n")
         last_line = line + parts.suffix.count("\n")
+        parts.prefix = self.gate.scrub(parts.prefix, rel)  # the current file's credentials stay home too
+        parts.suffix = self.gate.scrub(parts.suffix, rel)
+        parts.repo_name = self.root.name
+        requested = self.config.budget_tokens if budget is None else budget
+        note = None
+        bound = room(parts, requested) if room is not None else None
+        if bound is not None and bound[0] < requested:
+            budget = max(0, bound[0])
+            note = f"context budget reduced from {requested} to {budget} tokens: {bound[1]}"
         # While the user types a name, the context stays as it was: the prompt's head is then unchanged from
         # keystroke to keystroke and the prefix-KV cache reuses all of it. A new line, or a character that opens
         # a new hole (`obj.`, `f(`, `a, `, `x = `), asks the providers again.
@@ -416,10 +431,9 @@ class ContextEngine:
             ctx = self.context(rel, text, line, col, budget=budget, own_window=(first_line, last_line), draft=draft)
             if ctx.complete:  # an incomplete one is asked again, to pick up the late provider's answer
                 self._line_cache = (key, ctx)
-        parts.prefix = self.gate.scrub(parts.prefix, rel)  # the current file's credentials stay home too
-        parts.suffix = self.gate.scrub(parts.suffix, rel)
+        if note is not None:
+            ctx = dataclasses.replace(ctx, notes=[*ctx.notes, note])  # the cached one stays as it was
         parts.context = [Snippet(r.path, r.text) for r in self.gate.records(ctx.records)]
-        parts.repo_name = self.root.name
         return parts, ctx
 
 

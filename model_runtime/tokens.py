@@ -1,4 +1,4 @@
-"""Counting prompt tokens as the engine encodes them: what a context item costs.
+"""Counting prompt tokens as the engine encodes them: what a context item costs, the bound of a whole prompt.
 
 The engine (`engine.encode_prompt`) tokenizes a prompt piece by piece: template text (sentinels, path headers,
 separators) as it is, user text (context items, prefix, suffix) with special tokens split. Context items are
@@ -16,6 +16,7 @@ estimate. Counts are cached by text (the same records come back at every keystro
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 from repocomplete.model_runtime.templates import ContextItem, FimTemplate, comment_prefix, context_text
 
@@ -51,3 +52,31 @@ class PromptTokens:
         """The tokens a context item adds to the prompt: its frame and its text as the template shows it."""
         shown = context_text(self.template, ContextItem(path, text))
         return self.plain(item_frame(self.template, path)) + self.user(shown)
+
+
+@dataclass(frozen=True)
+class PromptLimit:
+    """The most tokens a prompt may hold for a model, and where the bound comes from."""
+
+    tokens: int
+    why: str
+
+
+def prompt_limit(window: int | None, max_context_tokens: int, max_new_tokens: int) -> PromptLimit:
+    """The prompt's bound: the model's window (max_position_embeddings) less the tokens generated, and at most
+    the runtime's `max_context_tokens` (beyond which the engine drops the prompt's start)."""
+    if window is not None and window - max_new_tokens < max_context_tokens:
+        return PromptLimit(max(0, window - max_new_tokens),
+                           f"the model's window is {window} tokens and {max_new_tokens} are kept for the completion")
+    return PromptLimit(max_context_tokens, f"a prompt holds at most {max_context_tokens} tokens "
+                                           f"(RuntimeConfig.max_context_tokens)")
+
+
+def model_window(model) -> int | None:
+    """The positions a loaded model was trained for (its config's max_position_embeddings), if it says."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return None
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    window = getattr(text, "max_position_embeddings", None)
+    return int(window) if isinstance(window, int) and window > 0 else None

@@ -6,8 +6,10 @@ and one `ContextEngine` per workspace root, opened on first use (or ahead of tim
 what an editor's server does on its worker thread while it shows indexing progress).
 
 Budgets are the model's tokens: the completer gives its context engines the model's counter
-(`model_runtime.tokens.PromptTokens`: a record costs what it adds to the prompt, header and separator included).
-Without a tokenizer (no model yet, an endpoint) the context engine's calibrated estimate counts.
+(`model_runtime.tokens.PromptTokens`: a record costs what it adds to the prompt, header and separator included),
+and bounds the context so that it, the current file's window and the completion fit the model's window (a budget
+that does not fit is reduced, and the explanation says so). Without a tokenizer (no model yet, an endpoint) the
+context engine's calibrated estimate counts.
 """
 
 from __future__ import annotations
@@ -25,9 +27,13 @@ from repocomplete.context_engine.engine import Context, ContextEngine, find_root
 from repocomplete.context_engine.errors import Cancelled, InputError
 from repocomplete.context_engine.packing import RecordTokens, approx_tokens, text_tokens
 from repocomplete.context_engine.parts import CursorParts
-from repocomplete.model_runtime.engine import CancelToken, Completion, CompletionRequest
-from repocomplete.model_runtime.templates import ContextItem, PromptParts
-from repocomplete.model_runtime.tokens import PromptTokens
+from repocomplete.model_runtime.engine import CancelToken, Completion, CompletionRequest, encode_prompt
+from repocomplete.model_runtime.templates import ContextItem, PromptParts, model_view, render
+from repocomplete.model_runtime.tokens import PromptTokens, model_window, prompt_limit
+
+# A budget reduced to fit the model's window is rounded down to a multiple of this, so that it stays the same
+# while the user types (and the context with it: the prefix-KV cache keeps the prompt's head).
+BUDGET_STEP = 128
 
 
 def model_parts(parts: CursorParts) -> PromptParts:
@@ -60,6 +66,28 @@ class ModelTokens:
     def record(self, path: str, text: str) -> int:
         counter = self.counter()
         return approx_tokens(text) if counter is None else counter.item(path, text)
+
+    def room(self, parts: CursorParts, budget: int, max_new_tokens: int | None) -> tuple[int, str] | None:
+        """The tokens left for repository context beside the current file's window in the model's prompt (rounded
+        down to BUDGET_STEP), and why; None where the budget surely fits (or the model's tokenizer is unknown: an
+        endpoint)."""
+        counter = self.counter()
+        model = self.model
+        loaded = getattr(model, "loaded", None)
+        config = getattr(model, "config", None)
+        if counter is None or loaded is None or config is None:
+            return None
+        max_new = config.max_new_tokens if max_new_tokens is None else max_new_tokens
+        limit = prompt_limit(model_window(loaded.model), config.max_context_tokens, max_new)
+        template = model.template
+        shown = model_view(template, model_parts(parts))
+        # A token covers at least one byte of the text (two more for a start token and a leading space marker):
+        # a window that small leaves the budget room without tokenizing it.
+        if budget + len(render(template, shown, model.order).encode()) + 2 <= limit.tokens:
+            return None
+        infile = len(encode_prompt(counter.tokenizer, template, shown, model.order)[1].ids)
+        left = max(0, limit.tokens - infile) // BUDGET_STEP * BUDGET_STEP
+        return left, f"{limit.why}, and the current file's window takes {infile} (context may take {left})"
 
 
 @dataclass
@@ -192,8 +220,10 @@ class Completer:
         if options.context != "repo":
             return cursor_prompt(text, offset, mode=options.context, path=Path(path).name, window=self.window), None
         engine = workspace or self.workspace_for(path)
+        tokens = self._tokens
         parts, ctx = engine.prompt_parts(os.path.abspath(path), text, offset, window=self.window,
-                                         budget=options.budget, draft=draft)
+                                         budget=options.budget, draft=draft,
+                                         room=lambda p, budget: tokens.room(p, budget, options.max_new_tokens))
         return model_parts(parts), ctx
 
     def complete(

@@ -1,8 +1,9 @@
-"""Budgets are the model's tokens: the packer fills them exactly as the prompt counts, and the estimate without a
-tokenizer is calibrated."""
+"""Budgets are the model's tokens: the packer fills them exactly as the prompt counts, the estimate without a
+tokenizer is calibrated, and the context gives way to the current file's window within the model's window."""
 
 from __future__ import annotations
 
+import json
 import sysconfig
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,8 +20,9 @@ from repocomplete.model_runtime.engine import Engine
 from repocomplete.model_runtime.errors import ModelLoadError
 from repocomplete.model_runtime.loading import embedded_gguf_path, load_model
 from repocomplete.model_runtime.templates import PromptParts
+from repocomplete.model_runtime.tokens import prompt_limit
 
-from repocomplete.pipeline import Completer, CompletionOptions
+from repocomplete.pipeline import BUDGET_STEP, Completer, CompletionOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -161,6 +163,7 @@ def check_exact_budgets(completer: Completer, root: Path, budgets) -> None:
                                             CompletionOptions(budget=budget))
         exact = context_tokens(engine, parts)
         assert ctx.packed.tokens == exact <= budget, (budget, ctx.packed.tokens, exact)
+        assert not ctx.notes
         # Filled: no window left out could have given its first line (with its header).
         for r, why in ctx.packed.dropped:
             if why == "over budget" and r.kind == "retrieval":
@@ -219,3 +222,79 @@ def test_a_model_loaded_later_measures_the_open_workspaces(shop, tmp_path, tiny_
         check_exact_budgets(completer, shop, (300,))
     finally:
         completer.close()
+
+
+# -- the model's window ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_window_model(tmp_path_factory, tokenizer) -> Path:
+    """A tiny model whose window is 640 positions."""
+    path = make_tiny_model_dir(tmp_path_factory.mktemp("tiny-640"), tokenizer)
+    config = json.loads((path / "config.json").read_text())
+    config["max_position_embeddings"] = 640
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+def long_file(lines: int) -> str:
+    return "".join(f"value_{i} = compute_{i % 10}_{i % 6}(items, rate={i}.5)\n" for i in range(lines)) + "total = "
+
+
+@needs_smollm
+@pytest.mark.parametrize("max_context, why", [(8192, "the model's window is 640 tokens and 8 are kept"),
+                                              (400, "a prompt holds at most 400 tokens")])
+def test_a_budget_that_cannot_fit_the_window_is_reduced_with_a_note(shop, tmp_path, small_window_model, max_context,
+                                                                    why):
+    config = RuntimeConfig(model=str(small_window_model), cache_dir=tmp_path / "cache", device="cpu",
+                           quantize="none", max_new_tokens=8, max_context_tokens=max_context)
+    engine = Engine(load_model(config), config)
+    completer = completer_for(engine, tmp_path)
+    limit = prompt_limit(640, max_context, 8).tokens
+    text = long_file(12)
+    path = shop / "shop/long.py"
+    path.write_text(text)
+    try:
+        result = completer.complete(str(path), text, len(text), CompletionOptions(budget=4096))
+        ctx = result.context
+        bare = PromptParts(result.parts.prefix, "", result.parts.path, [], result.parts.repo_name)
+        infile = len(engine.encode(bare)[1].ids)
+        assert 0 < ctx.packed.budget == (limit - infile) // BUDGET_STEP * BUDGET_STEP < 4096
+        assert len(ctx.notes) == 1 and ctx.notes[0].startswith(
+            f"context budget reduced from 4096 to {ctx.packed.budget} tokens: {why}")
+        assert ctx.notes[0].endswith(f"the current file's window takes {infile} (context may take {ctx.packed.budget})")
+        # Nothing was cut from the prompt: all of it is there, within the bound.
+        assert result.completion.prompt_tokens <= infile + ctx.packed.tokens <= limit
+        assert context_tokens(engine, result.parts) == ctx.packed.tokens > 0
+        # A budget that fits is left alone.
+        small = completer.complete(str(path), text, len(text), CompletionOptions(budget=64)).context
+        assert small.packed.budget == 64 and not small.notes
+    finally:
+        completer.close()
+
+
+@needs_smollm
+def test_a_file_window_larger_than_the_model_leaves_no_context(shop, tmp_path, small_window_model):
+    config = RuntimeConfig(model=str(small_window_model), cache_dir=tmp_path / "cache", device="cpu",
+                           quantize="none", max_new_tokens=8)
+    completer = completer_for(Engine(load_model(config), config), tmp_path)
+    text = long_file(200)
+    path = shop / "shop/long.py"
+    path.write_text(text)
+    try:
+        parts, ctx = completer.prompt_parts(str(path), text, len(text), CompletionOptions(budget=512))
+        assert ctx.packed.budget == 0 and not parts.context and ctx.notes
+    finally:
+        completer.close()
+
+
+def test_the_explanation_shows_the_context_tokens_the_budget_and_the_notes():
+    from repocomplete.context_engine.engine import Context
+    from repocomplete.context_engine.packing import Packed
+    from repocomplete.lsp_server.convert import explain_context
+
+    note = "context budget reduced from 4096 to 896 tokens: the model's window is 8192 tokens and ..."
+    shown = explain_context(Context(Packed([], 880, 896), {"total": 3.0}, notes=[note]), 7000, 3.5, "repo")
+    assert (shown["context_tokens"], shown["context_budget"], shown["notes"]) == (880, 896, [note])
+    plain = explain_context(None, 300, 1.0, "infile")
+    assert (plain["context_tokens"], plain["context_budget"], plain["notes"]) == (None, None, [])
