@@ -30,6 +30,7 @@ from repocomplete.context_engine.neighbours import Neighbours
 from repocomplete.context_engine.packing import Packed, RecordTokens, approx_tokens, pack, text_tokens
 from repocomplete.context_engine.records import ContextRecord
 from repocomplete.context_engine.parts import CursorParts, Snippet
+from repocomplete.context_engine.roots import GIVEN, find_root  # noqa: F401 (find_root lived here; still importable)
 from repocomplete.context_engine.slow_pool import SlowPool
 
 log = logging.getLogger(__name__)
@@ -44,22 +45,13 @@ class Context:
     packed: Packed
     timings_ms: dict[str, float] = field(default_factory=dict)  # per provider, and "total"
     complete: bool = True  # False: a slow provider missed the deadline (its answer serves a later request)
+    root: str | None = None  # the workspace the records come from (resolved)
+    root_reason: str | None = None  # why that folder is the workspace (roots.py: "nearest .git", ...)
     notes: list[str] = field(default_factory=list)  # what the explanation should say (a budget reduced to fit)
 
     @property
     def records(self) -> list[ContextRecord]:
         return self.packed.records
-
-
-def find_root(path: Path) -> Path:
-    """The repository a file belongs to: the nearest parent holding .git (else the file's own folder).
-
-    From the path as given (made absolute, symlinks not resolved): a symlinked file's target never moves the root."""
-    path = Path(os.path.abspath(path))
-    for parent in [path.parent, *path.parent.parents]:
-        if (parent / ".git").exists():
-            return parent
-    return path.parent
 
 
 class ContextEngine:
@@ -79,6 +71,7 @@ class ContextEngine:
 
         given = check_workspace_root(root)  # raises WorkspaceError before anything is created
         self.root = given.resolve()
+        self.root_reason = GIVEN  # why this folder: set by whoever chose it (roots.locate_root, --root, the editor)
         self.config = config or ContextConfig()
         self.config.validate()
         self.count_tokens = count_tokens
@@ -222,7 +215,8 @@ class ContextEngine:
         budget = self.config.budget_tokens if budget is None else budget
         if self.gate.rel(path) is not None and self.gate.reason_rel(rel) == "symlink outside the root":
             # A link out of the workspace yields nothing (nor does the text behind it query anything).
-            return Context(pack({}, budget, self.config.quotas, record_tokens=self.record_tokens), {"total": 0.0}, True)
+            return Context(pack({}, budget, self.config.quotas, record_tokens=self.record_tokens), {"total": 0.0}, True,
+                           str(self.root), self.root_reason)
         providers = providers or self.config.providers
         prefix = "\n".join(text.split("\n")[: line - 1] + [text.split("\n")[line - 1][: col - 1]]) if text else ""
         timings: dict[str, float] = {}
@@ -266,7 +260,7 @@ class ContextEngine:
         window = (rel, *own_window) if own_window else None
         packed = pack(by_provider, budget, self.config.quotas, own_window=window, record_tokens=self.record_tokens)
         timings["total"] = round((time.perf_counter() - t_all) * 1000, 2)
-        return Context(packed, timings, complete)
+        return Context(packed, timings, complete, str(self.root), self.root_reason)
 
     def _safe_provide(self, kind, rel, text, prefix, line, col, budget) -> list[ContextRecord]:
         try:

@@ -26,6 +26,8 @@ from repocomplete.model_runtime.engine import CancelToken
 
 log = logging.getLogger(__name__)
 
+WORKSPACE_FOLDER = "the editor's workspace folder"  # the root reason of the folders the client names
+
 
 class NotReady(Exception):
     """No model loaded (still loading, or loading failed)."""
@@ -165,10 +167,11 @@ class EngineWorker:
 
         return self.submit(run)
 
-    def open_workspace(self, root: Path, on_progress: Callable[[int, int], None] | None = None) -> Future:
-        """Index a folder (stopped by stop(): the future then raises `Cancelled`)."""
+    def open_workspace(self, root: Path, on_progress: Callable[[int, int], None] | None = None,
+                       reason: str = WORKSPACE_FOLDER) -> Future:
+        """Index a folder (stopped by stop(): the future then raises `Cancelled`); reason: why it is a workspace."""
         return self.submit(lambda: self.completer.open_workspace(root, on_progress=on_progress,
-                                                                 cancelled=self._stop_event.is_set))
+                                                                 cancelled=self._stop_event.is_set, reason=reason))
 
     def close_workspace(self, root: Path) -> Future:
         return self.submit(lambda: self.completer.close_workspace(root))

@@ -43,7 +43,9 @@ def _add_runtime_args(p: argparse.ArgumentParser) -> None:
 
 def _add_context_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("repository context")
-    g.add_argument("--root", default=None, help="the repository (default: the nearest parent with .git)")
+    g.add_argument("--root", default=None,
+                   help="the repository (default: the nearest parent with .git/.hg/.svn/.jj, else with a project "
+                        "file such as pyproject.toml, else the folder above the top Python package)")
     g.add_argument("--budget", type=int, default=None, help=f"context token budget (default {_budget_default()})")
     g.add_argument("--providers", default=None, help="comma list of imports,typed_holes,retrieval,repo_map,neighbours")
     g.add_argument("--dense", action="store_true", help="add dense retrieval (all-MiniLM-L6-v2 + faiss)")
@@ -104,18 +106,23 @@ def make_completer(args: argparse.Namespace):
     return Completer(make_engine(runtime_config(args)), context_config(args))
 
 
-def _workspace_root(file: str, args: argparse.Namespace) -> Path:
-    """--root, else the file's repository; checked before anything is loaded or created (bad: exit 2)."""
-    from repocomplete.context_engine.engine import find_root
+def _workspace_root(file: str, args: argparse.Namespace):
+    """--root, else the file's repository (`roots.locate_root`), as a `roots.Root` (the folder and why); checked
+    before anything is loaded or created (bad: exit 2)."""
     from repocomplete.context_engine.gate import check_workspace_root
+    from repocomplete.context_engine.roots import Root, locate_root
 
-    return check_workspace_root(Path(args.root) if getattr(args, "root", None) else find_root(Path(file)))
+    if getattr(args, "root", None):
+        return Root(check_workspace_root(Path(args.root)), "--root")
+    return locate_root(Path(file))
 
 
 def _context_engine(file: str, args: argparse.Namespace):
     from repocomplete.context_engine.engine import ContextEngine
 
-    engine = ContextEngine(_workspace_root(file, args), context_config(args))
+    root = _workspace_root(file, args)
+    engine = ContextEngine(root.path, context_config(args))
+    engine.root_reason = root.reason
     engine.build(progress=not getattr(args, "json", False))
     return engine
 
@@ -130,7 +137,7 @@ def cmd_complete(args: argparse.Namespace) -> int:
     completer = make_completer(args)
     workspace = None
     if root is not None:
-        workspace = completer.open_workspace(root, progress=not args.json)
+        workspace = completer.open_workspace(root.path, progress=not args.json, reason=root.reason)
     options = CompletionOptions(context=args.context, multiline=args.multiline, budget=args.budget,
                                 iterative=args.iterative)
     done = completer.complete(args.file, text, offset, options, workspace=workspace)
@@ -152,6 +159,8 @@ def cmd_complete(args: argparse.Namespace) -> int:
                     "decode_ms": round(result.decode_s * 1000, 1),
                     "model": engine.name,
                     "path": _path_report(engine),
+                    "root": None if workspace is None else str(workspace.root),  # None: no repository context
+                    "root_reason": None if workspace is None else workspace.root_reason,
                 }
             )
         )
@@ -267,6 +276,7 @@ def cmd_context(args: argparse.Namespace) -> int:
         # No model here: the tokens are the calibrated estimate (context_engine.packing.approx_tokens) of the records'
         # text, without the headers a model's prompt gives them; `complete --context repo` counts the model's.
         print(f"--- {len(items)} items, {ctx.packed.tokens}/{ctx.packed.budget} tokens (estimated), {ctx.timings_ms}")
+        print(f"--- root {engine.root} ({engine.root_reason})")
     return 0
 
 
@@ -308,7 +318,9 @@ def cmd_bench_lsp(args: argparse.Namespace) -> int:
     from repocomplete.bench.lsp import LspBenchOptions, format_report, run_lsp_bench
 
     options = LspBenchOptions(file=args.file, keystrokes=args.keystrokes, burst_keystrokes=args.burst_keystrokes,
-                              burst_interval_ms=args.burst_interval_ms, context_tokens=args.context_tokens)
+                              burst_interval_ms=args.burst_interval_ms, context_tokens=args.context_tokens,
+                              cache=not args.no_cache, peer=args.peer, peer_command=args.peer_command,
+                              peer_python=args.peer_python)
     report = run_lsp_bench(runtime_config(args), options, progress=not args.json)
     if not args.requests:
         report.pop("requests")
@@ -510,6 +522,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_session_args(p, "paced keystrokes (each waits for its completion)")
     p.add_argument("--burst-keystrokes", type=int, default=12, help="then keystrokes faster than completions")
     p.add_argument("--burst-interval-ms", type=float, default=30.0)
+    p.add_argument("--no-cache", action="store_true",
+                   help="turn the server's completion cache off: every keystroke reaches the engine")
+    p.add_argument("--peer", choices=("auto", "llama-server", "llama-cpp-python", "none"), default="auto",
+                   help="replay the paced keystrokes against llama.cpp's server on the same GGUF (skipped with a "
+                        "line when not installed)")
+    p.add_argument("--peer-command", help="the llama-server binary (default: llama-server on PATH)")
+    p.add_argument("--peer-python", help="a Python with llama-cpp-python[server] installed (default: this one)")
     p.add_argument("--requests", action="store_true", help="include every request's record in --json")
     p.add_argument("--json", action="store_true")
     _add_runtime_args(p)

@@ -23,10 +23,11 @@ from pathlib import Path
 
 from repocomplete.context_engine.config import ContextConfig
 from repocomplete.context_engine.document import CONTEXT_MODES, Window, cursor_parts
-from repocomplete.context_engine.engine import Context, ContextEngine, find_root
+from repocomplete.context_engine.engine import Context, ContextEngine
 from repocomplete.context_engine.errors import Cancelled, InputError
 from repocomplete.context_engine.packing import RecordTokens, approx_tokens, text_tokens
 from repocomplete.context_engine.parts import CursorParts
+from repocomplete.context_engine.roots import locate_root
 from repocomplete.model_runtime.engine import CancelToken, Completion, CompletionRequest, encode_prompt
 from repocomplete.model_runtime.templates import ContextItem, PromptParts, model_view, render
 from repocomplete.model_runtime.tokens import PromptTokens, model_window, prompt_limit
@@ -167,19 +168,22 @@ class Completer:
 
     def open_workspace(
         self, root: str | Path, progress: bool = False, on_progress: Callable[[int, int], None] | None = None,
-        cancelled: Callable[[], bool] | None = None,
+        cancelled: Callable[[], bool] | None = None, reason: str | None = None,
     ) -> ContextEngine:
         """The context engine of a workspace root, indexed on first use (cached and live afterwards).
 
         on_progress(files done, files in all) follows the indexing (an editor's progress bar); cancelled() True
         stops it between two files and raises `Cancelled` (the workspace is not opened; its index keeps the files
-        done, and the next open goes on from them)."""
+        done, and the next open goes on from them). reason: why this folder is the workspace (the engine's
+        `root_reason`, shown with its context; the first opener's stays)."""
         root = Path(root).resolve()
         with self._lock:
             engine = self._workspaces.get(root)
             if engine is None:
                 engine = self._make(root, self.context_config)
                 engine.set_record_tokens(self.record_tokens())
+                if reason is not None:
+                    engine.root_reason = reason
                 stats = engine.build(progress=progress, on_progress=on_progress, cancelled=cancelled)
                 if getattr(stats, "cancelled", False):
                     engine.close()
@@ -198,14 +202,18 @@ class Completer:
             return list(self._workspaces)
 
     def workspace_for(self, path: str | Path, open_missing: bool = True) -> ContextEngine | None:
-        """The open workspace that holds a file (the deepest root); else, if asked, the file's repository."""
+        """The open workspace that holds a file (the deepest root); else, if asked, the file's repository
+        (`roots.locate_root`: version control, a project file, the Python package chain, its own folder)."""
         given = Path(os.path.abspath(path))  # the file's own name is never resolved (a symlink is its own entry)
         forms = {given, Path(os.path.realpath(given.parent)) / given.name}
         with self._lock:
             roots = [r for r in self._workspaces for p in forms if p == r or r in p.parents]
             if roots:
                 return self._workspaces[max(roots, key=lambda r: len(r.parts))]
-        return self.open_workspace(find_root(given)) if open_missing else None
+        if not open_missing:
+            return None
+        found = locate_root(given)
+        return self.open_workspace(found.path, reason=found.reason)
 
     # -- completion ----------------------------------------------------------------------------------------
 

@@ -65,6 +65,9 @@ export interface ShowContextResult {
     timings_ms: Record<string, number>;
     context_mode?: string;
     stop_reason?: string | null;
+    /** The workspace the records come from, and why that folder (null: no repository context). */
+    root?: string | null;
+    root_reason?: string | null;
     /** The repository context's tokens in the prompt, and the budget they were packed into (null without one). */
     context_tokens?: number | null;
     context_budget?: number | null;
@@ -150,6 +153,10 @@ export function formatContext(result: ShowContextResult, where: Where): string {
         facts.push(`stop: ${inline(result.stop_reason)}`);
     }
     lines.push(facts.join(' · '));
+    if (typeof result.root === 'string') {
+        lines.push('');
+        lines.push(`workspace ${code(result.root)}${result.root_reason ? ` (${inline(result.root_reason)})` : ''}`);
+    }
     const notes = Array.isArray(result.notes) ? result.notes.filter((n) => typeof n === 'string') : [];
     for (const note of notes) {
         lines.push('');

@@ -32,6 +32,8 @@ const RESULT: ShowContextResult = {
     prompt_tokens: 812,
     timings_ms: { context: 12.345, 'provider.imports': 3.2 },
     context_mode: 'repo',
+    root: '/proj',
+    root_reason: "the editor's workspace folder",
 };
 
 class FakeServer implements ServerControl {
@@ -103,6 +105,7 @@ describe('commands: show context', () => {
         assert.match(md, /^# repocomplete: context/);
         assert.match(md, /`\/proj\/shop\/cart\.py` line 42, column 9/); // shown one-based
         assert.match(md, /2 records · 812 prompt tokens · context: repo/);
+        assert.match(md, /\nworkspace `\/proj` \(the editor's workspace folder\)\n/);
         assert.match(md, /```python\ntotal \+= item\.price \* item\.qty\n```/);
         assert.match(md, /### 1\. `inventory\/models\.py` lines 10–24/);
         assert.match(md, /kind \*\*definition\*\* · score 0\.812 · why: imported as `Item` from inventory\.models/);
@@ -133,6 +136,7 @@ describe('commands: show context', () => {
         assert.match(md, /No context records/);
         assert.match(md, /0 records/);
         assert.doesNotMatch(md, /## Timings/);
+        assert.doesNotMatch(md, /workspace/); // no repository context: no root to name
     });
 
     it('keeps code spans and table cells whole whatever the text holds', () => {
