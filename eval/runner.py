@@ -69,7 +69,7 @@ def eval_context_engine(root: Path, config: ContextConfig) -> ContextEngine:
 
 def prediction_record(task, result: CompletionResult) -> dict:
     c = result.completion
-    return {
+    record = {
         "task_id": task.task_id,
         "pred": result.text,
         "latency_ms": round(result.engine_ms, 1),  # context + prefill + decode
@@ -78,6 +78,11 @@ def prediction_record(task, result: CompletionResult) -> dict:
         "generated_tokens": c.generated_tokens,
         "stop_reason": c.stop_reason,
     }
+    if result.context is not None:  # repository context: its tokens in the prompt, and the budget it had (the
+        # run's, or less where the current file's window left less room in the model's window)
+        record["context_tokens"] = result.context.packed.tokens
+        record["context_budget"] = result.context.packed.budget
+    return record
 
 
 class BatchRunner:

@@ -128,6 +128,11 @@ def _explained(completion: str | None, context: Context | None, prompt_tokens: i
         "root_reason": context.root_reason if context is not None else None,
         "records": [record_json(r) for r in context.records] if context is not None else [],
         "prompt_tokens": prompt_tokens,
+        # The repository context's tokens in the prompt and the budget they were packed into (None without one);
+        # notes: what bent the request (a budget reduced to fit the model's window).
+        "context_tokens": context.packed.tokens if context is not None else None,
+        "context_budget": context.packed.budget if context is not None else None,
+        "notes": list(context.notes) if context is not None else [],
         "timings_ms": timings,
         "stop_reason": stop_reason,
         "context_mode": context_mode,

@@ -73,7 +73,9 @@ class RuntimeConfig:
     # used blocks go first, and a prompt with more blocks than fit stores only the blocks that fit.
     prefix_cache_bytes: int = 512 * 2**20
     block_size: int = 16
-    max_context_tokens: int = 4096  # prompt tokens kept (the start of the prompt is dropped beyond it)
+    # Prompt tokens kept (the engine drops the start of a longer prompt). The pipeline keeps repository context
+    # within it and within the model's window (max_position_embeddings) less max_new_tokens: SmolLM2-135M's 8192.
+    max_context_tokens: int = 8192
     # A long uncached prompt is prefilled in chunks of this many tokens, each stored in the prefix cache at once, so
     # a cancelled cold prefill (the user typed on) is resumed by the next request instead of redone.
     prefill_chunk_tokens: int = 512

@@ -140,7 +140,10 @@ def cmd_complete(args: argparse.Namespace) -> int:
         workspace = completer.open_workspace(root.path, progress=not args.json, reason=root.reason)
     options = CompletionOptions(context=args.context, multiline=args.multiline, budget=args.budget,
                                 iterative=args.iterative)
-    result = completer.complete(args.file, text, offset, options, workspace=workspace).completion
+    done = completer.complete(args.file, text, offset, options, workspace=workspace)
+    result = done.completion
+    for note in done.context.notes if done.context is not None else ():
+        print(f"repocomplete: {note}", file=sys.stderr)  # a budget reduced to fit the model's window
     engine = completer.model
     if args.json:
         print(
@@ -270,7 +273,9 @@ def cmd_context(args: argparse.Namespace) -> int:
         for item in items:
             print(f"--- {item['path']}:{item['start_line']}-{item['end_line']} [{item['kind']} {item['score']}] {item['why']}")
             print(item["text"])
-        print(f"--- {len(items)} items, {ctx.packed.tokens}/{ctx.packed.budget} tokens, {ctx.timings_ms}")
+        # No model here: the tokens are the calibrated estimate (context_engine.packing.approx_tokens) of the records'
+        # text, without the headers a model's prompt gives them; `complete --context repo` counts the model's.
+        print(f"--- {len(items)} items, {ctx.packed.tokens}/{ctx.packed.budget} tokens (estimated), {ctx.timings_ms}")
         print(f"--- root {engine.root} ({engine.root_reason})")
     return 0
 

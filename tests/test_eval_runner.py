@@ -232,6 +232,10 @@ def test_a_rerun_gives_the_same_predictions(suite, tmp_path, model, go):
     a = lines(tmp_path / "a.jsonl")
     assert a == lines(tmp_path / "b.jsonl")
     assert sum(1 for _, pred in a if pred) >= 2  # not a comparison of empty strings
+    # Each prediction says how much repository context its prompt had, within the run's budget.
+    records = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
+    assert all(0 <= r["context_tokens"] <= r["context_budget"] == 256 for r in records)
+    assert any(r["context_tokens"] > 0 for r in records)
 
 
 def test_resume_skips_done_tasks_and_drops_a_truncated_line(suite, tmp_path, model, go):

@@ -119,6 +119,16 @@ describe('commands: show context', () => {
         assert.ok(md.indexOf('models.py') < md.indexOf('util.py'));
     });
 
+    it('shows the context tokens against their budget, and the notes', () => {
+        const md = formatContext({
+            ...RESULT, context_tokens: 1019, context_budget: 1024,
+            notes: ['context budget reduced from 4096 to 1024 tokens: the model\'s window is 8192 tokens'],
+        }, { uri: 'file:///proj/a.py', position: { line: 0, character: 0 } });
+        assert.match(md, /2 records · 812 prompt tokens · 1019\/1024 context tokens · context: repo/);
+        assert.match(md, /_Note: context budget reduced from 4096 to 1024 tokens: the model's window is 8192 tokens_/);
+        assert.doesNotMatch(formatContext(RESULT, { uri: 'file:///a.py', position: { line: 0, character: 0 } }), /Note:/);
+    });
+
     it('says so when no completion was made and no records came', () => {
         const md = formatContext({ completion: null, records: [], prompt_tokens: 5, timings_ms: {} },
             { uri: 'file:///a.go', position: { line: 0, character: 0 } });
