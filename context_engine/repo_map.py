@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 import numpy as np
 from scipy import sparse
 
-from repocomplete.context_engine.packing import approx_tokens
+from repocomplete.context_engine.packing import RecordTokens, approx_tokens, text_tokens
 from repocomplete.context_engine.records import ContextRecord, Definition
 
 DAMPING = 0.85
@@ -101,6 +101,12 @@ def rank_definitions(
     return RepoGraph(definitions, identifiers).rank_definitions(current)
 
 
+def _file_text(items: list[tuple[float, Definition]]) -> tuple[str, list[tuple[float, Definition]]]:
+    """One file's definitions (in rank order) as its record shows them: signatures in file order."""
+    items = sorted(items, key=lambda pair: pair[1].start_line)
+    return "\n".join(("    " if d.parent else "") + d.signature.strip() for _, d in items), items
+
+
 def render(ranked: list[tuple[float, Definition]]) -> list[ContextRecord]:
     """One record per file: the chosen definitions' signatures, in file order."""
     by_path: dict[str, list[tuple[float, Definition]]] = defaultdict(list)
@@ -108,11 +114,10 @@ def render(ranked: list[tuple[float, Definition]]) -> list[ContextRecord]:
         by_path[d.path].append((score, d))
     records = []
     for path, items in by_path.items():
-        items.sort(key=lambda pair: pair[1].start_line)
-        lines = [("    " if d.parent else "") + d.signature.strip() for _, d in items]
+        text, items = _file_text(items)
         records.append(
             ContextRecord(
-                text="\n".join(lines),
+                text=text,
                 path=path,
                 start_line=items[0][1].start_line,
                 end_line=max(d.end_line for _, d in items),
@@ -125,22 +130,29 @@ def render(ranked: list[tuple[float, Definition]]) -> list[ContextRecord]:
     return records
 
 
-def fit(ranked: list[tuple[float, Definition]], budget: int, count_tokens: Callable[[str], int] = approx_tokens):
-    """As many of the best definitions as fit in `budget` tokens, rendered (binary search on the count)."""
+def fit(ranked: list[tuple[float, Definition]], budget: int, count_tokens: Callable[[str], int] = approx_tokens,
+        record_tokens: RecordTokens | None = None):
+    """As many of the best definitions as fit in `budget` tokens, rendered. A record costs record_tokens(path,
+    text), its header in the prompt included (default: count_tokens of its text).
+
+    The definitions are added best first until the next one would pass the budget; each addition changes one
+    file's record, so only that record is counted again (a tokenizer counts a few dozen texts, not every record
+    at every step of a search)."""
     if not ranked or budget <= 0:
         return []
-
-    def cost(n: int) -> int:
-        return sum(count_tokens(r.text) for r in render(ranked[:n]))
-
-    lo, hi = 0, min(len(ranked), 4 * budget)  # a definition costs at least a token or so
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if cost(mid) <= budget:
-            lo = mid
-        else:
-            hi = mid - 1
-    return render(ranked[:lo])
+    cost_of = record_tokens or text_tokens(count_tokens)
+    by_path: dict[str, list[tuple[float, Definition]]] = defaultdict(list)
+    costs: dict[str, int] = {}
+    total = n = 0
+    for score, d in ranked:
+        items = [*by_path[d.path], (score, d)]
+        cost = cost_of(d.path, _file_text(items)[0])
+        if total - costs.get(d.path, 0) + cost > budget:
+            break
+        total += cost - costs.get(d.path, 0)
+        by_path[d.path], costs[d.path] = items, cost
+        n += 1
+    return render(ranked[:n])
 
 
 def repo_map(
@@ -149,5 +161,6 @@ def repo_map(
     budget: int,
     current: str | None = None,
     count_tokens: Callable[[str], int] = approx_tokens,
+    record_tokens: RecordTokens | None = None,
 ) -> list[ContextRecord]:
-    return fit(rank_definitions(definitions, identifiers, current), budget, count_tokens)
+    return fit(rank_definitions(definitions, identifiers, current), budget, count_tokens, record_tokens)

@@ -31,11 +31,12 @@ function shows how it is used, not where it is defined), and the tokens its reco
 share of them that show a needed definition. For needed names no provider found, how deep the repo map's full ranking and a deeper retrieval
 query would have had to go (what a bigger quota or k would buy).
 
-Nothing is read from the model but the predictions: the context of each task is recomputed as `eval run` made it
-(the same settings from OUT.meta.json, the task's buffer, a settled workspace, every provider waited for) and
-checked against the provenance the run recorded, when it recorded one. The prompt template and the model's prompt
-limit come from the model's tokenizer (no weights are loaded). `classify` and `summarize` are pure functions of the
-gathered facts; `gather` does the looking up.
+The model completes nothing here: the context of each task is recomputed as `eval run` made it (the same settings
+from OUT.meta.json, the task's buffer, a settled workspace, every provider waited for, the run's model loaded so
+that records cost its tokens and the context fits its window as in the run) and checked against the provenance the
+run recorded, when it recorded one. The prompt template (does the model see the suffix?) and the model's prompt
+limit come from the model too. `classify` and `summarize` are pure functions of the gathered facts; `gather` does
+the looking up.
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ class TaskFacts:
     in_prompt: list[bool] | None = None  # per packed record: still in the prompt after the model's limit (None: all)
     depth: dict[str, dict[str, int]] = field(default_factory=dict)  # name -> {provider: 1-based rank beyond its cut}
     members: frozenset[str] = frozenset()  # needed names the ground truth uses after a dot (attributes count)
+    costs: list[int] | None = None  # per packed record, its tokens as the packer counted them (None: the estimate)
 
 
 def name_uses(code: str, language: str) -> list[tuple[str, bool]]:
@@ -163,11 +165,13 @@ class Explanation:
                 "names": self.names, "providers": self.providers, "lost_to_prompt_limit": self.lost}
 
 
-def classify(facts: TaskFacts, count_tokens: Callable[[str], int] = approx_tokens) -> Explanation:
+def classify(facts: TaskFacts) -> Explanation:
     """One task's class, each needed name's stage, and what each provider found and spent (see the module)."""
     in_prompt = facts.in_prompt if facts.in_prompt is not None else [True] * len(facts.packed)
     if len(in_prompt) != len(facts.packed):
         raise ValueError(f"{facts.task_id}: in_prompt has {len(in_prompt)} entries for {len(facts.packed)} records")
+    costs = facts.costs if facts.costs is not None else [approx_tokens(r.text) for r in facts.packed]
+    cost = {id(r): c for r, c in zip(facts.packed, costs)}
     shown = [r for r, kept in zip(facts.packed, in_prompt) if kept]
     lost = [(r, PROMPT_LIMIT) for r, kept in zip(facts.packed, in_prompt) if not kept]
     candidates = list(facts.packed) + [r for r, _ in facts.dropped]
@@ -202,8 +206,8 @@ def classify(facts: TaskFacts, count_tokens: Callable[[str], int] = approx_token
         providers[kind] = {
             "candidates": sum(r.kind == kind for r in candidates),
             "records": len(mine),
-            "tokens": sum(count_tokens(r.text) for r in mine),
-            "needed_tokens": sum(count_tokens(r.text) for r in useful),
+            "tokens": sum(cost[id(r)] for r in mine),
+            "needed_tokens": sum(cost[id(r)] for r in useful),
             "found": sorted(n for n, v in names.items() if kind in v["candidates"]),
             "prompt": sorted(n for n, v in names.items() if kind in v["prompt"]),
         }
@@ -388,17 +392,12 @@ class PromptView:
         return [start >= cut for start in starts]
 
 
-def prompt_view(runtime) -> PromptView | None:
-    """The view of the run's model (a RuntimeConfig): None for an endpoint (no tokenizer here)."""
-    if runtime.endpoint:
+def view_of(model) -> PromptView | None:
+    """The view of a loaded model (a local `Engine`): None for one whose tokenizer is unknown here (an endpoint)."""
+    tokenizer, template = getattr(model, "tokenizer", None), getattr(model, "template", None)
+    if tokenizer is None or template is None:
         return None
-    from repocomplete.model_runtime.loading import load_tokenizer, resolve_model_dir
-    from repocomplete.model_runtime.templates import detect_template, get_template
-
-    tokenizer = load_tokenizer(resolve_model_dir(runtime.model, runtime.cache_dir)[0])
-    template = get_template(runtime.fim_template) if runtime.fim_template else detect_template(tokenizer.get_vocab())
-    order = "spm" if runtime.fim_order == "spm" or (runtime.fim_order == "auto" and template.supports_spm) else "psm"
-    return PromptView(tokenizer, template, order, runtime.max_context_tokens)
+    return PromptView(tokenizer, template, model.order, model.config.max_context_tokens)
 
 
 def _facts(task, workspace, text: str, offset: int, parts, ctx, record: dict, view: PromptView | None,
@@ -432,10 +431,11 @@ def _facts(task, workspace, text: str, offset: int, parts, ctx, record: dict, vi
     recorded = record.get("context")
     same = None
     if isinstance(recorded, dict):
-        now = context_provenance(ctx, workspace.count_tokens)
+        now = context_provenance(ctx, workspace.record_tokens)
         same = now["records"] == recorded.get("records") and now["dropped"] == recorded.get("dropped")
+    costs = [workspace.record_tokens(r.path, r.text) for r in packed]
     return TaskFacts(task.task_id, bool(score.em), score.es, needed, packed, dropped, in_prompt, ranks,
-                     members), same
+                     members, costs), same
 
 
 def imported_from_repository(index, rel: str) -> set[str]:
@@ -479,9 +479,12 @@ def _depth(workspace, rel: str, text: str, offset: int, line: int, missed: dict[
 
 def gather(tasks: Sequence, repos: str | Path, predictions: Mapping[str, dict], context: ContextConfig, options,
            view: PromptView | None, make_context_engine: Callable | None = None, depth: bool = True,
-           progress: bool = False) -> tuple[list[TaskFacts], dict[str, bool | None]]:
+           progress: bool = False, model=None) -> tuple[list[TaskFacts], dict[str, bool | None]]:
     """The facts of each task that has a prediction, its context recomputed as `eval run` made it (one workspace per
-    repository, the task's buffer set and the workspace settled before each; options: resolved RunOptions)."""
+    repository, the task's buffer set and the workspace settled before each; options: resolved RunOptions).
+
+    model: the run's model engine, never asked to complete: the Completer counts a context in its tokens and
+    bounds it by its window, as in the run (None: the estimate, and no bound). It is closed at the end."""
     from repocomplete.eval.runner import eval_context, eval_context_engine, settle
     from repocomplete.eval.suites import repo_dir
     from tqdm import tqdm
@@ -489,7 +492,7 @@ def gather(tasks: Sequence, repos: str | Path, predictions: Mapping[str, dict], 
     from repocomplete.pipeline import Completer
 
     context = eval_context(context)
-    completer = Completer(None, context, make_context_engine=make_context_engine or eval_context_engine)
+    completer = Completer(model, context, make_context_engine=make_context_engine or eval_context_engine)
     completion_options = options.completion_options()
     by_repo: dict[str, list] = {}
     for t in tasks:
@@ -529,11 +532,14 @@ def run_settings(pred_path: str | Path) -> dict:
 
 
 def explain(tasks: Sequence, repos: str | Path, pred_path: str | Path, runtime, context: ContextConfig, options,
-            baseline: str | Path | None = None, view: PromptView | None | str = "auto",
-            make_context_engine: Callable | None = None, depth: bool = True, title: str | None = None) -> dict:
-    """Explain a repository-context run: its settings (budget, providers, dense) from OUT.meta.json where it has
-    them, else from `context` and `options`; runtime: a RuntimeConfig for the model's tokenizer (None: the run's). baseline: the predictions of another
-    run (in-file, say) whose ES is set beside each class. view: "auto" (from the model's tokenizer), or one given."""
+            baseline: str | Path | None = None, model="auto", view: PromptView | None | str = "auto",
+            make_context_engine: Callable | None = None, depth: bool = True, title: str | None = None,
+            runtime_overrides: Mapping | None = None) -> dict:
+    """Explain a repository-context run: its settings (budget, providers, dense, the model's) from OUT.meta.json
+    where it has them, else from `context`, `options` and `runtime` (a RuntimeConfig; None: the run's, with
+    `runtime_overrides`). baseline: the predictions of another run (in-file, say) whose ES is set beside each
+    class. model: "auto" loads the run's model (its weights too, never run: the context's costs and bound are its
+    tokenizer's), None counts with the estimate, or an engine to use; view: "auto" (the model's), or one given."""
     from dataclasses import replace
 
     from repocomplete.eval.metrics import score_task
@@ -557,21 +563,23 @@ def explain(tasks: Sequence, repos: str | Path, pred_path: str | Path, runtime, 
         context = context.replace(dense=bool(settings["dense"]))
     if settings.get("budget") is not None:
         options = replace(options, budget=settings["budget"])
-    if runtime is None:  # the run's model (only its tokenizer is read)
-        from repocomplete.model_runtime.config import RuntimeConfig
-
-        runtime = RuntimeConfig(**{k: settings[k] for k in ("model", "endpoint", "fim_template")
-                                   if settings.get(k) is not None})
+    if runtime is None:
+        runtime = run_runtime(settings, runtime_overrides)
     options = resolve_options(runtime, context, replace(options, context="repo", iterative=False))
     selected = select(tasks, options.limit)
     predictions = read_predictions(pred_path, known={t.task_id for t in tasks})
     predictions = {t.task_id: predictions[t.task_id] for t in selected if t.task_id in predictions}
     if not predictions:
         raise InputError(f"no predictions in {pred_path} for the selected tasks")
+    if model == "auto":
+        from repocomplete.eval.runner import eval_runtime
+        from repocomplete.model_runtime.backend import make_engine
+
+        model = make_engine(eval_runtime(runtime))
     if view == "auto":
-        view = prompt_view(runtime)
+        view = view_of(model)
     facts, same = gather(selected, repos, predictions, context, options, view, make_context_engine, depth,
-                         progress=options.progress)
+                         progress=options.progress, model=model)
     explanations = [classify(f) for f in facts]
     baseline_es = None
     if baseline is not None:
@@ -599,6 +607,20 @@ def explain(tasks: Sequence, repos: str | Path, pred_path: str | Path, runtime, 
               "tasks": [e.to_json() for e in explanations]}
     report["markdown"] = format_report(report, title)
     return report
+
+
+RUNTIME_SETTINGS = ("model", "adapter", "endpoint", "quantize", "dtype", "fim_template", "max_new_tokens",
+                    "temperature", "token_healing", "multiline")
+
+
+def run_runtime(settings: Mapping, overrides: Mapping | None = None):
+    """The RuntimeConfig of a run, from its recorded settings (what the context's costs and bound depend on: the
+    model, its template, the tokens kept for the completion), with `overrides` (None values ignored)."""
+    from repocomplete.model_runtime.config import RuntimeConfig
+
+    given = {k: settings[k] for k in RUNTIME_SETTINGS if settings.get(k) is not None}
+    given.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return RuntimeConfig(**given)
 
 
 def _meta(pred_path) -> dict | None:

@@ -36,7 +36,7 @@ from repocomplete.pipeline import Completer, CompletionResult, Cursor
 from repocomplete.context_engine.config import ContextConfig
 from repocomplete.context_engine.errors import InputError
 from repocomplete.context_engine.engine import Context, ContextEngine
-from repocomplete.context_engine.packing import approx_tokens
+from repocomplete.context_engine.packing import RecordTokens, approx_tokens, text_tokens
 from repocomplete.eval.options import RunOptions, resolve_options
 from repocomplete.eval.predictions import PredictionFile
 from repocomplete.eval.scale import batches, run_ray, select
@@ -70,27 +70,26 @@ def eval_context_engine(root: Path, config: ContextConfig) -> ContextEngine:
                          slow_executor=executor)
 
 
-def context_provenance(ctx: Context | None, count_tokens: Callable[[str], int] = approx_tokens) -> dict | None:
+def context_provenance(ctx: Context | None, record_tokens: RecordTokens | None = None) -> dict | None:
     """Where the packed context of a prediction came from, in a few hundred bytes: each record in the prompt and each
-    candidate the packer dropped (with its reason), as kind, path, [first line, last line] and tokens (the context
-    engine's count). No text: `eval explain` recomputes the context and checks it against this."""
+    candidate the packer dropped (with its reason), as kind, path, [first line, last line] and tokens (what the
+    record costs in the prompt, as the packer counted it: record_tokens(path, text), default the estimate of its
+    text). No text: `eval explain` recomputes the context and checks it against this."""
     if ctx is None:
         return None
+    cost = record_tokens or text_tokens(approx_tokens)
 
     def row(r) -> dict:
-        return {"kind": r.kind, "path": r.path, "lines": [r.start_line, r.end_line], "tokens": count_tokens(r.text)}
+        return {"kind": r.kind, "path": r.path, "lines": [r.start_line, r.end_line], "tokens": cost(r.path, r.text)}
 
-    packed = ctx.packed
     return {
-        "budget": packed.budget,
-        "tokens": packed.tokens,
         "complete": ctx.complete,
-        "records": [row(r) for r in packed.records],
-        "dropped": [{**row(r), "reason": why} for r, why in packed.dropped],
+        "records": [row(r) for r in ctx.packed.records],
+        "dropped": [{**row(r), "reason": why} for r, why in ctx.packed.dropped],
     }
 
 
-def prediction_record(task, result: CompletionResult, count_tokens: Callable[[str], int] = approx_tokens) -> dict:
+def prediction_record(task, result: CompletionResult, record_tokens: RecordTokens | None = None) -> dict:
     c = result.completion
     record = {
         "task_id": task.task_id,
@@ -101,9 +100,11 @@ def prediction_record(task, result: CompletionResult, count_tokens: Callable[[st
         "generated_tokens": c.generated_tokens,
         "stop_reason": c.stop_reason,
     }
-    provenance = context_provenance(result.context, count_tokens)
-    if provenance is not None:  # repository context only (older files have none: readers must not require it)
-        record["context"] = provenance
+    if result.context is not None:  # repository context: its tokens in the prompt, and the budget it had (the
+        # run's, or less where the current file's window left less room in the model's window)
+        record["context_tokens"] = result.context.packed.tokens
+        record["context_budget"] = result.context.packed.budget
+        record["context"] = context_provenance(result.context, record_tokens)  # (older files have none)
     return record
 
 
@@ -148,8 +149,8 @@ class BatchRunner:
         finally:
             if opened:
                 workspace.clear_buffer(opened.pop())
-        count = workspace.count_tokens if workspace is not None else approx_tokens
-        return [prediction_record(t, r, count) for t, r in zip(tasks, results)]
+        cost = workspace.record_tokens if workspace is not None else None
+        return [prediction_record(t, r, cost) for t, r in zip(tasks, results)]
 
     def close(self) -> None:
         if self._root is not None:

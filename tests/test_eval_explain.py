@@ -300,7 +300,7 @@ def _run_file(path, settings: dict, predictions: dict, contexts: dict | None = N
 
 def _explain(tmp_path, repos, pred, **kw):
     return explain(TASKS, repos, pred, None, ContextConfig(index_dir=tmp_path / "index"),
-                   RunOptions(context="repo", progress=False), view=None,
+                   RunOptions(context="repo", progress=False), model=None, view=None,
                    make_context_engine=lambda root, cfg: ContextEngine(root, cfg, slow_executor=ThreadPoolExecutor(1)),
                    **kw)
 
@@ -380,11 +380,13 @@ def test_cli_explain(tmp_path, hand_made, tiny_model_dir, capsys):
     from repocomplete.cli import main
 
     pred, base = tmp_path / "pred.jsonl", tmp_path / "infile.jsonl"
-    _run_file(pred, {"context": "repo", "budget": 512, "providers": ["imports"]},
+    # as a run with the tiny model records its settings (the model is loaded to count the context, never run)
+    _run_file(pred, {"context": "repo", "budget": 512, "providers": ["imports"], "model": str(tiny_model_dir),
+                     "quantize": "none", "dtype": "float32", "max_new_tokens": 6},
               {"A": "total = inv.refill(n)", "B": "value = amount * 2", "C": "z = local_helper(y)"})
     _run_file(base, {"context": "infile"}, {"A": "total = 0", "B": "value = 0", "C": "z = 0"})
     argv = ["eval", "explain", "--tasks", str(tmp_path / "tasks.jsonl"), "--repos", str(hand_made), "--pred",
-            str(pred), "--baseline", str(base), "--model", str(tiny_model_dir), "--index-dir", str(tmp_path / "ix")]
+            str(pred), "--baseline", str(base), "--index-dir", str(tmp_path / "ix")]
     assert main(argv + ["--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert [t["class"] for t in report["tasks"]] == ["model_miss", "not_retrieved", "hit"]
