@@ -23,6 +23,8 @@ from repocomplete.context_engine.records import ContextRecord
 
 # Most stable first: the order records take in the prompt.
 STABILITY_ORDER = ("repo_map", "imports", "retrieval", "typed_holes", "neighbours")
+# Among leftovers of equal relative score: definitions (typed holes, imports, the repo map) before windows.
+LEFTOVER_ORDER = ("typed_holes", "imports", "repo_map", "retrieval", "neighbours")
 
 # (path, text) -> the tokens a record with that text takes in the prompt, headers and separators included.
 RecordTokens = Callable[[str, str], int]
@@ -167,17 +169,26 @@ def pack(
         take(r, cost)
         return True
 
-    # First pass: each provider within its quota, in descending score.
+    # First pass: each provider within its quota, in descending score; a record too large for what is left of
+    # the quota does not stop the smaller ones after it.
     leftovers: list[ContextRecord] = []
     for kind, records in candidates.items():
         quota_end = used + int(budget * quotas.get(kind, 0.0))
-        for i, r in enumerate(records):
+        for r in records:
             if not admit(r, min(quota_end, budget)):
-                leftovers.extend(records[i:])
-                break
-    # Second pass: the rest of the budget to the best remaining records, whatever their provider.
+                leftovers.append(r)
+    # Second pass: the rest of the budget to the best remaining records, whatever their provider. Providers score
+    # on their own scales (BM25 tens, import and hole ranks units, the repo map's PageRank fractions), so a record
+    # competes by its score relative to its provider's best; ties go to definitions before windows.
+    top = {kind: max((r.score for r in records), default=0.0) for kind, records in candidates.items()}
+    order = {kind: i for i, kind in enumerate(LEFTOVER_ORDER)}
+
+    def relative(r: ContextRecord) -> tuple[float, int]:
+        best = top.get(r.kind, 0.0)
+        return (-(r.score / best) if best > 0 else 0.0, order.get(r.kind, len(order)))
+
     over: list[ContextRecord] = []
-    for r in sorted(leftovers, key=lambda r: -r.score):
+    for r in sorted(leftovers, key=relative):
         if not admit(r, budget):
             over.append(r)
     # Last: what is still left goes to the heads of the best windows that did not fit whole.
