@@ -15,7 +15,8 @@ The output:
     DIR/tasks.jsonl           CrossCodeEval format, task ids `<repo>/<file>:<line>`
     DIR/repos/<repo>/...      the files the index accepted (no binaries, secrets, ignored or vendored folders),
                               plus the licence files at the repository's root
-    DIR/SOURCE.md             where the code came from: the package and version or git commit, and its licence
+    DIR/SOURCE.md             where the code came from: the package (Python distribution or npm package.json) and
+                              version, or the git commit; and its licence
 
 The choice is deterministic for a seed: candidates are listed in path and line order, shuffled with
 `random.Random(seed)`, and taken in that order while their file has no task yet.
@@ -264,8 +265,11 @@ def _literal_query(grammar_name: str, language_name: str):
 
 
 def describe_source(root: Path) -> dict:
-    """The installed distribution the folder is a copy of, else its git commit, else just its name."""
+    """The installed distribution the folder is a copy of, else the npm package its package.json names, else its git
+    commit, else just its name."""
     info = _installed_distribution(root)
+    if info is None:
+        info = _npm_package(root)
     if info is None:
         info = _git(root)
     if info is None:
@@ -314,6 +318,23 @@ def _same_python_files(a: Path, b: Path) -> bool:
 
     fa, fb = files(a), files(b)
     return bool(fa) and fa.keys() == fb.keys() and all(fa[k].read_bytes() == fb[k].read_bytes() for k in fa)
+
+
+def _npm_package(root: Path) -> dict | None:
+    """The npm package whose package.json sits at the folder's root: its name, version and licence."""
+    import json
+
+    try:
+        meta = json.loads((root / "package.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or not isinstance(meta.get("name"), str):
+        return None
+    license_ = meta.get("license")
+    if isinstance(license_, dict):  # the old {"type": "MIT", "url": ...} form
+        license_ = license_.get("type")
+    return {"kind": "npm", "package": meta["name"], "version": str(meta.get("version") or "unknown"),
+            "license": license_ if isinstance(license_, str) and license_ else "unknown", "license_files": []}
 
 
 def _git(root: Path) -> dict | None:
@@ -389,6 +410,7 @@ def source_markdown(summary: dict, n: int) -> str:
     s = summary["source"]
     origin = {
         "distribution": f"the installed Python distribution `{s['package']}` {s['version']} (its files, unchanged)",
+        "npm": f"the npm package `{s['package']}` {s['version']} (the files kept are unchanged)",
         "git": f"the git repository `{s['package']}` at commit `{s['version']}`",
         "folder": f"the local folder `{s['package']}` (no git metadata, no matching installed distribution)",
     }[s["kind"]]

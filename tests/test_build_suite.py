@@ -235,3 +235,35 @@ def test_cli_build_suite(repo, tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["tasks"] == 2 and summary["repository"] == "demo" and summary["license_files"] == ["LICENSE"]
     assert len(load_tasks(out / "tasks.jsonl", repos=out / "repos")) == 2
+
+
+def test_npm_package_source_and_typescript_tasks(tmp_path):
+    # an npm package's TypeScript sources: tasks use a relative import or a namespace import's member; SOURCE.md
+    # names the package, its version and licence from package.json
+    repo = write_tree(tmp_path / "tiny", {
+        "package.json": json.dumps({"name": "tiny-schema", "version": "1.2.3", "license": "MIT"}),
+        "LICENSE": "MIT License\n\nCopyright (c) 2025 Example\n",
+        "src/core.ts": "export function flattenIssues(issues: string[]): string {\n  return issues.join(', ');\n}\n",
+        "src/errors.ts": (
+            'import * as core from "./core.js";\n'
+            'import { flattenIssues } from "./core.js";\n'
+            "\n"
+            "export function describe(issues: string[]): string {\n"
+            "  const text = core.flattenIssues(issues);\n"
+            "  return text;\n"
+            "}\n"
+            "\n"
+            "export function report(issues: string[]): string {\n"
+            "  return flattenIssues(issues) + '!';\n"
+            "}\n"
+        ),
+    })
+    out = tmp_path / "suite"
+    summary = build_suite(repo, out, n=5, seed=0)
+    assert summary["source"] == {"kind": "npm", "package": "tiny-schema", "version": "1.2.3", "license": "MIT"}
+    (task,) = load_tasks(out / "tasks.jsonl", repos=out / "repos")
+    assert task.language == "typescript" and task.file == "src/errors.ts"
+    assert task.groundtruth in ("const text = core.flattenIssues(issues);", "return flattenIssues(issues) + '!';")
+    source = (out / "SOURCE.md").read_text()
+    assert "the npm package `tiny-schema` 1.2.3" in source and "MIT; licence files copied" in source
+    assert "`LICENSE`" in source
