@@ -55,8 +55,13 @@ _TRIVIAL = {
     None: re.compile(
         r"#|((pub(\([\w:]+\))?|export|default|public|private|protected|static|async|abstract|final|declare)\s+)*"
         r"(import|package|use|mod|func|fn|function|class|interface|struct|enum|trait|impl|type|extern)\b|@"
+        # re-exports (`export { a };`), and the rest of an expression or type begun on the line before
+        # (`? A : B`, `| Union`, `.then(...)`, `> extends Base<T>,`): braces and `<>` do not tell those apart
+        r"|export\s*(\{|\*)|[?:|&.>,+=-]"
     ),
 }
+# Outside Python: a line that goes on in the next one (`type A = B &`, `x: Generic<{`, `const a =`, `cond ?`).
+_GOES_ON = re.compile(r"(<\s*\{|[&|=?]\s*\{?)\s*$")
 # Brackets that must balance for a line to be a whole statement; braces open blocks outside Python.
 _BRACKETS = {"python": ("([{", ")]}"), None: ("([", ")]")}
 _HEADER_KINDS = frozenset({"function", "method", "class", "interface", "struct", "enum", "trait", "type", "module"})
@@ -136,7 +141,10 @@ def cross_file_names(index, path: str, defined_in: dict[str, set[str]], referenc
             local = imp.module.startswith((".", "crate", "super", "self"))
         for imported, name in imp.names:
             if name != "*":
-                (bare if local or elsewhere(_LAST_SEGMENT.split(imported)[-1]) else external).add(name)
+                # `import X from "pkg"` imports `default`, which says nothing of where it is defined
+                source = _LAST_SEGMENT.split(imported)[-1]
+                known = source not in ("default", "*") and elsewhere(source)
+                (bare if local or known else external).add(name)
         if not imp.names:  # `import a.b` binds `a` in Python; elsewhere the last segment names the module
             module = _LAST_SEGMENT.split(imp.module)[0 if language == "python" else -1]
             (bare if local else external).add(imp.alias or module)
@@ -168,7 +176,8 @@ def candidate_lines(path: str, text: str, names: CrossFileNames, headers: set[in
                 depth -= 1
                 low = min(low, depth)
         depth = max(depth, 0)  # a stray closer (or a parse the masking got wrong) must not poison the rest
-        was_continued, continued = continued, code.rstrip().endswith("\\")
+        was_continued = continued
+        continued = code.rstrip().endswith("\\") or (language != "python" and _GOES_ON.search(code) is not None)
         stripped = line.strip()
         indent = len(line) - len(line.lstrip())
         if (
