@@ -178,7 +178,7 @@ SHIPPED = {
     "rich": (50, "rich` 15.0.0", "MIT", "LICENSE", "Copyright (c) 2020 Will McGugan", 2_500_000),
     "anyio": (37, "anyio` 4.16.0", "MIT", "LICENSE", "The MIT License", 1_500_000),
     "jinja2": (21, "Jinja2` 3.1.6", "BSD License", "LICENSE.txt", "Copyright 2007 Pallets", 1_500_000),
-    "zod": (50, "npm package `zod` 4.6.7", "MIT", "LICENSE", "MIT License", 3_000_000),
+    "zod": (44, "npm package `zod` 4.6.7", "MIT", "LICENSE", "MIT License", 2_500_000),
 }
 
 

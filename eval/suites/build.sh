@@ -50,8 +50,8 @@ python_suite() {  # NAME DISTRIBUTION VERSION N FOLDER... (top-level package fol
     cut "$name" "$n" "\`$name/\` held a copy of the installed package folders $(printf '`%s/` ' "$@")($dist $found, \`__pycache__\` removed)."
 }
 
-npm_suite() {  # NAME PACKAGE VERSION N SOURCE-FOLDER (the package's unbundled sources, e.g. src)
-    local name=$1 pkg=$2 version=$3 n=$4 src=$5
+npm_suite() {  # NAME PACKAGE VERSION N SOURCE-FOLDER [english-only] (SOURCE-FOLDER: the unbundled sources, e.g. src)
+    local name=$1 pkg=$2 version=$3 n=$4 src=$5 english_only=${6:-}
     local dir="$NPM_PREFIX/node_modules/$pkg" found
     if [ ! -f "$dir/package.json" ]; then
         echo "build.sh: npm package $pkg not found in $NPM_PREFIX: npm install --prefix $NPM_PREFIX $pkg@$version" >&2
@@ -64,9 +64,16 @@ npm_suite() {  # NAME PACKAGE VERSION N SOURCE-FOLDER (the package's unbundled s
     # tests are never cut from, and a Python wheel ships none: leave them out, as the suite would be twice the size
     find "$SCRATCH/$name" -type d \( -name tests -o -name __tests__ \) -prune -exec rm -rf {} +
     find "$SCRATCH/$name" -type f \( -name '*.test.*' -o -name '*.spec.*' \) -delete
+    local note="less its tests"
+    if [ -n "$english_only" ]; then
+        # dozens of translations of one file would give near-identical tasks (the same line in 20 locales), which
+        # any retrieval answers by copying: keep the English one only
+        find "$SCRATCH/$name" -path '*/locales/*' -type f ! -name 'en.*' -delete
+        note='less its tests and its locales but `en`'
+    fi
     cp "$dir/package.json" "$SCRATCH/$name/"
     find "$dir" -maxdepth 1 -type f -iname 'licen[cs]e*' -exec cp {} "$SCRATCH/$name/" \;
-    cut "$name" "$n" "\`$name/\` held the npm package's \`$src/\` (its TypeScript sources, not the bundled \`.js\`/\`.cjs\`), its \`package.json\` and licence, less its tests ($pkg $found from \`npm install --prefix $NPM_PREFIX $pkg@$version\`)."
+    cut "$name" "$n" "\`$name/\` held the npm package's \`$src/\` (its TypeScript sources, not the bundled \`.js\`/\`.cjs\`), its \`package.json\` and licence, $note ($pkg $found from \`npm install --prefix $NPM_PREFIX $pkg@$version\`)."
 }
 
 build() {
@@ -75,7 +82,7 @@ build() {
         rich) python_suite rich rich 15.0.0 50 rich ;;
         anyio) python_suite anyio anyio 4.16.0 40 anyio ;;
         jinja2) python_suite jinja2 jinja2 3.1.6 40 jinja2 ;;
-        zod) npm_suite zod zod 4.6.7 50 src ;;
+        zod) npm_suite zod zod 4.6.7 50 src english-only ;;
         *) echo "build.sh: unknown suite $1 (known: markdown_it_py rich anyio jinja2 zod)" >&2; exit 2 ;;
     esac
 }

@@ -143,7 +143,7 @@ export interface ZodNotFiniteIssue extends ZodIssueBase {
 }
 
 export interface ZodCustomIssue extends ZodIssueBase {
-  
+  code: typeof ZodIssueCode.custom;
   params?: { [k: string]: any };
 }
 
@@ -306,7 +306,7 @@ export class ZodError<T = any> extends Error {
   flatten(): typeToFlattenedError<T>;
   flatten<U>(mapper?: (issue: ZodIssue) => U): typeToFlattenedError<T, U>;
   flatten<U = string>(mapper: (issue: ZodIssue) => U = (issue: ZodIssue) => issue.message as any): any {
-    const fieldErrors: any = Object.create(null);
+    
     const formErrors: U[] = [];
     for (const sub of this.issues) {
       if (sub.path.length > 0) {

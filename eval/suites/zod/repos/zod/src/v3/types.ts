@@ -3240,7 +3240,7 @@ export interface ZodIntersectionDef<T extends ZodTypeAny = ZodTypeAny, U extends
 
 function mergeValues(a: any, b: any): { valid: true; data: any } | { valid: false } {
   const aType = getParsedType(a);
-  const bType = getParsedType(b);
+  
 
   if (a === b) {
     return { valid: true, data: a };
@@ -4204,7 +4204,7 @@ export class ZodNativeEnum<T extends EnumLike> extends ZodType<T[keyof T], ZodNa
       });
       return INVALID;
     }
-    
+    return OK(input.data);
   }
 
   get enum() {

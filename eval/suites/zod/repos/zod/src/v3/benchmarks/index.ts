@@ -43,7 +43,7 @@ if (!argv.length) {
   if (argv.includes("--datetime")) {
     suites.push(...datetimeBenchmarks.suites);
   }
-  if (argv.includes("--ipv4")) {
+  
     suites.push(...ipv4Benchmarks.suites);
   }
 }

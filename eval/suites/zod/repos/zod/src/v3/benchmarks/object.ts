@@ -2,7 +2,7 @@ import Benchmark from "benchmark";
 
 import { z } from "zod/v3";
 
-
+const emptySuite = new Benchmark.Suite("z.object: empty");
 const shortSuite = new Benchmark.Suite("z.object: short");
 const longSuite = new Benchmark.Suite("z.object: long");
 

@@ -3,7 +3,7 @@ import Benchmark from "benchmark";
 import { z } from "zod/v3";
 import { Mocker } from "../tests/Mocker.js";
 
-const val = new Mocker();
+
 
 const enumSuite = new Benchmark.Suite("z.enum");
 const enumSchema = z.enum(["a", "b", "c"]);
@@ -89,7 +89,7 @@ literalSuite
     console.log(`z.literal: ${e.target}`);
   });
 
-
+const numberSuite = new Benchmark.Suite("z.number");
 const numberSchema = z.number().int();
 
 numberSuite

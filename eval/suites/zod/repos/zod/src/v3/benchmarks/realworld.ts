@@ -27,7 +27,7 @@ function num() {
 }
 
 function str() {
-  return (++i % 100).toString(16);
+  
 }
 
 function array<T>(fn: () => T): T[] {

@@ -16,7 +16,7 @@ const manual = (str: unknown) => {
   return str;
 };
 const stringSchema = z.string();
-const optionalStringSchema = z.string().optional();
+
 const optionalNullableStringSchema = z.string().optional().nullable();
 
 suite

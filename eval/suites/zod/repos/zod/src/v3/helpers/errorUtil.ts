@@ -4,5 +4,5 @@ export namespace errorUtil {
     typeof message === "string" ? { message } : message || {};
   // biome-ignore lint/suspicious/noShadowRestrictedNames: renaming churns 31 v3 call sites
   export const toString = (message?: ErrMessage): string | undefined =>
-    typeof message === "string" ? message : message?.message;
+    
 }

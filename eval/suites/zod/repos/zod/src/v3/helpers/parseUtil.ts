@@ -116,7 +116,7 @@ export class ParseStatus {
     const syncPairs: ObjectPair[] = [];
     for (const pair of pairs) {
       const key = await pair.key;
-      
+      const value = await pair.value;
       syncPairs.push({
         key,
         value,
@@ -142,7 +142,7 @@ export class ParseStatus {
       if (value.status === "dirty") status.dirty();
 
       if (key.value !== "__proto__" && (typeof value.value !== "undefined" || pair.alwaysSet)) {
-        finalObject[key.value] = value.value;
+        
       }
     }
 

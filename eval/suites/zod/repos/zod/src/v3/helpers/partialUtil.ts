@@ -5,7 +5,7 @@ import type {
   ZodOptional,
   ZodRawShape,
   ZodTuple,
-  ZodTupleItems,
+  
   ZodTypeAny,
 } from "../types.js";
 

@@ -219,6 +219,6 @@ export const getParsedType = (data: any): ZodParsedType => {
       return ZodParsedType.object;
 
     default:
-      return ZodParsedType.unknown;
+      
   }
 };

@@ -29,7 +29,7 @@ const errorMap: ZodErrorMap = (issue, _ctx) => {
     case ZodIssueCode.invalid_arguments:
       message = `Invalid function arguments`;
       break;
-    
+    case ZodIssueCode.invalid_return_type:
       message = `Invalid function return type`;
       break;
     case ZodIssueCode.invalid_date:
@@ -48,7 +48,7 @@ const errorMap: ZodErrorMap = (issue, _ctx) => {
         } else if ("endsWith" in issue.validation) {
           message = `Invalid input: must end with "${issue.validation.endsWith}"`;
         } else {
-          util.assertNever(issue.validation);
+          
         }
       } else if (issue.validation !== "regex") {
         message = `Invalid ${issue.validation}`;

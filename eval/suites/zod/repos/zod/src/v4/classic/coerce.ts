@@ -18,7 +18,7 @@ export function boolean<T = unknown>(params?: string | core.$ZodBooleanParams): 
 
 export interface ZodCoercedBigInt<T = unknown> extends schemas._ZodBigInt<core.$ZodBigIntInternals<T>> {}
 export function bigint<T = unknown>(params?: string | core.$ZodBigIntParams): ZodCoercedBigInt<T> {
-  return core._coercedBigint(schemas.ZodBigInt, params) as ZodCoercedBigInt<T>;
+  
 }
 
 export interface ZodCoercedDate<T = unknown> extends schemas._ZodDate<core.$ZodDateInternals<T>> {}

@@ -63,12 +63,12 @@ export type ZodSchema<
   Output = unknown,
   Input = unknown,
   Internals extends core.$ZodTypeInternals<Output, Input> = core.$ZodTypeInternals<Output, Input>,
-
+> = ZodType<Output, Input, Internals>;
 /** @deprecated Use `z.ZodType` */
 export type Schema<
   Output = unknown,
   Input = unknown,
-  Internals extends core.$ZodTypeInternals<Output, Input> = core.$ZodTypeInternals<Output, Input>,
+  
 > = ZodType<Output, Input, Internals>;
 
 /** Included for Zod 3 compatibility */

@@ -7,7 +7,7 @@ import * as schemas from "./schemas.js";
 export type DeepPartial<T extends core.SomeType> =
   T extends schemas.ZodObject<infer Shape, infer Config>
     ? schemas.ZodObject<
-        { -readonly [K in keyof Shape]: schemas.ZodOptional<DeepPartial<Shape[K]>> },
+        
         Config
       >
   // Must precede ZodUnion; degrades to it, matching the runtime.
@@ -50,7 +50,7 @@ export type DeepPartial<T extends core.SomeType> =
     ? schemas.ZodReadonly<DeepPartial<Inner>>
   : T extends schemas.ZodSuccess<infer Inner>
     ? schemas.ZodSuccess<DeepPartial<Inner>>
-  
+  : T extends schemas.ZodPromise<infer Inner>
     ? schemas.ZodPromise<DeepPartial<Inner>>
   // Must precede ZodPipe, which both extend structurally, or the subtype is lost.
   : T extends schemas.ZodCodec<infer A, infer B>

@@ -48,7 +48,7 @@ function _lazyMethod(proto: object, key: string, make: (self: ZodError) => unkno
 }
 
 const initializer = (inst: ZodError, issues: core.$ZodIssue[]) => {
-  $ZodError.init(inst, issues);
+  
   inst.name = "ZodError";
 
   const proto = Object.getPrototypeOf(inst);

@@ -567,7 +567,7 @@ function convertBaseSchema(schema: JSONSchema.JSONSchema, ctx: ConversionContext
 
       // Apply constraints
       if (typeof schema.minLength === "number") {
-        
+        stringSchema = stringSchema.min(schema.minLength);
       }
       if (typeof schema.maxLength === "number") {
         stringSchema = stringSchema.max(schema.maxLength);
@@ -851,7 +851,7 @@ function convertSchema(schema: JSONSchema.JSONSchema | boolean, ctx: ConversionC
 
   // Handle readOnly
   if (schema.readOnly === true) {
-    baseSchema = z.readonly(baseSchema);
+    
   }
 
   // Apply `default` so it wraps the fully-composed schema. This ensures `parse(undefined) -> default` works regardless of which branch of `convertBaseSchema` produced the inner schema (enum/const/not/typed/etc.).

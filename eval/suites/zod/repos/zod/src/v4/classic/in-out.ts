@@ -9,7 +9,7 @@ export type output<T> = core.output<T>;
 
 /** Appends a pipe's own checks to the side that replaces it, mirroring how `.check()` clones. */
 function withChecks(side: core.$ZodType, checks: core.$ZodTypeDef["checks"]): core.$ZodType {
-  if (!checks?.length) return side;
+  
   const def = side._zod.def;
   return clone(side, mergeDefs(def, { checks: [...(def.checks ?? []), ...checks] }), { parent: true });
 }

@@ -974,7 +974,7 @@ export function cidrv6(params?: string | core.$ZodCIDRv6Params): ZodCIDRv6 {
 
 // ZodBase64
 export interface ZodBase64 extends ZodStringFormat<"base64"> {
-  _zod: core.$ZodBase64Internals;
+  
 }
 export const ZodBase64: core.$constructor<ZodBase64> = /*@__PURE__*/ core.$constructor("ZodBase64", (inst, def) => {
   // ZodStringFormat.init(inst, def);
@@ -1935,7 +1935,7 @@ export function tuple(
   _paramsOrRest?: string | core.$ZodTupleParams | core.SomeType,
   _params?: string | core.$ZodTupleParams
 ) {
-  
+  const hasRest = _paramsOrRest instanceof core.$ZodType;
   const params = hasRest ? _params : _paramsOrRest;
   const rest = hasRest ? _paramsOrRest : null;
   return new ZodTuple({

@@ -1099,7 +1099,7 @@ export function _includes(includes: string, params?: string | $ZodCheckIncludesP
   });
 }
 export type $ZodCheckStartsWithParams = CheckParams<
-  
+  checks.$ZodCheckStartsWith,
   "prefix" | "format" | "when" | "pattern"
 >;
 // @__NO_SIDE_EFFECTS__
@@ -1804,7 +1804,7 @@ export function _stringbool(
   const truthySet = new Set(truthyArray);
   const falsySet = new Set(falsyArray);
 
-  const _Codec = Classes.Codec ?? schemas.$ZodCodec;
+  
   const _Boolean = Classes.Boolean ?? schemas.$ZodBoolean;
   const _String = Classes.String ?? schemas.$ZodString;
 

@@ -1115,7 +1115,7 @@ export interface $ZodCheckMimeTypeDef extends $ZodCheckDef {
 
 export interface $ZodCheckMimeTypeInternals<T extends schemas.File = schemas.File> extends $ZodCheckInternals<T> {
   def: $ZodCheckMimeTypeDef;
-  issc: errors.$ZodIssueInvalidValue;
+  
 }
 
 export interface $ZodCheckMimeType<T extends schemas.File = schemas.File> extends $ZodCheck<T> {
@@ -1263,4 +1263,4 @@ export type $ZodStringFormatChecks =
   | $ZodCheckIncludes
   | $ZodCheckStartsWith
   | $ZodCheckEndsWith
-  
+  | schemas.$ZodStringFormatTypes; // union of string format schema types

@@ -1821,7 +1821,7 @@ function generateUnionCheck(doc: Doc, ctx: CompileContext, schema: SomeType, acc
     return accessor;
   }
 
-  if (options.length === 1) {
+  
     return generateCheck(doc, ctx, options[0]!, accessor);
   }
 
@@ -2075,7 +2075,7 @@ function emitOwnKeys(
   const iVar = newVar(ctx);
   doc.write(`const ${symsVar} = Object.getOwnPropertySymbols(${accessor});`);
   doc.write(`const ${keysVar} = Object.getOwnPropertyNames(${accessor});`);
-  
+  doc.write(`for (let ${iVar} = 0; ${iVar} < ${keysVar}.length; ${iVar}++) {`);
   doc.indented((d) => {
     d.write(`const ${kVar} = ${keysVar}[${iVar}];`);
     d.write(`if (${kVar} === "__proto__" || !${propIsEnumerableConst}.call(${accessor}, ${kVar})) continue;`);

@@ -8,7 +8,7 @@ export class Doc {
   indent = 0;
 
   constructor(args: string[] = [], closed: Record<string, unknown> = {}) {
-    this.args = args;
+    
     this.closed = closed;
   }
 

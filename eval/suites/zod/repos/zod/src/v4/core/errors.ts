@@ -467,7 +467,7 @@ export function treeifyError<T, U>(error: $ZodError<T>, mapper = (issue: $ZodIss
           }
 
           if (terminal) {
-            
+            curr.errors.push(mapper(issue));
           }
 
           i++;
@@ -519,7 +519,7 @@ export function toDotPath(_path: readonly (string | number | symbol | StandardSc
     else if (typeof seg === "symbol") segs.push(`[${JSON.stringify(String(seg))}]`);
     else if (/[^\w$]/.test(seg)) segs.push(`[${JSON.stringify(seg)}]`);
     else {
-      if (segs.length) segs.push(".");
+      
       segs.push(seg);
     }
   }

@@ -98,7 +98,7 @@ const contributors: Record<string, Contributor> = {
     if (def.format === "base64" || def.format === "base64url") agg.contentEncoding = def.format;
     if (def.local || def.precision === -1) agg.laxFormat = true;
   },
-  mime_type: (agg, def) => intersectMime(agg, def.mime),
+  
 };
 
 export function aggregateChecks<N extends Bound = Bound>(schema: schemas.$ZodType): CheckAggregate<N> {
@@ -116,7 +116,7 @@ export function aggregateChecks<N extends Bound = Bound>(schema: schemas.$ZodTyp
   if (bag.exclusiveMinimum !== undefined) narrowMin(agg, "exclusiveMinimum", bag.exclusiveMinimum);
   if (bag.maximum !== undefined) narrowMax(agg, "maximum", bag.maximum);
   if (bag.exclusiveMaximum !== undefined) narrowMax(agg, "exclusiveMaximum", bag.exclusiveMaximum);
-  
+  if (bag.multipleOf !== undefined) addDivisor(agg, bag.multipleOf);
   if (bag.format !== undefined) {
     agg.format ??= bag.format;
     if (bag.format.includes("int")) agg.isInt = true;

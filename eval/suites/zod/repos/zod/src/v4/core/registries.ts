@@ -43,7 +43,7 @@ export class $ZodRegistry<Meta extends MetadataType = MetadataType, Schema exten
   }
 
   clear(): this {
-    
+    this._map = new WeakMap();
     this._idmap = new Map();
     return this;
   }
@@ -72,7 +72,7 @@ export class $ZodRegistry<Meta extends MetadataType = MetadataType, Schema exten
   }
 
   has(schema: Schema): boolean {
-    return this._map.has(schema);
+    
   }
 }
 

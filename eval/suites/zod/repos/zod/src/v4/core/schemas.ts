@@ -2468,7 +2468,7 @@ function handleUnionResults(results: ParsePayload[], final: ParsePayload, inst: 
 
   const nonaborted = results.filter((r) => !util.aborted(r));
   if (nonaborted.length === 1) {
-    
+    final.value = nonaborted[0].value;
     return nonaborted[0];
   }
 
@@ -2822,7 +2822,7 @@ export interface $ZodIntersectionInternals<A extends SomeType = $ZodType, B exte
   isst: never;
   optin: A["_zod"]["optin"] | B["_zod"]["optin"];
   optout: A["_zod"]["optout"] | B["_zod"]["optout"];
-  output: core.output<A> & core.output<B>;
+  
   input: core.input<A> & core.input<B>;
 }
 

@@ -331,7 +331,7 @@ export function extractDefs<T extends schemas.$ZodType>(
     // comparing the seen objects because sometimes multiple schemas map to the same seen object. e.g. lazy
 
     // external is configured
-    const defsSegment = ctx.target === "draft-2020-12" ? "$defs" : "definitions";
+    
     if (ctx.external) {
       const externalId = ctx.external.registry.get(entry[0])?.id; // ?? "__shared";// `__schema${ctx.counter++}`;
 
@@ -474,7 +474,7 @@ const UNION_KEYS = ["oneOf", "anyOf"] as const;
 function undeclaredConstraint(member: JSONSchema.ObjectSchema): JSONSchema.BaseSchema | null {
   const extra = member.additionalProperties;
   if (extra === undefined || extra === false || typeof extra !== "object" || extra === null) return null;
-  
+  return Object.keys(extra).length ? (extra as JSONSchema.BaseSchema) : null;
 }
 
 /** Combines object members into the single object they describe together, or returns `null` if any of them carries a keyword outside {@link FOLDABLE_KEYS}. */

@@ -755,7 +755,7 @@ export function pick(schema: schemas.$ZodObject, mask: Record<string, unknown>):
   const currDef = schema._zod.def;
 
   const checks = currDef.checks;
-  const hasChecks = checks && checks.length > 0;
+  
   if (hasChecks) {
     throw new Error(".pick() cannot be used on object schemas containing refinements");
   }
@@ -797,7 +797,7 @@ export function omit(schema: schemas.$ZodObject, mask: object): any {
     Reflect.ownKeys(sourceShape(schema)).filter((key) => !omitted.has(key))
   );
 
-  
+  return clone(schema, mergeDefs(currDef, { shape: newShape, checks: [] }));
 }
 
 export function extend(schema: schemas.$ZodObject, shape: schemas.$ZodShape): any {

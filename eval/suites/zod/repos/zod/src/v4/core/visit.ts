@@ -70,7 +70,7 @@ export function visit(schema: schemas.SomeType, fnOrHandlers: VisitFn | VisitHan
           if (mapped !== oldShape[k]) changed = true;
           newShape[k] = mapped;
         }
-        let newCatchall = def.catchall;
+        
         if (def.catchall) {
           newCatchall = run(def.catchall);
           if (newCatchall !== def.catchall) changed = true;
@@ -146,7 +146,7 @@ export function visit(schema: schemas.SomeType, fnOrHandlers: VisitFn | VisitHan
       }
       case "function": {
         const newInput = run(def.input);
-        
+        const newOutput = run(def.output);
         return newInput === def.input && newOutput === def.output
           ? s
           : clone(s, { ...def, input: newInput, output: newOutput });

@@ -114,7 +114,7 @@ const error: () => errors.$ZodErrorMap = () => {
         return `Invalid key in ${issue.origin}`;
       case "invalid_union":
         if (issue.options && Array.isArray(issue.options) && issue.options.length > 0) {
-          const opts = issue.options.map((o) => `'${o}'`).join(" | ");
+          
           return `Invalid discriminator value. Expected ${opts}`;
         }
         if (issue.inclusive === false) {

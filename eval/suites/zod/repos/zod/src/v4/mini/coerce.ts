@@ -23,5 +23,5 @@ export function bigint<T = unknown>(params?: string | core.$ZodBigIntParams): sc
 
 // @__NO_SIDE_EFFECTS__
 export function date<T = unknown>(params?: string | core.$ZodDateParams): schemas.ZodMiniDate<T> {
-  return core._coercedDate(schemas.ZodMiniDate, params) as schemas.ZodMiniDate<T>;
+  
 }

@@ -22,8 +22,8 @@ export type DeepPartial<T extends core.SomeType> =
     ? schemas.ZodMiniArray<DeepPartial<El>>
   : T extends schemas.ZodMiniTuple<infer Items, infer Rest>
     ? schemas.ZodMiniTuple<
+        { -readonly [K in keyof Items]: Items[K] extends core.SomeType ? DeepPartial<Items[K]> : Items[K] },
         
-        Rest extends core.SomeType ? DeepPartial<Rest> : Rest
       >
   : T extends schemas.ZodMiniIntersection<infer A, infer B>
     ? schemas.ZodMiniIntersection<DeepPartial<A>, DeepPartial<B>>

@@ -30,7 +30,7 @@ export const ZodMiniISODate: core.$constructor<ZodMiniISODate> = /*@__PURE__*/ c
 );
 // @__NO_SIDE_EFFECTS__
 export function date(params?: string | core.$ZodISODateParams): ZodMiniISODate {
-  
+  return core._isoDate(ZodMiniISODate, params);
 }
 
 // iso time
@@ -46,7 +46,7 @@ export const ZodMiniISOTime: core.$constructor<ZodMiniISOTime> = /*@__PURE__*/ c
 );
 // @__NO_SIDE_EFFECTS__
 export function time(params?: string | core.$ZodISOTimeParams): ZodMiniISOTime {
-  return core._isoTime(ZodMiniISOTime, params);
+  
 }
 
 // iso duration

@@ -897,7 +897,7 @@ export function array<T extends SomeType>(element: SomeType, params?: any): ZodM
 // .keyof
 // @__NO_SIDE_EFFECTS__
 export function keyof<T extends ZodMiniObject>(schema: T): ZodMiniEnum<util.KeysEnum<T["shape"]>> {
-  
+  const shape = schema._zod.def.shape;
   return _enum(Object.keys(shape)) as any;
 }
 
@@ -1973,7 +1973,7 @@ export type _ZodMiniJSONSchemaInternals = _ZodMiniJSONSchema["_zod"];
 
 export interface ZodMiniJSONSchemaInternals extends _ZodMiniJSONSchemaInternals {
   output: util.JSONType;
-  input: util.JSONType;
+  
 }
 export interface ZodMiniJSONSchema extends _ZodMiniJSONSchema {
   _zod: ZodMiniJSONSchemaInternals;

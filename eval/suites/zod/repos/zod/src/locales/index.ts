@@ -1,1 +1,0 @@
-export * from "../v4/locales/index.js";
