@@ -4,9 +4,10 @@ A task is a line that uses another file of the repository: a name imported from 
 a member (`state.push(...)`) that only other files define. The context engine's index finds them: its imports, its
 definitions (where each name is defined) and its identifiers (which names a file references). The cursor sits
 after the line's indentation and the ground truth is the rest of the line.
-Trivial lines are passed over: comments, docstrings and other lines that start inside a string, imports,
-definition headers, decorators, lines outside 12-100 characters, and lines that are not whole statements (an open
-bracket before or after them, a backslash continuation); tests are left out unless asked for.
+Trivial lines are passed over: comments, docstrings and other lines that start inside a string, imports (and
+re-exports), definition headers, decorators, lines outside 12-100 characters, and lines that are not whole
+statements (an open bracket before or after them, a backslash continuation; outside Python also a line that ends
+in an operator or starts with one, which carries on an expression or a type); tests are left out unless asked for.
 
 At most one task per file, so the snapshot can hold every task file with its target line blanked (the file is
 exactly the task's buffer, prompt + right context): nothing leaks, whatever the runner reads from disk.
