@@ -4,9 +4,10 @@ A task is a line that uses another file of the repository: a name imported from 
 a member (`state.push(...)`) that only other files define. The context engine's index finds them: its imports, its
 definitions (where each name is defined) and its identifiers (which names a file references). The cursor sits
 after the line's indentation and the ground truth is the rest of the line.
-Trivial lines are passed over: comments, docstrings and other lines that start inside a string, imports,
-definition headers, decorators, lines outside 12-100 characters, and lines that are not whole statements (an open
-bracket before or after them, a backslash continuation); tests are left out unless asked for.
+Trivial lines are passed over: comments, docstrings and other lines that start inside a string, imports (and
+re-exports), definition headers, decorators, lines outside 12-100 characters, and lines that are not whole
+statements (an open bracket before or after them, a backslash continuation; outside Python also a line that ends
+in an operator or starts with one, which carries on an expression or a type); tests are left out unless asked for.
 
 At most one task per file, so the snapshot can hold every task file with its target line blanked (the file is
 exactly the task's buffer, prompt + right context): nothing leaks, whatever the runner reads from disk.
@@ -15,7 +16,8 @@ The output:
     DIR/tasks.jsonl           CrossCodeEval format, task ids `<repo>/<file>:<line>`
     DIR/repos/<repo>/...      the files the index accepted (no binaries, secrets, ignored or vendored folders),
                               plus the licence files at the repository's root
-    DIR/SOURCE.md             where the code came from: the package and version or git commit, and its licence
+    DIR/SOURCE.md             where the code came from: the package (Python distribution or npm package.json) and
+                              version, or the git commit; and its licence
 
 The choice is deterministic for a seed: candidates are listed in path and line order, shuffled with
 `random.Random(seed)`, and taken in that order while their file has no task yet.
@@ -54,8 +56,13 @@ _TRIVIAL = {
     None: re.compile(
         r"#|((pub(\([\w:]+\))?|export|default|public|private|protected|static|async|abstract|final|declare)\s+)*"
         r"(import|package|use|mod|func|fn|function|class|interface|struct|enum|trait|impl|type|extern)\b|@"
+        # re-exports (`export { a };`), and the rest of an expression or type begun on the line before
+        # (`? A : B`, `| Union`, `.then(...)`, `> extends Base<T>,`): braces and `<>` do not tell those apart
+        r"|export\s*(\{|\*)|[?:|&.>,+=-]"
     ),
 }
+# Outside Python: a line that goes on in the next one (`type A = B &`, `x: Generic<{`, `const a =`, `cond ?`).
+_GOES_ON = re.compile(r"(<\s*\{|[&|=?]\s*\{?)\s*$")
 # Brackets that must balance for a line to be a whole statement; braces open blocks outside Python.
 _BRACKETS = {"python": ("([{", ")]}"), None: ("([", ")]")}
 _HEADER_KINDS = frozenset({"function", "method", "class", "interface", "struct", "enum", "trait", "type", "module"})
@@ -135,7 +142,10 @@ def cross_file_names(index, path: str, defined_in: dict[str, set[str]], referenc
             local = imp.module.startswith((".", "crate", "super", "self"))
         for imported, name in imp.names:
             if name != "*":
-                (bare if local or elsewhere(_LAST_SEGMENT.split(imported)[-1]) else external).add(name)
+                # `import X from "pkg"` imports `default`, which says nothing of where it is defined
+                source = _LAST_SEGMENT.split(imported)[-1]
+                known = source not in ("default", "*") and elsewhere(source)
+                (bare if local or known else external).add(name)
         if not imp.names:  # `import a.b` binds `a` in Python; elsewhere the last segment names the module
             module = _LAST_SEGMENT.split(imp.module)[0 if language == "python" else -1]
             (bare if local else external).add(imp.alias or module)
@@ -167,7 +177,8 @@ def candidate_lines(path: str, text: str, names: CrossFileNames, headers: set[in
                 depth -= 1
                 low = min(low, depth)
         depth = max(depth, 0)  # a stray closer (or a parse the masking got wrong) must not poison the rest
-        was_continued, continued = continued, code.rstrip().endswith("\\")
+        was_continued = continued
+        continued = code.rstrip().endswith("\\") or (language != "python" and _GOES_ON.search(code) is not None)
         stripped = line.strip()
         indent = len(line) - len(line.lstrip())
         if (
@@ -264,8 +275,11 @@ def _literal_query(grammar_name: str, language_name: str):
 
 
 def describe_source(root: Path) -> dict:
-    """The installed distribution the folder is a copy of, else its git commit, else just its name."""
+    """The installed distribution the folder is a copy of, else the npm package its package.json names, else its git
+    commit, else just its name."""
     info = _installed_distribution(root)
+    if info is None:
+        info = _npm_package(root)
     if info is None:
         info = _git(root)
     if info is None:
@@ -314,6 +328,23 @@ def _same_python_files(a: Path, b: Path) -> bool:
 
     fa, fb = files(a), files(b)
     return bool(fa) and fa.keys() == fb.keys() and all(fa[k].read_bytes() == fb[k].read_bytes() for k in fa)
+
+
+def _npm_package(root: Path) -> dict | None:
+    """The npm package whose package.json sits at the folder's root: its name, version and licence."""
+    import json
+
+    try:
+        meta = json.loads((root / "package.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or not isinstance(meta.get("name"), str):
+        return None
+    license_ = meta.get("license")
+    if isinstance(license_, dict):  # the old {"type": "MIT", "url": ...} form
+        license_ = license_.get("type")
+    return {"kind": "npm", "package": meta["name"], "version": str(meta.get("version") or "unknown"),
+            "license": license_ if isinstance(license_, str) and license_ else "unknown", "license_files": []}
 
 
 def _git(root: Path) -> dict | None:
@@ -389,6 +420,7 @@ def source_markdown(summary: dict, n: int) -> str:
     s = summary["source"]
     origin = {
         "distribution": f"the installed Python distribution `{s['package']}` {s['version']} (its files, unchanged)",
+        "npm": f"the npm package `{s['package']}` {s['version']} (the files kept are unchanged)",
         "git": f"the git repository `{s['package']}` at commit `{s['version']}`",
         "folder": f"the local folder `{s['package']}` (no git metadata, no matching installed distribution)",
     }[s["kind"]]

@@ -196,6 +196,29 @@ def test_candidate_lines_skip_trivial_and_partial_statements():
     assert candidate_lines("m.py", source, names, headers={5}) == [8, 19, 20, 24]
 
 
+def test_candidate_lines_skip_typescript_continuations_and_re_exports():
+    source = (
+        "export { helper };\n"  # 0 a re-export
+        "const a = helper(1);\n"  # 1 yes
+        "type T = util.Partial<{\n"  # 2 goes on (a type literal)
+        "  bag: util.Loose;\n"  # 3 its inside: continued
+        "}>;\n"
+        "type U = A extends B\n"
+        "  ? util.Yes\n"  # 6 the rest of a conditional type
+        "  : util.No;\n"  # 7 likewise
+        "const b = first() &&\n"  # 8 goes on
+        "  helper(2);\n"  # 9 continued
+        "promise\n"
+        "  .then(helper);\n"  # 11 a chain's continuation
+        "const c =\n"  # 12 goes on
+        "  helper(3);\n"  # 13 continued
+        "if (ready) {\n"
+        "  return helper(4);\n"  # 15 yes
+        "}\n"
+    )
+    names = CrossFileNames(bare={"helper", "util"}, members=set(), external=set())
+    assert candidate_lines("m.ts", source, names) == [1, 15]
+
 def test_masking_keeps_lines_and_columns_with_non_ascii_text():
     source = 'a = "héllo"  # ünïcode\nb = f(\'x\')\n'
     masked = mask_strings_and_comments("m.py", source)
@@ -235,3 +258,38 @@ def test_cli_build_suite(repo, tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["tasks"] == 2 and summary["repository"] == "demo" and summary["license_files"] == ["LICENSE"]
     assert len(load_tasks(out / "tasks.jsonl", repos=out / "repos")) == 2
+
+
+def test_npm_package_source_and_typescript_tasks(tmp_path):
+    # an npm package's TypeScript sources: tasks use a relative import or a namespace import's member; SOURCE.md
+    # names the package, its version and licence from package.json
+    repo = write_tree(tmp_path / "tiny", {
+        "package.json": json.dumps({"name": "tiny-schema", "version": "1.2.3", "license": "MIT"}),
+        "LICENSE": "MIT License\n\nCopyright (c) 2025 Example\n",
+        "src/core.ts": "export function flattenIssues(issues: string[]): string {\n  return issues.join(', ');\n}\n",
+        "src/schema.ts": "export class Schema {\n  default(value: string): string {\n    return value;\n  }\n}\n",
+        # a default import from outside (a method `default` is defined in the repository): its members are not tasks
+        "src/bench.ts": 'import Benchmark from "benchmark";\n\nconst suite = new Benchmark.Suite("short name");\n',
+        "src/errors.ts": (
+            'import * as core from "./core.js";\n'
+            'import { flattenIssues } from "./core.js";\n'
+            "\n"
+            "export function describe(issues: string[]): string {\n"
+            "  const text = core.flattenIssues(issues);\n"
+            "  return text;\n"
+            "}\n"
+            "\n"
+            "export function report(issues: string[]): string {\n"
+            "  return flattenIssues(issues) + '!';\n"
+            "}\n"
+        ),
+    })
+    out = tmp_path / "suite"
+    summary = build_suite(repo, out, n=5, seed=0)
+    assert summary["source"] == {"kind": "npm", "package": "tiny-schema", "version": "1.2.3", "license": "MIT"}
+    (task,) = load_tasks(out / "tasks.jsonl", repos=out / "repos")
+    assert task.language == "typescript" and task.file == "src/errors.ts"
+    assert task.groundtruth in ("const text = core.flattenIssues(issues);", "return flattenIssues(issues) + '!';")
+    source = (out / "SOURCE.md").read_text()
+    assert "the npm package `tiny-schema` 1.2.3" in source and "MIT; licence files copied" in source
+    assert "`LICENSE`" in source

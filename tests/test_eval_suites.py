@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from repocomplete.context_engine.errors import InputError
 from repocomplete.eval.suites import SUITES_DIR, EvalTask, load_tasks, repo_dir, write_tasks
+
+ROOT = Path(__file__).resolve().parent.parent
 
 CCEVAL = {
     "prompt": "from pkg.models import Inventory\n\n\ndef make():\n    ",
@@ -167,14 +172,30 @@ def test_missing_repository_names_the_task_and_path(tmp_path):
 # -- the shipped suite ---------------------------------------------------------------------------------------------
 
 
-def test_shipped_suite_loads_and_its_snapshots_are_the_buffers():
-    suite = SUITES_DIR / "markdown_it_py"
+# name -> (tasks, the package and version SOURCE.md names, its licence, the licence file's first words, most bytes)
+SHIPPED = {
+    "markdown_it_py": (40, "markdown-it-py` 4.3.0", "MIT", "LICENSE", "MIT License", 1_500_000),
+    "rich": (50, "rich` 15.0.0", "MIT", "LICENSE", "Copyright (c) 2020 Will McGugan", 2_500_000),
+    "anyio": (37, "anyio` 4.16.0", "MIT", "LICENSE", "The MIT License", 1_500_000),
+    "jinja2": (21, "Jinja2` 3.1.6", "BSD License", "LICENSE.txt", "Copyright 2007 Pallets", 1_500_000),
+    "zod": (44, "npm package `zod` 4.6.7", "MIT", "LICENSE", "MIT License", 2_500_000),
+}
+
+
+def test_every_shipped_suite_is_listed():
+    assert sorted(p.parent.name for p in SUITES_DIR.glob("*/tasks.jsonl")) == sorted(SHIPPED)
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_shipped_suite_loads_and_its_snapshots_are_the_buffers(name):
+    n, package, licence, licence_file, licence_start, most_bytes = SHIPPED[name]
+    suite = SUITES_DIR / name
     tasks = load_tasks(suite / "tasks.jsonl", repos=suite / "repos")
-    assert len(tasks) == 40
-    assert len({t.file for t in tasks}) == 40  # one task per file
-    assert {t.repository for t in tasks} == {"markdown_it_py"}
+    assert len(tasks) == n
+    assert len({t.file for t in tasks}) == n  # one task per file
+    assert {t.repository for t in tasks} == {name}
     for t in tasks:
-        assert t.task_id == f"markdown_it_py/{t.file}:{t.lineno + 1}"
+        assert t.task_id == f"{name}/{t.file}:{t.lineno + 1}"
         snapshot = (repo_dir(suite / "repos", t) / t.file).read_text(encoding="utf-8")
         text, offset = t.buffer()
         assert snapshot == text
@@ -185,7 +206,24 @@ def test_shipped_suite_loads_and_its_snapshots_are_the_buffers():
         assert snapshot.split("\n")[t.lineno] == t.prompt.rsplit("\n", 1)[-1]  # its indentation stays
         assert t.groundtruth.strip() and 12 <= len(t.groundtruth.strip()) <= 100
     source = (suite / "SOURCE.md").read_text(encoding="utf-8")
-    assert "markdown-it-py` 4.3.0" in source and "MIT" in source
-    assert (suite / "repos" / "markdown_it_py" / "LICENSE").read_text().startswith("MIT License")
+    assert package in source and licence in source and f"eval/suites/build.sh {name}" in source
+    assert licence_start in (suite / "repos" / name / licence_file).read_text()
     size = sum(p.stat().st_size for p in suite.rglob("*") if p.is_file())
-    assert size < 1_500_000
+    assert size < most_bytes
+
+
+def test_build_script_rebuilds_the_shipped_suite_unchanged(tmp_path):
+    import importlib.metadata as md
+
+    if md.version("markdown-it-py") != "4.3.0":
+        pytest.skip("the suite is pinned to markdown-it-py 4.3.0")
+    env = dict(os.environ, SUITES_OUT=str(tmp_path), PYTHON=sys.executable,
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    subprocess.run(["bash", str(SUITES_DIR / "build.sh"), "markdown_it_py"], check=True, capture_output=True,
+                   env=env, timeout=300)
+    shipped, rebuilt = SUITES_DIR / "markdown_it_py", tmp_path / "markdown_it_py"
+
+    def tree(root):
+        return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+    assert tree(rebuilt) == tree(shipped)
