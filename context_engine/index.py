@@ -28,7 +28,8 @@ import os
 import sqlite3
 import threading
 import time
-from collections import Counter
+import uuid
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,10 +146,12 @@ class RepoIndex:
                 if "meta" in tables:
                     meta = dict(conn.execute("SELECT key, value FROM meta"))
                     if all(meta.get(k) == v for k, v in expected.items()):
+                        self.instance = meta.get("instance") or self._new_instance(conn)
                         return conn
                     log.info("index %s: format or parser changed (%s), rebuilding", self.db_path, meta)
                 elif not tables:
                     self._create(conn, expected)
+                    self.instance = self._new_instance(conn)
                     return conn
             except sqlite3.DatabaseError as e:  # not a database, or a damaged one: it is a cache, start over
                 log.warning("index %s unreadable (%s), rebuilding", self.db_path, e)
@@ -175,6 +178,14 @@ class RepoIndex:
             conn.execute(statement)
         conn.executemany("INSERT INTO meta VALUES (?, ?)", [*meta.items(), ("root", str(self.root))])
         conn.execute("COMMIT")
+
+    @staticmethod
+    def _new_instance(conn: sqlite3.Connection) -> str:
+        """A name for this database, made with it: what is derived from it elsewhere (the engine's snapshot) says
+        which database it came from, so a database made again (new format or parser, damage) disowns it."""
+        instance = uuid.uuid4().hex
+        conn.execute("INSERT OR REPLACE INTO meta VALUES ('instance', ?)", (instance,))
+        return instance
 
     def _delete_db(self) -> None:
         for suffix in ("", "-wal", "-shm"):
@@ -410,18 +421,62 @@ class RepoIndex:
 
     def text(self, path: str | os.PathLike) -> str | None:
         """The buffer, else the file on disk if it is indexed; None otherwise (never a secret or ignored file)."""
+        source = self.source(path)
+        return source[0] if source is not None else None
+
+    def source(self, path: str | os.PathLike) -> tuple[str, str | None] | None:
+        """(text, sha1): the buffer's text with None, else the indexed file's text as on disk now with the sha1 of
+        the bytes it came from; None when neither (never a secret or ignored file)."""
         rel = self.relative(path)
         if rel is None:
             return None
         buffered = self._buffers.get(rel)
         if buffered is not None:
-            return buffered[0]
+            return buffered[0], None
         if not self._query("SELECT 1 FROM files WHERE path = ?", (rel,)):
             return None
         try:
-            return self.gate.scrub(read_source(str(self.root / rel), self.config.max_file_bytes).text, rel)
+            source = read_source(str(self.root / rel), self.config.max_file_bytes)
         except Unindexable:
             return None
+        return self.gate.scrub(source.text, rel), source.sha1
+
+    def stamps(self) -> dict[str, str]:
+        """path -> sha1 of every indexed file (as last indexed; buffers aside)."""
+        return dict(self._query("SELECT path, sha1 FROM files"))
+
+    def references(self, path: str | os.PathLike) -> tuple[Counter, set[str], str | None] | None:
+        """What the repo map needs of one file: how often it references each name, the names it defines, and the
+        sha1 of the indexed file (None for a buffer); None when the file is neither indexed nor buffered."""
+        rel = self.relative(path)
+        if rel is None:
+            return None
+        buffered = self._buffers.get(rel)
+        if buffered is not None:
+            symbols = buffered[1]
+            if symbols is None:
+                return Counter(), set(), None
+            return Counter(symbols.identifiers), {d.name for d in symbols.definitions}, None
+        with self._db_lock:
+            row = self._query("SELECT sha1 FROM files WHERE path = ?", (rel,))
+            if not row:
+                return None
+            refs = Counter(dict(self._query("SELECT name, count FROM identifiers WHERE path = ?", (rel,))))
+            defined = {r[0] for r in self._query("SELECT DISTINCT name FROM definitions WHERE path = ?", (rel,))}
+        return refs, defined, row[0][0]
+
+    def definitions_for(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], list[Definition]]:
+        """The definitions of each (path, name) key, in file order (buffers replace their files); one query per
+        file."""
+        wanted: dict[str, set[str]] = defaultdict(set)
+        for path, name in keys:
+            wanted[path].add(name)
+        out: dict[tuple[str, str], list[Definition]] = {}
+        for path, names in wanted.items():
+            for d in self.definitions(path=path):
+                if d.name in names:
+                    out.setdefault((path, d.name), []).append(d)
+        return out
 
     def symbols(self, path: str | os.PathLike) -> FileSymbols | None:
         rel = self.relative(path)
