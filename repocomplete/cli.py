@@ -48,6 +48,11 @@ def _add_context_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--providers", default=None, help="comma list of imports,typed_holes,retrieval,repo_map,neighbours")
     g.add_argument("--dense", action="store_true", help="add dense retrieval (all-MiniLM-L6-v2 + faiss)")
     g.add_argument("--iterative", action="store_true", help="RepoCoder: retrieve again with a draft completion")
+    _add_index_dir_arg(g)
+
+
+def _add_index_dir_arg(p) -> None:
+    p.add_argument("--index-dir", default=None, help="where the workspace indexes live (default: the user's cache)")
 
 
 def _budget_default() -> int:
@@ -92,6 +97,8 @@ def context_config(args: argparse.Namespace):
         config.providers = tuple(p for p in args.providers.split(",") if p)
     if getattr(args, "dense", False):
         config.dense = True
+    if getattr(args, "index_dir", None):
+        config.index_dir = Path(args.index_dir)
     config.validate()
     return config
 
@@ -215,6 +222,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     engine = ContextEngine(check_workspace_root(args.dir), context_config(args))
     stats = engine.build(progress=not args.json)
+    engine.save_state()  # every change folded into the snapshot: the next start maps it as it is
     engine.close()
     out = {
         "root": str(engine.root),
@@ -474,7 +482,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("index", help="index a repository (cached; a restart re-reads only what changed)")
     p.add_argument("dir")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_index)
+    _add_index_dir_arg(p)
+    p.set_defaults(func=cmd_index, model_free=True)
 
     p = sub.add_parser("context", help="show the packed repository context for a position, with provenance")
     p.add_argument("file")
@@ -482,7 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--col", type=int, required=True, help="1-based column (characters)")
     p.add_argument("--json", action="store_true")
     _add_context_args(p)
-    p.set_defaults(func=cmd_context)
+    p.set_defaults(func=cmd_context, model_free=True)
 
     p = sub.add_parser("serve", help="the language server (LSP) for editors, over stdio or TCP")
     p.add_argument("--tcp", default=None, metavar="HOST:PORT", help="listen on TCP instead of stdio (port 0: any)")
@@ -581,7 +590,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    _quiet_libraries(args.debug)
+    # The commands without a model need no transformers (importing it costs ~0.5 s): quieted if it comes later.
+    _quiet_libraries(args.debug, now=not getattr(args, "model_free", False) or getattr(args, "dense", False))
     try:
         return args.func(args)
     except user_errors() as e:
@@ -610,12 +620,15 @@ def _fail(e: Exception, debug: bool) -> int:
     return EXIT_BAD_INPUT
 
 
-def _quiet_libraries(debug: bool) -> None:
+def _quiet_libraries(debug: bool, now: bool = True) -> None:
     if debug:
         return
     import warnings
 
     warnings.filterwarnings("ignore")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # for a later import of transformers
+    if not now and "transformers" not in sys.modules:
+        return
     try:
         from transformers.utils import logging as hf_logging
 
