@@ -324,13 +324,15 @@ def cmd_bench_context(args: argparse.Namespace) -> int:
     from repocomplete.context_engine.config import ContextConfig
     from repocomplete.bench.context import format_report, run_context_bench
 
-    source = Path(args.dir)
+    if not (args.dir or args.repo) or (args.dir and args.repo):
+        raise InputError("bench context wants one repository: DIR or --repo PATH")
+    source = Path(args.dir or args.repo)
     if not source.is_dir():
         raise InputError(f"not a directory: {source}")
     # The editor's configuration: jedi providers behind their deadline (the one-shot commands wait instead).
     config = context_config(args).replace(slow_provider_deadline_ms=ContextConfig().slow_provider_deadline_ms)
     report = run_context_bench(source, config, edits=args.edits, queries=args.queries,
-                               progress=not args.json)
+                               progress=not args.json, runs=args.runs)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 
@@ -519,10 +521,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime_args(p)
     p.set_defaults(func=cmd_bench_lsp, max_tokens=16)
 
-    p = bench.add_parser("context", help="context engine: cold/warm indexing, incremental updates, assembly")
-    p.add_argument("dir", help="a repository (copied to a temporary folder first)")
+    p = bench.add_parser("context", help="context engine: cold/warm indexing, warm CLI and server start, updates, "
+                                         "assembly")
+    p.add_argument("dir", nargs="?", help="a repository (copied to a temporary folder first)")
+    p.add_argument("--repo", default=None, metavar="PATH", help="the repository, if not given as DIR (e.g. a copy of "
+                   "a large real one: transformers' ~3k files)")
     p.add_argument("--edits", type=int, default=30)
     p.add_argument("--queries", type=int, default=50)
+    p.add_argument("--runs", type=int, default=3, help="fresh processes per command-line / server figure")
     p.add_argument("--json", action="store_true")
     _add_context_args(p)
     p.set_defaults(func=cmd_bench_context)
