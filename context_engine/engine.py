@@ -95,7 +95,7 @@ class ContextEngine:
         self.state_path = self.index.db_path.with_suffix(".warm")
         self._state_loaded = False  # the snapshot was read (or found unusable) once
         self._saved: dict[str, str] | None = None  # the retriever's stamps as the snapshot on disk has them
-        self._state_lock = threading.Lock()
+        self._state_lock = threading.RLock()  # a sync (snapshot, then file by file) and single-file refreshes
         self.neighbours = Neighbours()
         self._graph = None  # (graph_data.version, RepoGraph)
         self._graph_lock = threading.Lock()
@@ -216,16 +216,17 @@ class ContextEngine:
     def _refresh(self, rel: str) -> None:
         """Retrieval and the repo map's data for one path, as the index has it now: the buffer, else the file on
         disk, else nothing (gone, refused, not indexable)."""
-        source = self.index.source(rel)
-        if source is None:
-            self.retriever.remove_document(rel)
-        else:
-            self.retriever.add_document(rel, source[0], stamp=source[1])
-        refs = self.index.references(rel)
-        if refs is None:
-            self.graph_data.set_file(rel, None)
-        else:
-            self.graph_data.set_file(rel, refs[0], refs[1], stamp=refs[2])
+        with self._state_lock:  # (the watcher's thread waits for a sync in progress)
+            source = self.index.source(rel)
+            if source is None:
+                self.retriever.remove_document(rel)
+            else:
+                self.retriever.add_document(rel, source[0], stamp=source[1])
+            refs = self.index.references(rel)
+            if refs is None:
+                self.graph_data.set_file(rel, None)
+            else:
+                self.graph_data.set_file(rel, refs[0], refs[1], stamp=refs[2])
 
     def file_changed(self, path: str) -> None:
         """A file changed on disk (or was created): refresh the index, the retriever and the repo map's data."""
