@@ -307,9 +307,9 @@ def format_report(r: dict) -> str:
         f"`context` (CLI, all providers, jedi waited for) {_times(r['cli_context_all_providers_s'])}",
         f"server engine ready (open + build, warm)     best {server['ready_s']['best']} s, median "
         f"{server['ready_s']['median']} s (+ imports {server['import_s']} s)   target < {TARGETS['server_ready_s']} s",
-        f"server memory (context side)                 {server['rss_mb']} MB RSS after {server['context_ms'].get('p50')}"
-        f" ms-p50 requests ({server['rss_mb_ready']} MB when ready; jedi worker {server['jedi_rss_mb']} MB)   "
-        f"target < {TARGETS['server_rss_mb']:.0f} MB",
+        f"server memory (context side)                 {server['rss_mb']} MB RSS after its requests (context p50 "
+        f"{server['context_ms'].get('p50')} ms; {server['rss_mb_ready']} MB when ready; the jedi worker process "
+        f"{server['jedi_rss_mb']} MB besides)   target < {TARGETS['server_rss_mb']:.0f} MB",
         f"incremental     p50 {r['incremental_update_ms']['p50']} ms  p95 {r['incremental_update_ms']['p95']} ms   "
         f"target p95 < {TARGETS['incremental_p95_ms']:.0f} ms  (with retrieval's overlay and the graph made again: "
         f"p50 {r['incremental_visible_ms']['p50']} ms  p95 {r['incremental_visible_ms']['p95']} ms)",
