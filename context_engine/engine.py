@@ -148,8 +148,9 @@ class ContextEngine:
                 self._refresh(rel)
             if not self.config.warm_state:
                 return False
-            if not ((first and not restored) or gone or len(changed) > STATE_FOLD_FILES
-                    or (fold and self.retriever.stamps() != self._saved)):
+            now = self.retriever.stamps()
+            read = sum(1 for p in changed if now.get(p) == stamps[p])  # (a file that cannot be read is not counted)
+            if not ((first and not restored) or gone or read > STATE_FOLD_FILES or (fold and now != self._saved)):
                 return fold and self._saved is not None
             return self._save_state(stamps)
 
@@ -197,8 +198,8 @@ class ContextEngine:
         retrieval, graph = self.retriever.state(), self.graph_data.state()
         if retrieval is None or graph is None:
             return False  # an editor buffer is part of the state: the next start folds the changes in
-        r_stamps = self.retriever.stamps()
-        if r_stamps != stamps or self.graph_data.stamps() != stamps:
+        r_stamps = self.retriever.stamps()  # (an indexed file that cannot be read now is left out: read next time)
+        if any(stamps.get(p) != sha1 for p, sha1 in r_stamps.items()) or self.graph_data.stamps() != stamps:
             log.debug("snapshot not written: files changed while it was made")  # the next start catches up
             return False
         arrays = {f"r.{k}": v for k, v in retrieval[1].items()} | {f"g.{k}": v for k, v in graph[1].items()}

@@ -398,3 +398,26 @@ def test_enough_looks_up_fewer_names_but_ranks_the_same_first():
     full = graph.rank_definitions("f2.py")
     few = graph.rank_definitions("f2.py", enough=4)
     assert few[:4] == full[:4] and asked[1] < asked[0]
+
+
+def test_an_indexed_file_that_cannot_be_read_does_not_stop_the_snapshot(repo, tmp_path, monkeypatch):
+    engine = open_engine(repo, config_for(tmp_path))
+    engine.close()
+    real = index_module.read_source
+
+    def unreadable(path, n):
+        if path.endswith("report.py"):
+            raise index_module.Unindexable("permission denied")
+        return real(path, n)
+
+    monkeypatch.setattr(index_module, "read_source", unreadable)
+    os.remove(engine.state_path)
+    engine = open_engine(repo, config_for(tmp_path))
+    assert "shop/report.py" not in engine.retriever.stamps() and engine.state_path.exists()
+    meta, arrays = snapshot.load(engine.state_path)
+    assert "shop/report.py" not in snapshot.unpack_strings(arrays["r.paths"], meta["retrieval"]["files"])
+    engine.close()
+    monkeypatch.setattr(index_module, "read_source", real)
+    engine = open_engine(repo, config_for(tmp_path))  # readable again: read and served
+    assert [r.path for r in engine.retriever.query("nightly", k=1)] == ["shop/report.py"]
+    engine.close()
