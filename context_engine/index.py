@@ -471,11 +471,23 @@ class RepoIndex:
         wanted: dict[str, set[str]] = defaultdict(set)
         for path, name in keys:
             wanted[path].add(name)
+        buffers = dict(self._buffers)
         out: dict[tuple[str, str], list[Definition]] = {}
         for path, names in wanted.items():
-            for d in self.definitions(path=path):
-                if d.name in names:
-                    out.setdefault((path, d.name), []).append(d)
+            if path in buffers:
+                symbols = buffers[path][1]
+                found = [d for d in (symbols.definitions if symbols else []) if d.name in names]
+            else:
+                found = []
+                ordered = sorted(names)
+                for i in range(0, len(ordered), 500):  # (SQLite's bound on parameters)
+                    chunk = ordered[i : i + 500]
+                    found += self._definitions(f"WHERE path = ? AND name IN ({', '.join('?' * len(chunk))})",
+                                               (path, *chunk))
+                if len(ordered) > 500:
+                    found.sort(key=lambda d: (d.start_line, d.end_line))  # (file order, as one query gives it)
+            for d in found:
+                out.setdefault((path, d.name), []).append(d)
         return out
 
     def symbols(self, path: str | os.PathLike) -> FileSymbols | None:
