@@ -126,6 +126,7 @@ class RepoIndex:
         self._write_lock = threading.RLock()  # builds and single-file updates, one at a time
         self._buffers: dict[str, tuple[str, FileSymbols | None]] = {}
         self._identifiers: dict[str, Counter] | None = None  # all_identifiers(), loaded once, kept current
+        self._recent: tuple[str, str, str] | None = None  # (path, sha1, scrubbed text) of the file parsed last
         self.generation = 0  # bumped on every change to what the queries return
         self._watcher: Watcher | None = None
         self._conn = self._open()
@@ -328,8 +329,10 @@ class RepoIndex:
             return _Pending(entry.path, known, entry, reason=e.reason)
         if source.sha1 == old_sha1:
             return _Pending(entry.path, known, entry, sha1=source.sha1)
+        text = self.gate.scrub(source.text, entry.path)
+        self._recent = (entry.path, source.sha1, text)  # what `source` is asked next, after an update
         try:
-            symbols = self.parse(entry.path, self.gate.scrub(source.text, entry.path))
+            symbols = self.parse(entry.path, text)
         except ParseTimeout as e:  # pathological input: the file is skipped, remembered with its stat
             log.info("skipped %s: %s", entry.path, e)
             return _Pending(entry.path, known, entry, reason=str(e))
@@ -439,6 +442,9 @@ class RepoIndex:
             source = read_source(str(self.root / rel), self.config.max_file_bytes)
         except Unindexable:
             return None
+        recent = self._recent
+        if recent is not None and recent[:2] == (rel, source.sha1):  # scrubbed a moment ago (scrubbing is slow)
+            return recent[2], source.sha1
         return self.gate.scrub(source.text, rel), source.sha1
 
     def stamps(self) -> dict[str, str]:
