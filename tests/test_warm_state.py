@@ -55,8 +55,8 @@ FILES = {
 }
 
 QUERIES = [  # (path, text, line, col): a cursor in a new file and in existing ones
-    ("shop/restock.py", "from shop.models import Inventory, Item\n\n\ndef restock_all(inv, items):\n"
-                        "    for item in items:\n        inv.restock(item)\n", 6, 25),
+    ("shop/restock.py", ("from shop.models import Inventory, Item\n\n\ndef restock_all(inv, items):\n"
+                        "    for item in items:\n        inv.restock(item)\n"), 6, 25),
     ("shop/checkout.py", None, 7, 11),
     ("shop/report.py", None, 8, 9),
     ("web/cart.js", None, 3, 10),
