@@ -373,3 +373,31 @@ def test_state_and_restore_score_exactly_as_a_full_build():
     assert len(restored._index.segments) == 2
     restored.build(full=True)
     assert [x.score for x in restored.query(query, k=5)] == pytest.approx([x.score for x in r.query(query, k=5)])
+
+
+def test_dense_state_restores_the_embeddings_and_embeds_nothing_again():
+    embedder = CountingEmbedder()
+    config = ContextConfig(dense=True)
+    r = Retriever(config, embedder=embedder, read_text=DENSE_DOCS.get)
+    for path, text in DENSE_DOCS.items():
+        r.add_document(path, text, stamp=path)
+    query = "# arithmetic mean of the numbers"
+    expected = [(x.path, x.score, x.why, x.text) for x in r.query(query, k=2)]
+    meta, arrays = r.state()
+    assert arrays["vectors"].shape == (len(DENSE_DOCS), embedder.dim)
+    embedder.texts.clear()
+    restored = Retriever(config, embedder=embedder, read_text=DENSE_DOCS.get)
+    restored.restore(meta, arrays)
+    assert [(x.path, x.score, x.why, x.text) for x in restored.query(query, k=2)] == expected
+    assert embedder.texts == [query]  # the windows' vectors came from the snapshot
+    # Saved without dense retrieval, then restored with it: embedded from the texts read back.
+    sparse_only = Retriever(ContextConfig(), read_text=DENSE_DOCS.get)
+    for path, text in DENSE_DOCS.items():
+        sparse_only.add_document(path, text, stamp=path)
+    meta, arrays = sparse_only.state()
+    assert "vectors" not in arrays and Retriever(ContextConfig()).state()[0]["windows"] == 0  # (empty: fine too)
+    embedder.texts.clear()
+    later = Retriever(config, embedder=embedder, read_text=DENSE_DOCS.get)
+    later.restore(meta, arrays)
+    assert later.query(query, k=1)[0].path == "stats.py"
+    assert sorted(embedder.texts[:-1]) == sorted(t.rstrip("\n") for t in DENSE_DOCS.values())
