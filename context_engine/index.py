@@ -329,9 +329,9 @@ class RepoIndex:
             return _Pending(entry.path, known, entry, reason=e.reason)
         if source.sha1 == old_sha1:
             return _Pending(entry.path, known, entry, sha1=source.sha1)
-        text = self.gate.scrub(source.text, entry.path)
-        self._recent = (entry.path, source.sha1, text)  # what `source` is asked next, after an update
         try:
+            text = self.gate.scrub(source.text, entry.path)
+            self._recent = (entry.path, source.sha1, text)  # what `source` is asked next, after an update
             symbols = self.parse(entry.path, text)
         except ParseTimeout as e:  # pathological input: the file is skipped, remembered with its stat
             log.info("skipped %s: %s", entry.path, e)
