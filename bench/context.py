@@ -115,13 +115,25 @@ def _timed_contexts(engine: ContextEngine, cursors) -> tuple[list[float], int, d
 # -- fresh processes -------------------------------------------------------------------------------------------
 
 
+def _child_env() -> tuple[dict, str]:
+    """(environment, working folder) for a fresh process that imports this very repocomplete: `python -m` puts
+    the working folder first on the path, so it must not be a checkout of another one."""
+    import repocomplete
+
+    env = dict(os.environ)
+    here = str(Path(repocomplete.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join([here] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    return env, tempfile.gettempdir()
+
+
 def _cli(args: list[str], runs: int) -> dict:
     """`repocomplete ARGS` in a new process, `runs` times: wall seconds (best, median, each)."""
     times = []
+    env, cwd = _child_env()
     for _ in range(runs):
         t = time.perf_counter()
         done = subprocess.run([sys.executable, "-m", "repocomplete", *args], check=False, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True)
+                              stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
         times.append(time.perf_counter() - t)
         if done.returncode != 0:
             raise RuntimeError(f"repocomplete {' '.join(args)} failed ({done.returncode}): {done.stderr[-2000:]}")
@@ -136,7 +148,8 @@ def _server_probe(root: Path, index_dir: Path, queries: int, seed: int, runs: in
     for _ in range(runs):
         probe = "import time; t0 = time.perf_counter(); from repocomplete.bench.context import probe_main; probe_main(t0)"
         done = subprocess.run([sys.executable, "-c", probe, str(root), str(index_dir), str(queries), str(seed)],
-                              capture_output=True, text=True, check=False)
+                              capture_output=True, text=True, check=False, env=_child_env()[0],
+                              cwd=_child_env()[1])
         if done.returncode != 0:
             raise RuntimeError(f"server probe failed ({done.returncode}): {done.stderr[-2000:]}")
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
