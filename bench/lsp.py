@@ -30,6 +30,9 @@ from repocomplete.eval.lsp_client import JsonRpcClient, ServerError, utf16_posit
 from repocomplete.model_runtime.config import RuntimeConfig
 
 OVERHEAD_TARGET_MS = 5.0
+P50_RATIO_TARGET = 0.8  # our p50 over llama.cpp's, on the paced keystrokes
+P95_TARGET_MS = 300.0
+DECODE_TARGET_TOK_S = 50.0
 
 
 @dataclass
@@ -37,6 +40,10 @@ class LspBenchOptions(SessionOptions):  # keystrokes: the paced ones
     burst_keystrokes: int = 12
     burst_interval_ms: float = 30.0
     context: str = "infile"  # the server's context mode for the session (bench latency's prompts are in-file)
+    cache: bool = True  # False: the server's completion cache is off, so every keystroke reaches the engine
+    peer: str = "auto"  # llama.cpp's server replaying the paced keystrokes (bench.peer.KINDS)
+    peer_command: str | None = None  # a llama-server binary
+    peer_python: str | None = None  # a Python with llama-cpp-python[server]
 
 
 def serve_argv(runtime: RuntimeConfig) -> list[str]:
@@ -69,7 +76,8 @@ def run_lsp_bench(runtime: RuntimeConfig, options: LspBenchOptions, progress: bo
                 "workspaceFolders": [{"uri": root.as_uri(), "name": root.name}],
                 "capabilities": {"textDocument": {"inlineCompletion": {}}},
                 "initializationOptions": {"context": options.context, "debounceMs": 0,
-                                          "maxTokens": runtime.max_new_tokens},
+                                          "maxTokens": runtime.max_new_tokens,
+                                          **({} if options.cache else {"completionCacheBytes": 0})},
             }, timeout=600)
             client.notify("initialized", {})
             _wait_ready(client)
@@ -80,6 +88,7 @@ def run_lsp_bench(runtime: RuntimeConfig, options: LspBenchOptions, progress: bo
             client.request("workspace/executeCommand", {"command": "repocomplete.stats", "arguments": [{"reset": True}]})
 
             version, current = 1, document
+            paced_cursors: list[tuple[str, int]] = []  # (document, cursor) of each paced keystroke, for the peer
             sent: list[tuple[str, float, int]] = []  # (phase, t0, msg id)
             latency: dict[int, float] = {}
             for k, ch in enumerate(typed):
@@ -96,6 +105,7 @@ def run_lsp_bench(runtime: RuntimeConfig, options: LspBenchOptions, progress: bo
                 phase = "paced" if k < options.keystrokes else "burst"
                 sent.append((phase, t0, msg_id))
                 if phase == "paced":
+                    paced_cursors.append((current, cursor + 1))
                     client.response(msg_id, timeout=600)
                     latency[msg_id] = (time.perf_counter() - t0) * 1000
                 else:
@@ -119,7 +129,78 @@ def run_lsp_bench(runtime: RuntimeConfig, options: LspBenchOptions, progress: bo
         rows.append({"phase": phase, "latency_ms": round(latency[msg_id], 2), **record})
     report = summarize(rows, runtime, options, source)
     report["cpu"] = {"capability": stats.get("cpu"), "path": stats.get("path"), "server_model": stats.get("model")}
+    threads = (stats.get("path") or {}).get("threads") or _threads()
+    # The peer runs after our server has exited, on the same cores, with the same thread count.
+    report["peer"] = run_peer(runtime, options, source.name, (document, start), paced_cursors, threads, progress)
+    report["comparison"] = compare(report)
     return report
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def run_peer(runtime: RuntimeConfig, options: LspBenchOptions, name: str, warmup: tuple[str, int],
+             cursors: list[tuple[str, int]], threads: int, progress: bool) -> dict:
+    """The paced keystrokes replayed against llama.cpp's server: the same in-file prompt text our engine runs,
+    greedy, one line, at most the same number of new tokens."""
+    from repocomplete.bench.peer import LlamaCppPeer, PeerUnavailable
+    from repocomplete.model_runtime.engine import prompt_text
+    from repocomplete.model_runtime.loading import embedded_gguf_path
+    from repocomplete.pipeline import cursor_prompt
+
+    if options.peer == "none":
+        return {"skipped": "no peer asked for (--peer none)"}
+    if runtime.model in ("default", "", None):
+        gguf = embedded_gguf_path()
+    elif str(runtime.model).endswith(".gguf"):
+        gguf = Path(runtime.model)
+    else:
+        return {"skipped": f"the llama.cpp peer needs a GGUF model, not {runtime.model}"}
+    tokenizer = _tokenizer(runtime)
+    prompts = [prompt_text(tokenizer, runtime, cursor_prompt(text, cursor, mode="infile", path=name))
+               for text, cursor in [warmup, *cursors]]
+    n_ctx = 1 << max(12, (max(len(tokenizer.encode(p)) for p in prompts) + runtime.max_new_tokens).bit_length())
+    try:
+        peer = LlamaCppPeer.find(gguf, threads, n_ctx, options.peer, options.peer_command, options.peer_python)
+        with peer:
+            peer.complete(prompts[0], runtime.max_new_tokens)  # warm-up: fills its prompt cache
+            answers = []
+            for k, prompt in enumerate(prompts[1:]):
+                answers.append(peer.complete(prompt, runtime.max_new_tokens))
+                if progress:
+                    print(f"\rpeer keystroke {k + 1}/{len(prompts) - 1}", end="", file=sys.stderr, flush=True)
+            if progress:
+                print(file=sys.stderr)
+    except PeerUnavailable as e:
+        return {"skipped": str(e)}
+    return {"server": peer.kind, "command": " ".join(peer.argv[:3]), "threads": threads, "requests": len(answers),
+            "prompts": "in-file, the text our engine runs" + ("" if options.context == "infile" else
+                                                               f" (our server ran context {options.context!r})"),
+            "latency_ms": percentiles(a.latency_ms for a in answers),
+            "mean_tokens": round(statistics.fmean(a.tokens for a in answers), 1) if answers else None}
+
+
+def compare(report: dict) -> dict:
+    """Ours against the peer on the paced keystrokes: the ratios, and the issue's targets."""
+    ours = report["paced"]
+    peer = report["peer"]
+    out = {"latency_p50_ms": ours["latency_ms"]["p50"], "latency_p95_ms": ours["latency_ms"]["p95"],
+           "decode_tok_s": ours["decode_tok_s"]}
+    if "latency_ms" in peer and peer["latency_ms"]["p50"]:
+        out["p50_ratio_ours_over_peer"] = round(ours["latency_ms"]["p50"] / peer["latency_ms"]["p50"], 2)
+        out["p95_ratio_ours_over_peer"] = round(ours["latency_ms"]["p95"] / peer["latency_ms"]["p95"], 2)
+    out["targets"] = {
+        f"p50 <= {P50_RATIO_TARGET}x llama.cpp": (out["p50_ratio_ours_over_peer"] <= P50_RATIO_TARGET
+                                                  if "p50_ratio_ours_over_peer" in out else None),
+        f"p95 <= {P95_TARGET_MS:.0f} ms": (out["latency_p95_ms"] <= P95_TARGET_MS
+                                            if out["latency_p95_ms"] is not None else None),
+        f"decode >= {DECODE_TARGET_TOK_S:.0f} tok/s": (out["decode_tok_s"] >= DECODE_TARGET_TOK_S
+                                                       if out["decode_tok_s"] is not None else None),
+    }
+    return out
 
 
 def _params(uri: str, before_cursor: str) -> dict:
@@ -147,9 +228,16 @@ def summarize(rows: list[dict], runtime: RuntimeConfig, options: LspBenchOptions
         outcomes: dict[str, int] = {}
         for r in phase_rows:
             outcomes[r["outcome"]] = outcomes.get(r["outcome"], 0) + 1
+        decoded = sum(max((r["tokens"] or 0) - 1, 0) for r in engine)
+        decode_ms = sum(r["decode_ms"] or 0.0 for r in engine)
+        drafted = sum(r["draft_tokens"] or 0 for r in engine)
         return {
             "requests": len(phase_rows),
             "outcomes": outcomes,
+            "mean_tokens": round(statistics.fmean(r["tokens"] or 0 for r in engine), 1) if engine else None,
+            # Over the tokens after the first (whose logits come out of the prefill), speculation counted.
+            "decode_tok_s": round(decoded / decode_ms * 1000, 1) if decoded and decode_ms else None,
+            "acceptance": (round(sum(r["accepted_tokens"] or 0 for r in engine) / drafted, 3) if drafted else None),
             "latency_ms": percentiles(r["latency_ms"] for r in done),
             "engine_ms": percentiles(r["engine_ms"] for r in engine),
             "overhead_ms": {**percentiles(overhead),
@@ -168,7 +256,7 @@ def summarize(rows: list[dict], runtime: RuntimeConfig, options: LspBenchOptions
         "file": source.name,
         "model": runtime.model,
         "keystrokes": {"paced": options.keystrokes, "burst": options.burst_keystrokes,
-                       "burst_interval_ms": options.burst_interval_ms},
+                       "burst_interval_ms": options.burst_interval_ms, "cache": options.cache},
         "paced": phase_summary(paced),
         "burst": phase_summary(burst),
         "superseded": {"count": len(superseded), "ran_after_superseded_max_ms": max(ran_after, default=0.0),
@@ -185,7 +273,8 @@ def summarize(rows: list[dict], runtime: RuntimeConfig, options: LspBenchOptions
 
 def format_report(r: dict) -> str:
     lines = [f"bench lsp: {r['file']}, model {r['model']}, {r['keystrokes']['paced']} paced keystrokes, "
-             f"{r['keystrokes']['burst']} every {r['keystrokes']['burst_interval_ms']:.0f} ms"]
+             f"{r['keystrokes']['burst']} every {r['keystrokes']['burst_interval_ms']:.0f} ms, completion cache "
+             + ("on" if r['keystrokes'].get('cache', True) else "off (every keystroke reaches the engine)")]
     cpu = r.get("cpu") or {}
     path = cpu.get("path")
     lines.append(f"server cpu {path['cpu'] if path else ''} ({cpu.get('capability')}), "
@@ -198,6 +287,22 @@ def format_report(r: dict) -> str:
         lines.append(f"{phase:<8}{s['requests']:>9}{str(s['latency_ms']['p50']) + '/' + str(s['latency_ms']['p95']):>18}"
                      f"{str(s['engine_ms']['p50']) + '/' + str(s['engine_ms']['p95']):>17}"
                      f"{str(s['overhead_ms']['p50']) + '/' + str(s['overhead_ms']['p95']):>19}  {s['outcomes']}")
+    paced = r["paced"]
+    lines.append(f"paced: {paced['mean_tokens']} tokens a completion, engine decode {paced['decode_tok_s']} tok/s"
+                 + (f" (speculation: {paced['acceptance']:.0%} of drafted tokens taken)"
+                    if paced.get("acceptance") is not None else ""))
+    peer = r.get("peer") or {}
+    if "skipped" in peer:
+        lines.append(peer["skipped"])
+    elif peer:
+        lines.append(f"peer {peer['server']} ({peer['command']} ..., {peer['threads']} threads), {peer['requests']} "
+                     f"paced keystrokes, prompts {peer['prompts']}: latency p50/p95 {peer['latency_ms']['p50']}/"
+                     f"{peer['latency_ms']['p95']} ms, {peer['mean_tokens']} tokens a completion")
+    c = r.get("comparison") or {}
+    if "p50_ratio_ours_over_peer" in c:
+        lines.append(f"ours over llama.cpp: p50 {c['p50_ratio_ours_over_peer']}x, p95 {c['p95_ratio_ours_over_peer']}x")
+    for name, met in (c.get("targets") or {}).items():
+        lines.append(f"target {name}: {'not measured' if met is None else 'met' if met else 'NOT met'}")
     t = r["targets"]
     lines.append(f"server overhead p50 {t['overhead_p50_ms']} ms (target < {OVERHEAD_TARGET_MS:.0f}): "
                  f"{'met' if t['overhead_p50_met'] else 'NOT met'}")

@@ -4,6 +4,8 @@
     repocomplete bench micro index DIR [--edits N]         cold/warm index builds and incremental updates
     repocomplete bench micro analysis [--calls N]          the jedi providers on a small bundled package
     repocomplete bench micro retrieval DIR [--queries N] [--dense-sample N] [--method bm25|jaccard]
+    repocomplete bench micro decode [--context-tokens N] [--steps N]   one decode step: weights, attention, the rest
+    repocomplete bench micro tokens DIR [--queries N] [--budget N]  counting budgets with SmolLM2's tokenizer
 
 DIR is never written: `index` works on a copy. The figures are of the machine they ran on, and a shared machine's
 speed drifts, so say which one when you quote them.
@@ -308,6 +310,153 @@ def bench_retrieval(root: Path, n_queries: int, dense_sample: int, method: str) 
         print(f"dense query embedding: {(time.perf_counter() - t) / 20 * 1000:.1f} ms per query")
 
 
+# -- decode step ---------------------------------------------------------------------------------------------------
+
+WEIGHT_OPS = ("aten::_weight_int8pack_mm", "aten::_weight_int4pack_mm_for_cpu", "aten::_weight_int4pack_mm",
+              "aten::mm", "aten::addmm")
+ATTENTION_OPS = ("aten::bmm", "aten::_softmax", "aten::_scaled_dot_product_flash_attention_for_cpu",
+                 "aten::_scaled_dot_product_attention_math")
+
+
+def bench_decode(context_tokens: int, steps: int) -> None:
+    """One decode step of the product's engine (the CPU path `doctor` chose, no speculation) at `context_tokens`
+    of context, split into the weights' kernels, attention over the KV cache, and the rest (elementwise ops, casts,
+    allocation, Python and dispatch per op)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from repocomplete.bench.latency import cpu_line, cpu_report
+    from repocomplete.bench.session import SessionOptions, load_session
+    from repocomplete.model_runtime.config import RuntimeConfig
+    from repocomplete.model_runtime.engine import Engine
+    from repocomplete.model_runtime.loading import load_model
+
+    config = RuntimeConfig()
+    loaded = load_model(config)
+    engine = Engine(loaded, config)
+    session = load_session(SessionOptions(context_tokens=context_tokens), loaded.tokenizer)
+    ids = loaded.tokenizer.encode(session.text[: session.start], add_special_tokens=False)[-context_tokens:]
+    engine.greedy_tokens(ids, 4)  # warm-up: the prompt is in the prefix cache from here on
+    plain = min(engine.greedy_tokens(ids, steps + 1)[2] for _ in range(3)) / steps * 1000
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        _, _, decode_s = engine.greedy_tokens(ids, steps + 1)
+    profiled = decode_s / steps * 1000
+    kernels = {"weights": 0.0, "attention": 0.0}
+    for event in prof.key_averages():
+        kind = "weights" if event.key in WEIGHT_OPS else "attention" if event.key in ATTENTION_OPS else None
+        if kind:
+            kernels[kind] += event.self_cpu_time_total / 1000 / (steps + 1)  # the prefill's first token too
+    other = max(0.0, profiled - kernels["weights"] - kernels["attention"])
+    print(cpu_line(cpu_report(loaded)))
+    print(f"decode step at {len(ids)} tokens of context, {steps} steps: {plain:.2f} ms ({1000 / plain:.1f} tok/s) "
+          f"unprofiled; profiled {profiled:.2f} ms =")
+    for name, ms in (("weights (linear kernels)", kernels["weights"]), ("attention over the KV cache",
+                                                                        kernels["attention"]),
+                     ("other (elementwise, casts, Python, dispatch)", other)):
+        print(f"  {name:<46} {ms:6.2f} ms  {ms / profiled:5.1%}")
+# -- tokens --------------------------------------------------------------------------------------------------------
+
+
+def bench_tokens(root: Path, n_queries: int, budget: int) -> None:
+    """The calibrated estimate against SmolLM2's tokenizer on DIR's Python files, then what counting with the
+    tokenizer costs a context call (records measured as the prompt shows them, cold and with the cache warm) and
+    what measuring the current file's window costs a request."""
+    import tempfile
+
+    from repocomplete.context_engine.config import ContextConfig
+    from repocomplete.context_engine.document import cursor_parts
+    from repocomplete.context_engine.engine import ContextEngine
+    from repocomplete.context_engine.packing import approx_tokens, text_tokens
+    from repocomplete.model_runtime.config import default_cache_dir
+    from repocomplete.model_runtime.engine import encode_prompt
+    from repocomplete.model_runtime.loading import load_tokenizer, resolve_model_dir
+    from repocomplete.model_runtime.templates import detect_template
+    from repocomplete.model_runtime.tokens import PromptTokens
+
+    from repocomplete.pipeline import model_parts
+
+    model_dir, name = resolve_model_dir("default", default_cache_dir())
+    tokenizer = load_tokenizer(model_dir)
+    template = detect_template(tokenizer.get_vocab())
+    skip = set(ContextConfig().skip_dirs) - ({"site-packages"} if "site-packages" in root.parts else set())
+    files = {}
+    for p in sorted(root.rglob("*.py")):
+        if skip.intersection(p.relative_to(root).parts[:-1]):
+            continue  # what the index leaves out (a virtual environment, build output)
+        try:
+            files[p] = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+    real = est = 0
+    errors = []
+    for text in files.values():
+        if len(text) < 200:
+            continue
+        n = len(tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True))
+        e = approx_tokens(text)
+        real, est = real + n, est + e
+        errors.append(e / n - 1)
+    errors.sort()
+    if errors:
+        p10, p50, p90 = (100 * errors[len(errors) * k // 10] for k in (1, 5, 9))
+        print(f"estimate vs {name}'s tokenizer on {len(errors)} .py files ({real} tokens): "
+              f"{100 * (est / real - 1):+.2f}% in all; per file p10 {p10:+.1f}%, p50 {p50:+.1f}%, p90 {p90:+.1f}%")
+
+    if not n_queries:
+        return
+    with tempfile.TemporaryDirectory(prefix="repocomplete-bench-tokens-") as tmp:
+        config = ContextConfig(index_dir=Path(tmp), slow_provider_deadline_ms=None, budget_tokens=budget)
+        engine = ContextEngine(root, config)
+        try:
+            engine.build()
+            rng = random.Random(0)
+            paths = [p for p in engine.index.files() if p.endswith(".py")]
+            spent = [0.0]
+
+            def timed_counter(count):
+                def record(path: str, text: str) -> int:
+                    t = time.perf_counter()
+                    n = count(path, text)
+                    spent[0] += time.perf_counter() - t
+                    return n
+                return record
+
+            rows: dict[str, list[float]] = {"estimate": [], "tokenizer, cold": [], "tokenizer, warm": []}
+            totals: dict[str, list[float]] = {k: [] for k in rows}
+            window_ms, records = [], []
+            for _ in range(n_queries):
+                path = rng.choice(paths)
+                text = engine.index.text(path) or ""
+                lines = text.split("\n")
+                line = rng.randrange(1, len(lines) + 1)
+                col = len(lines[line - 1]) + 1
+                for kind, spent_ms in rows.items():
+                    if kind == "estimate":
+                        approx_tokens.cache_clear()
+                        engine.set_record_tokens(timed_counter(text_tokens(approx_tokens)))
+                    elif kind == "tokenizer, cold":  # a new model counter: nothing cached
+                        engine.set_record_tokens(timed_counter(PromptTokens(template, tokenizer).item))
+                    spent[0] = 0.0
+                    t = time.perf_counter()
+                    ctx = engine.context(path, text, line, col, wait=True)
+                    totals[kind].append((time.perf_counter() - t) * 1000)
+                    spent_ms.append(spent[0] * 1000)
+                records.append(len(ctx.records))
+                offset = sum(len(x) + 1 for x in lines[: line - 1]) + col - 1
+                parts = model_parts(cursor_parts(text, offset, path=path))
+                parts.repo_name = root.name
+                t = time.perf_counter()
+                encode_prompt(tokenizer, template, parts, "psm")
+                window_ms.append((time.perf_counter() - t) * 1000)
+        finally:
+            engine.close()
+    print(f"{n_queries} context calls on {root} (budget {budget}, {sum(records) / len(records):.1f} records each), "
+          f"{name}'s tokenizer, template {template.name}:")
+    for kind, spent_ms in rows.items():
+        print(f"  counting with the {kind}: {_p50_p95(spent_ms, 2)} of a context call's {_p50_p95(totals[kind])}")
+    print(f"  the current file's window, tokenized to bound the context: {_p50_p95(window_ms, 2)}")
+
+
 # -- command line --------------------------------------------------------------------------------------------------
 
 
@@ -335,13 +484,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--queries", type=_positive, default=50, help="cursors to query from (default 50)")
     p.add_argument("--dense-sample", type=int, default=0, metavar="N", help="also time embedding N windows")
     p.add_argument("--method", default="bm25", choices=("bm25", "jaccard"))
+    p = parts.add_parser("decode", help="one decode step of the engine, split into weights, attention and the rest")
+    p.add_argument("--context-tokens", type=_positive, default=2048)
+    p.add_argument("--steps", type=_positive, default=32)
+    p = parts.add_parser("tokens", help="the token estimate against SmolLM2's tokenizer on DIR's .py files, and "
+                                        "what counting with the tokenizer costs a context call")
+    p.add_argument("directory", type=Path, metavar="DIR")
+    p.add_argument("--queries", type=int, default=20, help="context calls to time (default 20; 0: the estimate only)")
+    p.add_argument("--budget", type=_positive, default=1024, help="their budget (default 1024)")
     args = parser.parse_args(argv)
-    if args.part == "parsing":
+    if args.part == "decode":
+        bench_decode(args.context_tokens, args.steps)
+    elif args.part == "parsing":
         bench_parsing(args.directory, args.repeat)
     elif args.part == "index":
         bench_index(args.directory, args.edits)
     elif args.part == "analysis":
         bench_analysis(args.calls)
+    elif args.part == "tokens":
+        bench_tokens(args.directory, args.queries, args.budget)
     else:
         bench_retrieval(args.directory, args.queries, args.dense_sample, args.method)
     return 0

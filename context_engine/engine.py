@@ -20,6 +20,7 @@ every change. It holds token ids and counts, names and paths, never a text, and 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -35,15 +36,17 @@ from repocomplete.context_engine.config import ContextConfig
 from repocomplete.context_engine.document import Window, cursor_parts
 from repocomplete.context_engine.gate import Gate, check_workspace_root
 from repocomplete.context_engine.neighbours import Neighbours
-from repocomplete.context_engine.packing import Packed, approx_tokens, pack
+from repocomplete.context_engine.packing import Packed, RecordTokens, approx_tokens, pack, text_tokens
 from repocomplete.context_engine.records import ContextRecord
 from repocomplete.context_engine.parts import CursorParts, Snippet
+from repocomplete.context_engine.roots import GIVEN, find_root  # noqa: F401 (find_root lived here; still importable)
 from repocomplete.context_engine.slow_pool import SlowPool
 
 log = logging.getLogger(__name__)
 
 SLOW_PROVIDERS = ("imports", "typed_holes")  # jedi inference
 SLOW_START_S = 30.0  # what a request waiting for jedi allows for a fresh worker process to start
+RETRIEVAL_K = 8  # retrieved windows asked for a budget of up to 1024 tokens; a larger budget asks for more
 STATE_FORMAT = 1  # the snapshot's layout (retrieval.Retriever.state, repo_map.GraphData.state)
 # A warm start re-reads the files changed since the snapshot; past this many it writes the snapshot again.
 STATE_FOLD_FILES = 32
@@ -54,21 +57,13 @@ class Context:
     packed: Packed
     timings_ms: dict[str, float] = field(default_factory=dict)  # per provider, and "total"
     complete: bool = True  # False: a slow provider missed the deadline (its answer serves a later request)
+    root: str | None = None  # the workspace the records come from (resolved)
+    root_reason: str | None = None  # why that folder is the workspace (roots.py: "nearest .git", ...)
+    notes: list[str] = field(default_factory=list)  # what the explanation should say (a budget reduced to fit)
 
     @property
     def records(self) -> list[ContextRecord]:
         return self.packed.records
-
-
-def find_root(path: Path) -> Path:
-    """The repository a file belongs to: the nearest parent holding .git (else the file's own folder).
-
-    From the path as given (made absolute, symlinks not resolved): a symlinked file's target never moves the root."""
-    path = Path(os.path.abspath(path))
-    for parent in [path.parent, *path.parent.parents]:
-        if (parent / ".git").exists():
-            return parent
-    return path.parent
 
 
 class ContextEngine:
@@ -78,16 +73,22 @@ class ContextEngine:
         config: ContextConfig | None = None,
         count_tokens: Callable[[str], int] = approx_tokens,
         slow_executor: Executor | None = None,  # where the jedi providers run (default: a process)
+        record_tokens: RecordTokens | None = None,
     ):
+        """count_tokens: tokens of a text; record_tokens(path, text): the tokens a record takes in the prompt, its
+        header and separator included (default: count_tokens of its text). The pipeline sets the model's
+        (`set_record_tokens`), so that a budget is tokens of the prompt."""
         from repocomplete.context_engine.index import RepoIndex
         from repocomplete.context_engine.repo_map import GraphData
         from repocomplete.context_engine.retrieval import Retriever
 
         given = check_workspace_root(root)  # raises WorkspaceError before anything is created
         self.root = given.resolve()
+        self.root_reason = GIVEN  # why this folder: set by whoever chose it (roots.locate_root, --root, the editor)
         self.config = config or ContextConfig()
         self.config.validate()
         self.count_tokens = count_tokens
+        self.record_tokens = record_tokens or text_tokens(count_tokens)
         self.gate = Gate(given, self.config)
         self.index = RepoIndex(self.root, self.config, gate=self.gate)
         self.retriever = Retriever(self.config, read_text=self.index.text)
@@ -284,6 +285,13 @@ class ContextEngine:
         self.index.stop_watching()
         self.index.close()
 
+    def set_record_tokens(self, record_tokens: RecordTokens) -> None:
+        """Measure records with another counter from now on (another model was loaded): what was packed with the
+        old one is forgotten."""
+        self.record_tokens = record_tokens
+        self._map_cache.clear()
+        self._line_cache = None
+
     # -- the question --------------------------------------------------------------------------------------
 
     def relative(self, path: str | Path) -> str:
@@ -311,7 +319,8 @@ class ContextEngine:
         budget = self.config.budget_tokens if budget is None else budget
         if self.gate.rel(path) is not None and self.gate.reason_rel(rel) == "symlink outside the root":
             # A link out of the workspace yields nothing (nor does the text behind it query anything).
-            return Context(pack({}, budget, self.config.quotas, self.count_tokens), {"total": 0.0}, True)
+            return Context(pack({}, budget, self.config.quotas, record_tokens=self.record_tokens), {"total": 0.0}, True,
+                           str(self.root), self.root_reason)
         providers = providers or self.config.providers
         prefix = "\n".join(text.split("\n")[: line - 1] + [text.split("\n")[line - 1][: col - 1]]) if text else ""
         timings: dict[str, float] = {}
@@ -332,7 +341,7 @@ class ContextEngine:
                 continue
             t = time.perf_counter()
             if kind == "retrieval" and draft:
-                by_provider[kind] = self._retrieve(rel, prefix, line, draft)
+                by_provider[kind] = self._retrieve(rel, prefix, line, draft, budget)
             else:
                 by_provider[kind] = self._safe_provide(kind, rel, text, prefix, line, col, budget)
             timings[kind] = round((time.perf_counter() - t) * 1000, 2)
@@ -353,9 +362,9 @@ class ContextEngine:
         # of the rest is scrubbed of credentials.
         by_provider = {kind: self.gate.records(records) for kind, records in by_provider.items()}
         window = (rel, *own_window) if own_window else None
-        packed = pack(by_provider, budget, self.config.quotas, self.count_tokens, own_window=window)
+        packed = pack(by_provider, budget, self.config.quotas, own_window=window, record_tokens=self.record_tokens)
         timings["total"] = round((time.perf_counter() - t_all) * 1000, 2)
-        return Context(packed, timings, complete)
+        return Context(packed, timings, complete, str(self.root), self.root_reason)
 
     def _safe_provide(self, kind, rel, text, prefix, line, col, budget) -> list[ContextRecord]:
         try:
@@ -396,21 +405,25 @@ class ContextEngine:
         if kind == "typed_holes":
             return []  # jedi is the only type inference here: Python only
         if kind == "retrieval":
-            return self._retrieve(rel, prefix, line)
+            return self._retrieve(rel, prefix, line, budget=budget)
         if kind == "repo_map":
             return self._repo_map(rel, int(budget * self.config.quotas.get("repo_map", 0.1)))
         if kind == "neighbours":
             return self.neighbours.records(rel, line)
         raise ValueError(f"unknown provider {kind!r}")
 
-    def _retrieve(self, rel: str, prefix: str, line: int, draft: str | None = None) -> list[ContextRecord]:
+    def _retrieve(self, rel: str, prefix: str, line: int, draft: str | None = None,
+                  budget: int | None = None) -> list[ContextRecord]:
         from repocomplete.context_engine.retrieval import query_text_for
 
+        # Enough windows to fill the budget when the other providers have little: 8 up to 1024 tokens, one more
+        # per 128 tokens past that (a 20-line window is some 150-250 tokens).
+        k = max(RETRIEVAL_K, (budget or 0) // 128)
         exclude = (rel, max(1, line - self.config.window_lines), line)  # the cursor's own window
         if draft:
-            return self.retriever.query_iterative(prefix, draft, k=8, exclude=exclude)
+            return self.retriever.query_iterative(prefix, draft, k=k, exclude=exclude)
         query = query_text_for(prefix, self.config.query_lines)
-        return self.retriever.query(query, k=8, exclude=exclude) if query.strip() else []
+        return self.retriever.query(query, k=k, exclude=exclude) if query.strip() else []
 
     def _repo_map(self, rel: str, budget: int) -> list[ContextRecord]:
         # The graph is made once per state of the repo map's data; each file then costs one personalised PageRank.
@@ -422,7 +435,7 @@ class ContextEngine:
         if key not in self._map_cache:
             if len(self._map_cache) > 256:
                 self._map_cache.clear()
-            self._map_cache[key] = fit_graph(graph, rel, budget, self.count_tokens)
+            self._map_cache[key] = fit_graph(graph, rel, budget, record_tokens=self.record_tokens)
         return self._map_cache[key]
 
     def _build_graph(self) -> None:
@@ -481,9 +494,13 @@ class ContextEngine:
 
     def prompt_parts(
         self, path: str, text: str, offset: int, window: Window | None = None, budget: int | None = None,
-        draft: str | None = None,
+        draft: str | None = None, room: Callable[[CursorParts, int], tuple[int, str] | None] | None = None,
     ) -> tuple[CursorParts, Context]:
-        """The current file's window plus packed repository context, as the model runtime renders them."""
+        """The current file's window plus packed repository context, as the model runtime renders them.
+
+        room(parts without context, budget): the most tokens the context may take beside that window in the
+        model's prompt, and why (None: the budget fits); a budget over it is reduced to it, with a note in
+        `Context.notes`."""
         rel = self.relative(path)
         parts = cursor_parts(text, offset, mode="infile", path=rel, window=window)
         line_start = text.rfind("\n", 0, offset) + 1
@@ -491,6 +508,15 @@ class ContextEngine:
         col = offset - line_start + 1
         first_line = line - parts.prefix.count("\n")
         last_line = line + parts.suffix.count("\n")
+        parts.prefix = self.gate.scrub(parts.prefix, rel)  # the current file's credentials stay home too
+        parts.suffix = self.gate.scrub(parts.suffix, rel)
+        parts.repo_name = self.root.name
+        requested = self.config.budget_tokens if budget is None else budget
+        note = None
+        bound = room(parts, requested) if room is not None else None
+        if bound is not None and bound[0] < requested:
+            budget = max(0, bound[0])
+            note = f"context budget reduced from {requested} to {budget} tokens: {bound[1]}"
         # While the user types a name, the context stays as it was: the prompt's head is then unchanged from
         # keystroke to keystroke and the prefix-KV cache reuses all of it. A new line, or a character that opens
         # a new hole (`obj.`, `f(`, `a, `, `x = `), asks the providers again.
@@ -501,10 +527,9 @@ class ContextEngine:
             ctx = self.context(rel, text, line, col, budget=budget, own_window=(first_line, last_line), draft=draft)
             if ctx.complete:  # an incomplete one is asked again, to pick up the late provider's answer
                 self._line_cache = (key, ctx)
-        parts.prefix = self.gate.scrub(parts.prefix, rel)  # the current file's credentials stay home too
-        parts.suffix = self.gate.scrub(parts.suffix, rel)
+        if note is not None:
+            ctx = dataclasses.replace(ctx, notes=[*ctx.notes, note])  # the cached one stays as it was
         parts.context = [Snippet(r.path, r.text) for r in self.gate.records(ctx.records)]
-        parts.repo_name = self.root.name
         return parts, ctx
 
 

@@ -49,12 +49,17 @@ class WorkspaceError(InputError):
     system folder); the message is one line for the user."""
 
 
-def _refused_folders() -> set[str]:
-    folders = set(SYSTEM_DIRS) | {os.path.abspath(os.sep)}
+def home_folders() -> set[str]:
+    """The user's home folder, in each form it may be named (HOME, USERPROFILE, ~; as given and resolved)."""
+    folders = {os.path.abspath(os.path.expanduser("~"))}
     for var in ("HOME", "USERPROFILE"):
         if os.environ.get(var):
             folders.add(os.path.abspath(os.environ[var]))
-    folders.add(os.path.abspath(os.path.expanduser("~")))
+    return folders | {os.path.realpath(f) for f in folders}
+
+
+def _refused_folders() -> set[str]:
+    folders = set(SYSTEM_DIRS) | {os.path.abspath(os.sep)} | home_folders()
     import tempfile
 
     folders.add(os.path.abspath(tempfile.gettempdir()))

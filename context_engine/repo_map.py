@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 import numpy as np
 from scipy import sparse
 
-from repocomplete.context_engine.packing import approx_tokens
+from repocomplete.context_engine.packing import RecordTokens, approx_tokens, text_tokens
 from repocomplete.context_engine.records import ContextRecord, Definition
 from repocomplete.context_engine.snapshot import SnapshotError, pack_strings, unpack_strings
 
@@ -128,12 +128,8 @@ class RepoGraph:
             rank = spread
         return rank
 
-    def rank_definitions(self, current: str | None = None, limit: int = 2000,
-                         enough: int | None = None) -> list[tuple[float, Definition]]:
-        """(score, definition) pairs, best first (at most `limit` names); the current file's own left out.
-
-        `enough`: only the first `enough` pairs are wanted; fewer names are looked up (those tied with the last
-        one needed included), and those first pairs are the same as without it."""
+    def ranked_keys(self, current: str | None = None, limit: int = 2000) -> list[tuple[float, tuple[str, str]]]:
+        """(score, (path, name)) of the best `limit` names, best first; the current file's own left out."""
         if not self.has_edges:
             return []
         rank = self.pagerank(current)
@@ -148,13 +144,33 @@ class RepoGraph:
             if path == current or scores[k] <= 0:
                 continue  # the current file is in the prompt already
             keys.append((float(scores[k]), (path, self.names[self.def_name[k]])))
-        if enough is not None and len(keys) > enough:  # each name has a definition at least
-            cut = keys[max(enough, 1) - 1][0]
-            keys = [(score, key) for score, key in keys if score >= cut]
+        return keys
+
+    def definitions_of(self, keys: list[tuple[float, tuple[str, str]]]) -> list[tuple[float, Definition]]:
+        """The (score, definition) pairs of ranked keys, in the ranking's order (score, then path and line)."""
         found = self.lookup([key for _, key in keys])
         ranked = [(score, d) for score, key in keys for d in found.get(key, ())]
         ranked.sort(key=lambda pair: (-pair[0], pair[1].path, pair[1].start_line))
         return ranked
+
+    def rank_definitions(self, current: str | None = None, limit: int = 2000,
+                         enough: int | None = None) -> list[tuple[float, Definition]]:
+        """(score, definition) pairs, best first (at most `limit` names); the current file's own left out.
+
+        `enough`: only the first `enough` pairs are wanted; fewer names are looked up (those tied with the last
+        one needed included): what comes back is a prefix of the whole ranking, `enough` long at least when it
+        has as many."""
+        keys = self.ranked_keys(current, limit)
+        return self.definitions_of(_prefix(keys, enough) if enough is not None else keys)
+
+
+def _prefix(keys: list[tuple[float, tuple[str, str]]], n: int) -> list[tuple[float, tuple[str, str]]]:
+    """The first `n` ranked keys and every key tied with the last of them (each key has a definition at least, so
+    their definitions are the first `n` of the ranking at least, and an exact prefix of it)."""
+    if len(keys) <= n:
+        return keys
+    cut = keys[max(n, 1) - 1][0]
+    return [(score, key) for score, key in keys if score >= cut]
 
 
 def _cat(arrays: list[np.ndarray]) -> np.ndarray:
@@ -320,6 +336,12 @@ def rank_definitions(
     return RepoGraph(definitions, identifiers).rank_definitions(current)
 
 
+def _file_text(items: list[tuple[float, Definition]]) -> tuple[str, list[tuple[float, Definition]]]:
+    """One file's definitions (in rank order) as its record shows them: signatures in file order."""
+    items = sorted(items, key=lambda pair: pair[1].start_line)
+    return "\n".join(("    " if d.parent else "") + d.signature.strip() for _, d in items), items
+
+
 def render(ranked: list[tuple[float, Definition]]) -> list[ContextRecord]:
     """One record per file: the chosen definitions' signatures, in file order."""
     by_path: dict[str, list[tuple[float, Definition]]] = defaultdict(list)
@@ -327,11 +349,10 @@ def render(ranked: list[tuple[float, Definition]]) -> list[ContextRecord]:
         by_path[d.path].append((score, d))
     records = []
     for path, items in by_path.items():
-        items.sort(key=lambda pair: pair[1].start_line)
-        lines = [("    " if d.parent else "") + d.signature.strip() for _, d in items]
+        text, items = _file_text(items)
         records.append(
             ContextRecord(
-                text="\n".join(lines),
+                text=text,
                 path=path,
                 start_line=items[0][1].start_line,
                 end_line=max(d.end_line for _, d in items),
@@ -344,33 +365,54 @@ def render(ranked: list[tuple[float, Definition]]) -> list[ContextRecord]:
     return records
 
 
-MAX_PER_TOKEN = 4  # a definition costs at least a token or so: `fit` never looks past 4 per token of budget
+MAX_PER_TOKEN = 4  # a definition costs a token at least: a budget takes this many per token at most, with room
 
 
-def fit(ranked: list[tuple[float, Definition]], budget: int, count_tokens: Callable[[str], int] = approx_tokens):
-    """As many of the best definitions as fit in `budget` tokens, rendered (binary search on the count)."""
+def fit(ranked: list[tuple[float, Definition]], budget: int, count_tokens: Callable[[str], int] = approx_tokens,
+        record_tokens: RecordTokens | None = None):
+    """As many of the best definitions as fit in `budget` tokens, rendered. A record costs record_tokens(path,
+    text), its header in the prompt included (default: count_tokens of its text).
+
+    The definitions are added best first until the next one would pass the budget; each addition changes one
+    file's record, so only that record is counted again (a tokenizer counts a few dozen texts, not every record
+    at every step of a search)."""
     if not ranked or budget <= 0:
         return []
-
-    def cost(n: int) -> int:
-        return sum(count_tokens(r.text) for r in render(ranked[:n]))
-
-    lo, hi = 0, min(len(ranked), MAX_PER_TOKEN * budget)
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if cost(mid) <= budget:
-            lo = mid
-        else:
-            hi = mid - 1
-    return render(ranked[:lo])
+    return render(ranked[: _fitting(ranked, budget, record_tokens or text_tokens(count_tokens))])
 
 
-def fit_graph(graph: RepoGraph, current: str | None, budget: int,
-              count_tokens: Callable[[str], int] = approx_tokens) -> list[ContextRecord]:
-    """`fit` of the graph's ranking for `current`, looking up only the definitions the budget could take."""
+def _fitting(ranked: list[tuple[float, Definition]], budget: int, cost_of: RecordTokens) -> int:
+    """How many of the first definitions `fit` takes."""
+    by_path: dict[str, list[tuple[float, Definition]]] = defaultdict(list)
+    costs: dict[str, int] = {}
+    total = n = 0
+    for score, d in ranked:
+        items = [*by_path[d.path], (score, d)]
+        cost = cost_of(d.path, _file_text(items)[0])
+        if total - costs.get(d.path, 0) + cost > budget:
+            break
+        total += cost - costs.get(d.path, 0)
+        by_path[d.path], costs[d.path] = items, cost
+        n += 1
+    return n
+
+
+def fit_graph(graph: RepoGraph, current: str | None, budget: int, count_tokens: Callable[[str], int] = approx_tokens,
+              record_tokens: RecordTokens | None = None) -> list[ContextRecord]:
+    """`fit` of the graph's ranking for `current`, the same records, looking up only the definitions the budget
+    could take (more only if it takes all of those)."""
     if budget <= 0:
         return []
-    return fit(graph.rank_definitions(current, enough=MAX_PER_TOKEN * budget), budget, count_tokens)
+    cost_of = record_tokens or text_tokens(count_tokens)
+    keys = graph.ranked_keys(current)
+    want = MAX_PER_TOKEN * budget + 1
+    while True:
+        chosen = _prefix(keys, want)
+        ranked = graph.definitions_of(chosen)
+        n = _fitting(ranked, budget, cost_of)
+        if n < len(ranked) or len(chosen) == len(keys):  # the budget stopped it, or the ranking is whole
+            return render(ranked[:n])
+        want *= 4
 
 
 def repo_map(
@@ -379,5 +421,6 @@ def repo_map(
     budget: int,
     current: str | None = None,
     count_tokens: Callable[[str], int] = approx_tokens,
+    record_tokens: RecordTokens | None = None,
 ) -> list[ContextRecord]:
-    return fit(rank_definitions(definitions, identifiers, current), budget, count_tokens)
+    return fit(rank_definitions(definitions, identifiers, current), budget, count_tokens, record_tokens)

@@ -60,7 +60,7 @@ _TRIVIAL = {
 _BRACKETS = {"python": ("([{", ")]}"), None: ("([", ")]")}
 _HEADER_KINDS = frozenset({"function", "method", "class", "interface", "struct", "enum", "trait", "type", "module"})
 # Names too common to say a line depends on another file (`d.items()`, `s.join(...)`), however the repo uses them.
-_COMMON = frozenset(dir(builtins)).union(*(dir(t) for t in (dict, list, str, set, tuple, bytes, int, float, object)))
+COMMON_NAMES = frozenset(dir(builtins)).union(*(dir(t) for t in (dict, list, str, set, tuple, bytes, int, float, object)))
 LICENSE_FILE = re.compile(r"(LICEN[CS]E|COPYING|NOTICE)([.\-_].*)?$", re.IGNORECASE)
 
 
@@ -144,7 +144,7 @@ def cross_file_names(index, path: str, defined_in: dict[str, set[str]], referenc
         bare |= {name for name in referenced if elsewhere(name)
                  and any(posixpath.dirname(p) == folder for p in defined_in[name])}
     members = {name for name in referenced
-               if elsewhere(name) and len(name) > 3 and not name.startswith("__") and name not in _COMMON}
+               if elsewhere(name) and len(name) > 3 and not name.startswith("__") and name not in COMMON_NAMES}
     return CrossFileNames(bare, members, external - bare)
 
 

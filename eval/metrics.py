@@ -125,9 +125,14 @@ def _lines(code: str) -> list[str]:
     return [line.strip() for line in code.split("\n") if line.strip()]
 
 
+def strip_strings(code: str) -> str:
+    """The code without its string literals (as the identifier metrics see it)."""
+    return _STRING.sub("", code)
+
+
 def identifiers(code: str, language: str) -> list[str]:
     keywords = KEYWORDS.get(language, frozenset())
-    return [w for w in _WORD.findall(_STRING.sub("", code)) if _IDENTIFIER_START.match(w) and w not in keywords]
+    return [w for w in _WORD.findall(strip_strings(code)) if _IDENTIFIER_START.match(w) and w not in keywords]
 
 
 def edit_similarity(prediction: str, target: str) -> float:

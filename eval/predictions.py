@@ -1,8 +1,10 @@
 """Prediction files: the one reader and writer of them.
 
 A prediction file is CrossCodeEval's format, JSONL with an object a line holding at least a string `task_id` and a
-string `pred` (the runner adds its figures: latency_ms, prompt_tokens, ...). `eval run` writes them, `eval merge`
-joins them, `eval score` and `eval report` read them.
+string `pred` (the runner adds its figures: latency_ms, prompt_tokens, ...; with repository context, `context`: the
+packed context's provenance, see `runner.context_provenance`; files written before it have none, and no reader
+requires it). `eval run` writes them, `eval merge` joins them, `eval score`, `eval report` and `eval explain` read
+them.
 
 The run's files, `PredictionFile`:
   * predictions are appended to `OUT.partial`, a JSON line per task, flushed and fsynced after every batch;

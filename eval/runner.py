@@ -13,7 +13,9 @@ Results depend on the suite and the settings only, not on timing or on the tasks
     by cursor are dropped, so a task sees the same context whichever tasks came before it (resume, shards, Ray).
 
 Output: a prediction file written through `eval.predictions.PredictionFile` (`OUT` exists only for a finished
-run; `OUT.partial` and `OUT.meta.json` meanwhile; see there), so a killed run resumes where it stopped.
+run; `OUT.partial` and `OUT.meta.json` meanwhile; see there), so a killed run resumes where it stopped. Each
+record keeps where its repository context came from (`context_provenance`: the records in the prompt and the
+candidates the packer dropped, with reasons), which `eval explain` checks its recomputed contexts against.
 
 Imports go one way: runner -> scale (shards, Ray), options, predictions, suites; the Ray actors get a function
 that makes a batch runner (`make_batch_runner`), not an import of this module.
@@ -33,7 +35,8 @@ from pathlib import Path
 from repocomplete.pipeline import Completer, CompletionResult, Cursor
 from repocomplete.context_engine.config import ContextConfig
 from repocomplete.context_engine.errors import InputError
-from repocomplete.context_engine.engine import ContextEngine
+from repocomplete.context_engine.engine import Context, ContextEngine
+from repocomplete.context_engine.packing import RecordTokens, approx_tokens, text_tokens
 from repocomplete.eval.options import RunOptions, resolve_options
 from repocomplete.eval.predictions import PredictionFile
 from repocomplete.eval.scale import batches, run_ray, select
@@ -67,9 +70,28 @@ def eval_context_engine(root: Path, config: ContextConfig) -> ContextEngine:
                          slow_executor=executor)
 
 
-def prediction_record(task, result: CompletionResult) -> dict:
-    c = result.completion
+def context_provenance(ctx: Context | None, record_tokens: RecordTokens | None = None) -> dict | None:
+    """Where the packed context of a prediction came from, in a few hundred bytes: each record in the prompt and each
+    candidate the packer dropped (with its reason), as kind, path, [first line, last line] and tokens (what the
+    record costs in the prompt, as the packer counted it: record_tokens(path, text), default the estimate of its
+    text). No text: `eval explain` recomputes the context and checks it against this."""
+    if ctx is None:
+        return None
+    cost = record_tokens or text_tokens(approx_tokens)
+
+    def row(r) -> dict:
+        return {"kind": r.kind, "path": r.path, "lines": [r.start_line, r.end_line], "tokens": cost(r.path, r.text)}
+
     return {
+        "complete": ctx.complete,
+        "records": [row(r) for r in ctx.packed.records],
+        "dropped": [{**row(r), "reason": why} for r, why in ctx.packed.dropped],
+    }
+
+
+def prediction_record(task, result: CompletionResult, record_tokens: RecordTokens | None = None) -> dict:
+    c = result.completion
+    record = {
         "task_id": task.task_id,
         "pred": result.text,
         "latency_ms": round(result.engine_ms, 1),  # context + prefill + decode
@@ -78,6 +100,12 @@ def prediction_record(task, result: CompletionResult) -> dict:
         "generated_tokens": c.generated_tokens,
         "stop_reason": c.stop_reason,
     }
+    if result.context is not None:  # repository context: its tokens in the prompt, and the budget it had (the
+        # run's, or less where the current file's window left less room in the model's window)
+        record["context_tokens"] = result.context.packed.tokens
+        record["context_budget"] = result.context.packed.budget
+        record["context"] = context_provenance(result.context, record_tokens)  # (older files have none)
+    return record
 
 
 class BatchRunner:
@@ -121,7 +149,8 @@ class BatchRunner:
         finally:
             if opened:
                 workspace.clear_buffer(opened.pop())
-        return [prediction_record(t, r) for t, r in zip(tasks, results)]
+        cost = workspace.record_tokens if workspace is not None else None
+        return [prediction_record(t, r, cost) for t, r in zip(tasks, results)]
 
     def close(self) -> None:
         if self._root is not None:

@@ -85,6 +85,9 @@ class Pending:
             if job is not None and job.started is not None and job.finished is not None:
                 ran = max(0.0, (job.finished - max(at, job.started)) * 1000)
             setattr(self.record, attr, round(ran, 2))
+        stopped = self.superseded_at is not None or self.cancelled_at is not None
+        if stopped and job is not None and job.started is not None and job.finished is not None:
+            self.record.wasted_ms = round((job.finished - job.started) * 1000, 2)  # its answer is never shown
 
 
 class Completions:
@@ -151,7 +154,6 @@ class Completions:
     async def complete(self, uri: str, position: types.Position, method: str, msg_id=None):
         """The completion for a cursor, or None when there is nothing to show. Both completion methods come here."""
         record = self.requests.start(uri, method)
-        self.debounce.arrived()
         try:
             return await self._complete(uri, position, method, record, msg_id)
         except asyncio.CancelledError:
@@ -194,6 +196,7 @@ class Completions:
             self._last[uri] = (key, hit[0].explain)
             return answer(hit[1])
 
+        self.debounce.arrived()  # only requests that reach the engine shape the delay
         pending = Pending(record)
         older = self._inflight.get(uri)
         if older is not None:
@@ -221,6 +224,11 @@ class Completions:
             record.queued_ms = round(((job.started or submitted) - submitted) * 1000, 2)
             if result is not None:
                 record.engine_ms, record.stop_reason = result.engine_ms, result.completion.stop_reason
+                c = result.completion
+                record.tokens, record.prompt_tokens, record.cached_tokens = (
+                    c.generated_tokens, c.prompt_tokens, c.cached_tokens)
+                record.prefill_ms, record.decode_ms = round(c.prefill_s * 1000, 2), round(c.decode_s * 1000, 2)
+                record.draft_tokens, record.accepted_tokens = c.draft_tokens, c.accepted_tokens
             if result is None or result.completion.stop_reason == "cancelled" or pending.token.cancelled:
                 record.outcome = pending.stopped_outcome
                 return answer("")
@@ -286,8 +294,7 @@ class Completions:
         out = {
             "requests": [r.to_json() for r in self.requests.records()],
             "summary": self.requests.summary(),
-            "debounce": {"floor_ms": self.debounce.floor_ms, "delay_ms": round(self.debounce.delay_ms(), 2),
-                         "latency_ms": self.debounce.latency_ms, "gap_ms": self.debounce.gap_ms},
+            "debounce": self.debounce.report(),
             "cache": {"entries": len(self.cache), "bytes": self.cache.used_bytes, "max_bytes": self.cache.max_bytes},
             "memory": self.memory(),
         }

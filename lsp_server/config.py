@@ -37,7 +37,7 @@ class Settings:
     # The server's own knobs.
     enabled: bool = True
     context: str = "repo"  # one of context_engine.document.CONTEXT_MODES
-    debounce_ms: int = 50  # the debounce floor; see lsp_server.scheduling.Debounce
+    debounce_ms: int = 0  # the least wait before engine work; the server adds more only where it saves engine work (lsp_server.scheduling.Debounce)
     languages: tuple[str, ...] = DEFAULT_LANGUAGES  # LSP languageIds that get completions
     # The bound of the completion cache (lsp_server.scheduling.CompletionCache), least recently used dropped first.
     completion_cache_bytes: int = 8 * 2**20

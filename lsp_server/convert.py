@@ -100,7 +100,8 @@ def record_json(record: ContextRecord) -> dict:
 
 
 def explain(result: CompletionResult, context_mode: str) -> dict[str, Any]:
-    """What showContext returns for a completion made: the text, the context records and where the time went."""
+    """What showContext returns for a completion made: the text, the workspace root and why, the context records
+    and where the time went."""
     done = result.completion
     timings = {
         "context": result.context_ms,
@@ -122,8 +123,16 @@ def _explained(completion: str | None, context: Context | None, prompt_tokens: i
         timings.update({f"provider.{k}": round(v, 2) for k, v in context.timings_ms.items()})
     return {
         "completion": completion,  # None: no completion was made at this position
+        # The workspace the records come from and why that folder (None: no repository context here).
+        "root": context.root if context is not None else None,
+        "root_reason": context.root_reason if context is not None else None,
         "records": [record_json(r) for r in context.records] if context is not None else [],
         "prompt_tokens": prompt_tokens,
+        # The repository context's tokens in the prompt and the budget they were packed into (None without one);
+        # notes: what bent the request (a budget reduced to fit the model's window).
+        "context_tokens": context.packed.tokens if context is not None else None,
+        "context_budget": context.packed.budget if context is not None else None,
+        "notes": list(context.notes) if context is not None else [],
         "timings_ms": timings,
         "stop_reason": stop_reason,
         "context_mode": context_mode,

@@ -5,6 +5,7 @@ Pure bookkeeping with no protocol and no threads, so each piece is unit-tested a
 
 from __future__ import annotations
 
+import statistics
 import sys
 import time
 from collections import OrderedDict, deque
@@ -13,48 +14,110 @@ from typing import Any
 
 
 class Debounce:
-    """How long a completion request waits before it starts engine work.
+    """How long a completion request that missed the cache waits before it starts engine work.
 
-        delay = floor + (min(latency, cap) - floor) * pressure,   pressure = min(1, latency / gap)
+    With prefix reuse a keystroke costs the engine one new token of prefill plus decoding, and a request superseded
+    by the next keystroke stops at its next decode step, so starting at once is usually cheapest. Waiting pays only
+    when it saves engine work: a request started while the user is still typing runs until the next keystroke
+    supersedes it, and that work is wasted. The delay is chosen from what was measured on recent requests that
+    reached the engine (cache answers, such as typing through the ghost text or backspace-and-retype, never wait,
+    cost the engine nothing and are not counted): for each, the gap g until the next such request, and its engine
+    time e when it completed (else the median E of the completed ones: it was superseded or dropped).
 
-    `latency` is a moving average of engine time and `gap` one of the time between requests (each gap counted at
-    most `max_gap_ms`, so one long pause does not hide a burst). While requests come faster than the engine answers
-    (gap <= latency) the delay rises to the engine's latency, capped: a request that would be superseded before it
-    finishes is not started at all. As requests slow down it falls back to the floor (the `debounceMs` setting).
-    Before any completion has been timed the delay is the floor.
+    For a candidate delay d, each recorded request tells what would have happened to it: g <= d, it is dropped
+    before it starts (no cost); g - d >= e, it is answered, and the user waited d longer; otherwise the engine worked
+    g - d ms for an answer nobody sees. A request answered without the delay but not with it is a lost answer,
+    weighed as `lost_answer_ms` (300: more than any wait). The delay minimises (added wait + wasted engine ms + lost
+    answers) per request, candidates being the floor and each recorded gap (plus a margin) up to the cap; the floor
+    wins ties, so with no waste to save there is no wait, and a delay never drops answers the user would have seen
+    to save a burst's waste unless the bursts cost more. A request
+    arriving after the editor was idle (more than `idle_ms` since the previous one) waits only the floor, and so
+    does every request before enough has been timed. The floor is the `debounceMs` setting (default 0).
     """
 
-    def __init__(self, floor_ms: float = 50, cap_ms: float = 300, alpha: float = 0.3, max_gap_ms: float = 2000):
+    def __init__(self, floor_ms: float = 0, cap_ms: float = 300, window: int = 32, idle_ms: float = 1000,
+                 min_samples: int = 4, margin_ms: float = 5, lost_answer_ms: float = 300):
         self.floor_ms = floor_ms
+        self.lost_answer_ms = lost_answer_ms  # an answer the user would have seen is worth more than any wait
         self.cap_ms = cap_ms
-        self.alpha = alpha
-        self.max_gap_ms = max_gap_ms
-        self.latency_ms: float | None = None
-        self.gap_ms: float | None = None
+        self.idle_ms = idle_ms
+        self.min_samples = min_samples
+        self.margin_ms = margin_ms
+        # (gap to the next request in ms; the request's engine ms, None when it did not complete)
+        self.gaps: deque[tuple[float, float | None]] = deque(maxlen=window)
+        self.engine: deque[float] = deque(maxlen=max(4, window // 2))  # ms, completed requests
         self._last_arrival: float | None = None
-
-    def _average(self, old: float | None, new: float) -> float:
-        return new if old is None else old + self.alpha * (new - old)
+        self._last_engine: float | None = None  # the latest request's engine time, once it completed
+        self._current_gap: float | None = None  # the gap before the latest arrival (ms)
 
     def arrived(self, now: float | None = None) -> None:
-        """A completion request arrived (monotonic seconds)."""
+        """A completion request that reaches the engine (it missed the cache) arrived (monotonic seconds)."""
         now = time.monotonic() if now is None else now
         if self._last_arrival is not None:
-            gap = min((now - self._last_arrival) * 1000, self.max_gap_ms)
-            self.gap_ms = self._average(self.gap_ms, gap)
+            gap = (now - self._last_arrival) * 1000
+            self._current_gap = gap
+            self.gaps.append((round(gap, 2), self._last_engine))
         self._last_arrival = now
+        self._last_engine = None
 
     def finished(self, engine_ms: float) -> None:
-        """The engine finished a completion in this long (cancelled ones say nothing about latency)."""
-        self.latency_ms = self._average(self.latency_ms, engine_ms)
+        """The latest request completed in this long (superseded or cancelled ones say nothing about latency)."""
+        self.engine.append(engine_ms)
+        self._last_engine = engine_ms
+
+    @property
+    def latency_ms(self) -> float | None:
+        """E: the median engine time of recent completed requests."""
+        return statistics.median(self.engine) if self.engine else None
+
+    def cost(self, delay: float) -> dict[str, float]:
+        """Per recorded request, on average, had requests waited `delay` ms: the wait added to answered requests,
+        the engine ms wasted on requests superseded while they ran, and the answers lost (shown without the delay,
+        not with it), each weighed as `lost_answer_ms`."""
+        median = self.latency_ms
+        wait = waste = lost = 0.0
+        for g, e in self.gaps:
+            needed = e if e is not None else median
+            shown_at_floor = needed is not None and g - self.floor_ms >= needed
+            if g <= delay:  # dropped before it started
+                lost += shown_at_floor
+                continue
+            ran = g - delay
+            if needed is not None and ran >= needed:
+                wait += delay
+            else:
+                waste += ran
+                lost += shown_at_floor
+        n = max(1, len(self.gaps))
+        return {"wait_ms": wait / n, "wasted_ms": waste / n, "lost_answers": lost / n}
+
+    def _total(self, delay: float) -> float:
+        c = self.cost(delay)
+        return c["wait_ms"] + c["wasted_ms"] + c["lost_answers"] * self.lost_answer_ms
 
     def delay_ms(self) -> float:
         floor = self.floor_ms
-        cap = max(self.cap_ms, floor)
-        if self.latency_ms is None or self.latency_ms <= floor:
+        if self.latency_ms is None or len(self.gaps) < self.min_samples:
             return floor
-        pressure = 1.0 if not self.gap_ms else min(1.0, self.latency_ms / self.gap_ms)
-        return floor + (min(self.latency_ms, cap) - floor) * pressure
+        if self._current_gap is not None and self._current_gap >= self.idle_ms:
+            return floor  # the first keystroke after a pause starts at once
+        cap = max(self.cap_ms, floor)
+        candidates = sorted({floor} | {g + self.margin_ms for g, _ in self.gaps if floor < g + self.margin_ms <= cap})
+        best, best_cost = floor, None
+        for d in candidates:
+            total = self._total(d)
+            if best_cost is None or total < best_cost - 1e-9:
+                best, best_cost = d, total
+        return best
+
+    def report(self) -> dict:
+        """What `repocomplete.stats` shows of the rule: its inputs and the chosen delay's expected cost."""
+        delay = self.delay_ms()
+        return {"floor_ms": self.floor_ms, "cap_ms": self.cap_ms, "delay_ms": round(delay, 2),
+                "latency_ms": self.latency_ms, "gaps": len(self.gaps),
+                "gap_ms_p50": round(statistics.median(g for g, _ in self.gaps), 2) if self.gaps else None,
+                "expected_at_delay": {k: round(v, 2) for k, v in self.cost(delay).items()},
+                "expected_without_delay": {k: round(v, 2) for k, v in self.cost(self.floor_ms).items()}}
 
 
 @dataclass
@@ -167,10 +230,20 @@ class RequestStats:
     total_ms: float | None = None  # arrival -> response
     stop_reason: str | None = None
     chars: int = 0  # characters of completion returned
+    # The engine's account of a completed request: tokens generated, its prefill and decode times, prompt tokens
+    # and how many of them the prefix cache held, speculative draft tokens proposed and taken.
+    tokens: int | None = None
+    prefill_ms: float | None = None
+    decode_ms: float | None = None
+    prompt_tokens: int | None = None
+    cached_tokens: int | None = None
+    draft_tokens: int | None = None
+    accepted_tokens: int | None = None
     # Superseded (a newer request for the document arrived) or cancelled ($/cancelRequest): how long the engine
     # kept working on this one after that; 0 when it had not started.
     ran_after_superseded_ms: float | None = None
     ran_after_cancel_ms: float | None = None
+    wasted_ms: float | None = None  # superseded or cancelled after it started: the engine time spent for nothing
     started: float = field(default_factory=time.monotonic, repr=False)  # monotonic arrival (not reported)
 
     def finish(self, now: float | None = None) -> None:
@@ -216,6 +289,7 @@ class RequestLog:
         done = [r for r in records if r.outcome == "completed" and r.total_ms is not None and r.engine_ms is not None]
         overhead = [r.total_ms - r.engine_ms - r.debounce_ms for r in done]
         after = [r.ran_after_superseded_ms for r in records if r.ran_after_superseded_ms is not None]
+        engine = [r for r in records if r.engine_ms is not None or r.wasted_ms is not None]
         return {
             "requests": len(records),
             "outcomes": outcomes,
@@ -225,4 +299,7 @@ class RequestLog:
             "overhead_ms_p50": _pct(overhead, 0.5),  # latency - engine - debounce: what the server itself costs
             "overhead_ms_p95": _pct(overhead, 0.95),
             "superseded_max_ran_after_ms": max(after) if after else None,
+            # The debounce's trade, measured: engine ms spent on answers nobody saw, and wait added to those shown.
+            "wasted_engine_ms": round(sum(r.wasted_ms or 0.0 for r in engine), 2),
+            "added_wait_ms": round(sum(r.debounce_ms for r in done), 2),
         }

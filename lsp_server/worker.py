@@ -4,7 +4,9 @@ The Completer and its ContextEngines are not built for concurrent calls, so ever
 time, while the event loop keeps reading messages (`$/cancelRequest`, didChange) and answering. Jobs run in order;
 a job whose future was cancelled before it started is skipped, and a completion whose CancelToken is set stops at
 the engine's next decode step. Editor buffers are coalesced: a flood of didChange leaves one pending text per file,
-applied before the next job runs, so a completion always sees the latest buffers.
+applied before the next job that reads them (repository context, showContext, indexing), so such a job always sees
+the latest buffers. An in-file completion reads only its own text: it runs first, and the buffers are applied once
+the thread has had no job for BUFFER_IDLE_S, between keystrokes rather than on their critical path.
 """
 
 from __future__ import annotations
@@ -25,6 +27,12 @@ from repocomplete.pipeline import Completer, CompletionOptions, CompletionResult
 from repocomplete.model_runtime.engine import CancelToken
 
 log = logging.getLogger(__name__)
+
+# How long pending buffers wait for a job before the idle thread applies them (a job that reads them applies them
+# first; one that does not runs before them).
+BUFFER_IDLE_S = 0.05
+
+WORKSPACE_FOLDER = "the editor's workspace folder"  # the root reason of the folders the client names
 
 
 class NotReady(Exception):
@@ -60,13 +68,15 @@ class EngineWorker:
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, fn: Callable[[], Any]) -> Future:
+    def submit(self, fn: Callable[[], Any], needs_buffers: bool = True) -> Future:
+        """Run `fn` on the thread. `needs_buffers` False: it does not read the context engine's buffers (an in-file
+        completion), so pending buffers wait until the thread is idle instead of delaying it."""
         future: Future = Future()
         with self._cv:
             if self._stopping:
                 future.cancel()
                 return future
-            self._jobs.append((fn, future))
+            self._jobs.append((fn, future, needs_buffers))
             self._cv.notify()
         return future
 
@@ -77,13 +87,22 @@ class EngineWorker:
                     self._cv.wait()
                 if self._stopping:
                     break
-                buffers, self._buffers = self._buffers, {}
+                # Only buffers: keep them a moment while keystrokes come, so that an in-file completion never
+                # queues behind the index's re-parse of the line just typed.
+                deadline = time.monotonic() + BUFFER_IDLE_S
+                while not self._jobs and not self._stopping and (left := deadline - time.monotonic()) > 0:
+                    self._cv.wait(left)
+                if self._stopping:
+                    break
                 job = self._jobs.popleft() if self._jobs else None
+                buffers = {}
+                if job is None or job[2]:
+                    buffers, self._buffers = self._buffers, {}
             for path, (text, edited_line) in buffers.items():
                 self._apply_buffer(path, text, edited_line)
             if job is None:
                 continue
-            fn, future = job
+            fn, future, _ = job
             if not future.set_running_or_notify_cancel():
                 continue
             try:
@@ -102,7 +121,7 @@ class EngineWorker:
             self._stop_event.set()
             jobs, self._jobs = list(self._jobs), deque()
             self._cv.notify_all()
-        for _, future in jobs:
+        for _, future, _ in jobs:
             future.cancel()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
@@ -165,10 +184,11 @@ class EngineWorker:
 
         return self.submit(run)
 
-    def open_workspace(self, root: Path, on_progress: Callable[[int, int], None] | None = None) -> Future:
-        """Index a folder (stopped by stop(): the future then raises `Cancelled`)."""
+    def open_workspace(self, root: Path, on_progress: Callable[[int, int], None] | None = None,
+                       reason: str = WORKSPACE_FOLDER) -> Future:
+        """Index a folder (stopped by stop(): the future then raises `Cancelled`); reason: why it is a workspace."""
         return self.submit(lambda: self.completer.open_workspace(root, on_progress=on_progress,
-                                                                 cancelled=self._stop_event.is_set))
+                                                                 cancelled=self._stop_event.is_set, reason=reason))
 
     def close_workspace(self, root: Path) -> Future:
         return self.submit(lambda: self.completer.close_workspace(root))
@@ -182,7 +202,8 @@ class EngineWorker:
         return self.submit(run)
 
     def complete(self, job: CompletionJob) -> Future:
-        return self.submit(lambda: self._complete(job))
+        # Repository context reads the buffers (retrieval, neighbours); in-file context reads only the job's text.
+        return self.submit(lambda: self._complete(job), needs_buffers=job.options.context == "repo" and job.repo_context)
 
     def _complete(self, job: CompletionJob) -> CompletionResult | None:
         job.started = time.monotonic()

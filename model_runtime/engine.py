@@ -125,6 +125,19 @@ def sample(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, g
 # Prompt encoding.
 
 
+def prompt_format(tokenizer, config: RuntimeConfig) -> tuple[FimTemplate, str]:
+    """The FIM template and order (psm | spm) the engine uses for this tokenizer and config."""
+    template = get_template(config.fim_template) if config.fim_template else detect_template(tokenizer.get_vocab())
+    order = "spm" if config.fim_order == "spm" or (config.fim_order == "auto" and template.supports_spm) else "psm"
+    return template, order
+
+
+def prompt_text(tokenizer, config: RuntimeConfig, parts: PromptParts) -> str:
+    """The prompt text the engine would run for `parts` (for a peer that takes text: benchmarks)."""
+    template, order = prompt_format(tokenizer, config)
+    return encode_prompt(tokenizer, template, model_view(template, parts), order)[0]
+
+
 def encode_prompt(tokenizer, template: FimTemplate, parts: PromptParts, order: str) -> tuple[str, EncodedPrompt]:
     """Render and tokenize: template text may hold special tokens, user text never does (it is split)."""
     prompt = render(template, parts, order)
@@ -179,14 +192,7 @@ class Engine:
         self.forward = loaded.forward
         self.tokenizer = loaded.tokenizer
         self.device = loaded.device
-        self.template = (
-            get_template(self.config.fim_template)
-            if self.config.fim_template
-            else detect_template(self.tokenizer.get_vocab())
-        )
-        self.order = "spm" if self.config.fim_order == "spm" or (
-            self.config.fim_order == "auto" and self.template.supports_spm
-        ) else "psm"
+        self.template, self.order = prompt_format(self.tokenizer, self.config)
         self.stop_ids = _stop_token_ids(self.tokenizer, self.template)
         self.vocab = loaded.vocab
         self.slab = SlabCache(loaded.n_layers, store_dtype=loaded.kv_dtype or kv_store_dtype(loaded.device, loaded.dtype),
@@ -196,7 +202,13 @@ class Engine:
         self._previous: list[int] = []  # the last completion's tokens: drafts while the user types through it
         self._compiled = None
         if self.config.compile_decode:
+            import os
+
+            from repocomplete.model_runtime.config import private_dir
             from repocomplete.model_runtime.static_decode import StaticDecoder
+
+            # Inductor's compiled artefacts persist in our private cache: only the first start pays for compiling.
+            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(private_dir(self.config.cache_dir / "inductor")))
 
             self._compiled = StaticDecoder(
                 self.model, self.config.max_context_tokens + self.config.max_new_tokens + 8, self.device, loaded.dtype

@@ -43,7 +43,9 @@ def _add_runtime_args(p: argparse.ArgumentParser) -> None:
 
 def _add_context_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("repository context")
-    g.add_argument("--root", default=None, help="the repository (default: the nearest parent with .git)")
+    g.add_argument("--root", default=None,
+                   help="the repository (default: the nearest parent with .git/.hg/.svn/.jj, else with a project "
+                        "file such as pyproject.toml, else the folder above the top Python package)")
     g.add_argument("--budget", type=int, default=None, help=f"context token budget (default {_budget_default()})")
     g.add_argument("--providers", default=None, help="comma list of imports,typed_holes,retrieval,repo_map,neighbours")
     g.add_argument("--dense", action="store_true", help="add dense retrieval (all-MiniLM-L6-v2 + faiss)")
@@ -111,18 +113,23 @@ def make_completer(args: argparse.Namespace):
     return Completer(make_engine(runtime_config(args)), context_config(args))
 
 
-def _workspace_root(file: str, args: argparse.Namespace) -> Path:
-    """--root, else the file's repository; checked before anything is loaded or created (bad: exit 2)."""
-    from repocomplete.context_engine.engine import find_root
+def _workspace_root(file: str, args: argparse.Namespace):
+    """--root, else the file's repository (`roots.locate_root`), as a `roots.Root` (the folder and why); checked
+    before anything is loaded or created (bad: exit 2)."""
     from repocomplete.context_engine.gate import check_workspace_root
+    from repocomplete.context_engine.roots import Root, locate_root
 
-    return check_workspace_root(Path(args.root) if getattr(args, "root", None) else find_root(Path(file)))
+    if getattr(args, "root", None):
+        return Root(check_workspace_root(Path(args.root)), "--root")
+    return locate_root(Path(file))
 
 
 def _context_engine(file: str, args: argparse.Namespace):
     from repocomplete.context_engine.engine import ContextEngine
 
-    engine = ContextEngine(_workspace_root(file, args), context_config(args))
+    root = _workspace_root(file, args)
+    engine = ContextEngine(root.path, context_config(args))
+    engine.root_reason = root.reason
     engine.build(progress=not getattr(args, "json", False))
     return engine
 
@@ -137,10 +144,13 @@ def cmd_complete(args: argparse.Namespace) -> int:
     completer = make_completer(args)
     workspace = None
     if root is not None:
-        workspace = completer.open_workspace(root, progress=not args.json)
+        workspace = completer.open_workspace(root.path, progress=not args.json, reason=root.reason)
     options = CompletionOptions(context=args.context, multiline=args.multiline, budget=args.budget,
                                 iterative=args.iterative)
-    result = completer.complete(args.file, text, offset, options, workspace=workspace).completion
+    done = completer.complete(args.file, text, offset, options, workspace=workspace)
+    result = done.completion
+    for note in done.context.notes if done.context is not None else ():
+        print(f"repocomplete: {note}", file=sys.stderr)  # a budget reduced to fit the model's window
     engine = completer.model
     if args.json:
         print(
@@ -156,6 +166,8 @@ def cmd_complete(args: argparse.Namespace) -> int:
                     "decode_ms": round(result.decode_s * 1000, 1),
                     "model": engine.name,
                     "path": _path_report(engine),
+                    "root": None if workspace is None else str(workspace.root),  # None: no repository context
+                    "root_reason": None if workspace is None else workspace.root_reason,
                 }
             )
         )
@@ -269,7 +281,10 @@ def cmd_context(args: argparse.Namespace) -> int:
         for item in items:
             print(f"--- {item['path']}:{item['start_line']}-{item['end_line']} [{item['kind']} {item['score']}] {item['why']}")
             print(item["text"])
-        print(f"--- {len(items)} items, {ctx.packed.tokens}/{ctx.packed.budget} tokens, {ctx.timings_ms}")
+        # No model here: the tokens are the calibrated estimate (context_engine.packing.approx_tokens) of the records'
+        # text, without the headers a model's prompt gives them; `complete --context repo` counts the model's.
+        print(f"--- {len(items)} items, {ctx.packed.tokens}/{ctx.packed.budget} tokens (estimated), {ctx.timings_ms}")
+        print(f"--- root {engine.root} ({engine.root_reason})")
     return 0
 
 
@@ -311,7 +326,9 @@ def cmd_bench_lsp(args: argparse.Namespace) -> int:
     from repocomplete.bench.lsp import LspBenchOptions, format_report, run_lsp_bench
 
     options = LspBenchOptions(file=args.file, keystrokes=args.keystrokes, burst_keystrokes=args.burst_keystrokes,
-                              burst_interval_ms=args.burst_interval_ms, context_tokens=args.context_tokens)
+                              burst_interval_ms=args.burst_interval_ms, context_tokens=args.context_tokens,
+                              cache=not args.no_cache, peer=args.peer, peer_command=args.peer_command,
+                              peer_python=args.peer_python)
     report = run_lsp_bench(runtime_config(args), options, progress=not args.json)
     if not args.requests:
         report.pop("requests")
@@ -428,6 +445,23 @@ def cmd_eval_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_explain(args: argparse.Namespace) -> int:
+    from repocomplete.eval.explain import explain
+    from repocomplete.eval.options import RunOptions
+    from repocomplete.eval.suites import load_tasks
+
+    tasks = load_tasks(args.tasks)
+    report = explain(tasks, args.repos, args.pred, None, _eval_context_config(args),
+                     RunOptions(context="repo", limit=args.limit, progress=not (args.json or args.quiet)),
+                     baseline=args.baseline, depth=not args.no_depth, title=args.title,
+                     runtime_overrides={"model": args.model, "fim_template": args.fim_template})
+    if args.json:
+        print(json.dumps({k: v for k, v in report.items() if k != "markdown"}, indent=2))
+    else:
+        print(report["markdown"], end="")
+    return 0
+
+
 def report_text(report: dict) -> str:
     from repocomplete.bench.latency import format_report
 
@@ -516,6 +550,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_session_args(p, "paced keystrokes (each waits for its completion)")
     p.add_argument("--burst-keystrokes", type=int, default=12, help="then keystrokes faster than completions")
     p.add_argument("--burst-interval-ms", type=float, default=30.0)
+    p.add_argument("--no-cache", action="store_true",
+                   help="turn the server's completion cache off: every keystroke reaches the engine")
+    p.add_argument("--peer", choices=("auto", "llama-server", "llama-cpp-python", "none"), default="auto",
+                   help="replay the paced keystrokes against llama.cpp's server on the same GGUF (skipped with a "
+                        "line when not installed)")
+    p.add_argument("--peer-command", help="the llama-server binary (default: llama-server on PATH)")
+    p.add_argument("--peer-python", help="a Python with llama-cpp-python[server] installed (default: this one)")
     p.add_argument("--requests", action="store_true", help="include every request's record in --json")
     p.add_argument("--json", action="store_true")
     _add_runtime_args(p)
@@ -547,7 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("rest", nargs=argparse.REMAINDER, help="see `repocomplete bench micro --help`")
     p.set_defaults(func=cmd_bench_micro, passthrough=True)
 
-    eval_sub = sub.add_parser("eval", help="evaluation suites: build, score").add_subparsers(dest="eval", required=True)
+    eval_sub = sub.add_parser("eval", help="evaluation suites: build, run, score, report, explain").add_subparsers(dest="eval", required=True)
     p = eval_sub.add_parser("build-suite", help="cut CrossCodeEval-style line-completion tasks from a repository")
     p.add_argument("repo", metavar="REPO_DIR", help="the repository to cut tasks from")
     p.add_argument("--out", required=True, help="an empty or new folder: tasks.jsonl, repos/<repo>/, SOURCE.md")
@@ -586,6 +627,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--configs", default=None,
                    help="comma list of none,infile,repo,<provider> (+adapter); default: all (and +adapter ones)")
     p.set_defaults(func=cmd_eval_report, max_tokens=48)
+
+    p = eval_sub.add_parser("explain", help="why each task of a repository-context run missed: not retrieved, cut, "
+                                            "model miss; recall and tokens per provider")
+    p.add_argument("--tasks", required=True, help="the suite's tasks (CrossCodeEval or RepoBench JSONL)")
+    p.add_argument("--repos", required=True, help="the folder holding the suite's repositories")
+    p.add_argument("--pred", required=True, help="the predictions of an `eval run` with repository context")
+    p.add_argument("--baseline", default=None, help="another run's predictions (in-file, say): its ES per class")
+    p.add_argument("--limit", type=int, default=None, help="the first N tasks only")
+    p.add_argument("--budget", type=int, default=None, help="the run's budget, if its meta file does not say")
+    p.add_argument("--providers", default=None, help="the run's providers, if its meta file does not say")
+    p.add_argument("--model", default=None, help="the model to count and bound the context with (default: the run's)")
+    p.add_argument("--fim-template", default=None, help="force a FIM template (default: the run's)")
+    p.add_argument("--index-dir", default=None, help="where the repositories' index caches go")
+    p.add_argument("--no-depth", action="store_true", help="skip the deeper repo-map and retrieval look-ups")
+    p.add_argument("--title", default=None, help="a heading for the tables")
+    p.add_argument("--json", action="store_true", help="the summary and every task's explanation as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_eval_explain)
     return parser
 
 

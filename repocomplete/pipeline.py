@@ -4,6 +4,12 @@ The command line, the LSP server, the evaluation harness and the benchmarks all 
 none of them assembles prompts of its own. A completer holds one model engine (local `Engine` or `RemoteEngine`)
 and one `ContextEngine` per workspace root, opened on first use (or ahead of time by `open_workspace`, which is
 what an editor's server does on its worker thread while it shows indexing progress).
+
+Budgets are the model's tokens: the completer gives its context engines the model's counter
+(`model_runtime.tokens.PromptTokens`: a record costs what it adds to the prompt, header and separator included),
+and bounds the context so that it, the current file's window and the completion fit the model's window (a budget
+that does not fit is reduced, and the explanation says so). Without a tokenizer (no model yet, an endpoint) the
+context engine's calibrated estimate counts.
 """
 
 from __future__ import annotations
@@ -17,11 +23,18 @@ from pathlib import Path
 
 from repocomplete.context_engine.config import ContextConfig
 from repocomplete.context_engine.document import CONTEXT_MODES, Window, cursor_parts
-from repocomplete.context_engine.engine import Context, ContextEngine, find_root
+from repocomplete.context_engine.engine import Context, ContextEngine
 from repocomplete.context_engine.errors import Cancelled, InputError
+from repocomplete.context_engine.packing import RecordTokens, approx_tokens, text_tokens
 from repocomplete.context_engine.parts import CursorParts
-from repocomplete.model_runtime.engine import CancelToken, Completion, CompletionRequest
-from repocomplete.model_runtime.templates import ContextItem, PromptParts
+from repocomplete.context_engine.roots import locate_root
+from repocomplete.model_runtime.engine import CancelToken, Completion, CompletionRequest, encode_prompt
+from repocomplete.model_runtime.templates import ContextItem, PromptParts, model_view, render
+from repocomplete.model_runtime.tokens import PromptTokens, model_window, prompt_limit
+
+# A budget reduced to fit the model's window is rounded down to a multiple of this, so that it stays the same
+# while the user types (and the context with it: the prefix-KV cache keeps the prompt's head).
+BUDGET_STEP = 128
 
 
 def model_parts(parts: CursorParts) -> PromptParts:
@@ -33,6 +46,49 @@ def model_parts(parts: CursorParts) -> PromptParts:
 def cursor_prompt(text: str, offset: int, mode: str = "infile", path: str = "", window: Window | None = None) -> PromptParts:
     """The prompt for a cursor without repository context ("none" or "infile"), as benchmarks build it."""
     return model_parts(cursor_parts(text, offset, mode=mode, path=path, window=window))
+
+
+class ModelTokens:
+    """The counter of one model, built on first use: its tokenizer over records as its template renders them."""
+
+    def __init__(self, model):
+        self.model = model
+        self._counter: PromptTokens | None | bool = None
+
+    def counter(self) -> PromptTokens | None:
+        """The model's counter; None where its tokenizer is unknown (an endpoint, whose template its server would
+        have to be asked for, or a test double): records then cost the estimate of their text."""
+        if self._counter is None:
+            tokenizer = getattr(self.model, "tokenizer", None)
+            template = getattr(self.model, "template", None) if tokenizer is not None else None
+            self._counter = PromptTokens(template, tokenizer) if template is not None else False
+        return self._counter or None
+
+    def record(self, path: str, text: str) -> int:
+        counter = self.counter()
+        return approx_tokens(text) if counter is None else counter.item(path, text)
+
+    def room(self, parts: CursorParts, budget: int, max_new_tokens: int | None) -> tuple[int, str] | None:
+        """The tokens left for repository context beside the current file's window in the model's prompt (rounded
+        down to BUDGET_STEP), and why; None where the budget surely fits (or the model's tokenizer is unknown: an
+        endpoint)."""
+        counter = self.counter()
+        model = self.model
+        loaded = getattr(model, "loaded", None)
+        config = getattr(model, "config", None)
+        if counter is None or loaded is None or config is None:
+            return None
+        max_new = config.max_new_tokens if max_new_tokens is None else max_new_tokens
+        limit = prompt_limit(model_window(loaded.model), config.max_context_tokens, max_new)
+        template = model.template
+        shown = model_view(template, model_parts(parts))
+        # A token covers at least one byte of the text (two more for a start token and a leading space marker):
+        # a window that small leaves the budget room without tokenizing it.
+        if budget + len(render(template, shown, model.order).encode()) + 2 <= limit.tokens:
+            return None
+        infile = len(encode_prompt(counter.tokenizer, template, shown, model.order)[1].ids)
+        left = max(0, limit.tokens - infile) // BUDGET_STEP * BUDGET_STEP
+        return left, f"{limit.why}, and the current file's window takes {infile} (context may take {left})"
 
 
 @dataclass
@@ -82,30 +138,52 @@ class Completer:
         window: Window | None = None,
         make_context_engine: Callable[[Path, ContextConfig], ContextEngine] | None = None,
     ):
-        self.model = model  # model_runtime.engine.Engine or model_runtime.remote.RemoteEngine
         self.context_config = context_config or ContextConfig()
         self.context_config.validate()
         self.window = window
         self._make = make_context_engine or (lambda root, config: ContextEngine(root, config))
         self._workspaces: dict[Path, ContextEngine] = {}
         self._lock = threading.RLock()
+        self.model = model  # model_runtime.engine.Engine or model_runtime.remote.RemoteEngine (None: none yet)
+
+    @property
+    def model(self):
+        return self._model
+
+    @model.setter
+    def model(self, model) -> None:
+        """Another model (the editor's server loads one, or another): its counter measures the context from now."""
+        self._model = model
+        self._tokens = ModelTokens(model)
+        with self._lock:
+            engines = list(self._workspaces.values())
+        for engine in engines:
+            engine.set_record_tokens(self.record_tokens())
+
+    def record_tokens(self) -> RecordTokens:
+        """What a context record costs in the current model's prompt (the calibrated estimate without a model)."""
+        return self._tokens.record if self._model is not None else text_tokens(approx_tokens)
 
     # -- workspaces ----------------------------------------------------------------------------------------
 
     def open_workspace(
         self, root: str | Path, progress: bool = False, on_progress: Callable[[int, int], None] | None = None,
-        cancelled: Callable[[], bool] | None = None,
+        cancelled: Callable[[], bool] | None = None, reason: str | None = None,
     ) -> ContextEngine:
         """The context engine of a workspace root, indexed on first use (cached and live afterwards).
 
         on_progress(files done, files in all) follows the indexing (an editor's progress bar); cancelled() True
         stops it between two files and raises `Cancelled` (the workspace is not opened; its index keeps the files
-        done, and the next open goes on from them)."""
+        done, and the next open goes on from them). reason: why this folder is the workspace (the engine's
+        `root_reason`, shown with its context; the first opener's stays)."""
         root = Path(root).resolve()
         with self._lock:
             engine = self._workspaces.get(root)
             if engine is None:
                 engine = self._make(root, self.context_config)
+                engine.set_record_tokens(self.record_tokens())
+                if reason is not None:
+                    engine.root_reason = reason
                 stats = engine.build(progress=progress, on_progress=on_progress, cancelled=cancelled)
                 if getattr(stats, "cancelled", False):
                     engine.close()
@@ -124,14 +202,18 @@ class Completer:
             return list(self._workspaces)
 
     def workspace_for(self, path: str | Path, open_missing: bool = True) -> ContextEngine | None:
-        """The open workspace that holds a file (the deepest root); else, if asked, the file's repository."""
+        """The open workspace that holds a file (the deepest root); else, if asked, the file's repository
+        (`roots.locate_root`: version control, a project file, the Python package chain, its own folder)."""
         given = Path(os.path.abspath(path))  # the file's own name is never resolved (a symlink is its own entry)
         forms = {given, Path(os.path.realpath(given.parent)) / given.name}
         with self._lock:
             roots = [r for r in self._workspaces for p in forms if p == r or r in p.parents]
             if roots:
                 return self._workspaces[max(roots, key=lambda r: len(r.parts))]
-        return self.open_workspace(find_root(given)) if open_missing else None
+        if not open_missing:
+            return None
+        found = locate_root(given)
+        return self.open_workspace(found.path, reason=found.reason)
 
     # -- completion ----------------------------------------------------------------------------------------
 
@@ -146,8 +228,10 @@ class Completer:
         if options.context != "repo":
             return cursor_prompt(text, offset, mode=options.context, path=Path(path).name, window=self.window), None
         engine = workspace or self.workspace_for(path)
+        tokens = self._tokens
         parts, ctx = engine.prompt_parts(os.path.abspath(path), text, offset, window=self.window,
-                                         budget=options.budget, draft=draft)
+                                         budget=options.budget, draft=draft,
+                                         room=lambda p, budget: tokens.room(p, budget, options.max_new_tokens))
         return model_parts(parts), ctx
 
     def complete(

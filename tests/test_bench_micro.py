@@ -109,3 +109,24 @@ def test_unknown_part_and_bad_counts_are_usage_errors(capsys):
         with pytest.raises(SystemExit) as exit_:
             main(argv)
         assert exit_.value.code == 2
+
+
+def test_tokens_measures_the_estimate_and_the_cost_of_counting(repo, capsys):
+    from repocomplete.model_runtime.errors import ModelLoadError
+    from repocomplete.model_runtime.loading import embedded_gguf_path
+
+    try:
+        embedded_gguf_path()
+    except ModelLoadError as e:
+        pytest.skip(str(e))
+    lines = run(capsys, "tokens", str(repo), "--queries", "2", "--budget", "256")
+    assert re.fullmatch(rf"estimate vs .*'s tokenizer on 1 \.py files \(\d+ tokens\): [+-]{NUM}% in all; "
+                        rf"per file p10 [+-]{NUM}%, p50 [+-]{NUM}%, p90 [+-]{NUM}%", lines[0]), lines[0]
+    assert re.fullmatch(rf"2 context calls on {re.escape(str(repo))} \(budget 256, {NUM} records each\), .*, "
+                        r"template plain:", lines[1]), lines[1]
+    for line, kind in zip(lines[2:5], ("the estimate", "the tokenizer, cold", "the tokenizer, warm")):
+        assert re.fullmatch(rf"  counting with {kind}: p50 {NUM} ms, p95 {NUM} ms of a context call's "
+                            rf"p50 {NUM} ms, p95 {NUM} ms", line), line
+    assert re.fullmatch(rf"  the current file's window, tokenized to bound the context: p50 {NUM} ms, p95 {NUM} ms",
+                        lines[5])
+    assert run(capsys, "tokens", str(repo), "--queries", "0")[1:] == []  # the estimate alone

@@ -156,8 +156,9 @@ def test_complete_json(capsys, src, tiny_model_dir, tokenizer):
     result = json.loads(out)
     assert list(result) == [
         "completion", "latency_ms", "prompt_tokens", "cached_tokens", "generated_tokens", "stop_reason", "prefill_ms",
-        "decode_ms", "model", "path",
+        "decode_ms", "model", "path", "root", "root_reason",
     ]
+    assert result["root"] is None and result["root_reason"] is None  # in-file context: no repository
     # The SmolLM2 vocabulary has no FIM tokens: the plain template, i.e. the prefix alone, less the one token
     # ("\n    ") that token healing backs off.
     prefix_ids = tokenizer.encode("def add(a, b):\n    ", add_special_tokens=False)

@@ -219,6 +219,7 @@ def test_complete_with_repo_context(repo, tiny_model_dir, tmp_path, capsys, monk
                  "--model", str(tiny_model_dir), "--quantize", "none", "--max-tokens", "3", "--json"])
     out = json.loads(capsys.readouterr().out)
     assert code == 0
+    assert (out["root"], out["root_reason"]) == (str(repo.resolve()), "nearest .git")
     # The prompt carries the repository context: far longer than the file's own 9 lines.
     assert out["prompt_tokens"] > 250
     # What `repocomplete context` shows for that position is what reached the prompt...

@@ -147,6 +147,39 @@ def test_the_current_file_comes_from_the_task_not_the_disk(suite, tmp_path, mode
     assert [tid for tid, _ in lines(out)] == [t.task_id for t in tasks]  # suite order
 
 
+def test_a_prediction_keeps_its_contexts_provenance(suite, tmp_path, model, go):
+    from repocomplete.context_engine.packing import approx_tokens
+
+    tasks_path, repos = suite
+    tasks = load_tasks(tasks_path)
+    recorder = Recorder(model)
+    out = tmp_path / "pred.jsonl"
+    go(tasks, repos, out, recorder, context="repo", batch_size=6)
+    records = read_predictions(out)
+    for request, task in zip(_in_run_order(recorder, tasks), tasks):
+        record = records[task.task_id]
+        context = record["context"]
+        assert record["context_budget"] == 256 and context["complete"] is True
+        # the records in the prompt, in prompt order, with their costs (the recorder shows no tokenizer: the
+        # estimate); nothing but these in the prompt
+        assert [(r["path"], r["tokens"]) for r in context["records"]] == [
+            (item.path, approx_tokens(item.text)) for item in request.parts.context]
+        assert record["context_tokens"] == sum(r["tokens"] for r in context["records"]) <= 256
+        assert all(r["kind"] in ("imports", "typed_holes", "retrieval", "repo_map", "neighbours")
+                   and r["lines"][0] <= r["lines"][1] for r in context["records"] + context["dropped"])
+        assert all(d["reason"] for d in context["dropped"])
+    assert any(r["context"]["records"] for r in records.values())
+    # with the model's own counter the costs are its tokens, as the packer counted them
+    out = tmp_path / "model.jsonl"
+    go(tasks, repos, out, model, context="repo")
+    for record in read_predictions(out).values():
+        assert record["context_tokens"] == sum(r["tokens"] for r in record["context"]["records"])
+    # in-file runs have no repository context, and so no provenance
+    out = tmp_path / "infile.jsonl"
+    go(tasks, repos, out, model, context="infile")
+    assert all("context" not in r for r in read_predictions(out).values())
+
+
 def _in_run_order(recorder, tasks):
     """The recorded requests matched to the tasks (each request's prefix is its task's prompt)."""
     by_prompt = {}
@@ -232,6 +265,10 @@ def test_a_rerun_gives_the_same_predictions(suite, tmp_path, model, go):
     a = lines(tmp_path / "a.jsonl")
     assert a == lines(tmp_path / "b.jsonl")
     assert sum(1 for _, pred in a if pred) >= 2  # not a comparison of empty strings
+    # Each prediction says how much repository context its prompt had, within the run's budget.
+    records = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
+    assert all(0 <= r["context_tokens"] <= r["context_budget"] == 256 for r in records)
+    assert any(r["context_tokens"] > 0 for r in records)
 
 
 def test_resume_skips_done_tasks_and_drops_a_truncated_line(suite, tmp_path, model, go):

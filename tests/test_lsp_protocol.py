@@ -138,6 +138,13 @@ async def test_a_session_from_initialize_to_exit(tmp_path, tiny_model_dir, repo)
             text_document=types.TextDocumentIdentifier(uri=uri), position=CURSOR))
         assert classic.is_incomplete and len(classic.items) == 1, classic
         assert classic.items[0].text_edit == types.TextEdit(range=types.Range(CURSOR, CURSOR), new_text=expected)
+        # That second request was answered from the cache: it neither waited nor counts as a keystroke that
+        # reached the engine (the debounce has seen one engine request, so no gap between two).
+        stats = await client.workspace_execute_command_async(
+            types.ExecuteCommandParams(command="repocomplete.stats", arguments=[]))
+        last = stats["requests"][-1]
+        assert last["outcome"] == "cached" and last["debounce_ms"] == 0, last
+        assert stats["debounce"]["gaps"] == 0, stats["debounce"]
 
         # An incremental change: type "re" after `inv.`; the next completion is the engine's for the new text.
         client.text_document_did_change(types.DidChangeTextDocumentParams(
@@ -158,6 +165,7 @@ async def test_a_session_from_initialize_to_exit(tmp_path, tiny_model_dir, repo)
             arguments=[{"uri": uri, "position": {"line": 4, "character": 18}}]))
         assert any(r["path"] == "shop/models.py" and "Inventory" in r["text"] for r in shown["records"]), shown
         assert all({"path", "start_line", "end_line", "kind", "why"} <= set(r) for r in shown["records"])
+        assert (shown["root"], shown["root_reason"]) == (str(repo.resolve()), "the editor's workspace folder")
 
         # A configuration change is honoured: disabled means no completions.
         client.set_configuration({"repocomplete": {**options, "enabled": False}})

@@ -35,7 +35,7 @@ def test_unset_overrides_are_the_configs_values_and_set_ones_replace_them():
     assert plain.options == CompletionOptions(context="infile", multiline=True, max_new_tokens=32, budget=700)
     assert plain.model_name == "http://127.0.0.1:1"
     assert to_json(plain.settings) == {
-        "enabled": True, "context": "infile", "debounceMs": 50, "languages": list(Settings().languages),
+        "enabled": True, "context": "infile", "debounceMs": 0, "languages": list(Settings().languages),
         "model": "m.gguf", "adapter": None, "endpoint": "http://127.0.0.1:1", "contextBudget": 700, "maxTokens": 32,
         "multiline": True, "completionCacheBytes": 8 * 2**20}
     # A client's settings: another model, no endpoint (its null), other decoding knobs and budget.
@@ -54,23 +54,95 @@ def test_each_bad_value_is_reported(raw):
     assert s == Settings() and len(problems) == 1
 
 
-def test_debounce_rises_under_pressure_and_falls_back_to_the_floor():
-    d = Debounce(floor_ms=50, cap_ms=300)
-    assert d.delay_ms() == 50  # nothing timed yet
-    t = 0.0
-    for _ in range(10):  # a request every 100 ms, the engine takes 400 ms: delay goes to the cap
-        t += 0.1
+def _typed(d: Debounce, gaps_ms, engine_ms, t: float = 0.0) -> float:
+    """Requests arriving after each of `gaps_ms` (a scripted session); each one completes in `engine_ms` (a number,
+    or one per request) when that is shorter than the gap to the next request, else it is superseded."""
+    engine = [engine_ms] * len(gaps_ms) if isinstance(engine_ms, (int, float)) else list(engine_ms)
+    for k, gap in enumerate(gaps_ms):
+        t += gap / 1000
         d.arrived(t)
-        d.finished(400)
-    assert d.delay_ms() == pytest.approx(300, abs=1)
-    for _ in range(20):  # a request every 2 s: the engine keeps up, the delay falls toward the floor
-        t += 2.0
-        d.arrived(t)
-        d.finished(400)
-    assert 50 <= d.delay_ms() < 130
-    fast = Debounce(floor_ms=50)
-    fast.finished(20)  # an engine faster than the floor: the floor
-    assert fast.delay_ms() == 50
+        if k + 1 == len(gaps_ms) or engine[k] <= gaps_ms[k + 1]:
+            d.finished(engine[k])
+    return t
+
+
+def test_debounce_no_delay_before_anything_is_timed_or_on_an_idle_editor():
+    d = Debounce(floor_ms=0)
+    assert d.delay_ms() == 0  # nothing timed yet
+    t = _typed(d, [40] * 20, engine_ms=100)  # a burst: the rule would wait
+    assert d.delay_ms() > 40
+    d.arrived(t + 5.0)  # the first keystroke after a pause starts at once
+    assert d.delay_ms() == 0
+    d.floor_ms = 20  # the user's floor (debounceMs) holds everywhere
+    assert d.delay_ms() == 20
+
+
+def test_debounce_no_delay_when_the_engine_keeps_up():
+    # Steady typing every 150 ms, completions in 100 ms with prefix reuse: every request is answered before the
+    # next keystroke, so waiting would only add latency.
+    d = Debounce(floor_ms=0)
+    _typed(d, [150, 140, 160, 150, 155, 145] * 4, engine_ms=100)
+    assert d.delay_ms() == 0
+    assert d.cost(0)["wasted_ms"] == 0
+
+
+def test_debounce_starts_nothing_that_a_burst_would_waste():
+    # Keystrokes every 30 ms, the engine needs 100 ms: any request started now would be superseded. The delay
+    # clears the burst's gaps, so none starts until the typing stops.
+    d = Debounce(floor_ms=0)
+    _typed(d, [30, 28, 33, 31, 29, 30, 32, 30] * 3, engine_ms=100)
+    delay = d.delay_ms()
+    assert 33 <= delay <= d.cap_ms  # at least the longest gap of the burst
+    assert d.cost(delay)["wasted_ms"] == 0 and d.cost(0)["wasted_ms"] > 25
+
+
+def test_debounce_waits_only_where_waiting_saves_more_than_it_costs():
+    # Mostly slow typing with an occasional quick pair: waiting 25 ms for every answer to save a little waste on
+    # one request in eight does not pay; the delay stays at the floor.
+    d = Debounce(floor_ms=0)
+    _typed(d, [300, 300, 300, 20, 300, 300, 300, 300] * 3, engine_ms=100)
+    c0 = d.cost(0)
+    assert d.delay_ms() == 0 and c0["wasted_ms"] > 0
+    assert d.cost(25)["wait_ms"] > c0["wasted_ms"]  # what the rule compared
+    # Typing faster than the engine answers (gaps 60-90 ms, completions 120 ms): nothing started would be shown.
+    fast = Debounce(floor_ms=0)
+    _typed(fast, [60, 90, 70, 80] * 6, engine_ms=120)
+    assert fast.delay_ms() == pytest.approx(95)  # the largest gap plus the margin
+    assert fast.cost(fast.delay_ms())["wasted_ms"] == 0
+
+
+def test_debounce_an_editor_waiting_for_each_answer_never_waits():
+    # Paced typing: each keystroke comes once the previous answer is shown, so every gap is that request's own
+    # engine time plus a little; engine times vary (60-300 ms), so many gaps are shorter than the median.
+    d = Debounce(floor_ms=0)
+    engine = [60, 300, 70, 65, 250, 75, 60, 62, 280, 70] * 3
+    gaps = [100] + [e + 5 for e in engine[:-1]]
+    _typed(d, gaps, engine)
+    assert d.delay_ms() == 0 and d.cost(0) == {"wait_ms": 0.0, "wasted_ms": 0.0, "lost_answers": 0.0}
+
+
+def test_debounce_a_slow_answer_after_a_long_wait_is_no_waste():
+    # A request that took 5 s (a cold prompt) and was answered: the user waited for it, nothing was wasted.
+    d = Debounce(floor_ms=0)
+    _typed(d, [100, 5020, 120, 110, 130, 120], [5000, 100, 100, 100, 100, 100])
+    assert d.cost(0)["wasted_ms"] == 0 and d.delay_ms() == 0
+
+
+def test_debounce_does_not_drop_answers_to_save_an_occasional_burst():
+    # Typing that is usually answered (gaps just over the engine time), then a short burst: waiting long enough to
+    # drop the burst's requests would also drop the answers the user sees between keystrokes.
+    d = Debounce(floor_ms=0)
+    engine = [75] * 20 + [75] * 12
+    gaps = [80, 90, 85, 95, 100, 82, 88, 90, 85, 99] * 2 + [30] * 12
+    _typed(d, gaps, engine)
+    assert d.delay_ms() == 0
+    assert d.cost(40)["lost_answers"] > 0 and d.cost(0)["lost_answers"] == 0
+
+
+def test_debounce_never_exceeds_its_cap():
+    d = Debounce(floor_ms=0, cap_ms=100)
+    _typed(d, [250] * 10, engine_ms=400)  # the engine is slower than any gap, but waiting past the cap is refused
+    assert d.delay_ms() <= 100
 
 
 def test_cache_serves_retyping_and_typing_through_the_ghost_text():
@@ -214,3 +286,43 @@ def test_a_slow_machine_is_told_once_and_the_advice_stays_in_the_status(monkeypa
     assert len(told) == 1 and told[0][1] is True  # shown, once
     assert "lower repocomplete.contextBudget (now 1024 tokens)" in told[0][0]
     assert server.lifecycle.status_json()["advice"] == told[0][0]
+
+
+def test_the_engine_thread_runs_in_file_completions_before_pending_buffers():
+    import threading
+
+    from repocomplete.lsp_server.worker import BUFFER_IDLE_S, EngineWorker
+
+    order: list[str] = []
+    applied = threading.Event()
+
+    class Workspace:
+        def set_buffer(self, path, text, edited_line):
+            order.append(f"buffer {text}")
+            applied.set()
+
+    class Completer:
+        model = None
+
+        def workspace_for(self, path, open_missing=False):
+            return Workspace()
+
+        def close(self):
+            pass
+
+    worker = EngineWorker(Completer())
+    gate = threading.Event()
+    worker.submit(gate.wait)  # hold the thread so that the buffer and the jobs below queue behind it
+    worker.start()
+    worker.sync_buffer("/r/a.py", "v2", 3)
+    infile = worker.submit(lambda: order.append("in-file completion"), needs_buffers=False)
+    repo = worker.submit(lambda: order.append("repo completion"))
+    gate.set()
+    infile.result(5), repo.result(5)
+    # The in-file completion did not wait for the buffer; the repository one saw it.
+    assert order == ["in-file completion", "buffer v2", "repo completion"]
+    # With no job to read it, a buffer is applied once the thread has been idle a moment.
+    applied.clear()
+    worker.sync_buffer("/r/a.py", "v3", 4)
+    assert applied.wait(5 + BUFFER_IDLE_S) and order[-1] == "buffer v3"
+    worker.stop()

@@ -112,3 +112,28 @@ def test_neighbours_newest_edit_first_and_not_the_cursor_region():
     assert records[0].text == "b18\nb19\nb20\nb21\nb22" and records[0].why == "edited recently (line 20)"
     n.close("b.py")
     assert [r.path for r in n.records(current="cur.py", cursor_line=6)] == ["a.py"]
+
+
+def test_a_record_too_large_for_its_quota_does_not_block_smaller_ones():
+    big = ContextRecord("x " * 100, "big.py", 1, 30, 0.9, "imports", "test")
+    by = {"imports": [big, rec("imports", "small.py", 1, 5, 0.5)],
+          "retrieval": [rec("retrieval", f"{p}.py", 1, 20, s) for p, s in (("d", .95), ("e", .94), ("f", .93),
+                                                                             ("g", .92))],
+          "repo_map": []}
+    packed = pack(by, budget=40, quotas=QUOTAS, count_tokens=lambda t: 100 if t == big.text else 10)
+    # small.py fitted the imports' quota that the big stub could not; the windows had theirs, then the rest.
+    assert sorted(r.path for r in packed.records) == ["d.py", "e.py", "f.py", "small.py"]
+
+
+def test_leftovers_compete_by_score_relative_to_their_provider():
+    # BM25 scores run in tens, import ranks in units: raw scores would give every leftover to retrieval.
+    by = {
+        "imports": [rec("imports", "a.py", 1, 5, 4.0), rec("imports", "b.py", 1, 5, 3.0)],
+        "retrieval": [rec("retrieval", "d.py", 1, 20, 40.0), rec("retrieval", "e.py", 1, 20, 20.0)],
+        "repo_map": [],
+    }
+    quotas = {"imports": 0.25, "retrieval": 0.25}
+    packed = pack(by, budget=30, quotas=quotas, count_tokens=tokens)
+    # Quotas: a and d; the last 10 tokens go to b (3/4 of the imports' best) before e (1/2 of retrieval's).
+    assert sorted(r.path for r in packed.records) == ["a.py", "b.py", "d.py"]
+    assert [(r.path, why) for r, why in packed.dropped] == [("e.py", "over budget")]

@@ -2,7 +2,9 @@
 vim.lsp.config('repocomplete', {
   cmd = { 'repocomplete', 'serve' },
   filetypes = { 'python', 'javascript', 'typescript', 'typescriptreact', 'javascriptreact', 'go', 'java', 'rust' },
-  root_markers = { '.git' },
+  -- The repository: the nearest version control folder, else the nearest project file.
+  root_markers = { { '.git', '.hg', '.svn', '.jj' }, { 'pyproject.toml', 'setup.py', 'setup.cfg', 'package.json',
+                                                      'go.mod', 'Cargo.toml', 'pom.xml', 'build.gradle' } },
   -- Server settings (all optional): model, adapter, endpoint, context, contextBudget, maxTokens, multiline, ...
   init_options = { context = 'repo', maxTokens = 64 },
 })

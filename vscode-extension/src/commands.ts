@@ -65,6 +65,14 @@ export interface ShowContextResult {
     timings_ms: Record<string, number>;
     context_mode?: string;
     stop_reason?: string | null;
+    /** The workspace the records come from, and why that folder (null: no repository context). */
+    root?: string | null;
+    root_reason?: string | null;
+    /** The repository context's tokens in the prompt, and the budget they were packed into (null without one). */
+    context_tokens?: number | null;
+    context_budget?: number | null;
+    /** What bent the request: a budget reduced to fit the model's window. */
+    notes?: string[];
 }
 
 export interface Where {
@@ -135,6 +143,9 @@ export function formatContext(result: ShowContextResult, where: Where): string {
         `${records.length} record${records.length === 1 ? '' : 's'}`,
         `${typeof result.prompt_tokens === 'number' ? result.prompt_tokens : '?'} prompt tokens`,
     ];
+    if (typeof result.context_tokens === 'number' && typeof result.context_budget === 'number') {
+        facts.push(`${result.context_tokens}/${result.context_budget} context tokens`);
+    }
     if (result.context_mode) {
         facts.push(`context: ${inline(result.context_mode)}`);
     }
@@ -142,6 +153,15 @@ export function formatContext(result: ShowContextResult, where: Where): string {
         facts.push(`stop: ${inline(result.stop_reason)}`);
     }
     lines.push(facts.join(' · '));
+    if (typeof result.root === 'string') {
+        lines.push('');
+        lines.push(`workspace ${code(result.root)}${result.root_reason ? ` (${inline(result.root_reason)})` : ''}`);
+    }
+    const notes = Array.isArray(result.notes) ? result.notes.filter((n) => typeof n === 'string') : [];
+    for (const note of notes) {
+        lines.push('');
+        lines.push(`_Note: ${inline(note)}_`);
+    }
     lines.push('');
     lines.push('## Completion');
     lines.push('');

@@ -32,6 +32,8 @@ const RESULT: ShowContextResult = {
     prompt_tokens: 812,
     timings_ms: { context: 12.345, 'provider.imports': 3.2 },
     context_mode: 'repo',
+    root: '/proj',
+    root_reason: "the editor's workspace folder",
 };
 
 class FakeServer implements ServerControl {
@@ -103,6 +105,7 @@ describe('commands: show context', () => {
         assert.match(md, /^# repocomplete: context/);
         assert.match(md, /`\/proj\/shop\/cart\.py` line 42, column 9/); // shown one-based
         assert.match(md, /2 records · 812 prompt tokens · context: repo/);
+        assert.match(md, /\nworkspace `\/proj` \(the editor's workspace folder\)\n/);
         assert.match(md, /```python\ntotal \+= item\.price \* item\.qty\n```/);
         assert.match(md, /### 1\. `inventory\/models\.py` lines 10–24/);
         assert.match(md, /kind \*\*definition\*\* · score 0\.812 · why: imported as `Item` from inventory\.models/);
@@ -116,6 +119,16 @@ describe('commands: show context', () => {
         assert.ok(md.indexOf('models.py') < md.indexOf('util.py'));
     });
 
+    it('shows the context tokens against their budget, and the notes', () => {
+        const md = formatContext({
+            ...RESULT, context_tokens: 1019, context_budget: 1024,
+            notes: ['context budget reduced from 4096 to 1024 tokens: the model\'s window is 8192 tokens'],
+        }, { uri: 'file:///proj/a.py', position: { line: 0, character: 0 } });
+        assert.match(md, /2 records · 812 prompt tokens · 1019\/1024 context tokens · context: repo/);
+        assert.match(md, /_Note: context budget reduced from 4096 to 1024 tokens: the model's window is 8192 tokens_/);
+        assert.doesNotMatch(formatContext(RESULT, { uri: 'file:///a.py', position: { line: 0, character: 0 } }), /Note:/);
+    });
+
     it('says so when no completion was made and no records came', () => {
         const md = formatContext({ completion: null, records: [], prompt_tokens: 5, timings_ms: {} },
             { uri: 'file:///a.go', position: { line: 0, character: 0 } });
@@ -123,6 +136,7 @@ describe('commands: show context', () => {
         assert.match(md, /No context records/);
         assert.match(md, /0 records/);
         assert.doesNotMatch(md, /## Timings/);
+        assert.doesNotMatch(md, /workspace/); // no repository context: no root to name
     });
 
     it('keeps code spans and table cells whole whatever the text holds', () => {
