@@ -421,3 +421,19 @@ def test_an_indexed_file_that_cannot_be_read_does_not_stop_the_snapshot(repo, tm
     engine = open_engine(repo, config_for(tmp_path))  # readable again: read and served
     assert [r.path for r in engine.retriever.query("nightly", k=1)] == ["shop/report.py"]
     engine.close()
+
+
+@pytest.mark.parametrize("budget", [1, 7, 40, 400])
+def test_fit_graph_fits_as_the_whole_ranking_does(budget):
+    from repocomplete.context_engine.repo_map import fit, fit_graph
+
+    definitions, identifiers = random_repository(6)
+    graph = RepoGraph(definitions, identifiers)
+    for current in ("f0.py", "f3.py"):
+        assert fit_graph(graph, current, budget) == fit(graph.rank_definitions(current), budget)
+
+        def free(path, text):  # a counter by which everything fits: the lookups must go on
+            return 0
+
+        assert fit_graph(graph, current, budget, record_tokens=free) == \
+            fit(graph.rank_definitions(current), budget, record_tokens=free)
