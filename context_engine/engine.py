@@ -91,7 +91,7 @@ class ContextEngine:
         self.record_tokens = record_tokens or text_tokens(count_tokens)
         self.gate = Gate(given, self.config)
         self.index = RepoIndex(self.root, self.config, gate=self.gate)
-        self.retriever = Retriever(self.config, read_text=self.index.text)
+        self.retriever = Retriever(self.config, read_text=self.index.text, read_window=self.index.window)
         self.graph_data = GraphData()  # the repo map's inputs per file
         self.state_path = self.index.db_path.with_suffix(".warm")
         self._state_loaded = False  # the snapshot was read (or found unusable) once
@@ -183,7 +183,7 @@ class ContextEngine:
             saved = self.retriever.restore(meta["retrieval"], part("r."))
         except Exception as e:  # noqa: BLE001 - damaged, foreign or from another version: a cache, start over
             log.info("snapshot %s not used (%s: %s): rebuilding it", self.state_path, type(e).__name__, e)
-            self.retriever = Retriever(self.config, read_text=self.index.text)
+            self.retriever = Retriever(self.config, read_text=self.index.text, read_window=self.index.window)
             self.graph_data = GraphData()
             return False
         self._saved = saved

@@ -447,6 +447,27 @@ class RepoIndex:
             return recent[2], source.sha1
         return self.gate.scrub(source.text, rel), source.sha1
 
+    def window(self, path: str | os.PathLike, start: int, end: int) -> str | None:
+        """Lines `start`..`end` (1-based, inclusive) of the buffer, else of the indexed file as on disk now, cut as
+        retrieval cuts its windows (`sparse.window_text`) and scrubbed on their own: a caller that needs the text
+        as the whole file's scrubbing gives it checks it (retrieval compares its content key), since a secret
+        spanning lines is masked only with the lines around it. None: neither buffered nor indexed."""
+        from repocomplete.context_engine.sparse import window_text
+
+        rel = self.relative(path)
+        if rel is None:
+            return None
+        buffered = self._buffers.get(rel)
+        if buffered is not None:
+            return window_text(buffered[0], start, end)
+        if not self._query("SELECT 1 FROM files WHERE path = ?", (rel,)):
+            return None
+        try:
+            source = read_source(str(self.root / rel), self.config.max_file_bytes)
+        except Unindexable:
+            return None
+        return self.gate.scrub(window_text(source.text, start, end), rel)
+
     def stamps(self) -> dict[str, str]:
         """path -> sha1 of every indexed file (as last indexed; buffers aside)."""
         return dict(self._query("SELECT path, sha1 FROM files"))

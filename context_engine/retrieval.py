@@ -162,10 +162,13 @@ class Retriever:
     """Sliding windows over the repository's files, queried by the lines above the cursor."""
 
     def __init__(self, config: ContextConfig, embedder: Embedder | None = None,
-                 read_text: Callable[[str], str | None] | None = None):
+                 read_text: Callable[[str], str | None] | None = None,
+                 read_window: Callable[[str, int, int], str | None] | None = None):
         self.config = config
         self._embedder = embedder
         self._read_text = read_text  # a document's current text (buffer or disk), for windows not kept in memory
+        # One window of it (path, first line, last line), cheaper than the whole text; checked by content key.
+        self._read_window = read_window
         self._files: dict[str, _File] = {}
         self._stamps: dict[str, str] = {}  # documents added from disk: the sha1 of the bytes their text came from
         # By content: unchanged windows are never tokenised twice. With `read_text`, only the windows of unstamped
@@ -628,15 +631,17 @@ class Retriever:
         if text is not None:
             self._texts.move_to_end(key)
             return text
-        if self._read_text is None:
-            return None
         path = index.paths[index.file_of[r]]
-        if path not in docs:
-            docs[path] = self._read_text(path)
-        if docs[path] is None:
+        if self._read_window is not None:
+            text = self._read_window(path, int(index.starts[r]), int(index.ends[r]))
+        elif self._read_text is not None:
+            if path not in docs:
+                docs[path] = self._read_text(path)
+            text = window_text(docs[path], int(index.starts[r]), int(index.ends[r])) if docs[path] is not None \
+                else None
+        else:
             return None
-        text = window_text(docs[path], int(index.starts[r]), int(index.ends[r]))
-        if _digest(text) != key:
+        if text is None or _digest(text) != key:
             return None
         self._texts[key] = text
         while len(self._texts) > TEXT_CACHE:

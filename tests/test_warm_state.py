@@ -437,3 +437,26 @@ def test_fit_graph_fits_as_the_whole_ranking_does(budget):
 
         assert fit_graph(graph, current, budget, record_tokens=free) == \
             fit(graph.rank_definitions(current), budget, record_tokens=free)
+
+
+def test_a_window_read_back_is_the_whole_files_scrubbed_text_or_nothing(repo, tmp_path):
+    """Windows are read back one by one and scrubbed on their own; a secret spanning lines is masked only with
+    the lines around it, so a window cut inside it is checked against its content key and passed over."""
+    key_lines = ["MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7Zk" + str(i) + "qwerty" for i in range(6)]
+    text = ("def load_signing_material():\n    blob = '''\n-----BEGIN PRIVATE KEY-----\n" + "\n".join(key_lines)
+            + "\n-----END PRIVATE KEY-----\n'''\n    return blob\n")
+    (repo / "shop/signing.py").write_text(text, encoding="utf-8")
+    config = config_for(tmp_path, window_lines=4, window_stride=2)
+    engine = open_engine(repo, config)
+    engine.close()
+    engine = open_engine(repo, config)  # restored: no window text in memory
+    scrubbed = engine.index.text("shop/signing.py")
+    assert "qwerty" not in scrubbed
+    # Lines 7-10 and 9-12 scrubbed on their own keep key lines (no BEGIN in view): never returned.
+    hits = engine.retriever.query("BEGIN PRIVATE KEY END redacted blob", k=20)
+    assert [(r.start_line, r.end_line) for r in hits if r.path == "shop/signing.py"] == [(3, 6), (1, 4)]
+    assert all("qwerty" not in r.text for r in hits)
+    for r in hits:
+        if r.path == "shop/signing.py":
+            assert r.text == "\n".join(scrubbed.split("\n")[r.start_line - 1 : r.end_line])
+    engine.close()
