@@ -63,6 +63,9 @@ class ContextConfig:
     secret_patterns: tuple[str, ...] = SECRET_PATTERNS
     # The SQLite caches, one per workspace (looked up at construction, so tests can redirect it).
     index_dir: Path = field(default_factory=lambda: default_index_dir())
+    # Keep retrieval's BM25 index and the repo map's graph data in a snapshot beside the workspace's index, so that
+    # a restart maps them instead of reading every file again (engine.py). False: rebuilt from the files each start.
+    warm_state: bool = True
     # jedi's parse cache (pickled syntax trees of project files), in the jedi worker; private like the index.
     jedi_cache_dir: Path = field(default_factory=lambda: default_jedi_dir())
     watch: bool = False  # live updates through watchdog

@@ -8,11 +8,20 @@ reaches neither retrieval nor neighbours), every path is known by one identity (
 context passes a final check (records from refused paths dropped, all text scrubbed of credentials) before it
 is packed. A root the gate refuses (missing, a file, /, home, a system folder) raises `gate.WorkspaceError`
 before anything is created.
+
+Warm start: what retrieval and the repo map need (retrieval's BM25 index, the graph's per-file inputs) is kept in
+a snapshot beside the index (`<index>.warm`, snapshot.py; `config.warm_state`), stamped per file with the sha1 it
+was made from and with the index database it belongs to. `build` maps it back, then brings it in line with the
+index file by file: only files whose sha1 changed are read again, no unchanged file is opened. The snapshot is
+written again when it was missing or unusable (damaged, another format, another database), when files left the
+index (nothing of a file the gate now refuses stays in it) or when more than a few changed; `save_state` folds in
+every change. It holds token ids and counts, names and paths, never a text, and files on disk only (no buffer).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 import re
@@ -38,6 +47,9 @@ log = logging.getLogger(__name__)
 SLOW_PROVIDERS = ("imports", "typed_holes")  # jedi inference
 SLOW_START_S = 30.0  # what a request waiting for jedi allows for a fresh worker process to start
 RETRIEVAL_K = 8  # retrieved windows asked for a budget of up to 1024 tokens; a larger budget asks for more
+STATE_FORMAT = 1  # the snapshot's layout (retrieval.Retriever.state, repo_map.GraphData.state)
+# A warm start re-reads the files changed since the snapshot; past this many it writes the snapshot again.
+STATE_FOLD_FILES = 32
 
 
 @dataclass
@@ -67,6 +79,7 @@ class ContextEngine:
         header and separator included (default: count_tokens of its text). The pipeline sets the model's
         (`set_record_tokens`), so that a budget is tokens of the prompt."""
         from repocomplete.context_engine.index import RepoIndex
+        from repocomplete.context_engine.repo_map import GraphData
         from repocomplete.context_engine.retrieval import Retriever
 
         given = check_workspace_root(root)  # raises WorkspaceError before anything is created
@@ -78,9 +91,14 @@ class ContextEngine:
         self.record_tokens = record_tokens or text_tokens(count_tokens)
         self.gate = Gate(given, self.config)
         self.index = RepoIndex(self.root, self.config, gate=self.gate)
-        self.retriever = Retriever(self.config)
+        self.retriever = Retriever(self.config, read_text=self.index.text, read_window=self.index.window)
+        self.graph_data = GraphData()  # the repo map's inputs per file
+        self.state_path = self.index.db_path.with_suffix(".warm")
+        self._state_loaded = False  # the snapshot was read (or found unusable) once
+        self._saved: dict[str, str] | None = None  # the retriever's stamps as the snapshot on disk has them
+        self._state_lock = threading.RLock()  # a sync (snapshot, then file by file) and single-file refreshes
         self.neighbours = Neighbours()
-        self._graph = None  # (generation, RepoGraph)
+        self._graph = None  # (graph_data.version, RepoGraph)
         self._graph_lock = threading.Lock()
         self._graph_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="repocomplete-graph")
         self._graph_job: Future | None = None
@@ -91,52 +109,141 @@ class ContextEngine:
         self._slow_results: dict[tuple, Future] = {}
         self._map_cache: dict[tuple[str, int], list[ContextRecord]] = {}
         self._line_cache: tuple[tuple, Context] | None = None
-        self._generation = 0  # bumped on every change the repo map depends on
 
     # -- the workspace -------------------------------------------------------------------------------------
 
     def build(self, progress: bool = False, on_progress: Callable[[int, int], None] | None = None,
               cancelled: Callable[[], bool] | None = None):
         """Index the workspace and prepare the retriever and the repo map; `cancelled()` True stops it between two
-        files (stats.cancelled: the index holds the files done, the rest waits for the next build)."""
+        files (stats.cancelled: the index holds the files done, the rest waits for the next build).
+
+        Warm (a snapshot that matches the index): no unchanged file is read, see the module's docstring."""
         stats = self.index.build(progress=progress, on_progress=on_progress, cancelled=cancelled)
         if stats.cancelled:
             return stats
         if self.config.watch:
             self.start_watching()
-        for path in self.index.files():
-            text = self.index.text(path)
-            if text is not None:
-                self.retriever.add_document(path, text)
-        self._generation += 1
+        self._sync()
         # Pay the one-off costs now rather than in the first completion: the BM25 index and the reference graph.
         self.retriever.build()
-        self._build_graph(self._generation)
+        self._build_graph()
         return stats
 
-    def _refresh_retriever(self, rel: str) -> None:
-        text = self.index.text(rel)  # the buffer, else the disk, else None (gone or not indexable)
-        if text is None:
-            self.retriever.remove_document(rel)
-        else:
-            self.retriever.add_document(rel, text)
+    def save_state(self) -> bool:
+        """Bring the snapshot up to date with every change now (the `index` command does); False when it is not
+        written: `config.warm_state` off, an editor buffer in the state, or a write error (logged)."""
+        return self._sync(fold=True)
+
+    def _sync(self, fold: bool = False) -> bool:
+        """Retrieval and the repo map in line with the index: from the snapshot the first time, then file by file
+        (only files whose sha1 differs are read); the snapshot written again as the module's docstring says."""
+        with self._state_lock:
+            first = not self._state_loaded
+            self._state_loaded = True
+            restored = first and self.config.warm_state and self._load_state()
+            stamps = self.index.stamps()
+            have_r, have_g = self.retriever.stamps(), self.graph_data.stamps()
+            changed = [p for p, sha1 in stamps.items() if have_r.get(p) != sha1 or have_g.get(p) != sha1]
+            gone = sorted((have_r.keys() | have_g.keys()) - stamps.keys())
+            for rel in gone + changed:
+                self._refresh(rel)
+            if not self.config.warm_state:
+                return False
+            now = self.retriever.stamps()
+            read = sum(1 for p in changed if now.get(p) == stamps[p])  # (a file that cannot be read is not counted)
+            if not ((first and not restored) or gone or read > STATE_FOLD_FILES or (fold and now != self._saved)):
+                return fold and self._saved is not None
+            return self._save_state(stamps)
+
+    def _state_identity(self) -> dict:
+        return {"format": STATE_FORMAT, "code": _state_code(), "index": self.index.instance, "root": str(self.root)}
+
+    def _load_state(self) -> bool:
+        """Retrieval and the repo map from the snapshot; False (both left empty) when there is none or it is unusable:
+        damaged, of another format or code, or made with another index database."""
+        from repocomplete.context_engine import snapshot
+        from repocomplete.context_engine.repo_map import GraphData
+        from repocomplete.context_engine.retrieval import Retriever
+
+        t = time.perf_counter()
+        try:
+            meta, arrays = snapshot.load(self.state_path)
+        except snapshot.SnapshotError as e:
+            if os.path.lexists(self.state_path):
+                log.info("snapshot %s not used (%s): rebuilding it", self.state_path, e)
+            return False
+        try:
+            if meta.get("identity") != self._state_identity():
+                raise snapshot.SnapshotError("made by another version, or for another index")
+
+            def part(prefix: str) -> dict:
+                return {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+            self.graph_data.restore(meta["graph"], part("g."))
+            saved = self.retriever.restore(meta["retrieval"], part("r."))
+        except Exception as e:  # noqa: BLE001 - damaged, foreign or from another version: a cache, start over
+            log.info("snapshot %s not used (%s: %s): rebuilding it", self.state_path, type(e).__name__, e)
+            self.retriever = Retriever(self.config, read_text=self.index.text, read_window=self.index.window)
+            self.graph_data = GraphData()
+            return False
+        self._saved = saved
+        log.debug("snapshot %s loaded in %.3f s", self.state_path, time.perf_counter() - t)
+        return True
+
+    def _save_state(self, stamps: dict[str, str]) -> bool:
+        """Write the snapshot (files on disk only, each as the index holds it now); False when it cannot be."""
+        from repocomplete.context_engine import snapshot
+        from repocomplete.context_engine.gate import private_dir
+
+        t = time.perf_counter()
+        retrieval, graph = self.retriever.state(), self.graph_data.state()
+        if retrieval is None or graph is None:
+            return False  # an editor buffer is part of the state: the next start folds the changes in
+        r_stamps = self.retriever.stamps()  # (an indexed file that cannot be read now is left out: read next time)
+        if any(stamps.get(p) != sha1 for p, sha1 in r_stamps.items()) or self.graph_data.stamps() != stamps:
+            log.debug("snapshot not written: files changed while it was made")  # the next start catches up
+            return False
+        arrays = {f"r.{k}": v for k, v in retrieval[1].items()} | {f"g.{k}": v for k, v in graph[1].items()}
+        meta = {"identity": self._state_identity(), "retrieval": retrieval[0], "graph": graph[0]}
+        try:
+            private_dir(self.state_path.parent)
+            size = snapshot.save(self.state_path, meta, arrays)
+        except OSError as e:
+            log.warning("snapshot %s not written: %s", self.state_path, e)
+            return False
+        self._saved = r_stamps
+        log.debug("snapshot %s: %d bytes in %.3f s", self.state_path, size, time.perf_counter() - t)
+        return True
+
+    def _refresh(self, rel: str) -> None:
+        """Retrieval and the repo map's data for one path, as the index has it now: the buffer, else the file on
+        disk, else nothing (gone, refused, not indexable)."""
+        with self._state_lock:  # (the watcher's thread waits for a sync in progress)
+            source = self.index.source(rel)
+            if source is None:
+                self.retriever.remove_document(rel)
+            else:
+                self.retriever.add_document(rel, source[0], stamp=source[1])
+            refs = self.index.references(rel)
+            if refs is None:
+                self.graph_data.set_file(rel, None)
+            else:
+                self.graph_data.set_file(rel, refs[0], refs[1], stamp=refs[2])
 
     def file_changed(self, path: str) -> None:
-        """A file changed on disk (or was created): refresh the index and the retriever."""
+        """A file changed on disk (or was created): refresh the index, the retriever and the repo map's data."""
         rel = self.index.relative(path)
         if rel is None:
             return
         self.index.update_file(rel)
-        self._refresh_retriever(rel)
-        self._generation += 1
+        self._refresh(rel)
 
     def file_removed(self, path: str) -> None:
         rel = self.index.relative(path)
         if rel is None:
             return
         self.index.remove_file(rel)
-        self.retriever.remove_document(rel)
-        self._generation += 1
+        self._refresh(rel)
 
     def set_buffer(self, path: str, text: str, edited_line: int | None = None) -> None:
         """An unsaved editor buffer: it overrides the file on disk until cleared. A buffer the gate refuses (a
@@ -146,16 +253,14 @@ class ContextEngine:
             return
         if not self.index.set_buffer(rel, text):
             self.neighbours.close(rel)
-            self._refresh_retriever(rel)
-            self._generation += 1
+            self._refresh(rel)
             return
+        self._refresh(rel)  # the repo map catches up on a worker thread
         text = self.index.buffer_text(rel)  # as the index keeps it: scrubbed
-        self.retriever.add_document(rel, text)
         if edited_line is None:
             self.neighbours.open(rel, text)
         else:
             self.neighbours.record_edit(rel, edited_line, text)
-        self._generation += 1  # the repo map catches up on a worker thread
 
     def clear_buffer(self, path: str) -> None:
         rel = self.index.relative(path)
@@ -163,17 +268,16 @@ class ContextEngine:
             return
         self.index.clear_buffer(rel)
         self.neighbours.close(rel)
-        self._refresh_retriever(rel)
-        self._generation += 1
+        self._refresh(rel)
 
     def start_watching(self) -> None:
-        """Follow the disk: the index updates itself (watchdog); the retriever follows the paths it touched."""
+        """Follow the disk: the index updates itself (watchdog); retrieval and the repo map follow the paths it
+        touched."""
         self.index.start_watching(on_change=self._on_disk_change)
 
     def _on_disk_change(self, paths: list[str]) -> None:
         for path in paths:
-            self._refresh_retriever(path)
-        self._generation += 1
+            self._refresh(path)
 
     def close(self) -> None:
         self._slow_pool.shutdown(wait=False, cancel_futures=True)
@@ -322,33 +426,31 @@ class ContextEngine:
         return self.retriever.query(query, k=k, exclude=exclude) if query.strip() else []
 
     def _repo_map(self, rel: str, budget: int) -> list[ContextRecord]:
-        # The graph is built once per state of the index; each file then costs one personalised PageRank. After a
-        # change the old graph serves while the new one is built on a worker thread (the map changes slowly).
-        from repocomplete.context_engine.repo_map import fit
+        # The graph is made once per state of the repo map's data; each file then costs one personalised PageRank.
+        # After a change the old graph serves while the new one is made on a worker thread (the map changes slowly).
+        from repocomplete.context_engine.repo_map import fit_graph
 
-        graph = self._current_graph()
-        key = (rel, budget, id(graph))
+        version, graph = self._current_graph()
+        key = (rel, budget, version)
         if key not in self._map_cache:
             if len(self._map_cache) > 256:
                 self._map_cache.clear()
-            self._map_cache[key] = fit(graph.rank_definitions(rel), budget, record_tokens=self.record_tokens)
+            self._map_cache[key] = fit_graph(graph, rel, budget, record_tokens=self.record_tokens)
         return self._map_cache[key]
 
-    def _build_graph(self, generation: int) -> None:
-        from repocomplete.context_engine.repo_map import RepoGraph
-
-        graph = RepoGraph(self.index.definitions(), self.index.all_identifiers())
+    def _build_graph(self) -> None:
+        graph = self.graph_data.graph(self.index.definitions_for)
         with self._graph_lock:
-            if self._graph is None or self._graph[0] < generation:
-                self._graph = (generation, graph)
+            if self._graph is None or self._graph[0] < graph.version:
+                self._graph = (graph.version, graph)
 
-    def _current_graph(self):
-        generation = self._generation
+    def _current_graph(self) -> tuple:
+        """(version, RepoGraph): the newest made; a newer one is started in the background if the data changed."""
         if self._graph is None:
-            self._build_graph(generation)
-        elif self._graph[0] != generation and (self._graph_job is None or self._graph_job.done()):
-            self._graph_job = self._graph_pool.submit(self._build_graph, generation)
-        return self._graph[1]
+            self._build_graph()
+        elif self._graph[0] != self.graph_data.version and (self._graph_job is None or self._graph_job.done()):
+            self._graph_job = self._graph_pool.submit(self._build_graph)
+        return self._graph
 
     def _index_imports(self, rel: str) -> list[ContextRecord]:
         """Languages without a type checker here: imported names that the index defines, as signatures."""
@@ -383,8 +485,8 @@ class ContextEngine:
         next context depends on the repository and the buffers only, never on timing or on earlier requests
         (evaluation: each task sees the same context whichever tasks came before it)."""
         self.retriever.build(full=True)  # no overlay whose statistics depend on which files were edited earlier
-        self._build_graph(self._generation)  # the repo map's graph now, not on a worker thread
-        self._map_cache.clear()  # keyed by id(graph), which a new graph may reuse
+        self._build_graph()  # the repo map's graph now, not on a worker thread
+        self._map_cache.clear()
         self._line_cache = None
         self._slow_results.clear()  # keyed by the text above the line only
 
@@ -429,6 +531,25 @@ class ContextEngine:
             ctx = dataclasses.replace(ctx, notes=[*ctx.notes, note])  # the cached one stays as it was
         parts.context = [Snippet(r.path, r.text) for r in self.gate.records(ctx.records)]
         return parts, ctx
+
+
+_state_code_hash: str | None = None
+
+
+def _state_code() -> str:
+    """What the snapshot's contents were computed with: the code that tokenises, scrubs and lays them out."""
+    global _state_code_hash
+    if _state_code_hash is None:
+        from repocomplete.context_engine import repo_map, retrieval, scrub, snapshot, sparse
+
+        h = hashlib.sha1()
+        for module in (sparse, retrieval, scrub, repo_map, snapshot):
+            try:
+                h.update(Path(module.__file__).read_bytes())
+            except OSError:
+                h.update(module.__name__.encode())
+        _state_code_hash = h.hexdigest()[:16]
+    return _state_code_hash
 
 
 def slow_provider(kind: str, root: str, rel: str, text: str, line: int, col: int,

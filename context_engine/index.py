@@ -28,7 +28,8 @@ import os
 import sqlite3
 import threading
 import time
-from collections import Counter
+import uuid
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,6 +126,7 @@ class RepoIndex:
         self._write_lock = threading.RLock()  # builds and single-file updates, one at a time
         self._buffers: dict[str, tuple[str, FileSymbols | None]] = {}
         self._identifiers: dict[str, Counter] | None = None  # all_identifiers(), loaded once, kept current
+        self._recent: tuple[str, str, str] | None = None  # (path, sha1, scrubbed text) of the file parsed last
         self.generation = 0  # bumped on every change to what the queries return
         self._watcher: Watcher | None = None
         self._conn = self._open()
@@ -145,10 +147,12 @@ class RepoIndex:
                 if "meta" in tables:
                     meta = dict(conn.execute("SELECT key, value FROM meta"))
                     if all(meta.get(k) == v for k, v in expected.items()):
+                        self.instance = meta.get("instance") or self._new_instance(conn)
                         return conn
                     log.info("index %s: format or parser changed (%s), rebuilding", self.db_path, meta)
                 elif not tables:
                     self._create(conn, expected)
+                    self.instance = self._new_instance(conn)
                     return conn
             except sqlite3.DatabaseError as e:  # not a database, or a damaged one: it is a cache, start over
                 log.warning("index %s unreadable (%s), rebuilding", self.db_path, e)
@@ -175,6 +179,14 @@ class RepoIndex:
             conn.execute(statement)
         conn.executemany("INSERT INTO meta VALUES (?, ?)", [*meta.items(), ("root", str(self.root))])
         conn.execute("COMMIT")
+
+    @staticmethod
+    def _new_instance(conn: sqlite3.Connection) -> str:
+        """A name for this database, made with it: what is derived from it elsewhere (the engine's snapshot) says
+        which database it came from, so a database made again (new format or parser, damage) disowns it."""
+        instance = uuid.uuid4().hex
+        conn.execute("INSERT OR REPLACE INTO meta VALUES ('instance', ?)", (instance,))
+        return instance
 
     def _delete_db(self) -> None:
         for suffix in ("", "-wal", "-shm"):
@@ -318,7 +330,9 @@ class RepoIndex:
         if source.sha1 == old_sha1:
             return _Pending(entry.path, known, entry, sha1=source.sha1)
         try:
-            symbols = self.parse(entry.path, self.gate.scrub(source.text, entry.path))
+            text = self.gate.scrub(source.text, entry.path)
+            self._recent = (entry.path, source.sha1, text)  # what `source` is asked next, after an update
+            symbols = self.parse(entry.path, text)
         except ParseTimeout as e:  # pathological input: the file is skipped, remembered with its stat
             log.info("skipped %s: %s", entry.path, e)
             return _Pending(entry.path, known, entry, reason=str(e))
@@ -410,18 +424,98 @@ class RepoIndex:
 
     def text(self, path: str | os.PathLike) -> str | None:
         """The buffer, else the file on disk if it is indexed; None otherwise (never a secret or ignored file)."""
+        source = self.source(path)
+        return source[0] if source is not None else None
+
+    def source(self, path: str | os.PathLike) -> tuple[str, str | None] | None:
+        """(text, sha1): the buffer's text with None, else the indexed file's text as on disk now with the sha1 of
+        the bytes it came from; None when neither (never a secret or ignored file)."""
         rel = self.relative(path)
         if rel is None:
             return None
         buffered = self._buffers.get(rel)
         if buffered is not None:
-            return buffered[0]
+            return buffered[0], None
         if not self._query("SELECT 1 FROM files WHERE path = ?", (rel,)):
             return None
         try:
-            return self.gate.scrub(read_source(str(self.root / rel), self.config.max_file_bytes).text, rel)
+            source = read_source(str(self.root / rel), self.config.max_file_bytes)
         except Unindexable:
             return None
+        recent = self._recent
+        if recent is not None and recent[:2] == (rel, source.sha1):  # scrubbed a moment ago (scrubbing is slow)
+            return recent[2], source.sha1
+        return self.gate.scrub(source.text, rel), source.sha1
+
+    def window(self, path: str | os.PathLike, start: int, end: int) -> str | None:
+        """Lines `start`..`end` (1-based, inclusive) of the buffer, else of the indexed file as on disk now, cut as
+        retrieval cuts its windows (`sparse.window_text`) and scrubbed on their own: a caller that needs the text
+        as the whole file's scrubbing gives it checks it (retrieval compares its content key), since a secret
+        spanning lines is masked only with the lines around it. None: neither buffered nor indexed."""
+        from repocomplete.context_engine.sparse import window_text
+
+        rel = self.relative(path)
+        if rel is None:
+            return None
+        buffered = self._buffers.get(rel)
+        if buffered is not None:
+            return window_text(buffered[0], start, end)
+        if not self._query("SELECT 1 FROM files WHERE path = ?", (rel,)):
+            return None
+        try:
+            source = read_source(str(self.root / rel), self.config.max_file_bytes)
+        except Unindexable:
+            return None
+        return self.gate.scrub(window_text(source.text, start, end), rel)
+
+    def stamps(self) -> dict[str, str]:
+        """path -> sha1 of every indexed file (as last indexed; buffers aside)."""
+        return dict(self._query("SELECT path, sha1 FROM files"))
+
+    def references(self, path: str | os.PathLike) -> tuple[Counter, set[str], str | None] | None:
+        """What the repo map needs of one file: how often it references each name, the names it defines, and the
+        sha1 of the indexed file (None for a buffer); None when the file is neither indexed nor buffered."""
+        rel = self.relative(path)
+        if rel is None:
+            return None
+        buffered = self._buffers.get(rel)
+        if buffered is not None:
+            symbols = buffered[1]
+            if symbols is None:
+                return Counter(), set(), None
+            return Counter(symbols.identifiers), {d.name for d in symbols.definitions}, None
+        with self._db_lock:
+            row = self._query("SELECT sha1 FROM files WHERE path = ?", (rel,))
+            if not row:
+                return None
+            refs = Counter(dict(self._query("SELECT name, count FROM identifiers WHERE path = ?", (rel,))))
+            defined = {r[0] for r in self._query("SELECT DISTINCT name FROM definitions WHERE path = ?", (rel,))}
+        return refs, defined, row[0][0]
+
+    def definitions_for(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], list[Definition]]:
+        """The definitions of each (path, name) key, in file order (buffers replace their files); one query per
+        file."""
+        wanted: dict[str, set[str]] = defaultdict(set)
+        for path, name in keys:
+            wanted[path].add(name)
+        buffers = dict(self._buffers)
+        out: dict[tuple[str, str], list[Definition]] = {}
+        for path, names in wanted.items():
+            if path in buffers:
+                symbols = buffers[path][1]
+                found = [d for d in (symbols.definitions if symbols else []) if d.name in names]
+            else:
+                found = []
+                ordered = sorted(names)
+                for i in range(0, len(ordered), 500):  # (SQLite's bound on parameters)
+                    chunk = ordered[i : i + 500]
+                    found += self._definitions(f"WHERE path = ? AND name IN ({', '.join('?' * len(chunk))})",
+                                               (path, *chunk))
+                if len(ordered) > 500:
+                    found.sort(key=lambda d: (d.start_line, d.end_line))  # (file order, as one query gives it)
+            for d in found:
+                out.setdefault((path, d.name), []).append(d)
+        return out
 
     def symbols(self, path: str | os.PathLike) -> FileSymbols | None:
         rel = self.relative(path)

@@ -3,7 +3,7 @@
 A window's tokens are kept as counts (distinct token ids and how often each occurs), which is all both measures
 need. bm25s has no incremental add and builds its index document by document in Python (~0.3 s for 5k windows),
 so `bm25_from_counts` assembles the eager score matrix bm25s would build from those counts in a few vectorised
-numpy operations and hands it to a `bm25s.BM25` for scoring (`tests/test_retrieval.py` checks it scores exactly as
+numpy operations (and scipy's CSR -> CSC transpose) and hands it to a `bm25s.BM25` for scoring (`tests/test_retrieval.py` checks it scores exactly as
 `BM25.index` does). Jaccard's |A ∩ B| is read off the same postings.
 """
 
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import bm25s
 import numpy as np
+from scipy import sparse
 
 K1, B = 1.5, 0.75  # bm25s defaults (method "lucene")
 
@@ -70,7 +71,7 @@ def windows(text: str, size: int, stride: int) -> list[tuple[int, int, str]]:
 class Counts:
     """One distinct window text and its bag of tokens (ids into a vocabulary)."""
 
-    text: str
+    text: str | None  # None: not kept (the retriever reads it back from its file when needed)
     ids: np.ndarray  # distinct token ids, int32, ascending
     tf: np.ndarray  # their counts, float32
     length: int  # tokens in all (BM25's document length)
@@ -117,14 +118,28 @@ def bm25_from_counts(
     idf = np.log1p((n_all - df_all + 0.5) / (df_all + 0.5)).astype(np.float32)
     norm = (K1 * ((1 - B) + B * lengths / avg_len)).astype(np.float32)[doc]
     data = idf[ids] * tf / (norm + tf)
-    # CSC (by token, documents ascending within one): a stable sort, radix when the ids fit in 16 bits.
-    order = np.argsort(ids.astype(np.uint16) if n_vocab <= 1 << 16 else ids, kind="stable")
-    indptr = np.zeros(n_vocab + 1, dtype=np.int64)
-    np.cumsum(df, out=indptr[1:])
+    # CSC (by token, documents ascending within one): the rows as CSR, transposed by scipy's counting sort.
+    rows = np.zeros(n_docs + 1, dtype=np.int64)
+    np.cumsum(nnz, out=rows[1:])
+    csc = sparse.csr_matrix((data, ids, rows), shape=(n_docs, n_vocab)).tocsc()
+    return bm25_from_csc(csc.data, csc.indices.astype(np.int32, copy=False), csc.indptr.astype(np.int64), n_docs)
+
+
+def bm25_from_csc(data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, n_docs: int) -> bm25s.BM25:
+    """A `bm25s.BM25` scoring with a CSC matrix of weights made before (`bm25_from_counts`, or a snapshot)."""
     bm25 = bm25s.BM25(k1=K1, b=B, method="lucene")
-    bm25.scores = {"data": data[order], "indices": doc[order], "indptr": indptr, "num_docs": n_docs}
+    bm25.scores = {"data": data, "indices": indices, "indptr": indptr, "num_docs": n_docs}
     bm25.nonoccurrence_array = None
     return bm25
+
+
+def window_text(text: str, start: int, end: int) -> str:
+    """The text of the window of `text` from line `start` to `end` (1-based, inclusive), as `windows` cuts it."""
+    lines = text.split("\n")
+    chunk = lines[start - 1 : end]
+    if "\r" in text:
+        chunk = [line.rstrip("\r") for line in chunk]
+    return "\n".join(chunk)
 
 
 def similarity(query_text: str, vocab: dict[str, int], segments, nnz: np.ndarray, method: str) -> np.ndarray:

@@ -304,3 +304,100 @@ def test_dense_retrieval_finds_the_semantically_matching_window():
                               "shrink a picture to a smaller width"]
     assert fused[0].path == "image.py"
     assert re.fullmatch(r"dense 0\.\d\d \+ BM25 rank \d \(RRF\) for the 1 line above the cursor", fused[0].why)
+
+
+# -- files on disk: texts read back, the snapshot's state ----------------------------------------------------------
+
+
+def test_stamped_documents_keep_no_text_and_read_it_back_checked():
+    disk = {"util/a.py": A_PY, "c.py": numbered(15, "c")}
+    reads = []
+
+    def read_text(path):
+        reads.append(path)
+        return disk.get(path)
+
+    r = Retriever(SMALL, read_text=read_text)
+    for path, text in disk.items():
+        r.add_document(path, text, stamp="sha-" + path)
+    assert not r._counts and r.stamps() == {"util/a.py": "sha-util/a.py", "c.py": "sha-c.py"}
+    plain = Retriever(SMALL)
+    for path, text in disk.items():
+        plain.add_document(path, text)
+    query = "w = frobnicate_widget("
+    assert r.query(query, k=3) == plain.query(query, k=3) and reads == ["util/a.py"]
+    # The file changed on disk and nobody said so yet: its windows are passed over, never shown with other text.
+    disk["util/a.py"] = A_PY.replace("frobnicate_widget", "other_name")
+    r._texts.clear()
+    assert [x.path for x in r.query(query, k=3)] == []
+    r.add_document("util/a.py", disk["util/a.py"], stamp="sha-new")
+    assert r.query("other_name", k=1)[0].path == "util/a.py"
+    # A buffer keeps its text (no stamp): read_text is not asked for it.
+    reads.clear()
+    r.add_document("buf.py", "def frobnicate_widget_buffer():\n    pass\n")
+    assert r.query("frobnicate_widget_buffer", k=1)[0].path == "buf.py" and reads == []
+    assert "buf.py" not in r.stamps() and r.state() is None  # a buffer is never in a snapshot
+
+
+def test_state_and_restore_score_exactly_as_a_full_build():
+    config = ContextConfig(window_lines=4, window_stride=1)
+    r = Retriever(config)
+    big_repo(r)
+    r.add_document("junk.py", "one_off_token_nobody_else_has = 1\n")
+    r.remove_document("junk.py")  # its token is in the vocabulary, not in the snapshot
+    assert r.state() is None  # documents without stamps
+    s = Retriever(config, read_text=lambda path: texts.get(path))
+    texts = {}
+    for f in range(10):
+        texts[f"pkg/m{f}.py"] = numbered(250, f"m{f}")
+    texts["widgets.py"] = with_lines(numbered(40, "w"), {5: "size = frobnicate_widget(size)", 30: "colour = 1"})
+    for path, text in texts.items():
+        s.add_document(path, text, stamp=path.upper())
+    s.add_document("junk.py", "one_off_token_nobody_else_has = 1\n", stamp="J")
+    s.remove_document("junk.py")
+    meta, arrays = s.state()
+    assert "one_off_token_nobody_else_has" not in bytes(arrays["vocab"]).decode()
+    restored = Retriever(config, read_text=lambda path: texts.get(path))
+    assert restored.restore(meta, arrays) == {p: p.upper() for p in texts}
+    for query in ("frobnicate_widget(size, colour) + m3_7", "m1_10 = 10", "size"):
+        for method in ("bm25", "jaccard"):
+            got = [(x.path, x.start_line, x.score, x.text) for x in restored.query(query, k=10, method=method)]
+            want = [(x.path, x.start_line, x.score, x.text) for x in r.query(query, k=10, method=method)]
+            assert got == want
+    # Edits after a restore go to the overlay over the restored base, as they would over a built one.
+    texts["widgets.py"] = WIDGETS_EDITED
+    restored.add_document("widgets.py", WIDGETS_EDITED, stamp="W2")
+    r.add_document("widgets.py", WIDGETS_EDITED)
+    query = "frobnicate_widget(size, colour)"
+    assert spans(restored.query(query, k=5)) == spans(r.query(query, k=5))
+    assert len(restored._index.segments) == 2
+    restored.build(full=True)
+    assert [x.score for x in restored.query(query, k=5)] == pytest.approx([x.score for x in r.query(query, k=5)])
+
+
+def test_dense_state_restores_the_embeddings_and_embeds_nothing_again():
+    embedder = CountingEmbedder()
+    config = ContextConfig(dense=True)
+    r = Retriever(config, embedder=embedder, read_text=DENSE_DOCS.get)
+    for path, text in DENSE_DOCS.items():
+        r.add_document(path, text, stamp=path)
+    query = "# arithmetic mean of the numbers"
+    expected = [(x.path, x.score, x.why, x.text) for x in r.query(query, k=2)]
+    meta, arrays = r.state()
+    assert arrays["vectors"].shape == (len(DENSE_DOCS), embedder.dim)
+    embedder.texts.clear()
+    restored = Retriever(config, embedder=embedder, read_text=DENSE_DOCS.get)
+    restored.restore(meta, arrays)
+    assert [(x.path, x.score, x.why, x.text) for x in restored.query(query, k=2)] == expected
+    assert embedder.texts == [query]  # the windows' vectors came from the snapshot
+    # Saved without dense retrieval, then restored with it: embedded from the texts read back.
+    sparse_only = Retriever(ContextConfig(), read_text=DENSE_DOCS.get)
+    for path, text in DENSE_DOCS.items():
+        sparse_only.add_document(path, text, stamp=path)
+    meta, arrays = sparse_only.state()
+    assert "vectors" not in arrays and Retriever(ContextConfig()).state()[0]["windows"] == 0  # (empty: fine too)
+    embedder.texts.clear()
+    later = Retriever(config, embedder=embedder, read_text=DENSE_DOCS.get)
+    later.restore(meta, arrays)
+    assert later.query(query, k=1)[0].path == "stats.py"
+    assert sorted(embedder.texts[:-1]) == sorted(t.rstrip("\n") for t in DENSE_DOCS.values())
