@@ -436,11 +436,8 @@ class RepoIndex:
         buffered = self._buffers.get(rel)
         if buffered is not None:
             return buffered[0], None
-        if not self._query("SELECT 1 FROM files WHERE path = ?", (rel,)):
-            return None
-        try:
-            source = read_source(str(self.root / rel), self.config.max_file_bytes)
-        except Unindexable:
+        source = self._read_indexed(rel)
+        if source is None:
             return None
         recent = self._recent
         if recent is not None and recent[:2] == (rel, source.sha1):  # scrubbed a moment ago (scrubbing is slow)
@@ -460,13 +457,19 @@ class RepoIndex:
         buffered = self._buffers.get(rel)
         if buffered is not None:
             return window_text(buffered[0], start, end)
+        source = self._read_indexed(rel)
+        if source is None:
+            return None
+        return self.gate.scrub(window_text(source.text, start, end), rel)
+
+    def _read_indexed(self, rel: str):
+        """The indexed file `rel` as on disk now (read_source's result), or None when not indexed or unreadable."""
         if not self._query("SELECT 1 FROM files WHERE path = ?", (rel,)):
             return None
         try:
-            source = read_source(str(self.root / rel), self.config.max_file_bytes)
+            return read_source(str(self.root / rel), self.config.max_file_bytes)
         except Unindexable:
             return None
-        return self.gate.scrub(window_text(source.text, start, end), rel)
 
     def stamps(self) -> dict[str, str]:
         """path -> sha1 of every indexed file (as last indexed; buffers aside)."""
