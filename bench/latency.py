@@ -15,7 +15,6 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
@@ -24,7 +23,7 @@ from repocomplete.bench.stats import percentile
 from repocomplete.pipeline import cursor_prompt
 from repocomplete.model_runtime.config import RuntimeConfig
 from repocomplete.model_runtime.engine import CompletionRequest, Engine
-from repocomplete.model_runtime.loading import LoadedModel, embedded_gguf_path, load_model
+from repocomplete.model_runtime.loading import LoadedModel, load_model, model_gguf
 
 DECODE_PROBE_TOKENS = 64
 
@@ -301,11 +300,8 @@ def llama_cpp_series(config: RuntimeConfig, engine: Engine, parts: list, counts:
         from llama_cpp import Llama
     except ImportError:
         return {"llama_cpp": {"skipped": "llama-cpp-python is not installed (pip install llama-cpp-python)"}}
-    if config.model in ("default", "", None):
-        gguf = embedded_gguf_path()
-    elif str(config.model).endswith(".gguf"):
-        gguf = Path(config.model)
-    else:
+    gguf = model_gguf(config.model)
+    if gguf is None:
         return {"llama_cpp": {"skipped": "the model is not a GGUF file"}}
     llm = Llama(model_path=str(gguf), n_ctx=4096, n_threads=torch.get_num_threads(), n_batch=512, verbose=False)
     # Same prompt text as the engine (its tokenizer may split it differently), no token healing.

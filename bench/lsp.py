@@ -59,7 +59,8 @@ def _tokenizer(runtime: RuntimeConfig):
 
 def run_lsp_bench(runtime: RuntimeConfig, options: LspBenchOptions, progress: bool = True) -> dict:
     total = options.keystrokes + options.burst_keystrokes
-    session = load_session(options, _tokenizer(runtime), keystrokes=total)
+    tokenizer = _tokenizer(runtime)
+    session = load_session(options, tokenizer, keystrokes=total)
     source, text, start = session.path, session.text, session.start
     typed = text[start : start + total]
     with tempfile.TemporaryDirectory(prefix="repocomplete-bench-lsp-") as tmp:
@@ -131,7 +132,8 @@ def run_lsp_bench(runtime: RuntimeConfig, options: LspBenchOptions, progress: bo
     report["cpu"] = {"capability": stats.get("cpu"), "path": stats.get("path"), "server_model": stats.get("model")}
     threads = (stats.get("path") or {}).get("threads") or _threads()
     # The peer runs after our server has exited, on the same cores, with the same thread count.
-    report["peer"] = run_peer(runtime, options, source.name, (document, start), paced_cursors, threads, progress)
+    report["peer"] = run_peer(runtime, options, tokenizer, source.name, (document, start), paced_cursors, threads,
+                              progress)
     report["comparison"] = compare(report)
     return report
 
@@ -142,27 +144,24 @@ def _threads() -> int:
     return torch.get_num_threads()
 
 
-def run_peer(runtime: RuntimeConfig, options: LspBenchOptions, name: str, warmup: tuple[str, int],
+def run_peer(runtime: RuntimeConfig, options: LspBenchOptions, tokenizer, name: str, warmup: tuple[str, int],
              cursors: list[tuple[str, int]], threads: int, progress: bool) -> dict:
     """The paced keystrokes replayed against llama.cpp's server: the same in-file prompt text our engine runs,
     greedy, one line, at most the same number of new tokens."""
     from repocomplete.bench.peer import LlamaCppPeer, PeerUnavailable
     from repocomplete.model_runtime.engine import prompt_text
-    from repocomplete.model_runtime.loading import embedded_gguf_path
+    from repocomplete.model_runtime.loading import model_gguf
     from repocomplete.pipeline import cursor_prompt
 
     if options.peer == "none":
         return {"skipped": "no peer asked for (--peer none)"}
-    if runtime.model in ("default", "", None):
-        gguf = embedded_gguf_path()
-    elif str(runtime.model).endswith(".gguf"):
-        gguf = Path(runtime.model)
-    else:
+    gguf = model_gguf(runtime.model)
+    if gguf is None:
         return {"skipped": f"the llama.cpp peer needs a GGUF model, not {runtime.model}"}
-    tokenizer = _tokenizer(runtime)
     prompts = [prompt_text(tokenizer, runtime, cursor_prompt(text, cursor, mode="infile", path=name))
                for text, cursor in [warmup, *cursors]]
-    n_ctx = 1 << max(12, (max(len(tokenizer.encode(p)) for p in prompts) + runtime.max_new_tokens).bit_length())
+    longest = len(tokenizer.encode(max(prompts, key=len)))
+    n_ctx = 1 << max(12, (longest + runtime.max_new_tokens).bit_length())
     try:
         peer = LlamaCppPeer.find(gguf, threads, n_ctx, options.peer, options.peer_command, options.peer_python)
         with peer:

