@@ -160,3 +160,20 @@ def test_static_decode_step_matches_the_slab(tiny_loaded, tiny_config):
             expected = decode_one_token(tiny_loaded.forward, engine.slab, token, tiny_loaded.device)
             torch.testing.assert_close(static.step(token), expected, rtol=1e-4, atol=1e-4)
     assert static.tokens == prompt + [11, 12, 13]
+
+
+def test_compiled_decoding_keeps_its_artefacts_in_the_private_cache(tiny_loaded, tiny_config, monkeypatch, tmp_path):
+    import os
+    import stat
+
+    import repocomplete.model_runtime.static_decode as static_decode
+
+    made = []
+    monkeypatch.setattr(static_decode, "StaticDecoder", lambda *a, **k: made.append(a) or object())
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "")  # restored after the test, whatever the engine sets
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    config = tiny_config.replace(compile_decode=True, cache_dir=tmp_path / "cache")
+    Engine(tiny_loaded, config)
+    folder = tmp_path / "cache" / "inductor"
+    assert made and os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(folder)  # survives restarts: one compile
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
