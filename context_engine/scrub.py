@@ -10,11 +10,17 @@ Running every plugin over every line costs ~20 regexes per line; instead each pl
 keyword plugin's deny-list) first find the candidate lines over the whole text, and only those lines are handed
 to the plugins. Masking keeps the code's shape: a secret value becomes `REDACTED` in place (quotes, commas and
 line count unchanged), a private key block keeps its BEGIN/END lines and loses its body, line breaks kept.
+
+Every mask but a private key block depends on its line alone, so a file scrubbed again after an edit (the index's
+update, the current file's prefix and suffix at every keystroke) only scans the lines not seen in that path's
+recent texts: a 5,000-line file costs its changed lines, not 5,000 (a path holding a private key block is always
+scrubbed whole).
 """
 
 from __future__ import annotations
 
 import bisect
+import collections
 import hashlib
 import os
 import re
@@ -32,6 +38,11 @@ MEMO_ENTRIES = 100_000  # scrubbed texts remembered by content hash (16 bytes ea
 _memo: dict[bytes, str | None] = {}
 _memo_lock = threading.Lock()
 _MISSING = object()
+# Per path, the lines of its recent texts and their masks (None: unchanged); _WHOLE for a path whose text holds a
+# private key block (masked across lines: scrubbed whole every time).
+RECENT_PATHS = 16
+_recent: collections.OrderedDict[str, dict[str, str | None] | object] = collections.OrderedDict()
+_WHOLE = object()
 
 _PLUGINS = (
     aws.AWSKeyDetector(), azure_storage_key.AzureStorageKeyDetector(), basic_auth.BasicAuthDetector(),
@@ -114,13 +125,53 @@ def scrub(text: str, path: str = "") -> str:
                           digest_size=16).digest()
     found = _memo.get(key, _MISSING)
     if found is _MISSING:
-        found = _scrub(text, path)
+        found = _scrub_lines(text, path)
         found = None if found is text else found
         with _memo_lock:
             _memo[key] = found
             while len(_memo) > MEMO_ENTRIES:
                 _memo.pop(next(iter(_memo)))
     return text if found is None else found
+
+
+def _has_key_block(text: str) -> bool:
+    return any(p.search(text) for p in _PRIVATE_KEY.denylist)
+
+
+def _scrub_lines(text: str, path: str) -> str:
+    """_scrub(text, path), scanning only the lines that the path's recent texts did not have."""
+    lines = text.split("\n")
+    with _memo_lock:
+        known = _recent.get(path)
+        if known is not None:
+            _recent.move_to_end(path)
+        known = dict(known) if isinstance(known, dict) else known  # (a copy: other threads scrub too)
+    if known is _WHOLE:
+        return _scrub(text, path)
+    if known is None:
+        known = {}
+    unique = dict.fromkeys(lines)
+    todo = [line for line in unique if line not in known]
+    if known and len(todo) == len(unique):
+        known = {}  # nothing in common with the path's recent texts: start its map again
+    batch = "\n".join(todo)
+    if _has_key_block(batch):  # a block is masked across lines: this path is scrubbed whole from now on
+        result = _scrub(text, path)
+        known = _WHOLE
+    else:
+        masked = _scrub(batch, path).split("\n") if todo else []
+        for line, mask in zip(todo, masked, strict=True):  # (masks keep the line count)
+            known[line] = None if mask == line else mask
+        masks = [known[line] for line in lines]
+        result = "\n".join(m or line for m, line in zip(masks, lines)) if any(masks) else text
+        if len(known) > 4 * len(lines) + 1000:  # edited far from what it was: keep the present text's lines only
+            known = {line: known[line] for line in lines}
+    with _memo_lock:
+        _recent[path] = known
+        _recent.move_to_end(path)
+        while len(_recent) > RECENT_PATHS:
+            _recent.popitem(last=False)
+    return result
 
 
 def _scrub(text: str, path: str) -> str:

@@ -8,6 +8,7 @@ receives, the index database and jedi's cache; plus the workspace's bounds, path
 from __future__ import annotations
 
 import os
+import random
 import sqlite3
 import stat
 from concurrent.futures import ThreadPoolExecutor
@@ -173,6 +174,47 @@ def test_scrub_masks_credential_shapes_and_keeps_code_shape():
     # code that names secrets without holding one is left alone (the same object comes back)
     code = 'password = get_password()\ntoken = request.headers["token"]\nif password == "":\n    pass\n'
     assert scrub(code, "a.py") is code
+
+
+def test_scrub_after_an_edit_scans_only_new_lines_and_equals_a_whole_scrub(monkeypatch):
+    """A path scrubbed again (the index after an edit, the prefix at each keystroke) gives what scrubbing the whole
+    text gives, secrets added, removed, moved, a key block appearing (the path is scrubbed whole from then on)."""
+    from repocomplete.context_engine import scrub as scrub_module
+
+    rng = random.Random(7)
+    body = [f"def f{i}(x):\n    return x + {i}" for i in range(60)]
+    secrets = [f'key = "{AWS_KEY}"', f'password = "{PASSWORD}"', f"gh = 'ghp_{'a1B2' * 9}'"]
+    scanned: list[int] = []
+    whole = scrub_module._scrub
+
+    def counting(text, path):
+        scanned.append(text.count("\n") + 1)
+        return whole(text, path)
+
+    monkeypatch.setattr(scrub_module, "_scrub", counting)
+    path = f"edited_{rng.random()}.py"
+    lines = list(body)
+    scrub("\n".join(lines), path)  # the first time, the whole text is scanned
+    for step in range(40):
+        i = rng.randrange(len(lines) + 1)
+        if step % 4 == 3 and len(lines) > 10:
+            del lines[i - 1]
+        else:
+            lines.insert(i, rng.choice(secrets) if step % 3 == 0 else f"y{step} = {step}")
+        text = "\n".join(lines)
+        scanned.clear()
+        out = scrub(text, path)
+        assert out == whole(text, path), step
+        assert leaks(out) == [] and "ghp_" not in out
+        assert sum(scanned) <= 3, (step, scanned)  # the new line, not the file
+        prefix = text[: rng.randrange(len(text))]  # a keystroke's prefix: its lines are known, the last may not be
+        assert scrub(prefix, path) == whole(prefix, path)
+    keyed = "\n".join(lines[:5] + [f'PEM = """{PEM}"""'] + lines[5:])
+    assert scrub(keyed, path) == whole(keyed, path) and leaks(scrub(keyed, path)) == []
+    edited = keyed.replace("return x + 1\n", "return x + 2\n", 1)
+    scanned.clear()
+    assert scrub(edited, path) == whole(edited, path)
+    assert scanned[0] == edited.count("\n") + 1  # a path with a key block: whole again
 
 
 # -- paths ----------------------------------------------------------------------------------------------------------
