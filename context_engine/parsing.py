@@ -31,6 +31,7 @@ process) and `parser_for` (the calling thread's parser for it).
 
 from __future__ import annotations
 
+import collections
 import functools
 import importlib
 import inspect
@@ -199,6 +200,42 @@ def parser_for(grammar: Grammar) -> ts.Parser:
 
 # -- parsing ------------------------------------------------------------------------------------------------------
 
+# The last trees of the most recently parsed large files, so that a file parsed again after an edit (a save, a
+# buffer change) is parsed incrementally: tree-sitter re-reads the edited region only.
+RECENT_TREES = 4
+INCREMENTAL_MIN_BYTES = 16_384  # smaller files parse in a few ms anyway
+_trees: collections.OrderedDict[tuple[str, int], tuple[bytes, ts.Tree]] = collections.OrderedDict()
+_trees_lock = threading.Lock()
+
+
+def _common_prefix(a: bytes, b: bytes) -> int:
+    """The length of the longest common prefix (by halving: each step one comparison in C)."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _point(src: bytes, offset: int) -> tuple[int, int]:
+    row = src.count(b"\n", 0, offset)
+    return row, offset - (src.rfind(b"\n", 0, offset) + 1)
+
+
+def _edited(old_src: bytes, old_tree: ts.Tree, src: bytes) -> ts.Tree:
+    """A copy of old_tree told of the one edit that turns old_src into src (the changed middle)."""
+    start = _common_prefix(old_src, src)
+    tail = _common_prefix(old_src[start:][::-1], src[start:][::-1])
+    old_end, new_end = len(old_src) - tail, len(src) - tail
+    tree = old_tree.copy()
+    tree.edit(start_byte=start, old_end_byte=old_end, new_end_byte=new_end, start_point=_point(src, start),
+              old_end_point=_point(old_src, old_end), new_end_point=_point(src, new_end))
+    return tree
+
+
 
 def parse_source(path: str, text: str, budget_s: float | None = PARSE_BUDGET_S) -> FileSymbols | None:
     """Definitions, imports and referenced names of one file; None for a language we do not parse.
@@ -212,7 +249,17 @@ def parse_source(path: str, text: str, budget_s: float | None = PARSE_BUDGET_S) 
         return None
     grammar = load_grammar(entry[1], entry[0])
     src = text.encode("utf-8", "replace")
-    tree = _parse(parser_for(grammar), src, budget_s)
+    key = (path, id(grammar))
+    with _trees_lock:
+        last = _trees.get(key)
+    old_tree = _edited(last[0], last[1], src) if last is not None else None
+    tree = _parse(parser_for(grammar), src, budget_s, old_tree)
+    if len(src) >= INCREMENTAL_MIN_BYTES:
+        with _trees_lock:
+            _trees[key] = (src, tree)
+            _trees.move_to_end(key)
+            while len(_trees) > RECENT_TREES:
+                _trees.popitem(last=False)
     root = tree.root_node
     if len(src) == len(text):  # ASCII: byte offsets are character offsets, so slice the str itself
 
@@ -229,16 +276,17 @@ def parse_source(path: str, text: str, budget_s: float | None = PARSE_BUDGET_S) 
     return FileSymbols(path, grammar.language_name, definitions, imports, identifiers, root.has_error)
 
 
-def _parse(parser: ts.Parser, src: bytes, budget_s: float | None) -> ts.Tree:
+def _parse(parser: ts.Parser, src: bytes, budget_s: float | None, old_tree: ts.Tree | None = None) -> ts.Tree:
+    old = (old_tree,) if old_tree is not None else ()  # (the binding refuses None)
     if budget_s is None:
-        return parser.parse(src)
+        return parser.parse(src, *old)
     deadline = time.monotonic() + budget_s
 
     def over(_offset: int, _has_error: bool) -> bool:
         return time.monotonic() > deadline
 
     try:
-        tree = parser.parse(lambda byte, _point: src[byte:byte + _READ_CHUNK], progress_callback=over)
+        tree = parser.parse(lambda byte, _point: src[byte:byte + _READ_CHUNK], *old, progress_callback=over)
     except ValueError:  # "Parsing failed": halted by the callback
         tree = None
     if tree is None:

@@ -576,3 +576,42 @@ def test_a_parse_past_its_budget_raises():
     with pytest.raises(ParseTimeout):
         parse_source("m.py", "x = 1\n" * 100_000, budget_s=0)
     assert parse_source("m.py", PYTHON).definitions  # the parser is left ready for the next file
+
+
+@pytest.mark.parametrize("suffix", [".py", ".ts"])
+def test_a_large_file_parsed_again_after_edits_gives_what_a_fresh_parse_gives(monkeypatch, suffix):
+    """Large files are re-parsed incrementally from their last tree; edits anywhere (inserted, deleted and
+    replaced text, broken syntax, non-ASCII) must give exactly the symbols of a parse from scratch."""
+    import collections
+    import random
+
+    from repocomplete.context_engine import parsing
+
+    if suffix == ".py":
+        unit = "class C{i}(Base):\n    def m{i}(self, x: int) -> 'C{i}':\n        return helper{i}(x, self.v)\n\n"
+    else:
+        unit = "export class C{i} extends Base {{\n  m{i}(x: number): C{i} {{ return helper{i}(x, this.v); }}\n}}\n"
+    text = "".join(unit.format(i=i) for i in range(400))
+    assert len(text.encode()) >= parsing.INCREMENTAL_MIN_BYTES
+    path = f"big{suffix}"
+    rng = random.Random(3)
+    seen_incremental = 0
+    real_parse = parsing._parse
+
+    def spy(parser, src, budget_s, old_tree=None):
+        nonlocal seen_incremental
+        seen_incremental += old_tree is not None
+        return real_parse(parser, src, budget_s, old_tree)
+
+    monkeypatch.setattr(parsing, "_parse", spy)
+    parse_source(path, text)
+    for step in range(25):
+        i = rng.randrange(len(text))
+        j = min(len(text), i + rng.randrange(0, 40))
+        text = text[:i] + rng.choice(["", "(", "zé_", "\n    def added(self): pass\n", "}{", "x = 1\n"]) + text[j:]
+        got = parse_source(path, text)
+        with monkeypatch.context() as m:
+            m.setattr(parsing, "_trees", collections.OrderedDict())
+            fresh = parse_source(path, text)
+        assert got == fresh, step
+    assert seen_incremental >= 25
