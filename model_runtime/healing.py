@@ -42,8 +42,16 @@ class VocabIndex:
         return [token_id for n in range(1, len(s)) for token_id in self._exact.get(s[:n], ())]
 
     def allowed(self, remaining: str) -> list[int]:
-        """Tokens that keep the generated text consistent with `remaining` text still to reproduce."""
-        return self.starting_with(remaining) + self.prefixes_of(remaining)
+        """Tokens that keep the generated text consistent with `remaining` text still to reproduce.
+
+        Where that text ends in indentation (the cursor after the spaces an editor put there), a token must not
+        run on with more spaces or tabs: the completion starts at the cursor's column, not past it (a longer run of
+        spaces is a common token that small models pick, then fill the line they over-indented with a comment)."""
+        longer = self.starting_with(remaining)
+        if remaining[-1:] in (" ", "\t"):
+            n = len(remaining)
+            longer = [i for i in longer if self.texts[i][n : n + 1] not in (" ", "\t")]
+        return longer + self.prefixes_of(remaining)
 
     def mask(self, remaining: str, vocab_size: int, device: torch.device) -> torch.Tensor:
         """Additive logits mask: 0 for allowed tokens, -inf elsewhere."""

@@ -177,3 +177,19 @@ def test_compiled_decoding_keeps_its_artefacts_in_the_private_cache(tiny_loaded,
     folder = tmp_path / "cache" / "inductor"
     assert made and os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(folder)  # survives restarts: one compile
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+
+
+def test_healing_never_indents_past_the_cursor(tokenizer):
+    """Backed-off indentation is reproduced to the cursor's column: a longer run of spaces or tabs (a common
+    token, "\\n" + 12 spaces) is not allowed, the exact run, shorter runs and " word" after them are."""
+    from repocomplete.model_runtime.healing import VocabIndex
+
+    vocab = VocabIndex(tokenizer)
+    for remaining in ("\n        ", "        ", "\n    ", "\t"):
+        longer = [t for t in vocab.starting_with(remaining) if vocab.texts[t][len(remaining):][:1] in (" ", "\t")]
+        assert longer, remaining  # the vocabulary has such tokens: the rule has something to refuse
+        allowed = {vocab.texts[t] for t in vocab.allowed(remaining)}
+        assert not any(a.startswith(remaining) and a[len(remaining):][:1] in (" ", "\t") for a in allowed)
+        assert any(remaining.startswith(a) for a in allowed)  # reproducing it stays possible
+    # Not indentation: a token running on past the remaining text is allowed as before.
+    assert "()" in {vocab.texts[t] for t in vocab.allowed("(")}
