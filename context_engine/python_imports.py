@@ -10,10 +10,13 @@ from __future__ import annotations
 import ast
 import logging
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 
 from repocomplete.context_engine.jedi_support import Analysis, leaves, span, statements
-from repocomplete.context_engine.python_stubs import class_stub, function_stub, module_stub, statement_stub
+from repocomplete.context_engine.python_stubs import (
+    class_stub, focus_names, function_stub, module_stub, statement_stub,
+)
 from repocomplete.context_engine.records import ContextRecord
 
 log = logging.getLogger(__name__)
@@ -21,8 +24,9 @@ log = logging.getLogger(__name__)
 MAX_STAR_NAMES = 30  # names one `from m import *` contributes
 
 
-def _summary(a: Analysis, name) -> tuple[str, str, int, int] | None:
-    """(text, path, start_line, end_line) of a resolved jedi Name inside the project, else None."""
+def _summary(a: Analysis, name, focus: Mapping[str, float] | None = None) -> tuple[str, str, int, int] | None:
+    """(text, path, start_line, end_line) of a resolved jedi Name inside the project, else None; classes and
+    modules summarised with `focus` (python_stubs.focus_names) show the members the current file uses."""
     rel = a.rel(name.module_path)
     if rel is None:
         return None
@@ -30,9 +34,9 @@ def _summary(a: Analysis, name) -> tuple[str, str, int, int] | None:
     if node is None:
         return None
     if node.type == "file_input":
-        text = module_stub(node, Path(name.module_path).name == "__init__.py")
+        text = module_stub(node, Path(name.module_path).name == "__init__.py", focus)
     elif node.type == "classdef":
-        text = class_stub(node)
+        text = class_stub(node, focus)
     elif node.type == "funcdef":
         text = function_stub(node)
     else:
@@ -142,9 +146,10 @@ def import_context(project_root: Path, path: Path, text: str, limit: int = 20) -
     a = Analysis.open(project_root, path, text)
     imports, uses = _scan(a.tree)
     found: dict[tuple[str, int, int], tuple[float, int, ContextRecord]] = {}
+    focus = focus_names(text)  # (the whole file alike: these records stay put while the cursor moves)
 
     def add(name, score: float, why: str) -> None:
-        summary = _summary(a, name)
+        summary = _summary(a, name, focus)
         if summary is None:
             return
         text_, rel, start, end = summary

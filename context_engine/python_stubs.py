@@ -8,10 +8,17 @@ from __future__ import annotations
 
 import ast
 import re
+from collections.abc import Mapping
 
 from repocomplete.context_engine.jedi_support import outer, self_attribute, statements, walk
 
 MAX_STUB_LINES = 40  # lines of one class or module summary
+# A summary focused on what the current file uses (class_stub with focus): at most this many member lines, the
+# other members named on one line (at most MAX_OTHER_NAMES names).
+FOCUS_STUB_LINES = 12
+MAX_OTHER_NAMES = 40
+FOCUS_RADIUS = 60  # lines around the cursor whose attribute names weigh double
+_ATTRIBUTE = re.compile(r"\.\s*([A-Za-z_]\w*)")
 KEPT_DUNDERS = ("__init__", "__call__")  # the only dunder methods a class summary shows
 
 
@@ -117,22 +124,31 @@ def _init_attributes(cls) -> list[str]:
     return lines
 
 
-def class_stub(node) -> str:
-    """Header, first docstring line, public attributes and method signatures: what a .pyi would say."""
-    col = outer(node).start_pos[1]
-    inner = " " * (node.start_pos[1] + 4)
-    lines = [" " * col + d for d in _decorators(node)] + [" " * node.start_pos[1] + _header(node)]
-    doc = _doc_line(node)
-    if doc:
-        lines.append(f'{inner}"""{doc}"""')
-    members: list[str] = []
+def focus_names(text: str, line: int | None = None, radius: int = FOCUS_RADIUS) -> dict[str, float]:
+    """The attribute names the current file uses (`x.name`), weighted double within `radius` lines of the cursor's
+    `line` (None: all alike, so the summary does not change as the cursor moves): what a summary of the classes
+    and modules the file reaches should show first."""
+    weights: dict[str, float] = {}
+    for i, row in enumerate(text.split("\n"), start=1):
+        if "." not in row:
+            continue
+        w = 2.0 if line is not None and abs(i - line) <= radius else 1.0
+        for name in _ATTRIBUTE.findall(row):
+            weights[name] = max(weights.get(name, 0.0), w)
+    return weights
+
+
+def _member_groups(node, inner: str) -> list[tuple[str, list[str]]]:
+    """(name, stub lines) of a class's public members in source order: attributes, `self.x` set in __init__,
+    nested classes, methods (with __init__ and __call__)."""
+    groups: list[tuple[str, list[str]]] = []
     attrs = [line for line in (_stmt_line(s, inner) for s in statements(_body(node))) if line]
-    members += attrs
-    have = {re.split(r"[\s:=]", a.strip(), maxsplit=1)[0] for a in attrs}
+    groups += [(_line_name(a), [a]) for a in attrs]
+    have = {name for name, _ in groups}
     for attr in _init_attributes(node):
-        name = re.split(r"[\s:=]", attr, maxsplit=1)[0]
+        name = _line_name(attr)
         if name not in have:
-            members.append(inner + attr)
+            groups.append((name, [inner + attr]))
     for item in _body(node):
         d = _unwrap_def(item)
         if d is None:
@@ -140,11 +156,54 @@ def class_stub(node) -> str:
         name = d.name.value
         if d.type == "classdef":
             if not name.startswith("_"):
-                members.append(" " * d.start_pos[1] + _header(d) + " ...")
+                groups.append((name, [" " * d.start_pos[1] + _header(d) + " ..."]))
         elif not name.startswith("_") or name in KEPT_DUNDERS:
-            members += _function_lines(d, with_doc=False)
-    if len(members) > MAX_STUB_LINES:
-        members = members[:MAX_STUB_LINES] + [f"{inner}...  # {len(members) - MAX_STUB_LINES} more"]
+            groups.append((name, _function_lines(d, with_doc=False)))
+    return groups
+
+
+def _line_name(line: str) -> str:
+    return re.split(r"[\s:=]", line.strip(), maxsplit=1)[0]
+
+
+def _chosen(groups: list[tuple[str, list[str]]], focus: Mapping[str, float] | None, indent: str) -> list[str]:
+    """The stub lines to show: without focus, members in source order up to MAX_STUB_LINES; with it, the
+    constructor and the members the current file uses (nearest the cursor first), then others in source order,
+    up to FOCUS_STUB_LINES, and the names of the rest on one line (what the model needs to name a member)."""
+    total = sum(len(lines) for _, lines in groups)
+    if focus is None:
+        members = [line for _, lines in groups for line in lines]
+        if total > MAX_STUB_LINES:
+            members = members[:MAX_STUB_LINES] + [f"{indent}...  # {total - MAX_STUB_LINES} more"]
+        return members
+    if total <= FOCUS_STUB_LINES:
+        return [line for _, lines in groups for line in lines]
+    rank = sorted(range(len(groups)), key=lambda i: (-(3.0 if groups[i][0] == "__init__" else focus.get(groups[i][0], 0.0)), i))
+    keep, used = set(), 0
+    for i in rank:
+        n = len(groups[i][1])
+        if used + n <= FOCUS_STUB_LINES:
+            keep.add(i)
+            used += n
+    lines = [line for i, (_, g) in enumerate(groups) if i in keep for line in g]
+    rest = list(dict.fromkeys(name for i, (name, _) in enumerate(groups) if i not in keep))
+    if rest:
+        shown = rest[:MAX_OTHER_NAMES]
+        more = f" (+{len(rest) - len(shown)})" if len(rest) > len(shown) else ""
+        lines.append(f"{indent}# also: {', '.join(shown)}{more}")
+    return lines
+
+
+def class_stub(node, focus: Mapping[str, float] | None = None) -> str:
+    """Header, first docstring line, public attributes and method signatures: what a .pyi would say. With `focus`
+    (focus_names of the current file), a short one: the members it uses, the others by name."""
+    col = outer(node).start_pos[1]
+    inner = " " * (node.start_pos[1] + 4)
+    lines = [" " * col + d for d in _decorators(node)] + [" " * node.start_pos[1] + _header(node)]
+    doc = _doc_line(node)
+    if doc:
+        lines.append(f'{inner}"""{doc}"""')
+    members = _chosen(_member_groups(node, inner), focus, inner)
     if not members and not doc:
         lines[-1] += " ..."
     return _dedent("\n".join(lines + members), col)
@@ -158,29 +217,31 @@ def statement_stub(node) -> str | None:
     return _stmt_line(node, "") if node.type == "expr_stmt" else None
 
 
-def module_stub(tree, is_package: bool) -> str:
-    """A module imported as a whole: its docstring line and the signatures of its top-level public names."""
-    lines = []
+def module_stub(tree, is_package: bool, focus: Mapping[str, float] | None = None) -> str:
+    """A module imported as a whole: its docstring line and the signatures of its top-level public names (with
+    `focus`, the names the current file uses first, the others by name past FOCUS_STUB_LINES)."""
+    head = []
     doc = _doc_line(tree)
     if doc:
-        lines.append(f'"""{doc}"""')
+        head.append(f'"""{doc}"""')
+    groups: list[tuple[str, list[str]]] = []
     for item in tree.children:
         if item.type == "simple_stmt":
             for child in item.children:
                 if child.type == "expr_stmt":
                     line = _stmt_line(child, "")
                     if line:
-                        lines.append(line)
+                        groups.append((_line_name(line), [line]))
                 elif is_package and child.type == "import_from" and child.level > 0:  # a package's re-exports
-                    lines.append(child.get_code(include_prefix=False))
+                    groups.append(("", [child.get_code(include_prefix=False)]))
             continue
         d = _unwrap_def(item)
         if d is None or d.name.value.startswith("_"):
             continue
         if d.type == "funcdef":
-            lines += _function_lines(d, with_doc=False)
+            groups.append((d.name.value, _function_lines(d, with_doc=False)))
             continue
-        lines += _decorators(d) + [_header(d)]
+        lines = _decorators(d) + [_header(d)]
         cls_doc = _doc_line(d)
         if cls_doc:
             lines.append(f'    """{cls_doc}"""')
@@ -189,9 +250,13 @@ def module_stub(tree, is_package: bool) -> str:
             lines += _function_lines(init, with_doc=False)
         elif not cls_doc:
             lines[-1] += " ..."
-    if len(lines) > MAX_STUB_LINES:
-        lines = lines[:MAX_STUB_LINES] + [f"...  # {len(lines) - MAX_STUB_LINES} more"]
-    return "\n".join(lines)
+        groups.append((d.name.value, lines))
+    if focus is None:
+        lines = head + [line for _, g in groups for line in g]
+        if len(lines) > MAX_STUB_LINES:
+            lines = lines[:MAX_STUB_LINES] + [f"...  # {len(lines) - MAX_STUB_LINES} more"]
+        return "\n".join(lines)
+    return "\n".join(head + _chosen([(n, g) for n, g in groups], focus, ""))
 
 
 def _dedent(text: str, col: int) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from repocomplete.context_engine.jedi_support import (Analysis, definition_at, leaf_at, leaves, outer, self_attribute, span,
                                                       statements, walk)
-from repocomplete.context_engine.python_stubs import class_stub
+from repocomplete.context_engine.python_stubs import class_stub, focus_names
 from repocomplete.context_engine.records import ContextRecord
 
 log = logging.getLogger(__name__)
@@ -347,6 +347,7 @@ def typed_hole_context(
         return []
     current = a.current_rel()
     records = [ContextRecord("\n".join(hole), current, line, line, HOLE_SCORE, "typed_holes", "the hole at the cursor")]
+    focus = focus_names(text, line)
     seen = set()
     for (module_path, def_line, def_col), score, why in wanted:
         if (module_path, def_line) in seen:
@@ -356,7 +357,7 @@ def typed_hole_context(
         rel = a.rel(module_path)
         if node is None or node.type != "classdef" or rel is None:
             continue
-        records.append(ContextRecord(class_stub(node), rel, *span(node), score, "typed_holes", why))
+        records.append(ContextRecord(class_stub(node, focus), rel, *span(node), score, "typed_holes", why))
         if len(records) >= limit:
             break
     return records

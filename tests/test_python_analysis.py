@@ -501,3 +501,55 @@ def test_hostile_buffers_cost_jedi_little():
             for kind in ("imports", "typed_holes"):
                 slow_provider(kind, "/nonexistent-root", name, text, line, col, 120.0)
             assert time.monotonic() - t0 < 10, (name, line, col)  # unbounded: minutes
+
+
+# -- focused summaries ------------------------------------------------------------------------------------------
+
+
+def _classdef(source: str):
+    import parso
+
+    return next(n for n in parso.parse(source).iter_classdefs())
+
+
+BIG = "class Big(Base):\n    \"\"\"Many members.\"\"\"\n    size: int = 0\n\n    def __init__(self, n):\n        self.n = n\n" + "".join(
+    f"\n    def m{i}(self, x):\n        return x\n" for i in range(60))
+
+
+def test_a_focused_class_summary_shows_the_members_the_file_uses_and_names_the_rest():
+    from repocomplete.context_engine.python_stubs import FOCUS_STUB_LINES, MAX_OTHER_NAMES, class_stub, focus_names
+
+    buffer = "a = 1\n" * 100 + "big.m3(1)\n" + "b = 2\n" * 100 + "x = big.m21(2)\nbig.\n"
+    focus = focus_names(buffer, line=203)
+    assert focus == {"m3": 1.0, "m21": 2.0}  # near the cursor weighs double
+    stub = class_stub(_classdef(BIG), focus)
+    lines = stub.split("\n")
+    assert lines[:2] == ["class Big(Base):", '    """Many members."""']
+    members = lines[2:]
+    assert len(members) <= FOCUS_STUB_LINES + 1
+    assert "    def __init__(self, n): ..." in members
+    assert "    def m21(self, x): ..." in members and "    def m3(self, x): ..." in members
+    assert members.index("    def m3(self, x): ...") < members.index("    def m21(self, x): ...")  # source order
+    also = members[-1]
+    assert "    def m0(self, x): ..." in members  # the room left goes to members in source order
+    assert also.startswith("    # also: ") and "m29" in also and ", m21," not in also  # the rest, by name
+    names = also[len("    # also: "):].split(" (+")[0].split(", ")
+    assert len(names) == MAX_OTHER_NAMES and also.endswith(f"(+{60 + 3 - len(members) + 1 - MAX_OTHER_NAMES})")
+    shown = {m.split("(")[0].split()[-1] for m in members if m.startswith("    def ")}
+    assert set(names) | shown >= {f"m{i}" for i in range(48)}
+    # Without focus: the whole summary, as before (capped at MAX_STUB_LINES).
+    whole = class_stub(_classdef(BIG))
+    assert "def m40" not in whole and "# also" not in whole and "more" in whole.split("\n")[-1]
+    # A small class is shown whole either way.
+    small = "class S:\n    def a(self): ...\n    def b(self): ...\n"
+    assert class_stub(_classdef(small), focus) == class_stub(_classdef(small))
+
+
+def test_the_receiver_s_class_is_summarised_for_the_members_used_near_the_cursor(root):
+    """typed holes: the receiver's class stub keeps the members the buffer uses."""
+    many = "".join(f"\n    def op{i}(self):\n        return {i}\n" for i in range(25))
+    (root / "shop" / "ops.py").write_text(f"class Ops:\n    def __init__(self):\n        self.v = 1\n{many}")
+    text = "from shop.ops import Ops\n\n\ndef f(o: Ops):\n    o.op17()\n    o.\n"
+    records = typed_hole_context(root, root / "app.py", text, 6, 7)
+    stub = next(r for r in records if r.path == "shop/ops.py").text
+    assert "def op17(self): ..." in stub and "# also: " in stub and "def op24" not in stub
