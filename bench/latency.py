@@ -6,7 +6,10 @@ single-line completion, as an editor would. Measured on the same prompts:
   * the engine with its prefix-KV cache (the product path);
   * the engine with the cache off (every prompt prefilled from scratch), on every Nth keystroke;
   * plain transformers `generate()` (same prompt ids, same number of new tokens), on every Nth keystroke;
-  * llama-cpp-python on the same GGUF, with its prompt-prefix reuse on and off, when it is installed.
+  * llama-cpp-python on the same GGUF, with its prompt-prefix reuse on and off, when it is installed;
+  * with `--root DIR` (the file inside DIR), the product's whole path with repository context: the Completer
+    packs DIR's records before the file's window at every keystroke (the editor's configuration: jedi behind its
+    deadline), and the series reports the share of each prompt that the prefix cache reused.
 The first keystroke of each series warms up (it fills the cache) and is reported apart from the percentiles.
 """
 
@@ -15,11 +18,13 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from repocomplete.bench.session import SessionOptions, load_session
 from repocomplete.bench.stats import percentile
+from repocomplete.context_engine.config import ContextConfig
 from repocomplete.pipeline import cursor_prompt
 from repocomplete.model_runtime.config import RuntimeConfig
 from repocomplete.model_runtime.engine import CompletionRequest, Engine
@@ -33,6 +38,10 @@ class BenchOptions(SessionOptions):
     max_new_tokens: int = 16
     uncached_every: int = 4
     peers: tuple[str, ...] = ("hf", "llama-cpp")
+    repo: str | None = None  # a repository holding `file`: also replay the session with its context
+    context: ContextConfig | None = None  # that context's configuration (None: ContextConfig's defaults)
+    iterative: bool = False  # RepoCoder's second retrieval with the draft
+    healing_cursors: int = 20  # indented cursors of the token-healing probe (0: no probe)
 
 
 @dataclass
@@ -74,6 +83,8 @@ class Series:
             "p95_ms": round(percentile(lat, 95), 1),
             "mean_prefill_tokens": round(statistics.mean(x.prefill_tokens for x in s), 1),
             "mean_cached_tokens": round(statistics.mean(x.cached_tokens for x in s), 1),
+            "reused_fraction": round(sum(x.cached_tokens for x in s) / max(1, sum(x.cached_tokens + x.prefill_tokens
+                                                                                  for x in s)), 3),
             "mean_generated": round(statistics.mean(x.generated for x in s), 1),
             "prefill_tok_s": round(sum(x.prefill_tokens for x in s) / prefill_s, 1) if prefill_s else None,
             "decode_tok_s": round(decoded / decode_s, 1) if decode_s and decoded else None,
@@ -116,8 +127,10 @@ def run_latency_bench(config: RuntimeConfig, options: BenchOptions, progress: bo
         uncached.add(_sample(uncached_engine.complete(CompletionRequest(parts[i]))))
 
     modes = {"engine_cache": cached.summary(), "engine_no_cache": uncached.summary()}
+    if options.repo:
+        modes["engine_cache_repo"] = repo_series(cached_engine, path, text, session.cursors, options, progress)
     modes["engine_decode_probe"] = decode_probe(cached_engine, prompts[0])
-    healing = healing_probe(loaded, config, text, path.name)
+    healing = healing_probe(loaded, config, text, path.name, options.healing_cursors) if options.healing_cursors else None
     if "hf" in options.peers:
         modes["hf_generate"] = hf_generate_series(loaded, [prompts[i] for i in sparse], [generated_counts[i] for i in sparse], progress)
     if "llama-cpp" in options.peers:
@@ -147,6 +160,34 @@ def run_latency_bench(config: RuntimeConfig, options: BenchOptions, progress: bo
         "decode >= 30 tok/s": (modes["engine_decode_probe"]["decode_tok_s"] or 0) >= 30,
     }
     return report
+
+
+def repo_series(engine: Engine, path: Path, text: str, cursors: list[int], options: BenchOptions,
+                progress: bool) -> dict:
+    """The session with repository context: the Completer (one workspace, the editor's configuration) builds each
+    keystroke's prompt; latency counts context assembly too. The file must lie inside the repository."""
+    from repocomplete.pipeline import CompletionOptions, Completer
+
+    root = Path(options.repo).resolve()
+    completer = Completer(engine, options.context or ContextConfig())
+    try:
+        workspace = completer.open_workspace(root)
+        opts = CompletionOptions(context="repo", max_new_tokens=options.max_new_tokens, iterative=options.iterative)
+        series, context_ms, context_tokens = Series(), [], []
+        for cursor in _progress(cursors, progress, "engine, prefix cache on, repository context"):
+            result = completer.complete(str(path), text, cursor, opts, workspace=workspace)
+            sample = _sample(result.completion)
+            sample.latency_s = result.engine_ms / 1000  # context assembly included
+            series.add(sample)
+            context_ms.append(result.context_ms)
+            context_tokens.append(result.context.packed.tokens if result.context is not None else 0)
+        summary = series.summary()
+        summary["context_ms_p50"] = round(percentile(context_ms[1:] or context_ms, 50), 1)
+        summary["mean_context_tokens"] = round(statistics.mean(context_tokens), 1)
+        summary["repo"] = str(root)
+        return summary
+    finally:
+        completer.close_workspace(root)
 
 
 def ratios(modes: dict) -> dict:
@@ -360,6 +401,9 @@ def format_report(report: dict) -> str:
                 f"{m['mean_cached_tokens']:>10} {m['prefill_tok_s'] or '-':>13} {m['decode_tok_s'] or '-':>12}"
                 + (f"  (speculation: {m['acceptance']:.0%} of {m['draft_tokens']} drafted tokens taken)"
                    if m.get("acceptance") is not None else "")
+                + (f"  (repository context: {m['mean_context_tokens']} tokens, assembled in {m['context_ms_p50']} ms"
+                   f" p50; the prefix cache reused {m['reused_fraction']:.0%} of the prompt tokens)"
+                   if "repo" in m else "")
             )
     h = report.get("token_healing")
     if h:

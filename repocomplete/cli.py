@@ -308,6 +308,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_bench_latency(args: argparse.Namespace) -> int:
     from repocomplete.bench.latency import BenchOptions, run_latency_bench
+    from repocomplete.context_engine.config import ContextConfig
+    from repocomplete.context_engine.errors import InputError
+
+    if args.root and not (args.file and Path(args.root).resolve() in Path(args.file).resolve().parents):
+        raise InputError("--root needs --file, a file inside that repository to type in")
 
     options = BenchOptions(
         file=args.file,
@@ -316,6 +321,10 @@ def cmd_bench_latency(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_tokens,
         uncached_every=args.uncached_every,
         peers=tuple(p for p in args.peers.split(",") if p),
+        repo=args.root,
+        iterative=args.iterative,
+        # The editor's configuration: jedi providers behind their deadline.
+        context=context_config(args).replace(slow_provider_deadline_ms=ContextConfig().slow_provider_deadline_ms),
     )
     report = run_latency_bench(runtime_config(args), options, progress=not args.json)
     print(json.dumps(report, indent=2) if args.json else report_text(report))
@@ -543,6 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--uncached-every", type=int, default=4, help="run the slow baselines on every Nth keystroke")
     p.add_argument("--peers", default="hf,llama-cpp", help="comma list: hf, llama-cpp (skipped if not installed)")
     p.add_argument("--json", action="store_true")
+    _add_context_args(p)  # --root DIR: also type with DIR's repository context (--file inside it)
     _add_runtime_args(p)
     p.set_defaults(func=cmd_bench_latency, max_tokens=16)
 
