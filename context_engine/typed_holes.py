@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 MAX_BINDINGS = 16  # bindings listed in a hole's "in scope" line
 MAX_MEMBERS = 30  # member names listed after `obj.`
 HOLE_SCORE, EXPECTED_SCORE, RECEIVER_SCORE, BINDING_SCORE = 10.0, 9.0, 8.0, 6.0
+BASE_PENALTY = 1.5  # a base class's stub scores this much below its subclass's (two levels of bases, about)
 
 _SCOPES = ("funcdef", "classdef", "lambdef", "sync_comp_for", "comp_for")
 
@@ -349,7 +350,10 @@ def typed_hole_context(
     records = [ContextRecord("\n".join(hole), current, line, line, HOLE_SCORE, "typed_holes", "the hole at the cursor")]
     focus = focus_names(text, line)
     seen = set()
-    for (module_path, def_line, def_col), score, why in wanted:
+    i = 0
+    while i < len(wanted) and len(records) < limit:  # (a class's project bases join the list as they are met)
+        (module_path, def_line, def_col), score, why = wanted[i]
+        i += 1
         if (module_path, def_line) in seen:
             continue
         seen.add((module_path, def_line))
@@ -358,6 +362,35 @@ def typed_hole_context(
         if node is None or node.type != "classdef" or rel is None:
             continue
         records.append(ContextRecord(class_stub(node, focus), rel, *span(node), score, "typed_holes", why))
-        if len(records) >= limit:
-            break
+        if score - BASE_PENALTY > 0:
+            wanted += [(c, round(score - BASE_PENALTY, 2), f"base class of `{node.name.value}` ({why})")
+                       for c in _bases(a, Path(module_path), node)]
     return records
+
+
+def _bases(a: Analysis, module_path: Path, node) -> list[tuple[Path, int, int]]:
+    """The project classes a class derives from (their members are its members: `self.run_command` is
+    inherited), resolved in the class's own file; `Generic[T]`, keywords and outside classes are skipped."""
+    arglist = node.get_super_arglist()
+    if arglist is None:
+        return []
+    args = arglist.children[::2] if arglist.type == "arglist" else [arglist]
+    out = []
+    for arg in args:
+        if arg.type == "argument":  # metaclass=..., total=False
+            continue
+        if arg.type in ("power", "atom_expr"):  # a.b.C, or C[T]: the name before any subscript
+            names = [c for c in arg.children if c.type == "name"]
+            names += [t.children[1] for t in arg.children if t.type == "trailer" and t.children[0] == "."]
+            leaf = max(names, key=lambda n: n.start_pos) if names else None
+        else:
+            leaf = arg if arg.type == "name" else None
+        if leaf is None:
+            continue
+        try:
+            targets = a.script_for(module_path).goto(*leaf.start_pos, follow_imports=True)
+        except Exception as e:  # inference on someone's half-written class header
+            log.debug("base %s of %s not resolved: %s", leaf.value, node.name.value, e)
+            continue
+        out += _classes_of(a, [t for t in targets if t.type == "class"])
+    return out

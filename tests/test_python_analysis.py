@@ -553,3 +553,23 @@ def test_the_receiver_s_class_is_summarised_for_the_members_used_near_the_cursor
     records = typed_hole_context(root, root / "app.py", text, 6, 7)
     stub = next(r for r in records if r.path == "shop/ops.py").text
     assert "def op17(self): ..." in stub and "# also: " in stub and "def op24" not in stub
+
+
+def test_a_class_s_project_bases_follow_it_as_stubs(root):
+    """`self.run()` in a subclass is an inherited member: the bases' stubs (from their own files, aliased and
+    generic forms too) follow the class's, each scoring below the class it came from; outside bases are skipped."""
+    (root / "shop" / "base.py").write_text(
+        "from typing import Generic, TypeVar\nT = TypeVar('T')\n\n\n"
+        "class Root:\n    def run(self) -> None: ...\n\n\n"
+        "class Command(Root, Generic[T]):\n    def finalize(self, name: str) -> 'Command': ...\n")
+    (root / "shop" / "cmds.py").write_text(
+        "import shop.base as b\nfrom collections import OrderedDict\n\n\n"
+        "class Build(b.Command[int], OrderedDict, metaclass=type):\n    def go(self):\n        pass\n")
+    text = "from shop.cmds import Build\n\n\ndef f(cmd: Build):\n    cmd.|"
+    records = typed_hole_context(root, root / "app.py", *at_cursor(text))
+    by_path = [(r.path, r.text.split("\n")[0], r.score, r.why) for r in records[1:]]
+    assert by_path[:3] == [
+        ("shop/cmds.py", "class Build(b.Command[int], OrderedDict, metaclass=type):", 8.0, "type of `cmd`"),
+        ("shop/base.py", "class Command(Root, Generic[T]):", 6.5, "base class of `Build` (type of `cmd`)"),
+        ("shop/base.py", "class Root:", 5.0, "base class of `Command` (base class of `Build` (type of `cmd`))"),
+    ]
