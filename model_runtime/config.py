@@ -64,6 +64,10 @@ class RuntimeConfig:
     seed: int = 0
     time_budget_s: float = 5.0  # decoding stops after this long, whatever it has (prefill is not counted)
     token_healing: bool = True
+    # A single-line completion on a line that has no code yet may open a line comment. Off by default: small models
+    # often answer such a line with a comment, which is rarely what the user wanted there (typing the comment's
+    # first character asks for one, and a completion after code may still end in one).
+    suggest_comments: bool = False
     # Greedy decoding verifies up to this many tokens drafted from the prompt in one forward pass (prompt lookup;
     # up to 16 rows stay in the decode kernels); 0 turns it off. Output is the same token for token.
     speculative_tokens: int = 8
@@ -105,6 +109,8 @@ class RuntimeConfig:
         argv += ["--speculative-tokens", str(self.speculative_tokens)]
         if not self.token_healing:
             argv.append("--no-token-healing")
+        if self.suggest_comments:
+            argv.append("--suggest-comments")
         if self.compile_decode:
             argv.append("--compile")
         if self.multiline:

@@ -29,6 +29,7 @@ from repocomplete.model_runtime.templates import (
     context_text,
     detect_template,
     get_template,
+    line_comment,
     model_view,
     render,
 )
@@ -319,6 +320,7 @@ class Engine:
         if cancel.cancelled:
             return Completion("", "cancelled", prompt_tokens=len(ids))
         ids, healed = self.heal(encoded, parts)
+        no_comment = self._comment_mask(parts, multiline)
         logits, cached = self._run_prompt(ids, cancel)
         t1 = time.perf_counter()
         if logits is None:
@@ -345,6 +347,8 @@ class Engine:
             logits = queue.pop(0)
             if remaining_heal:
                 logits = logits + self.vocab.mask(remaining_heal, logits.shape[-1], logits.device)
+            if no_comment is not None and not text[len(healed):].strip():
+                logits = logits.index_fill(0, no_comment[no_comment < logits.shape[-1]], float("-inf"))
             for processor in request.logits_processors:
                 logits = processor(history, logits.unsqueeze(0)).squeeze(0)
             token = sample(logits, cfg.temperature, cfg.top_k, cfg.top_p, generator)
@@ -405,6 +409,17 @@ class Engine:
             draft_tokens=drafted,
             accepted_tokens=accepted,
         )
+
+    def _comment_mask(self, parts: PromptParts, multiline: bool) -> torch.Tensor | None:
+        """The tokens that would open a line comment, where a single-line completion must not (the cursor's line has
+        no code yet and `suggest_comments` is off); None where no such rule applies."""
+        if self.config.suggest_comments or multiline or parts.prefix.rsplit("\n", 1)[-1].strip():
+            return None
+        comment = line_comment(parts.path or "")
+        if comment is None:
+            return None
+        ids = self.vocab.opening(comment)
+        return torch.tensor(ids, dtype=torch.long, device=self.device) if ids else None
 
     def _step(self, token: int, drafts: list[int]) -> list[torch.Tensor]:
         """Run `token` (and the draft tokens after it, verified in the same pass); the logits after each."""

@@ -29,6 +29,7 @@ class VocabIndex:
         # matched against text on its own, so it is never allowed while healing.
         self._sorted = sorted((t, i) for i, t in enumerate(self.texts) if t and "\ufffd" not in t)
         self._keys = [t for t, _ in self._sorted]
+        self._openers: dict[str, list[int]] = {}
         self._exact: dict[str, list[int]] = defaultdict(list)
         for text, token_id in self._sorted:
             self._exact[text].append(token_id)
@@ -52,6 +53,16 @@ class VocabIndex:
             n = len(remaining)
             longer = [i for i in longer if self.texts[i][n : n + 1] not in (" ", "\t")]
         return longer + self.prefixes_of(remaining)
+
+    def opening(self, comment: str) -> list[int]:
+        """Tokens that start a line comment once leading spaces and tabs are set aside ("#", " #", "   //"), or that
+        begin its syntax ("/" of "//")."""
+        out = self._openers.get(comment)
+        if out is None:
+            out = self._openers[comment] = [
+                i for i, t in enumerate(self.texts)
+                if (s := t.lstrip(" \t")) and (s.startswith(comment) or comment.startswith(s))]
+        return out
 
     def mask(self, remaining: str, vocab_size: int, device: torch.device) -> torch.Tensor:
         """Additive logits mask: 0 for allowed tokens, -inf elsewhere."""

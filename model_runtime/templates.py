@@ -141,8 +141,18 @@ _COMMENT = {
 }
 
 
+_SLASHES = frozenset((".js", ".jsx", ".mjs", ".cjs", ".ts", ".tsx", ".mts", ".cts", ".go", ".java", ".rs", ".c", ".h",
+                       ".cc", ".cpp", ".cxx", ".hpp", ".cs", ".kt", ".kts", ".swift", ".scala", ".php", ".dart", ".zig"))
+
+
 def comment_prefix(path: str) -> str:
     return _COMMENT.get(PurePath(path).suffix.lower(), "//")
+
+
+def line_comment(path: str) -> str | None:
+    """The line-comment syntax of a file's language, None where it is not known (no guess)."""
+    suffix = PurePath(path).suffix.lower()
+    return _COMMENT.get(suffix) or ("//" if suffix in _SLASHES else None)
 
 
 def detect_template(vocab: dict[str, int] | set[str]) -> FimTemplate:

@@ -39,6 +39,8 @@ def _add_runtime_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-tokens", type=int, default=None, help=f"most tokens to generate (default {defaults.max_new_tokens})")
     g.add_argument("--temperature", type=float, default=None, help="0 = greedy (the default)")
     g.add_argument("--no-token-healing", action="store_true", help="turn token healing off")
+    g.add_argument("--suggest-comments", action="store_true",
+                   help="let a single-line completion on a line with no code yet open a comment")
 
 
 def _add_context_args(p: argparse.ArgumentParser) -> None:
@@ -82,6 +84,8 @@ def runtime_config(args: argparse.Namespace):
         config.compile_decode = True
     if args.no_token_healing:
         config.token_healing = False
+    if args.suggest_comments:
+        config.suggest_comments = True
     if getattr(args, "multiline", False):
         config.multiline = True
     config.validate()

@@ -193,3 +193,43 @@ def test_healing_never_indents_past_the_cursor(tokenizer):
         assert any(remaining.startswith(a) for a in allowed)  # reproducing it stays possible
     # Not indentation: a token running on past the remaining text is allowed as before.
     assert "()" in {vocab.texts[t] for t in vocab.allowed("(")}
+
+
+class Prefer:
+    """A logits processor that strongly prefers tokens whose text starts (spaces aside) with `start`, without
+    forbidding the others."""
+
+    def __init__(self, tokenizer, start: str):
+        from repocomplete.model_runtime.healing import VocabIndex
+
+        texts = VocabIndex(tokenizer).texts
+        self.ids = torch.tensor([i for i, t in enumerate(texts) if t.lstrip(" \t").startswith(start)])
+
+    def __call__(self, input_ids, scores):
+        scores = scores.clone()
+        scores[0, self.ids] += 1000.0
+        return scores
+
+
+@pytest.mark.parametrize("path,comment", [("a.py", "#"), ("a.ts", "//")])
+def test_a_single_line_completion_on_an_empty_line_writes_code_not_a_comment(tiny_loaded, tiny_config, tokenizer,
+                                                                             path, comment):
+    prefix = "def f(x):\n    y = x\n    "
+    prefer = Prefer(tokenizer, comment[0])
+    base = tiny_config.replace(max_new_tokens=4, token_healing=False)  # (healing would pick the random first token)
+    on = Engine(tiny_loaded, base)
+    result = on.complete(CompletionRequest(PromptParts(prefix, "", path), logits_processors=[prefer]))
+    assert not result.raw_text.lstrip(" \t").startswith(comment)  # (something else; random weights: anything)
+    if comment == "#":
+        assert "#" not in result.raw_text
+    # Asked for, or where the line has code already, or in a block: the comment comes.
+    allowed = Engine(tiny_loaded, base.replace(suggest_comments=True))
+    result = allowed.complete(CompletionRequest(PromptParts(prefix, "", path), logits_processors=[prefer]))
+    assert result.text.lstrip().startswith(comment[0])
+    result = on.complete(CompletionRequest(PromptParts(prefix + "y = 1 ", "", path), logits_processors=[prefer]))
+    assert result.text.lstrip().startswith(comment[0])
+    result = on.complete(CompletionRequest(PromptParts(prefix, "", path), logits_processors=[prefer], multiline=True))
+    assert result.text.lstrip().startswith(comment[0])
+    # A language whose comment syntax is not known: no rule.
+    result = on.complete(CompletionRequest(PromptParts(prefix, "", "notes.unknown"), logits_processors=[prefer]))
+    assert result.text.lstrip().startswith(comment[0])
