@@ -95,9 +95,11 @@ def trim_suffix_overlap(completion: str, suffix: str) -> str:
 
 
 def final_text(rules: StopRules, text: str, reason: str, suffix: str) -> str:
-    """What the editor gets from the decoded text: cut by the stop rules, nothing for a cancelled request, and
-    without the part that repeats what follows the cursor."""
+    """What the editor gets from the decoded text: cut by the stop rules, nothing for a cancelled request or for
+    blanks alone (spaces typed for the user are no suggestion), and without the part that repeats what follows the
+    cursor."""
     if reason == "cancelled":
         return ""
     kept, _ = rules.cut(text)
-    return trim_suffix_overlap(kept, suffix) if suffix else kept
+    kept = trim_suffix_overlap(kept, suffix) if suffix else kept
+    return kept if kept.strip(" \t") else ""

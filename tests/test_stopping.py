@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from repocomplete.model_runtime.healing import VocabIndex, backoff
-from repocomplete.model_runtime.stopping import StopRules, indent_of, trim_suffix_overlap
+from repocomplete.model_runtime.stopping import StopRules, final_text, indent_of, trim_suffix_overlap
 
 # -- StopRules.at_cursor ---------------------------------------------------------------------------------------
 
@@ -194,3 +194,10 @@ def test_backoff(tokenizer, vocab):
     # A long run of word pieces is capped at three tokens.
     assert backoff(tokenizer.encode("xqzjvkwpqzzxq", add_special_tokens=False), vocab.texts) == 3
     assert backoff([], vocab.texts) == 0
+
+
+def test_blanks_alone_are_no_completion():
+    rules = StopRules.at_cursor("def f():\n    ", multiline=False)
+    assert final_text(rules, "        ", "eos", "") == ""
+    assert final_text(rules, "\t \t", "max_tokens", "") == ""
+    assert final_text(rules, "  x = 1", "eos", "") == "  x = 1"
