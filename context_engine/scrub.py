@@ -98,20 +98,51 @@ def _mask_pem(text: str) -> str:
     return _PEM.sub(body, text)
 
 
+_TOKEN_SHAPED = re.compile(r"[\w\-+/.~=]+")
+
+
+def _spans(plugin, value: str, line: str) -> list[tuple[int, int]]:
+    """Where `value`, a secret the plugin reported on `line`, lies. A plugin reports what its pattern's group
+    captured, which for token shapes is only a part (GitHub's `ghp` of `ghp_...`): a token-shaped match is masked
+    whole; a match with context around the value (`key = "..."`) only at the value."""
+    out = []
+    for pattern in getattr(plugin, "denylist", ()):
+        for m in pattern.finditer(line):
+            groups = [i for i in range(1, (m.re.groups or 0) + 1) if m.group(i) == value]
+            if m.group(0) != value and not groups:
+                continue
+            if _TOKEN_SHAPED.fullmatch(m.group(0)):
+                out.append(m.span())
+            else:
+                out.append(m.span(groups[0]) if groups else m.span())
+    return out
+
+
 def _mask_line(line: str, path: str, plugins) -> str:
-    masked = line
-    found: list[tuple[str, bool]] = []  # (value, must be quoted)
+    found: list[tuple[object, str]] = []  # (plugin, value)
     for plugin in map(_ALL.__getitem__, sorted(plugins)):
         for secret in plugin.analyze_line(filename=path or "x.py", line=line):
-            found.append((secret.secret_value, plugin is _KEYWORD))
-    for value, quoted in sorted(found, key=lambda f: -len(f[0] or "")):
+            found.append((plugin, secret.secret_value))
+    spans: list[tuple[int, int]] = []
+    for plugin, value in found:
         if not value or _false_positive(value, line):
             continue
-        if quoted:  # the keyword plugin: a literal only (`password = get_password()` is code, not a secret)
-            masked = re.sub(f"(?<=[{_QUOTES}]){re.escape(value)}(?=[{_QUOTES}])", REDACTED, masked)
+        if plugin is _KEYWORD:  # a literal only (`password = get_password()` is code, not a secret)
+            pattern = f"(?<=[{_QUOTES}]){re.escape(value)}(?=[{_QUOTES}])"
+            spans += [m.span() for m in re.finditer(pattern, line)]
         else:
-            masked = masked.replace(value, REDACTED)
-    return masked
+            spans += _spans(plugin, value, line) or [m.span() for m in re.finditer(re.escape(value), line)]
+    if not spans:
+        return line
+    merged: list[list[int]] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    for start, end in reversed(merged):
+        line = line[:start] + REDACTED + line[end:]
+    return line
 
 
 def scrub(text: str, path: str = "") -> str:

@@ -176,6 +176,20 @@ def test_scrub_masks_credential_shapes_and_keeps_code_shape():
     assert scrub(code, "a.py") is code
 
 
+@pytest.mark.parametrize("token", [
+    "ghp_" + "a1B2" * 9,  # GitHub (the plugin reports only `ghp`)
+    "glpat-" + "x7Yz" * 5,  # GitLab
+    "sk_live_" + "4eC39HqLyjWDarjtT1zdp7dc",  # Stripe
+    "xoxb-1234567890-0987654321-" + "AbCdEfGhIjKlMnOpQrStUvWx",  # Slack
+    "pypi-AgEIcHlwaS5vcmc" + "A1b2C3d4E5f6G7h8I9j0" * 4,  # PyPI
+])
+def test_a_token_is_masked_whole_not_only_the_part_its_plugin_reports(token):
+    text = f"TOKEN = '{token}'\nprint(TOKEN)\n"
+    out = scrub(text, "tokens.py")
+    assert out.split("\n")[0] == f"TOKEN = '{REDACTED}'", out
+    assert token[-12:] not in out
+
+
 def test_scrub_after_an_edit_scans_only_new_lines_and_equals_a_whole_scrub(monkeypatch):
     """A path scrubbed again (the index after an edit, the prefix at each keystroke) gives what scrubbing the whole
     text gives, secrets added, removed, moved, a key block appearing (the path is scrubbed whole from then on)."""
