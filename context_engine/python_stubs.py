@@ -178,7 +178,11 @@ def _chosen(groups: list[tuple[str, list[str]]], focus: Mapping[str, float] | No
         return members
     if total <= FOCUS_STUB_LINES:
         return [line for _, lines in groups for line in lines]
-    rank = sorted(range(len(groups)), key=lambda i: (-(3.0 if groups[i][0] == "__init__" else focus.get(groups[i][0], 0.0)), i))
+    def weight(i: int) -> float:
+        name = groups[i][0]
+        return 3.0 if name == "__init__" else focus.get(name, 0.0)
+
+    rank = sorted(range(len(groups)), key=lambda i: (-weight(i), i))
     keep, used = set(), 0
     for i in rank:
         n = len(groups[i][1])
@@ -186,7 +190,7 @@ def _chosen(groups: list[tuple[str, list[str]]], focus: Mapping[str, float] | No
             keep.add(i)
             used += n
     lines = [line for i, (_, g) in enumerate(groups) if i in keep for line in g]
-    rest = list(dict.fromkeys(name for i, (name, _) in enumerate(groups) if i not in keep))
+    rest = list(dict.fromkeys(name for i, (name, _) in enumerate(groups) if i not in keep and name))
     if rest:
         shown = rest[:MAX_OTHER_NAMES]
         more = f" (+{len(rest) - len(shown)})" if len(rest) > len(shown) else ""
@@ -256,7 +260,7 @@ def module_stub(tree, is_package: bool, focus: Mapping[str, float] | None = None
         if len(lines) > MAX_STUB_LINES:
             lines = lines[:MAX_STUB_LINES] + [f"...  # {len(lines) - MAX_STUB_LINES} more"]
         return "\n".join(lines)
-    return "\n".join(head + _chosen([(n, g) for n, g in groups], focus, ""))
+    return "\n".join(head + _chosen(groups, focus, ""))
 
 
 def _dedent(text: str, col: int) -> str:
