@@ -140,6 +140,18 @@ def add_lora(model, config: TrainConfig):
         return get_peft_model(model, lora)
 
 
+def continue_adapter(model, adapter_dir: Path):
+    """A trainable peft model whose LoRA weights start from an existing adapter (its rank and layers)."""
+    from peft import PeftModel
+
+    from repocomplete.model_runtime.adapters import check_adapter_dir
+
+    check_adapter_dir(adapter_dir)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return PeftModel.from_pretrained(model, adapter_dir, is_trainable=True)
+
+
 # -- batches ---------------------------------------------------------------------------------------------------
 
 

@@ -60,7 +60,8 @@ class FinetuneOptions:
     base_model: str = "default"
     resume: bool = False
     layers: int | None = 8
-    template: str | None = None  # None: the model's FIM template, else smollm2-fim
+    template: str | None = None  # None: the model's FIM template (an --init-adapter's), else smollm2-fim
+    init_adapter: str | None = None  # start from this adapter's weights (per-repository tuning of the shipped one)
     hold_out: tuple[str, ...] = ()  # fnmatch patterns of validation files (never trained on)
     exclude: tuple[str, ...] = ()  # fnmatch patterns of files left out altogether
     prefix_chars: int = 1200  # the training window (the runtime's Window; a short one trains faster)
@@ -379,6 +380,12 @@ def run_finetune(options: FinetuneOptions, progress: bool = False) -> dict:
     cache_dir = Path(options.cache_dir) if options.cache_dir else RuntimeConfig().cache_dir
     model_dir, model_name = resolve_model_dir(options.base_model, cache_dir)
     tokenizer = load_tokenizer(model_dir)
+    if options.init_adapter:
+        from repocomplete.model_runtime.adapters import check_adapter_dir, read_record
+
+        init = read_record(check_adapter_dir(options.init_adapter))
+        if init is not None and not options.template:
+            options.template = init.fim_template
     template = fim_template_for(tokenizer, options.template)
     order = "spm" if template.supports_spm else "psm"
     record = AdapterRecord(template.name, order, options.base_model)
@@ -409,7 +416,10 @@ def run_finetune(options: FinetuneOptions, progress: bool = False) -> dict:
                 "val_file_list": val_files[:200], "cut_seconds": round(time.perf_counter() - t0, 1)}
         training.save_examples(data_path, train_examples, val_examples, meta)
     model = training.load_base(model_dir, device)
-    model = training.add_lora(model, config)
+    if options.init_adapter:
+        model = training.continue_adapter(model, Path(options.init_adapter).expanduser())
+    else:
+        model = training.add_lora(model, config)
     result = training.train(model, tokenizer, train_examples, val_examples, config, out, record,
                             resume=options.resume, progress=progress, eval_every=options.eval_every,
                             exact_match_examples=options.exact_match_examples)
@@ -417,7 +427,7 @@ def run_finetune(options: FinetuneOptions, progress: bool = False) -> dict:
         "command": options.command,
         "base_model": {"spec": options.base_model, "name": model_name, "weights": str(model_dir),
                        "note": "float32 base weights (the embedded GGUF de-quantized), not the inference plan"},
-        "template": template.name, "order": order, "context": options.context,
+        "template": template.name, "order": order, "context": options.context, "init_adapter": options.init_adapter,
         "corpus": {k: v for k, v in meta.items() if k != "val_file_list"},
         "held_out_files": meta.get("val_file_list", []),
         "examples": {"train": len(train_examples), "val": len(val_examples),

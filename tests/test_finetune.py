@@ -262,6 +262,16 @@ def test_finetune_command_end_to_end_and_its_report(capsys, repo, tmp_path, tiny
     assert report["val_loss"] > 0 and 0 <= report["val_exact_match"] <= 1
     assert report["command"][:2] == ["repocomplete", "finetune"]
     assert (out / "adapter_config.json").is_file() and read_record(out).fim_template == "smollm2-fim"
+    # Tuning further from it: its template, its LoRA shape, and its weights (the first loss is the trained one's).
+    more = tmp_path / "more"
+    code, stdout, _ = _cli(capsys, "finetune", repo, "--out", more, "--base-model", tiny_model_dir, "--steps", 1,
+                           "--batch-tokens", 256, "--init-adapter", out, "--hold-out", "pkg/held.py",
+                           "--exact-match-examples", 0, "--json")
+    assert code == 0
+    again = json.loads(stdout)
+    assert again["init_adapter"] == str(out) and again["template"] == "smollm2-fim"
+    assert again["trainable_params"] == report["trainable_params"]
+    assert again["losses"][0] < report["losses"][0]
     # The same directory again without --resume: refused.
     code, stdout, err = _cli(capsys, "finetune", repo, "--out", out, "--base-model", tiny_model_dir)
     assert code == 2 and stdout == "" and err == f"repocomplete: {out} is not empty: --resume continues its checkpoint\n"
