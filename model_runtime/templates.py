@@ -162,8 +162,8 @@ TEMPLATES: dict[str, FimTemplate] = {
         file_item="<filename>{path}\n{text}<file_sep>",
         repo_psm="<filename>{path}\n<issue_start>{prefix}<issue_comment>{suffix}<issue_closed>",
         repo_spm="<filename>{path}\n<issue_start><issue_comment>{suffix}<issue_closed>{prefix}",
-        stop=("<empty_output>", "<|endoftext|>", "<|im_end|>", "<file_sep>", "<filename>", "<repo_name>",
-              "<issue_start>", "<issue_comment>", "<issue_closed>"),
+        stop=("<empty_output>", "<|endoftext|>", "<|im_end|>", "<|im_start|>", "<file_sep>", "<filename>",
+              "<repo_name>", "<issue_start>", "<issue_comment>", "<issue_closed>"),
     ),
 }
 
