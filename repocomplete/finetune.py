@@ -404,7 +404,7 @@ def run_finetune(options: FinetuneOptions, progress: bool = False) -> dict:
             rng = random.Random(options.seed)
             wanted = int(options.steps * options.batch_tokens * 1.05)
             train_examples = cut_examples(cutter, train_files, wanted, rng, progress=progress)
-            val_examples = cut_examples(cutter, val_files, 1, random.Random(options.seed + 1),
+            val_examples = cut_examples(cutter, val_files, sys.maxsize, random.Random(options.seed + 1),
                                         max_examples=MAX_VAL_EXAMPLES) if val_files else []
             val_examples = val_examples[:MAX_VAL_EXAMPLES]
         finally:

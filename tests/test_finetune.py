@@ -258,7 +258,8 @@ def test_finetune_command_end_to_end_and_its_report(capsys, repo, tmp_path, tiny
     assert report == json.loads((out / "training-report.json").read_text())
     assert report["steps"] == 3 and report["finished"] and len(report["losses"]) == 3
     assert report["held_out_files"] == ["pkg/held.py"] and report["template"] == "smollm2-fim"
-    assert report["corpus"]["train_files"] == 3 and report["examples"]["val"] > 0
+    assert report["corpus"]["train_files"] == 3
+    assert report["examples"]["val"] > 4  # held-out spans from every pass over the held-out file, not one file's first
     assert report["val_loss"] > 0 and 0 <= report["val_exact_match"] <= 1
     assert report["command"][:2] == ["repocomplete", "finetune"]
     assert (out / "adapter_config.json").is_file() and read_record(out).fim_template == "smollm2-fim"
