@@ -164,7 +164,7 @@ def pack(examples: Sequence[TrainExample], device) -> dict[str, torch.Tensor]:
         # Label of position i is token i (transformers shifts): the prompt's tokens are not learnt.
         labels += [IGNORE] * len(ex.prompt) + ex.target
         positions += list(range(len(seq)))
-    as_tensor = lambda values: torch.tensor([values], dtype=torch.long, device=device)  # noqa: E731
+    as_tensor = lambda values: torch.tensor([values], dtype=torch.long, device=device)
     return {"input_ids": as_tensor(ids), "labels": as_tensor(labels), "position_ids": as_tensor(positions)}
 
 

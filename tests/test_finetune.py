@@ -18,12 +18,11 @@ from repocomplete.finetune import (
     corpus,
     cut_examples,
     cut_span,
-    run_finetune,
 )
 from repocomplete.model_runtime.adapters import RECORD, AdapterRecord, read_record
 from repocomplete.model_runtime.config import RuntimeConfig
 from repocomplete.model_runtime.healing import VocabIndex
-from repocomplete.model_runtime.templates import PromptParts, get_template, render
+from repocomplete.model_runtime.templates import get_template, render
 from repocomplete.model_runtime import training
 
 SOURCE = '''import os
@@ -72,7 +71,7 @@ def _cutter(repo, tokenizer, **changes):
 
 def test_corpus_keeps_held_out_excluded_ignored_and_secret_files_out_of_training(repo, tokenizer):
     config = ContextConfig(slow_provider_deadline_ms=None)
-    train, val, counts = corpus(repo.resolve(), config, hold_out=("pkg/held.py",), exclude=("vendor/*",))
+    train, val, _ = corpus(repo.resolve(), config, hold_out=("pkg/held.py",), exclude=("vendor/*",))
     assert val == ["pkg/held.py"]
     assert sorted(train) == ["pkg/keys.py", "pkg/loader.py", "pkg/util.py"]
     cutter = _cutter(repo, tokenizer)
