@@ -404,3 +404,15 @@ def test_an_adapters_record_selects_its_template(tokenizer, tmp_path):
     forced = RuntimeConfig(adapter=str(adapter), fim_template="plain-suffix")
     assert prompt_format(tokenizer, forced)[0].name == "plain-suffix"
     assert prompt_format(tokenizer, RuntimeConfig(adapter=str(adapter), fim_order="psm"))[1] == "psm"
+
+
+def test_the_shipped_adapter_is_the_embedded_models_default_and_none_turns_it_off(tmp_path, monkeypatch):
+    from repocomplete.model_runtime import adapters
+
+    assert adapters.resolve_adapter("default", None) is None  # nothing shipped in this checkout
+    shipped = _fake_adapter(tmp_path / "shipped")
+    monkeypatch.setattr(adapters, "SHIPPED_DIR", shipped)
+    assert adapters.resolve_adapter("default", None) == str(shipped)
+    assert adapters.resolve_adapter("default", "none") is None
+    assert adapters.resolve_adapter("default", "/x/lora") == "/x/lora"
+    assert adapters.resolve_adapter("/models/other", None) is None  # another model has no default adapter
