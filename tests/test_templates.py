@@ -409,7 +409,8 @@ def test_an_adapters_record_selects_its_template(tokenizer, tmp_path):
 def test_the_shipped_adapter_is_the_embedded_models_default_and_none_turns_it_off(tmp_path, monkeypatch):
     from repocomplete.model_runtime import adapters
 
-    assert adapters.resolve_adapter("default", None) is None  # nothing shipped in this checkout
+    monkeypatch.setattr(adapters, "SHIPPED_DIR", tmp_path / "nothing-shipped")
+    assert adapters.resolve_adapter("default", None) is None
     shipped = _fake_adapter(tmp_path / "shipped")
     monkeypatch.setattr(adapters, "SHIPPED_DIR", shipped)
     assert adapters.resolve_adapter("default", None) == str(shipped)
