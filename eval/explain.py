@@ -350,7 +350,7 @@ class PromptView:
 
     @property
     def sees_suffix(self) -> bool:
-        return not self.template.left_to_right
+        return not self.template.left_to_right or self.template.suffix_block is not None
 
     def kept(self, parts) -> list[bool] | None:
         """Per context item of `parts` (PromptParts): whether its text is still in the prompt the model reads, once

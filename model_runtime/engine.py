@@ -28,6 +28,7 @@ from repocomplete.model_runtime.templates import (
     PromptParts,
     context_text,
     detect_template,
+    suffix_text,
     get_template,
     line_comment,
     model_view,
@@ -128,8 +129,18 @@ def sample(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, g
 
 def prompt_format(tokenizer, config: RuntimeConfig) -> tuple[FimTemplate, str]:
     """The FIM template and order (psm | spm) the engine uses for this tokenizer and config."""
-    template = get_template(config.fim_template) if config.fim_template else detect_template(tokenizer.get_vocab())
-    order = "spm" if config.fim_order == "spm" or (config.fim_order == "auto" and template.supports_spm) else "psm"
+    from repocomplete.model_runtime.adapters import read_record, resolve_adapter
+
+    # An adapter trained by `repocomplete finetune` records the prompt form it learnt; --fim-template overrides it.
+    record = read_record(resolve_adapter(config.model, config.adapter))
+    if config.fim_template:
+        template = get_template(config.fim_template)
+    elif record is not None:
+        template = get_template(record.fim_template)
+    else:
+        template = detect_template(tokenizer.get_vocab())
+    fim_order = record.fim_order if config.fim_order == "auto" and record is not None else config.fim_order
+    order = "spm" if fim_order == "spm" or (fim_order == "auto" and template.supports_spm) else "psm"
     return template, order
 
 
@@ -143,11 +154,11 @@ def encode_prompt(tokenizer, template: FimTemplate, parts: PromptParts, order: s
     """Render and tokenize: template text may hold special tokens, user text never does (it is split)."""
     prompt = render(template, parts, order)
     # Re-render with markers to learn which spans are user text, then tokenize span by span.
-    values = {"prefix": parts.prefix, "suffix": parts.suffix}
+    values = {"prefix": parts.prefix, "suffix": suffix_text(template, parts)}
     values.update({f"context{i}": context_text(template, item) for i, item in enumerate(parts.context)})
     marked_context = [ContextItem(item.path, f"\x00context{i}\x00") for i, item in enumerate(parts.context)]
     marked_parts = PromptParts("\x00prefix\x00", "\x00suffix\x00", parts.path, marked_context, parts.repo_name)
-    marked = render(dataclasses.replace(template, comment_context=False), marked_parts, order)
+    marked = render(dataclasses.replace(template, comment_context=False, suffix_block=None), marked_parts, order)
     ids: list[int] = list(_bos(tokenizer))
     prefix_end = len(ids)
     for i, piece in enumerate(marked.split("\x00")):
@@ -163,6 +174,30 @@ def encode_prompt(tokenizer, template: FimTemplate, parts: PromptParts, order: s
         start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         ids = [start if start is not None else 0]
     return prompt, EncodedPrompt(ids, prefix_end)
+
+
+def truncate(encoded: EncodedPrompt, limit: int) -> EncodedPrompt:
+    """A prompt over `limit` tokens loses its start (the engine's rule; fine-tuning cuts its prompts with it too)."""
+    if len(encoded.ids) <= limit:
+        return encoded
+    # Drop the start in coarse steps so the cut point, and so the cached prefix, stays put while typing (a step never
+    # larger than a quarter of the limit: a short limit keeps some of the prompt).
+    step = min(512, max(1, limit // 4))
+    cut = -(-(len(encoded.ids) - limit) // step) * step
+    return EncodedPrompt(encoded.ids[cut:], max(0, encoded.prefix_end - cut))
+
+
+def heal_prompt(encoded: EncodedPrompt, prefix: str, tokenizer, vocab) -> tuple[list[int], str]:
+    """Token healing: the prompt without the prefix's last token(s), and their text, which generation must reproduce
+    first ("" when impossible). The engine's rule; fine-tuning puts the healed text at the start of the middle."""
+    ids = encoded.ids
+    if not (encoded.prefix_end > 0 and prefix):
+        return ids, ""
+    k = backoff(ids[: encoded.prefix_end], vocab.texts)
+    healed = tokenizer.decode(ids[encoded.prefix_end - k : encoded.prefix_end])
+    if not vocab.allowed(healed):  # e.g. half of a multi-byte character: nothing reproduces it alone
+        return ids, ""
+    return ids[: encoded.prefix_end - k] + ids[encoded.prefix_end :], healed
 
 
 def _bos(tokenizer) -> list[int]:
@@ -223,26 +258,14 @@ class Engine:
 
     def encode(self, parts: PromptParts) -> tuple[str, EncodedPrompt]:
         prompt, encoded = encode_prompt(self.tokenizer, self.template, model_view(self.template, parts), self.order)
-        limit = self.config.max_context_tokens
-        if len(encoded.ids) > limit:
-            # Drop the start in coarse steps so the cut point, and so the cached prefix, stays put while typing (a
-            # step never larger than a quarter of the limit: a short limit keeps some of the prompt).
-            step = min(512, max(1, limit // 4))
-            cut = -(-(len(encoded.ids) - limit) // step) * step
-            encoded = EncodedPrompt(encoded.ids[cut:], max(0, encoded.prefix_end - cut))
-        return prompt, encoded
+        return prompt, truncate(encoded, self.config.max_context_tokens)
 
     def heal(self, encoded: EncodedPrompt, parts: PromptParts) -> tuple[list[int], str]:
         """Token healing: the prompt without the prefix's last token(s), and their text, which generation must
         reproduce first ("" when healing is off or impossible)."""
-        ids = encoded.ids
-        if not (self.config.token_healing and encoded.prefix_end > 0 and parts.prefix):
-            return ids, ""
-        k = backoff(ids[: encoded.prefix_end], self.vocab.texts)
-        healed = self.tokenizer.decode(ids[encoded.prefix_end - k : encoded.prefix_end])
-        if not self.vocab.allowed(healed):  # e.g. half of a multi-byte character: nothing reproduces it alone
-            return ids, ""
-        return ids[: encoded.prefix_end - k] + ids[encoded.prefix_end :], healed
+        if not self.config.token_healing:
+            return encoded.ids, ""
+        return heal_prompt(encoded, parts.prefix, self.tokenizer, self.vocab)
 
     # -- prefix reuse ----------------------------------------------------------------------------------------
 

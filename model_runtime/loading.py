@@ -214,9 +214,12 @@ def load_model(spec: str | RuntimeConfig = DEFAULT_MODEL, config: RuntimeConfig 
             model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32 if cpu else dtype)
         except Exception as e:
             raise ModelLoadError(f"cannot load model from {model_dir}: {type(e).__name__}: {e}") from None
-    if config.adapter:
-        model = _apply_adapter(model, Path(config.adapter).expanduser())
-        name = f"{name}+{Path(config.adapter).name}"
+    from repocomplete.model_runtime.adapters import resolve_adapter
+
+    adapter = resolve_adapter(config.model, config.adapter)
+    if adapter:
+        model = _apply_adapter(model, Path(adapter).expanduser())
+        name = f"{name}+{Path(adapter).name}"
     model.to(device).eval()
     model.requires_grad_(False)
     plan = _cpu_plan(model, config, dtype) if cpu else None
@@ -297,8 +300,9 @@ def _cpu_plan(model, config: RuntimeConfig, dtype: torch.dtype):
 
 
 def _apply_adapter(model, adapter_dir: Path):
-    if not (adapter_dir / "adapter_config.json").is_file():
-        raise ModelLoadError(f"adapter not found: {adapter_dir} has no adapter_config.json")
+    from repocomplete.model_runtime.adapters import check_adapter_dir
+
+    check_adapter_dir(adapter_dir)
     try:
         from peft import PeftModel
 

@@ -50,6 +50,9 @@ class FimTemplate:
     left_to_right: bool = False
     # Context text is shown as line comments ({comment} is the comment syntax of the item's language).
     comment_context: bool = False
+    # A left-to-right template that still shows the code after the cursor: {suffix} is this block ({comment},
+    # {lines}: the suffix's first SUFFIX_BLOCK_LINES lines as comments), or "" when the suffix is blank.
+    suffix_block: str | None = None
 
     @property
     def supports_spm(self) -> bool:
@@ -130,7 +133,51 @@ TEMPLATES: dict[str, FimTemplate] = {
         left_to_right=True,
         comment_context=True,
     ),
+    # The left-to-right form that needs no training: the lines after the cursor as a labelled comment block before
+    # the prefix (chosen by --fim-template plain-suffix; "plain" stays what detection picks).
+    "plain-suffix": FimTemplate(
+        name="plain-suffix",
+        detect=(),
+        psm="{suffix}{prefix}",
+        spm=None,
+        repo_start="",
+        file_item="{comment} Path: {path}\n{text}\n\n",
+        repo_psm="{suffix}{comment} Path: {path}\n{prefix}",
+        repo_spm=None,
+        stop=("<|endoftext|>", "<|im_end|>", "<file_sep>", "<repo_name>"),
+        left_to_right=True,
+        comment_context=True,
+        suffix_block="{comment} The code after the cursor:\n{lines}\n{comment} The code up to the cursor:\n",
+    ),
+    # SmolLM2 (and other StarCoder-vocabulary models without FIM training) with the FIM adapter of
+    # `repocomplete finetune`: its unused special tokens as sentinels, no new tokens. Never detected (the tokens exist
+    # in the base model too, untrained): an adapter's record (model_runtime/adapters.py) selects it.
+    # SPM is StarCoder's variant, the prefix last so that the middle continues it as plain text.
+    "smollm2-fim": FimTemplate(
+        name="smollm2-fim",
+        detect=(),
+        psm="<issue_start>{prefix}<issue_comment>{suffix}<issue_closed>",
+        spm="<issue_start><issue_comment>{suffix}<issue_closed>{prefix}",
+        repo_start="<repo_name>{repo}\n",
+        file_item="<filename>{path}\n{text}<file_sep>",
+        repo_psm="<filename>{path}\n<issue_start>{prefix}<issue_comment>{suffix}<issue_closed>",
+        repo_spm="<filename>{path}\n<issue_start><issue_comment>{suffix}<issue_closed>{prefix}",
+        stop=("<empty_output>", "<|endoftext|>", "<|im_end|>", "<|im_start|>", "<file_sep>", "<filename>",
+              "<repo_name>", "<issue_start>", "<issue_comment>", "<issue_closed>"),
+    ),
 }
+
+# The sentinels of "smollm2-fim" (SmolLM2's unused special tokens, ids 3-16) by role; END closes a middle in training.
+SMOLLM2_FIM = {"prefix": "<issue_start>", "suffix": "<issue_comment>", "middle": "<issue_closed>",
+               "end": "<empty_output>", "file": "<filename>", "file_sep": "<file_sep>", "repo": "<repo_name>"}
+
+
+def end_token(template: FimTemplate) -> str:
+    """The token that ends a middle (the template's first stop string): what fine-tuning teaches the model to emit."""
+    return template.stop[0]
+
+
+SUFFIX_BLOCK_LINES = 8  # the lines after the cursor a suffix block shows (the rest of the cursor's line included)
 
 # Line-comment syntax by file extension, for context shown as comments.
 _COMMENT = {
@@ -170,6 +217,20 @@ def get_template(name: str) -> FimTemplate:
         raise ConfigError(f"unknown FIM template {name!r}; known: {', '.join(TEMPLATES)}") from None
 
 
+def suffix_text(template: FimTemplate, parts: PromptParts) -> str:
+    """The suffix as the template shows it: as it is, or as a labelled comment block (empty when blank)."""
+    if template.suffix_block is None:
+        return parts.suffix
+    lines = parts.suffix.split("\n")[:SUFFIX_BLOCK_LINES]
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if not lines:
+        return ""
+    comment = comment_prefix(parts.path or "x.py")
+    shown = "\n".join(f"{comment} {line}" if line.strip() else comment for line in lines)
+    return template.suffix_block.format(comment=comment, lines=shown)
+
+
 def context_text(template: FimTemplate, item: ContextItem) -> str:
     """The text of a context item as the template shows it (commented out line by line where it says so)."""
     if not template.comment_context:
@@ -183,7 +244,7 @@ def render(template: FimTemplate, parts: PromptParts, order: str = "psm") -> str
     if order not in ("psm", "spm"):
         raise ValueError(f"order must be 'psm' or 'spm', got {order!r}")
     comment = comment_prefix(parts.path or "x.py")
-    fields = {"prefix": parts.prefix, "suffix": parts.suffix, "path": parts.path, "comment": comment}
+    fields = {"prefix": parts.prefix, "suffix": suffix_text(template, parts), "path": parts.path, "comment": comment}
     repo_level = bool(parts.context) or bool(parts.repo_name)
     if not repo_level:
         body = template.spm if order == "spm" and template.spm else template.psm
@@ -200,6 +261,6 @@ def render(template: FimTemplate, parts: PromptParts, order: str = "psm") -> str
 
 def model_view(template: FimTemplate, parts: PromptParts) -> PromptParts:
     """The parts a template can use: a left-to-right model never sees the text after the cursor."""
-    if template.left_to_right:
+    if template.left_to_right and template.suffix_block is None:
         return PromptParts(parts.prefix, "", parts.path, parts.context, parts.repo_name)
     return parts

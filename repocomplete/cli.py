@@ -475,6 +475,25 @@ def cmd_eval_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from repocomplete.finetune import FinetuneOptions, dumps, format_report, run_finetune
+
+    layers = None if args.layers == 0 else args.layers
+    options = FinetuneOptions(
+        repo=args.repo, out=args.out, steps=args.steps, rank=args.rank, lr=args.lr, batch_tokens=args.batch_tokens,
+        context=args.context, base_model=args.base_model, resume=args.resume, layers=layers, template=args.template,
+        hold_out=tuple(args.hold_out), exclude=tuple(args.exclude), prefix_chars=args.prefix_chars,
+        suffix_chars=args.suffix_chars, budget=args.budget, seed=args.seed, device=args.device,
+        autocast=args.autocast, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
+        threads=args.threads, index_dir=args.index_dir, exact_match_examples=args.exact_match_examples,
+        init_adapter=args.init_adapter,
+        command=["repocomplete", *args.argv],
+    )
+    report = run_finetune(options, progress=not args.json)
+    print(dumps(report) if args.json else format_report(report))
+    return 0
+
+
 def report_text(report: dict) -> str:
     from repocomplete.bench.latency import format_report
 
@@ -602,6 +621,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("rest", nargs=argparse.REMAINDER, help="see `repocomplete bench micro --help`")
     p.set_defaults(func=cmd_bench_micro, passthrough=True)
 
+    p = sub.add_parser("finetune", help="train a LoRA adapter (FIM) on a repository; load it with --adapter")
+    p.add_argument("repo", metavar="REPO", help="the repository to cut training spans from")
+    p.add_argument("--out", required=True, metavar="ADAPTER_DIR", help="the adapter, its checkpoints and report")
+    p.add_argument("--steps", type=int, default=200, help="optimizer steps (default 200)")
+    p.add_argument("--rank", type=int, default=8, help="LoRA rank (default 8)")
+    p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (default 5e-4)")
+    p.add_argument("--batch-tokens", type=int, default=1024, help="tokens per step, examples packed (default 1024)")
+    p.add_argument("--context", default="infile", choices=_context_modes(),
+                   help="the prompts' context, built as completion builds it (default infile)")
+    p.add_argument("--base-model", default="default", help="'default' (embedded SmolLM2-135M), a HF dir or a .gguf")
+    p.add_argument("--resume", action="store_true", help="continue the checkpoint in ADAPTER_DIR")
+    p.add_argument("--layers", type=int, default=8, help="adapt the top N layers only (0: all; default 8)")
+    p.add_argument("--template", default=None, help="the FIM template (default: the model's, else smollm2-fim)")
+    p.add_argument("--init-adapter", default=None, metavar="DIR",
+                   help="start from this adapter's weights (e.g. the shipped one, tuned further on REPO)")
+    p.add_argument("--hold-out", action="append", default=[], metavar="PATTERN",
+                   help="validation files (fnmatch on the repository path; repeatable; default: a hashed 5%%)")
+    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN", help="files left out (repeatable)")
+    p.add_argument("--prefix-chars", type=int, default=1200, help="the training window before the cursor")
+    p.add_argument("--suffix-chars", type=int, default=400, help="the training window after the cursor")
+    p.add_argument("--budget", type=int, default=256, help="repository context tokens with --context repo")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu, cuda (default: cuda if present)")
+    p.add_argument("--autocast", default="auto", choices=("auto", "bf16", "fp32"),
+                   help="auto: bf16 on a GPU or a CPU with bf16 instructions, else fp32")
+    p.add_argument("--eval-every", type=int, default=None, help="held-out loss and an adapter snapshot every N steps")
+    p.add_argument("--checkpoint-every", type=int, default=25)
+    p.add_argument("--exact-match-examples", type=int, default=32, help="held-out spans decoded at the end")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads")
+    p.add_argument("--json", action="store_true", help="the training report as JSON, no progress bar")
+    _add_index_dir_arg(p)
+    p.set_defaults(func=cmd_finetune)
+
     eval_sub = sub.add_parser("eval", help="evaluation suites: build, run, score, report, explain").add_subparsers(dest="eval", required=True)
     p = eval_sub.add_parser("build-suite", help="cut CrossCodeEval-style line-completion tasks from a repository")
     p.add_argument("repo", metavar="REPO_DIR", help="the repository to cut tasks from")
@@ -668,6 +720,7 @@ def main(argv: list[str] | None = None) -> int:
     if extra and not getattr(args, "passthrough", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # as typed (a training report records it)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # The commands without a model need no transformers (importing it costs ~0.5 s): quieted if it comes later.
     _quiet_libraries(args.debug, now=not getattr(args, "model_free", False) or getattr(args, "dense", False))

@@ -142,7 +142,7 @@ def test_adapter_without_config(capsys, src, tmp_path, tiny_model_dir):
         capsys, "complete", src, "--line", 2, "--col", 5, "--model", tiny_model_dir, "--device", "cpu",
         "--adapter", adapter,
     )
-    assert_one_line_error(*result, f"adapter not found: {adapter} has no adapter_config.json")
+    assert_one_line_error(*result, f"not a LoRA adapter: {adapter} has no adapter_config.json")
 
 
 def test_complete_json(capsys, src, tiny_model_dir, tokenizer):
@@ -211,7 +211,7 @@ def test_module_entry_point_end_to_end(tmp_path, tiny_model_dir):
     )
     assert proc.returncode == 2
     assert proc.stdout == ""
-    assert proc.stderr == f"repocomplete: adapter not found: {adapter} has no adapter_config.json\n"
+    assert proc.stderr == f"repocomplete: not a LoRA adapter: {adapter} has no adapter_config.json\n"
     assert "Traceback" not in proc.stderr
 
 

@@ -59,6 +59,14 @@ EXPECTED_FILE = {
         "def f(x):\n    return ",
         None,
     ),
+    "plain-suffix": (
+        "# The code after the cursor:\n#\n# print(f(1))\n# The code up to the cursor:\ndef f(x):\n    return ",
+        None,
+    ),
+    "smollm2-fim": (
+        "<issue_start>def f(x):\n    return <issue_comment>\nprint(f(1))\n<issue_closed>",
+        "<issue_start><issue_comment>\nprint(f(1))\n<issue_closed>def f(x):\n    return ",
+    ),
 }
 
 EXPECTED_REPO = {
@@ -107,11 +115,29 @@ EXPECTED_REPO = {
         "# Path: main.py\ndef f(x):\n    return ",
         None,
     ),
+    "plain-suffix": (
+        "# Path: util.py\n# def g():\n#     pass\n\n"
+        "-- Path: lib/helpers.lua\n-- local x = 1\n--\n-- return x\n\n"
+        "# The code after the cursor:\n#\n# print(f(1))\n# The code up to the cursor:\n"
+        "# Path: main.py\ndef f(x):\n    return ",
+        None,
+    ),
+    "smollm2-fim": (
+        "<repo_name>acme/widgets\n"
+        "<filename>util.py\ndef g():\n    pass\n<file_sep>"
+        "<filename>lib/helpers.lua\nlocal x = 1\n\nreturn x<file_sep>"
+        "<filename>main.py\n<issue_start>def f(x):\n    return <issue_comment>\nprint(f(1))\n<issue_closed>",
+        "<repo_name>acme/widgets\n"
+        "<filename>util.py\ndef g():\n    pass\n<file_sep>"
+        "<filename>lib/helpers.lua\nlocal x = 1\n\nreturn x<file_sep>"
+        "<filename>main.py\n<issue_start><issue_comment>\nprint(f(1))\n<issue_closed>def f(x):\n    return ",
+    ),
 }
 
 
 def test_every_template_has_expectations():
-    assert list(TEMPLATES) == ["qwen2.5-coder", "codegemma", "starcoder", "deepseek-coder", "codellama", "plain"]
+    assert list(TEMPLATES) == ["qwen2.5-coder", "codegemma", "starcoder", "deepseek-coder", "codellama", "plain",
+                              "plain-suffix", "smollm2-fim"]
     assert set(EXPECTED_FILE) == set(TEMPLATES) == set(EXPECTED_REPO)
 
 
@@ -207,7 +233,8 @@ def test_get_template_unknown_name():
     with pytest.raises(ConfigError) as e:
         get_template("gpt-9")
     assert str(e.value) == (
-        "unknown FIM template 'gpt-9'; known: qwen2.5-coder, codegemma, starcoder, deepseek-coder, codellama, plain"
+        "unknown FIM template 'gpt-9'; known: qwen2.5-coder, codegemma, starcoder, deepseek-coder, codellama, plain, "
+        "plain-suffix, smollm2-fim"
     )
     assert isinstance(e.value, ValueError)
 
@@ -300,3 +327,93 @@ def test_encode_prompt_plain_commented_context(tokenizer):
     assert prompt == "# Path: u.py\n# a = 1\n\n# Path: m.py\nimport os\n"
     assert tokenizer.decode(encoded.ids) == prompt
     assert encoded.prefix_end == len(encoded.ids)
+
+
+# -- SmolLM2's FIM template (unused special tokens as sentinels) and its selection by an adapter --------------
+
+
+def test_smollm2_fim_sentinels_are_single_unused_special_tokens(tokenizer):
+    from repocomplete.model_runtime.templates import SMOLLM2_FIM, end_token
+
+    vocab = tokenizer.get_vocab()
+    ids = {role: vocab[token] for role, token in SMOLLM2_FIM.items()}
+    assert ids == {"prefix": 8, "suffix": 9, "middle": 10, "end": 16, "file": 6, "file_sep": 5, "repo": 3}
+    template = get_template("smollm2-fim")
+    assert end_token(template) == "<empty_output>"
+    # Never detected: the tokens are in the base model too, untrained.
+    assert detect_template(vocab).name == "plain"
+    for token in SMOLLM2_FIM.values():
+        assert _enc(tokenizer, token) == [vocab[token]]
+
+
+def test_smollm2_fim_splits_sentinel_strings_in_user_text(tokenizer):
+    template = get_template("smollm2-fim")
+    prefix = "s = '<issue_closed>'\nx = "
+    parts = PromptParts(prefix=prefix, suffix="<empty_output>\n", path="m.py", repo_name="r",
+                        context=[ContextItem("a.py", "t = '<file_sep><issue_start>'\n")])
+    prompt, encoded = encode_prompt(tokenizer, template, parts, "spm")
+    assert prompt == ("<repo_name>r\n<filename>a.py\nt = '<file_sep><issue_start>'\n<file_sep>"
+                      "<filename>m.py\n<issue_start><issue_comment><empty_output>\n<issue_closed>s = '<issue_closed>'\nx = ")
+    ids = encoded.ids
+    # From the template only: <repo_name>, <filename> twice, <file_sep>, <issue_start>, <issue_comment>, <issue_closed>.
+    assert [ids.count(i) for i in (3, 6, 5, 8, 9, 10, 16)] == [1, 2, 1, 1, 1, 1, 0]
+    assert encoded.prefix_end == len(ids)
+    assert ids[-len(_enc(tokenizer, prefix, split=True)):] == _enc(tokenizer, prefix, split=True)
+    assert tokenizer.decode(ids) == prompt
+
+
+def test_plain_suffix_shows_eight_lines_after_the_cursor_and_nothing_when_blank(tokenizer):
+    from repocomplete.model_runtime.templates import SUFFIX_BLOCK_LINES, model_view
+
+    template = get_template("plain-suffix")
+    suffix = ")\n" + "".join(f"line{i}\n" for i in range(20))
+    parts = PromptParts(prefix="f(a", suffix=suffix, path="m.py")
+    shown = [f"# line{i}" for i in range(SUFFIX_BLOCK_LINES - 1)]
+    assert SUFFIX_BLOCK_LINES == 8
+    assert render(template, model_view(template, parts)) == (
+        "# The code after the cursor:\n# )\n" + "\n".join(shown) + "\n# The code up to the cursor:\nf(a")
+    assert render(template, PromptParts(prefix="x = 1\n", suffix="\n  \n\n", path="m.py")) == "x = 1\n"
+    # Encoded, the block is user text: a sentinel string in the suffix stays split.
+    prompt, encoded = encode_prompt(tokenizer, template, PromptParts("x", "<file_sep>", "m.py"), "psm")
+    assert prompt == "# The code after the cursor:\n# <file_sep>\n# The code up to the cursor:\nx"
+    assert 5 not in encoded.ids and tokenizer.decode(encoded.ids) == prompt
+
+
+def _fake_adapter(path, template="smollm2-fim", order="spm"):
+    from repocomplete.model_runtime.adapters import AdapterRecord, write_record
+
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "adapter_config.json").write_text("{}")
+    write_record(path, AdapterRecord(template, order))
+    return path
+
+
+def test_an_adapters_record_selects_its_template(tokenizer, tmp_path):
+    from repocomplete.model_runtime.config import RuntimeConfig
+    from repocomplete.model_runtime.engine import prompt_format
+
+    adapter = _fake_adapter(tmp_path / "fim")
+    assert prompt_format(tokenizer, RuntimeConfig(adapter=str(adapter))) == (TEMPLATES["smollm2-fim"], "spm")
+    # The base model, an adapter without a record and "none" keep detection's plain template.
+    assert prompt_format(tokenizer, RuntimeConfig(adapter="none"))[0].name == "plain"
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "adapter_config.json").write_text("{}")
+    assert prompt_format(tokenizer, RuntimeConfig(adapter=str(bare)))[0].name == "plain"
+    # --fim-template and --fim-order still win.
+    forced = RuntimeConfig(adapter=str(adapter), fim_template="plain-suffix")
+    assert prompt_format(tokenizer, forced)[0].name == "plain-suffix"
+    assert prompt_format(tokenizer, RuntimeConfig(adapter=str(adapter), fim_order="psm"))[1] == "psm"
+
+
+def test_the_shipped_adapter_is_the_embedded_models_default_and_none_turns_it_off(tmp_path, monkeypatch):
+    from repocomplete.model_runtime import adapters
+
+    monkeypatch.setattr(adapters, "SHIPPED_DIR", tmp_path / "nothing-shipped")
+    assert adapters.resolve_adapter("default", None) is None
+    shipped = _fake_adapter(tmp_path / "shipped")
+    monkeypatch.setattr(adapters, "SHIPPED_DIR", shipped)
+    assert adapters.resolve_adapter("default", None) == str(shipped)
+    assert adapters.resolve_adapter("default", "none") is None
+    assert adapters.resolve_adapter("default", "/x/lora") == "/x/lora"
+    assert adapters.resolve_adapter("/models/other", None) is None  # another model has no default adapter
