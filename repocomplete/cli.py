@@ -39,6 +39,10 @@ def _add_runtime_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-tokens", type=int, default=None, help=f"most tokens to generate (default {defaults.max_new_tokens})")
     g.add_argument("--temperature", type=float, default=None, help="0 = greedy (the default)")
     g.add_argument("--no-token-healing", action="store_true", help="turn token healing off")
+    g.add_argument("--monitors", default=None, metavar="none|all|deref,scope,args,imports",
+                   help="monitor-guided decoding: static analysis masks the tokens of member names, names in scope, "
+                        "keyword arguments and imports (default "
+                        f"{','.join(defaults.monitors) or 'none'}; a local model only)")
 
 
 def _add_context_args(p: argparse.ArgumentParser) -> None:
@@ -78,6 +82,17 @@ def runtime_config(args: argparse.Namespace):
                  speculative_tokens=args.speculative_tokens,
                  max_new_tokens=args.max_tokens, temperature=args.temperature)
     config = RuntimeConfig(**{k: v for k, v in given.items() if v is not None})
+    monitors = getattr(args, "monitors", None)
+    if monitors is not None:
+        from repocomplete.model_runtime.errors import ConfigError
+        from repocomplete.monitors import parse_monitors
+
+        try:
+            config.monitors = parse_monitors(monitors)
+        except ValueError as e:
+            raise ConfigError(f"--monitors: {e}") from None
+    elif config.endpoint:
+        config.monitors = ()  # the default monitors need a local model: an endpoint goes without
     if args.compile:
         config.compile_decode = True
     if args.no_token_healing:
@@ -91,8 +106,9 @@ def runtime_config(args: argparse.Namespace):
 def context_config(args: argparse.Namespace):
     from repocomplete.context_engine.config import ContextConfig
 
-    # A one-shot command waits for every provider; the deadline is for an editor's keystrokes.
-    config = ContextConfig(slow_provider_deadline_ms=None)
+    # A one-shot command waits for every provider and the monitors' analysis; the deadlines are for an editor's
+    # keystrokes.
+    config = ContextConfig(slow_provider_deadline_ms=None, monitor_wait_ms=None)
     if getattr(args, "budget", None) is not None:
         config.budget_tokens = args.budget
     if getattr(args, "providers", None):
@@ -168,6 +184,8 @@ def cmd_complete(args: argparse.Namespace) -> int:
                     "path": _path_report(engine),
                     "root": None if workspace is None else str(workspace.root),  # None: no repository context
                     "root_reason": None if workspace is None else workspace.root_reason,
+                    "monitors": result.monitor_spans,  # which monitor constrained which span
+                    "monitor_ms": result.monitor_ms,
                 }
             )
         )
@@ -301,7 +319,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise InputError(f"--tcp wants HOST:PORT, got {args.tcp!r}")
         tcp = (host, int(port))
     # An editor's configuration: jedi providers behind their deadline, the index following the disk.
-    config = context_config(args).replace(slow_provider_deadline_ms=ContextConfig().slow_provider_deadline_ms, watch=True)
+    config = context_config(args).replace(slow_provider_deadline_ms=ContextConfig().slow_provider_deadline_ms,
+                                          monitor_wait_ms=ContextConfig().monitor_wait_ms, watch=True)
     # The model's knobs (--max-tokens, --multiline, ...) and the budget are the configs'; Settings are the server's.
     return serve(runtime_config(args), config, Settings(context=args.context), tcp=tcp)
 
