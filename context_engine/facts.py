@@ -174,3 +174,50 @@ class Analyst:
         except Exception as e:  # over the worker's budget, the worker gone
             log.info("analysis %s on %s: %s: %s", kind, rel, type(e).__name__, e)
             return None
+
+
+def check_identifiers(root: Path, path: Path, text: str, start: int, end: int) -> tuple[int, list[str]]:
+    """Whether the identifiers written in text[start:end] resolve: (how many were checked, the ones that do not).
+
+    A member after `.` must be one of its receiver's members (an unknown receiver is not checked); a keyword
+    argument one of the call's parameters (not checked for `**kwargs` or an unknown callee); any other name that
+    is read, not defined, must resolve (jedi's goto: a local, a global, an import, a builtin). Names being defined
+    (targets, parameters, `as` names) are not checked."""
+    from repocomplete.context_engine.jedi_support import Analysis, leaves
+
+    a = Analysis.open(root, path, text)
+    lines = text.split("\n")
+    first = (text.count("\n", 0, start) + 1, start - (text.rfind("\n", 0, start) + 1))
+    last = (text.count("\n", 0, end) + 1, end - (text.rfind("\n", 0, end) + 1))
+    checked, invalid = 0, []
+    for leaf in leaves(a.tree):
+        if leaf.type != "name" or not (first <= leaf.start_pos and leaf.end_pos <= last):
+            continue
+        line, column = leaf.start_pos
+        prev = leaf.get_previous_leaf()
+        nxt = leaf.get_next_leaf()
+        offset = sum(len(x) + 1 for x in lines[: line - 1]) + column
+        try:
+            if prev is not None and prev.value == ".":
+                facts = analyse(root, path, text, offset, "deref")
+                if facts.names is None:
+                    continue
+                ok = leaf.value in facts.names
+            elif nxt is not None and nxt.value == "=" and leaf.parent.type == "argument":
+                facts = analyse(root, path, text, offset, "args")
+                if not facts.signatures or any(s.any_keyword for s in facts.signatures):
+                    continue
+                ok = any(leaf.value in s.keywords for s in facts.signatures)
+            elif leaf.is_definition() or leaf.parent.type in ("param", "funcdef", "classdef", "import_as_name",
+                                                              "dotted_as_name", "import_from", "import_name",
+                                                              "dotted_name", "global_stmt", "nonlocal_stmt"):
+                continue
+            else:
+                ok = bool(a.script.goto(line, column))
+        except Exception as e:  # an analysis that fails checks nothing
+            log.debug("checking %s: %s", leaf.value, e)
+            continue
+        checked += 1
+        if not ok:
+            invalid.append(leaf.value)
+    return checked, invalid

@@ -98,6 +98,8 @@ def prediction_record(task, result: CompletionResult, record_tokens: RecordToken
         "context_ms": round(result.context_ms, 1),
         "prompt_tokens": c.prompt_tokens,
         "generated_tokens": c.generated_tokens,
+        "monitor_ms": getattr(c, "monitor_ms", 0.0),  # monitor-guided decoding: the time its monitors took (waits included)
+        "monitor_spans": len(getattr(c, "monitor_spans", ())),
         "stop_reason": c.stop_reason,
     }
     if result.context is not None:  # repository context: its tokens in the prompt, and the budget it had (the
@@ -194,6 +196,7 @@ def run_settings(runtime, context: ContextConfig, options: RunOptions) -> dict:
         "max_new_tokens": options.max_new_tokens,
         "temperature": runtime.temperature,
         "token_healing": runtime.token_healing,
+        "monitors": list(runtime.monitors),
         "context": options.context,
         "budget": options.budget if repo else None,
         "providers": list(context.providers) if repo else None,

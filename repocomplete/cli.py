@@ -391,7 +391,7 @@ def cmd_bench_micro(args: argparse.Namespace) -> int:
 def cmd_eval_build_suite(args: argparse.Namespace) -> int:
     from repocomplete.eval.build_suite import build_suite
 
-    summary = build_suite(args.repo, args.out, n=args.n, seed=args.seed, include_tests=args.include_tests,
+    summary = build_suite(args.repo, args.out, n=args.n, seed=args.seed, include_tests=args.include_tests, kind=args.kind,
                           progress=not args.json)
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -404,7 +404,7 @@ def cmd_eval_build_suite(args: argparse.Namespace) -> int:
 def cmd_eval_score(args: argparse.Namespace) -> int:
     from repocomplete.eval.metrics import format_scores, score_files
 
-    report = score_files(args.tasks, args.pred)
+    report = score_files(args.tasks, args.pred, repos=args.repos)
     print(json.dumps(report, indent=2) if args.json else format_scores(report))
     return 0
 
@@ -614,12 +614,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=40, help="most tasks (one per file at most)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--include-tests", action="store_true", help="cut tasks from test files too")
+    p.add_argument("--kind", default="line", choices=["line", "member", "kwargs"],
+                   help="line: lines using another file (CrossCodeEval); member: `expr.member` with a repository "
+                        "member (cursor after the dot, or the line's start); kwargs: calls of repository functions "
+                        "with keyword arguments (cursor at the first keyword)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval_build_suite)
 
     p = eval_sub.add_parser("score", help="CrossCodeEval metrics (EM, ES, ID-EM, ID-F1) of a predictions file")
     p.add_argument("--tasks", required=True, help="the suite's tasks (CrossCodeEval or RepoBench JSONL)")
     p.add_argument("--pred", required=True, help='predictions, JSONL {"task_id": ..., "pred": ...}')
+    p.add_argument("--repos", default=None,
+                   help="the suite's repositories: adds the valid-identifier rate (static analysis of the predictions)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval_score)
 
