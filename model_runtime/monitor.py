@@ -93,6 +93,17 @@ class NameMask:
             else:
                 free_sp[i] = True
         self.free, self.free_sp, self.ends = free, free_sp, ends
+        # Tokens that merge a dot with what follows (`.get`, `.<`): they start a member without a step at the dot.
+        self.dot_whole: dict[str, list[int]] = {}
+        self.dot_cont: dict[str, list[int]] = {}
+        dot_led = torch.zeros(self.size, dtype=torch.bool)
+        for i, t in enumerate(texts):
+            if len(t) > 1 and t[0] == ".":
+                dot_led[i] = True
+                if _word(t[1]) and not t[1].isdigit():
+                    k = _word_len(t, 1)
+                    (self.dot_whole if k == len(t) - 1 else self.dot_cont).setdefault(t[1:1 + k], []).append(i)
+        self.dot_led = dot_led
         self._cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
 
     @classmethod
@@ -102,6 +113,29 @@ class NameMask:
         if mask is None:
             mask = cls(vocab.texts)
             vocab._name_mask = mask
+        return mask
+
+    def after_dot(self, c: Constraint) -> torch.Tensor:
+        """For a member constraint `c` that starts after a dot not written yet: every token that does not merge a
+        dot allowed, and of those that do (`.get`), the ones whose rest `c` allows."""
+        key = ("." , c.names)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        ids: list[int] = []
+        prefixes: set[str] = set()
+        for n in c.names:
+            prefixes.update(n[:j] for j in range(1, len(n) + 1))
+        for p in prefixes:
+            ids += self.dot_whole.get(p, ())
+        for n in c.names:
+            ids += self.dot_cont.get(n, ())
+        mask = ~self.dot_led
+        if ids:
+            mask[torch.tensor(ids, dtype=torch.long)] = True
+        self._cache[key] = mask
+        if len(self._cache) > MASK_CACHE:
+            self._cache.popitem(last=False)
         return mask
 
     def allowed(self, c: Constraint) -> torch.Tensor:
@@ -176,36 +210,44 @@ class Guide:
         try:
             for monitor in self.monitors:
                 c = monitor.constraint(self.before, generated)
-                if c is None:
-                    continue
-                key = (c.monitor or monitor.name, c.start)
-                offset = c.start - len(self.before)
-                span = self.spans.get(key)
-                if span is None:
-                    span = self.spans[key] = Span(key[0], offset, len(c.names), c.what)
-                if span.yielded:
-                    continue
-                allowed = self.names.allowed(c)
-                n = logits.shape[-1]
-                if allowed.shape[0] < n:
-                    allowed = torch.cat([allowed, allowed.new_zeros(n - allowed.shape[0])])
-                elif allowed.shape[0] > n:
-                    allowed = allowed[:n]
-                allowed = allowed.to(logits.device)
-                masked = logits.masked_fill(~allowed, float("-inf"))
-                if not torch.isfinite(masked).any():
-                    span.yielded = "no token left"
-                    continue
-                if not span.steps:  # judged once, where the identifier starts: never abandoned half-written
-                    probs = torch.softmax(logits.float(), dim=-1)
-                    if float(probs[allowed].sum()) < self.min_mass:
-                        span.yielded = "vanishing probability"
-                        continue
-                span.steps += 1
-                logits = masked
+                if c is not None:
+                    logits = self._mask(logits, monitor, c, self.names.allowed(c))
+            # A token that merges a dot with a member (`.get`) starts an identifier without a step at the dot: when
+            # the model's choice is such a token, the monitors are asked as if the dot were written.
+            top = int(torch.argmax(logits))
+            if top < self.names.size and self.names.dot_led[top]:
+                for monitor in self.monitors:
+                    c = monitor.constraint(self.before, generated + ".")
+                    if c is not None and not c.free_other:
+                        logits = self._mask(logits, monitor, c, self.names.after_dot(c))
             return logits
         finally:
             self.ms += (time.perf_counter() - t0) * 1000
+
+    def _mask(self, logits: torch.Tensor, monitor, c: Constraint, allowed: torch.Tensor) -> torch.Tensor:
+        key = (c.monitor or monitor.name, c.start)
+        span = self.spans.get(key)
+        if span is None:
+            span = self.spans[key] = Span(key[0], c.start - len(self.before), len(c.names), c.what)
+        if span.yielded:
+            return logits
+        n = logits.shape[-1]
+        if allowed.shape[0] < n:
+            allowed = torch.cat([allowed, allowed.new_zeros(n - allowed.shape[0])])
+        elif allowed.shape[0] > n:
+            allowed = allowed[:n]
+        allowed = allowed.to(logits.device)
+        masked = logits.masked_fill(~allowed, float("-inf"))
+        if not torch.isfinite(masked).any():
+            span.yielded = "no token left"
+            return logits
+        if not span.steps:  # judged once, where the identifier starts: never abandoned half-written
+            probs = torch.softmax(logits.float(), dim=-1)
+            if float(probs[allowed].sum()) < self.min_mass:
+                span.yielded = "vanishing probability"
+                return logits
+        span.steps += 1
+        return masked
 
     def report(self, generated: str, healed: str) -> list[dict]:
         """The spans as the completion reports them: offsets in the completion's text (after the healed part),

@@ -34,7 +34,7 @@ SCAN_CHARS = 6000  # the text before the cursor scanned for strings and brackets
 EXPRESSION_KEYWORDS = ("False", "None", "True", "await", "lambda", "not", "yield")
 _IDENT = re.compile(r"[^\W\d]\w*")
 _OPERATOR_END = re.compile(r"(?:[-+*/%&|^~<>@=]|\*\*|//|==|!=|<=|>=|<<|>>|->)$")
-_EXPR_KEYWORD_END = re.compile(r"(?:^|[^\w.])(return|yield|await|not|and|or|in|is|else|assert|raise|except|with|"
+_EXPR_KEYWORD_END = re.compile(r"(?:^|[^\w.])(return|yield|await|not|and|or|in|is|if|else|assert|raise|except|with|"
                                r"from|print)$")
 _DEFINING_START = re.compile(r"^\s*(?:async\s+)?(?:def|class|global|nonlocal|del|import)\b")
 _CONDITION_START = re.compile(r"^\s*(?:if|elif|while)\s*$")
@@ -379,7 +379,11 @@ class Session:
         positional, given, unpack = _call_state(text, site.call, site.start)
         if unpack:
             return None
-        keywords = {k for sig in facts.signatures for k in sig.keywords} - given
+        keywords = set()
+        for sig in facts.signatures:  # less the parameters given by position, and the keywords given
+            taken = [p.name for p in sig.params if p.kind in ("POSITIONAL_ONLY", "POSITIONAL_OR_KEYWORD")][:positional]
+            keywords |= set(sig.keywords) - set(taken)
+        keywords -= given
         slots = [sig.positional for sig in facts.signatures]
         first = text[site.call + 1: site.start].strip() == ""
         positional_left = any(s is None or s > positional for s in slots)
