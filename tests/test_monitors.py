@@ -411,7 +411,8 @@ def test_pipeline_forces_a_member_of_the_inferred_type_and_leaves_unknown_receiv
     path = str(project / "main.py")
     text, offset = buffer("client.")
     on = completer.complete(path, text, offset, CompletionOptions(context="infile", monitors=("deref",)))
-    word = leading_word(on.completion.raw_text[len(on.completion.healed) - 1:] if on.completion.healed else on.text)
+    assert on.completion.healed == "."  # healing backed off the dot: the model re-writes it, then the member
+    word = leading_word(on.completion.raw_text[1:])
     members = analyse(project, project / "main.py", text, offset, "deref").names
     assert word and any(m.startswith(word) for m in members), on.completion.raw_text
     assert on.completion.monitor_spans[0]["what"] == "Client"
