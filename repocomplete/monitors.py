@@ -29,7 +29,6 @@ from dataclasses import dataclass, field, replace
 from repocomplete.model_runtime.monitor import MONITOR_KINDS, Constraint
 
 MONITORS = MONITOR_KINDS
-SCAN_CHARS = 6000  # the text before the cursor scanned for strings and brackets (from a line start)
 # Keywords that may start an expression: always allowed where a name in scope is.
 EXPRESSION_KEYWORDS = ("False", "None", "True", "await", "lambda", "not", "yield")
 _IDENT = re.compile(r"[^\W\d]\w*")
@@ -80,54 +79,69 @@ class ScanState:
     brackets: list = field(default_factory=list)
     line_start: int = 0
     pos: int = 0  # how much text was scanned
-    escape: bool = False
 
     def copy(self) -> "ScanState":
-        return ScanState(self.quote, self.comment, list(self.brackets), self.line_start, self.pos, self.escape)
+        return ScanState(self.quote, self.comment, list(self.brackets), self.line_start, self.pos)
+
+
+_TOKEN = re.compile(r'"""' + r"|'''" + r"""|["'#()\[\]{}\n;\\]""")
+_STRING_END = {
+    '"': re.compile(r'(?:[^"\\\n]|\\.)*("|\n)', re.S),
+    "'": re.compile(r"(?:[^'\\\n]|\\.)*('|\n)", re.S),
+    '"""': re.compile(r'(?:[^"\\]|\\.|"(?!""))*"""', re.S),
+    "'''": re.compile(r"(?:[^'\\]|\\.|'(?!''))*'''", re.S),
+}
+_SAFE_STARTS = ("\ndef ", "\nclass ", "\nasync def ", "\n@", "\nimport ", "\nfrom ")
+
+
+def safe_start(text: str, end: int) -> int:
+    """A line start before `end` that is surely not inside a string or brackets: the last top-level definition,
+    decorator or import (else the text's start)."""
+    return max(text.rfind(k, 0, end) for k in _SAFE_STARTS) + 1
 
 
 def scan(state: ScanState, text: str, upto: int) -> ScanState:
-    """Advance `state` over text[state.pos:upto] (in place)."""
+    """Advance `state` over text[state.pos:upto] (in place), jumping from one string, comment, bracket or line end
+    to the next."""
     i = state.pos
     while i < upto:
-        c = text[i]
+        if state.quote:
+            m = _STRING_END[state.quote].match(text, i, upto)
+            if m is None:  # the string goes on past `upto`
+                break
+            i = m.end()
+            state.quote = ""
+            if text[i - 1] == "\n" and not state.brackets:  # an unterminated one-line string ends with its line
+                state.line_start = i
+            continue
         if state.comment:
-            if c == "\n":
-                state.comment = False
-                if not state.brackets:
-                    state.line_start = i + 1
-        elif state.quote:
-            if state.escape:
-                state.escape = False
-            elif c == "\\":
-                state.escape = True
-            elif text.startswith(state.quote, i):
-                i += len(state.quote) - 1
-                state.quote = ""
-            elif c == "\n" and len(state.quote) == 1:
-                state.quote = ""  # an unterminated one-line string ends with its line
-                if not state.brackets:
-                    state.line_start = i + 1
+            j = text.find("\n", i, upto)
+            if j < 0:
+                break
+            state.comment = False
+            i = j  # the newline itself is handled below
+        m = _TOKEN.search(text, i, upto)
+        if m is None:
+            break
+        c = m.group(0)
+        i = m.end()
+        if c in ('"', "'", '"""', "'''"):
+            state.quote = c
         elif c == "#":
             state.comment = True
-        elif c in "'\"":
-            triple = text[i:i + 3]
-            state.quote = triple if triple in ('"""', "'''") else c
-            i += len(state.quote) - 1
+        elif c == "\\":
+            i += 1  # an escaped character: a line continuation
         elif c in "([{":
-            j = i
+            j = m.start()
             while j > 0 and text[j - 1] in " \t":
                 j -= 1
             call = c == "(" and j > 0 and (text[j - 1] in ")]" or (_word_char(text[j - 1]) and not _keyword_before(text, j)))
-            state.brackets.append((c, i, call))
+            state.brackets.append((c, m.start(), call))
         elif c in ")]}":
             if state.brackets:
                 state.brackets.pop()
-        elif c == "\n" and not state.brackets and not (i > 0 and text[i - 1] == "\\"):
-            state.line_start = i + 1
-        elif c == ";" and not state.brackets:
-            state.line_start = i + 1
-        i += 1
+        elif c in "\n;" and not state.brackets:
+            state.line_start = i
     state.pos = max(state.pos, upto)
     return state
 
@@ -285,9 +299,7 @@ class Session:
             healed = max(0, self.window_prefix_len - len(before)) if self.window_prefix_len is not None else 0
             self._prompt_len = len(self.buffer_before) - healed
             buffer = self.buffer_before[: self._prompt_len]
-            start = max(0, len(buffer) - SCAN_CHARS)
-            if start:
-                start = buffer.find("\n", start) + 1 or len(buffer)
+            start = safe_start(buffer, len(buffer))
             self._state = scan(ScanState(line_start=start, pos=start), buffer, len(buffer))
         return self.buffer_before[: self._prompt_len], self._state
 
@@ -301,7 +313,7 @@ class Session:
         while p > 0 and _word_char(text[p - 1]):
             p -= 1
         if p < state.pos:  # the identifier started in the prompt: scan the prompt up to its start afresh
-            start = state.line_start if state.line_start <= p else max(0, text.rfind("\n", 0, p) + 1)
+            start = safe_start(text, p)
             state = scan(ScanState(line_start=start, pos=start), text, p)
         else:
             state = scan(state.copy(), text, p)

@@ -21,7 +21,7 @@ from repocomplete.model_runtime.errors import ConfigError, RemoteError
 from repocomplete.model_runtime.healing import VocabIndex
 from repocomplete.model_runtime.monitor import Constraint, NameMask
 from repocomplete.model_runtime.templates import PromptParts
-from repocomplete.monitors import ScanState, Session, monitors_text, parse_monitors, scan, site_at
+from repocomplete.monitors import ScanState, Session, monitors_text, parse_monitors, safe_start, scan, site_at
 from repocomplete.pipeline import Completer, CompletionOptions
 
 CLIENT = '''\
@@ -116,11 +116,20 @@ def test_check_identifiers_finds_invented_members_and_keywords(project):
 # -- where monitors trigger ------------------------------------------------------------------------------------------
 
 
-def site(text: str):
+def site(text: str, start: int = 0):
     p = len(text)
     while p > 0 and (text[p - 1].isalnum() or text[p - 1] == "_"):
         p -= 1
-    return site_at(text, scan(ScanState(), text, p))
+    return site_at(text, scan(ScanState(line_start=start, pos=start), text, p))
+
+
+def test_scanning_starts_where_no_string_can_be_open():
+    docstring = 'def f():\n    """Example:\n\n    x = obj.\n    """\n'
+    text = docstring + "    if self.keywords:\n        self."
+    assert site(text, safe_start(text, len(text))).kind == "deref"
+    assert site(text, text.index("x = obj.")) is None  # from inside the docstring the quotes would be inverted
+    inside = 'def g():\n    s = """\n    client.'
+    assert site(inside, safe_start(inside, len(inside))) is None
 
 
 @pytest.mark.parametrize("text, kind, partial", [
