@@ -382,6 +382,15 @@ def cmd_bench_quality(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_monitors(args: argparse.Namespace) -> int:
+    from repocomplete.bench.monitors import DEFAULT_SUITE, format_report, run_monitors_bench
+
+    report = run_monitors_bench(runtime_config(args), Path(args.suite) if args.suite else DEFAULT_SUITE, n=args.n,
+                                max_tokens=args.max_tokens or 24, progress=not args.json)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
 def cmd_bench_micro(args: argparse.Namespace) -> int:
     from repocomplete.bench.micro import main as micro
 
@@ -601,6 +610,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     _add_runtime_args(p)
     p.set_defaults(func=cmd_bench_quality, max_tokens=48)
+
+    p = bench.add_parser("monitors", help="latency monitor-guided decoding adds: ms per decode step, per completion")
+    p.add_argument("--suite", default=None, help="a suite folder (tasks.jsonl, repos/; default eval/suites/rich_member)")
+    p.add_argument("--n", type=int, default=12, help="tasks")
+    p.add_argument("--json", action="store_true")
+    _add_runtime_args(p)
+    p.set_defaults(func=cmd_bench_monitors)
 
     p = bench.add_parser("micro", help="micro-benchmarks of single parts: parsing, index, analysis, retrieval",
                          add_help=False)
