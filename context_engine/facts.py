@@ -185,39 +185,61 @@ def check_identifiers(root: Path, path: Path, text: str, start: int, end: int) -
     (targets, parameters, `as` names) are not checked."""
     from repocomplete.context_engine.jedi_support import Analysis, leaves
 
-    a = Analysis.open(root, path, text)
+    root = Path(root).resolve()
+    path = Path(path) if Path(path).is_absolute() else Path.cwd() / path
+    # Every text is analysed under a path of its own beside the file, never the file's: jedi would otherwise keep
+    # this text as the module other files import (a later check would see it), and its diff parser would turn one
+    # text's tree into the next's.
+    def alias(i: int) -> Path:
+        return Path(path).with_name(f"{Path(path).stem}__check{i}{Path(path).suffix}")
+
+    try:
+        a = Analysis.open(root, alias(0), text)
+    except Exception as e:  # a buffer jedi cannot take: nothing checked
+        log.info("checking identifiers in %s: %s: %s", path, type(e).__name__, e)
+        return 0, []
     lines = text.split("\n")
     first = (text.count("\n", 0, start) + 1, start - (text.rfind("\n", 0, start) + 1))
     last = (text.count("\n", 0, end) + 1, end - (text.rfind("\n", 0, end) + 1))
-    checked, invalid = 0, []
+    # First every use of the buffer's own tree and script, then the analyses of other texts: jedi parses a path's
+    # new text by diffing it into the tree it has for that path, which would change `a.tree` under our feet.
+    verdicts: list[tuple[str, bool | None]] = []
+    later: list[tuple[str, str, int]] = []  # (kind, name, offset)
     for leaf in leaves(a.tree):
         if leaf.type != "name" or not (first <= leaf.start_pos and leaf.end_pos <= last):
             continue
         line, column = leaf.start_pos
-        prev = leaf.get_previous_leaf()
-        nxt = leaf.get_next_leaf()
         offset = sum(len(x) + 1 for x in lines[: line - 1]) + column
         try:
+            prev = leaf.get_previous_leaf()
+            nxt = leaf.get_next_leaf()
             if prev is not None and prev.value == ".":
-                facts = analyse(root, path, text, offset, "deref")
-                if facts.names is None:
-                    continue
-                ok = leaf.value in facts.names
+                later.append(("deref", leaf.value, offset))
             elif nxt is not None and nxt.value == "=" and leaf.parent.type == "argument":
-                facts = analyse(root, path, text, offset, "args")
-                if not facts.signatures or any(s.any_keyword for s in facts.signatures):
-                    continue
-                ok = any(leaf.value in s.keywords for s in facts.signatures)
+                later.append(("args", leaf.value, offset))
             elif leaf.is_definition() or leaf.parent.type in ("param", "funcdef", "classdef", "import_as_name",
                                                               "dotted_as_name", "import_from", "import_name",
                                                               "dotted_name", "global_stmt", "nonlocal_stmt"):
                 continue
             else:
-                ok = bool(a.script.goto(line, column))
+                verdicts.append((leaf.value, bool(a.script.goto(line, column))))
         except Exception as e:  # an analysis that fails checks nothing
             log.debug("checking %s: %s", leaf.value, e)
-            continue
-        checked += 1
-        if not ok:
-            invalid.append(leaf.value)
+    for i, (kind, name, offset) in enumerate(later, start=1):
+        try:
+            if kind == "deref":
+                # the members as they are where the name starts (with it jedi would infer the whole `a.name`)
+                facts = analyse(root, alias(i), text[:offset] + text[offset + len(name):], offset, "deref")
+                if facts.names is None:
+                    continue
+                verdicts.append((name, name in facts.names))
+            else:
+                facts = analyse(root, alias(i), text, offset, "args")
+                if not facts.signatures or any(s.any_keyword for s in facts.signatures):
+                    continue
+                verdicts.append((name, any(name in s.keywords for s in facts.signatures)))
+        except Exception as e:
+            log.debug("checking %s: %s", name, e)
+    checked = len(verdicts)
+    invalid = [name for name, ok in verdicts if not ok]
     return checked, invalid
