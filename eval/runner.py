@@ -180,7 +180,9 @@ def eval_runtime(runtime):
 
 def eval_context(context: ContextConfig) -> ContextConfig:
     """The context config an evaluation runs with: every provider waited for, no file watching."""
-    return context.replace(slow_provider_deadline_ms=None, monitor_wait_ms=None, watch=False)
+    # (jedi without a budget: the monitors' analysis too, which runs outside a workspace with in-file context)
+    return context.replace(slow_provider_deadline_ms=None, slow_provider_budget_ms=None, monitor_wait_ms=None,
+                           watch=False)
 
 
 def run_settings(runtime, context: ContextConfig, options: RunOptions) -> dict:

@@ -165,10 +165,16 @@ class Site:
     partial: str
     skip_space: bool = False
     call: int = -1  # args: offset of the call's "("
+    line_start: int = 0  # where the logical line (the statement) starts
 
 
 def site_at(text: str, state: ScanState) -> Site | None:
     """Classify the end of `text` (`state`: the scan up to where the trailing identifier starts)."""
+    site = _site_at(text, state)
+    return replace(site, line_start=state.line_start) if site is not None else None
+
+
+def _site_at(text: str, state: ScanState) -> Site | None:
     end = len(text)
     p = end
     while p > 0 and _word_char(text[p - 1]):
@@ -194,7 +200,9 @@ def site_at(text: str, state: ScanState) -> Site | None:
         m = re.search(r"[\w.]+$", before_dot)
         if m and re.fullmatch(r"\d[\d_]*", m.group(0)):
             return None  # a number: `1.`
-        return Site("deref", p, partial)
+        if re.fullmatch(r"\s*(?:self|cls)\.", stripped):
+            return None  # `self.name = ...` at a statement's start may define the attribute
+        return Site("deref", p, partial, line_start=state.line_start)
     if _FROM_IMPORT.match(line):
         return Site("imports", p, partial, skip_space=not spaced and not line.endswith(("(", ",")))
     logical = text[state.line_start:p]
@@ -354,7 +362,9 @@ class Session:
         names = self.scope_names()
         if names is None:
             return None
-        extra = _identifiers(text[max(0, self._prompt_len or 0) - 2000: site.start]) | set(EXPRESSION_KEYWORDS)
+        # what the statement wrote so far (a comprehension's variable) and what the model generated (multi-line)
+        extra = _identifiers(text[site.line_start: site.start]) | set(EXPRESSION_KEYWORDS)
+        extra |= _identifiers(text[min(self._prompt_len or 0, site.start): site.start])
         return tuple(sorted(set(names) | extra))
 
     def constraint(self, kind: str, before: str, generated: str) -> Constraint | None:
