@@ -85,7 +85,7 @@ _KWARG_CALL = re.compile(r"(?<![\w.])([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)\(")
 
 def member_column(code: str, members: set[str]) -> int | None:
     """Where a `member` task's cursor goes: just after the dot of the line's first `expr.member` whose member the
-    repository defines (None: no such use)."""
+    repository defines (a chain `a.b.c` counts by its last member; None: no such use)."""
     for m in _MEMBER_USE.finditer(code):
         if m.group(2) in members:
             return m.start(2)
@@ -511,16 +511,23 @@ def source_markdown(summary: dict, n: int) -> str:
                                    + ", ".join(f"`{f}`" for f in summary["license_files"])
                                    if summary["license_files"] else "; no licence file found: check before sharing")
     tests = " --include-tests" if summary["include_tests"] else ""
+    kind = summary.get("kind", "line")
+    what = {
+        "line": "each using a name defined in another file of the repository",
+        "member": "each holding `expr.member` with a member the repository defines (the cursor just after that dot,"
+                  " on every other task after the line's indentation)",
+        "kwargs": "each calling a repository function with keyword arguments (the cursor at the first keyword)",
+    }[kind]
+    tests += f" --kind {kind}" if kind != "line" else ""
     return "\n".join([
         f"# Suite `{summary['repository']}`",
         "",
         f"- Source: {origin}.",
         f"- Licence: {licence}.",
         f"- Built with `repocomplete eval build-suite {summary['repository']} --n {n} --seed {summary['seed']}{tests}`:"
-        f" {summary['tasks']} line-completion tasks, at most one per file, each using a name defined in another"
-        f" file of the repository.",
+        f" {summary['tasks']} line-completion tasks, at most one per file, {what}.",
         f"- `repos/{summary['repository']}/` holds the {summary['files']} files the context engine indexed; in each"
-        " task's file the target line is blank after its indentation (the file is the task's prompt + right"
-        " context).",
+        f" task's file the target line is blank after {'its indentation' if kind == 'line' else 'the cursor'} (the"
+        " file is the task's prompt + right context).",
         "",
     ])
