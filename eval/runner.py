@@ -129,6 +129,8 @@ class BatchRunner:
         self._root = root
         options = self.options.completion_options()
         workspace = self.completer.open_workspace(root) if options.context == "repo" else None
+        if workspace is None:
+            self.completer.add_analysis_root(root)  # the monitors' analysis: the task's repository
         cursors, rel_of = [], {}
         for t in tasks:
             text, offset = t.buffer()

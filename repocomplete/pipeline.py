@@ -151,6 +151,7 @@ class Completer:
         self._make = make_context_engine or (lambda root, config: ContextEngine(root, config))
         self._workspaces: dict[Path, ContextEngine] = {}
         self._analysts: dict[Path, object] = {}  # monitors' analysis where no workspace is open (in-file context)
+        self._analysis_roots: set[Path] = set()  # roots given for that analysis (else the file's repository)
         self._lock = threading.RLock()
         self.model = model  # model_runtime.engine.Engine or model_runtime.remote.RemoteEngine (None: none yet)
 
@@ -202,8 +203,18 @@ class Completer:
     def close_workspace(self, root: str | Path) -> None:
         with self._lock:
             engine = self._workspaces.pop(Path(root).resolve(), None)
+            analyst = self._analysts.pop(Path(root).resolve(), None)
+            self._analysis_roots.discard(Path(root).resolve())
         if engine is not None:
             engine.close()
+        if analyst is not None:
+            analyst.executor.shutdown(wait=False, cancel_futures=True)
+
+    def add_analysis_root(self, root: str | Path) -> None:
+        """The project root of the files under it for the monitors' analysis, where no workspace is open (in-file
+        context: the evaluation knows its task's repository; without it, `roots.locate_root` decides)."""
+        with self._lock:
+            self._analysis_roots.add(Path(root).resolve())
 
     def workspaces(self) -> list[Path]:
         with self._lock:
@@ -265,7 +276,10 @@ class Completer:
         from repocomplete.context_engine.facts import Analyst
         from repocomplete.context_engine.slow_pool import SlowPool
 
-        root = locate_root(Path(os.path.abspath(path))).path
+        given = Path(os.path.abspath(path))
+        with self._lock:
+            roots = [r for r in self._analysis_roots if r in given.parents]
+        root = max(roots, key=lambda r: len(r.parts)) if roots else locate_root(given).path
         with self._lock:
             analyst = self._analysts.get(root)
             if analyst is None:
