@@ -47,6 +47,7 @@ def run_monitors_bench(runtime, suite: Path = DEFAULT_SUITE, n: int = 12, max_to
         for phase in ("warm", "measure"):
             for i, task in enumerate(tasks):
                 root = repo_dir(suite / "repos", task)
+                completer.add_analysis_root(root)
                 text, offset = task.buffer()
                 path = str(root / task.file)
                 on = completer.complete(path, text, offset, CompletionOptions(context="infile", monitors=MONITOR_KINDS))

@@ -88,7 +88,7 @@ class ContextConfig:
     # Monitor-guided decoding: how long a decode step waits for the analysis of an identifier the model starts
     # (`obj.` generated); a later answer leaves that identifier unconstrained (and serves the next request).
     # None: always wait (evaluation).
-    monitor_wait_ms: float | None = 40.0
+    monitor_wait_ms: float | None = 15.0
 
     def replace(self, **changes) -> "ContextConfig":
         return dataclasses.replace(self, **changes)
