@@ -433,3 +433,14 @@ def test_pipeline_forces_a_member_of_the_inferred_type_and_leaves_unknown_receiv
     unknown = completer.complete(path, text, offset, CompletionOptions(context="infile", monitors=("deref",)))
     assert unknown.completion.raw_text == off.completion.raw_text
     assert unknown.completion.monitor_spans == []
+
+
+def test_analysis_root_given_beats_the_files_repository(completer, project):
+    inner = project / "pkg"
+    analyst, rel = completer._analyst(str(inner / "client.py"), None)
+    assert (analyst.root, rel) == (project.resolve(), "pkg/client.py")  # the repository (.git)
+    completer.add_analysis_root(inner)
+    analyst, rel = completer._analyst(str(inner / "client.py"), None)
+    assert (analyst.root, rel) == (inner.resolve(), "client.py")
+    completer.close_workspace(inner)  # and its jedi worker goes with it
+    assert inner.resolve() not in completer._analysts
