@@ -85,9 +85,9 @@ class ContextConfig:
     # Type inference for the bindings in scope (typed holes) stops after this long; the names are still listed.
     # None: no cut (evaluation, where records must not depend on the machine's load).
     infer_budget_ms: float | None = 120.0
-    # Monitor-guided decoding: how long a decode step waits for the analysis of an identifier the model starts
-    # (`obj.` generated); a later answer leaves that identifier unconstrained (and serves the next request).
-    # None: always wait (evaluation).
+    # Monitor-guided decoding: how long one completion's decode steps wait in all for the analysis of the
+    # identifiers the model starts (`obj.` generated); a later answer leaves that identifier unconstrained (and is
+    # cached for the next request). None: always wait (evaluation).
     monitor_wait_ms: float | None = 15.0
 
     def replace(self, **changes) -> "ContextConfig":

@@ -4,7 +4,7 @@ The pipeline joins the context engine's analysis (`context_engine.facts`, jedi i
 model runtime's token mask (`model_runtime.monitor`). A `Session` follows one completion: it scans the buffer's
 text before the cursor once (strings, comments, brackets, the logical line) and the generated text as it grows,
 finds the identifier being written (`Site`), and asks the analysis for the facts at its start, once per trigger
-(cached by the text before it; the wait is budgeted: an answer later than `wait_s` leaves that span alone).
+(cached by the text before it; the wait is budgeted per completion: an answer later than that leaves the span alone).
 
 * `deref`: after `expr.`, the members of the receiver's inferred type.
 * `scope`: a new identifier at the start of an expression (after `= `, `return `, an operator, `, ` inside
@@ -290,7 +290,9 @@ class Session:
         self.buffer_before = text[:offset]
         self.suffix = text[offset:]
         self.kinds = kinds
-        self.wait_s = wait_s
+        # What the decode loop may wait for the analysis in all (None: until answered): shared by the triggers of
+        # the completion, so its added latency stays bounded however many identifiers the model starts.
+        self.wait_left = wait_s
         self.window_prefix_len: int | None = None  # the model's window of the text before the cursor (pipeline)
         self._prompt_len: int | None = None  # the length of the buffer text the engine's `before` ends at
         self._state: ScanState | None = None
@@ -339,12 +341,18 @@ class Session:
         if key not in self._facts:
             t0 = time.perf_counter()
             self.queries += 1
-            facts = self.analyst.facts(kind, self.rel, before + self.suffix, at, self.wait_s)
-            self.waited_ms += (time.perf_counter() - t0) * 1000
+            facts = self.analyst.facts(kind, self.rel, before + self.suffix, at, self.wait_left)
+            self._waited(t0)
             if facts is None:  # late: the answer stays cached in the analyst, this span goes unconstrained
                 return None
             self._facts[key] = facts
         return self._facts[key]
+
+    def _waited(self, t0: float) -> None:
+        spent = time.perf_counter() - t0
+        self.waited_ms += spent * 1000
+        if self.wait_left is not None:
+            self.wait_left = max(0.0, self.wait_left - spent)
 
     def scope_names(self) -> tuple[str, ...] | None:
         """The names in scope at the cursor (asked once per completion)."""
@@ -353,8 +361,8 @@ class Session:
             while at > 0 and _word_char(self.buffer_before[at - 1]):
                 at -= 1
             t0 = time.perf_counter()
-            facts = self.analyst.facts("scope", self.rel, self.buffer_before[:at] + self.suffix, at, self.wait_s)
-            self.waited_ms += (time.perf_counter() - t0) * 1000
+            facts = self.analyst.facts("scope", self.rel, self.buffer_before[:at] + self.suffix, at, self.wait_left)
+            self._waited(t0)
             self._scope_names = facts.names if facts is not None else None
         return self._scope_names
 
