@@ -86,6 +86,15 @@ def analyse(root: Path, path: Path, text: str, offset: int, kind: str) -> Facts:
 
     if kind not in FACT_KINDS:
         raise ValueError(f"unknown fact kind {kind!r}")
+    if kind == "scope":
+        # The names bound where a statement starts on the position's line: inside a call's brackets jedi would
+        # complete the callee's keyword parameters (`style=`) instead.
+        line_start = text.rfind("\n", 0, offset) + 1
+        head = text[line_start:offset]
+        start = line_start + len(head) - len(head.lstrip())
+        line_end = text.find("\n", offset)
+        # (a placeholder statement keeps the line in its block)
+        text, offset = text[:start] + "pass" + (text[line_end:] if line_end >= 0 else ""), start
     line, column = _offset_to_position(text, offset)
     a = Analysis.open(root, path, text)
     script = a.script
@@ -112,7 +121,7 @@ def analyse(root: Path, path: Path, text: str, offset: int, kind: str) -> Facts:
             out.append(Signature(sig.name, params))
         return Facts(kind, None, out[0].name if out else "", tuple(out))
     completions = script.complete(line, column)
-    names = tuple(sorted({c.name for c in completions}))
+    names = tuple(sorted({c.name for c in completions if not c.name.endswith("=")}))
     if not names:
         return Facts(kind)
     what = ""

@@ -97,6 +97,9 @@ def test_facts_call_parameters_and_scope_and_imports(project):
     names = set(analyse(project, project / "main.py", text, offset, "scope").names)
     assert {"client", "u", "run", "os", "Client", "make_client", "len", "None"} <= names
     assert "fetch" not in names
+    text, offset = buffer("client.fetch(u, ")  # inside a call: still the names in scope, not `retries=`
+    names = set(analyse(project, project / "main.py", text, offset, "scope").names)
+    assert {"client", "u", "len"} <= names and not any(n.endswith("=") for n in names)
     text = "from pkg.client import \n"
     names = set(analyse(project, project / "other.py", text, len(text) - 1, "imports").names)
     assert {"Base", "Client", "make_client", "anything"} <= names
