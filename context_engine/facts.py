@@ -223,7 +223,8 @@ def check_identifiers(root: Path, path: Path, text: str, start: int, end: int) -
             prev = leaf.get_previous_leaf()
             nxt = leaf.get_next_leaf()
             if prev is not None and prev.value == ".":
-                later.append(("deref", leaf.value, offset))
+                if not _assigned(leaf):  # `obj.name = ...` defines the attribute
+                    later.append(("deref", leaf.value, offset))
             elif nxt is not None and nxt.value == "=" and leaf.parent.type == "argument":
                 later.append(("args", leaf.value, offset))
             elif leaf.is_definition() or leaf.parent.type in ("param", "funcdef", "classdef", "import_as_name",
@@ -252,3 +253,19 @@ def check_identifiers(root: Path, path: Path, text: str, start: int, end: int) -
     checked = len(verdicts)
     invalid = [name for name, ok in verdicts if not ok]
     return checked, invalid
+
+
+def _assigned(leaf) -> bool:
+    """Whether a member name is (the end of) an assignment's target: `self.x = ...`, `a.b.x: int = ...`."""
+    trailer = leaf.parent
+    if trailer is None or trailer.type != "trailer" or trailer.parent is None:
+        return False
+    chain = trailer.parent
+    if chain.children[-1] is not trailer:
+        return False
+    stmt = chain.parent
+    if stmt is None or stmt.type != "expr_stmt" or stmt.children[0] is not chain or len(stmt.children) < 2:
+        return False
+    follower = stmt.children[1]
+    return follower.type == "annassign" or getattr(follower, "value", None) in ("=", "+=", "-=", "*=", "/=", "|=",
+                                                                               "&=", "//=", "%=", "**=")

@@ -114,6 +114,9 @@ def test_check_identifiers_finds_invented_members_and_keywords(project):
     checked, invalid = check_identifiers(project, project / "main.py", text, offset, offset + len(line))
     assert sorted(invalid) == ["invented", "unknown_name"]  # `.upper()` of an unknown return type is not checked,
     assert checked == 7  # client, fetch, u, retries, client, invented, unknown_name (not `verbose=` of an unknown callee)
+    line = "client.brand_new = client.url"  # an assignment defines the attribute: not checked
+    text, offset = buffer(line)
+    assert check_identifiers(project, project / "main.py", text, offset - len(line), offset) == (3, [])
 
 
 # -- where monitors trigger ------------------------------------------------------------------------------------------
