@@ -85,6 +85,10 @@ class ContextConfig:
     # Type inference for the bindings in scope (typed holes) stops after this long; the names are still listed.
     # None: no cut (evaluation, where records must not depend on the machine's load).
     infer_budget_ms: float | None = 120.0
+    # Monitor-guided decoding: how long one completion's decode steps wait in all for the analysis of the
+    # identifiers the model starts (`obj.` generated); a later answer leaves that identifier unconstrained (and is
+    # cached for the next request). None: always wait (evaluation).
+    monitor_wait_ms: float | None = 15.0
 
     def replace(self, **changes) -> "ContextConfig":
         return dataclasses.replace(self, **changes)
@@ -102,5 +106,7 @@ class ContextConfig:
             raise ContextConfigError("max_workspace_files and max_workspace_bytes must be >= 1")
         if self.max_buffers < 0:
             raise ContextConfigError(f"max_buffers must be >= 0, got {self.max_buffers}")
+        if self.monitor_wait_ms is not None and self.monitor_wait_ms < 0:
+            raise ContextConfigError(f"monitor_wait_ms must be >= 0, got {self.monitor_wait_ms}")
         if self.window_lines < 1 or self.window_stride < 1:
             raise ContextConfigError("window_lines and window_stride must be >= 1")

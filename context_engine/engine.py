@@ -34,6 +34,7 @@ from pathlib import Path
 
 from repocomplete.context_engine.config import ContextConfig
 from repocomplete.context_engine.document import Window, cursor_parts
+from repocomplete.context_engine.facts import Analyst
 from repocomplete.context_engine.gate import Gate, check_workspace_root
 from repocomplete.context_engine.neighbours import Neighbours
 from repocomplete.context_engine.packing import Packed, RecordTokens, approx_tokens, pack, text_tokens
@@ -107,6 +108,8 @@ class ContextEngine:
         self._slow_pool = slow_executor or SlowPool(None if budget is None else budget / 1000,
                                                     initializer=lower_priority)
         self._slow_results: dict[tuple, Future] = {}
+        # Monitor-guided decoding's analysis (facts.py), on the same jedi worker, cached per position and text.
+        self.analyst = Analyst(self.root, self._slow_pool, self.config)
         self._map_cache: dict[tuple[str, int], list[ContextRecord]] = {}
         self._line_cache: tuple[tuple, Context] | None = None
 

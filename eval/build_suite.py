@@ -78,11 +78,58 @@ def is_test_path(path: str) -> bool:
 # -- finding the tasks -----------------------------------------------------------------------------------------
 
 
+KINDS = ("line", "member", "kwargs")
+_MEMBER_USE = re.compile(r"(?<![\w.])((?:[A-Za-z_]\w*|\)|\])(?:\s*\.\s*[A-Za-z_]\w*|\([^()]*\)|\[[^\[\]]*\])*)\.([A-Za-z_]\w*)")
+_KWARG_CALL = re.compile(r"(?<![\w.])([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)\(")
+
+
+def member_column(code: str, members: set[str]) -> int | None:
+    """Where a `member` task's cursor goes: just after the dot of the line's first `expr.member` whose member the
+    repository defines (a chain `a.b.c` counts by its last member; None: no such use)."""
+    for m in _MEMBER_USE.finditer(code):
+        if m.group(2) in members:
+            return m.start(2)
+    return None
+
+
+def kwargs_column(code: str, functions: set[str]) -> int | None:
+    """Where a `kwargs` task's cursor goes: at the first keyword argument of a call to a repository function
+    (`f(a, |key=...)`); None: no such call."""
+    for m in _KWARG_CALL.finditer(code):
+        if m.group(1).split(".")[-1] not in functions:
+            continue
+        depth, i = 0, m.end()
+        arg_start = i
+        while i < len(code):
+            c = code[i]
+            if c in "([{":
+                depth += 1
+            elif c in ")]}":
+                if depth == 0:
+                    break
+                depth -= 1
+            elif c == "," and depth == 0:
+                arg_start = i + 1
+            elif c == "=" and depth == 0 and code[i + 1:i + 2] != "=" and code[i - 1:i] not in "=!<>":
+                key = code[arg_start:i].strip()
+                if _IDENT.fullmatch(key):
+                    return arg_start + len(code[arg_start:i]) - len(code[arg_start:i].lstrip())
+                break
+            i += 1
+    return None
+
+
 def cut_tasks(index, repository: str, n: int, seed: int = 0, include_tests: bool = False,
-              per_file: int | None = 1) -> list[EvalTask]:
+              per_file: int | None = 1, kind: str = "line") -> list[EvalTask]:
     """Up to n line-completion tasks from an indexed repository (a context engine `RepoIndex`), in path order.
 
-    per_file: the most tasks one file may give (None: no limit; a suite snapshot needs 1)."""
+    per_file: the most tasks one file may give (None: no limit; a suite snapshot needs 1).
+    kind: "line" (the cursor after the indentation of a line that uses another file), "member" (Python: the line
+    holds `expr.member` where the repository defines the member; the cursor after that dot, on every other task
+    after the indentation, so the model writes the receiver too), "kwargs" (Python: a call to a repository
+    function with keyword arguments; the cursor at the first keyword)."""
+    if kind not in KINDS:
+        raise InputError(f"unknown suite kind {kind!r}; expected one of {', '.join(KINDS)}")
     defined_in: dict[str, set[str]] = {}
     headers: dict[str, set[int]] = {}
     for d in index.definitions():
@@ -90,12 +137,22 @@ def cut_tasks(index, repository: str, n: int, seed: int = 0, include_tests: bool
         if d.kind in _HEADER_KINDS:
             headers.setdefault(d.path, set()).add(d.start_line - 1)
     referenced = index.all_identifiers()
+    # member/kwargs suites: members the repository defines (not short, dunder or very common ones), and its
+    # functions and classes (what a call with keyword arguments may name)
+    repo_names = {name for name in defined_in if len(name) > 3 and not name.startswith("__") and name not in COMMON_NAMES}
+    functions = {d.name for d in index.definitions() if d.kind in ("function", "method", "class")}
     candidates: list[tuple[str, int]] = []
     for path in index.files():
         if not include_tests and is_test_path(path):
             continue
         text = index.text(path)
         if text is None:
+            continue
+        if kind != "line":
+            if language_of(path) != "python":
+                continue
+            candidates += [(path, i) for i in _special_lines(path, text, kind, repo_names, functions,
+                                                             headers.get(path, set()))]
             continue
         names = cross_file_names(index, path, defined_in, referenced.get(path, ()))
         if names.bare or names.members:
@@ -109,7 +166,31 @@ def cut_tasks(index, repository: str, n: int, seed: int = 0, include_tests: bool
         if per_file is None or taken[path] < per_file:
             taken[path] += 1
             chosen.append((path, i))
-    return [make_task(repository, path, index.text(path), i) for path, i in sorted(chosen)]
+    tasks = []
+    for j, (path, i) in enumerate(sorted(chosen)):
+        text = index.text(path)
+        column = None
+        if kind != "line":
+            code = mask_strings_and_comments(path, text).split("\n")[i]
+            column = member_column(code, repo_names) if kind == "member" else kwargs_column(code, functions)
+            if kind == "member" and j % 2 == 1:
+                column = None  # after the indentation: the model writes the receiver, then the member
+        tasks.append(make_task(repository, path, text, i, column))
+    return tasks
+
+
+def _special_lines(path: str, text: str, kind: str, repo_names: set[str], functions: set[str],
+                   headers: set[int]) -> list[int]:
+    """The candidate lines of a member or kwargs suite: the line suite's whole statements with such a use."""
+    everything = CrossFileNames({"\0"}, set(), set())  # every statement passes `uses`: filtered below
+    masked = mask_strings_and_comments(path, text).split("\n")
+    out = []
+    for i in candidate_lines(path, text, everything, headers, any_use=True):
+        code = masked[i]
+        column = member_column(code, repo_names) if kind == "member" else kwargs_column(code, functions)
+        if column is not None:
+            out.append(i)
+    return out
 
 
 class CrossFileNames(NamedTuple):
@@ -158,7 +239,8 @@ def cross_file_names(index, path: str, defined_in: dict[str, set[str]], referenc
     return CrossFileNames(bare, members, external - bare)
 
 
-def candidate_lines(path: str, text: str, names: CrossFileNames, headers: set[int] = frozenset()) -> list[int]:
+def candidate_lines(path: str, text: str, names: CrossFileNames, headers: set[int] = frozenset(),
+                    any_use: bool = False) -> list[int]:
     """0-based lines of `text` that make a task: whole, non-trivial statements that use one of `names`."""
     language = language_of(path)
     trivial = _TRIVIAL.get(language, _TRIVIAL[None])
@@ -189,7 +271,7 @@ def candidate_lines(path: str, text: str, names: CrossFileNames, headers: set[in
             or trivial.match(stripped)
         ):
             continue
-        if uses(code, names):
+        if any_use or uses(code, names):
             found.append(i)
     return found
 
@@ -210,12 +292,13 @@ def uses(code: str, names: CrossFileNames) -> bool:
     return False
 
 
-def make_task(repository: str, path: str, text: str, i: int) -> EvalTask:
-    """The task of line i (0-based): the cursor after its indentation, the rest of the line to predict."""
+def make_task(repository: str, path: str, text: str, i: int, column: int | None = None) -> EvalTask:
+    """The task of line i (0-based): the cursor after its indentation (or at `column`), the rest of the line to
+    predict."""
     lines = text.split("\n")
     start = sum(len(line) + 1 for line in lines[:i])
     body = lines[i].rstrip("\r")
-    indent = len(body) - len(body.lstrip())
+    indent = len(body) - len(body.lstrip()) if column is None else column
     return EvalTask(
         task_id=task_id_for(repository, path, i),
         repository=repository,
@@ -367,7 +450,7 @@ def _git(root: Path) -> dict | None:
 
 
 def build_suite(repo: str | Path, out: str | Path, n: int = 40, seed: int = 0, include_tests: bool = False,
-                progress: bool = False) -> dict:
+                progress: bool = False, kind: str = "line") -> dict:
     """Cut the tasks, write DIR/tasks.jsonl, DIR/repos/<repo>/ and DIR/SOURCE.md; return a summary."""
     from repocomplete.context_engine.config import ContextConfig
     from repocomplete.context_engine.index import RepoIndex
@@ -386,7 +469,7 @@ def build_suite(repo: str | Path, out: str | Path, n: int = 40, seed: int = 0, i
         index = RepoIndex(root, ContextConfig(index_dir=Path(tmp)))
         try:
             stats = index.build(progress=progress)
-            tasks = cut_tasks(index, repository, n, seed, include_tests)
+            tasks = cut_tasks(index, repository, n, seed, include_tests, kind=kind)
             if not tasks:
                 raise InputError(f"no task in {root}: no line of its {stats.files} indexed files uses a name defined "
                                  f"in another of them" + ("" if include_tests else " (tests excluded)"))
@@ -410,7 +493,7 @@ def build_suite(repo: str | Path, out: str | Path, n: int = 40, seed: int = 0, i
         shutil.copyfile(p, snapshot / p.name)
     write_tasks(tasks, out / "tasks.jsonl")
     summary = {"out": str(out), "repository": repository, "tasks": len(tasks), "files": files, "seed": seed,
-               "include_tests": include_tests, "source": {k: v for k, v in source.items() if k != "license_files"},
+               "include_tests": include_tests, "kind": kind, "source": {k: v for k, v in source.items() if k != "license_files"},
                "license_files": copied}
     (out / "SOURCE.md").write_text(source_markdown(summary, n), encoding="utf-8")
     return summary
@@ -428,16 +511,23 @@ def source_markdown(summary: dict, n: int) -> str:
                                    + ", ".join(f"`{f}`" for f in summary["license_files"])
                                    if summary["license_files"] else "; no licence file found: check before sharing")
     tests = " --include-tests" if summary["include_tests"] else ""
+    kind = summary.get("kind", "line")
+    what = {
+        "line": "each using a name defined in another file of the repository",
+        "member": "each holding `expr.member` with a member the repository defines (the cursor just after that dot,"
+                  " on every other task after the line's indentation)",
+        "kwargs": "each calling a repository function with keyword arguments (the cursor at the first keyword)",
+    }[kind]
+    tests += f" --kind {kind}" if kind != "line" else ""
     return "\n".join([
         f"# Suite `{summary['repository']}`",
         "",
         f"- Source: {origin}.",
         f"- Licence: {licence}.",
         f"- Built with `repocomplete eval build-suite {summary['repository']} --n {n} --seed {summary['seed']}{tests}`:"
-        f" {summary['tasks']} line-completion tasks, at most one per file, each using a name defined in another"
-        f" file of the repository.",
+        f" {summary['tasks']} line-completion tasks, at most one per file, {what}.",
         f"- `repos/{summary['repository']}/` holds the {summary['files']} files the context engine indexed; in each"
-        " task's file the target line is blank after its indentation (the file is the task's prompt + right"
-        " context).",
+        f" task's file the target line is blank after {'its indentation' if kind == 'line' else 'the cursor'} (the"
+        " file is the task's prompt + right context).",
         "",
     ])

@@ -193,10 +193,15 @@ def score(tasks: list[EvalTask], predictions: dict[str, str], per_task: bool = F
     return report
 
 
-def score_files(tasks_path: str | Path, predictions_path: str | Path, per_task: bool = False) -> dict:
+def score_files(tasks_path: str | Path, predictions_path: str | Path, per_task: bool = False,
+                repos: str | Path | None = None) -> dict:
+    """repos: the suite's repositories; given, the report has the valid-identifier rate (`valid_identifiers`)."""
     tasks = load_tasks(tasks_path)
-    report = score(tasks, load_predictions(predictions_path, tasks), per_task)
+    predictions = load_predictions(predictions_path, tasks)
+    report = score(tasks, predictions, per_task)
     report["tasks_file"], report["predictions_file"] = str(tasks_path), str(predictions_path)
+    if repos is not None:
+        report["valid_identifiers"] = identifier_validity(tasks, predictions, repos)
     return report
 
 
@@ -210,6 +215,50 @@ def format_scores(report: dict) -> str:
         scores = " ".join(f"{m[key]:>6.2f}" for key in ("em", "es", "id_em", "id_f1"))
         lines.append(f"{name:<{width}} {m['n']:>6} {scores}")
     missing = report["missing"]
+    valid = report.get("valid_identifiers")
+    if valid is not None:
+        lines.append(f"valid identifiers: {valid['rate']}% of {valid['identifiers']} checked; every one valid in "
+                     f"{valid['tasks_valid']}% of {valid['tasks_checked']} tasks")
     lines.append(f"{report['tasks']} tasks, {report['predictions']} predictions, {missing} missing"
                  + (" (scored as empty predictions)" if missing else ""))
     return "\n".join(lines)
+
+
+# -- valid identifiers (monitor-guided decoding) ----------------------------------------------------------------
+
+
+def identifier_validity(tasks: list[EvalTask], predictions: dict[str, str], repos: str | Path) -> dict:
+    """Of the identifiers the predictions write (Python tasks; the scored part: the first statement), the share that
+    resolve by static analysis (`context_engine.facts.check_identifiers`: members of the receiver's type, keyword
+    parameters of the callee, names bound in scope): `rate` over identifiers, `tasks_valid` the share of tasks
+    whose every checked identifier resolves."""
+    from repocomplete.context_engine.facts import check_identifiers
+    from repocomplete.eval.suites import repo_dir
+
+    checked = valid = tasks_checked = tasks_valid = 0
+    invalid: dict[str, list[str]] = {}
+    for task in tasks:
+        if task.language != "python":
+            continue
+        prediction = predictions.get(task.task_id)
+        pred = first_statement(task.prompt, prediction or "", task.language)
+        if not pred.strip():
+            continue
+        root = repo_dir(repos, task)
+        text = task.prompt + pred + task.right_context  # the task's line as the prediction writes it
+        n, bad = check_identifiers(root, root / task.file, text, len(task.prompt), len(task.prompt) + len(pred))
+        if not n:
+            continue
+        tasks_checked += 1
+        tasks_valid += not bad
+        checked += n
+        valid += n - len(bad)
+        if bad:
+            invalid[task.task_id] = bad
+    return {
+        "identifiers": checked,
+        "rate": round(100 * valid / checked, 2) if checked else None,
+        "tasks_checked": tasks_checked,
+        "tasks_valid": round(100 * tasks_valid / tasks_checked, 2) if tasks_checked else None,
+        "invalid": invalid,
+    }

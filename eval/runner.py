@@ -98,6 +98,8 @@ def prediction_record(task, result: CompletionResult, record_tokens: RecordToken
         "context_ms": round(result.context_ms, 1),
         "prompt_tokens": c.prompt_tokens,
         "generated_tokens": c.generated_tokens,
+        "monitor_ms": getattr(c, "monitor_ms", 0.0),  # monitor-guided decoding: the time its monitors took (waits included)
+        "monitor_spans": len(getattr(c, "monitor_spans", ())),
         "stop_reason": c.stop_reason,
     }
     if result.context is not None:  # repository context: its tokens in the prompt, and the budget it had (the
@@ -127,6 +129,8 @@ class BatchRunner:
         self._root = root
         options = self.options.completion_options()
         workspace = self.completer.open_workspace(root) if options.context == "repo" else None
+        if workspace is None:
+            self.completer.add_analysis_root(root)  # the monitors' analysis: the task's repository
         cursors, rel_of = [], {}
         for t in tasks:
             text, offset = t.buffer()
@@ -178,7 +182,9 @@ def eval_runtime(runtime):
 
 def eval_context(context: ContextConfig) -> ContextConfig:
     """The context config an evaluation runs with: every provider waited for, no file watching."""
-    return context.replace(slow_provider_deadline_ms=None, watch=False)
+    # (jedi without a budget: the monitors' analysis too, which runs outside a workspace with in-file context)
+    return context.replace(slow_provider_deadline_ms=None, slow_provider_budget_ms=None, monitor_wait_ms=None,
+                           watch=False)
 
 
 def run_settings(runtime, context: ContextConfig, options: RunOptions) -> dict:
@@ -194,6 +200,7 @@ def run_settings(runtime, context: ContextConfig, options: RunOptions) -> dict:
         "max_new_tokens": options.max_new_tokens,
         "temperature": runtime.temperature,
         "token_healing": runtime.token_healing,
+        "monitors": list(runtime.monitors),
         "context": options.context,
         "budget": options.budget if repo else None,
         "providers": list(context.providers) if repo else None,

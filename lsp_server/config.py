@@ -48,6 +48,7 @@ class Settings:
     context_budget: int | None = None  # ContextConfig.budget_tokens: tokens of repository context
     max_tokens: int | None = None  # RuntimeConfig.max_new_tokens
     multiline: bool | None = None  # RuntimeConfig.multiline
+    monitors: str | None = None  # RuntimeConfig.monitors: "none", "all" or a comma list (deref,scope,args,imports)
 
     def replace(self, **changes) -> "Settings":
         return dataclasses.replace(self, **changes)
@@ -77,10 +78,17 @@ def resolve(runtime: RuntimeConfig, context_config: ContextConfig, settings: Set
     max_tokens = _owned(s.max_tokens, runtime.max_new_tokens)
     multiline = _owned(s.multiline, runtime.multiline)
     budget = _owned(s.context_budget, context_config.budget_tokens)
+    from repocomplete.monitors import monitors_text, parse_monitors
+
+    monitors = parse_monitors(s.monitors) if s.monitors is not None else tuple(runtime.monitors)
+    if endpoint and s.monitors is None:
+        monitors = ()  # the default monitors need a local model
     shown = s.replace(model=model, adapter=adapter, endpoint=endpoint, max_tokens=max_tokens, multiline=multiline,
-                      context_budget=budget)
-    return Effective(shown, runtime.replace(model=model, adapter=adapter, endpoint=endpoint),
-                     CompletionOptions(context=s.context, multiline=multiline, max_new_tokens=max_tokens, budget=budget))
+                      context_budget=budget, monitors=monitors_text(monitors))
+    return Effective(shown, runtime.replace(model=model, adapter=adapter, endpoint=endpoint,
+                                              monitors=() if endpoint else runtime.monitors),
+                     CompletionOptions(context=s.context, multiline=multiline, max_new_tokens=max_tokens, budget=budget,
+                                       monitors=monitors))
 
 
 def _owned(override, value):
@@ -120,6 +128,14 @@ def _check(name: str, value: Any) -> Any:
         want(number and not isinstance(value, bool) and lo <= value <= hi,
              f"a number of milliseconds in [{lo}, {hi}]" if name == "debounce_ms" else f"an integer in [{lo}, {hi}]")
         return int(value)
+    if name == "monitors":
+        from repocomplete.monitors import monitors_text, parse_monitors
+
+        want(isinstance(value, str), "none, all or a comma list of deref, scope, args, imports")
+        try:
+            return monitors_text(parse_monitors(value))
+        except ValueError as e:
+            raise ValueError(f"monitors: {e}") from None
     if name == "languages":
         want(isinstance(value, list) and all(isinstance(v, str) and v for v in value), "a list of languageIds")
         return tuple(value)

@@ -109,7 +109,12 @@ def explain(result: CompletionResult, context_mode: str) -> dict[str, Any]:
         "decode": round(done.decode_s * 1000, 2),
         "engine": result.engine_ms,
     }
-    return _explained(done.text, result.context, done.prompt_tokens, timings, done.stop_reason, context_mode)
+    if done.monitor_spans or done.monitor_ms:
+        timings["monitors"] = done.monitor_ms
+    explained = _explained(done.text, result.context, done.prompt_tokens, timings, done.stop_reason, context_mode)
+    # Monitor-guided decoding: which monitor constrained (or yielded) which span of the completion.
+    explained["monitors"] = list(done.monitor_spans)
+    return explained
 
 
 def explain_context(context: Context | None, prompt_tokens: int | None, context_ms: float, context_mode: str) -> dict[str, Any]:

@@ -68,6 +68,9 @@ class RuntimeConfig:
     # often answer such a line with a comment, which is rarely what the user wanted there (typing the comment's
     # first character asks for one, and a completion after code may still end in one).
     suggest_comments: bool = False
+    # Monitor-guided decoding (monitor.py): the monitors that mask each step's tokens with what static analysis
+    # allows (deref, scope, args, imports); () none. A local model only: the remote backend sees text.
+    monitors: tuple[str, ...] = ()
     # Greedy decoding verifies up to this many tokens drafted from the prompt in one forward pass (prompt lookup;
     # up to 16 rows stay in the decode kernels); 0 turns it off. Output is the same token for token.
     speculative_tokens: int = 8
@@ -111,6 +114,7 @@ class RuntimeConfig:
             argv.append("--no-token-healing")
         if self.suggest_comments:
             argv.append("--suggest-comments")
+        argv += ["--monitors", ",".join(self.monitors) or "none"]
         if self.compile_decode:
             argv.append("--compile")
         if self.multiline:
@@ -138,5 +142,13 @@ class RuntimeConfig:
             raise ConfigError(f"prefill_chunk_tokens must be >= 1, got {self.prefill_chunk_tokens}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be >= 1, got {self.threads}")
+        from repocomplete.model_runtime.monitor import MONITOR_KINDS
+
+        unknown = [m for m in self.monitors if m not in MONITOR_KINDS]
+        if unknown:
+            raise ConfigError(f"unknown monitors {unknown}; known: {', '.join(MONITOR_KINDS)}")
+        if self.monitors and self.endpoint:
+            raise ConfigError("monitors need a local model: the remote backend (endpoint) returns text, not the "
+                              "logits a monitor masks; use --monitors none with --endpoint")
         if self.max_context_tokens < 16:
             raise ConfigError("max_context_tokens must be >= 16")

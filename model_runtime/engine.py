@@ -20,6 +20,7 @@ from repocomplete.model_runtime.errors import SlabFull
 from repocomplete.model_runtime.healing import backoff
 from repocomplete.model_runtime.kv_cache import PrefixCache, SlabCache
 from repocomplete.model_runtime.loading import LoadedModel
+from repocomplete.model_runtime.monitor import Guide, Monitor, NameMask
 from repocomplete.model_runtime.speculate import PromptLookup
 from repocomplete.model_runtime.stopping import StopRules, final_text
 from repocomplete.model_runtime.templates import (
@@ -60,6 +61,9 @@ class CompletionRequest:
     multiline: bool | None = None
     cancel: CancelToken | None = None
     logits_processors: Sequence[LogitsProcessor] = ()
+    # Monitor-guided decoding (monitor.py): each step, after healing's mask and the logits processors, the monitors'
+    # constraints become a token mask over the decoded vocabulary.
+    monitors: Sequence[Monitor] = ()
 
 
 @dataclass
@@ -76,6 +80,9 @@ class Completion:
     draft_tokens: int = 0  # speculative decoding: tokens proposed from the prompt, and how many were taken
     accepted_tokens: int = 0
     timings: dict = field(default_factory=dict)
+    # The identifiers monitors constrained or yielded (monitor.Guide.report); monitor_ms: the time they took.
+    monitor_spans: list = field(default_factory=list)
+    monitor_ms: float = 0.0
 
     @property
     def latency_s(self) -> float:
@@ -366,6 +373,10 @@ class Engine:
         queue: list[torch.Tensor] = [logits]  # the logits of the next position, then of each pending draft token
         drafts: list[int] = []
         drafted = accepted = 0
+        guide = None
+        if request.monitors:
+            before = parts.prefix[: len(parts.prefix) - len(healed)] if parts.prefix.endswith(healed) else parts.prefix
+            guide = Guide(request.monitors, NameMask.for_vocab(self.vocab), before)
         while True:
             logits = queue.pop(0)
             if remaining_heal:
@@ -374,6 +385,8 @@ class Engine:
                 logits = logits.index_fill(0, no_comment[no_comment < logits.shape[-1]], float("-inf"))
             for processor in request.logits_processors:
                 logits = processor(history, logits.unsqueeze(0)).squeeze(0)
+            if guide is not None:
+                logits = guide.apply(logits, text)
             token = sample(logits, cfg.temperature, cfg.top_k, cfg.top_p, generator)
             if token in self.stop_ids:
                 reason = "eos" if token == self.tokenizer.eos_token_id else "stop_token"
@@ -431,6 +444,8 @@ class Engine:
             healed=healed,
             draft_tokens=drafted,
             accepted_tokens=accepted,
+            monitor_spans=guide.report(text, healed) if guide is not None else [],
+            monitor_ms=round(guide.ms, 3) if guide is not None else 0.0,
         )
 
     def _comment_mask(self, parts: PromptParts, multiline: bool) -> torch.Tensor | None:

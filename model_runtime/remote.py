@@ -162,6 +162,9 @@ class RemoteEngine:
         return render(self.template, model_view(self.template, parts), self.order)
 
     def complete(self, request: CompletionRequest) -> Completion:
+        if request.monitors:
+            raise RemoteError("monitors need a local model: the remote backend receives text from the endpoint, not "
+                              "the logits a monitor masks (use monitors none with an endpoint)")
         cfg = self.config
         t0 = time.perf_counter()
         deadline = t0 + cfg.time_budget_s

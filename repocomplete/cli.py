@@ -41,6 +41,10 @@ def _add_runtime_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-token-healing", action="store_true", help="turn token healing off")
     g.add_argument("--suggest-comments", action="store_true",
                    help="let a single-line completion on a line with no code yet open a comment")
+    g.add_argument("--monitors", default=None, metavar="none|all|deref,scope,args,imports",
+                   help="monitor-guided decoding: static analysis masks the tokens of member names, names in scope, "
+                        "keyword arguments and imports (default "
+                        f"{','.join(defaults.monitors) or 'none'}; a local model only)")
 
 
 def _add_context_args(p: argparse.ArgumentParser) -> None:
@@ -80,6 +84,17 @@ def runtime_config(args: argparse.Namespace):
                  speculative_tokens=args.speculative_tokens,
                  max_new_tokens=args.max_tokens, temperature=args.temperature)
     config = RuntimeConfig(**{k: v for k, v in given.items() if v is not None})
+    monitors = getattr(args, "monitors", None)
+    if monitors is not None:
+        from repocomplete.model_runtime.errors import ConfigError
+        from repocomplete.monitors import parse_monitors
+
+        try:
+            config.monitors = parse_monitors(monitors)
+        except ValueError as e:
+            raise ConfigError(f"--monitors: {e}") from None
+    elif config.endpoint:
+        config.monitors = ()  # the default monitors need a local model: an endpoint goes without
     if args.compile:
         config.compile_decode = True
     if args.no_token_healing:
@@ -95,8 +110,9 @@ def runtime_config(args: argparse.Namespace):
 def context_config(args: argparse.Namespace):
     from repocomplete.context_engine.config import ContextConfig
 
-    # A one-shot command waits for every provider; the deadline is for an editor's keystrokes.
-    config = ContextConfig(slow_provider_deadline_ms=None)
+    # A one-shot command waits for every provider and the monitors' analysis; the deadlines are for an editor's
+    # keystrokes.
+    config = ContextConfig(slow_provider_deadline_ms=None, monitor_wait_ms=None)
     if getattr(args, "budget", None) is not None:
         config.budget_tokens = args.budget
     if getattr(args, "providers", None):
@@ -172,6 +188,8 @@ def cmd_complete(args: argparse.Namespace) -> int:
                     "path": _path_report(engine),
                     "root": None if workspace is None else str(workspace.root),  # None: no repository context
                     "root_reason": None if workspace is None else workspace.root_reason,
+                    "monitors": result.monitor_spans,  # which monitor constrained which span
+                    "monitor_ms": result.monitor_ms,
                 }
             )
         )
@@ -305,7 +323,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise InputError(f"--tcp wants HOST:PORT, got {args.tcp!r}")
         tcp = (host, int(port))
     # An editor's configuration: jedi providers behind their deadline, the index following the disk.
-    config = context_config(args).replace(slow_provider_deadline_ms=ContextConfig().slow_provider_deadline_ms, watch=True)
+    config = context_config(args).replace(slow_provider_deadline_ms=ContextConfig().slow_provider_deadline_ms,
+                                          monitor_wait_ms=ContextConfig().monitor_wait_ms, watch=True)
     # The model's knobs (--max-tokens, --multiline, ...) and the budget are the configs'; Settings are the server's.
     return serve(runtime_config(args), config, Settings(context=args.context), tcp=tcp)
 
@@ -376,6 +395,15 @@ def cmd_bench_quality(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_monitors(args: argparse.Namespace) -> int:
+    from repocomplete.bench.monitors import DEFAULT_SUITE, format_report, run_monitors_bench
+
+    report = run_monitors_bench(runtime_config(args), Path(args.suite) if args.suite else DEFAULT_SUITE, n=args.n,
+                                max_tokens=args.max_tokens or 24, progress=not args.json)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
 def cmd_bench_micro(args: argparse.Namespace) -> int:
     from repocomplete.bench.micro import main as micro
 
@@ -385,7 +413,7 @@ def cmd_bench_micro(args: argparse.Namespace) -> int:
 def cmd_eval_build_suite(args: argparse.Namespace) -> int:
     from repocomplete.eval.build_suite import build_suite
 
-    summary = build_suite(args.repo, args.out, n=args.n, seed=args.seed, include_tests=args.include_tests,
+    summary = build_suite(args.repo, args.out, n=args.n, seed=args.seed, include_tests=args.include_tests, kind=args.kind,
                           progress=not args.json)
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -398,7 +426,7 @@ def cmd_eval_build_suite(args: argparse.Namespace) -> int:
 def cmd_eval_score(args: argparse.Namespace) -> int:
     from repocomplete.eval.metrics import format_scores, score_files
 
-    report = score_files(args.tasks, args.pred)
+    report = score_files(args.tasks, args.pred, repos=args.repos)
     print(json.dumps(report, indent=2) if args.json else format_scores(report))
     return 0
 
@@ -616,6 +644,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime_args(p)
     p.set_defaults(func=cmd_bench_quality, max_tokens=48)
 
+    p = bench.add_parser("monitors", help="latency monitor-guided decoding adds: ms per decode step, per completion")
+    p.add_argument("--suite", default=None, help="a suite folder (tasks.jsonl, repos/; default eval/suites/rich_member)")
+    p.add_argument("--n", type=int, default=12, help="tasks")
+    p.add_argument("--json", action="store_true")
+    _add_runtime_args(p)
+    p.set_defaults(func=cmd_bench_monitors)
+
     p = bench.add_parser("micro", help="micro-benchmarks of single parts: parsing, index, analysis, retrieval",
                          add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER, help="see `repocomplete bench micro --help`")
@@ -661,12 +696,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=40, help="most tasks (one per file at most)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--include-tests", action="store_true", help="cut tasks from test files too")
+    p.add_argument("--kind", default="line", choices=["line", "member", "kwargs"],
+                   help="line: lines using another file (CrossCodeEval); member: `expr.member` with a repository "
+                        "member (cursor after the dot, or the line's start); kwargs: calls of repository functions "
+                        "with keyword arguments (cursor at the first keyword)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval_build_suite)
 
     p = eval_sub.add_parser("score", help="CrossCodeEval metrics (EM, ES, ID-EM, ID-F1) of a predictions file")
     p.add_argument("--tasks", required=True, help="the suite's tasks (CrossCodeEval or RepoBench JSONL)")
     p.add_argument("--pred", required=True, help='predictions, JSONL {"task_id": ..., "pred": ...}')
+    p.add_argument("--repos", default=None,
+                   help="the suite's repositories: adds the valid-identifier rate (static analysis of the predictions)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval_score)
 

@@ -98,12 +98,19 @@ class CompletionOptions:
     max_new_tokens: int | None = None  # None: the runtime config's
     budget: int | None = None  # None: the context config's
     iterative: bool = False  # RepoCoder: complete, retrieve again with the draft, complete again
+    monitors: tuple[str, ...] | None = None  # monitor-guided decoding's monitors; None: the runtime config's
 
     def validate(self) -> None:
         if self.context not in CONTEXT_MODES:
             raise InputError(f"unknown context mode {self.context!r}; expected one of {', '.join(CONTEXT_MODES)}")
         if self.budget is not None and self.budget < 0:
             raise InputError(f"context budget must be >= 0, got {self.budget}")
+        if self.monitors:
+            from repocomplete.monitors import MONITORS
+
+            unknown = [m for m in self.monitors if m not in MONITORS]
+            if unknown:
+                raise InputError(f"unknown monitors {', '.join(unknown)}; expected {', '.join(MONITORS)}")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise InputError(f"max tokens must be >= 1, got {self.max_new_tokens}")
 
@@ -143,6 +150,8 @@ class Completer:
         self.window = window
         self._make = make_context_engine or (lambda root, config: ContextEngine(root, config))
         self._workspaces: dict[Path, ContextEngine] = {}
+        self._analysts: dict[Path, object] = {}  # monitors' analysis where no workspace is open (in-file context)
+        self._analysis_roots: set[Path] = set()  # roots given for that analysis (else the file's repository)
         self._lock = threading.RLock()
         self.model = model  # model_runtime.engine.Engine or model_runtime.remote.RemoteEngine (None: none yet)
 
@@ -194,8 +203,18 @@ class Completer:
     def close_workspace(self, root: str | Path) -> None:
         with self._lock:
             engine = self._workspaces.pop(Path(root).resolve(), None)
+            analyst = self._analysts.pop(Path(root).resolve(), None)
+            self._analysis_roots.discard(Path(root).resolve())
         if engine is not None:
             engine.close()
+        if analyst is not None:
+            analyst.executor.shutdown(wait=False, cancel_futures=True)
+
+    def add_analysis_root(self, root: str | Path) -> None:
+        """The project root of the files under it for the monitors' analysis, where no workspace is open (in-file
+        context: the evaluation knows its task's repository; without it, `roots.locate_root` decides)."""
+        with self._lock:
+            self._analysis_roots.add(Path(root).resolve())
 
     def workspaces(self) -> list[Path]:
         with self._lock:
@@ -234,6 +253,61 @@ class Completer:
                                          room=lambda p, budget: tokens.room(p, budget, options.max_new_tokens))
         return model_parts(parts), ctx
 
+    # -- monitor-guided decoding ---------------------------------------------------------------------------
+
+    def monitor_kinds(self, options: CompletionOptions) -> tuple[str, ...]:
+        """The monitors a request runs: the options', else the runtime config's; none for a model that does not
+        decode here (an endpoint: asked explicitly, that is an error that says so)."""
+        config = getattr(self.model, "config", None)
+        kinds = options.monitors if options.monitors is not None else tuple(getattr(config, "monitors", ()) or ())
+        if kinds and getattr(self.model, "vocab", None) is None:
+            if options.monitors:
+                raise InputError("monitors need a local model: the remote backend returns text, not the logits a "
+                                 "monitor masks (use monitors none)")
+            return ()
+        return kinds
+
+    def _analyst(self, path: str, workspace: ContextEngine | None):
+        if workspace is None:
+            workspace = self.workspace_for(path, open_missing=False)
+        if workspace is not None:
+            return workspace.analyst, workspace.relative(path)
+        from repocomplete.context_engine.engine import lower_priority
+        from repocomplete.context_engine.facts import Analyst
+        from repocomplete.context_engine.slow_pool import SlowPool
+
+        given = Path(os.path.abspath(path))
+        with self._lock:
+            roots = [r for r in self._analysis_roots if r in given.parents]
+        root = max(roots, key=lambda r: len(r.parts)) if roots else locate_root(given).path
+        with self._lock:
+            analyst = self._analysts.get(root)
+            if analyst is None:
+                budget = self.context_config.slow_provider_budget_ms
+                pool = SlowPool(None if budget is None else budget / 1000, initializer=lower_priority)
+                analyst = self._analysts[root] = Analyst(root, pool, self.context_config)
+        rel = os.path.relpath(os.path.abspath(path), root)
+        return analyst, rel if not rel.startswith("..") else Path(path).name
+
+    def monitors(self, path: str, text: str, offset: int, options: CompletionOptions,
+                 workspace: ContextEngine | None = None) -> list:
+        """The monitors of one completion (Python buffers only); the analysis at the cursor starts now."""
+        from repocomplete.context_engine.parsing import language_for
+        from repocomplete.monitors import python_monitors
+
+        kinds = self.monitor_kinds(options)
+        if not kinds or language_for(str(path)) != "python":
+            return []
+        analyst, rel = self._analyst(path, workspace)
+        wait_ms = self.context_config.monitor_wait_ms
+        return python_monitors(analyst, rel, text, offset, kinds, None if wait_ms is None else wait_ms / 1000)
+
+    @staticmethod
+    def _bind(monitors: list, parts: PromptParts) -> list:
+        for m in monitors[:1]:
+            m.session.window_prefix_len = len(parts.prefix)
+        return monitors
+
     def complete(
         self, path: str, text: str, offset: int, options: CompletionOptions | None = None,
         cancel: CancelToken | None = None, workspace: ContextEngine | None = None,
@@ -241,16 +315,19 @@ class Completer:
         options = options or CompletionOptions()
         t0 = time.perf_counter()
         parts, ctx = self.prompt_parts(path, text, offset, options, workspace=workspace)
+        monitors = self.monitors(path, text, offset, options, workspace)  # its analysis runs during the prefill
         context_ms = (time.perf_counter() - t0) * 1000
         request = CompletionRequest(parts, max_new_tokens=options.max_new_tokens, multiline=options.multiline,
-                                    cancel=cancel)
+                                    cancel=cancel, monitors=self._bind(monitors, parts))
         result = self.model.complete(request)
         if options.iterative and options.context == "repo" and result.text.strip() and not _cancelled(cancel):
             t1 = time.perf_counter()
             parts, ctx = self.prompt_parts(path, text, offset, options, draft=result.text, workspace=workspace)
             context_ms += (time.perf_counter() - t1) * 1000
+            monitors = self.monitors(path, text, offset, options, workspace)
             result = self.model.complete(CompletionRequest(parts, max_new_tokens=options.max_new_tokens,
-                                                           multiline=options.multiline, cancel=cancel))
+                                                           multiline=options.multiline, cancel=cancel,
+                                                           monitors=self._bind(monitors, parts)))
         return CompletionResult(result, parts, ctx, round(context_ms, 2), round((time.perf_counter() - t0) * 1000, 2))
 
     def complete_batch(
@@ -276,20 +353,24 @@ class Completer:
                 before_each(c)
             t0 = time.perf_counter()
             parts, ctx = self.prompt_parts(c.path, c.text, c.offset, options, workspace=workspace)
-            prepared.append((parts, ctx, (time.perf_counter() - t0) * 1000))
-        requests = [CompletionRequest(p, max_new_tokens=options.max_new_tokens, multiline=options.multiline)
-                    for p, _, _ in prepared]
+            monitors = self.monitors(c.path, c.text, c.offset, options, workspace)
+            prepared.append((parts, ctx, (time.perf_counter() - t0) * 1000, self._bind(monitors, parts)))
+        requests = [CompletionRequest(p, max_new_tokens=options.max_new_tokens, multiline=options.multiline,
+                                      monitors=m) for p, _, _, m in prepared]
         completions = self.model.complete_batch(requests)
         return [
             CompletionResult(done, parts, ctx, round(ms, 2), round(ms + done.latency_s * 1000, 2))
-            for done, (parts, ctx, ms) in zip(completions, prepared)
+            for done, (parts, ctx, ms, _) in zip(completions, prepared)
         ]
 
     def close(self) -> None:
         with self._lock:
             engines, self._workspaces = list(self._workspaces.values()), {}
+            analysts, self._analysts = list(self._analysts.values()), {}
         for engine in engines:
             engine.close()
+        for analyst in analysts:
+            analyst.executor.shutdown(wait=False, cancel_futures=True)
         close = getattr(self.model, "close", None)
         if close is not None:
             close()

@@ -293,3 +293,16 @@ def test_npm_package_source_and_typescript_tasks(tmp_path):
     source = (out / "SOURCE.md").read_text()
     assert "the npm package `tiny-schema` 1.2.3" in source and "MIT; licence files copied" in source
     assert "`LICENSE`" in source
+
+
+def test_member_and_kwargs_cursors():
+    from repocomplete.eval.build_suite import kwargs_column, member_column
+
+    code = "        value = self.console.render_lines(x, pad=False)"
+    assert member_column(code, {"render_lines"}) == code.index("render_lines")
+    assert member_column(code, {"console"}) is None  # a chain counts by its last member
+    assert member_column("        x = 1.5 + y", {"five"}) is None
+    assert kwargs_column(code, {"render_lines"}) == code.index("pad=")
+    assert kwargs_column("    x = f(a == b, key=1)", {"f"}) == len("    x = f(a == b, ")
+    assert kwargs_column("    x = f(g(k=1))", {"f"}) is None  # the keyword is g's
+    assert kwargs_column("    x = other(k=1)", {"f"}) is None

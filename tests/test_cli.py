@@ -156,7 +156,7 @@ def test_complete_json(capsys, src, tiny_model_dir, tokenizer):
     result = json.loads(out)
     assert list(result) == [
         "completion", "latency_ms", "prompt_tokens", "cached_tokens", "generated_tokens", "stop_reason", "prefill_ms",
-        "decode_ms", "model", "path", "root", "root_reason",
+        "decode_ms", "model", "path", "root", "root_reason", "monitors", "monitor_ms",
     ]
     assert result["root"] is None and result["root_reason"] is None  # in-file context: no repository
     # The SmolLM2 vocabulary has no FIM tokens: the plain template, i.e. the prefix alone, less the one token

@@ -179,6 +179,11 @@ SHIPPED = {
     "anyio": (37, "anyio` 4.16.0", "MIT", "LICENSE", "The MIT License", 1_500_000),
     "jinja2": (21, "Jinja2` 3.1.6", "BSD License", "LICENSE.txt", "Copyright 2007 Pallets", 1_500_000),
     "zod": (44, "npm package `zod` 4.6.7", "MIT", "LICENSE", "MIT License", 2_500_000),
+    # monitor-guided decoding's: `expr.member` with a repository member, calls with keyword arguments
+    "rich_member": (36, "rich` 15.0.0", "MIT", "LICENSE", "Copyright (c) 2020 Will McGugan", 2_500_000),
+    "anyio_member": (36, "anyio` 4.16.0", "MIT", "LICENSE", "The MIT License", 1_500_000),
+    "rich_kwargs": (30, "rich` 15.0.0", "MIT", "LICENSE", "Copyright (c) 2020 Will McGugan", 2_500_000),
+    "anyio_kwargs": (17, "anyio` 4.16.0", "MIT", "LICENSE", "The MIT License", 1_500_000),
 }
 
 
@@ -203,8 +208,9 @@ def test_shipped_suite_loads_and_its_snapshots_are_the_buffers(name):
         original = (t.prompt + t.groundtruth + t.right_context).split("\n")
         # the target line is gone (code may repeat a line elsewhere in the file: that copy stays)
         assert snapshot.split("\n").count(line) == original.count(line) - 1
-        assert snapshot.split("\n")[t.lineno] == t.prompt.rsplit("\n", 1)[-1]  # its indentation stays
-        assert t.groundtruth.strip() and 12 <= len(t.groundtruth.strip()) <= 100
+        assert snapshot.split("\n")[t.lineno] == t.prompt.rsplit("\n", 1)[-1]  # what is before the cursor stays
+        # (the whole line: a member or kwargs task's cursor is inside it, a line task's after its indentation)
+        assert t.groundtruth.strip() and 12 <= len(line.strip()) <= 100
     source = (suite / "SOURCE.md").read_text(encoding="utf-8")
     assert package in source and licence in source and f"eval/suites/build.sh {name}" in source
     assert licence_start in (suite / "repos" / name / licence_file).read_text()

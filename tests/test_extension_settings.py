@@ -17,6 +17,7 @@ from repocomplete.context_engine.config import ContextConfig
 from repocomplete.context_engine.document import CONTEXT_MODES
 from repocomplete.lsp_server.config import RANGES, SECTION, Settings, snake_to_camel
 from repocomplete.model_runtime.config import RuntimeConfig
+from repocomplete.monitors import monitors_text
 
 PACKAGE = Path(__file__).resolve().parent.parent / "vscode-extension" / "package.json"
 CLIENT_ONLY = {"serverPath", "serverArgs", "trace.server"}  # read by the extension, never sent to the server
@@ -33,6 +34,7 @@ OWNERS = {
     "endpoint": RuntimeConfig().endpoint,
     "maxTokens": RuntimeConfig().max_new_tokens,
     "multiline": RuntimeConfig().multiline,
+    "monitors": monitors_text(RuntimeConfig().monitors),
     "contextBudget": ContextConfig().budget_tokens,
 }
 

@@ -29,7 +29,7 @@ cut() {  # NAME N: build-suite from $SCRATCH/NAME into eval/suites/NAME, replaci
     find "$SCRATCH/$name" -name __pycache__ -prune -exec rm -rf {} +
     rm -rf "$HERE/$name.new"
     "$PYTHON" -m repocomplete eval build-suite "$SCRATCH/$name" --out "$HERE/$name.new" --n "$n" --seed 0 --json \
-        > "$SCRATCH/$name.json"
+        --kind "${KIND:-line}" > "$SCRATCH/$name.json"
     rm -rf "$HERE/$name"
     mv "$HERE/$name.new" "$HERE/$name"
     printf '\n## Rebuilding it\n\n    eval/suites/build.sh %s\n\n%s\n' "$name" "$3" >> "$HERE/$name/SOURCE.md"
@@ -47,7 +47,7 @@ python_suite() {  # NAME DISTRIBUTION VERSION N FOLDER... (top-level package fol
     for folder in "$@"; do
         cp -r "$site/$folder" "$SCRATCH/$name/"
     done
-    cut "$name" "$n" "\`$name/\` held a copy of the installed package folders $(printf '`%s/` ' "$@")($dist $found, \`__pycache__\` removed)."
+    cut "$name" "$n" "\`$name/\` held a copy of the installed package folders $(printf '`%s/` ' "$@")($dist $found, \`__pycache__\` removed)$([ "${KIND:-line}" = line ] || echo "; tasks of kind \`${KIND}\` (\`--kind ${KIND}\`)")."
 }
 
 npm_suite() {  # NAME PACKAGE VERSION N SOURCE-FOLDER [english-only] (SOURCE-FOLDER: the unbundled sources, e.g. src)
@@ -83,12 +83,18 @@ build() {
         anyio) python_suite anyio anyio 4.16.0 40 anyio ;;
         jinja2) python_suite jinja2 jinja2 3.1.6 40 jinja2 ;;
         zod) npm_suite zod zod 4.6.7 50 src english-only ;;
-        *) echo "build.sh: unknown suite $1 (known: markdown_it_py rich anyio jinja2 zod)" >&2; exit 2 ;;
+        # monitor-guided decoding's suites: `expr.member` uses of repository members, calls with keyword arguments
+        rich_member) KIND=member python_suite rich_member rich 15.0.0 36 rich ;;
+        anyio_member) KIND=member python_suite anyio_member anyio 4.16.0 36 anyio ;;
+        rich_kwargs) KIND=kwargs python_suite rich_kwargs rich 15.0.0 30 rich ;;
+        anyio_kwargs) KIND=kwargs python_suite anyio_kwargs anyio 4.16.0 30 anyio ;;
+        *) echo "build.sh: unknown suite $1 (known: markdown_it_py rich anyio jinja2 zod rich_member anyio_member" \
+                "rich_kwargs anyio_kwargs)" >&2; exit 2 ;;
     esac
 }
 
 if [ $# -eq 0 ]; then
-    set -- markdown_it_py rich anyio jinja2 zod
+    set -- markdown_it_py rich anyio jinja2 zod rich_member anyio_member rich_kwargs anyio_kwargs
 fi
 for name in "$@"; do
     build "$name"

@@ -50,6 +50,7 @@ export interface ServerSettings {
     contextBudget: number;
     maxTokens: number;
     multiline: boolean;
+    monitors: string;
     debounceMs: number;
     languages: string[];
     completionCacheBytes: number;
@@ -122,6 +123,22 @@ function nonEmptyString(): Check<string> {
     return (v) => (typeof v === 'string' && v.trim() !== '' ? { value: v.trim() } : { want: 'a non-empty string' });
 }
 
+const MONITORS = ['deref', 'scope', 'args', 'imports'];
+
+function monitorList(): Check<string> {
+    // "none", "all" or a comma list of the server's monitors (lsp_server/config.py checks the same).
+    const what = 'none, all or a comma list of ' + MONITORS.join(', ');
+    return (v) => {
+        if (typeof v !== 'string') {
+            return { want: what };
+        }
+        const s = v.trim();
+        const parts = s.split(',').map((x) => x.trim()).filter((x) => x !== '');
+        return s === 'none' || s === 'all' || (parts.length > 0 && parts.every((x) => MONITORS.includes(x)))
+            ? { value: s } : { want: what };
+    };
+}
+
 function optionalString(): Check<string | null> {
     // The server takes "" as "none" too.
     return (v) => (v === null || v === '' ? { value: null }
@@ -152,6 +169,7 @@ const SERVER_CHECKS: { [K in keyof ServerSettings]: Check<ServerSettings[K]> } =
     contextBudget: intIn(...RANGES.contextBudget),
     maxTokens: intIn(...RANGES.maxTokens),
     multiline: boolean(),
+    monitors: monitorList(),
     debounceMs: intIn(...RANGES.debounceMs),
     languages: stringList('a non-empty list of languageIds', { allowEmpty: false, dedupe: true }),
     completionCacheBytes: intIn(...RANGES.completionCacheBytes),

@@ -62,14 +62,14 @@ describe('settings: validation', () => {
     it('keeps valid values', () => {
         const s = readSettings(fromObject({
             enabled: false, model: '/models/x.gguf', adapter: '/lora', endpoint: 'http://127.0.0.1:8080', context: 'infile',
-            contextBudget: 0, maxTokens: 4096, multiline: true, debounceMs: 5000, languages: ['python', 'python', 'go'],
+            contextBudget: 0, maxTokens: 4096, multiline: true, monitors: 'deref,args', debounceMs: 5000, languages: ['python', 'python', 'go'],
             completionCacheBytes: 0,
             serverPath: '/opt/bin/repocomplete', serverArgs: ['--device', 'cpu', '--device', 'cpu'], trace: { server: 'verbose' },
         }));
         assert.deepEqual(s.problems, []);
         assert.deepEqual(s.server, {
             enabled: false, model: '/models/x.gguf', adapter: '/lora', endpoint: 'http://127.0.0.1:8080', context: 'infile',
-            contextBudget: 0, maxTokens: 4096, multiline: true, debounceMs: 5000, languages: ['python', 'go'],
+            contextBudget: 0, maxTokens: 4096, multiline: true, monitors: 'deref,args', debounceMs: 5000, languages: ['python', 'go'],
             completionCacheBytes: 0,
         });
         // Arguments keep their repeats; languages do not.

@@ -1,0 +1,117 @@
+"""`repocomplete bench monitors`: what monitor-guided decoding adds to a completion's latency.
+
+The tasks of a suite (default: the shipped `rich_member` one) are completed through the `Completer` with the
+monitors on, in the editor's configuration (a decode step waits at most `ContextConfig.monitor_wait_ms` for an
+analysis the model's own text triggers); the engine reports the time its monitors took (`Completion.monitor_ms`:
+the sites, the masks, the waits for jedi) and the decode steps. Printed: ms added per decode step (mean over all
+steps, and p95 over completions of their own mean) and ms added per completion (p50, p95), the share of completions
+some monitor constrained, and the mask alone (`NameMask.allowed` for the names in scope, uncached), each figure
+with the CPU. A first pass warms jedi's worker and caches (not measured); the monitors-off pass gives the
+baseline decode step for scale.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+from repocomplete.bench.stats import percentiles
+from repocomplete.context_engine.config import ContextConfig
+from repocomplete.eval.suites import load_tasks, repo_dir
+
+DEFAULT_SUITE = Path(__file__).resolve().parent.parent / "eval" / "suites" / "rich_member"
+
+
+def cpu_capability() -> str:
+    import torch
+
+    try:
+        return str(torch.backends.cpu.get_cpu_capability())
+    except Exception:  # an older torch
+        return "unknown"
+
+
+def run_monitors_bench(runtime, suite: Path = DEFAULT_SUITE, n: int = 12, max_tokens: int = 24,
+                       progress: bool = True) -> dict:
+    from repocomplete.model_runtime.backend import make_engine
+    from repocomplete.model_runtime.monitor import MONITOR_KINDS, NameMask
+    from repocomplete.pipeline import Completer, CompletionOptions
+
+    suite = Path(suite)
+    tasks = [t for t in load_tasks(suite / "tasks.jsonl") if t.language == "python"][:n]
+    engine = make_engine(runtime.replace(max_new_tokens=max_tokens))
+    completer = Completer(engine, ContextConfig())  # the editor's waits
+    rows = []
+    try:
+        for phase in ("warm", "measure"):
+            for i, task in enumerate(tasks):
+                root = repo_dir(suite / "repos", task)
+                completer.add_analysis_root(root)
+                text, offset = task.buffer()
+                path = str(root / task.file)
+                on = completer.complete(path, text, offset, CompletionOptions(context="infile", monitors=MONITOR_KINDS))
+                if phase == "warm":
+                    continue
+                off = completer.complete(path, text, offset, CompletionOptions(context="infile", monitors=()))
+                c = on.completion
+                rows.append({"task": task.task_id, "monitor_ms": c.monitor_ms, "steps": max(1, c.generated_tokens),
+                             "constrained": bool(c.monitor_spans),
+                             "decode_ms_per_step_off": off.completion.decode_s * 1000
+                             / max(1, off.completion.generated_tokens)})
+                if progress:
+                    print(f"  {i + 1}/{len(tasks)} {task.task_id}: {c.monitor_ms:.1f} ms over "
+                          f"{c.generated_tokens} steps", flush=True)
+        # The mask alone: the names in scope at a typical point (a few hundred), not cached.
+        names = NameMask.for_vocab(engine.vocab)
+        scope = tuple(sorted({w for t in tasks for w in _identifiers(t.prompt)}))[:400]
+        from repocomplete.model_runtime.monitor import Constraint
+
+        times = []
+        for partial in ("", "s", "se", "sel"):
+            names._cache.clear()
+            t0 = time.perf_counter()
+            names.allowed(Constraint(scope, partial, 0, skip_space=True))
+            times.append((time.perf_counter() - t0) * 1000)
+    finally:
+        completer.close()
+    per_completion = [r["monitor_ms"] for r in rows]
+    per_step = [r["monitor_ms"] / r["steps"] for r in rows]
+    all_steps = sum(r["steps"] for r in rows)
+    return {
+        "cpu": cpu_capability(),
+        "suite": str(suite),
+        "tasks": len(rows),
+        "max_tokens": max_tokens,
+        "monitor_wait_ms": ContextConfig().monitor_wait_ms,
+        "ms_per_step": round(sum(per_completion) / all_steps, 3) if all_steps else None,
+        "ms_per_step_p95": percentiles(per_step, (95,), 3)["p95"],
+        "ms_per_completion": percentiles(per_completion, (50, 95), 2),
+        "constrained_share": round(sum(r["constrained"] for r in rows) / len(rows), 2) if rows else None,
+        "decode_ms_per_step_off": round(statistics.fmean(r["decode_ms_per_step_off"] for r in rows), 2) if rows else None,
+        "mask_ms": {"names": len(scope), **percentiles(times, (50, 95), 3)},
+        "rows": rows,
+    }
+
+
+def _identifiers(text: str) -> set[str]:
+    import re
+
+    return set(re.findall(r"[^\W\d]\w*", text[-4000:]))
+
+
+def format_report(report: dict) -> str:
+    cpu = report["cpu"]
+    pc = report["ms_per_completion"]
+    lines = [
+        f"monitors on {report['tasks']} tasks of {Path(report['suite']).name} (max {report['max_tokens']} tokens, "
+        f"analysis wait {report['monitor_wait_ms']} ms)",
+        f"  added per decode step:  {report['ms_per_step']} ms mean, {report['ms_per_step_p95']} ms p95 of "
+        f"completions  [{cpu}]",
+        f"  added per completion:   {pc['p50']} ms p50, {pc['p95']} ms p95  [{cpu}]",
+        f"  decode step, monitors off: {report['decode_ms_per_step_off']} ms  [{cpu}]",
+        f"  mask of {report['mask_ms']['names']} names in scope: {report['mask_ms']['p50']} ms p50, "
+        f"{report['mask_ms']['p95']} ms p95  [{cpu}]",
+        f"  completions a monitor constrained: {report['constrained_share']}",
+    ]
+    return "\n".join(lines)

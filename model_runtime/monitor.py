@@ -1,0 +1,269 @@
+"""Monitor-guided decoding (MGD): a monitor names the identifiers allowed at a point; the engine masks the tokens.
+
+A monitor (`Monitor`) is asked before every decode step with the prompt text before the cursor (what token healing
+backed off is not in it: the generation re-produces it, so `obj.` may be regenerated) and the text generated so
+far. It answers None (silent) or a `Constraint`: the allowed names (sorted), the identifier characters already
+written since the trigger (`partial`), and where the identifier starts. `NameMask` turns a constraint into a token
+mask over the decoded vocabulary: a token is allowed when
+
+* partial + its text is a prefix of an allowed name (it extends a valid name, or ends exactly at a name's end), or
+* partial + its leading identifier characters is exactly an allowed name and the token continues with a
+  non-identifier character (it completes the name and goes on: `fetch(`), or
+* partial is already a whole allowed name and the token starts with a non-identifier character, or
+* nothing of the identifier is written yet and the token does not start one (`free_other`: a number, a bracket, a
+  string; `skip_space`: after leading spaces).
+
+Once the identifier is complete the monitor's trigger is gone and the model is free again.
+
+`Guide` applies the monitors of one request on top of the healing mask. The yield rule: if a constraint leaves no
+token, or, at the identifier's first constrained step, the tokens it allows hold less than `MIN_ALLOWED_MASS` of
+the (healed) distribution, the monitor yields that span (the identifier starting there is not constrained at all, for the rest of the request): never an empty
+completion because of a monitor, never NaN when sampling, never a forced name the model gives no weight to.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+MONITOR_KINDS = ("deref", "scope", "args", "imports")  # the monitors the pipeline has (RuntimeConfig.monitors)
+MIN_ALLOWED_MASS = 1e-6  # below this share of the probability the allowed names are "vanishing": yield
+MASK_CACHE = 64  # masks kept per vocabulary (the same names and partial recur from step to step)
+
+
+@dataclass(frozen=True)
+class Constraint:
+    names: tuple[str, ...]  # sorted
+    partial: str  # identifier characters written since `start`
+    start: int  # offset of the identifier's first character in (before + generated)
+    monitor: str = ""
+    what: str = ""  # what the names are of (a type, a call, a module), for showContext
+    skip_space: bool = False  # spaces may come before the identifier (after `return`, `= `)
+    free_other: bool = True  # a token that starts no identifier is allowed while nothing is written
+
+
+class Monitor(Protocol):
+    name: str
+
+    def constraint(self, before: str, generated: str) -> Constraint | None: ...
+
+
+def _word(c: str) -> bool:
+    return c.isalnum() or c == "_"
+
+
+def _word_len(s: str, start: int = 0) -> int:
+    i = start
+    while i < len(s) and _word(s[i]):
+        i += 1
+    return i - start
+
+
+class NameMask:
+    """The decoded vocabulary grouped for names: tokens by their leading word (whole-word tokens, and tokens that
+    go on past the word), with and without leading spaces. Built once per tokenizer (`for_vocab`)."""
+
+    def __init__(self, texts: Sequence[str]):
+        self.size = len(texts)
+        self.whole: dict[str, list[int]] = {}
+        self.cont: dict[str, list[int]] = {}
+        self.sp_whole: dict[str, list[int]] = {}
+        self.sp_cont: dict[str, list[int]] = {}
+        free = torch.zeros(self.size, dtype=torch.bool)
+        free_sp = torch.zeros(self.size, dtype=torch.bool)
+        ends = torch.zeros(self.size, dtype=torch.bool)
+        for i, t in enumerate(texts):
+            if t and _word(t[0]):
+                k = _word_len(t)
+                (self.whole if k == len(t) else self.cont).setdefault(t[:k], []).append(i)
+                if t[0].isdigit():  # a number: starts no identifier, may go on with one (`x` + `2`)
+                    free[i] = free_sp[i] = True
+                continue
+            ends[i] = free[i] = True
+            s = t.lstrip(" ")
+            if s and s != t and _word(s[0]) and not s[0].isdigit():
+                k = _word_len(s)
+                (self.sp_whole if k == len(s) else self.sp_cont).setdefault(s[:k], []).append(i)
+            else:
+                free_sp[i] = True
+        self.free, self.free_sp, self.ends = free, free_sp, ends
+        # Tokens that merge a dot with what follows (`.get`, `.<`): they start a member without a step at the dot.
+        self.dot_whole: dict[str, list[int]] = {}
+        self.dot_cont: dict[str, list[int]] = {}
+        dot_led = torch.zeros(self.size, dtype=torch.bool)
+        for i, t in enumerate(texts):
+            if len(t) > 1 and t[0] == ".":
+                dot_led[i] = True
+                if _word(t[1]) and not t[1].isdigit():
+                    k = _word_len(t, 1)
+                    (self.dot_whole if k == len(t) - 1 else self.dot_cont).setdefault(t[1:1 + k], []).append(i)
+        self.dot_led = dot_led
+        self._cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+
+    @classmethod
+    def for_vocab(cls, vocab) -> "NameMask":
+        """The mask of a `healing.VocabIndex` (kept on it: one per tokenizer)."""
+        mask = getattr(vocab, "_name_mask", None)
+        if mask is None:
+            mask = cls(vocab.texts)
+            vocab._name_mask = mask
+        return mask
+
+    def after_dot(self, c: Constraint) -> torch.Tensor:
+        """For a member constraint `c` that starts after a dot not written yet: every token that does not merge a
+        dot allowed, and of those that do (`.get`), the ones whose rest `c` allows."""
+        key = ("." , c.names)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        ids: list[int] = []
+        prefixes: set[str] = set()
+        for n in c.names:
+            prefixes.update(n[:j] for j in range(1, len(n) + 1))
+        for p in prefixes:
+            ids += self.dot_whole.get(p, ())
+        for n in c.names:
+            ids += self.dot_cont.get(n, ())
+        mask = ~self.dot_led
+        if ids:
+            mask[torch.tensor(ids, dtype=torch.long)] = True
+        self._cache[key] = mask
+        if len(self._cache) > MASK_CACHE:
+            self._cache.popitem(last=False)
+        return mask
+
+    def allowed(self, c: Constraint) -> torch.Tensor:
+        """A bool tensor over the vocabulary: the tokens `c` allows."""
+        key = (c.names, c.partial, c.skip_space, c.free_other)
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache.move_to_end(key)
+            return hit
+        ids: list[int] = []
+        names = c.names
+        if not c.partial:
+            base = (self.free_sp if c.skip_space else self.free) if c.free_other else None
+            rests = [n for n in names if n and not n[0].isdigit()]
+            spaced = c.skip_space
+        else:
+            lo = bisect.bisect_left(names, c.partial)
+            hi = bisect.bisect_left(names, c.partial + "\U0010ffff")
+            exact = lo < len(names) and names[lo] == c.partial
+            base = self.ends if exact else None
+            rests = [n[len(c.partial):] for n in names[lo:hi]]
+            rests = [r for r in rests if r]
+            spaced = False
+        prefixes: set[str] = set()
+        for r in rests:
+            prefixes.update(r[:j] for j in range(1, len(r) + 1))
+        for p in prefixes:
+            ids += self.whole.get(p, ())
+            if spaced:
+                ids += self.sp_whole.get(p, ())
+        for r in rests:
+            ids += self.cont.get(r, ())
+            if spaced:
+                ids += self.sp_cont.get(r, ())
+        mask = base.clone() if base is not None else torch.zeros(self.size, dtype=torch.bool)
+        if ids:
+            mask[torch.tensor(ids, dtype=torch.long)] = True
+        self._cache[key] = mask
+        if len(self._cache) > MASK_CACHE:
+            self._cache.popitem(last=False)
+        return mask
+
+
+@dataclass
+class Span:
+    """One identifier a monitor constrained (or yielded): offsets in the generated text (healed part included)."""
+
+    monitor: str
+    start: int
+    names: int  # how many names were allowed
+    what: str = ""
+    yielded: str = ""  # why the monitor yielded ("" : it constrained the identifier)
+    steps: int = 0  # decode steps it masked
+
+
+@dataclass
+class Guide:
+    """The monitors of one request, applied each decode step after the healing mask."""
+
+    monitors: Sequence[Monitor]
+    names: NameMask
+    before: str  # the prompt's text before the cursor, less what healing backed off
+    min_mass: float = MIN_ALLOWED_MASS
+    spans: dict[tuple[str, int], Span] = field(default_factory=dict)
+    ms: float = 0.0  # time spent in monitors and masks
+    steps: int = 0
+
+    def apply(self, logits: torch.Tensor, generated: str) -> torch.Tensor:
+        """logits [vocab] (healing's mask already added) -> logits with the monitors' masks added."""
+        t0 = time.perf_counter()
+        self.steps += 1
+        try:
+            for monitor in self.monitors:
+                c = monitor.constraint(self.before, generated)
+                if c is not None:
+                    logits = self._mask(logits, monitor, c, self.names.allowed(c))
+            # A token that merges a dot with a member (`.get`) starts an identifier without a step at the dot: when
+            # the model's choice is such a token, the monitors are asked as if the dot were written.
+            top = int(torch.argmax(logits))
+            if top < self.names.size and self.names.dot_led[top]:
+                for monitor in self.monitors:
+                    c = monitor.constraint(self.before, generated + ".")
+                    if c is not None and not c.free_other:
+                        logits = self._mask(logits, monitor, c, self.names.after_dot(c))
+            return logits
+        finally:
+            self.ms += (time.perf_counter() - t0) * 1000
+
+    def _mask(self, logits: torch.Tensor, monitor, c: Constraint, allowed: torch.Tensor) -> torch.Tensor:
+        key = (c.monitor or monitor.name, c.start)
+        span = self.spans.get(key)
+        if span is None:
+            span = self.spans[key] = Span(key[0], c.start - len(self.before), len(c.names), c.what)
+        if span.yielded:
+            return logits
+        n = logits.shape[-1]
+        if allowed.shape[0] < n:
+            allowed = torch.cat([allowed, allowed.new_zeros(n - allowed.shape[0])])
+        elif allowed.shape[0] > n:
+            allowed = allowed[:n]
+        allowed = allowed.to(logits.device)
+        masked = logits.masked_fill(~allowed, float("-inf"))
+        if not torch.isfinite(masked).any():
+            span.yielded = "no token left"
+            return logits
+        if not span.steps:  # judged once, where the identifier starts: never abandoned half-written
+            probs = torch.softmax(logits.float(), dim=-1)
+            if float(probs[allowed].sum()) < self.min_mass:
+                span.yielded = "vanishing probability"
+                return logits
+        span.steps += 1
+        return masked
+
+    def report(self, generated: str, healed: str) -> list[dict]:
+        """The spans as the completion reports them: offsets in the completion's text (after the healed part),
+        the identifier the model wrote there."""
+        out: dict[int, dict] = {}
+        for span in self.spans.values():
+            if not span.steps and not span.yielded:
+                continue
+            start = max(0, span.start)
+            while start < len(generated) and generated[start] in " \t":  # a trigger before spaces (`return `)
+                start += 1
+            end = start + _word_len(generated, start)
+            first = start if span.start >= 0 else span.start  # the identifier began in the prompt (user-typed)
+            entry = {"monitor": span.monitor, "start": first - len(healed), "end": end - len(healed),
+                     "text": generated[start:end], "names": span.names, "what": span.what,
+                     "yielded": span.yielded or None}
+            if end > start or span.yielded:
+                out.setdefault(first, entry)  # one entry per identifier: the first monitor that saw it
+        return list(out.values())

@@ -1,0 +1,469 @@
+"""The monitors of monitor-guided decoding for Python: where an identifier starts and which names may go there.
+
+The pipeline joins the context engine's analysis (`context_engine.facts`, jedi in its worker process) and the
+model runtime's token mask (`model_runtime.monitor`). A `Session` follows one completion: it scans the buffer's
+text before the cursor once (strings, comments, brackets, the logical line) and the generated text as it grows,
+finds the identifier being written (`Site`), and asks the analysis for the facts at its start, once per trigger
+(cached by the text before it; the wait is budgeted per completion: an answer later than that leaves the span alone).
+
+* `deref`: after `expr.`, the members of the receiver's inferred type.
+* `scope`: a new identifier at the start of an expression (after `= `, `return `, an operator, `, ` inside
+  brackets, ...) must be bound, a builtin, a keyword or imported; the names in scope come from the analysis at
+  the cursor, plus every identifier already written on the statement or generated. Places where a name may be
+  defined are never constrained: statement starts, `def`/`class` lines, `for ... in`, `as`, `lambda`, `global`,
+  the first element of a bracket (a comprehension may bind it), conditions of `if`/`while` (a walrus).
+* `args`: in a call whose signature is known: a keyword parameter not given yet, or, while positional slots
+  remain, a name in scope (the first argument only when the function takes nothing by position: a generator
+  expression could bind names). Silent for `**kwargs` functions and after `*`/`**` unpacking.
+* `imports`: `from pkg.mod import ` offers that module's names, `import pkg.` / `from pkg.` its submodules.
+
+Unknown facts (dynamic code, `Any`, failed inference, a late answer) leave the monitor silent.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field, replace
+
+from repocomplete.model_runtime.monitor import MONITOR_KINDS, Constraint
+
+MONITORS = MONITOR_KINDS
+# Keywords that may start an expression: always allowed where a name in scope is.
+EXPRESSION_KEYWORDS = ("False", "None", "True", "await", "lambda", "not", "yield")
+_IDENT = re.compile(r"[^\W\d]\w*")
+_OPERATOR_END = re.compile(r"(?:[-+*/%&|^~<>@=]|\*\*|//|==|!=|<=|>=|<<|>>|->)$")
+_EXPR_KEYWORD_END = re.compile(r"(?:^|[^\w.])(return|yield|await|not|and|or|in|is|if|else|assert|raise|except|with|"
+                               r"from|print)$")
+_DEFINING_START = re.compile(r"^\s*(?:async\s+)?(?:def|class|global|nonlocal|del|import)\b")
+_CONDITION_START = re.compile(r"^\s*(?:if|elif|while)\s*$")
+_FROM_IMPORT = re.compile(r"^\s*from\s+[\w.]+\s+import\s+\(?\s*(?:\w+(?:\s+as\s+\w+)?\s*,\s*)*$")
+_MODULE_PATH = re.compile(r"^\s*(?:from|import)\s+[\w.]*\.$")
+
+
+def parse_monitors(value: str | None) -> tuple[str, ...]:
+    """`none`, `all`, or a comma list of deref, scope, args, imports; ValueError names the unknown ones."""
+    if value is None:
+        return ()
+    value = value.strip()
+    if value in ("", "none"):
+        return ()
+    if value == "all":
+        return MONITORS
+    kinds = tuple(dict.fromkeys(k.strip() for k in value.split(",") if k.strip()))
+    unknown = [k for k in kinds if k not in MONITORS]
+    if unknown:
+        raise ValueError(f"unknown monitors {', '.join(unknown)}; expected none, all or a comma list of "
+                         f"{', '.join(MONITORS)}")
+    return kinds
+
+
+def monitors_text(kinds) -> str:
+    """The inverse of `parse_monitors`: "none", "all" or the comma list."""
+    kinds = tuple(kinds)
+    if not kinds:
+        return "none"
+    return "all" if set(kinds) == set(MONITORS) else ",".join(kinds)
+
+
+# -- scanning -----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ScanState:
+    """Where a scan of Python text stands: inside a string (its quote) or a comment, the open brackets
+    (char, offset, is a call), the offset where the logical line starts."""
+
+    quote: str = ""
+    comment: bool = False
+    brackets: list = field(default_factory=list)
+    line_start: int = 0
+    pos: int = 0  # how much text was scanned
+
+    def copy(self) -> "ScanState":
+        return ScanState(self.quote, self.comment, list(self.brackets), self.line_start, self.pos)
+
+
+_TOKEN = re.compile(r'"""' + r"|'''" + r"""|["'#()\[\]{}\n;\\]""")
+_STRING_END = {
+    '"': re.compile(r'(?:[^"\\\n]|\\.)*("|\n)', re.S),
+    "'": re.compile(r"(?:[^'\\\n]|\\.)*('|\n)", re.S),
+    '"""': re.compile(r'(?:[^"\\]|\\.|"(?!""))*"""', re.S),
+    "'''": re.compile(r"(?:[^'\\]|\\.|'(?!''))*'''", re.S),
+}
+_SAFE_STARTS = ("\ndef ", "\nclass ", "\nasync def ", "\n@", "\nimport ", "\nfrom ")
+
+
+def safe_start(text: str, end: int) -> int:
+    """A line start before `end` that is surely not inside a string or brackets: the last top-level definition,
+    decorator or import (else the text's start)."""
+    return max(text.rfind(k, 0, end) for k in _SAFE_STARTS) + 1
+
+
+def scan(state: ScanState, text: str, upto: int) -> ScanState:
+    """Advance `state` over text[state.pos:upto] (in place), jumping from one string, comment, bracket or line end
+    to the next."""
+    i = state.pos
+    while i < upto:
+        if state.quote:
+            m = _STRING_END[state.quote].match(text, i, upto)
+            if m is None:  # the string goes on past `upto`
+                break
+            i = m.end()
+            state.quote = ""
+            if text[i - 1] == "\n" and not state.brackets:  # an unterminated one-line string ends with its line
+                state.line_start = i
+            continue
+        if state.comment:
+            j = text.find("\n", i, upto)
+            if j < 0:
+                break
+            state.comment = False
+            i = j  # the newline itself is handled below
+        m = _TOKEN.search(text, i, upto)
+        if m is None:
+            break
+        c = m.group(0)
+        i = m.end()
+        if c in ('"', "'", '"""', "'''"):
+            state.quote = c
+        elif c == "#":
+            state.comment = True
+        elif c == "\\":
+            i += 1  # an escaped character: a line continuation
+        elif c in "([{":
+            j = m.start()
+            while j > 0 and text[j - 1] in " \t":
+                j -= 1
+            call = c == "(" and j > 0 and (text[j - 1] in ")]" or (_word_char(text[j - 1]) and not _keyword_before(text, j)))
+            state.brackets.append((c, m.start(), call))
+        elif c in ")]}":
+            if state.brackets:
+                state.brackets.pop()
+        elif c in "\n;" and not state.brackets:
+            state.line_start = i
+    state.pos = max(state.pos, upto)
+    return state
+
+
+def _word_char(c: str) -> bool:
+    return c.isalnum() or c == "_"
+
+
+def _keyword_before(text: str, end: int) -> bool:
+    m = re.search(r"(\w+)$", text[max(0, end - 12):end])
+    return bool(m) and m.group(1) in ("if", "in", "not", "and", "or", "return", "yield", "elif", "while", "for",
+                                      "else", "is", "await", "assert", "del", "with", "lambda", "except", "print")
+
+
+@dataclass(frozen=True)
+class Site:
+    """The identifier being written: its monitor kind, where it starts, what of it is written."""
+
+    kind: str  # deref | scope | args | imports
+    start: int
+    partial: str
+    skip_space: bool = False
+    call: int = -1  # args: offset of the call's "("
+    line_start: int = 0  # where the logical line (the statement) starts
+
+
+def site_at(text: str, state: ScanState) -> Site | None:
+    """Classify the end of `text` (`state`: the scan up to where the trailing identifier starts)."""
+    site = _site_at(text, state)
+    return replace(site, line_start=state.line_start) if site is not None else None
+
+
+def _site_at(text: str, state: ScanState) -> Site | None:
+    end = len(text)
+    p = end
+    while p > 0 and _word_char(text[p - 1]):
+        p -= 1
+    partial = text[p:end]
+    if partial[:1].isdigit():
+        return None
+    if state.quote or state.comment:
+        return None
+    line = text[state.line_start:p]
+    stripped = line.rstrip(" \t")
+    spaced = len(stripped) < len(line)
+    if "\n" in line and not state.brackets:
+        return None
+    if stripped.endswith("."):
+        if spaced or stripped.endswith("..."):
+            return None
+        if _MODULE_PATH.match(stripped):
+            return Site("imports", p, partial)
+        before_dot = stripped[:-1]
+        if not before_dot or not (_word_char(before_dot[-1]) or before_dot[-1] in ")]\"'"):
+            return None
+        m = re.search(r"[\w.]+$", before_dot)
+        if m and re.fullmatch(r"\d[\d_]*", m.group(0)):
+            return None  # a number: `1.`
+        if re.fullmatch(r"\s*(?:self|cls)\.", stripped):
+            return None  # `self.name = ...` at a statement's start may define the attribute
+        return Site("deref", p, partial, line_start=state.line_start)
+    if _FROM_IMPORT.match(line):
+        return Site("imports", p, partial, skip_space=not spaced and not line.endswith(("(", ",")))
+    logical = text[state.line_start:p]
+    if _DEFINING_START.match(logical) or re.search(r"\blambda\b", logical):
+        return None
+    if re.search(r"(?:^|[^\w.])as\s*$", stripped) or re.search(r"(?:^|\W)(global|nonlocal)\b", logical):
+        return None
+    last_for = None
+    for m in re.finditer(r"(?:^|[^\w.])for\b", logical):
+        last_for = m
+    if last_for is not None and not re.search(r"\bin\b", logical[last_for.end():]):
+        return None  # a `for` target, in a statement or a comprehension
+    if _CONDITION_START.match(stripped):
+        return None  # `if x := ...`
+    if not stripped:
+        return None  # a statement starts: an assignment target may be defined
+    last = stripped[-1]
+    top = state.brackets[-1] if state.brackets else None
+    if last in "([{":
+        if last == "(" and top is not None and top[2]:
+            return Site("args", p, partial, call=top[1])
+        return None  # the first element of a bracket: a comprehension may bind the name
+    if last == ",":
+        if top is None:
+            return None  # `a, b = ...`
+        if top[2]:
+            return Site("args", p, partial, call=top[1])
+        return Site("scope", p, partial)
+    if last == ":":
+        return Site("scope", p, partial) if top is not None and top[0] in "[{" else None
+    if last == "=" and top is not None and top[2] and re.search(r"[\w\s]=$", stripped) and \
+            not re.search(r"[=!<>]=$", stripped):
+        return Site("scope", p, partial, skip_space=not spaced)  # a keyword argument's value
+    if _OPERATOR_END.search(stripped) and not stripped.endswith((":=",)):
+        return Site("scope", p, partial, skip_space=not spaced)
+    if _EXPR_KEYWORD_END.search(stripped):
+        if not spaced and not partial:
+            return Site("scope", p, partial, skip_space=True)
+        if spaced:
+            return Site("scope", p, partial)
+    return None
+
+
+# -- the session of one completion ----------------------------------------------------------------------------------
+
+
+def _identifiers(text: str) -> set[str]:
+    return set(_IDENT.findall(text))
+
+
+def _call_state(text: str, call: int, end: int) -> tuple[int, set[str], bool]:
+    """(positional arguments given, keywords given, an unpacking seen) between a call's "(" and `end`."""
+    depth, positional, keywords, unpack = 0, 0, set(), False
+    segment_start = call + 1
+    segments = []
+    i = call + 1
+    while i < end:
+        c = text[i]
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+        elif c == "," and depth == 0:
+            segments.append(text[segment_start:i])
+            segment_start = i + 1
+        i += 1
+    for seg in segments:
+        s = seg.strip()
+        m = re.match(r"([^\W\d]\w*)\s*=(?!=)", s)
+        if m:
+            keywords.add(m.group(1))
+        elif s.startswith("*"):
+            unpack = True
+        elif s:
+            positional += 1
+    return positional, keywords, unpack
+
+
+class Session:
+    """One completion's view of the buffer: the scan of the text before the cursor, the analysis' answers."""
+
+    def __init__(self, analyst, rel: str, text: str, offset: int, kinds: tuple[str, ...], wait_s: float | None):
+        self.analyst = analyst
+        self.rel = rel
+        self.buffer_before = text[:offset]
+        self.suffix = text[offset:]
+        self.kinds = kinds
+        # What the decode loop may wait for the analysis in all (None: until answered): shared by the triggers of
+        # the completion, so its added latency stays bounded however many identifiers the model starts.
+        self.wait_left = wait_s
+        self.window_prefix_len: int | None = None  # the model's window of the text before the cursor (pipeline)
+        self._prompt_len: int | None = None  # the length of the buffer text the engine's `before` ends at
+        self._state: ScanState | None = None
+        self._scope_names: tuple[str, ...] | None | bool = False  # False: not asked yet
+        self._facts: dict[tuple, object] = {}
+        self._last: tuple | None = None
+        self.waited_ms = 0.0
+        self.queries = 0
+
+    def _base(self, before: str) -> tuple[str, ScanState]:
+        """The buffer's text before the cursor less what healing backed off (the engine's `before` is the model's
+        window of it: its length tells how much was backed off), and its scan."""
+        if self._prompt_len is None:
+            healed = max(0, self.window_prefix_len - len(before)) if self.window_prefix_len is not None else 0
+            self._prompt_len = len(self.buffer_before) - healed
+            buffer = self.buffer_before[: self._prompt_len]
+            start = safe_start(buffer, len(buffer))
+            self._state = scan(ScanState(line_start=start, pos=start), buffer, len(buffer))
+        return self.buffer_before[: self._prompt_len], self._state
+
+    def site_for(self, before: str, generated: str) -> tuple[Site, str] | None:
+        key = (len(before), generated)
+        if self._last is not None and self._last[0] == key:
+            return self._last[1]
+        base, state = self._base(before)
+        text = base + generated
+        p = len(text)
+        while p > 0 and _word_char(text[p - 1]):
+            p -= 1
+        if p < state.pos:  # the identifier started in the prompt: scan the prompt up to its start afresh
+            start = safe_start(text, p)
+            state = scan(ScanState(line_start=start, pos=start), text, p)
+        else:
+            state = scan(state.copy(), text, p)
+        site = site_at(text, state)
+        result = (site, text) if site is not None else None
+        self._last = (key, result)
+        return result
+
+    def _ask(self, site: Site, text: str):
+        """The facts for a site (once per trigger: cached by the text before the identifier)."""
+        kind = "args" if site.kind == "args" else site.kind
+        at = site.call + 1 if kind == "args" else site.start
+        before = text[:at]
+        key = (kind, len(before), hash(before))
+        if key not in self._facts:
+            t0 = time.perf_counter()
+            self.queries += 1
+            facts = self.analyst.facts(kind, self.rel, before + self.suffix, at, self.wait_left)
+            self._waited(t0)
+            if facts is None:  # late: the answer stays cached in the analyst, this span goes unconstrained
+                return None
+            self._facts[key] = facts
+        return self._facts[key]
+
+    def _waited(self, t0: float) -> None:
+        spent = time.perf_counter() - t0
+        self.waited_ms += spent * 1000
+        if self.wait_left is not None:
+            self.wait_left = max(0.0, self.wait_left - spent)
+
+    def scope_names(self) -> tuple[str, ...] | None:
+        """The names in scope at the cursor (asked once per completion)."""
+        if self._scope_names is False:
+            at = len(self.buffer_before)
+            while at > 0 and _word_char(self.buffer_before[at - 1]):
+                at -= 1
+            t0 = time.perf_counter()
+            facts = self.analyst.facts("scope", self.rel, self.buffer_before[:at] + self.suffix, at, self.wait_left)
+            self._waited(t0)
+            self._scope_names = facts.names if facts is not None else None
+        return self._scope_names
+
+    def _in_scope(self, text: str, site: Site) -> tuple[str, ...] | None:
+        names = self.scope_names()
+        if names is None:
+            return None
+        # what the statement wrote so far (a comprehension's variable) and what the model generated (multi-line)
+        extra = _identifiers(text[site.line_start: site.start]) | set(EXPRESSION_KEYWORDS)
+        extra |= _identifiers(text[min(self._prompt_len or 0, site.start): site.start])
+        return tuple(sorted(set(names) | extra))
+
+    def constraint(self, kind: str, before: str, generated: str) -> Constraint | None:
+        found = self.site_for(before, generated)
+        if found is None:
+            return None
+        site, text = found
+        if site.kind != kind:
+            return None
+        c = self._constraint(kind, site, text)
+        if c is None:
+            return None
+        # The engine's offsets are in (before + generated): the model's window, not the whole buffer.
+        return replace(c, start=site.start - (self._prompt_len or 0) + len(before))
+
+    def _constraint(self, kind: str, site: Site, text: str) -> Constraint | None:
+        if kind in ("deref", "imports"):
+            facts = self._ask(site, text)
+            if facts is None or facts.names is None:
+                return None
+            return Constraint(facts.names, site.partial, site.start, kind, facts.what, skip_space=site.skip_space,
+                              free_other=kind != "deref")
+        if kind == "scope":
+            names = self._in_scope(text, site)
+            if names is None:
+                return None
+            return Constraint(names, site.partial, site.start, kind, "names in scope", skip_space=site.skip_space)
+        # args
+        facts = self._ask(site, text)
+        if facts is None or not facts.signatures:
+            return None
+        if any(sig.any_keyword for sig in facts.signatures):
+            return None
+        positional, given, unpack = _call_state(text, site.call, site.start)
+        if unpack:
+            return None
+        keywords = set()
+        for sig in facts.signatures:  # less the parameters given by position, and the keywords given
+            taken = [p.name for p in sig.params if p.kind in ("POSITIONAL_ONLY", "POSITIONAL_OR_KEYWORD")][:positional]
+            keywords |= set(sig.keywords) - set(taken)
+        keywords -= given
+        slots = [sig.positional for sig in facts.signatures]
+        first = text[site.call + 1: site.start].strip() == ""
+        positional_left = any(s is None or s > positional for s in slots)
+        if positional_left:
+            if first:
+                return None  # a generator expression could bind names: `sum(x for x in xs)`
+            names = self._in_scope(text, site)
+            if names is None:
+                return None
+            allowed = set(names) | keywords
+        else:
+            allowed = keywords
+        if not allowed:
+            return None
+        return Constraint(tuple(sorted(allowed)), site.partial, site.start, kind, f"arguments of `{facts.what}`",
+                          skip_space=True)
+
+
+class PythonMonitor:
+    """One monitor kind over a shared session (the engine asks each in turn)."""
+
+    def __init__(self, session: Session, kind: str):
+        self.session = session
+        self.name = kind
+
+    def constraint(self, before: str, generated: str) -> Constraint | None:
+        return self.session.constraint(self.name, before, generated)
+
+
+def python_monitors(analyst, rel: str, text: str, offset: int, kinds: tuple[str, ...],
+                    wait_s: float | None) -> list[PythonMonitor]:
+    """The monitors of one completion at `offset` of a Python buffer; the analysis at the cursor is asked now."""
+    if not kinds:
+        return []
+    session = Session(analyst, rel, text, offset, kinds, wait_s)
+    _prefetch(session)
+    return [PythonMonitor(session, kind) for kind in kinds]
+
+
+def _prefetch(session: Session) -> None:
+    """Submit (not wait for) the analysis at the cursor: it runs in the worker while the prompt is prefilled."""
+    text = session.buffer_before
+    at = len(text)
+    while at > 0 and _word_char(text[at - 1]):
+        at -= 1
+    submit = getattr(session.analyst, "submit", None)
+    if submit is None:
+        return
+    if "scope" in session.kinds or "args" in session.kinds:
+        submit("scope", session.rel, text[:at] + session.suffix, at)
+    if at > 0 and text[at - 1] == "." and ("deref" in session.kinds or "imports" in session.kinds):
+        kind = "imports" if _MODULE_PATH.match(text[text.rfind("\n", 0, at) + 1:at]) else "deref"
+        submit(kind, session.rel, text[:at] + session.suffix, at)

@@ -1,0 +1,452 @@
+"""Monitor-guided decoding: the analysis' facts, where each monitor triggers and what it allows, the token mask over
+the real embedded tokenizer, the engine's combination with token healing, the yield rule, and a tiny random model
+forced to a valid member through the whole pipeline."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import write_tree
+from repocomplete.context_engine.config import ContextConfig
+from repocomplete.context_engine.errors import InputError
+from repocomplete.context_engine.facts import Facts, Param, Signature, analyse, check_identifiers
+from repocomplete.lsp_server.config import Settings, apply, resolve
+from repocomplete.model_runtime.config import RuntimeConfig
+from repocomplete.model_runtime.engine import CompletionRequest, Engine
+from repocomplete.model_runtime.errors import ConfigError, RemoteError
+from repocomplete.model_runtime.healing import VocabIndex
+from repocomplete.model_runtime.monitor import Constraint, NameMask
+from repocomplete.model_runtime.templates import PromptParts
+from repocomplete.monitors import ScanState, Session, monitors_text, parse_monitors, safe_start, scan, site_at
+from repocomplete.pipeline import Completer, CompletionOptions
+
+CLIENT = '''\
+class Base:
+    def close(self):
+        pass
+
+
+class Client(Base):
+    def __init__(self, url):
+        self.url = url
+        self.timeout = 3
+
+    def fetch(self, path, *, retries=2, verbose=False):
+        return path
+
+
+def make_client(url, secure=True):
+    return Client(url)
+
+
+def anything(**options):
+    return options
+'''
+MAIN = '''\
+import os
+from pkg.client import Client, make_client
+
+
+def run(u):
+    client = Client(u)
+    CURSOR
+'''
+
+
+@pytest.fixture
+def project(tmp_path):
+    return write_tree(tmp_path / "proj", {"pkg/__init__.py": "", "pkg/client.py": CLIENT, "main.py": MAIN,
+                                          ".git/HEAD": "ref: refs/heads/main\n"})
+
+
+def buffer(line: str) -> tuple[str, int]:
+    text = MAIN.replace("CURSOR", line)
+    return text, text.index(line) + len(line)
+
+
+# -- the analysis ----------------------------------------------------------------------------------------------------
+
+
+def test_facts_members_are_the_inferred_types_with_inherited_ones(project):
+    text, offset = buffer("client.")
+    facts = analyse(project, project / "main.py", text, offset, "deref")
+    assert facts.what == "Client"
+    assert set(facts.members_shown) == {"close", "fetch", "timeout", "url"}
+    assert "__init__" in facts.names  # dunders are allowed, only not shown
+
+
+def test_facts_unknown_receiver_is_unknown(project):
+    text, offset = buffer("u.")
+    assert analyse(project, project / "main.py", text, offset, "deref").names is None
+    text, offset = buffer("x = 1.")  # a float, not a member
+    assert analyse(project, project / "main.py", text, offset, "deref").names is None
+
+
+def test_facts_call_parameters_and_scope_and_imports(project):
+    text, offset = buffer("client.fetch(")
+    facts = analyse(project, project / "main.py", text, offset, "args")
+    assert facts.signatures == (Signature("fetch", (Param("path", "POSITIONAL_OR_KEYWORD"),
+                                                    Param("retries", "KEYWORD_ONLY"),
+                                                    Param("verbose", "KEYWORD_ONLY"))),)
+    assert (facts.signatures[0].positional, facts.signatures[0].keywords) == (1, ("path", "retries", "verbose"))
+    text, offset = buffer("x = ")
+    names = set(analyse(project, project / "main.py", text, offset, "scope").names)
+    assert {"client", "u", "run", "os", "Client", "make_client", "len", "None"} <= names
+    assert "fetch" not in names
+    text, offset = buffer("client.fetch(u, ")  # inside a call: still the names in scope, not `retries=`
+    names = set(analyse(project, project / "main.py", text, offset, "scope").names)
+    assert {"client", "u", "len"} <= names and not any(n.endswith("=") for n in names)
+    text = "from pkg.client import \n"
+    names = set(analyse(project, project / "other.py", text, len(text) - 1, "imports").names)
+    assert {"Base", "Client", "make_client", "anything"} <= names
+    text = "import pkg.\n"
+    assert analyse(project, project / "other.py", text, len(text) - 1, "imports").names == ("client",)
+
+
+def test_check_identifiers_finds_invented_members_and_keywords(project):
+    line = "client.fetch(u, retries=1).upper() + client.invented(verbose=True) + unknown_name"
+    text, offset = buffer(line)
+    offset -= len(line)
+    checked, invalid = check_identifiers(project, project / "main.py", text, offset, offset + len(line))
+    assert sorted(invalid) == ["invented", "unknown_name"]  # `.upper()` of an unknown return type is not checked,
+    assert checked == 7  # client, fetch, u, retries, client, invented, unknown_name (not `verbose=` of an unknown callee)
+    line = "client.brand_new = client.url"  # an assignment defines the attribute: not checked
+    text, offset = buffer(line)
+    assert check_identifiers(project, project / "main.py", text, offset - len(line), offset) == (3, [])
+
+
+# -- where monitors trigger ------------------------------------------------------------------------------------------
+
+
+def site(text: str, start: int = 0):
+    p = len(text)
+    while p > 0 and (text[p - 1].isalnum() or text[p - 1] == "_"):
+        p -= 1
+    return site_at(text, scan(ScanState(line_start=start, pos=start), text, p))
+
+
+def test_scanning_starts_where_no_string_can_be_open():
+    docstring = 'def f():\n    """Example:\n\n    x = obj.\n    """\n'
+    text = docstring + "    if self.keywords:\n        x = self."
+    assert site(text, safe_start(text, len(text))).kind == "deref"
+    assert site(text, text.index("x = obj.")) is None  # from inside the docstring the quotes would be inverted
+    inside = 'def g():\n    s = """\n    client.'
+    assert site(inside, safe_start(inside, len(inside))) is None
+
+
+@pytest.mark.parametrize("text, kind, partial", [
+    ("x = client.", "deref", ""),
+    ("x = client.fe", "deref", "fe"),
+    ("x = self.items[0].", "deref", ""),
+    ("    self.console.", "deref", ""),
+    ("x = f(a).na", "deref", "na"),
+    ("return ", "scope", ""),
+    ("return cl", "scope", "cl"),
+    ("x = a + ", "scope", ""),
+    ("x = ", "scope", ""),
+    ("y = [a, ", "scope", ""),
+    ("for x in ", "scope", ""),
+    ("f(a, ", "args", ""),
+    ("f(a, ve", "args", "ve"),
+    ("f(", "args", ""),
+    ("from pkg.client import ", "imports", ""),
+    ("from pkg.client import (Client, ", "imports", ""),
+    ("import pkg.", "imports", ""),
+    ("from pkg.", "imports", ""),
+])
+def test_sites(text, kind, partial):
+    s = site(text)
+    assert s is not None and (s.kind, s.partial) == (kind, partial)
+
+
+@pytest.mark.parametrize("text", [
+    "", "x", "client", "    na",  # statement starts: an assignment target may be defined
+    "def f(", "def f(a, ", "class C(", "for ", "for a, ", "with open(f) as ", "lambda x: ", "x = lambda a: a + ",
+    "y = [", "y = (", "y = {",  # the first element: a comprehension may bind it
+    "if ", "while ",  # a walrus may define it
+    "a, ", "global ", "import ", "del ",
+    "x = 1.", "x = ...", "x = 'client.", "# client.", 'x = """\nclient.', "x = client. ",
+    "from pkg.client import Client as ",
+    "    self.", "    cls.na",  # `self.name = ...` may define the attribute
+])
+def test_places_that_define_or_are_not_code_stay_silent(text):
+    assert site(text) is None
+
+
+# -- what each monitor allows (a scripted analysis) -------------------------------------------------------------------
+
+
+class FakeAnalyst:
+    def __init__(self, facts: dict):
+        self.facts_by_kind = facts
+        self.asked = []
+
+    def submit(self, kind, rel, text, offset):
+        future = Future()
+        future.set_result(self.facts(kind, rel, text, offset, None))
+        return future
+
+    def facts(self, kind, rel, text, offset, wait_s):
+        self.asked.append((kind, text[:offset]))
+        return self.facts_by_kind.get(kind, Facts(kind))
+
+
+SCOPE = Facts("scope", ("Client", "client", "len", "make_client", "os", "u"))
+FETCH = Facts("args", None, "fetch", (Signature("fetch", (Param("path", "POSITIONAL_OR_KEYWORD"),
+                                                         Param("retries", "KEYWORD_ONLY"),
+                                                         Param("verbose", "KEYWORD_ONLY"))),))
+
+
+def constraint(kind: str, before: str, generated: str = "", facts: dict | None = None, suffix: str = "\n"):
+    analyst = FakeAnalyst(facts or {"scope": SCOPE, "args": FETCH,
+                                    "deref": Facts("deref", ("close", "fetch", "url"), "Client"),
+                                    "imports": Facts("imports", ("Base", "Client"), "from pkg.client import")})
+    session = Session(analyst, "main.py", before + suffix, len(before), ("deref", "scope", "args", "imports"), None)
+    session.window_prefix_len = len(before)
+    return session.constraint(kind, before, generated)
+
+
+def test_deref_allows_the_receivers_members():
+    c = constraint("deref", "    x = client.")
+    assert (c.names, c.partial, c.free_other, c.what) == (("close", "fetch", "url"), "", False, "Client")
+    c = constraint("deref", "    x = client", ".fe")  # the dot and part of the name generated
+    assert (c.names, c.partial, c.start) == (("close", "fetch", "url"), "fe", len("    x = client."))
+    assert constraint("deref", "    x = client", ".fetch(") is None  # the name is complete: free again
+    assert constraint("deref", "    x = client.", facts={"scope": SCOPE}) is None  # unknown type: silent
+
+
+def test_scope_allows_bound_names_keywords_and_names_already_written():
+    c = constraint("scope", "    x = [y for y in client.items if ")
+    assert set(c.names) == set(SCOPE.names) | {"False", "None", "True", "await", "lambda", "not", "yield",
+                                               "x", "y", "for", "in", "client", "items", "if"}
+    assert not c.skip_space  # the space is written: the name's own tokens follow
+    assert constraint("scope", "    x =").skip_space  # `=` then a space-led token (` client`)
+    assert constraint("scope", "    x = ", "le").partial == "le"
+    assert constraint("scope", "    ") is None
+
+
+def test_args_allows_unused_keywords_and_no_extra_positionals():
+    before = "    client.fetch(u, "
+    c = constraint("args", before)
+    assert c.names == ("retries", "verbose")  # `path` was given by position: only keywords are left
+    c = constraint("args", "    client.fetch(u, verbose=True, ")
+    assert c.names == ("retries",)
+    c = constraint("args", "    make_client(u, ", facts={"scope": SCOPE, "args": Facts("args", None, "make_client", (
+        Signature("make_client", (Param("url", "POSITIONAL_OR_KEYWORD"), Param("secure", "POSITIONAL_OR_KEYWORD"))),))})
+    assert set(c.names) >= {"secure", "client", "len"}  # a positional slot is left: names in scope too
+    assert "url" not in c.names  # given by position
+    assert constraint("args", "    client.fetch(") is None  # the first argument may be a generator expression
+    assert constraint("args", "    client.fetch(*paths, ") is None  # unpacking: the count is unknown
+    kwargs = {"scope": SCOPE, "args": Facts("args", None, "anything", (
+        Signature("anything", (Param("options", "VAR_KEYWORD"),)),))}
+    assert constraint("args", "    anything(a=1, ", facts=kwargs) is None  # **options: any keyword
+
+
+def test_imports_allows_the_modules_names():
+    c = constraint("imports", "from pkg.client import ")
+    assert (c.names, c.free_other) == (("Base", "Client"), True)
+
+
+def test_parse_monitors():
+    assert parse_monitors("all") == ("deref", "scope", "args", "imports")
+    assert parse_monitors("none") == () and parse_monitors(None) == ()
+    assert parse_monitors("args, deref") == ("args", "deref")
+    assert monitors_text(("deref", "scope", "args", "imports")) == "all" and monitors_text(()) == "none"
+    with pytest.raises(ValueError, match="unknown monitors bogus"):
+        parse_monitors("deref,bogus")
+
+
+# -- the token mask over the real tokenizer -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def vocab(tokenizer):
+    return VocabIndex(tokenizer)
+
+
+def _word(c):
+    return c.isalnum() or c == "_"
+
+
+def expected(texts, c: Constraint) -> set[int]:
+    """The rule, written out token by token."""
+    names = set(c.names)
+    out = set()
+    for i, t in enumerate(texts):
+        s = t
+        if not c.partial and c.skip_space:
+            s = t.lstrip(" ")
+        if not c.partial and (not s or not _word(s[0]) or s[0].isdigit()):
+            if c.free_other:
+                out.add(i)
+            continue
+        k = 0
+        while k < len(s) and _word(s[k]):
+            k += 1
+        word = c.partial + s[:k]
+        if k == len(s):
+            if any(n.startswith(word) for n in names) and (s or word in names):
+                out.add(i)
+        elif word in names:
+            out.add(i)
+    return out
+
+
+@pytest.mark.parametrize("c", [
+    Constraint(("fetch", "fetch_all", "close"), "", 0, free_other=False),
+    Constraint(("fetch", "fetch_all", "close"), "fe", 0),
+    Constraint(("get", "get_item", "getattr"), "get", 0),  # a name that is a prefix of others
+    Constraint(("client", "len", "None", "x2"), "", 0, skip_space=True),
+    Constraint(("client", "len", "None", "x2"), "x", 0),  # a digit continues a name
+])
+def test_mask_is_the_rule_over_the_whole_vocabulary(vocab, c):
+    mask = NameMask(vocab.texts).allowed(tuple_sorted(c))
+    assert set(mask.nonzero().flatten().tolist()) == expected(vocab.texts, c)
+
+
+def tuple_sorted(c: Constraint) -> Constraint:
+    return Constraint(tuple(sorted(c.names)), c.partial, c.start, skip_space=c.skip_space, free_other=c.free_other)
+
+
+def test_mask_on_tokens_that_merge_dots_spaces_and_name_pieces(vocab, tokenizer):
+    texts = vocab.texts
+    ids = {t: i for i, t in enumerate(texts) if t}
+    mask = NameMask(texts)
+    after_dot = mask.allowed(Constraint(("fetch", "fetch_all"), "", 0, free_other=False))
+    assert after_dot[ids["fetch"]] and not after_dot[ids[" fetch"]] and not after_dot[ids["."]]
+    assert not after_dot[ids["("]] and not after_dot[ids["get"]]
+    spaced = mask.allowed(Constraint(("fetch",), "", 0, skip_space=True))
+    assert spaced[ids[" fetch"]] and spaced[ids[" "]] and spaced[ids["("]] and not spaced[ids[" get"]]
+    done = mask.allowed(Constraint(("fetch", "fetch_all"), "fetch", 0))
+    assert done[ids["("]] and done[ids["_"]] and done[ids["()"]] and not done[ids["er"]]
+    # a token that completes a name and goes on (`__(`): allowed only where the name is complete before the `(`
+    dunder = mask.allowed(Constraint(("__init__", "__init_subclass__"), "__init", 0))
+    assert dunder[ids["__("]] and dunder[ids["_"]] and dunder[ids["__"]] and not dunder[ids["_("]]
+    assert not dunder[ids["("]]  # `__init` is no name
+
+
+# -- the engine: healing, yielding, a tiny model ---------------------------------------------------------------------
+
+
+class Fixed:
+    """A monitor that constrains the identifier at the end of before+generated once it starts at `at`."""
+
+    def __init__(self, names, at: int, name="deref", free_other=False):
+        self.names, self.at, self.name, self.free_other = tuple(sorted(names)), at, name, free_other
+
+    def constraint(self, before, generated):
+        text = before + generated
+        if len(text) < self.at:
+            return None
+        partial = text[self.at:]
+        if not all(_word(ch) for ch in partial):
+            return None
+        return Constraint(self.names, partial, self.at, self.name, free_other=self.free_other)
+
+
+def test_monitor_forces_a_valid_member_and_combines_with_healing(tiny_loaded, tiny_config):
+    engine = Engine(tiny_loaded, tiny_config.replace(token_healing=True, max_new_tokens=8))
+    prefix = "client = Client()\nclient.fe"
+    names = ["fetch_remote_configuration"]
+    at = len("client = Client()\nclient.")
+    result = engine.complete(CompletionRequest(PromptParts(prefix), monitors=[Fixed(names, at)]))
+    assert result.healed  # healing backed off part of `.fe`, the monitor saw it regenerated
+    assert "fetch_remote_configuration".startswith("fe" + result.text) and len(result.text) > 4
+    assert result.monitor_spans and result.monitor_spans[0]["monitor"] == "deref"
+    assert not result.monitor_spans[0]["yielded"]
+
+
+def test_no_token_left_yields_instead_of_an_empty_completion(tiny_loaded, tiny_config):
+    engine = Engine(tiny_loaded, tiny_config.replace(token_healing=True, max_new_tokens=6))
+    prefix = "client = Client()\nclient.fe"
+    plain = engine.complete(CompletionRequest(PromptParts(prefix)))
+    at = len("client = Client()\nclient.")
+    result = engine.complete(CompletionRequest(PromptParts(prefix), monitors=[Fixed(["close"], at)]))
+    assert result.raw_text == plain.raw_text  # healing wants `fe`, the monitor `close`: it yields
+    assert result.monitor_spans[0]["yielded"] == "no token left"
+
+
+def test_sampling_under_a_mask_never_sees_nan(tiny_loaded, tiny_config):
+    engine = Engine(tiny_loaded, tiny_config.replace(temperature=1.0, top_p=0.9, top_k=40, seed=1, max_new_tokens=6,
+                                                      token_healing=False))
+    result = engine.complete(CompletionRequest(PromptParts("client."), monitors=[Fixed(["url_for_the_request"], 7)]))
+    word = leading_word(result.raw_text)
+    assert word and "url_for_the_request".startswith(word)
+    assert word == "url_for_the_request" or len(word) == len(result.raw_text)  # cut by max tokens only
+
+
+def leading_word(text: str) -> str:
+    word = ""
+    for ch in text:
+        if not _word(ch):
+            break
+        word += ch
+    return word
+
+
+def test_remote_backend_says_monitors_need_a_local_model():
+    from repocomplete.model_runtime.remote import RemoteEngine
+
+    with pytest.raises(ConfigError, match="monitors need a local model"):
+        RuntimeConfig(endpoint="http://127.0.0.1:9", monitors=("deref",)).validate()
+    remote = RemoteEngine(RuntimeConfig(endpoint="http://127.0.0.1:9"))
+    with pytest.raises(RemoteError, match="monitors need a local model"):
+        remote.complete(CompletionRequest(PromptParts("x."), monitors=[Fixed(["a"], 2)]))
+    completer = Completer(remote, ContextConfig())
+    with pytest.raises(InputError, match="monitors need a local model"):
+        completer.monitor_kinds(CompletionOptions(monitors=("deref",)))
+    assert completer.monitor_kinds(CompletionOptions()) == ()
+
+
+def test_lsp_setting(tmp_path):
+    settings, problems = apply(Settings(), {"monitors": "deref,bogus"})
+    assert problems and "unknown monitors bogus" in problems[0]
+    settings, problems = apply(Settings(), {"monitors": "deref, args"})
+    assert not problems and settings.monitors == "deref,args"
+    effective = resolve(RuntimeConfig(), ContextConfig(index_dir=tmp_path), settings)
+    assert effective.options.monitors == ("deref", "args")
+    assert resolve(RuntimeConfig(), ContextConfig(index_dir=tmp_path), Settings()).options.monitors == RuntimeConfig().monitors
+
+
+# -- the whole pipeline: jedi's answer steers a tiny random model ---------------------------------------------------
+
+
+@pytest.fixture
+def completer(tiny_loaded, tiny_config, tmp_path):
+    engine = Engine(tiny_loaded, tiny_config.replace(token_healing=True, max_new_tokens=6))
+    completer = Completer(engine, ContextConfig(index_dir=tmp_path / "index", jedi_cache_dir=tmp_path / "jedi",
+                                                monitor_wait_ms=None, slow_provider_deadline_ms=None,
+                                                slow_provider_budget_ms=None))  # a loaded machine: jedi may be slow
+    yield completer
+    completer.close()
+
+
+def test_pipeline_forces_a_member_of_the_inferred_type_and_leaves_unknown_receivers_alone(completer, project):
+    path = str(project / "main.py")
+    text, offset = buffer("client.")
+    on = completer.complete(path, text, offset, CompletionOptions(context="infile", monitors=("deref",)))
+    assert on.completion.healed == "."  # healing backed off the dot: the model re-writes it, then the member
+    word = leading_word(on.completion.raw_text[1:])
+    members = analyse(project, project / "main.py", text, offset, "deref").names
+    assert word and any(m.startswith(word) for m in members), on.completion.raw_text
+    assert on.completion.monitor_spans[0]["what"] == "Client"
+    text, offset = buffer("u.")
+    off = completer.complete(path, text, offset, CompletionOptions(context="infile", monitors=()))
+    unknown = completer.complete(path, text, offset, CompletionOptions(context="infile", monitors=("deref",)))
+    assert unknown.completion.raw_text == off.completion.raw_text
+    assert unknown.completion.monitor_spans == []
+
+
+def test_analysis_root_given_beats_the_files_repository(completer, project):
+    inner = project / "pkg"
+    analyst, rel = completer._analyst(str(inner / "client.py"), None)
+    assert (analyst.root, rel) == (project.resolve(), "pkg/client.py")  # the repository (.git)
+    completer.add_analysis_root(inner)
+    analyst, rel = completer._analyst(str(inner / "client.py"), None)
+    assert (analyst.root, rel) == (inner.resolve(), "client.py")
+    completer.close_workspace(inner)  # and its jedi worker goes with it
+    assert inner.resolve() not in completer._analysts
