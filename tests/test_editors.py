@@ -49,6 +49,13 @@ def engine_text(tiny_model_dir, tmp_path):
                                                                       max_tokens)
 
 
+def typed(task, code: str = "value = ") -> tuple[str, int]:
+    """The task's buffer with `code` typed at its cursor (a line with code on it: at a line of indentation alone the
+    random test model, healing the indentation, answers nothing), and the cursor after it."""
+    text, offset = task.buffer()
+    return text[:offset] + code + text[offset:], offset + len(code)
+
+
 def readme_blocks(language: str) -> list[str]:
     text = (ROOT / "README.md").read_text()
     return [m.group(1) for m in re.finditer(rf"```{language}\n(.*?)```", text, re.S)]
@@ -63,8 +70,9 @@ def test_readme_shows_the_tested_snippets(snippet, language):
 def test_neovim_shows_accepts_and_renews_ghost_text(tmp_path, tiny_model_dir, real_repo, engine_text):
     task = load_tasks(SUITE / "tasks.jsonl")[0]
     path = real_repo / task.file
-    text, offset = task.buffer()
-    assert path.read_text() == text  # the snapshot holds the task's buffer: the cursor line is only indentation
+    assert path.read_text() == task.buffer()[0]  # the snapshot holds the task's buffer
+    text, offset = typed(task)
+    path.write_text(text)
     line = task.prompt.count("\n") + 1
     out = tmp_path / "nvim.json"
     env = {**env_for(tmp_path), "RC_SNIPPET": str(EDITORS / "nvim/repocomplete.lua"),
@@ -78,7 +86,7 @@ def test_neovim_shows_accepts_and_renews_ghost_text(tmp_path, tiny_model_dir, re
     expected = engine_text(path, text, offset)
     assert expected, "the test model gave an empty completion here: pick another cursor"
     assert seen["first"] == expected  # the ghost text is the engine's completion
-    assert seen["line_after_accept"] == task.prompt[task.prompt.rfind("\n") + 1:] + expected  # accepted in place
+    assert seen["line_after_accept"] == text[text.rfind("\n", 0, offset) + 1:offset] + expected  # accepted in place
     # After typing, the next ghost text is the engine's for the edited buffer.
     buffer = seen["buffer"] + "\n"
     lines = buffer.split("\n")
@@ -126,10 +134,10 @@ def test_helix_snippet_starts_a_server_that_completes(tmp_path, tiny_model_dir, 
         client.notify("initialized", {})
         task = load_tasks(SUITE / "tasks.jsonl")[2]
         uri = (real_repo / task.file).as_uri()
-        text, offset = task.buffer()
+        text, offset = typed(task)
         client.notify("textDocument/didOpen", {"textDocument": {"uri": uri, "languageId": "python", "version": 1,
                                                                 "text": text}})
-        position = {"line": task.prompt.count("\n"), "character": len(task.prompt) - task.prompt.rfind("\n") - 1}
+        position = {"line": task.prompt.count("\n"), "character": offset - text.rfind("\n", 0, offset) - 1}
         import time
 
         deadline, result = time.monotonic() + 60, None
@@ -141,7 +149,7 @@ def test_helix_snippet_starts_a_server_that_completes(tmp_path, tiny_model_dir, 
                 time.sleep(0.2)  # the model is still loading
         expected = engine_text(real_repo / task.file, text, offset, 4)
         assert expected, "the test model gave an empty completion here: pick another cursor"
-        # The cursor line is only indentation: no word before the cursor, the item inserts the completion there.
+        # No word before the cursor (`value = |`): the item inserts the completion there.
         assert [item["textEdit"] for item in result["items"]] == [
             {"range": {"start": position, "end": position}, "newText": expected}]
     finally:
