@@ -20,6 +20,9 @@ from repocomplete.model_runtime.quantize import DECODE_MAX_ROWS, PlannedLinear
 
 # (input_ids [1, n], cache, all_logits=False) -> logits of the last position [vocab], or of every position [n, vocab]
 Forward = Callable[..., torch.Tensor]
+# (layer index, q [b, H, n, D], k [b, Hkv, n, D], v [b, Hkv, n, D]) -> attention output [b, n, H, D]: the new rows'
+# attention over whatever K/V the caller keeps (it stores k and v itself). `FastLlama.run` calls one per layer.
+Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 SUPPORTED = ("llama", "qwen2")
 _ROPE_TYPES = ("default", "linear", "llama3")  # static inv_freq; "dynamic" rescales with the length
@@ -122,8 +125,14 @@ class FastLlama:
         return x * cos + rotated * sin
 
     def __call__(self, input_ids: torch.Tensor, cache: SlabCache, all_logits: bool = False) -> torch.Tensor:
-        b, n = input_ids.shape
         start = cache.layers[0].length
+        logits = self.run(input_ids, start, self.dense_attend(cache, start), all_logits)[0]
+        return logits if all_logits else logits[-1]
+
+    def run(self, input_ids: torch.Tensor, start: int, attend: Attend, all_logits: bool = False) -> torch.Tensor:
+        """The forward of `input_ids` [b, n] at positions start..start+n-1, with attention (and the K/V it keeps)
+        delegated to `attend`; logits [b, n, vocab] (all_logits) or [b, 1, vocab] (the last position)."""
+        b, n = input_ids.shape
         x = self.embed(input_ids)
         cos, sin = self._rope(start, n, x.device, x.dtype)
         for i, (ln1, qkv, o_proj, ln2, gate_up, down) in enumerate(self.layers):
@@ -132,21 +141,28 @@ class FastLlama:
             q = self._rotate(q.view(b, n, self.n_heads, self.head_dim).transpose(1, 2), cos, sin)
             k = self._rotate(k.view(b, n, self.n_kv, self.head_dim).transpose(1, 2), cos, sin)
             v = v.view(b, n, self.n_kv, self.head_dim).transpose(1, 2)
-            keys, values = cache.layers[i].update(k, v)
-            if n == 1:  # the cache may be float32 under bf16 activations (attention.kv_store_dtype)
-                attn = decode_attention(q.to(keys.dtype), keys, values, None, self.scale).to(x.dtype)  # [b,1,H,D]
-            elif n <= DECODE_MAX_ROWS and start > 0:  # a draft being verified: read the cache as decode does
-                attn = few_rows_attention(q.to(keys.dtype), keys, values, start, self.scale).to(x.dtype)
-            else:
-                keys, values = keys.to(x.dtype), values.to(x.dtype)
-                attn = self._prefill_attention(q, keys, values, start).transpose(1, 2)
+            attn = attend(i, q, k, v).to(x.dtype)  # [b, n, H, D]
             x = x + o_proj(attn.reshape(b, n, self.q_size))
             h = torch.rms_norm(x, (x.shape[-1],), ln2, self.eps)
             gate, up = gate_up(h).split((self.intermediate, self.intermediate), dim=-1)
             x = x + down(nn.functional.silu(gate) * up)
         x = torch.rms_norm(x if all_logits else x[:, -1:], (x.shape[-1],), self.norm.weight, self.eps)
-        logits = self.lm_head(x)[0]
-        return logits if all_logits else logits[-1]
+        return self.lm_head(x)
+
+    def dense_attend(self, cache: SlabCache, start: int) -> Attend:
+        """Attention over the slab: each layer appends its new K/V and attends to everything before (causal)."""
+
+        def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            n = q.shape[2]
+            keys, values = cache.layers[i].update(k, v)
+            if n == 1:  # the cache may be float32 under bf16 activations (attention.kv_store_dtype)
+                return decode_attention(q.to(keys.dtype), keys, values, None, self.scale)  # [b, 1, H, D]
+            if n <= DECODE_MAX_ROWS and start > 0:  # a draft being verified: read the cache as decode does
+                return few_rows_attention(q.to(keys.dtype), keys, values, start, self.scale)
+            keys, values = keys.to(q.dtype), values.to(q.dtype)
+            return self._prefill_attention(q, keys, values, start).transpose(1, 2)
+
+        return attend
 
     def _prefill_attention(self, q, keys, values, start: int) -> torch.Tensor:
         n, total = q.shape[2], keys.shape[2]
