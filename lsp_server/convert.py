@@ -114,6 +114,9 @@ def explain(result: CompletionResult, context_mode: str) -> dict[str, Any]:
     explained = _explained(done.text, result.context, done.prompt_tokens, timings, done.stop_reason, context_mode)
     # Monitor-guided decoding: which monitor constrained (or yielded) which span of the completion.
     explained["monitors"] = list(done.monitor_spans)
+    # Token provenance: which prompt tokens were template, repository context (and from which item), prefix, suffix,
+    # and which were generated.
+    explained["prompt_spans"] = [span.to_json() for span in done.spans]
     return explained
 
 

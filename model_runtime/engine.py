@@ -83,6 +83,8 @@ class Completion:
     # The identifiers monitors constrained or yielded (monitor.Guide.report); monitor_ms: the time they took.
     monitor_spans: list = field(default_factory=list)
     monitor_ms: float = 0.0
+    # Token provenance of the prompt that ran (after truncation and healing) and of the generated tail (Span).
+    spans: list = field(default_factory=list)
 
     @property
     def latency_s(self) -> float:
@@ -95,10 +97,51 @@ class Completion:
         return fresh / self.prefill_s if fresh >= 64 and self.prefill_s > 0 else None
 
 
+@dataclass(frozen=True)
+class Span:
+    """Where a run of prompt tokens came from: `kind` is "template" (sentinels, paths, separators), "context" (a
+    repository-context item; `source` is its index in PromptParts.context and `path` its file), "prefix",
+    "suffix" or "generated"; tokens [start, end) of the prompt."""
+
+    kind: str
+    start: int
+    end: int
+    source: int | None = None
+    path: str | None = None
+
+    def to_json(self) -> dict:
+        out = {"kind": self.kind, "start": self.start, "end": self.end}
+        if self.source is not None:
+            out.update(source=self.source, path=self.path)
+        return out
+
+
 @dataclass
 class EncodedPrompt:
     ids: list[int]
     prefix_end: int  # index just past the prefix's last token (where healing backs off)
+    # The provenance of every token, in order and without gaps (empty where unknown: a token prompt given directly).
+    spans: list[Span] = field(default_factory=list)
+
+
+def drop_span_tokens(spans: Sequence[Span], at: int, k: int) -> list[Span]:
+    """The spans after removing tokens [at, at + k) of the prompt (token healing backs off the prefix's end; a
+    truncated prompt loses its start): spans shrink or vanish, those after shift left."""
+    out = []
+    for span in spans:
+        start = span.start if span.start <= at else max(at, span.start - k)
+        end = span.end if span.end <= at else max(at, span.end - k)
+        if end > start:
+            out.append(dataclasses.replace(span, start=start, end=end))
+    return out
+
+
+def span_at(spans: Sequence[Span], token: int) -> Span | None:
+    """The span holding prompt token `token` (None past the prompt)."""
+    for span in spans:
+        if span.start <= token < span.end:
+            return span
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -167,20 +210,34 @@ def encode_prompt(tokenizer, template: FimTemplate, parts: PromptParts, order: s
     marked_parts = PromptParts("\x00prefix\x00", "\x00suffix\x00", parts.path, marked_context, parts.repo_name)
     marked = render(dataclasses.replace(template, comment_context=False, suffix_block=None), marked_parts, order)
     ids: list[int] = list(_bos(tokenizer))
+    spans = [Span("template", 0, len(ids))] if ids else []
     prefix_end = len(ids)
     for i, piece in enumerate(marked.split("\x00")):
         if not piece:
             continue
+        begin = len(ids)
         if i % 2 == 1:  # a user-text field
             ids += tokenizer.encode(values[piece], add_special_tokens=False, split_special_tokens=True)
             if piece == "prefix":
                 prefix_end = len(ids)
+            if piece.startswith("context"):
+                index = int(piece[len("context"):])
+                span = Span("context", begin, len(ids), index, parts.context[index].path)
+            else:
+                span = Span(piece, begin, len(ids))
         else:
             ids += tokenizer.encode(piece, add_special_tokens=False)  # template text: sentinels, paths
+            span = Span("template", begin, len(ids))
+        if span.end > span.start:
+            if spans and spans[-1].kind == span.kind == "template":
+                spans[-1] = dataclasses.replace(spans[-1], end=span.end)
+            else:
+                spans.append(span)
     if not ids:  # an empty file: the model still needs a position to predict from
         start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         ids = [start if start is not None else 0]
-    return prompt, EncodedPrompt(ids, prefix_end)
+        spans = [Span("template", 0, 1)]
+    return prompt, EncodedPrompt(ids, prefix_end, spans)
 
 
 def truncate(encoded: EncodedPrompt, limit: int) -> EncodedPrompt:
@@ -191,7 +248,7 @@ def truncate(encoded: EncodedPrompt, limit: int) -> EncodedPrompt:
     # larger than a quarter of the limit: a short limit keeps some of the prompt).
     step = min(512, max(1, limit // 4))
     cut = -(-(len(encoded.ids) - limit) // step) * step
-    return EncodedPrompt(encoded.ids[cut:], max(0, encoded.prefix_end - cut))
+    return EncodedPrompt(encoded.ids[cut:], max(0, encoded.prefix_end - cut), drop_span_tokens(encoded.spans, 0, cut))
 
 
 def heal_prompt(encoded: EncodedPrompt, prefix: str, tokenizer, vocab) -> tuple[list[int], str]:
@@ -243,6 +300,7 @@ class Engine:
         self.prefix_cache = PrefixCache(self.config.block_size, self.config.prefix_cache_bytes, salt=hash(loaded.name))
         self.lock = threading.Lock()
         self._previous: list[int] = []  # the last completion's tokens: drafts while the user types through it
+        self.spans: list[Span] = []  # the provenance of the tokens of the prompt now in the slab
         self._compiled = None
         if self.config.compile_decode:
             import os
@@ -350,6 +408,9 @@ class Engine:
         if cancel.cancelled:
             return Completion("", "cancelled", prompt_tokens=len(ids))
         ids, healed = self.heal(encoded, parts)
+        k = len(encoded.ids) - len(ids)
+        spans = drop_span_tokens(encoded.spans, encoded.prefix_end - k, k) if k else list(encoded.spans)
+        self.spans = spans
         no_comment = self._comment_mask(parts, multiline)
         logits, cached = self._run_prompt(ids, cancel)
         t1 = time.perf_counter()
@@ -446,6 +507,7 @@ class Engine:
             accepted_tokens=accepted,
             monitor_spans=guide.report(text, healed) if guide is not None else [],
             monitor_ms=round(guide.ms, 3) if guide is not None else 0.0,
+            spans=spans + [Span("generated", len(ids), len(ids) + len(generated))] if generated else spans,
         )
 
     def _comment_mask(self, parts: PromptParts, multiline: bool) -> torch.Tensor | None:

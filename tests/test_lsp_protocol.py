@@ -155,6 +155,13 @@ async def test_a_session_from_initialize_to_exit(tmp_path, tiny_model_dir, repo)
         answer = await inline(client, uri, types.Position(line=4, character=18))
         expected = engine_completion(tiny_model_dir, tmp_path, use, changed, changed.index("inv.re") + 6, 6)
         assert expected and first_text(answer) == expected
+        # showContext on the completion just made: its prompt's token provenance, ending in the generated tail.
+        made = await client.workspace_execute_command_async(types.ExecuteCommandParams(
+            command="repocomplete.showContext",
+            arguments=[{"uri": uri, "position": {"line": 4, "character": 18}}]))
+        kinds = [span["kind"] for span in made["prompt_spans"]]
+        assert made["completion"] == expected and "prefix" in kinds and kinds[-1] == "generated", made
+        assert made["prompt_spans"][-1]["start"] == made["prompt_tokens"]
 
         # showContext: the context and provenance for that position, with repository context on.
         client.set_configuration({"repocomplete": {**options, "context": "repo"}})
