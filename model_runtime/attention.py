@@ -9,6 +9,7 @@ read the cache once. Prefill (many query rows) keeps transformers' SDPA path.
 from __future__ import annotations
 
 import torch
+from torch import nn
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
@@ -51,6 +52,27 @@ def few_rows_attention(query, key, value, start: int, scaling: float) -> torch.T
     probs = torch.softmax(scores, dim=-1).to(value.dtype)
     out = torch.matmul(probs, value)  # [B, Hkv, G*n, D]
     return out.reshape(b, h, n, d).transpose(1, 2)
+
+
+def causal_attention(query, key, value, start: int, scale: float, few_rows: int = 16) -> torch.Tensor:
+    """Dense causal attention of query [B, H, n, D] at positions start..start+n-1 over key/value [B, Hkv, start+n, D]
+    (the cache, holding the new rows too): one row reads the cache grouped (`decode_attention`), a few rows after a
+    cache likewise (`few_rows_attention`, up to `few_rows`), more rows go to SDPA in the query's dtype.
+    Returns [B, n, H, D]."""
+    n = query.shape[2]
+    if n == 1:  # the cache may be float32 under bf16 activations (kv_store_dtype)
+        return decode_attention(query.to(key.dtype), key, value, None, scale)
+    if n <= few_rows and start > 0:  # a draft being verified: read the cache as decode does
+        return few_rows_attention(query.to(key.dtype), key, value, start, scale)
+    groups = query.shape[1] // key.shape[1]
+    key = key.to(query.dtype).repeat_interleave(groups, dim=1)
+    value = value.to(query.dtype).repeat_interleave(groups, dim=1)
+    if start == 0:
+        out = nn.functional.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scale)
+    else:  # new row j (absolute position start + j) sees every cached position and the new ones up to itself
+        mask = torch.ones(n, key.shape[2], dtype=torch.bool, device=query.device).tril(diagonal=start)
+        out = nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale)
+    return out.transpose(1, 2)
 
 
 def attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):

@@ -16,6 +16,8 @@ from repocomplete.model_runtime.errors import ConfigError
 
 DEFAULT_MODEL = "default"
 QUANTIZE_MODES = ("auto", "none", "int8", "int4")
+ATTENTION_MODES = ("auto", "dense", "sparse")
+KV_DTYPES = ("auto", "float32", "bfloat16")
 
 
 def default_cache_dir() -> Path:
@@ -86,6 +88,19 @@ class RuntimeConfig:
     # A long uncached prompt is prefilled in chunks of this many tokens, each stored in the prefix cache at once, so
     # a cancelled cold prefill (the user typed on) is resumed by the next request instead of redone.
     prefill_chunk_tokens: int = 512
+    # Attention over long prompts (model_runtime/sparse.py, kernels/): "dense" reads every cached token; "sparse" attends
+    # to the sink tokens, the recent window, the current file's tokens and the top-k repository-context blocks chosen
+    # per K/V head from per-block key summaries (Quest), and prefills long uncached tails block-sparse (MInference);
+    # "auto": sparse once the prompt reaches `sparse_min_tokens`, dense below.
+    attention: str = "auto"
+    sparse_min_tokens: int = 4096
+    sparse_block_tokens: int = 64  # the unit of selection (a multiple of block_size keeps prefix blocks whole)
+    sparse_top_k: int = 16  # repository-context blocks per K/V head and decode step (per query block in prefill)
+    sparse_sink_tokens: int = 64
+    sparse_window_tokens: int = 512
+    # The dtype of the decode KV cache: "auto" (CPU: the measured plan's under dense attention, bfloat16 where sparse
+    # attention may run: its gathered blocks are contiguous, where bf16 is the fast form), "float32" or "bfloat16".
+    kv_dtype: str = "auto"
     fast_forward: bool = True  # our own Llama-family forward where the architecture allows (fast_llama.py)
     # A static-shape decode step under torch.compile (artefacts kept in cache_dir/inductor). Off: on the 2-core AVX-512
     # EPYC it decoded 2.9 tok/s against 62 eager at 2k context and took 118 s to compile, and it rules out speculation.
@@ -109,7 +124,8 @@ class RuntimeConfig:
                             ("--dtype", self.dtype), ("--fim-template", self.fim_template), ("--threads", self.threads)):
             if value:
                 argv += [flag, str(value)]
-        argv += ["--speculative-tokens", str(self.speculative_tokens)]
+        argv += ["--speculative-tokens", str(self.speculative_tokens), "--attention", self.attention,
+                 "--sparse-min-tokens", str(self.sparse_min_tokens), "--sparse-top-k", str(self.sparse_top_k)]
         if not self.token_healing:
             argv.append("--no-token-healing")
         if self.suggest_comments:
@@ -150,5 +166,15 @@ class RuntimeConfig:
         if self.monitors and self.endpoint:
             raise ConfigError("monitors need a local model: the remote backend (endpoint) returns text, not the "
                               "logits a monitor masks; use --monitors none with --endpoint")
+        if self.attention not in ATTENTION_MODES:
+            raise ConfigError(f"attention must be one of {', '.join(ATTENTION_MODES)}, got {self.attention!r}")
+        if self.kv_dtype not in KV_DTYPES:
+            raise ConfigError(f"kv_dtype must be one of {', '.join(KV_DTYPES)}, got {self.kv_dtype!r}")
+        if self.sparse_block_tokens < 1 or self.sparse_block_tokens % self.block_size:
+            raise ConfigError(f"sparse_block_tokens must be a positive multiple of block_size ({self.block_size}), "
+                              f"got {self.sparse_block_tokens}")
+        for name in ("sparse_min_tokens", "sparse_top_k", "sparse_sink_tokens", "sparse_window_tokens"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.max_context_tokens < 16:
             raise ConfigError("max_context_tokens must be >= 16")

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from repocomplete.model_runtime.attention import decode_attention, few_rows_attention
+from repocomplete.model_runtime.attention import causal_attention
 from repocomplete.model_runtime.kv_cache import SlabCache
 from repocomplete.model_runtime.quantize import DECODE_MAX_ROWS, PlannedLinear
 
@@ -153,27 +153,10 @@ class FastLlama:
         """Attention over the slab: each layer appends its new K/V and attends to everything before (causal)."""
 
         def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            n = q.shape[2]
             keys, values = cache.layers[i].update(k, v)
-            if n == 1:  # the cache may be float32 under bf16 activations (attention.kv_store_dtype)
-                return decode_attention(q.to(keys.dtype), keys, values, None, self.scale)  # [b, 1, H, D]
-            if n <= DECODE_MAX_ROWS and start > 0:  # a draft being verified: read the cache as decode does
-                return few_rows_attention(q.to(keys.dtype), keys, values, start, self.scale)
-            keys, values = keys.to(q.dtype), values.to(q.dtype)
-            return self._prefill_attention(q, keys, values, start).transpose(1, 2)
+            return causal_attention(q, keys, values, start, self.scale, DECODE_MAX_ROWS)
 
         return attend
-
-    def _prefill_attention(self, q, keys, values, start: int) -> torch.Tensor:
-        n, total = q.shape[2], keys.shape[2]
-        groups = self.n_heads // self.n_kv
-        keys = keys.repeat_interleave(groups, dim=1)
-        values = values.repeat_interleave(groups, dim=1)
-        if start == 0:
-            return nn.functional.scaled_dot_product_attention(q, keys, values, is_causal=True, scale=self.scale)
-        # New token j (absolute position start + j) sees every cached position and the new ones up to itself.
-        mask = torch.ones(n, total, dtype=torch.bool, device=q.device).tril(diagonal=start)
-        return nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scale)
 
 
 def build_forward(model) -> tuple[Forward, str]:

@@ -32,10 +32,22 @@ class SlabLayer(DynamicLayer):
     """One layer's K/V in a buffer that grows by doubling up to `max_tokens` rows (None: no bound);
     `keys`/`values` are views of the filled part."""
 
-    def __init__(self, capacity: int = 256, store_dtype: torch.dtype | None = None, max_tokens: int | None = None):
+    def __init__(self, capacity: int = 256, store_dtype: torch.dtype | None = None, max_tokens: int | None = None,
+                 reserve: bool = False):
         super().__init__()
         self.max_tokens = max_tokens
+        # reserve: allocate the bound at once. The buffers are untouched memory until rows are written (the OS
+        # commits pages on first write: 8256 rows reserved, 256 written, is ~256 rows of resident memory), so
+        # growth never copies the cache.
+        if reserve and max_tokens is not None:
+            capacity = max_tokens
         self.capacity = capacity if max_tokens is None else min(capacity, max_tokens)
+        # Per-block key summaries (Quest): the min and max of each key dimension over each full block of
+        # `summary_tokens` rows, computed on demand for the blocks written since (`summaries`).
+        self.kmin: torch.Tensor | None = None
+        self.kmax: torch.Tensor | None = None
+        self.summary_tokens = 0
+        self.summarized = 0  # full blocks whose summaries are current
         self.store_dtype = store_dtype  # None: the dtype of the first K/V written
         self.length = 0
         self.k_buf: torch.Tensor | None = None
@@ -52,6 +64,27 @@ class SlabLayer(DynamicLayer):
     def _set_views(self) -> None:
         self.keys = self.k_buf[:, :, : self.length]
         self.values = self.v_buf[:, :, : self.length]
+        if self.summary_tokens:  # a block rewritten or cut loses its summary
+            self.summarized = min(self.summarized, self.length // self.summary_tokens)
+
+    def summaries(self, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(kmin, kmax), each [batch, kv heads, full blocks, dim] in float32: the per-dimension bounds of the keys
+        of each full block of `block` rows (the last, partial block has none). Only the blocks written since the
+        last call are computed; a truncation or a rewrite drops the summaries of the blocks it touched."""
+        b, h, _, d = self.k_buf.shape
+        if self.summary_tokens != block or self.kmin is None or self.kmin.shape[2] * block < self.capacity:
+            blocks = -(-self.capacity // block)
+            self.kmin = self.k_buf.new_empty(b, h, blocks, d, dtype=torch.float32)
+            self.kmax = self.k_buf.new_empty(b, h, blocks, d, dtype=torch.float32)
+            self.summary_tokens, self.summarized = block, 0
+        full = self.length // block
+        if full > self.summarized:
+            a = self.summarized
+            keys = self.k_buf[:, :, a * block : full * block].float().view(b, h, full - a, block, d)
+            self.kmin[:, :, a:full] = keys.amin(dim=3)
+            self.kmax[:, :, a:full] = keys.amax(dim=3)
+            self.summarized = full
+        return self.kmin[:, :, :full], self.kmax[:, :, :full]
 
     def _reserve(self, needed: int) -> None:
         if needed <= self.capacity:
@@ -66,6 +99,7 @@ class SlabLayer(DynamicLayer):
         k_buf[:, :, : self.length] = self.k_buf[:, :, : self.length]
         v_buf[:, :, : self.length] = self.v_buf[:, :, : self.length]
         self.k_buf, self.v_buf, self.capacity = k_buf, v_buf, capacity
+        self.kmin = self.kmax = None
 
     def update(self, key_states, value_states, *args, **kwargs):
         if not self.is_initialized:
@@ -97,6 +131,8 @@ class SlabLayer(DynamicLayer):
         self._reserve(start + n)
         self.k_buf[:, :, start : start + n] = keys
         self.v_buf[:, :, start : start + n] = values
+        self.length = start  # (drops the summaries of the blocks rewritten)
+        self._set_views()
         self.length = start + n
         self._set_views()
 
@@ -109,11 +145,13 @@ class SlabLayer(DynamicLayer):
         if self.is_initialized:
             self.k_buf = self.k_buf.repeat_interleave(repeats, dim=0)
             self.v_buf = self.v_buf.repeat_interleave(repeats, dim=0)
+            self.kmin = self.kmax = None
             self._set_views()
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         if self.is_initialized:
             self.k_buf, self.v_buf = self.k_buf[indices], self.v_buf[indices]
+            self.kmin = self.kmax = None
             self._set_views()
 
 
@@ -122,8 +160,8 @@ class SlabCache(Cache):
     `max_tokens` rows (None: no bound)."""
 
     def __init__(self, n_layers: int, capacity: int = 256, store_dtype: torch.dtype | None = None,
-                 max_tokens: int | None = None):
-        super().__init__(layers=[SlabLayer(capacity, store_dtype, max_tokens) for _ in range(n_layers)])
+                 max_tokens: int | None = None, reserve: bool = False):
+        super().__init__(layers=[SlabLayer(capacity, store_dtype, max_tokens, reserve) for _ in range(n_layers)])
         self.max_tokens = max_tokens
         self.tokens: list[int] = []
 
@@ -134,6 +172,11 @@ class SlabCache(Cache):
     def room(self) -> int | None:
         """How many more rows fit (None: no bound)."""
         return None if self.max_tokens is None else self.max_tokens - self.length
+
+    def resident_bytes(self) -> int:
+        """The bytes of the rows written so far (what a reserved slab holds in memory; the rest is untouched)."""
+        return sum(buf[:, :, : layer.length].numel() * buf.element_size() for layer in self.layers
+                   for buf in (layer.k_buf, layer.v_buf) if buf is not None)
 
     def allocated_bytes(self) -> int:
         """The bytes of the K/V buffers as allocated now (at most `max_tokens` rows of them)."""
@@ -167,12 +210,18 @@ class SlabCache(Cache):
 # Prefix cache: hashing.
 
 
-def hash_blocks(tokens: Sequence[int], block_size: int, salt: int = 0) -> list[int]:
-    """Chained hashes of the full blocks of `tokens`: block i's hash covers every token up to its end."""
+def hash_blocks(tokens: Sequence[int], block_size: int, salt: int = 0, policy: tuple | None = None) -> list[int]:
+    """Chained hashes of the full blocks of `tokens`: block i's hash covers every token up to its end.
+
+    policy = (key, first block): the K/V of the blocks from `first` on came from an attention policy that is not
+    exactly dense (sparse attention), so their hashes fold in its key and never match blocks computed otherwise;
+    the blocks before it are exact dense K/V and stay shared."""
     hashes = []
     parent = salt
-    for start in range(0, len(tokens) - block_size + 1, block_size):
-        parent = hash((parent, tuple(tokens[start : start + block_size])))
+    key, first = policy if policy is not None else (None, None)
+    for i, start in enumerate(range(0, len(tokens) - block_size + 1, block_size)):
+        block = tuple(tokens[start : start + block_size])
+        parent = hash((parent, block)) if first is None or i < first else hash((parent, block, key))
         hashes.append(parent)
     return hashes
 
@@ -294,15 +343,16 @@ class PrefixCache:
         self.block_size = block_size
         self.pool = BlockPool(capacity_bytes)
         self.salt = salt  # distinguishes models (or adapters) sharing one pool
+        self.policy: tuple | None = None  # (attention policy key, first block it applies to): see hash_blocks
 
     def match(self, tokens: Sequence[int]) -> PrefixMatch:
-        blocks = self.pool.lookup(hash_blocks(tokens, self.block_size, self.salt))
+        blocks = self.pool.lookup(hash_blocks(tokens, self.block_size, self.salt, self.policy))
         return PrefixMatch(len(blocks) * self.block_size, blocks)
 
     def store(self, tokens: Sequence[int], slab: SlabCache, upto: int | None = None) -> int:
         """Store the full blocks of tokens[:upto] not yet in the pool, reading K/V from the slab; return how many."""
         upto = len(tokens) if upto is None else upto
-        hashes = hash_blocks(tokens[:upto], self.block_size, self.salt)
+        hashes = hash_blocks(tokens[:upto], self.block_size, self.salt, self.policy)
         keep = frozenset(hashes)
         stored = 0
         present = []

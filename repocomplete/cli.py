@@ -17,7 +17,7 @@ EXIT_BAD_INPUT = 2
 
 
 def _add_runtime_args(p: argparse.ArgumentParser) -> None:
-    from repocomplete.model_runtime.config import QUANTIZE_MODES, RuntimeConfig
+    from repocomplete.model_runtime.config import ATTENTION_MODES, QUANTIZE_MODES, RuntimeConfig
 
     defaults = RuntimeConfig()
     g = p.add_argument_group("model")
@@ -36,6 +36,16 @@ def _add_runtime_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--speculative-tokens", type=int, default=None,
                    help=f"greedy decoding verifies up to N tokens drafted from the prompt (default "
                         f"{defaults.speculative_tokens}; 0: off)")
+    g.add_argument("--attention", default=None, choices=ATTENTION_MODES,
+                   help=f"attention over long prompts: sparse (sinks, recent window, the current file and the top-k "
+                        f"repository-context blocks), dense, or auto: sparse from --sparse-min-tokens on (default "
+                        f"{defaults.attention})")
+    g.add_argument("--sparse-min-tokens", type=int, default=None,
+                   help=f"with --attention auto, the prompt length where sparse attention starts (default "
+                        f"{defaults.sparse_min_tokens})")
+    g.add_argument("--sparse-top-k", type=int, default=None,
+                   help=f"repository-context blocks each decode step attends to, per K/V head (default "
+                        f"{defaults.sparse_top_k})")
     g.add_argument("--max-tokens", type=int, default=None, help=f"most tokens to generate (default {defaults.max_new_tokens})")
     g.add_argument("--temperature", type=float, default=None, help="0 = greedy (the default)")
     g.add_argument("--no-token-healing", action="store_true", help="turn token healing off")
@@ -81,7 +91,8 @@ def runtime_config(args: argparse.Namespace):
     # A flag left out means RuntimeConfig's default: the command line restates none of them.
     given = dict(model=args.model, adapter=args.adapter, endpoint=args.endpoint, device=args.device, dtype=args.dtype,
                  quantize=args.quantize, fim_template=args.fim_template, threads=args.threads,
-                 speculative_tokens=args.speculative_tokens,
+                 speculative_tokens=args.speculative_tokens, attention=args.attention,
+                 sparse_min_tokens=args.sparse_min_tokens, sparse_top_k=args.sparse_top_k,
                  max_new_tokens=args.max_tokens, temperature=args.temperature)
     config = RuntimeConfig(**{k: v for k, v in given.items() if v is not None})
     monitors = getattr(args, "monitors", None)

@@ -7,7 +7,7 @@ import torch
 
 from repocomplete.model_runtime.engine import CompletionRequest, Engine
 from repocomplete.model_runtime.errors import SlabFull
-from repocomplete.model_runtime.kv_cache import BlockPool, PoolFull, PrefixCache, SlabCache, hash_blocks
+from repocomplete.model_runtime.kv_cache import BlockPool, PoolFull, PrefixCache, SlabCache, SlabLayer, hash_blocks
 from repocomplete.model_runtime.templates import PromptParts
 
 
@@ -238,3 +238,47 @@ def test_one_prompt_larger_than_the_pool_stores_only_what_fits(tiny_loaded, tiny
     engine.slab.reset()
     assert engine.logits_for(_prompt(41))[1] == 12  # the first three blocks serve the next request
     assert engine.prefix_cache.pool.used_bytes <= bound
+
+
+# -- long-prompt layout: reserved slab, block summaries, policy-salted hashes ----------------------------------------
+
+
+def test_a_reserved_slab_never_reallocates_as_it_grows():
+    slab = SlabCache(2, capacity=4, max_tokens=64, reserve=True, store_dtype=torch.bfloat16)
+    k = torch.randn(1, 2, 5, 3)
+    slab.layers[0].update(k, k)
+    buffer = slab.layers[0].k_buf.data_ptr()
+    assert slab.layers[0].capacity == 64 and slab.layers[0].k_buf.dtype == torch.bfloat16
+    for _ in range(11):
+        slab.layers[0].update(k, k)
+    assert slab.layers[0].length == 60 and slab.layers[0].k_buf.data_ptr() == buffer  # grown in place
+    assert slab.resident_bytes() == 2 * (2 * 60 * 3) * 2  # K+V, heads*rows*dim, bf16 (layer 1 holds nothing)
+
+
+def test_block_summaries_bound_each_full_block_and_follow_truncation():
+    layer = SlabLayer(capacity=8)
+    k = torch.randn(1, 2, 10, 4)
+    layer.update(k, k)
+    kmin, kmax = layer.summaries(4)
+    assert kmin.shape == (1, 2, 2, 4)  # two full blocks of 4; the last two rows form no summary yet
+    torch.testing.assert_close(kmin[:, :, 1], k[:, :, 4:8].amin(dim=2))
+    torch.testing.assert_close(kmax[:, :, 0], k[:, :, 0:4].amax(dim=2))
+    layer.truncate(6)  # block 1 is cut: its summary goes
+    assert layer.summarized == 1 and layer.summaries(4)[0].shape[2] == 1
+    other = torch.full((1, 2, 6, 4), 7.0)
+    layer.update(other, other)  # rows 6..11: block 1 now holds k[4:6] and 7s, block 2 only 7s
+    kmin, kmax = layer.summaries(4)
+    torch.testing.assert_close(kmax[:, :, 1], torch.maximum(k[:, :, 4:6].amax(dim=2), torch.tensor(7.0)))
+    torch.testing.assert_close(kmin[:, :, 2], torch.full((1, 2, 4), 7.0))
+    layer.write(0, other[:, :, :4], other[:, :, :4])  # a rewrite from 0 (prefix-cache reuse) drops every summary
+    assert layer.summarized == 0 and layer.length == 4
+    torch.testing.assert_close(layer.summaries(4)[0][:, :, 0], torch.full((1, 2, 4), 7.0))
+
+
+def test_policy_salted_hashes_match_dense_ones_only_before_the_policy_starts():
+    tokens = list(range(40))
+    dense = hash_blocks(tokens, 8, salt=5)
+    sparse = hash_blocks(tokens, 8, salt=5, policy=(("sparse", 16), 2))
+    assert sparse[:2] == dense[:2] and all(a != b for a, b in zip(sparse[2:], dense[2:]))
+    other = hash_blocks(tokens, 8, salt=5, policy=(("sparse", 24), 2))
+    assert other[:2] == dense[:2] and all(a != b for a, b in zip(other[2:], sparse[2:]))
