@@ -61,7 +61,7 @@ def shared_prefix_attention(q: torch.Tensor, prefix_k: torch.Tensor, prefix_v: t
 
 def reference_attention(q, prefix_k, prefix_v, suffix_k, suffix_v, suffix_start: int, scale: float) -> torch.Tensor:
     """The same by concatenation: each sequence's prefix + suffix, plain causal attention in float32."""
-    b, h, n, d = q.shape
+    b, h, n, _ = q.shape
     g = h // suffix_k.shape[1]
     p = prefix_k.shape[2]
     length = suffix_start + n

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-
 from repocomplete.model_runtime.stopping import StopRules, final_text
 
 
@@ -71,7 +70,7 @@ class Decoding:
     def final(self, suffix: str) -> str:
         """The text the editor gets (stop rules, healing's text removed, the suffix overlap trimmed)."""
         text = self.text
-        body = text[len(self.healed):] if text.startswith(self.healed) else text
+        body = text.removeprefix(self.healed)
         return final_text(self.rules, body, self.reason, suffix)
 
     def report(self) -> dict:

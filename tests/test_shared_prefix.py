@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from repocomplete.kernels.shared_prefix import reference_attention, shared_prefix_attention
 
 
