@@ -330,13 +330,21 @@ class Engine:
             return self._complete(request)
 
     def complete_batch(self, requests: Sequence[CompletionRequest]) -> list[Completion]:
-        """Complete many requests; those sharing a prompt prefix run back to back so the prefix cache serves them."""
-        encoded = [self.encode(r.parts)[1].ids for r in requests]
-        order = sorted(range(len(requests)), key=lambda i: encoded[i])
-        results: list[Completion | None] = [None] * len(requests)
-        for i in order:
-            results[i] = self.complete(requests[i])
-        return results  # type: ignore[return-value]
+        """Complete many requests, in their order: those whose prompts share a head of a block or more prefill it
+        once and decode together (batch.py); the others run one by one in prompt order (the prefix cache serves
+        neighbours)."""
+        from repocomplete.model_runtime.batch import complete_grouped
+
+        return complete_grouped(self, requests)
+
+    @torch.inference_mode()
+    def complete_candidates(self, request: CompletionRequest, n: int | None = None) -> list[Completion]:
+        """Up to n (None: the config's `candidates`) distinct completions: the first is `complete`'s, the others are
+        sampled after the same prompt, decoded together (batch.py)."""
+        from repocomplete.model_runtime.batch import complete_candidates
+
+        with self.lock:
+            return complete_candidates(self, request, self.config.candidates if n is None else n)
 
     def _complete(self, request: CompletionRequest) -> Completion:
         cfg = self.config
