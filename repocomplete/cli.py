@@ -37,6 +37,9 @@ def _add_runtime_args(p: argparse.ArgumentParser) -> None:
                    help=f"greedy decoding verifies up to N tokens drafted from the prompt (default "
                         f"{defaults.speculative_tokens}; 0: off)")
     g.add_argument("--max-tokens", type=int, default=None, help=f"most tokens to generate (default {defaults.max_new_tokens})")
+    g.add_argument("--candidates", type=int, default=None,
+                   help=f"alternative completions per request, 1-8: the first as without it, the others sampled "
+                        f"(default {defaults.candidates})")
     g.add_argument("--temperature", type=float, default=None, help="0 = greedy (the default)")
     g.add_argument("--no-token-healing", action="store_true", help="turn token healing off")
     g.add_argument("--suggest-comments", action="store_true",
@@ -81,7 +84,7 @@ def runtime_config(args: argparse.Namespace):
     # A flag left out means RuntimeConfig's default: the command line restates none of them.
     given = dict(model=args.model, adapter=args.adapter, endpoint=args.endpoint, device=args.device, dtype=args.dtype,
                  quantize=args.quantize, fim_template=args.fim_template, threads=args.threads,
-                 speculative_tokens=args.speculative_tokens,
+                 speculative_tokens=args.speculative_tokens, candidates=getattr(args, "candidates", None),
                  max_new_tokens=args.max_tokens, temperature=args.temperature)
     config = RuntimeConfig(**{k: v for k, v in given.items() if v is not None})
     monitors = getattr(args, "monitors", None)
@@ -190,11 +193,15 @@ def cmd_complete(args: argparse.Namespace) -> int:
                     "root_reason": None if workspace is None else workspace.root_reason,
                     "monitors": result.monitor_spans,  # which monitor constrained which span
                     "monitor_ms": result.monitor_ms,
+                    "candidates": [c.text for c in done.candidates],  # the first is "completion"
                 }
             )
         )
     else:
         print(result.text)
+        for i, other in enumerate(done.candidates[1:], start=1):
+            print(f"--- candidate {i}")
+            print(other.text)
     completer.close()
     return 0
 
