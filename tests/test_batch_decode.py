@@ -160,3 +160,11 @@ def test_grouped_batch_equals_complete_one_by_one_in_order(tiny_loaded, config, 
     single = [Engine(tiny_loaded, config).complete(r) for r in requests]
     assert [r.raw_text for r in batched] == [r.raw_text for r in single]
     assert [(r.text, r.stop_reason) for r in batched] == [(r.text, r.stop_reason) for r in single]
+
+
+def test_the_benchmark_compares_the_same_arithmetic(tiny_loaded):
+    from repocomplete.bench.shared_prefix import run_shared_prefix_bench
+
+    report = run_shared_prefix_bench(tiny_loaded, prompt_tokens=40, sequences=3, new_tokens=4)
+    assert (report["sequences"], report["new_tokens"], report["forward"]) == (3, 4, "fast-llama")
+    assert report["max_logit_diff"] < 1e-3  # the last step of each sequence, both ways
