@@ -185,7 +185,7 @@ def complete_candidates(engine, request: CompletionRequest, n: int) -> list[Comp
     cfg, parts = engine.config, request.parts
     t0 = time.perf_counter()
     ids, healed = engine.heal(engine.encode(parts)[1], parts)
-    if engine.slab.tokens[: len(ids)] != ids:  # not after `_complete`; cheap to make sure
+    if engine.slab.tokens[: len(ids) - 1] != ids[:-1]:  # the shared prefix: `_complete` leaves it in the slab
         engine._run_prompt(ids)
     temperature = cfg.temperature if cfg.temperature > 0 else CANDIDATE_TEMPERATURE
     generators = [torch.Generator(device="cpu").manual_seed(cfg.seed + i) for i in range(1, n)]
