@@ -183,10 +183,10 @@ class Completions:
             self._warn_once(uri, problem, f"{uri} holds NUL bytes (binary?): no completions there")
             return None
 
-        def answer(completion: str):
+        def answer(completion: str, others: tuple[str, ...] = ()):
             record.chars = len(completion)
-            if method == types.TEXT_DOCUMENT_INLINE_COMPLETION:
-                return convert.inline_items(completion, position)
+            if method == types.TEXT_DOCUMENT_INLINE_COMPLETION:  # every candidate: the editor cycles through them
+                return [item for text in (completion, *others) for item in convert.inline_items(text, position)]
             return convert.completion_list(completion, text, offset, position, doc)
 
         key, prefix, suffix = self._cache_key(uri, text, offset, generation)
@@ -194,7 +194,7 @@ class Completions:
         if hit is not None:
             record.outcome = "cached"
             self._last[uri] = (key, hit[0].explain)
-            return answer(hit[1])
+            return answer(hit[1], hit[0].others)
 
         self.debounce.arrived()  # only requests that reach the engine shape the delay
         pending = Pending(record)
@@ -236,9 +236,10 @@ class Completions:
             self.check_speed(result.completion)
             self.debounce.finished(result.engine_ms)
             explain = convert.explain(result, options.context if problem is None else "infile")
-            self.cache.put(key, Cached(result.text, explain))
+            others = tuple(c.text for c in result.candidates[1:])
+            self.cache.put(key, Cached(result.text, explain, others))
             self._last[uri] = (key, explain)
-            return answer(result.text)
+            return answer(result.text, others)
         finally:
             if self._inflight.get(uri) is pending:
                 del self._inflight[uri]

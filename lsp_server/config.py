@@ -29,7 +29,7 @@ DEFAULT_LANGUAGES = (
 MODEL_FIELDS = ("model", "adapter", "endpoint")
 # Integer settings and their ranges (the VS Code extension declares the same: tests/test_extension_settings.py).
 RANGES = {"context_budget": (0, 32_768), "max_tokens": (1, 4096), "debounce_ms": (0, 5000),
-          "completion_cache_bytes": (0, 2**30)}
+          "completion_cache_bytes": (0, 2**30), "candidates": (1, 8)}
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,7 @@ class Settings:
     max_tokens: int | None = None  # RuntimeConfig.max_new_tokens
     multiline: bool | None = None  # RuntimeConfig.multiline
     monitors: str | None = None  # RuntimeConfig.monitors: "none", "all" or a comma list (deref,scope,args,imports)
+    candidates: int | None = None  # RuntimeConfig.candidates: inline completion items per request (1-8)
 
     def replace(self, **changes) -> "Settings":
         return dataclasses.replace(self, **changes)
@@ -78,17 +79,18 @@ def resolve(runtime: RuntimeConfig, context_config: ContextConfig, settings: Set
     max_tokens = _owned(s.max_tokens, runtime.max_new_tokens)
     multiline = _owned(s.multiline, runtime.multiline)
     budget = _owned(s.context_budget, context_config.budget_tokens)
+    candidates = _owned(s.candidates, runtime.candidates)
     from repocomplete.monitors import monitors_text, parse_monitors
 
     monitors = parse_monitors(s.monitors) if s.monitors is not None else tuple(runtime.monitors)
     if endpoint and s.monitors is None:
         monitors = ()  # the default monitors need a local model
     shown = s.replace(model=model, adapter=adapter, endpoint=endpoint, max_tokens=max_tokens, multiline=multiline,
-                      context_budget=budget, monitors=monitors_text(monitors))
+                      context_budget=budget, monitors=monitors_text(monitors), candidates=candidates)
     return Effective(shown, runtime.replace(model=model, adapter=adapter, endpoint=endpoint,
                                               monitors=() if endpoint else runtime.monitors),
                      CompletionOptions(context=s.context, multiline=multiline, max_new_tokens=max_tokens, budget=budget,
-                                       monitors=monitors))
+                                       monitors=monitors, candidates=candidates))
 
 
 def _owned(override, value):

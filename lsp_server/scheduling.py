@@ -124,6 +124,7 @@ class Debounce:
 class Cached:
     text: str
     explain: dict[str, Any]  # what showContext returns for it
+    others: tuple[str, ...] = ()  # the other candidates (RuntimeConfig.candidates), offered after `text`
 
 
 def approx_bytes(obj: Any) -> int:
@@ -173,6 +174,7 @@ class CompletionCache:
             return  # an empty answer is not worth keeping: the next request may do better (e.g. after indexing)
         self._drop(key)
         size = approx_bytes(key) + approx_bytes(item.text) + approx_bytes(item.explain)
+        size += approx_bytes(item.others) if item.others else 0
         if size > self.max_bytes:
             return  # larger than the whole cache: not kept
         self._items[key] = (item, size)
@@ -205,7 +207,8 @@ class CompletionCache:
             typed = prefix[-k:]
             earlier = self.peek(self.key(uri, generation, prefix[:-k], suffix))
             if earlier is not None and len(earlier.text) > k and earlier.text.startswith(typed):
-                rest = Cached(earlier.text[k:], earlier.explain)
+                others = tuple(o[k:] for o in earlier.others if len(o) > k and o.startswith(typed))
+                rest = Cached(earlier.text[k:], earlier.explain, others)
                 self.put(key, rest)
                 return rest, rest.text
         return None

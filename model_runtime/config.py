@@ -76,6 +76,10 @@ class RuntimeConfig:
     # Greedy decoding verifies up to this many tokens drafted from the prompt in one forward pass (prompt lookup;
     # up to 16 rows stay in the decode kernels); 0 turns it off. Output is the same token for token.
     speculative_tokens: int = 8
+    # Alternatives per request (an editor cycles through them): the first is the completion above, the others are
+    # sampled (batch.py: at `temperature`, or 0.8 when greedy; top_p 0.95; seed + i) after the same prompt, decoded
+    # together over its shared K/V. Duplicates and empty ones are dropped.
+    candidates: int = 1
     # Prefix-KV cache.
     prefix_cache: bool = True
     # The bound of the prefix cache's block pool (kv_cache.BlockPool), whatever the prompts: the least recently
@@ -124,8 +128,9 @@ class RuntimeConfig:
                             ("--dtype", self.dtype), ("--fim-template", self.fim_template), ("--threads", self.threads)):
             if value:
                 argv += [flag, str(value)]
-        argv += ["--speculative-tokens", str(self.speculative_tokens), "--attention", self.attention,
-                 "--sparse-min-tokens", str(self.sparse_min_tokens), "--sparse-top-k", str(self.sparse_top_k)]
+        argv += ["--speculative-tokens", str(self.speculative_tokens), "--candidates", str(self.candidates),
+                 "--attention", self.attention, "--sparse-min-tokens", str(self.sparse_min_tokens),
+                 "--sparse-top-k", str(self.sparse_top_k)]
         if not self.token_healing:
             argv.append("--no-token-healing")
         if self.suggest_comments:
@@ -154,6 +159,8 @@ class RuntimeConfig:
             raise ConfigError(f"fim_order must be 'auto', 'psm' or 'spm', got {self.fim_order!r}")
         if not 0 <= self.speculative_tokens <= 15:
             raise ConfigError(f"speculative_tokens must be in [0, 15], got {self.speculative_tokens}")
+        if not 1 <= self.candidates <= 8:
+            raise ConfigError(f"candidates must be in [1, 8], got {self.candidates}")
         if self.prefill_chunk_tokens < 1:
             raise ConfigError(f"prefill_chunk_tokens must be >= 1, got {self.prefill_chunk_tokens}")
         if self.threads is not None and self.threads < 1:

@@ -16,13 +16,14 @@ import torch
 
 from repocomplete.model_runtime.attention import kv_store_dtype
 from repocomplete.model_runtime.config import RuntimeConfig
+from repocomplete.model_runtime.decoding import Decoding
 from repocomplete.model_runtime.errors import SlabFull
 from repocomplete.model_runtime.healing import backoff
 from repocomplete.model_runtime.kv_cache import PrefixCache, SlabCache
 from repocomplete.model_runtime.loading import LoadedModel
 from repocomplete.model_runtime.monitor import Guide, Monitor, NameMask
 from repocomplete.model_runtime.speculate import PromptLookup
-from repocomplete.model_runtime.stopping import StopRules, final_text
+from repocomplete.model_runtime.stopping import StopRules
 from repocomplete.model_runtime.templates import (
     ContextItem,
     FimTemplate,
@@ -387,31 +388,34 @@ class Engine:
             return self._complete(request)
 
     def complete_batch(self, requests: Sequence[CompletionRequest]) -> list[Completion]:
-        """Complete many requests; those sharing a prompt prefix run back to back so the prefix cache serves them."""
-        encoded = [self.encode(r.parts)[1].ids for r in requests]
-        order = sorted(range(len(requests)), key=lambda i: encoded[i])
-        results: list[Completion | None] = [None] * len(requests)
-        for i in order:
-            results[i] = self.complete(requests[i])
-        return results  # type: ignore[return-value]
+        """Complete many requests, in their order: those whose prompts share a head of a block or more prefill it
+        once and decode together (batch.py); the others run one by one in prompt order (the prefix cache serves
+        neighbours)."""
+        from repocomplete.model_runtime.batch import complete_grouped
+
+        return complete_grouped(self, requests)
+
+    @torch.inference_mode()
+    def complete_candidates(self, request: CompletionRequest, n: int | None = None) -> list[Completion]:
+        """Up to n (None: the config's `candidates`) distinct completions: the first is `complete`'s, the others are
+        sampled after the same prompt, decoded together (batch.py)."""
+        from repocomplete.model_runtime.batch import complete_candidates
+
+        with self.lock:
+            return complete_candidates(self, request, self.config.candidates if n is None else n)
 
     def _complete(self, request: CompletionRequest) -> Completion:
         cfg = self.config
         t0 = time.perf_counter()
         cancel = request.cancel or CancelToken()
         parts = request.parts
-        multiline = cfg.multiline if request.multiline is None else request.multiline
-        max_new = cfg.max_new_tokens if request.max_new_tokens is None else request.max_new_tokens
-        rules = StopRules.at_cursor(parts.prefix, multiline)
         _, encoded = self.encode(parts)
         ids = encoded.ids
         if cancel.cancelled:
             return Completion("", "cancelled", prompt_tokens=len(ids))
         ids, healed = self.heal(encoded, parts)
-        k = len(encoded.ids) - len(ids)
-        spans = drop_span_tokens(encoded.spans, encoded.prefix_end - k, k) if k else list(encoded.spans)
+        spans = self._healed_spans(encoded, ids)
         self.spans = spans
-        no_comment = self._comment_mask(parts, multiline)
         logits, cached = self._run_prompt(ids, cancel)
         t1 = time.perf_counter()
         if logits is None:
@@ -422,11 +426,7 @@ class Engine:
         # eating the budget and answering nothing.
         deadline = t1 + cfg.time_budget_s
         generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
-        generated: list[int] = []
-        text = ""
-        reason = "max_tokens"
-        remaining_heal = healed
-        history = torch.tensor([ids], dtype=torch.long, device=self.device)
+        state = self._decoding(request, ids, healed)
         # Greedy decoding verifies drafts from the prompt (speculate.py): the same tokens, fewer forward passes.
         # Sampling decodes one token at a time, so its distribution is untouched.
         speculate = cfg.speculative_tokens if cfg.temperature <= 0 and self._compiled is None else 0
@@ -434,45 +434,19 @@ class Engine:
         queue: list[torch.Tensor] = [logits]  # the logits of the next position, then of each pending draft token
         drafts: list[int] = []
         drafted = accepted = 0
-        guide = None
-        if request.monitors:
-            before = parts.prefix[: len(parts.prefix) - len(healed)] if parts.prefix.endswith(healed) else parts.prefix
-            guide = Guide(request.monitors, NameMask.for_vocab(self.vocab), before)
+        generated = state.generated
         while True:
-            logits = queue.pop(0)
-            if remaining_heal:
-                logits = logits + self.vocab.mask(remaining_heal, logits.shape[-1], logits.device)
-            if no_comment is not None and not text[len(healed):].strip():
-                logits = logits.index_fill(0, no_comment[no_comment < logits.shape[-1]], float("-inf"))
-            for processor in request.logits_processors:
-                logits = processor(history, logits.unsqueeze(0)).squeeze(0)
-            if guide is not None:
-                logits = guide.apply(logits, text)
-            token = sample(logits, cfg.temperature, cfg.top_k, cfg.top_p, generator)
-            if token in self.stop_ids:
-                reason = "eos" if token == self.tokenizer.eos_token_id else "stop_token"
-                break
-            generated.append(token)
-            history = torch.cat([history, history.new_tensor([[token]])], dim=1)
-            text = self.tokenizer.decode(generated)
-            if remaining_heal:
-                piece = self.vocab.texts[token]
-                remaining_heal = remaining_heal[len(piece) :] if remaining_heal.startswith(piece) else ""
-            if not remaining_heal:
-                kept, why = rules.cut(text[len(healed) :])
-                if why:
-                    reason = why
-                    break
-            if len(generated) >= max_new:
+            token = sample(state.mask(queue.pop(0)), cfg.temperature, cfg.top_k, cfg.top_p, generator)
+            if state.push(token):
                 break
             if cancel.cancelled:
-                reason = "cancelled"
+                state.stop("cancelled")
                 break
             if time.perf_counter() > deadline:
-                reason = "time"
+                state.stop("time")
                 break
             if (self._compiled is not None and self._compiled.full) or (self._compiled is None and self.slab.room() == 0):
-                reason = "length"  # the slab is full (a request asking for more tokens than the config's)
+                state.stop("length")  # the slab is full (a request asking for more tokens than the config's)
                 break
             if lookup is not None:
                 lookup.append(token)
@@ -485,30 +459,43 @@ class Engine:
                 drafts = []
             room = self.slab.room()  # the token itself takes a row; drafts get what the slab has left
             room = speculate if room is None else room - 1
-            drafts = lookup.draft(min(speculate, max_new - len(generated), room)) if lookup is not None else []
+            drafts = lookup.draft(min(speculate, state.max_new - len(generated), room)) if lookup is not None else []
             drafted += len(drafts)
             queue = self._step(token, drafts)
         t2 = time.perf_counter()
         if speculate:
             self._rewind(min(self.slab.length, len(ids) + len(generated) - 1))
             self._previous = generated
-        body = text[len(healed) :] if text.startswith(healed) else text
         return Completion(
-            text=final_text(rules, body, reason, parts.suffix),
-            stop_reason=reason,
+            text=state.final(parts.suffix),
             prompt_tokens=len(ids),
             cached_tokens=cached,
-            generated_tokens=len(generated),
             prefill_s=t1 - t0,
             decode_s=t2 - t1,
-            raw_text=text,
-            healed=healed,
             draft_tokens=drafted,
             accepted_tokens=accepted,
-            monitor_spans=guide.report(text, healed) if guide is not None else [],
-            monitor_ms=round(guide.ms, 3) if guide is not None else 0.0,
-            spans=spans + [Span("generated", len(ids), len(ids) + len(generated))] if generated else spans,
+            **state.report(),
+            spans=spans + [Span("generated", len(ids), len(ids) + len(state.generated))] if state.generated else spans,
         )
+
+    @staticmethod
+    def _healed_spans(encoded: EncodedPrompt, ids: list[int]) -> list[Span]:
+        """The provenance of the prompt `ids` that healing made of `encoded` (the prefix's last tokens backed off)."""
+        k = len(encoded.ids) - len(ids)
+        return drop_span_tokens(encoded.spans, encoded.prefix_end - k, k) if k else list(encoded.spans)
+
+    def _decoding(self, request: CompletionRequest, ids: list[int], healed: str) -> Decoding:
+        """The per-sequence bookkeeping of one request's decode (decoding.py), for the prompt `ids`."""
+        cfg, parts = self.config, request.parts
+        multiline = cfg.multiline if request.multiline is None else request.multiline
+        max_new = cfg.max_new_tokens if request.max_new_tokens is None else request.max_new_tokens
+        guide = None
+        if request.monitors:
+            before = parts.prefix[: len(parts.prefix) - len(healed)] if parts.prefix.endswith(healed) else parts.prefix
+            guide = Guide(request.monitors, NameMask.for_vocab(self.vocab), before)
+        return Decoding(self.tokenizer, self.vocab, self.stop_ids, StopRules.at_cursor(parts.prefix, multiline), healed,
+                        max_new, ids, self.device, self._comment_mask(parts, multiline), request.logits_processors,
+                        guide)
 
     def _comment_mask(self, parts: PromptParts, multiline: bool) -> torch.Tensor | None:
         """The tokens that would open a line comment, where a single-line completion must not (the cursor's line has

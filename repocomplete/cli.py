@@ -47,6 +47,9 @@ def _add_runtime_args(p: argparse.ArgumentParser) -> None:
                    help=f"repository-context blocks each decode step attends to, per K/V head (default "
                         f"{defaults.sparse_top_k})")
     g.add_argument("--max-tokens", type=int, default=None, help=f"most tokens to generate (default {defaults.max_new_tokens})")
+    g.add_argument("--candidates", type=int, default=None,
+                   help=f"alternative completions per request, 1-8: the first as without it, the others sampled "
+                        f"(default {defaults.candidates})")
     g.add_argument("--temperature", type=float, default=None, help="0 = greedy (the default)")
     g.add_argument("--no-token-healing", action="store_true", help="turn token healing off")
     g.add_argument("--suggest-comments", action="store_true",
@@ -91,8 +94,8 @@ def runtime_config(args: argparse.Namespace):
     # A flag left out means RuntimeConfig's default: the command line restates none of them.
     given = dict(model=args.model, adapter=args.adapter, endpoint=args.endpoint, device=args.device, dtype=args.dtype,
                  quantize=args.quantize, fim_template=args.fim_template, threads=args.threads,
-                 speculative_tokens=args.speculative_tokens, attention=args.attention,
-                 sparse_min_tokens=args.sparse_min_tokens, sparse_top_k=args.sparse_top_k,
+                 speculative_tokens=args.speculative_tokens, candidates=getattr(args, "candidates", None),
+                 attention=args.attention, sparse_min_tokens=args.sparse_min_tokens, sparse_top_k=args.sparse_top_k,
                  max_new_tokens=args.max_tokens, temperature=args.temperature)
     config = RuntimeConfig(**{k: v for k, v in given.items() if v is not None})
     monitors = getattr(args, "monitors", None)
@@ -201,11 +204,15 @@ def cmd_complete(args: argparse.Namespace) -> int:
                     "root_reason": None if workspace is None else workspace.root_reason,
                     "monitors": result.monitor_spans,  # which monitor constrained which span
                     "monitor_ms": result.monitor_ms,
+                    "candidates": [c.text for c in done.candidates],  # the first is "completion"
                 }
             )
         )
     else:
         print(result.text)
+        for i, other in enumerate(done.candidates[1:], start=1):
+            print(f"--- candidate {i}")
+            print(other.text)
     completer.close()
     return 0
 

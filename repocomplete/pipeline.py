@@ -18,7 +18,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from repocomplete.context_engine.config import ContextConfig
@@ -99,6 +99,7 @@ class CompletionOptions:
     budget: int | None = None  # None: the context config's
     iterative: bool = False  # RepoCoder: complete, retrieve again with the draft, complete again
     monitors: tuple[str, ...] | None = None  # monitor-guided decoding's monitors; None: the runtime config's
+    candidates: int | None = None  # alternative completions (RuntimeConfig.candidates); None: the runtime config's
 
     def validate(self) -> None:
         if self.context not in CONTEXT_MODES:
@@ -113,6 +114,8 @@ class CompletionOptions:
                 raise InputError(f"unknown monitors {', '.join(unknown)}; expected {', '.join(MONITORS)}")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise InputError(f"max tokens must be >= 1, got {self.max_new_tokens}")
+        if self.candidates is not None and not 1 <= self.candidates <= 8:
+            raise InputError(f"candidates must be in [1, 8], got {self.candidates}")
 
 
 @dataclass
@@ -122,6 +125,12 @@ class CompletionResult:
     context: Context | None  # None without repository context
     context_ms: float  # assembling the prompt parts
     engine_ms: float  # context + generation, as the completer saw it
+    # Every candidate, the completion first (only it where one was asked for or the model has no candidates).
+    candidates: list[Completion] = field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.candidates:
+            self.candidates = [self.completion]
 
     @property
     def text(self) -> str:
@@ -319,16 +328,31 @@ class Completer:
         context_ms = (time.perf_counter() - t0) * 1000
         request = CompletionRequest(parts, max_new_tokens=options.max_new_tokens, multiline=options.multiline,
                                     cancel=cancel, monitors=self._bind(monitors, parts))
-        result = self.model.complete(request)
-        if options.iterative and options.context == "repo" and result.text.strip() and not _cancelled(cancel):
-            t1 = time.perf_counter()
-            parts, ctx = self.prompt_parts(path, text, offset, options, draft=result.text, workspace=workspace)
-            context_ms += (time.perf_counter() - t1) * 1000
-            monitors = self.monitors(path, text, offset, options, workspace)
-            result = self.model.complete(CompletionRequest(parts, max_new_tokens=options.max_new_tokens,
-                                                           multiline=options.multiline, cancel=cancel,
-                                                           monitors=self._bind(monitors, parts)))
-        return CompletionResult(result, parts, ctx, round(context_ms, 2), round((time.perf_counter() - t0) * 1000, 2))
+        result = None
+        if options.iterative and options.context == "repo":
+            draft = self.model.complete(request)
+            if draft.text.strip() and not _cancelled(cancel):
+                t1 = time.perf_counter()
+                parts, ctx = self.prompt_parts(path, text, offset, options, draft=draft.text, workspace=workspace)
+                context_ms += (time.perf_counter() - t1) * 1000
+                monitors = self.monitors(path, text, offset, options, workspace)
+                request = CompletionRequest(parts, max_new_tokens=options.max_new_tokens, multiline=options.multiline,
+                                            cancel=cancel, monitors=self._bind(monitors, parts))
+            else:
+                result = draft
+        candidates = self._candidates(request, options) if result is None else [result]
+        return CompletionResult(candidates[0], parts, ctx, round(context_ms, 2),
+                                round((time.perf_counter() - t0) * 1000, 2), candidates)
+
+    def _candidates(self, request: CompletionRequest, options: CompletionOptions) -> list[Completion]:
+        """The model's completions of a request: the options' (else the runtime config's) number of candidates
+        where the model has them (a local engine), else its one completion."""
+        n = options.candidates
+        if n is None:
+            n = getattr(getattr(self.model, "config", None), "candidates", 1)
+        if n > 1 and hasattr(self.model, "complete_candidates"):
+            return self.model.complete_candidates(request, n)
+        return [self.model.complete(request)]
 
     def complete_batch(
         self, cursors: Sequence[Cursor], options: CompletionOptions | None = None,

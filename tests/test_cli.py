@@ -145,6 +145,22 @@ def test_adapter_without_config(capsys, src, tmp_path, tiny_model_dir):
     assert_one_line_error(*result, f"not a LoRA adapter: {adapter} has no adapter_config.json")
 
 
+def test_complete_candidates(capsys, src, tiny_model_dir):
+    code, out, err = run_cli(
+        capsys, "complete", src, "--line", 2, "--col", 5, "--json", "--model", tiny_model_dir,
+        "--device", "cpu", "--max-tokens", 6, "--candidates", 3,
+    )
+    assert code == 0 and err == ""
+    result = json.loads(out)
+    single = json.loads(run_cli(capsys, "complete", src, "--line", 2, "--col", 5, "--json", "--model", tiny_model_dir,
+                                "--device", "cpu", "--max-tokens", 6)[1])
+    assert result["candidates"][0] == result["completion"] == single["completion"]
+    assert 1 <= len(result["candidates"]) <= 3 and len(set(result["candidates"])) == len(result["candidates"])
+    code, out, err = run_cli(capsys, "complete", src, "--line", 2, "--col", 5, "--model", tiny_model_dir,
+                             "--candidates", 9)
+    assert code != 0 and "candidates must be in [1, 8], got 9" in err
+
+
 def test_complete_json(capsys, src, tiny_model_dir, tokenizer):
     code, out, err = run_cli(
         capsys, "complete", src, "--line", 2, "--col", 5, "--json", "--model", tiny_model_dir,
@@ -156,8 +172,9 @@ def test_complete_json(capsys, src, tiny_model_dir, tokenizer):
     result = json.loads(out)
     assert list(result) == [
         "completion", "latency_ms", "prompt_tokens", "cached_tokens", "generated_tokens", "stop_reason", "prefill_ms",
-        "decode_ms", "model", "path", "root", "root_reason", "monitors", "monitor_ms",
+        "decode_ms", "model", "path", "root", "root_reason", "monitors", "monitor_ms", "candidates",
     ]
+    assert result["candidates"] == [result["completion"]]  # one asked for: the completion alone
     assert result["root"] is None and result["root_reason"] is None  # in-file context: no repository
     # The SmolLM2 vocabulary has no FIM tokens: the plain template, i.e. the prefix alone, less the one token
     # ("\n    ") that token healing backs off.

@@ -35,6 +35,7 @@ OWNERS = {
     "maxTokens": RuntimeConfig().max_new_tokens,
     "multiline": RuntimeConfig().multiline,
     "monitors": monitors_text(RuntimeConfig().monitors),
+    "candidates": RuntimeConfig().candidates,
     "contextBudget": ContextConfig().budget_tokens,
 }
 

@@ -33,19 +33,19 @@ def test_unset_overrides_are_the_configs_values_and_set_ones_replace_them():
     plain = resolve(runtime, context, Settings(context="infile"))
     assert plain.runtime == runtime
     assert plain.options == CompletionOptions(context="infile", multiline=True, max_new_tokens=32, budget=700,
-                                              monitors=())  # an endpoint: no monitors (a local model only)
+                                              monitors=(), candidates=1)  # an endpoint: no monitors (a local model only)
     assert plain.model_name == "http://127.0.0.1:1"
     assert to_json(plain.settings) == {
         "enabled": True, "context": "infile", "debounceMs": 0, "languages": list(Settings().languages),
         "model": "m.gguf", "adapter": None, "endpoint": "http://127.0.0.1:1", "contextBudget": 700, "maxTokens": 32,
-        "multiline": True, "monitors": "none", "completionCacheBytes": 8 * 2**20}
+        "multiline": True, "monitors": "none", "completionCacheBytes": 8 * 2**20, "candidates": 1}
     # A client's settings: another model, no endpoint (its null), other decoding knobs and budget.
     client, _ = apply(Settings(), {"model": "other", "endpoint": None, "maxTokens": 8, "multiline": False,
                                    "contextBudget": 0})
     over = resolve(runtime, context, client)
     assert over.runtime == runtime.replace(model="other", endpoint=None)  # decoding knobs: the options only
     assert over.options == CompletionOptions(context="repo", multiline=False, max_new_tokens=8, budget=0,
-                                             monitors=RuntimeConfig().monitors)
+                                             monitors=RuntimeConfig().monitors, candidates=1)
     assert over.model_name == "other"
 
 

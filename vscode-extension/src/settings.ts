@@ -51,6 +51,7 @@ export interface ServerSettings {
     maxTokens: number;
     multiline: boolean;
     monitors: string;
+    candidates: number;
     debounceMs: number;
     languages: string[];
     completionCacheBytes: number;
@@ -74,6 +75,7 @@ export interface Settings {
 export const RANGES = {
     contextBudget: range('contextBudget'),
     maxTokens: range('maxTokens'),
+    candidates: range('candidates'),
     debounceMs: range('debounceMs'),
     completionCacheBytes: range('completionCacheBytes'),
 } as const;
@@ -170,6 +172,7 @@ const SERVER_CHECKS: { [K in keyof ServerSettings]: Check<ServerSettings[K]> } =
     maxTokens: intIn(...RANGES.maxTokens),
     multiline: boolean(),
     monitors: monitorList(),
+    candidates: intIn(...RANGES.candidates),
     debounceMs: intIn(...RANGES.debounceMs),
     languages: stringList('a non-empty list of languageIds', { allowEmpty: false, dedupe: true }),
     completionCacheBytes: intIn(...RANGES.completionCacheBytes),

@@ -55,7 +55,7 @@ function alive(pid: number): boolean {
     }
 }
 
-const SERVER_KEYS = ['enabled', 'model', 'adapter', 'endpoint', 'context', 'contextBudget', 'maxTokens', 'multiline', 'monitors', 'debounceMs', 'languages', 'completionCacheBytes'];
+const SERVER_KEYS = ['enabled', 'model', 'adapter', 'endpoint', 'context', 'contextBudget', 'maxTokens', 'multiline', 'monitors', 'candidates', 'debounceMs', 'languages', 'completionCacheBytes'];
 
 function suite(name: string, modulePath: string) {
     describe(name, { skip: fs.existsSync(modulePath) ? false : `${path.relative(root, modulePath)} is not built` }, () => {

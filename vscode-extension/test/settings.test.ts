@@ -62,14 +62,14 @@ describe('settings: validation', () => {
     it('keeps valid values', () => {
         const s = readSettings(fromObject({
             enabled: false, model: '/models/x.gguf', adapter: '/lora', endpoint: 'http://127.0.0.1:8080', context: 'infile',
-            contextBudget: 0, maxTokens: 4096, multiline: true, monitors: 'deref,args', debounceMs: 5000, languages: ['python', 'python', 'go'],
+            contextBudget: 0, maxTokens: 4096, multiline: true, monitors: 'deref,args', candidates: 8, debounceMs: 5000, languages: ['python', 'python', 'go'],
             completionCacheBytes: 0,
             serverPath: '/opt/bin/repocomplete', serverArgs: ['--device', 'cpu', '--device', 'cpu'], trace: { server: 'verbose' },
         }));
         assert.deepEqual(s.problems, []);
         assert.deepEqual(s.server, {
             enabled: false, model: '/models/x.gguf', adapter: '/lora', endpoint: 'http://127.0.0.1:8080', context: 'infile',
-            contextBudget: 0, maxTokens: 4096, multiline: true, monitors: 'deref,args', debounceMs: 5000, languages: ['python', 'go'],
+            contextBudget: 0, maxTokens: 4096, multiline: true, monitors: 'deref,args', candidates: 8, debounceMs: 5000, languages: ['python', 'go'],
             completionCacheBytes: 0,
         });
         // Arguments keep their repeats; languages do not.
@@ -88,6 +88,8 @@ describe('settings: validation', () => {
         ['maxTokens', 1.5, 'an integer in [1, 4096]'],
         ['maxTokens', '64', 'an integer in [1, 4096]'],
         ['debounceMs', 5001, 'an integer in [0, 5000]'],
+        ['candidates', 0, 'an integer in [1, 8]'],
+        ['candidates', 9, 'an integer in [1, 8]'],
         ['multiline', 1, 'true or false'],
         ['languages', [], 'a non-empty list of languageIds'],
         ['languages', ['python', 3], 'a non-empty list of languageIds'],
