@@ -262,25 +262,54 @@ def _use_triton(backend: str, x: torch.Tensor) -> bool:
     return backend == "auto" and HAVE_TRITON and x.is_cuda
 
 
+def _row_table(x: torch.Tensor) -> tuple[torch.Tensor, int, int, int]:
+    """x [B, Hkv, L, D] as a 2-D table of its rows for `index_select`, with the row strides of b, h and l.
+
+    A view when the rows are evenly laid out (a contiguous tensor, or a slice [:, :, :L] of a bigger contiguous
+    cache buffer); otherwise a contiguous copy."""
+    d = x.shape[-1]
+    st = x.stride()
+    if not (st[3] == 1 and st[2] == d and st[1] % d == 0 and st[0] % d == 0):
+        x = x.contiguous()
+        st = x.stride()
+    rows = (st[0] * (x.shape[0] - 1) + st[1] * (x.shape[1] - 1) + st[2] * (x.shape[2] - 1)) // d + 1
+    table = torch.as_strided(x, (rows, d), (d, 1), x.storage_offset())
+    return table, st[0] // d, st[1] // d, st[2] // d
+
+
+def _gather_rows(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """x [B, Hkv, L, D], pos [B, Hkv, ..., N] (valid row indices) -> [B, Hkv, ..., N, D], contiguous: one
+    index_select (3x faster than advanced indexing on this CPU), reading only the selected rows."""
+    b, hkv = x.shape[:2]
+    table, sb, sh, sl = _row_table(x)
+    view = (b, hkv) + (1,) * (pos.dim() - 2)
+    base = (torch.arange(b, device=x.device) * sb)[:, None] + (torch.arange(hkv, device=x.device) * sh)[None, :]
+    flat = (base.view(view) + pos * sl).flatten()
+    return table.index_select(0, flat).view(*pos.shape, x.shape[-1])
+
+
 def _topk_decode_torch(q, k, v, blocks, block_size: int, length: int, scale: float) -> torch.Tensor:
-    """Gather the selected rows of each K/V head into contiguous [B, Hkv, S * bs, D] tensors (one advanced index, no
-    copy of the whole cache), then two grouped matmuls as `decode_attention`: each gathered row is read once for
-    the G query heads of its K/V head."""
+    """Gather the selected rows of each K/V head into contiguous [B, Hkv, S * bs, D] tensors (no copy of the whole
+    cache), then two grouped matmuls as `decode_attention`: each gathered row is read once for the G query heads of
+    its K/V head. The mask is applied only when some listed position is padding or past `length`."""
     b, h, d = q.shape
     hkv, lbuf = k.shape[1], k.shape[2]
     offsets = torch.arange(block_size, device=k.device)
     pos = (blocks.clamp(min=0)[..., None] * block_size + offsets).flatten(2)  # [B, Hkv, S * bs]
-    valid = ((blocks >= 0)[..., None] & (pos.unflatten(2, (-1, block_size)) < length)).flatten(2)
-    pos = pos.clamp(max=lbuf - 1)
-    bi = torch.arange(b, device=k.device)[:, None, None]
-    hi = torch.arange(hkv, device=k.device)[None, :, None]
-    keys, values = k[bi, hi, pos], v[bi, hi, pos]  # [B, Hkv, S * bs, D]
+    needs_mask = bool((blocks < 0).any()) or int(blocks.max()) * block_size + block_size > length
+    if needs_mask:
+        valid = (blocks >= 0).repeat_interleave(block_size, dim=-1) & (pos < length)
+        pos = pos.clamp(max=lbuf - 1)
+    keys, values = _gather_rows(k, pos), _gather_rows(v, pos)  # [B, Hkv, S * bs, D]
     if keys.dtype != torch.float32:
         keys, values = keys.float(), values.float()
     qg = q.reshape(b, hkv, h // hkv, d).float()
     scores = torch.matmul(qg, keys.transpose(-1, -2)).mul_(scale)  # [B, Hkv, G, S * bs]
-    scores.masked_fill_(~valid[:, :, None, :], float("-inf"))
-    probs = torch.softmax(scores, dim=-1).nan_to_num_(0.0)  # a head with nothing valid: zeros
+    if needs_mask:
+        scores.masked_fill_(~valid[:, :, None, :], float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    if needs_mask:
+        probs.nan_to_num_(0.0)  # a head with nothing valid: zeros
     out = torch.matmul(probs, values)  # [B, Hkv, G, D]
     return out.reshape(b, h, d).to(q.dtype)
 
