@@ -185,6 +185,8 @@ def _block_sparse_prefill_torch(q, k, v, blocks, start, block_size, scale, chunk
     groups, bs = h // hkv, block_size
     nq = -(-n // bs)
     dev = q.device
+    if blocks.shape[-1] == 0:
+        return q.new_zeros(b, h, n, d)
     counts = (blocks >= 0).sum(dim=-1).amax(dim=(0, 1)).tolist()  # per query block, its widest list
     pad = nq * bs - n
     qf = q.float()

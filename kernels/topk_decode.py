@@ -294,6 +294,8 @@ def _topk_decode_torch(q, k, v, blocks, block_size: int, length: int, scale: flo
     its K/V head. The mask is applied only when some listed position is padding or past `length`."""
     b, h, d = q.shape
     hkv, lbuf = k.shape[1], k.shape[2]
+    if blocks.shape[-1] == 0:
+        return q.new_zeros(b, h, d)
     offsets = torch.arange(block_size, device=k.device)
     pos = (blocks.clamp(min=0)[..., None] * block_size + offsets).flatten(2)  # [B, Hkv, S * bs]
     needs_mask = bool((blocks < 0).any()) or int(blocks.max()) * block_size + block_size > length

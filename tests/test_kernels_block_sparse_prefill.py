@@ -149,3 +149,10 @@ def test_hand_made_lists_padding_and_dtype(backend):
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got, block_sparse_prefill_reference(q.bfloat16(), k, v, blocks, start, bs, scale))
     assert torch.equal(got[0, 3:, :32], torch.zeros(3, 32, 16, dtype=torch.bfloat16))  # nothing listed: zeros
+
+
+@pytest.mark.parametrize("backend", [pytest.param("triton", marks=needs_triton), "torch"])
+def test_an_empty_selection_gives_zeros(backend):
+    q, k, v, _, start, bs, scale = _case((1, 6, 2, 16, 37, 90, 16), torch.float32)
+    blocks = torch.empty(1, 2, 6, 0, dtype=torch.long)
+    assert torch.equal(block_sparse_prefill(q, k, v, blocks, start, bs, scale, backend=backend), torch.zeros_like(q))

@@ -184,3 +184,10 @@ def test_backend_argument_is_checked():
     q, k, v, blocks, length, bs, scale = _case((1, 2, 2, 16, 37, 37, 16), torch.float32)
     with pytest.raises(ValueError):
         topk_decode_attention(q, k, v, blocks, bs, length, scale, backend="cuda")
+
+
+@pytest.mark.parametrize("backend", [pytest.param("triton", marks=needs_triton), "torch"])
+def test_an_empty_selection_gives_zeros(backend):
+    q, k, v, _, length, bs, scale = _case((1, 6, 2, 16, 70, 80, 16), torch.float32)
+    got = topk_decode_attention(q, k, v, torch.empty(1, 2, 0, dtype=torch.long), bs, length, scale, backend=backend)
+    assert torch.equal(got, torch.zeros_like(q))
