@@ -17,7 +17,6 @@ import time
 
 import torch
 import torch.nn.functional as F
-
 from repocomplete.kernels.block_sparse_prefill import block_sparse_prefill, prefill_blocks
 from repocomplete.kernels.topk_decode import (
     HAVE_TRITON,
@@ -71,12 +70,49 @@ def _dense_decode_grouped(q, k, v, scale):
     return torch.matmul(probs, v).reshape(b, h, d)
 
 
+def _prefill_row(row, q, k, v, scale, block_size, sinks, window, k_top, backend, repeats) -> None:
+    """Every token new (start 0), causal: dense SDPA against block selection + block-sparse attention."""
+    device, nb, hkv = q.device, -(-q.shape[2] // block_size), k.shape[1]
+
+    def sparse():
+        blocks = prefill_blocks(q, k, 0, block_size, sinks, window, k_top)
+        return block_sparse_prefill(q, k, v, blocks, 0, block_size, scale, backend=backend), blocks
+
+    row["dense_ms"] = _time_ms(lambda: _dense_prefill(q, k, v, scale), device, repeats)
+    row["sparse_ms"] = _time_ms(sparse, device, repeats)
+    row["selected"] = float((sparse()[1] >= 0).sum()) / (hkv * nb * (nb + 1) / 2)
+    row["speedup"] = row["dense_ms"] / row["sparse_ms"]
+
+
+def _decode_row(row, q, k, v, scale, block_size, sinks, window, k_top, backend, repeats) -> None:
+    """One new row over every cached position. The block summaries are kept up to date as the cache grows (one
+    block at a time), so per step only the scoring, the choice and the attention count."""
+    device, tokens, hkv = q.device, k.shape[2], k.shape[1]
+    nb = -(-tokens // block_size)
+    kmin, kmax = block_summaries(k, block_size)
+    forced = torch.zeros(nb, dtype=torch.bool, device=device)
+    forced[:sinks] = True
+    forced[max(0, nb - window) :] = True
+
+    def sparse():
+        blocks = choose_blocks(block_scores(q, kmin, kmax, scale), forced, k_top)
+        return topk_decode_attention(q, k, v, blocks, block_size, tokens, scale, backend=backend), blocks
+
+    repeats = max(repeats, 10)
+    row["dense_ms"] = _time_ms(lambda: _dense_decode_sdpa(q, k, v, scale), device, repeats)
+    row["grouped_ms"] = _time_ms(lambda: _dense_decode_grouped(q, k, v, scale), device, repeats)
+    row["sparse_ms"] = _time_ms(sparse, device, repeats)
+    row["selected"] = float((sparse()[1] >= 0).sum()) / (hkv * nb)
+    row["speedup"] = row["dense_ms"] / row["sparse_ms"]
+
+
 def kernel_figures(lengths=(8192, 32768, 65536), head_dim: int = 64, kv_heads: int = 3, q_heads: int = 9,
                    device=None, top_k: int | None = None, block_size: int = 64, repeats: int = 3, sinks: int = 1,
                    window: int = 4, max_dense_s: float = 30.0, seed: int = 0) -> list[dict]:
     """Rows {phase, tokens, dense_ms, sparse_ms, speedup, backend, device, selected, skipped} for prefill and decode
-    at each length. top_k None: about 1/8 of the blocks in all (sinks + window + top_k). `selected` is the fraction
-    of the causally visible blocks that the sparse run reads. A skipped row has None timings and its reason."""
+    at each length (decode rows add grouped_ms). top_k None: about 1/8 of the blocks in all (sinks + window +
+    top_k). `selected` is the fraction of the causally visible blocks that the sparse run reads. A skipped row has
+    None timings and its reason."""
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     backend = "triton" if device.type == "cuda" and HAVE_TRITON else "torch"
     scale = head_dim**-0.5
@@ -90,10 +126,9 @@ def kernel_figures(lengths=(8192, 32768, 65536), head_dim: int = 64, kv_heads: i
                 "backend": backend, "device": str(device), "selected": None, "skipped": None}
 
     probe = min(PROBE_TOKENS, max(lengths))
-    pq, pk, pv = randn(1, q_heads, probe, head_dim), randn(1, kv_heads, probe, head_dim), randn(1, kv_heads, probe,
-                                                                                               head_dim)
-    probe_ms = _time_ms(lambda: _dense_prefill(pq, pk, pv, scale), device, 1)
-    del pq, pk, pv
+    probe_qkv = randn(1, q_heads, probe, head_dim), randn(1, kv_heads, probe, head_dim), randn(1, kv_heads, probe,
+                                                                                              head_dim)
+    probe_ms = _time_ms(lambda: _dense_prefill(*probe_qkv, scale), device, 1)
 
     rows = []
     for tokens in lengths:
@@ -102,43 +137,15 @@ def kernel_figures(lengths=(8192, 32768, 65536), head_dim: int = 64, kv_heads: i
         q = randn(1, q_heads, tokens, head_dim)
         k = randn(1, kv_heads, tokens, head_dim)
         v = randn(1, kv_heads, tokens, head_dim)
-
-        # prefill: every token new (start 0), causal
+        selection = (block_size, sinks, window, k_top, backend, repeats)
         row = base("prefill", tokens)
         estimate_s = probe_ms * (tokens / probe) ** 2 / 1e3
         if estimate_s > max_dense_s:
             row["skipped"] = f"dense SDPA prefill estimated at {estimate_s:.0f} s > {max_dense_s:g} s on {device}"
         else:
-            row["dense_ms"] = _time_ms(lambda: _dense_prefill(q, k, v, scale), device, repeats)
-
-            def sparse_prefill():
-                blocks = prefill_blocks(q, k, 0, block_size, sinks, window, k_top)
-                return block_sparse_prefill(q, k, v, blocks, 0, block_size, scale, backend=backend), blocks
-
-            row["sparse_ms"] = _time_ms(sparse_prefill, device, repeats)
-            blocks = sparse_prefill()[1]
-            row["selected"] = float((blocks >= 0).sum()) / (kv_heads * nb * (nb + 1) / 2)
-            row["speedup"] = row["dense_ms"] / row["sparse_ms"]
+            _prefill_row(row, q, k, v, scale, *selection)
         rows.append(row)
-
-        # decode: one new row over `tokens` cached positions; the block summaries are kept up to date as the cache
-        # grows (one block at a time), so only the scoring and the choice count per step
         row = base("decode", tokens)
-        qd = q[:, :, -1].contiguous()
-        kmin, kmax = block_summaries(k, block_size)
-        forced = torch.zeros(nb, dtype=torch.bool, device=device)
-        forced[:sinks] = True
-        forced[max(0, nb - window):] = True
-
-        def sparse_decode():
-            blocks = choose_blocks(block_scores(qd, kmin, kmax, scale), forced, k_top)
-            return topk_decode_attention(qd, k, v, blocks, block_size, tokens, scale, backend=backend), blocks
-
-        row["dense_ms"] = _time_ms(lambda: _dense_decode_sdpa(qd, k, v, scale), device, max(repeats, 10))
-        row["grouped_ms"] = _time_ms(lambda: _dense_decode_grouped(qd, k, v, scale), device, max(repeats, 10))
-        row["sparse_ms"] = _time_ms(sparse_decode, device, max(repeats, 10))
-        row["selected"] = float((sparse_decode()[1] >= 0).sum()) / (kv_heads * nb)
-        row["speedup"] = row["dense_ms"] / row["sparse_ms"]
+        _decode_row(row, q[:, :, -1].contiguous(), k, v, scale, *selection)
         rows.append(row)
-        del q, k, v
     return rows

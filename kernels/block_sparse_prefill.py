@@ -13,7 +13,6 @@ over a list of key blocks); its launcher; the public functions; a plain torch re
 from __future__ import annotations
 
 import torch
-
 from repocomplete.kernels.topk_decode import HAVE_TRITON, _gather_rows, _pow2, _use_triton, choose_blocks
 
 if HAVE_TRITON:
@@ -57,7 +56,7 @@ if HAVE_TRITON:
         k_base = K + b * stride_kb + hkv * stride_kh
         v_base = V + b * stride_vb + hkv * stride_vh
         blk_base = Blocks + b * stride_bb + hkv * stride_bh + qblk * stride_bq
-        for s in range(0, n_sel):
+        for s in range(n_sel):
             blk = tl.load(blk_base + s)
             if blk >= 0:
                 k_pos = blk * BLOCK + r
@@ -226,7 +225,7 @@ def _block_sparse_prefill_torch(q, k, v, blocks, start, block_size, scale, chunk
 def block_sparse_prefill_reference(q, k, v, blocks, start: int, block_size: int, scale: float) -> torch.Tensor:
     """Plain attention with an explicit dense boolean mask [B, H, n, start + n]: causal and inside the listed
     key blocks of each row's query block."""
-    b, h, n, d = q.shape
+    b, h, n = q.shape[:3]
     hkv, total = k.shape[1], k.shape[2]
     groups = h // hkv
     listed = torch.zeros(b, hkv, n, total, dtype=torch.bool)
@@ -246,4 +245,4 @@ def block_sparse_prefill_reference(q, k, v, blocks, start: int, block_size: int,
     return torch.matmul(probs, values).to(q.dtype)
 
 
-__all__ = ["prefill_blocks", "block_sparse_prefill", "block_sparse_prefill_reference"]
+__all__ = ["block_sparse_prefill", "block_sparse_prefill_reference", "prefill_blocks"]

@@ -21,7 +21,7 @@ try:  # Triton is optional: CPU machines without it import this module fine and 
     import triton.language as tl
 
     HAVE_TRITON = True
-except Exception:  # pragma: no cover - depends on the machine
+except ImportError:  # pragma: no cover - depends on the machine
     triton = None
     tl = None
     HAVE_TRITON = False
@@ -321,8 +321,7 @@ def _topk_decode_torch(q, k, v, blocks, block_size: int, length: int, scale: flo
 
 def dense_decode_reference(q, k, v, length: int, scale: float) -> torch.Tensor:
     """Plain attention of q [B, H, D] to positions < length of k/v [B, Hkv, Lbuf, D], in float32, q's dtype out."""
-    b, h, d = q.shape
-    groups = h // k.shape[1]
+    groups = q.shape[1] // k.shape[1]
     keys = k[:, :, :length].float().repeat_interleave(groups, dim=1)
     values = v[:, :, :length].float().repeat_interleave(groups, dim=1)
     scores = torch.einsum("bhd,bhld->bhl", q.float(), keys) * scale
@@ -331,7 +330,7 @@ def dense_decode_reference(q, k, v, length: int, scale: float) -> torch.Tensor:
 
 def topk_decode_reference(q, k, v, blocks, block_size: int, length: int, scale: float) -> torch.Tensor:
     """Plain masked attention: an explicit mask of the positions < length inside the listed blocks."""
-    b, h, d = q.shape
+    b, h = q.shape[:2]
     hkv, lbuf = k.shape[1], k.shape[2]
     groups = h // hkv
     mask = torch.zeros(b, hkv, lbuf, dtype=torch.bool)
@@ -349,11 +348,12 @@ def topk_decode_reference(q, k, v, blocks, block_size: int, length: int, scale: 
     return torch.einsum("bhl,bhld->bhd", probs, values).to(q.dtype)
 
 
-def ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 __all__ = [
-    "HAVE_TRITON", "block_summaries", "block_scores", "choose_blocks", "topk_decode_attention",
-    "dense_decode_reference", "topk_decode_reference", "ceil_div",
+    "HAVE_TRITON",
+    "block_scores",
+    "block_summaries",
+    "choose_blocks",
+    "dense_decode_reference",
+    "topk_decode_attention",
+    "topk_decode_reference",
 ]

@@ -4,7 +4,7 @@ import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # as the other kernel tests: set before the kernels are defined
 
-from repocomplete.bench.attention_kernels import kernel_figures  # noqa: E402
+from repocomplete.bench.attention_kernels import kernel_figures
 
 KEYS = {"phase", "tokens", "dense_ms", "sparse_ms", "speedup", "backend", "device", "selected", "skipped"}
 

@@ -5,12 +5,11 @@ import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels module defines its @triton.jit functions
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from repocomplete.kernels import block_sparse_prefill as bsp  # noqa: E402
-from repocomplete.kernels.block_sparse_prefill import (  # noqa: E402
+import pytest
+import torch
+import torch.nn.functional as F
+from repocomplete.kernels import block_sparse_prefill as bsp
+from repocomplete.kernels.block_sparse_prefill import (
     block_sparse_prefill,
     block_sparse_prefill_reference,
     prefill_blocks,
@@ -131,7 +130,7 @@ def test_torch_path_equals_reference(shape, kv_dtype, chunk_bytes):
 @pytest.mark.parametrize("backend", [pytest.param("triton", marks=needs_triton), "torch"])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_every_block_selected_equals_dense_causal(shape, backend):
-    b, h, hkv, d, start, n, bs = shape
+    start, bs = shape[4], shape[6]
     q, k, v, _, _, _, scale = _case(shape, torch.float32)
     blocks = prefill_blocks(q, k, start, bs, sinks=0, window=1, top_k=10_000)
     got = block_sparse_prefill(q, k, v, blocks, start, bs, scale, backend=backend)

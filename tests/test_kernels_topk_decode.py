@@ -5,11 +5,10 @@ import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels module defines its @triton.jit functions
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from repocomplete.kernels import topk_decode as td  # noqa: E402
-from repocomplete.kernels.topk_decode import (  # noqa: E402
+import pytest
+import torch
+from repocomplete.kernels import topk_decode as td
+from repocomplete.kernels.topk_decode import (
     block_scores,
     block_summaries,
     choose_blocks,
@@ -144,7 +143,7 @@ def test_torch_path_equals_reference(shape, kv_dtype):
 @pytest.mark.parametrize("backend", [pytest.param("triton", marks=needs_triton), "torch"])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_every_block_selected_equals_dense(shape, backend):
-    b, h, hkv, d, length, lbuf, bs = shape
+    b, _, hkv, _, length, _, bs = shape
     q, k, v, _, _, _, scale = _case(shape, torch.float32)
     blocks = choose_blocks(torch.zeros(b, hkv, -(-length // bs)), torch.zeros(-(-length // bs), dtype=torch.bool),
                            top_k=10_000)
