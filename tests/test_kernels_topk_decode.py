@@ -190,3 +190,31 @@ def test_an_empty_selection_gives_zeros(backend):
     q, k, v, _, length, bs, scale = _case((1, 6, 2, 16, 70, 80, 16), torch.float32)
     got = topk_decode_attention(q, k, v, torch.empty(1, 2, 0, dtype=torch.long), bs, length, scale, backend=backend)
     assert torch.equal(got, torch.zeros_like(q))
+
+
+def test_the_kernels_import_and_run_without_triton():
+    """A CPU machine without triton: the modules import, report HAVE_TRITON False and run their torch paths."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['triton'] = None\n"  # `import triton` now raises ImportError
+        "import torch\n"
+        "from repocomplete.kernels import topk_decode as td, block_sparse_prefill as bsp\n"
+        "assert not td.HAVE_TRITON and not bsp.HAVE_TRITON\n"
+        "q, k = torch.randn(1, 4, 16), torch.randn(1, 2, 40, 16)\n"
+        "blocks = torch.tensor([[[0, 2], [1, -1]]])\n"
+        "out = td.topk_decode_attention(q, k, k, blocks, 16, 40, 0.25)\n"
+        "torch.testing.assert_close(out, td.topk_decode_reference(q, k, k, blocks, 16, 40, 0.25))\n"
+        "qp = torch.randn(1, 4, 20, 16)\n"
+        "b = bsp.prefill_blocks(qp, k, 20, 16, 1, 1, 1)\n"
+        "torch.testing.assert_close(bsp.block_sparse_prefill(qp, k, k, b, 20, 16, 0.25),\n"
+        "                           bsp.block_sparse_prefill_reference(qp, k, k, b, 20, 16, 0.25))\n"
+        "try:\n"
+        "    td.topk_decode_attention(q, k, k, blocks, 16, 40, 0.25, backend='triton')\n"
+        "except RuntimeError:\n"
+        "    print('ok')\n"
+    )
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
