@@ -188,12 +188,14 @@ def _block_sparse_prefill_torch(q, k, v, blocks, start, block_size, scale, chunk
         return q.new_zeros(b, h, n, d)
     counts = (blocks >= 0).sum(dim=-1).amax(dim=(0, 1)).tolist()  # per query block, its widest list
     pad = nq * bs - n
-    qf = q.float()
+    # The products run in bf16 where the cache is bf16 (AVX-512 with bf16: twice fp32's speed), the softmax in fp32.
+    dtype = torch.bfloat16 if k.dtype == torch.bfloat16 else torch.float32
+    qf = q.to(dtype)
     if pad:
         qf = torch.nn.functional.pad(qf, (0, 0, 0, pad))
     # [B, Hkv, NQ, G * bs, D]: the rows of a query block for all heads of a K/V head
     qg = qf.reshape(b, hkv, groups, nq, bs, d).transpose(2, 3).reshape(b, hkv, nq, groups * bs, d)
-    out = torch.empty(b, hkv, nq, groups * bs, d, dtype=torch.float32, device=dev)
+    out = torch.empty(b, hkv, nq, groups * bs, d, dtype=dtype, device=dev)
     offsets = torch.arange(bs, device=dev)
     per_key_row = b * hkv * (d * 2 * 4 + groups * bs * 4 * 2)  # bytes per gathered key row: K, V, scores, probs
     i = 0
@@ -206,13 +208,12 @@ def _block_sparse_prefill_torch(q, k, v, blocks, start, block_size, scale, chunk
         ok = (idx >= 0)[..., None].expand(*idx.shape, bs).flatten(3) & (kpos < total)
         kpos = kpos.clamp(max=total - 1)
         keys, values = _gather_rows(k, kpos), _gather_rows(v, kpos)  # [B, Hkv, C, S * bs, D]
-        if keys.dtype != torch.float32:
-            keys, values = keys.float(), values.float()
+        keys, values = keys.to(dtype), values.to(dtype)
         qpos = start + (torch.arange(i, i + c, device=dev)[:, None] * bs + offsets).reshape(1, 1, c, 1, bs, 1)
         allowed = ok[:, :, :, None, None, :] & (kpos[:, :, :, None, None, :] <= qpos)  # [B, Hkv, C, 1, bs, S*bs]
-        scores = torch.matmul(qg[:, :, i : i + c], keys.transpose(-1, -2)).mul_(scale)  # [B, Hkv, C, G*bs, S*bs]
+        scores = torch.matmul(qg[:, :, i : i + c], keys.transpose(-1, -2)).float().mul_(scale)  # [B,Hkv,C,G*bs,S*bs]
         scores = scores.view(b, hkv, c, groups, bs, -1).masked_fill_(~allowed, float("-inf"))
-        probs = torch.softmax(scores, dim=-1).nan_to_num_(0.0).view(b, hkv, c, groups * bs, -1)
+        probs = torch.softmax(scores, dim=-1).nan_to_num_(0.0).view(b, hkv, c, groups * bs, -1).to(dtype)
         out[:, :, i : i + c] = torch.matmul(probs, values)
         i += c
     out = out.reshape(b, hkv, nq, groups, bs, d).transpose(2, 3).reshape(b, h, nq * bs, d)[:, :, :n]

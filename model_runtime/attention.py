@@ -8,6 +8,9 @@ read the cache once. Prefill (many query rows) keeps transformers' SDPA path.
 
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 from transformers import AttentionInterface
@@ -75,7 +78,27 @@ def causal_attention(query, key, value, start: int, scale: float, few_rows: int 
     return out.transpose(1, 2)
 
 
+# Sparse attention (sparse.py) for transformers' forward: the engine installs its SparseAttention and slab for the
+# call, since the registered function below gets no engine.
+_sparse = threading.local()
+
+
+@contextmanager
+def sparse_for(sparse, slab):
+    previous = getattr(_sparse, "value", None)
+    _sparse.value = (sparse, slab)
+    try:
+        yield
+    finally:
+        _sparse.value = previous
+
+
 def attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
+    installed = getattr(_sparse, "value", None)
+    if installed is not None and not module.training:
+        sparse, slab = installed
+        start = key.shape[2] - query.shape[2]  # key/value: the slab's views, holding the new rows
+        return sparse.attention(slab.layers[module.layer_idx], query, key, value, start).to(query.dtype), None
     # The cache may be stored in float32 under bf16 activations (see `kv_store_dtype`).
     if query.shape[2] == 1 and not module.training:
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5

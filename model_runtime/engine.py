@@ -22,6 +22,7 @@ from repocomplete.model_runtime.healing import backoff
 from repocomplete.model_runtime.kv_cache import PrefixCache, SlabCache
 from repocomplete.model_runtime.loading import LoadedModel
 from repocomplete.model_runtime.monitor import Guide, Monitor, NameMask
+from repocomplete.model_runtime.sparse import SparseAttention, SparsePolicy, attention_scale, sparse_forward
 from repocomplete.model_runtime.speculate import PromptLookup
 from repocomplete.model_runtime.stopping import StopRules
 from repocomplete.model_runtime.templates import (
@@ -296,9 +297,19 @@ class Engine:
         self.template, self.order = prompt_format(self.tokenizer, self.config)
         self.stop_ids = _stop_token_ids(self.tokenizer, self.template)
         self.vocab = loaded.vocab
-        self.slab = SlabCache(loaded.n_layers, store_dtype=loaded.kv_dtype or kv_store_dtype(loaded.device, loaded.dtype),
-                              max_tokens=self.config.slab_tokens)
+        # Long prompts: sparse attention (sparse.py) where the config asks for it; its K/V from the threshold on are
+        # salted apart from dense ones in the prefix cache.
+        self.policy = SparsePolicy.from_config(self.config)
+        self.sparse = None
+        self._forward = self.forward  # what the engine's own prefill and decode run (batch.py runs `forward`)
+        if self.policy is not None:
+            self.sparse = SparseAttention(self.policy, attention_scale(loaded.model))
+            self._forward = sparse_forward(self.forward, self.sparse)
+        self.slab = SlabCache(loaded.n_layers, store_dtype=self._kv_dtype(), max_tokens=self.config.slab_tokens,
+                              reserve=True)
         self.prefix_cache = PrefixCache(self.config.block_size, self.config.prefix_cache_bytes, salt=hash(loaded.name))
+        if self.policy is not None:
+            self.prefix_cache.policy = self.policy.cache_policy(self.config.block_size)
         self.lock = threading.Lock()
         self._previous: list[int] = []  # the last completion's tokens: drafts while the user types through it
         self.spans: list[Span] = []  # the provenance of the tokens of the prompt now in the slab
@@ -319,6 +330,18 @@ class Engine:
     @property
     def name(self) -> str:
         return self.loaded.name
+
+    def _kv_dtype(self) -> torch.dtype:
+        """The slab's dtype: the config's, else on a GPU the model's; on the CPU the measured plan's for dense
+        attention and bfloat16 where sparse attention may run (its blocks are gathered into contiguous tensors, where
+        a bf16 matmul is the fast one: 181 against 392 us for fp32 at 8k tokens on the 2-core EPYC; a bf16 matmul over
+        the slab's strided view is the slow one, 666 us, which is why dense attention keeps the plan's dtype)."""
+        loaded = self.loaded
+        if self.config.kv_dtype != "auto":
+            return getattr(torch, self.config.kv_dtype)
+        if self.policy is not None and loaded.device.type == "cpu":
+            return torch.bfloat16
+        return loaded.kv_dtype or kv_store_dtype(loaded.device, loaded.dtype)
 
     # -- prompt ----------------------------------------------------------------------------------------------
 
@@ -370,7 +393,7 @@ class Engine:
         pos, chunk = cached, self.config.prefill_chunk_tokens
         while True:
             end = len(ids) if len(ids) - pos <= chunk else pos + chunk
-            logits = prefill(self.forward, self.slab, ids[pos:end], self.device)
+            logits = prefill(self._forward, self.slab, ids[pos:end], self.device)
             self.slab.tokens = list(ids[:end])
             if self.config.prefix_cache:
                 self.prefix_cache.store(ids, self.slab, upto=end)
@@ -415,7 +438,7 @@ class Engine:
             return Completion("", "cancelled", prompt_tokens=len(ids))
         ids, healed = self.heal(encoded, parts)
         spans = self._healed_spans(encoded, ids)
-        self.spans = spans
+        self._set_spans(spans, len(ids))
         logits, cached = self._run_prompt(ids, cancel)
         t1 = time.perf_counter()
         if logits is None:
@@ -478,6 +501,12 @@ class Engine:
             spans=spans + [Span("generated", len(ids), len(ids) + len(state.generated))] if state.generated else spans,
         )
 
+    def _set_spans(self, spans: list[Span], length: int) -> None:
+        """The provenance of the prompt about to run (sparse attention reads it: which blocks are repository context)."""
+        self.spans = spans
+        if self.sparse is not None:
+            self.sparse.set_spans(spans, length)
+
     @staticmethod
     def _healed_spans(encoded: EncodedPrompt, ids: list[int]) -> list[Span]:
         """The provenance of the prompt `ids` that healing made of `encoded` (the prefix's last tokens backed off)."""
@@ -514,7 +543,7 @@ class Engine:
             return [self._decode(token)]
         self.slab.tokens += [token, *drafts]
         ids = torch.tensor([[token, *drafts]], dtype=torch.long, device=self.device)
-        return list(self.forward(ids, self.slab, all_logits=True))
+        return list(self._forward(ids, self.slab, all_logits=True))
 
     def _rewind(self, length: int) -> None:
         self.slab.truncate(length)  # the K/V and the token list
@@ -523,15 +552,17 @@ class Engine:
         if self._compiled is not None:
             return self._compiled.step(token)  # the slab keeps the prompt only
         self.slab.tokens.append(token)
-        return decode_one_token(self.forward, self.slab, token, self.device)
+        return decode_one_token(self._forward, self.slab, token, self.device)
 
     @torch.inference_mode()
-    def greedy_tokens(self, ids: Sequence[int], n: int) -> tuple[list[int], float, float]:
-        """Exactly n greedy tokens after a token prompt, no stop rules (for throughput measurements).
+    def greedy_tokens(self, ids: Sequence[int], n: int, spans: Sequence[Span] = ()) -> tuple[list[int], float, float]:
+        """Exactly n greedy tokens after a token prompt, no stop rules (for throughput measurements). spans: the
+        prompt's provenance (none: no token is known as repository context, so sparse attention reads them all).
 
         Returns the tokens, the prefill seconds and the decode seconds (the n-1 steps after the first token).
         """
         with self.lock:
+            self._set_spans(list(spans), len(ids))
             if len(ids) + n - 1 > self.config.slab_tokens:
                 raise SlabFull(len(ids) + n - 1, self.config.slab_tokens)
             t0 = time.perf_counter()
@@ -546,7 +577,9 @@ class Engine:
 
     # -- introspection ---------------------------------------------------------------------------------------
 
-    def logits_for(self, ids: Sequence[int]) -> tuple[torch.Tensor, int]:
-        """Last-position logits for a token prompt through the prefix cache, and how many tokens were reused."""
+    def logits_for(self, ids: Sequence[int], spans: Sequence[Span] = ()) -> tuple[torch.Tensor, int]:
+        """Last-position logits for a token prompt through the prefix cache, and how many tokens were reused (spans:
+        as for `greedy_tokens`)."""
         with self.lock, torch.inference_mode():
+            self._set_spans(list(spans), len(ids))
             return self._run_prompt(list(ids))

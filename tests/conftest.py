@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
+import os
 
-from repocomplete.model_runtime.config import RuntimeConfig, default_cache_dir
-from repocomplete.model_runtime.loading import convert_gguf, embedded_gguf_path, load_model, load_tokenizer
+# The Triton kernels (kernels/) run on CPU tensors in Triton's interpreter; it is read when a kernel is defined, that
+# is when the engine first imports them, so before any test module imports the runtime.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from repocomplete.model_runtime.config import RuntimeConfig, default_cache_dir  # noqa: E402
+from repocomplete.model_runtime.loading import convert_gguf, embedded_gguf_path, load_model, load_tokenizer  # noqa: E402
 
 
 @pytest.fixture(scope="session")

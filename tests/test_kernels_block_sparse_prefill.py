@@ -124,7 +124,9 @@ def test_torch_path_equals_reference(shape, kv_dtype, chunk_bytes):
     q, k, v, blocks, start, bs, scale = _case(shape, kv_dtype)
     expected = block_sparse_prefill_reference(q, k, v, blocks, start, bs, scale)
     got = block_sparse_prefill(q, k, v, blocks, start, bs, scale, backend="torch", chunk_bytes=chunk_bytes)
-    torch.testing.assert_close(got, expected)
+    # Over a bf16 cache the torch path multiplies in bf16 (the reference in fp32): bf16's precision, absolute.
+    tol = {} if kv_dtype == torch.float32 else {"atol": 2e-2, "rtol": 0}
+    torch.testing.assert_close(got, expected, **tol)
 
 
 @pytest.mark.parametrize("backend", [pytest.param("triton", marks=needs_triton), "torch"])

@@ -136,7 +136,10 @@ def test_triton_kernel_equals_reference(shape, kv_dtype, splits):
 def test_torch_path_equals_reference(shape, kv_dtype):
     q, k, v, blocks, length, bs, scale = _case(shape, kv_dtype)
     expected = topk_decode_reference(q, k, v, blocks, bs, length, scale)
-    torch.testing.assert_close(topk_decode_attention(q, k, v, blocks, bs, length, scale, backend="torch"), expected)
+    # The torch path multiplies in the cache's dtype (bf16 products, as the dense decode does), the reference in fp32.
+    tol = {} if kv_dtype == torch.float32 else {"atol": 1e-2, "rtol": 1e-2}
+    got = topk_decode_attention(q, k, v, blocks, bs, length, scale, backend="torch")
+    torch.testing.assert_close(got, expected, **tol)
     assert topk_decode_attention(q, k, v, blocks, bs, length, scale).shape == q.shape  # "auto" on CPU: torch
 
 

@@ -1,0 +1,165 @@
+"""`repocomplete bench attention`: dense against sparse attention, for the kernels and for the embedded model.
+
+Kernel level (bench.attention_kernels.kernel_figures): prefill and decode attention at 8k/32k/64k tokens, head_dim
+64, GQA 3:1, dense SDPA against ours (Triton on a GPU, the torch path on the CPU).
+
+Model level, on the loaded model at a long prompt (default 8k tokens: the bundled typing session's file, about 2k
+tokens before the cursor, after `context_tokens` of repository context made of this package's own source files):
+  * cold prefill: the whole prompt on an empty cache, dense and sparse;
+  * decode tokens/s: greedy steps after that prompt (no speculation, no stop rules);
+  * keystroke p50: bench latency's typing replay with that repository context in every prompt (prefix cache on,
+    single-line completions), against today's replay at 2k (the same file and keystrokes, no repository context,
+    dense attention with the machine's measured KV dtype).
+Each engine is built from the same config with only `attention` changed (sparse: `--attention sparse`, which sets
+its K/V store to bf16 on the CPU; dense: the measured plan's). Ratios: decode sparse/dense, prefill dense/sparse,
+keystroke p50 sparse@8k over dense@2k. The CPU goes beside every figure.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from repocomplete.bench.latency import Series, _sample, cpu_line, cpu_report
+from repocomplete.bench.session import SessionOptions, load_session
+from repocomplete.model_runtime.config import RuntimeConfig
+from repocomplete.model_runtime.engine import CompletionRequest, Engine
+from repocomplete.model_runtime.loading import load_model
+from repocomplete.model_runtime.templates import ContextItem, PromptParts
+from repocomplete.pipeline import cursor_prompt
+
+PACKAGE = Path(__file__).resolve().parent.parent  # this package's own sources: repository context that ships with it
+
+
+@dataclass
+class AttentionOptions:
+    context_tokens: int = 6144  # repository context before the file
+    file_tokens: int = 2048  # the typing session's cursor, this many tokens into the file
+    keystrokes: int = 12
+    decode_tokens: int = 32
+    kernels: bool = True
+    kernel_lengths: tuple[int, ...] = (8192, 32768, 65536)
+    model: bool = True
+
+
+def context_items(tokenizer, tokens: int, root: Path = PACKAGE) -> list[ContextItem]:
+    """Whole source files of `root` (sorted, tests left out) until they hold at least `tokens` tokens."""
+    items, total = [], 0
+    for path in sorted(root.rglob("*.py")):
+        if total >= tokens or "tests" in path.parts:
+            continue
+        text = path.read_text(encoding="utf-8", errors="replace")
+        items.append(ContextItem(str(path.relative_to(root)), text))
+        total += len(tokenizer.encode(text, add_special_tokens=False))
+    return items
+
+
+def _parts(base: PromptParts, context: list[ContextItem]) -> PromptParts:
+    return PromptParts(base.prefix, base.suffix, base.path, list(context), "repocomplete" if context else "")
+
+
+def keystroke_series(engine: Engine, session, context: list[ContextItem]) -> dict:
+    series = Series()
+    prompt_tokens = []
+    for cursor in session.cursors:
+        parts = _parts(cursor_prompt(session.text, cursor, mode="infile", path=session.path.name), context)
+        done = engine.complete(CompletionRequest(parts))
+        series.add(_sample(done))
+        prompt_tokens.append(done.prompt_tokens)
+    summary = series.summary()
+    summary["prompt_tokens"] = max(prompt_tokens)
+    return summary
+
+
+def model_figures(config: RuntimeConfig, options: AttentionOptions, progress=print) -> dict:
+    config = config.replace(max_new_tokens=16, multiline=False)
+    loaded = load_model(config)
+    session = load_session(SessionOptions(context_tokens=options.file_tokens, keystrokes=options.keystrokes),
+                           loaded.tokenizer)
+    context = context_items(loaded.tokenizer, options.context_tokens)
+    rows = {}
+    for mode in ("dense", "sparse"):
+        engine = Engine(loaded, config.replace(attention=mode))
+        parts = _parts(cursor_prompt(session.text, session.start, mode="infile", path=session.path.name), context)
+        _, encoded = engine.encode(parts)
+        ids, spans = encoded.ids, encoded.spans
+        progress(f"{mode}: cold prefill of {len(ids)} tokens")
+        t0 = time.perf_counter()
+        _, prefill_s, _ = engine.greedy_tokens(ids, 1, spans)
+        wall = time.perf_counter() - t0
+        progress(f"{mode}: {options.decode_tokens} decode steps")
+        _, _, decode_s = engine.greedy_tokens(ids, options.decode_tokens + 1, spans)
+        progress(f"{mode}: typing replay, {options.keystrokes} keystrokes")
+        keys = keystroke_series(engine, session, context)
+        rows[mode] = {
+            "prompt_tokens": len(ids),
+            "context_tokens": sum(s.end - s.start for s in spans if s.kind == "context"),
+            "kv_dtype": str(engine.slab.layers[0].store_dtype or "").replace("torch.", ""),
+            "cold_prefill_s": round(prefill_s, 2),
+            "cold_wall_s": round(wall, 2),
+            "decode_tok_s": round(options.decode_tokens / decode_s, 1),
+            "keystroke": keys,
+        }
+        del engine
+    progress("dense at 2k: typing replay without repository context (today's)")
+    today = Engine(loaded, config.replace(attention="dense"))
+    rows["dense_2k"] = {"keystroke": keystroke_series(today, session, [])}
+    dense, sparse = rows["dense"], rows["sparse"]
+    ratios = {
+        "decode_sparse_over_dense": round(sparse["decode_tok_s"] / dense["decode_tok_s"], 2),
+        "prefill_dense_over_sparse": round(dense["cold_prefill_s"] / sparse["cold_prefill_s"], 2),
+        "keystroke_p50_sparse_8k_over_dense_2k": round(
+            sparse["keystroke"]["p50_ms"] / rows["dense_2k"]["keystroke"]["p50_ms"], 2),
+        "keystroke_p50_dense_8k_over_dense_2k": round(
+            dense["keystroke"]["p50_ms"] / rows["dense_2k"]["keystroke"]["p50_ms"], 2),
+    }
+    targets = {
+        "decode at 8k >= 1.5x dense": ratios["decode_sparse_over_dense"] >= 1.5,
+        "cold 8k prefill >= 1.8x dense": ratios["prefill_dense_over_sparse"] >= 1.8,
+        "keystroke p50 at 8k within 1.25x of today's at 2k": ratios["keystroke_p50_sparse_8k_over_dense_2k"] <= 1.25,
+    }
+    return {"model": loaded.name, "cpu": cpu_report(loaded), "threads": torch.get_num_threads(), "modes": rows,
+            "ratios": ratios, "targets": targets}
+
+
+def run_attention_bench(config: RuntimeConfig, options: AttentionOptions, progress=print) -> dict:
+    report: dict = {}
+    if options.kernels:
+        from repocomplete.bench.attention_kernels import kernel_figures
+
+        progress("kernels: " + ", ".join(map(str, options.kernel_lengths)) + " tokens")
+        report["kernels"] = kernel_figures(lengths=options.kernel_lengths)
+    if options.model:
+        report["model"] = model_figures(config, options, progress)
+    return report
+
+
+def format_report(report: dict) -> str:
+    lines = []
+    if "kernels" in report:
+        lines.append("kernels (ms; speedup = dense / sparse):")
+        for row in report["kernels"]:
+            if row.get("skipped"):
+                lines.append(f"  {row['phase']:7} {row['tokens']:>6}  skipped: {row['skipped']}")
+                continue
+            grouped = f"  grouped decode {row['grouped_ms']:.2f}" if row.get("grouped_ms") is not None else ""
+            lines.append(f"  {row['phase']:7} {row['tokens']:>6}  dense {row['dense_ms']:9.2f}  sparse "
+                         f"{row['sparse_ms']:9.2f}  x{row['speedup']:.2f}{grouped}  [{row['backend']}, {row['device']}]")
+    model = report.get("model")
+    if model:
+        lines.append(f"model {model['model']}, {model['threads']} torch threads; {cpu_line(model['cpu'])}")
+        for mode, row in model["modes"].items():
+            keys = row["keystroke"]
+            head = (f"  {mode:8} prompt {row.get('prompt_tokens', keys['prompt_tokens']):>5} tokens"
+                    + (f" (context {row['context_tokens']}, kv {row['kv_dtype']}): cold prefill "
+                       f"{row['cold_prefill_s']:.2f} s, decode {row['decode_tok_s']:.1f} tok/s," if "decode_tok_s" in row
+                       else ":"))
+            lines.append(f"{head} keystroke p50 {keys['p50_ms']:.0f} ms, p95 {keys['p95_ms']:.0f} ms")
+        for name, value in model["ratios"].items():
+            lines.append(f"  {name}: {value}")
+        for name, ok in model["targets"].items():
+            lines.append(f"  target {name}: {'met' if ok else 'NOT met'}")
+    return "\n".join(lines)

@@ -1,0 +1,112 @@
+"""Sparse attention in the engine (model_runtime/sparse.py): which blocks a query reads, equality with dense attention
+when every block is read, both forwards (ours and transformers'), and a prefix cache that never mixes sparse and
+dense K/V."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from repocomplete.kernels.block_sparse_prefill import block_sparse_prefill_reference
+from repocomplete.kernels.topk_decode import topk_rows_attention
+from repocomplete.model_runtime.engine import Engine, Span
+from repocomplete.model_runtime.loading import load_model
+from repocomplete.model_runtime.sparse import SparseAttention, SparsePolicy, context_blocks
+
+PROMPT = torch.randint(100, 20000, (300,), generator=torch.Generator().manual_seed(3)).tolist()
+# Tokens 0-2 template, 2-200 repository context (two items), 200-300 the current file.
+SPANS = [Span("template", 0, 2), Span("context", 2, 120, 0, "a.py"), Span("template", 120, 124),
+         Span("context", 124, 200, 1, "b.py"), Span("prefix", 200, 300)]
+
+
+def sparse_config(config, **changes):
+    knobs = dict(attention="sparse", sparse_block_tokens=16, block_size=16, sparse_sink_tokens=16,
+                 sparse_window_tokens=32, sparse_top_k=2, kv_dtype="float32", speculative_tokens=0)
+    knobs.update(changes)
+    return config.replace(**knobs)
+
+
+def test_only_blocks_of_repository_context_alone_are_candidates():
+    blocks = context_blocks(SPANS, 300, 16)
+    # block 0 holds the template; block 7 (112-127) the template between the items; blocks 12+ the current file
+    assert blocks.tolist() == [False, True, True, True, True, True, True, False, True, True, True, True, False,
+                               False, False, False, False, False, False]
+
+
+def test_a_decode_query_reads_the_forced_blocks_and_its_top_k():
+    policy = SparsePolicy(threshold=0, block=16, top_k=2, sinks=16, window=32)
+    sparse = SparseAttention(policy, scale=1.0)
+    sparse.set_spans(SPANS, 300)
+    forced = sparse.forced(300)
+    assert forced.nonzero().flatten().tolist() == [0, 7, 12, 13, 14, 15, 16, 17, 18]
+    # Summaries that make block 5 the best for K/V head 0 and block 9 for head 1 (q = +1 everywhere); 3 next.
+    kmin = torch.zeros(1, 2, 18, 4)
+    kmax = torch.zeros(1, 2, 18, 4)
+    kmax[0, 0, 5], kmax[0, 1, 9], kmax[0, :, 3] = 3.0, 3.0, 1.0
+    kmax[0, :, 12] = 9.0  # a forced block scoring high takes no top-k place
+    q = torch.ones(1, 4, 1, 4)  # two query heads per K/V head
+    blocks = sparse._decode_blocks((kmin, kmax), q, 300)
+    assert blocks[0, 0].tolist() == [0, 3, 5, 7, 12, 13, 14, 15, 16, 17, 18]
+    assert blocks[0, 1].tolist() == [0, 3, 7, 9, 12, 13, 14, 15, 16, 17, 18]
+
+
+@pytest.mark.parametrize("n", [1, 5])
+def test_few_rows_attention_equals_the_reference(n):
+    torch.manual_seed(0)
+    b, h, hkv, d, length, bs = 1, 6, 2, 16, 150, 16
+    k, v = torch.randn(b, hkv, 160, d), torch.randn(b, hkv, 160, d)
+    q = torch.randn(b, h, n, d)
+    # Sorted selections ending with the blocks of the new rows (no mask needed), and one with padding (mask path).
+    for chosen in ([[0, 2, 5, 8, 9], [1, 3, 4, 8, 9]], [[0, 2, 8, 9, -1], [1, 3, 4, 8, 9]]):
+        blocks = torch.tensor([chosen])
+        expected = block_sparse_prefill_reference(q, k[:, :, :length], v[:, :, :length], blocks[:, :, None],
+                                                  length - n, bs, 0.25)
+        torch.testing.assert_close(topk_rows_attention(q, k, v, blocks, bs, length, 0.25), expected)
+
+
+def _logits_through(engine, prompt, spans, steps=4):
+    """The prompt's last logits, then those of `steps` greedy decode steps (through the prefix cache and slab)."""
+    with torch.inference_mode():
+        logits, _ = engine.logits_for(prompt, spans)
+        out = [logits]
+        for _ in range(steps):
+            out.append(engine._decode(int(torch.argmax(out[-1]))))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_reading_every_block_equals_dense_attention(tiny_loaded, tiny_config, tiny_model_dir, fast):
+    loaded = tiny_loaded if fast else load_model(tiny_config.replace(fast_forward=False))
+    assert (loaded.forward_name == "fast-llama") == fast
+    dense = Engine(loaded, tiny_config.replace(attention="dense", kv_dtype="float32", speculative_tokens=0))
+    everything = Engine(loaded, sparse_config(tiny_config, sparse_top_k=1000, prefill_chunk_tokens=96))
+    few = Engine(loaded, sparse_config(tiny_config, sparse_top_k=1, prefill_chunk_tokens=96))
+    expected = _logits_through(dense, PROMPT, SPANS)
+    torch.testing.assert_close(_logits_through(everything, PROMPT, SPANS), expected, rtol=1e-4, atol=1e-4)
+    # and with one block of context per head, it is not dense attention any more
+    assert not torch.allclose(_logits_through(few, PROMPT, SPANS), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_auto_is_dense_below_its_threshold(tiny_loaded, tiny_config):
+    dense = Engine(tiny_loaded, tiny_config.replace(attention="dense", kv_dtype="float32", speculative_tokens=0))
+    auto = Engine(tiny_loaded, sparse_config(tiny_config, attention="auto", sparse_min_tokens=400, sparse_top_k=1))
+    torch.testing.assert_close(_logits_through(auto, PROMPT, SPANS), _logits_through(dense, PROMPT, SPANS))
+
+
+def test_the_prefix_cache_never_mixes_sparse_and_dense_blocks(tiny_loaded, tiny_config):
+    dense = Engine(tiny_loaded, tiny_config.replace(attention="dense", kv_dtype="float32", block_size=16))
+    sparse = Engine(tiny_loaded, sparse_config(tiny_config, attention="auto", sparse_min_tokens=100))
+    cold = Engine(tiny_loaded, sparse_config(tiny_config, attention="auto", sparse_min_tokens=100))
+    sparse.prefix_cache.pool = dense.prefix_cache.pool  # one pool, as if one engine changed its policy
+    with torch.inference_mode():
+        dense.logits_for(PROMPT, SPANS)
+        logits, reused = sparse.logits_for(PROMPT, SPANS)
+        # only the blocks before the sparse threshold (100 // 16 = 6 blocks) are dense-exact, and only they are reused
+        assert reused == 96
+        torch.testing.assert_close(logits, cold.logits_for(PROMPT, SPANS)[0])
+        # the other way round: the dense engine finds the shared blocks and none of the sparse ones
+        dense.prefix_cache.pool.clear()
+        dense.slab.reset()
+        sparse.slab.reset()
+        sparse.logits_for(PROMPT, SPANS)
+        assert dense.logits_for(PROMPT, SPANS)[1] == 96
