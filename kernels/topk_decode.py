@@ -203,6 +203,19 @@ def block_scores(q: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor, scale:
     return bound.amax(dim=2) * scale
 
 
+def box_scores(q: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
+    """`block_scores` (without the scale, which does not change a ranking) from a [centre | radius] table
+    box [B, Hkv, NB, 2D]: max_{k in block} q.k <= q.centre + |q|.radius, the same bound as sum_d max(q_d kmin_d,
+    q_d kmax_d), in one matmul. q [B, H, D] or [B, H, n, D] (n rows: the max over them as over the group).
+    Returns float32 [B, Hkv, NB]."""
+    if q.dim() == 3:
+        q = q[:, :, None]
+    b, h, n, d = q.shape
+    hkv = box.shape[1]
+    qg = q.float().reshape(b, hkv, (h // hkv) * n, d)
+    return torch.matmul(torch.cat((qg, qg.abs()), dim=-1), box.transpose(-1, -2)).amax(dim=2)
+
+
 def _sorted_padded(selected: torch.Tensor) -> torch.Tensor:
     """bool [..., NB] -> the selected indices sorted ascending, padded with -1 to the largest count: [..., S]."""
     nb = selected.shape[-1]

@@ -46,6 +46,9 @@ class SlabLayer(DynamicLayer):
         # `summary_tokens` rows, computed on demand for the blocks written since (`summaries`).
         self.kmin: torch.Tensor | None = None
         self.kmax: torch.Tensor | None = None
+        # The same bounds as one table for scoring: [centre | radius] per block ((kmax + kmin) / 2, (kmax - kmin) / 2),
+        # so that Quest's bound q.centre + |q|.radius is one matmul (kernels.topk_decode.box_scores).
+        self.box: torch.Tensor | None = None
         self.summary_tokens = 0
         self.summarized = 0  # full blocks whose summaries are current
         self.store_dtype = store_dtype  # None: the dtype of the first K/V written
@@ -76,15 +79,24 @@ class SlabLayer(DynamicLayer):
             blocks = -(-self.capacity // block)
             self.kmin = self.k_buf.new_empty(b, h, blocks, d, dtype=torch.float32)
             self.kmax = self.k_buf.new_empty(b, h, blocks, d, dtype=torch.float32)
+            self.box = self.k_buf.new_empty(b, h, blocks, 2 * d, dtype=torch.float32)
             self.summary_tokens, self.summarized = block, 0
         full = self.length // block
         if full > self.summarized:
             a = self.summarized
             keys = self.k_buf[:, :, a * block : full * block].float().view(b, h, full - a, block, d)
-            self.kmin[:, :, a:full] = keys.amin(dim=3)
-            self.kmax[:, :, a:full] = keys.amax(dim=3)
+            kmin, kmax = keys.amin(dim=3), keys.amax(dim=3)
+            self.kmin[:, :, a:full], self.kmax[:, :, a:full] = kmin, kmax
+            self.box[:, :, a:full, :d] = (kmax + kmin) / 2
+            self.box[:, :, a:full, d:] = (kmax - kmin) / 2
             self.summarized = full
         return self.kmin[:, :, :full], self.kmax[:, :, :full]
+
+    def boxes(self, block: int, blocks: int) -> torch.Tensor:
+        """The [centre | radius] table of the first `blocks` blocks ([batch, kv heads, blocks, 2 * dim]), current for
+        the full ones; a partial last block's row is stale (whoever asks for it must not rank it)."""
+        self.summaries(block)
+        return self.box[:, :, :blocks]
 
     def _reserve(self, needed: int) -> None:
         if needed <= self.capacity:
@@ -99,7 +111,7 @@ class SlabLayer(DynamicLayer):
         k_buf[:, :, : self.length] = self.k_buf[:, :, : self.length]
         v_buf[:, :, : self.length] = self.v_buf[:, :, : self.length]
         self.k_buf, self.v_buf, self.capacity = k_buf, v_buf, capacity
-        self.kmin = self.kmax = None
+        self.kmin = self.kmax = self.box = None
 
     def update(self, key_states, value_states, *args, **kwargs):
         if not self.is_initialized:
@@ -145,13 +157,13 @@ class SlabLayer(DynamicLayer):
         if self.is_initialized:
             self.k_buf = self.k_buf.repeat_interleave(repeats, dim=0)
             self.v_buf = self.v_buf.repeat_interleave(repeats, dim=0)
-            self.kmin = self.kmax = None
+            self.kmin = self.kmax = self.box = None
             self._set_views()
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         if self.is_initialized:
             self.k_buf, self.v_buf = self.k_buf[indices], self.v_buf[indices]
-            self.kmin = self.kmax = None
+            self.kmin = self.kmax = self.box = None
             self._set_views()
 
 
@@ -172,6 +184,20 @@ class SlabCache(Cache):
     def room(self) -> int | None:
         """How many more rows fit (None: no bound)."""
         return None if self.max_tokens is None else self.max_tokens - self.length
+
+    def convert(self, dtype: torch.dtype) -> None:
+        """Store K/V in `dtype` from now on, converting the rows held (a copy into new buffers of the same capacity)."""
+        for layer in self.layers:
+            layer.store_dtype = dtype
+            if not layer.is_initialized or layer.k_buf.dtype == dtype:
+                continue
+            for name in ("k_buf", "v_buf"):
+                old = getattr(layer, name)
+                new = old.new_empty(old.shape, dtype=dtype)
+                new[:, :, : layer.length] = old[:, :, : layer.length]
+                setattr(layer, name, new)
+            layer.dtype = dtype
+            layer._set_views()
 
     def resident_bytes(self) -> int:
         """The bytes of the rows written so far (what a reserved slab holds in memory; the rest is untouched)."""

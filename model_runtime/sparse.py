@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from repocomplete.kernels.block_sparse_prefill import block_sparse_prefill, prefill_blocks
-from repocomplete.kernels.topk_decode import block_scores, topk_decode_attention, topk_rows_attention
+from repocomplete.kernels.topk_decode import box_scores, topk_decode_attention, topk_rows_attention
 from repocomplete.model_runtime.attention import causal_attention, sparse_for
 from repocomplete.model_runtime.kv_cache import SlabLayer
 
@@ -104,30 +104,26 @@ class SparseAttention:
         self._forced = (length, forced)
         return forced
 
-    def _decode_blocks(self, summaries, q: torch.Tensor, length: int) -> torch.Tensor:
-        """The blocks the rows q [b, H, n, D] (the last n positions) read, per K/V head: [b, Hkv, S] sorted; a
-        block's score is the max of its Quest bound over the rows and the heads of the group (`choose_blocks`'
-        result, computed with a per-step part shared by every layer: the forced blocks and the candidates)."""
+    def _decode_blocks(self, layer: SlabLayer, q: torch.Tensor, length: int) -> torch.Tensor:
+        """The blocks the rows q [b, H, n, D] (the last n positions) read, per K/V head: [b, Hkv, S], the top-k
+        repository-context blocks first, then the forced ones in order (so the blocks of the new rows come last, as
+        the kernels' mask-free path wants). A block's score is its Quest bound (`box_scores`), the max over the rows
+        and the heads of the group. A decode step runs this per layer, so the part shared by every layer (the forced
+        blocks and the candidates) is computed once per step, and the rest is a handful of torch calls."""
         forced = self.forced(length)
         if self._step is None or self._step[0] != length:
             forced_idx = forced.nonzero().flatten()
             self._step = (length, forced_idx, int((~forced).sum()))
         _, forced_idx, candidates = self._step
-        b, hkv = q.shape[0], summaries[0].shape[1]
+        b = q.shape[0]
+        hkv = layer.k_buf.shape[1]
         chosen = forced_idx.expand(b, hkv, -1)
         k = min(self.policy.top_k, candidates)
-        if k:
-            b, h, n, d = q.shape
-            rows = q.transpose(1, 2).reshape(b * n, h, d).float()
-            scores = block_scores(rows, *summaries, self.scale)
-            if n > 1:
-                scores = scores.view(b, n, hkv, -1).amax(dim=1)
-            missing = forced.numel() - scores.shape[-1]  # the partial last block has no summary (it is forced)
-            if missing:
-                scores = torch.nn.functional.pad(scores, (0, missing))
-            top = scores.masked_fill_(forced, float("-inf")).topk(k, dim=-1).indices
-            chosen = torch.cat((chosen, top), dim=-1).sort(dim=-1).values
-        return chosen
+        if not k:
+            return chosen
+        scores = box_scores(q, layer.boxes(self.policy.block, forced.numel()))
+        top = scores.masked_fill_(forced, float("-inf")).topk(k, dim=-1, sorted=False).indices
+        return torch.cat((top, chosen), dim=-1)
 
     def attend(self, layer: SlabLayer, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int) -> torch.Tensor:
         """Append k, v [b, Hkv, n, D] at `start` and return the attention of q [b, H, n, D]: [b, n, H, D]."""
@@ -148,11 +144,11 @@ class SparseAttention:
             tail = self.attention(layer, q[:, :, split:], keys, values, p.threshold)
             return torch.cat((head, tail), dim=1)
         if n == 1:
-            blocks = self._decode_blocks(layer.summaries(p.block), q, end)
+            blocks = self._decode_blocks(layer, q, end)
             return topk_decode_attention(q[:, :, 0], keys, values, blocks, p.block, end, self.scale).unsqueeze(1)
         forced = self.forced(end)
         if n <= FEW_ROWS and not q.is_cuda:  # a draft being verified: blocks ranked by the summaries, as decode does
-            blocks = self._decode_blocks(layer.summaries(p.block), q, end)
+            blocks = self._decode_blocks(layer, q, end)
             return topk_rows_attention(q, keys, values, blocks, p.block, end, self.scale).transpose(1, 2)
         blocks = prefill_blocks(q, keys, start, p.block, -(-p.sinks // p.block), -(-p.window // p.block), p.top_k,
                                 forced)

@@ -221,3 +221,15 @@ def test_the_kernels_import_and_run_without_triton():
     env = {**os.environ, "TRITON_INTERPRET": "0"}
     done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_box_scores_equal_the_quest_bound_of_min_and_max():
+    torch.manual_seed(1)
+    k = torch.randn(2, 3, 96, 16)
+    kmin, kmax = block_summaries(k, 32)
+    box = torch.cat(((kmax + kmin) / 2, (kmax - kmin) / 2), dim=-1)
+    q = torch.randn(2, 6, 16)
+    torch.testing.assert_close(td.box_scores(q, box), block_scores(q, kmin, kmax, 1.0))
+    rows = torch.randn(2, 6, 4, 16)  # several rows: the max over them
+    expected = torch.stack([block_scores(rows[:, :, r], kmin, kmax, 1.0) for r in range(4)]).amax(0)
+    torch.testing.assert_close(td.box_scores(rows, box), expected)

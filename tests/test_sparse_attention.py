@@ -10,6 +10,7 @@ import torch
 from repocomplete.kernels.block_sparse_prefill import block_sparse_prefill_reference
 from repocomplete.kernels.topk_decode import topk_rows_attention
 from repocomplete.model_runtime.engine import Engine, Span
+from repocomplete.model_runtime.kv_cache import SlabLayer
 from repocomplete.model_runtime.loading import load_model
 from repocomplete.model_runtime.sparse import SparseAttention, SparsePolicy, context_blocks
 
@@ -39,15 +40,17 @@ def test_a_decode_query_reads_the_forced_blocks_and_its_top_k():
     sparse.set_spans(SPANS, 300)
     forced = sparse.forced(300)
     assert forced.nonzero().flatten().tolist() == [0, 7, 12, 13, 14, 15, 16, 17, 18]
-    # Summaries that make block 5 the best for K/V head 0 and block 9 for head 1 (q = +1 everywhere); 3 next.
-    kmin = torch.zeros(1, 2, 18, 4)
-    kmax = torch.zeros(1, 2, 18, 4)
-    kmax[0, 0, 5], kmax[0, 1, 9], kmax[0, :, 3] = 3.0, 3.0, 1.0
-    kmax[0, :, 12] = 9.0  # a forced block scoring high takes no top-k place
+    # Keys that make block 5 the best for K/V head 0 and block 9 for head 1 (q = +1 everywhere); 3 next.
+    keys = torch.zeros(1, 2, 300, 4)
+    keys[0, 0, 80:96], keys[0, 1, 144:160], keys[0, :, 48:64] = 3.0, 3.0, 1.0
+    keys[0, :, 192:208] = 9.0  # a forced block scoring high takes no top-k place
+    layer = SlabLayer(capacity=300)
+    layer.update(keys, keys)
     q = torch.ones(1, 4, 1, 4)  # two query heads per K/V head
-    blocks = sparse._decode_blocks((kmin, kmax), q, 300)
-    assert blocks[0, 0].tolist() == [0, 3, 5, 7, 12, 13, 14, 15, 16, 17, 18]
-    assert blocks[0, 1].tolist() == [0, 3, 7, 9, 12, 13, 14, 15, 16, 17, 18]
+    blocks = sparse._decode_blocks(layer, q, 300)
+    assert blocks[0, 0, -9:].tolist() == [0, 7, 12, 13, 14, 15, 16, 17, 18]  # the forced ones last, in order
+    assert sorted(blocks[0, 0].tolist()) == [0, 3, 5, 7, 12, 13, 14, 15, 16, 17, 18]
+    assert sorted(blocks[0, 1].tolist()) == [0, 3, 7, 9, 12, 13, 14, 15, 16, 17, 18]
 
 
 @pytest.mark.parametrize("n", [1, 5])
@@ -110,3 +113,19 @@ def test_the_prefix_cache_never_mixes_sparse_and_dense_blocks(tiny_loaded, tiny_
         sparse.slab.reset()
         sparse.logits_for(PROMPT, SPANS)
         assert dense.logits_for(PROMPT, SPANS)[1] == 96
+
+
+def test_auto_stores_kv_in_bf16_from_the_threshold_on_and_keeps_the_rows(tiny_loaded, tiny_config):
+    engine = Engine(tiny_loaded, sparse_config(tiny_config, attention="auto", sparse_min_tokens=200, kv_dtype="auto"))
+    dtype = lambda: engine.slab.layers[0].k_buf.dtype  # noqa: E731
+    with torch.inference_mode():
+        engine.logits_for(PROMPT[:150], SPANS)
+        assert dtype() == torch.float32  # dense below the threshold: the measured (float32) form
+        kept = engine.slab.layers[1].keys[:, :, :150].clone()
+        assert engine.logits_for(PROMPT, SPANS)[1] == 150  # crossing it converts the slab and reuses its rows
+        assert dtype() == torch.bfloat16
+        torch.testing.assert_close(engine.slab.layers[1].keys[:, :, :150].float(), kept, atol=2e-2, rtol=1e-2)
+        engine.logits_for(PROMPT[:120], SPANS)
+        assert dtype() == torch.bfloat16  # still within half the threshold: no conversion back and forth
+        engine.logits_for(PROMPT[:90], SPANS)
+        assert dtype() == torch.float32
