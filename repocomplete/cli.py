@@ -422,6 +422,18 @@ def cmd_bench_monitors(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_attention(args: argparse.Namespace) -> int:
+    from repocomplete.bench.attention import AttentionOptions, format_report, run_attention_bench
+
+    lengths = tuple(int(n) for n in args.kernel_lengths.split(",") if n)
+    options = AttentionOptions(context_tokens=args.context_tokens, keystrokes=args.keystrokes, kernels=not args.model_only,
+                               model=not args.kernels_only, kernel_lengths=lengths)
+    progress = (lambda line: print(line, file=sys.stderr, flush=True)) if not args.json else (lambda line: None)
+    report = run_attention_bench(runtime_config(args), options, progress)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
 def cmd_bench_micro(args: argparse.Namespace) -> int:
     from repocomplete.bench.micro import main as micro
 
@@ -668,6 +680,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     _add_runtime_args(p)
     p.set_defaults(func=cmd_bench_monitors)
+
+    p = bench.add_parser("attention", help="dense against sparse attention: the kernels at 8k-64k tokens, and the "
+                                           "model's cold prefill, decode and keystrokes at 8k")
+    p.add_argument("--context-tokens", type=int, default=6144, help="repository context in the model-level prompt")
+    p.add_argument("--keystrokes", type=int, default=12, help="keystrokes of the typing replay")
+    p.add_argument("--kernel-lengths", default="8192,32768,65536", help="comma list of kernel-level lengths")
+    p.add_argument("--kernels-only", action="store_true")
+    p.add_argument("--model-only", action="store_true")
+    p.add_argument("--json", action="store_true")
+    _add_runtime_args(p)
+    p.set_defaults(func=cmd_bench_attention)
 
     p = bench.add_parser("micro", help="micro-benchmarks of single parts: parsing, index, analysis, retrieval",
                          add_help=False)
