@@ -57,6 +57,48 @@ def context_items(tokenizer, tokens: int, root: Path = PACKAGE) -> list[ContextI
     return items
 
 
+def cut_items(tokenizer, items: list[ContextItem], tokens: int) -> list[ContextItem]:
+    """The items, whole lines only, until they hold `tokens` tokens."""
+    out, total = [], 0
+    for item in items:
+        keep = []
+        for line in item.text.split("\n"):
+            n = len(tokenizer.encode(line + "\n", add_special_tokens=False))
+            if total + n > tokens:
+                break
+            keep.append(line)
+            total += n
+        out.append(ContextItem(item.path, "\n".join(keep)))
+        if total + 64 >= tokens:
+            break
+    return out
+
+
+# The needle: a definition that only the repository context holds, placed in the middle of it, which the completion
+# must reproduce (a value no model guesses).
+NEEDLE = ContextItem("billing/secrets.py", 'import os\n\n\nLEDGER_SIGNING_KEY = "qz7-marmot-4411"\nLEDGER_REGION = '
+                                           '"eu-north"\n')
+NEEDLE_PREFIX = 'from billing import secrets\n\n\ndef test_signing_key():\n    assert secrets.LEDGER_SIGNING_KEY == "'
+NEEDLE_ANSWER = 'qz7-marmot-4411"'
+
+
+def needle_figures(loaded, config: RuntimeConfig, context_tokens: int) -> dict:
+    """Does the completion use a definition placed deep in `context_tokens` of repository context? Per attention
+    mode: the completion, whether it is the needle's value, and how deep (tokens before the cursor) it sat."""
+    filler = cut_items(loaded.tokenizer, context_items(loaded.tokenizer, 2 * context_tokens), context_tokens)
+    half = len(filler) // 2
+    parts = PromptParts(NEEDLE_PREFIX, "", "tests/test_billing.py", filler[:half] + [NEEDLE] + filler[half:], "shop")
+    out = {}
+    for mode in ("dense", "sparse", "auto"):
+        engine = Engine(loaded, config.replace(attention=mode))
+        _, encoded = engine.encode(parts)
+        at = next(s.start for s in encoded.spans if s.kind == "context" and s.path == NEEDLE.path)
+        done = engine.complete(CompletionRequest(parts))
+        out[mode] = {"completion": done.text, "found": done.text.startswith(NEEDLE_ANSWER),
+                     "prompt_tokens": done.prompt_tokens, "depth_tokens": len(encoded.ids) - at}
+    return out
+
+
 def _parts(base: PromptParts, context: list[ContextItem]) -> PromptParts:
     return PromptParts(base.prefix, base.suffix, base.path, list(context), "repocomplete" if context else "")
 
@@ -79,7 +121,8 @@ def model_figures(config: RuntimeConfig, options: AttentionOptions, progress=pri
     loaded = load_model(config)
     session = load_session(SessionOptions(context_tokens=options.file_tokens, keystrokes=options.keystrokes),
                            loaded.tokenizer)
-    context = context_items(loaded.tokenizer, options.context_tokens)
+    context = cut_items(loaded.tokenizer, context_items(loaded.tokenizer, 2 * options.context_tokens),
+                        options.context_tokens)
     rows = {}
     for mode in ("dense", "sparse"):
         engine = Engine(loaded, config.replace(attention=mode))
@@ -104,6 +147,8 @@ def model_figures(config: RuntimeConfig, options: AttentionOptions, progress=pri
             "keystroke": keys,
         }
         del engine
+    progress("needle: a definition in the middle of the repository context, dense / sparse / auto")
+    needle = needle_figures(loaded, config, options.context_tokens)
     progress("dense at 2k: typing replay without repository context (today's)")
     today = Engine(loaded, config.replace(attention="dense"))
     rows["dense_2k"] = {"keystroke": keystroke_series(today, session, [])}
@@ -122,7 +167,7 @@ def model_figures(config: RuntimeConfig, options: AttentionOptions, progress=pri
         "keystroke p50 at 8k within 1.25x of today's at 2k": ratios["keystroke_p50_sparse_8k_over_dense_2k"] <= 1.25,
     }
     return {"model": loaded.name, "cpu": cpu_report(loaded), "threads": torch.get_num_threads(), "modes": rows,
-            "ratios": ratios, "targets": targets}
+            "needle": needle, "ratios": ratios, "targets": targets}
 
 
 def run_attention_bench(config: RuntimeConfig, options: AttentionOptions, progress=print) -> dict:
@@ -158,6 +203,9 @@ def format_report(report: dict) -> str:
                        f"{row['cold_prefill_s']:.2f} s, decode {row['decode_tok_s']:.1f} tok/s," if "decode_tok_s" in row
                        else ":"))
             lines.append(f"{head} keystroke p50 {keys['p50_ms']:.0f} ms, p95 {keys['p95_ms']:.0f} ms")
+        for mode, row in model.get("needle", {}).items():
+            lines.append(f"  needle, {mode}: {'found' if row['found'] else 'missed'} ({row['completion']!r}; "
+                         f"{row['depth_tokens']} tokens before the cursor, prompt {row['prompt_tokens']})")
         for name, value in model["ratios"].items():
             lines.append(f"  {name}: {value}")
         for name, ok in model["targets"].items():
