@@ -224,15 +224,25 @@ def _common(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-def shared_groups(prompts: Sequence[Sequence[int]], eligible: Sequence[bool], min_shared: int) -> list[tuple[list[int], int]]:
+# A member's own tail runs as rows of one dense step over the shared head, outside the prefix cache: worth it for
+# short tails (the same file at several cursors), not for prompts that share a few blocks and differ for thousands
+# of tokens (an evaluation suite's prompts, each with its own context), which run one by one through the prefix cache.
+GROUP_MAX_TAIL = 256
+
+
+def shared_groups(prompts: Sequence[Sequence[int]], eligible: Sequence[bool], min_shared: int,
+                  max_tail: int = GROUP_MAX_TAIL) -> list[tuple[list[int], int]]:
     """The requests (indices) in prompt order, as (group, shared head length): neighbours that share at least
     min_shared leading tokens form a group, whose head leaves each prompt at least one token of its own (its last
-    logits come from its own rows). An ineligible request, or one that shares too little, is a group of one (0)."""
+    logits come from its own rows) and at most `max_tail`. An ineligible request, or one that shares too little, is a
+    group of one (0)."""
     order = sorted(range(len(prompts)), key=lambda i: list(prompts[i]))
     groups: list[list[int]] = []
     for i in order:
         head = groups[-1][0] if groups else None
-        if head is not None and eligible[i] and eligible[head] and _common(prompts[head], prompts[i]) >= min_shared:
+        common = _common(prompts[head], prompts[i]) if head is not None else 0
+        if (head is not None and eligible[i] and eligible[head] and common >= min_shared
+                and max(len(prompts[head]), len(prompts[i])) - common <= max_tail):
             groups[-1].append(i)
         else:
             groups.append([i])
@@ -241,7 +251,7 @@ def shared_groups(prompts: Sequence[Sequence[int]], eligible: Sequence[bool], mi
         shared = 0
         if len(group) > 1:  # sorted: the first and the last share the least
             shared = min(_common(prompts[group[0]], prompts[group[-1]]), *(len(prompts[i]) - 1 for i in group))
-        if len(group) > 1 and shared < min_shared:
+        if len(group) > 1 and (shared < min_shared or max(len(prompts[i]) for i in group) - shared > max_tail):
             out += [([i], 0) for i in group]
         else:
             out.append((group, shared))

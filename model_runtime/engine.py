@@ -301,10 +301,9 @@ class Engine:
         # salted apart from dense ones in the prefix cache.
         self.policy = SparsePolicy.from_config(self.config)
         self.sparse = None
-        self._forward = self.forward  # what the engine's own prefill and decode run (batch.py runs `forward`)
+        self._wrapped: tuple | None = None  # (forward, its sparse form): see `_forward`
         if self.policy is not None:
             self.sparse = SparseAttention(self.policy, attention_scale(loaded.model))
-            self._forward = sparse_forward(self.forward, self.sparse)
         self.slab = SlabCache(loaded.n_layers, store_dtype=self._kv_dtype(), max_tokens=self.config.slab_tokens,
                               reserve=True)
         self.prefix_cache = PrefixCache(self.config.block_size, self.config.prefix_cache_bytes, salt=hash(loaded.name))
@@ -330,6 +329,16 @@ class Engine:
     @property
     def name(self) -> str:
         return self.loaded.name
+
+    @property
+    def _forward(self):
+        """What the engine's own prefill and decode run: `forward`, under the sparse policy where there is one
+        (batch.py runs `forward` itself)."""
+        if self.sparse is None:
+            return self.forward
+        if self._wrapped is None or self._wrapped[0] is not self.forward:
+            self._wrapped = (self.forward, sparse_forward(self.forward, self.sparse))
+        return self._wrapped[1]
 
     def _kv_dtype(self, length: int = 0) -> torch.dtype:
         """The slab's dtype for a prompt of `length` tokens: the config's, else on a GPU the model's; on the CPU the

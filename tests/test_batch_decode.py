@@ -90,6 +90,10 @@ def test_shared_groups_group_neighbours_with_a_long_common_head():
     assert groups == [([3, 0, 1], 17), ([2], 0)]  # in prompt order
     assert shared_groups([a, b, c, d], [True, False, True, True], 16) == [([3, 0], 17), ([1], 0), ([2], 0)]
     assert shared_groups([a, b], [True, True], 21) == [([0], 0), ([1], 0)]
+    # prompts that share a head but go on for long apart run one by one (the prefix cache serves the head)
+    long_a, long_b = a + [1] * 300, b + [2] * 300
+    assert shared_groups([long_a, long_b, d], [True] * 3, 16) == [([2], 0), ([0], 0), ([1], 0)]
+    assert shared_groups([long_a, long_b], [True] * 2, 16, max_tail=400) == [([0, 1], 20)]
 
 
 def test_unique_candidates_keep_the_first_and_drop_empty_and_repeated():
