@@ -43,6 +43,9 @@ class AttentionOptions:
     kernels: bool = True
     kernel_lengths: tuple[int, ...] = (8192, 32768, 65536)
     model: bool = True
+    # Prompt lengths (repository context + the same file) for the crossover of decode speed, dense against sparse:
+    # where sparse attention starts paying (RuntimeConfig.sparse_min_tokens).
+    sweep_lengths: tuple[int, ...] = (2048, 3072, 4096, 6144)
 
 
 def context_items(tokenizer, tokens: int, root: Path = PACKAGE) -> list[ContextItem]:
@@ -147,6 +150,22 @@ def model_figures(config: RuntimeConfig, options: AttentionOptions, progress=pri
             "keystroke": keys,
         }
         del engine
+    sweep = []
+    for length in options.sweep_lengths:
+        row = {"prompt_tokens": length}
+        for mode in ("dense", "sparse"):
+            engine = Engine(loaded, config.replace(attention=mode))
+            base = cursor_prompt(session.text, session.start, mode="infile", path=session.path.name)
+            file_tokens = len(engine.encode(_parts(base, []))[1].ids)
+            items = cut_items(loaded.tokenizer, context, max(0, length - file_tokens))
+            _, encoded = engine.encode(_parts(base, items))
+            progress(f"sweep {mode}: {len(encoded.ids)} tokens")
+            engine.greedy_tokens(encoded.ids, 1, encoded.spans)
+            _, _, decode_s = engine.greedy_tokens(encoded.ids, options.decode_tokens + 1, encoded.spans)
+            row[f"{mode}_decode_tok_s"] = round(options.decode_tokens / decode_s, 1)
+            row["actual_tokens"] = len(encoded.ids)
+        row["decode_sparse_over_dense"] = round(row["sparse_decode_tok_s"] / row["dense_decode_tok_s"], 2)
+        sweep.append(row)
     progress("needle: a definition in the middle of the repository context, dense / sparse / auto")
     needle = needle_figures(loaded, config, options.context_tokens)
     progress("dense at 2k: typing replay without repository context (today's)")
@@ -167,7 +186,7 @@ def model_figures(config: RuntimeConfig, options: AttentionOptions, progress=pri
         "keystroke p50 at 8k within 1.25x of today's at 2k": ratios["keystroke_p50_sparse_8k_over_dense_2k"] <= 1.25,
     }
     return {"model": loaded.name, "cpu": cpu_report(loaded), "threads": torch.get_num_threads(), "modes": rows,
-            "needle": needle, "ratios": ratios, "targets": targets}
+            "needle": needle, "sweep": sweep, "ratios": ratios, "targets": targets}
 
 
 def run_attention_bench(config: RuntimeConfig, options: AttentionOptions, progress=print) -> dict:
@@ -203,6 +222,9 @@ def format_report(report: dict) -> str:
                        f"{row['cold_prefill_s']:.2f} s, decode {row['decode_tok_s']:.1f} tok/s," if "decode_tok_s" in row
                        else ":"))
             lines.append(f"{head} keystroke p50 {keys['p50_ms']:.0f} ms, p95 {keys['p95_ms']:.0f} ms")
+        for row in model.get("sweep", []):
+            lines.append(f"  decode at {row['actual_tokens']:>5} tokens: dense {row['dense_decode_tok_s']:.1f} tok/s, "
+                         f"sparse {row['sparse_decode_tok_s']:.1f} tok/s (x{row['decode_sparse_over_dense']:.2f})")
         for mode, row in model.get("needle", {}).items():
             lines.append(f"  needle, {mode}: {'found' if row['found'] else 'missed'} ({row['completion']!r}; "
                          f"{row['depth_tokens']} tokens before the cursor, prompt {row['prompt_tokens']})")

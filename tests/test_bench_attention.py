@@ -10,7 +10,8 @@ from repocomplete.model_runtime.templates import ContextItem
 def test_model_figures_report_both_modes_the_needle_and_ratios(tiny_config):
     # Short lengths: sparse from 256 tokens on, so the ~600-token prompts run sparse and the 2k baseline does not.
     config = tiny_config.replace(sparse_min_tokens=256, max_new_tokens=4)
-    options = AttentionOptions(context_tokens=400, file_tokens=200, keystrokes=3, decode_tokens=4, kernels=False)
+    options = AttentionOptions(context_tokens=400, file_tokens=200, keystrokes=3, decode_tokens=4, kernels=False,
+                               sweep_lengths=(300, 500))
     report = run_attention_bench(config, options, progress=lambda line: None)["model"]
     dense, sparse = report["modes"]["dense"], report["modes"]["sparse"]
     assert dense["prompt_tokens"] == sparse["prompt_tokens"] > 400
@@ -22,6 +23,8 @@ def test_model_figures_report_both_modes_the_needle_and_ratios(tiny_config):
     assert report["modes"]["dense_2k"]["keystroke"]["n"] == 2  # the first keystroke warms up
     assert set(report["needle"]) == {"dense", "sparse", "auto"}
     assert all(0 < row["depth_tokens"] < row["prompt_tokens"] for row in report["needle"].values())
+    assert [row["prompt_tokens"] for row in report["sweep"]] == [300, 500]
+    assert all(abs(row["actual_tokens"] - row["prompt_tokens"]) < 80 for row in report["sweep"])
     text = format_report({"model": report})
     assert "needle, sparse:" in text and "decode_sparse_over_dense" in text
 
