@@ -85,20 +85,26 @@ NEEDLE_PREFIX = 'from billing import secrets\n\n\ndef test_signing_key():\n    a
 NEEDLE_ANSWER = 'qz7-marmot-4411"'
 
 
-def needle_figures(loaded, config: RuntimeConfig, context_tokens: int) -> dict:
-    """Does the completion use a definition placed deep in `context_tokens` of repository context? Per attention
-    mode: the completion, whether it is the needle's value, and how deep (tokens before the cursor) it sat."""
+def needle_figures(loaded, config: RuntimeConfig, context_tokens: int,
+                   depths: tuple[float, ...] = (0.25, 0.5, 0.75)) -> dict:
+    """Does the completion use a definition placed deep in `context_tokens` of repository context? For each depth
+    (the share of the context items before the needle) and attention mode: the completion, whether it is the
+    needle's value, and how deep the needle sat (tokens before the cursor). Per mode: how many depths found it."""
     filler = cut_items(loaded.tokenizer, context_items(loaded.tokenizer, 2 * context_tokens), context_tokens)
-    half = len(filler) // 2
-    parts = PromptParts(NEEDLE_PREFIX, "", "tests/test_billing.py", filler[:half] + [NEEDLE] + filler[half:], "shop")
-    out = {}
-    for mode in ("dense", "sparse", "auto"):
-        engine = Engine(loaded, config.replace(attention=mode))
-        _, encoded = engine.encode(parts)
-        at = next(s.start for s in encoded.spans if s.kind == "context" and s.path == NEEDLE.path)
-        done = engine.complete(CompletionRequest(parts))
-        out[mode] = {"completion": done.text, "found": done.text.startswith(NEEDLE_ANSWER),
-                     "prompt_tokens": done.prompt_tokens, "depth_tokens": len(encoded.ids) - at}
+    out: dict = {"modes": {}, "rows": []}
+    for depth in depths:
+        at = round(len(filler) * depth)
+        parts = PromptParts(NEEDLE_PREFIX, "", "tests/test_billing.py", filler[:at] + [NEEDLE] + filler[at:], "shop")
+        for mode in ("dense", "sparse", "auto"):
+            engine = Engine(loaded, config.replace(attention=mode))
+            _, encoded = engine.encode(parts)
+            start = next(s.start for s in encoded.spans if s.kind == "context" and s.path == NEEDLE.path)
+            done = engine.complete(CompletionRequest(parts))
+            found = done.text.startswith(NEEDLE_ANSWER)
+            out["rows"].append({"mode": mode, "depth": depth, "completion": done.text, "found": found,
+                                "prompt_tokens": done.prompt_tokens, "depth_tokens": len(encoded.ids) - start})
+            out["modes"][mode] = out["modes"].get(mode, 0) + found
+    out["of"] = len(depths)
     return out
 
 
@@ -225,9 +231,12 @@ def format_report(report: dict) -> str:
         for row in model.get("sweep", []):
             lines.append(f"  decode at {row['actual_tokens']:>5} tokens: dense {row['dense_decode_tok_s']:.1f} tok/s, "
                          f"sparse {row['sparse_decode_tok_s']:.1f} tok/s (x{row['decode_sparse_over_dense']:.2f})")
-        for mode, row in model.get("needle", {}).items():
-            lines.append(f"  needle, {mode}: {'found' if row['found'] else 'missed'} ({row['completion']!r}; "
-                         f"{row['depth_tokens']} tokens before the cursor, prompt {row['prompt_tokens']})")
+        needle = model.get("needle")
+        if needle:
+            for row in needle["rows"]:
+                lines.append(f"  needle {row['mode']:6} {row['depth_tokens']:>5} tokens before the cursor (prompt "
+                             f"{row['prompt_tokens']}): {'found' if row['found'] else 'missed'} {row['completion']!r}")
+            lines.append("  needle found: " + ", ".join(f"{m} {n}/{needle['of']}" for m, n in needle["modes"].items()))
         for name, value in model["ratios"].items():
             lines.append(f"  {name}: {value}")
         for name, ok in model["targets"].items():

@@ -21,12 +21,16 @@ def test_model_figures_report_both_modes_the_needle_and_ratios(tiny_config):
     assert report["ratios"]["prefill_dense_over_sparse"] == round(dense["cold_prefill_s"] / sparse["cold_prefill_s"], 2)
     assert report["targets"]["decode at 8k >= 1.5x dense"] == (report["ratios"]["decode_sparse_over_dense"] >= 1.5)
     assert report["modes"]["dense_2k"]["keystroke"]["n"] == 2  # the first keystroke warms up
-    assert set(report["needle"]) == {"dense", "sparse", "auto"}
-    assert all(0 < row["depth_tokens"] < row["prompt_tokens"] for row in report["needle"].values())
+    needle = report["needle"]
+    assert set(needle["modes"]) == {"dense", "sparse", "auto"} and needle["of"] == 3 and len(needle["rows"]) == 9
+    assert all(0 < row["depth_tokens"] < row["prompt_tokens"] for row in needle["rows"])
+    deep = [row["depth_tokens"] for row in needle["rows"] if row["mode"] == "dense"]
+    assert deep == sorted(deep, reverse=True)  # a needle placed later sits closer to the cursor
+    assert needle["modes"]["dense"] == sum(row["found"] for row in needle["rows"] if row["mode"] == "dense")
     assert [row["prompt_tokens"] for row in report["sweep"]] == [300, 500]
     assert all(abs(row["actual_tokens"] - row["prompt_tokens"]) < 80 for row in report["sweep"])
     text = format_report({"model": report})
-    assert "needle, sparse:" in text and "decode_sparse_over_dense" in text
+    assert "needle found: dense" in text and "decode_sparse_over_dense" in text
 
 
 def test_cut_items_keeps_whole_lines_within_the_tokens(tokenizer):
