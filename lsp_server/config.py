@@ -18,6 +18,7 @@ from typing import Any
 
 from repocomplete.context_engine.config import ContextConfig
 from repocomplete.context_engine.document import CONTEXT_MODES
+from repocomplete.model_runtime.adapters import NO_ADAPTER
 from repocomplete.model_runtime.config import RuntimeConfig
 from repocomplete.pipeline import CompletionOptions
 
@@ -74,7 +75,9 @@ def resolve(runtime: RuntimeConfig, context_config: ContextConfig, settings: Set
     line's, so that changing them never reloads it."""
     s = settings
     model = _owned(s.model, runtime.model)
-    adapter = _owned(s.adapter, runtime.adapter) or None
+    adapter = _owned(s.adapter, runtime.adapter)
+    # A client's null (""): no adapter at all, not even the embedded model's shipped one.
+    adapter = NO_ADAPTER if adapter == "" else adapter or None
     endpoint = _owned(s.endpoint, runtime.endpoint) or None
     max_tokens = _owned(s.max_tokens, runtime.max_new_tokens)
     multiline = _owned(s.multiline, runtime.multiline)

@@ -47,6 +47,9 @@ def test_unset_overrides_are_the_configs_values_and_set_ones_replace_them():
     assert over.options == CompletionOptions(context="repo", multiline=False, max_new_tokens=8, budget=0,
                                              monitors=RuntimeConfig().monitors, candidates=1)
     assert over.model_name == "other"
+    # A client's null adapter means none at all (not the embedded model's shipped default).
+    client, _ = apply(Settings(), {"adapter": None})
+    assert resolve(runtime.replace(adapter="lora"), context, client).runtime.adapter == "none"
 
 
 @pytest.mark.parametrize("raw", [{"enabled": "yes"}, {"maxTokens": 0}, {"maxTokens": True}, {"context": "all"},
