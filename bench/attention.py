@@ -46,6 +46,7 @@ class AttentionOptions:
     # Prompt lengths (repository context + the same file) for the crossover of decode speed, dense against sparse:
     # where sparse attention starts paying (RuntimeConfig.sparse_min_tokens).
     sweep_lengths: tuple[int, ...] = (2048, 3072, 4096, 6144)
+    shared_prefix_tokens: int = 4096  # Hydragen: the shared prompt of the batched-decode figure
 
 
 def context_items(tokenizer, tokens: int, root: Path = PACKAGE) -> list[ContextItem]:
@@ -85,6 +86,22 @@ NEEDLE_PREFIX = 'from billing import secrets\n\n\ndef test_signing_key():\n    a
 NEEDLE_ANSWER = 'qz7-marmot-4411"'
 
 
+def with_needle(tokenizer, items: list[ContextItem], depth: float) -> list[ContextItem]:
+    """The items with NEEDLE inserted after the line where `depth` of their tokens lie before it (the item holding
+    that line is split in two around the needle)."""
+    counts = [[len(tokenizer.encode(line + "\n", add_special_tokens=False)) for line in item.text.split("\n")]
+              for item in items]
+    target, seen = depth * sum(map(sum, counts)), 0
+    for i, (item, lines) in enumerate(zip(items, counts)):
+        if seen + sum(lines) >= target:
+            cut = next(j for j in range(len(lines) + 1) if seen + sum(lines[:j]) >= target)
+            text = item.text.split("\n")
+            head, tail = "\n".join(text[:cut]), "\n".join(text[cut:])
+            return items[:i] + [ContextItem(item.path, head), NEEDLE, ContextItem(item.path, tail)] + items[i + 1 :]
+        seen += sum(lines)
+    return items + [NEEDLE]
+
+
 def needle_figures(loaded, config: RuntimeConfig, context_tokens: int,
                    depths: tuple[float, ...] = (0.25, 0.5, 0.75)) -> dict:
     """Does the completion use a definition placed deep in `context_tokens` of repository context? For each depth
@@ -93,8 +110,8 @@ def needle_figures(loaded, config: RuntimeConfig, context_tokens: int,
     filler = cut_items(loaded.tokenizer, context_items(loaded.tokenizer, 2 * context_tokens), context_tokens)
     out: dict = {"modes": {}, "rows": []}
     for depth in depths:
-        at = round(len(filler) * depth)
-        parts = PromptParts(NEEDLE_PREFIX, "", "tests/test_billing.py", filler[:at] + [NEEDLE] + filler[at:], "shop")
+        parts = PromptParts(NEEDLE_PREFIX, "", "tests/test_billing.py", with_needle(loaded.tokenizer, filler, depth),
+                            "shop")
         for mode in ("dense", "sparse", "auto"):
             engine = Engine(loaded, config.replace(attention=mode))
             _, encoded = engine.encode(parts)
@@ -172,6 +189,10 @@ def model_figures(config: RuntimeConfig, options: AttentionOptions, progress=pri
             row["actual_tokens"] = len(encoded.ids)
         row["decode_sparse_over_dense"] = round(row["sparse_decode_tok_s"] / row["dense_decode_tok_s"], 2)
         sweep.append(row)
+    progress("shared prefix: 16 sequences x 32 tokens after a 4k-token prompt, batched against one by one")
+    from repocomplete.bench.shared_prefix import run_shared_prefix_bench
+
+    shared = run_shared_prefix_bench(loaded, prompt_tokens=options.shared_prefix_tokens, sequences=16, new_tokens=32)
     progress("needle: a definition in the middle of the repository context, dense / sparse / auto")
     needle = needle_figures(loaded, config, options.context_tokens)
     progress("dense at 2k: typing replay without repository context (today's)")
@@ -192,7 +213,7 @@ def model_figures(config: RuntimeConfig, options: AttentionOptions, progress=pri
         "keystroke p50 at 8k within 1.25x of today's at 2k": ratios["keystroke_p50_sparse_8k_over_dense_2k"] <= 1.25,
     }
     return {"model": loaded.name, "cpu": cpu_report(loaded), "threads": torch.get_num_threads(), "modes": rows,
-            "needle": needle, "sweep": sweep, "ratios": ratios, "targets": targets}
+            "needle": needle, "sweep": sweep, "shared_prefix": shared, "ratios": ratios, "targets": targets}
 
 
 def run_attention_bench(config: RuntimeConfig, options: AttentionOptions, progress=print) -> dict:
@@ -231,6 +252,11 @@ def format_report(report: dict) -> str:
         for row in model.get("sweep", []):
             lines.append(f"  decode at {row['actual_tokens']:>5} tokens: dense {row['dense_decode_tok_s']:.1f} tok/s, "
                          f"sparse {row['sparse_decode_tok_s']:.1f} tok/s (x{row['decode_sparse_over_dense']:.2f})")
+        shared = model.get("shared_prefix")
+        if shared:
+            lines.append(f"  shared prefix ({shared['sequences']} sequences x {shared['new_tokens']} tokens after "
+                         f"{shared['prompt_tokens']}): one by one {shared['sequential_s']:.2f} s, batched "
+                         f"{shared['batched_s']:.2f} s (x{shared['speedup']:.2f})")
         needle = model.get("needle")
         if needle:
             for row in needle["rows"]:

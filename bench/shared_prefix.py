@@ -1,7 +1,5 @@
-"""Lockstep decoding after a shared prompt (model_runtime/batch.py) against the same sequences one after another.
-
-    python -m repocomplete.bench.shared_prefix [--model default|DIR] [--prompt-tokens 2048] [--sequences 16]
-                                               [--tokens 32] [--threads 1]
+"""Lockstep decoding after a shared prompt (model_runtime/batch.py) against the same sequences one after another
+(`repocomplete bench attention` reports it: 16 sequences after a 4k-token prompt).
 
 Both sides start from the same prompt already in the slab (prefilled once, outside the timing: separate completions
 would find it in the prefix cache too) and decode the same forced token streams, so they do the same arithmetic:
@@ -12,8 +10,6 @@ of the machine they ran on (a shared machine drifts): say which when quoting the
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 
 import torch
@@ -70,24 +66,3 @@ def run_shared_prefix_bench(loaded, prompt_tokens: int = 2048, sequences: int = 
         "sequential_tok_s": round(steps / sequential_s, 1), "batched_tok_s": round(steps / batched_s, 1),
         "speedup": round(sequential_s / batched_s, 2), "max_logit_diff": diff,
     }
-
-
-def main(argv: list[str] | None = None) -> None:
-    from repocomplete.model_runtime.config import RuntimeConfig
-    from repocomplete.model_runtime.loading import load_model
-
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="default")
-    p.add_argument("--prompt-tokens", type=int, default=2048)
-    p.add_argument("--sequences", type=int, default=16)
-    p.add_argument("--tokens", type=int, default=32)
-    p.add_argument("--threads", type=int, default=1)
-    args = p.parse_args(argv)
-    config = RuntimeConfig(model=args.model, device="cpu", dtype="float32", quantize="none", threads=args.threads)
-    loaded = load_model(config)
-    torch.set_num_threads(args.threads)
-    print(json.dumps(run_shared_prefix_bench(loaded, args.prompt_tokens, args.sequences, args.tokens)))
-
-
-if __name__ == "__main__":
-    main()

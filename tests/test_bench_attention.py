@@ -11,7 +11,7 @@ def test_model_figures_report_both_modes_the_needle_and_ratios(tiny_config):
     # Short lengths: sparse from 256 tokens on, so the ~600-token prompts run sparse and the 2k baseline does not.
     config = tiny_config.replace(sparse_min_tokens=256, max_new_tokens=4)
     options = AttentionOptions(context_tokens=400, file_tokens=200, keystrokes=3, decode_tokens=4, kernels=False,
-                               sweep_lengths=(300, 500))
+                               sweep_lengths=(300, 500), shared_prefix_tokens=64)
     report = run_attention_bench(config, options, progress=lambda line: None)["model"]
     dense, sparse = report["modes"]["dense"], report["modes"]["sparse"]
     assert dense["prompt_tokens"] == sparse["prompt_tokens"] > 400
@@ -25,10 +25,13 @@ def test_model_figures_report_both_modes_the_needle_and_ratios(tiny_config):
     assert set(needle["modes"]) == {"dense", "sparse", "auto"} and needle["of"] == 3 and len(needle["rows"]) == 9
     assert all(0 < row["depth_tokens"] < row["prompt_tokens"] for row in needle["rows"])
     deep = [row["depth_tokens"] for row in needle["rows"] if row["mode"] == "dense"]
-    assert deep == sorted(deep, reverse=True)  # a needle placed later sits closer to the cursor
+    assert deep == sorted(deep, reverse=True) and len(set(deep)) == 3  # placed later: closer to the cursor
     assert needle["modes"]["dense"] == sum(row["found"] for row in needle["rows"] if row["mode"] == "dense")
     assert [row["prompt_tokens"] for row in report["sweep"]] == [300, 500]
     assert all(abs(row["actual_tokens"] - row["prompt_tokens"]) < 80 for row in report["sweep"])
+    shared = report["shared_prefix"]
+    assert abs(shared["speedup"] - shared["sequential_s"] / shared["batched_s"]) < 0.05 * shared["speedup"]
+    assert shared["sequences"] == 16
     text = format_report({"model": report})
     assert "needle found: dense" in text and "decode_sparse_over_dense" in text
 
