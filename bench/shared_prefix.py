@@ -28,7 +28,7 @@ def run_shared_prefix_bench(loaded, prompt_tokens: int = 2048, sequences: int = 
     if not isinstance(fast, FastLlama):
         raise ValueError(f"{loaded.name} runs transformers' forward: lockstep decoding needs fast-llama")
     gen = torch.Generator().manual_seed(seed)
-    vocab = fast.lm_head.weight.shape[0]
+    vocab = loaded.model.config.get_text_config().vocab_size
     prompt = torch.randint(0, vocab, (1, prompt_tokens), generator=gen, device=loaded.device)
     streams = torch.randint(0, vocab, (sequences, new_tokens - 1), generator=gen, device=loaded.device)
     slab = SlabCache(loaded.n_layers, store_dtype=loaded.kv_dtype or kv_store_dtype(loaded.device, loaded.dtype))
