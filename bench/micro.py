@@ -322,7 +322,6 @@ def bench_decode(context_tokens: int, steps: int) -> None:
     """One decode step of the product's engine (the CPU path `doctor` chose, no speculation) at `context_tokens`
     of context, split into the weights' kernels, attention over the KV cache, and the rest (elementwise ops, casts,
     allocation, Python and dispatch per op)."""
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
     from repocomplete.bench.latency import cpu_line, cpu_report

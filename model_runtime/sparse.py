@@ -16,7 +16,6 @@ in the prefix cache (`hash_blocks`' policy). The kernels live in `kernels/` (Tri
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 

@@ -5,10 +5,8 @@ forced to a valid member through the whole pipeline."""
 from __future__ import annotations
 
 from concurrent.futures import Future
-from pathlib import Path
 
 import pytest
-import torch
 
 from helpers import write_tree
 from repocomplete.context_engine.config import ContextConfig
