@@ -279,6 +279,15 @@ def _stop_token_ids(tokenizer, template: FimTemplate) -> set[int]:
     return ids
 
 
+def bf16_matmuls_fast(loaded: LoadedModel) -> bool:
+    """Whether bf16 matmuls are the fast ones on this machine: the measured CPU plan prefills in bf16 (an AVX-512 CPU
+    with bf16 or AMX), or the model was loaded in bf16 on purpose. With AVX2 only a bf16 GEMM runs at a sixth of
+    fp32's speed, so sparse attention keeps its K/V in the dense dtype there."""
+    if loaded.plan is not None:
+        return loaded.plan.prefill.act == "bf16"
+    return loaded.dtype == torch.bfloat16
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The engine.
 
@@ -342,7 +351,8 @@ class Engine:
 
     def _kv_dtype(self, length: int = 0) -> torch.dtype:
         """The slab's dtype for a prompt of `length` tokens: the config's, else on a GPU the model's; on the CPU the
-        measured plan's under dense attention, and bfloat16 where sparse attention runs. Its blocks are gathered into
+        measured plan's under dense attention, and bfloat16 where sparse attention runs (if bf16 matmuls are fast
+        here: `bf16_matmuls_fast`). Its blocks are gathered into
         contiguous tensors, where a bf16 matmul is the fast one (181 against 392 us for fp32 at 8k rows on the 2-core
         EPYC), and it halves the cache (8k tokens: 189 MB instead of 377). Dense attention keeps the plan's dtype: a
         bf16 matmul over the slab's strided view is the slow one (206 against 109 us at 2k rows)."""
@@ -350,7 +360,7 @@ class Engine:
         if self.config.kv_dtype != "auto":
             return getattr(torch, self.config.kv_dtype)
         dense = loaded.kv_dtype or kv_store_dtype(loaded.device, loaded.dtype)
-        if self.policy is None or loaded.device.type != "cpu":
+        if self.policy is None or loaded.device.type != "cpu" or not bf16_matmuls_fast(loaded):
             return dense
         current = self.slab.layers[0].store_dtype if hasattr(self, "slab") else None
         # Hysteresis: back to the dense dtype only well below the threshold, so that typing around it does not

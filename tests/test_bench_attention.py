@@ -7,7 +7,8 @@ from repocomplete.bench.attention import AttentionOptions, NEEDLE, cut_items, fo
 from repocomplete.model_runtime.templates import ContextItem
 
 
-def test_model_figures_report_both_modes_the_needle_and_ratios(tiny_config):
+def test_model_figures_report_both_modes_the_needle_and_ratios(tiny_config, monkeypatch):
+    monkeypatch.setattr("repocomplete.model_runtime.engine.bf16_matmuls_fast", lambda loaded: True)  # AVX-512 bf16
     # Short lengths: sparse from 256 tokens on, so the ~600-token prompts run sparse and the 2k baseline does not.
     config = tiny_config.replace(sparse_min_tokens=256, max_new_tokens=4)
     options = AttentionOptions(context_tokens=400, file_tokens=200, keystrokes=3, decode_tokens=4, kernels=False,

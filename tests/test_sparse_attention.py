@@ -4,6 +4,8 @@ dense K/V."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -115,7 +117,8 @@ def test_the_prefix_cache_never_mixes_sparse_and_dense_blocks(tiny_loaded, tiny_
         assert dense.logits_for(PROMPT, SPANS)[1] == 96
 
 
-def test_auto_stores_kv_in_bf16_from_the_threshold_on_and_keeps_the_rows(tiny_loaded, tiny_config):
+def test_auto_stores_kv_in_bf16_from_the_threshold_on_and_keeps_the_rows(tiny_loaded, tiny_config, monkeypatch):
+    monkeypatch.setattr("repocomplete.model_runtime.engine.bf16_matmuls_fast", lambda loaded: True)  # AVX-512 bf16
     engine = Engine(tiny_loaded, sparse_config(tiny_config, attention="auto", sparse_min_tokens=200, kv_dtype="auto"))
     dtype = lambda: engine.slab.layers[0].k_buf.dtype  # noqa: E731
     with torch.inference_mode():
@@ -129,3 +132,18 @@ def test_auto_stores_kv_in_bf16_from_the_threshold_on_and_keeps_the_rows(tiny_lo
         assert dtype() == torch.bfloat16  # still within half the threshold: no conversion back and forth
         engine.logits_for(PROMPT[:90], SPANS)
         assert dtype() == torch.float32
+
+
+def test_where_bf16_matmuls_are_slow_sparse_attention_keeps_the_dense_dtype(tiny_loaded, tiny_config):
+    from repocomplete.model_runtime.cpu_path import CpuPlan
+    from repocomplete.model_runtime.engine import bf16_matmuls_fast
+    from repocomplete.model_runtime.quantize import LinearPath
+
+    assert not bf16_matmuls_fast(tiny_loaded)  # float32 weights, no plan: as on an AVX2-only CPU
+    engine = Engine(tiny_loaded, sparse_config(tiny_config, kv_dtype="auto"))
+    with torch.inference_mode():
+        engine.logits_for(PROMPT, SPANS)
+    assert engine.slab.layers[0].k_buf.dtype == torch.float32
+    plan = lambda act: CpuPlan(LinearPath("int8", "bf16"), LinearPath(act, act), "fp32", "measured")  # noqa: E731
+    assert bf16_matmuls_fast(dataclasses.replace(tiny_loaded, plan=plan("bf16")))
+    assert not bf16_matmuls_fast(dataclasses.replace(tiny_loaded, plan=plan("fp32")))
