@@ -233,3 +233,12 @@ def test_box_scores_equal_the_quest_bound_of_min_and_max():
     rows = torch.randn(2, 6, 4, 16)  # several rows: the max over them
     expected = torch.stack([block_scores(rows[:, :, r], kmin, kmax, 1.0) for r in range(4)]).amax(0)
     torch.testing.assert_close(td.box_scores(rows, box), expected)
+
+
+@pytest.mark.parametrize("backend", [pytest.param("triton", marks=needs_triton), "torch"])
+def test_the_order_of_the_listed_blocks_does_not_matter(backend):
+    # The engine lists its top-k blocks first and the forced ones after them (unsorted).
+    q, k, v, blocks, length, bs, scale = _case(SHAPES[1], torch.float32)
+    expected = topk_decode_reference(q, k, v, blocks, bs, length, scale)
+    reordered = blocks.flip(-1)
+    torch.testing.assert_close(topk_decode_attention(q, k, v, reordered, bs, length, scale, backend=backend), expected)
