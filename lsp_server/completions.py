@@ -287,8 +287,10 @@ class Completions:
             out["prefix_cache_bytes"] = [pool.used_bytes, pool.capacity_bytes]
         slab = getattr(engine, "slab", None)
         if slab is not None:
-            out["slab_bytes"] = slab.allocated_bytes()
-            out["slab_rows"] = [slab.layers[0].capacity, slab.max_tokens]
+            # The slab reserves its bound at once; memory holds the rows written (slab_bytes), not the reservation.
+            out["slab_bytes"] = slab.resident_bytes()
+            out["slab_reserved_bytes"] = slab.allocated_bytes()
+            out["slab_rows"] = [slab.length, slab.max_tokens]
         return out
 
     def stats(self, reset: bool = False) -> dict:

@@ -162,6 +162,12 @@ async def test_a_session_from_initialize_to_exit(tmp_path, tiny_model_dir, repo)
         kinds = [span["kind"] for span in made["prompt_spans"]]
         assert made["completion"] == expected and "prefix" in kinds and kinds[-1] == "generated", made
         assert made["prompt_spans"][-1]["start"] == made["prompt_tokens"]
+        # The slab reserves its bound; its memory is the rows written.
+        memory = (await client.workspace_execute_command_async(
+            types.ExecuteCommandParams(command="repocomplete.stats", arguments=[])))["memory"]
+        rows, bound = memory["slab_rows"]
+        assert 0 < rows < bound and 0 < memory["slab_bytes"] < memory["slab_reserved_bytes"]
+        assert memory["slab_reserved_bytes"] * rows == memory["slab_bytes"] * bound
 
         # showContext: the context and provenance for that position, with repository context on.
         client.set_configuration({"repocomplete": {**options, "context": "repo"}})
