@@ -138,14 +138,6 @@ def drop_span_tokens(spans: Sequence[Span], at: int, k: int) -> list[Span]:
     return out
 
 
-def span_at(spans: Sequence[Span], token: int) -> Span | None:
-    """The span holding prompt token `token` (None past the prompt)."""
-    for span in spans:
-        if span.start <= token < span.end:
-            return span
-    return None
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Free functions over tensors.
 
@@ -351,11 +343,11 @@ class Engine:
 
     def _kv_dtype(self, length: int = 0) -> torch.dtype:
         """The slab's dtype for a prompt of `length` tokens: the config's, else on a GPU the model's; on the CPU the
-        measured plan's under dense attention, and bfloat16 where sparse attention runs (if bf16 matmuls are fast
-        here: `bf16_matmuls_fast`). Its blocks are gathered into
-        contiguous tensors, where a bf16 matmul is the fast one (181 against 392 us for fp32 at 8k rows on the 2-core
-        EPYC), and it halves the cache (8k tokens: 189 MB instead of 377). Dense attention keeps the plan's dtype: a
-        bf16 matmul over the slab's strided view is the slow one (206 against 109 us at 2k rows)."""
+        measured plan's under dense attention, and bfloat16 where sparse attention runs and bf16 matmuls are fast
+        (`bf16_matmuls_fast`). Sparse attention gathers its blocks into contiguous tensors, where a bf16 matmul is the
+        fast one (181 against 392 us for fp32 at 8k rows on the 2-core EPYC), and bf16 halves the cache (8k tokens:
+        189 MB instead of 377). Dense attention keeps the plan's dtype: a bf16 matmul over the slab's strided view is
+        the slow one (206 against 109 us at 2k rows)."""
         loaded = self.loaded
         if self.config.kv_dtype != "auto":
             return getattr(torch, self.config.kv_dtype)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from repocomplete.model_runtime.engine import CompletionRequest, Engine, Span, drop_span_tokens, span_at, truncate
+from repocomplete.model_runtime.engine import CompletionRequest, Engine, Span, drop_span_tokens, truncate
 from repocomplete.model_runtime.templates import ContextItem, PromptParts
 
 PARTS = PromptParts(
@@ -53,7 +53,6 @@ def test_drop_span_tokens_shrinks_and_shifts():
     spans = [Span("template", 0, 2), Span("prefix", 2, 10), Span("suffix", 10, 14)]
     assert drop_span_tokens(spans, 8, 2) == [Span("template", 0, 2), Span("prefix", 2, 8), Span("suffix", 8, 12)]
     assert drop_span_tokens(spans, 0, 3) == [Span("prefix", 0, 7), Span("suffix", 7, 11)]
-    assert span_at(spans, 10) == Span("suffix", 10, 14) and span_at(spans, 14) is None
 
 
 def test_a_completion_reports_healed_spans_and_its_generated_tail(tiny_loaded, tiny_config):
