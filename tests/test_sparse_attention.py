@@ -147,3 +147,13 @@ def test_where_bf16_matmuls_are_slow_sparse_attention_keeps_the_dense_dtype(tiny
     plan = lambda act: CpuPlan(LinearPath("int8", "bf16"), LinearPath(act, act), "fp32", "measured")  # noqa: E731
     assert bf16_matmuls_fast(dataclasses.replace(tiny_loaded, plan=plan("bf16")))
     assert not bf16_matmuls_fast(dataclasses.replace(tiny_loaded, plan=plan("fp32")))
+
+
+@pytest.mark.parametrize("bad", [dict(attention="fast"), dict(kv_dtype="float16"), dict(sparse_block_tokens=24),
+                                 dict(sparse_block_tokens=0), dict(sparse_top_k=-1), dict(sparse_window_tokens=-8)])
+def test_bad_attention_settings_are_config_errors(bad):
+    from repocomplete.model_runtime.config import RuntimeConfig
+    from repocomplete.model_runtime.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        RuntimeConfig(**bad).validate()
