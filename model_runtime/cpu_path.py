@@ -79,6 +79,12 @@ class CpuPlan:
     load: float = 0.0  # the machine's load average when it was measured
 
     @property
+    def bf16_fast(self) -> bool:
+        """bf16 matmuls are the fast ones here: the plan prefills in bf16 (AVX-512 with bf16, AMX; never AVX2 only,
+        where a bf16 GEMM runs at a sixth of fp32's speed)."""
+        return self.prefill.act == "bf16"
+
+    @property
     def stream_dtype(self) -> torch.dtype:
         """The residual stream's dtype: bf16 only when both phases compute in bf16 (elementwise ops and prefill
         attention in bf16 are slow where bf16 GEMMs are)."""

@@ -276,7 +276,7 @@ def bf16_matmuls_fast(loaded: LoadedModel) -> bool:
     with bf16 or AMX), or the model was loaded in bf16 on purpose. With AVX2 only a bf16 GEMM runs at a sixth of
     fp32's speed, so sparse attention keeps its K/V in the dense dtype there."""
     if loaded.plan is not None:
-        return loaded.plan.prefill.act == "bf16"
+        return loaded.plan.bf16_fast
     return loaded.dtype == torch.bfloat16
 
 

@@ -248,6 +248,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         "cache_file": str(cpu_path.plan_path(runtime_config(args).cache_dir, key)),
         "cuda": torch.cuda.is_available(),
     }
+    runtime = runtime_config(args)
+    # Long prompts: the attention policy, and the K/V dtype where it runs sparse (bf16 only where bf16 matmuls are
+    # the plan's fast ones: engine.bf16_matmuls_fast).
+    sparse_kv = "bfloat16" if plan.bf16_fast else str(plan.kv_torch_dtype).removeprefix("torch.")
+    report["attention"] = {"mode": runtime.attention, "sparse_min_tokens": runtime.sparse_min_tokens,
+                           "sparse_top_k": runtime.sparse_top_k, "sparse_kv_dtype": sparse_kv}
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -261,6 +267,13 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     print(f"model    {name}")
     how = {"measured": f"measured now in {plan.seconds:.1f} s", "cache": "from the cache"}.get(plan.source, plan.source)
     print(f"plan     {plan.name} ({how}; {report['cache_file']})")
+    a = report["attention"]
+    if a["mode"] != "dense":
+        start = "every position" if a["mode"] == "sparse" else f"positions from {a['sparse_min_tokens']} on"
+        print(f"attention {a['mode']}: sparse for {start} (top {a['sparse_top_k']} context blocks per K/V head), "
+              f"K/V in {a['sparse_kv_dtype']} there")
+    else:
+        print("attention dense")
     print()
     print(cpu_path.format_table(plan))
     print()

@@ -379,6 +379,9 @@ def test_doctor_prints_the_capability_the_table_and_the_choice(tiny_model_dir, t
     capability = torch.backends.cpu.get_cpu_capability()
     assert lines[1].startswith(f"isa      torch capability {capability}; flags ")
     assert lines[5].startswith("plan     decode int8/bf16, prefill fp32, kv fp32 (measured now in ")
+    # AVX2: bf16 GEMMs lose, so sparse attention keeps float32 K/V
+    assert lines[6] == ("attention auto: sparse for positions from 4096 on (top 16 context blocks per K/V head), "
+                        "K/V in float32 there")
     decode = lines.index(next(l for l in lines if l.startswith("decode (ms")))
     prefill = lines.index(next(l for l in lines if l.startswith("prefill (ms")))
     assert [l.split()[1] for l in lines[decode + 1 : prefill] if l.startswith("  *")] == ["int8/bf16"]
@@ -391,3 +394,5 @@ def test_doctor_prints_the_capability_the_table_and_the_choice(tiny_model_dir, t
     assert (report["plan"]["decode"], report["plan"]["prefill"]) == ("int8/bf16", "fp32")
     assert report["cpu"]["capability"] == capability and report["threads"]["used"] >= 1
     assert report["cache_file"].startswith(str(tmp_path / "cpu-path"))
+    assert report["attention"] == {"mode": "auto", "sparse_min_tokens": 4096, "sparse_top_k": 16,
+                                   "sparse_kv_dtype": "float32"}
