@@ -65,3 +65,12 @@ def child_pids(pid: int) -> set[int]:
             except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
                 pass
     return found
+
+
+def needs_interpreted_triton(kernel):
+    """A pytest mark that skips unless `kernel` (a kernels/ module's @triton.jit function, None without triton) was
+    defined under TRITON_INTERPRET=1, the only way it runs on CPU tensors."""
+    import pytest
+
+    interpreted = kernel is not None and type(kernel).__name__ == "InterpretedFunction"
+    return pytest.mark.skipif(not interpreted, reason="triton missing, or not in interpreter mode")

@@ -7,6 +7,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels module defi
 
 import pytest
 import torch
+from helpers import needs_interpreted_triton
 import torch.nn.functional as F
 from repocomplete.kernels import block_sparse_prefill as bsp
 from repocomplete.kernels.block_sparse_prefill import (
@@ -16,13 +17,7 @@ from repocomplete.kernels.block_sparse_prefill import (
 )
 
 
-def _triton_runs_here() -> bool:
-    if not bsp.HAVE_TRITON:
-        return False
-    return type(bsp._block_sparse_prefill_kernel).__name__ == "InterpretedFunction"
-
-
-needs_triton = pytest.mark.skipif(not _triton_runs_here(), reason="triton missing, or not in interpreter mode")
+needs_triton = needs_interpreted_triton(getattr(bsp, "_block_sparse_prefill_kernel", None))
 
 # (batch, query heads, kv heads, head dim, start, new rows, block size): GQA 1, 3, 4; ragged ends; partial prefixes,
 # some not a multiple of the block size.

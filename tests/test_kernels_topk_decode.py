@@ -7,6 +7,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels module defi
 
 import pytest
 import torch
+from helpers import needs_interpreted_triton
 from repocomplete.kernels import topk_decode as td
 from repocomplete.kernels.topk_decode import (
     block_scores,
@@ -18,14 +19,7 @@ from repocomplete.kernels.topk_decode import (
 )
 
 
-def _triton_runs_here() -> bool:
-    """The kernels run on CPU tensors only if they were defined in interpreter mode."""
-    if not td.HAVE_TRITON:
-        return False
-    return type(td._topk_decode_split_kernel).__name__ == "InterpretedFunction"
-
-
-needs_triton = pytest.mark.skipif(not _triton_runs_here(), reason="triton missing, or not in interpreter mode")
+needs_triton = needs_interpreted_triton(getattr(td, "_topk_decode_split_kernel", None))
 
 # (batch, query heads, kv heads, head dim, length, buffer length, block size): GQA 1, 3 and 4; ragged ends.
 SHAPES = [
