@@ -17,6 +17,8 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
+from repocomplete.model_runtime.quantize import DECODE_MAX_ROWS
+
 NAME = "repocomplete"
 
 
@@ -57,15 +59,16 @@ def few_rows_attention(query, key, value, start: int, scaling: float) -> torch.T
     return out.reshape(b, h, n, d).transpose(1, 2)
 
 
-def causal_attention(query, key, value, start: int, scale: float, few_rows: int = 16) -> torch.Tensor:
+def causal_attention(query, key, value, start: int, scale: float) -> torch.Tensor:
     """Dense causal attention of query [B, H, n, D] at positions start..start+n-1 over key/value [B, Hkv, start+n, D]
     (the cache, holding the new rows too): one row reads the cache grouped (`decode_attention`), a few rows after a
-    cache likewise (`few_rows_attention`, up to `few_rows`), more rows go to SDPA in the query's dtype.
+    cache likewise (`few_rows_attention`, up to DECODE_MAX_ROWS: a speculative draft), more rows go to SDPA in the
+    query's dtype.
     Returns [B, n, H, D]."""
     n = query.shape[2]
     if n == 1:  # the cache may be float32 under bf16 activations (kv_store_dtype)
         return decode_attention(query.to(key.dtype), key, value, None, scale)
-    if n <= few_rows and start > 0:  # a draft being verified: read the cache as decode does
+    if n <= DECODE_MAX_ROWS and start > 0:  # a draft being verified: read the cache as decode does
         return few_rows_attention(query.to(key.dtype), key, value, start, scale)
     groups = query.shape[1] // key.shape[1]
     key = key.to(query.dtype).repeat_interleave(groups, dim=1)

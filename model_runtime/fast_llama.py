@@ -16,7 +16,7 @@ from torch import nn
 
 from repocomplete.model_runtime.attention import causal_attention
 from repocomplete.model_runtime.kv_cache import SlabCache
-from repocomplete.model_runtime.quantize import DECODE_MAX_ROWS, PlannedLinear
+from repocomplete.model_runtime.quantize import PlannedLinear
 
 # (input_ids [1, n], cache, all_logits=False) -> logits of the last position [vocab], or of every position [n, vocab]
 Forward = Callable[..., torch.Tensor]
@@ -154,7 +154,7 @@ class FastLlama:
 
         def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             keys, values = cache.layers[i].update(k, v)
-            return causal_attention(q, keys, values, start, self.scale, DECODE_MAX_ROWS)
+            return causal_attention(q, keys, values, start, self.scale)
 
         return attend
 

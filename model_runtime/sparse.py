@@ -25,9 +25,11 @@ from repocomplete.kernels.block_sparse_prefill import block_sparse_prefill, pref
 from repocomplete.kernels.topk_decode import box_scores, topk_decode_attention, topk_rows_attention
 from repocomplete.model_runtime.attention import causal_attention, sparse_for
 from repocomplete.model_runtime.kv_cache import SlabLayer
+from repocomplete.model_runtime.quantize import DECODE_MAX_ROWS
 
 
-FEW_ROWS = 16  # up to this many new rows (speculative drafts) select blocks from the summaries, as decode does
+# Up to this many new rows (speculative drafts) select blocks from the summaries, as decode does.
+FEW_ROWS = DECODE_MAX_ROWS
 
 
 @dataclass(frozen=True)
@@ -145,12 +147,11 @@ class SparseAttention:
         if n == 1:
             blocks = self._decode_blocks(layer, q, end)
             return topk_decode_attention(q[:, :, 0], keys, values, blocks, p.block, end, self.scale).unsqueeze(1)
-        forced = self.forced(end)
         if n <= FEW_ROWS and not q.is_cuda:  # a draft being verified: blocks ranked by the summaries, as decode does
             blocks = self._decode_blocks(layer, q, end)
             return topk_rows_attention(q, keys, values, blocks, p.block, end, self.scale).transpose(1, 2)
         blocks = prefill_blocks(q, keys, start, p.block, -(-p.sinks // p.block), -(-p.window // p.block), p.top_k,
-                                forced)
+                                self.forced(end))
         return block_sparse_prefill(q, keys, values, blocks, start, p.block, self.scale).transpose(1, 2)
 
 
