@@ -16,10 +16,12 @@ from repocomplete.model_runtime.stopping import StopRules, final_text
 class Decoding:
     def __init__(self, tokenizer, vocab, stop_ids: set[int], rules: StopRules, healed: str, max_new: int,
                  prompt_ids: Sequence[int], device, no_comment: torch.Tensor | None = None,
-                 processors: Sequence = (), guide=None):
+                 processors: Sequence = (), guide=None, no_indent: torch.Tensor | None = None):
         self.tokenizer, self.vocab, self.stop_ids = tokenizer, vocab, stop_ids
         self.rules, self.healed, self.max_new = rules, healed, max_new
         self.no_comment, self.processors, self.guide = no_comment, processors, guide
+        # Tokens that may not open the completion (it starts at the cursor's column, after the line's indentation).
+        self.no_indent = no_indent
         self.remaining_heal = healed  # what the generation must still reproduce before the rules apply
         self.generated: list[int] = []
         self.text = ""
@@ -28,9 +30,12 @@ class Decoding:
         self.history = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device) if processors else None
 
     def mask(self, logits: torch.Tensor) -> torch.Tensor:
-        """This step's logits [vocab] after healing's mask, the no-comment rule, the processors and the monitors."""
+        """This step's logits [vocab] after healing's mask, the no-comment and no-indent rules, the processors and
+        the monitors."""
         if self.remaining_heal:
             logits = logits + self.vocab.mask(self.remaining_heal, logits.shape[-1], logits.device)
+        elif self.no_indent is not None and len(self.text) <= len(self.healed):
+            logits = logits.index_fill(0, self.no_indent[self.no_indent < logits.shape[-1]], float("-inf"))
         no_comment = self.no_comment
         if no_comment is not None and not self.text[len(self.healed):].strip():
             logits = logits.index_fill(0, no_comment[no_comment < logits.shape[-1]], float("-inf"))

@@ -298,6 +298,7 @@ class Engine:
         self.template, self.order = prompt_format(self.tokenizer, self.config)
         self.stop_ids = _stop_token_ids(self.tokenizer, self.template)
         self.vocab = loaded.vocab
+        self._indenting: torch.Tensor | None = None  # vocab.indenting() on the device, built on first use
         # Long prompts: sparse attention (sparse.py) where the config asks for it; its K/V from the threshold on are
         # salted apart from dense ones in the prefix cache.
         self.policy = SparsePolicy.from_config(self.config)
@@ -550,7 +551,7 @@ class Engine:
             guide = Guide(request.monitors, NameMask.for_vocab(self.vocab), before)
         return Decoding(self.tokenizer, self.vocab, self.stop_ids, StopRules.at_cursor(parts.prefix, multiline), healed,
                         max_new, ids, self.device, self._comment_mask(parts, multiline), request.logits_processors,
-                        guide)
+                        guide, self._indent_mask(parts))
 
     def _comment_mask(self, parts: PromptParts, multiline: bool) -> torch.Tensor | None:
         """The tokens that would open a line comment, where a single-line completion must not (the cursor's line has
@@ -562,6 +563,17 @@ class Engine:
             return None
         ids = self.vocab.opening(comment)
         return torch.tensor(ids, dtype=torch.long, device=self.device) if ids else None
+
+    def _indent_mask(self, parts: PromptParts) -> torch.Tensor | None:
+        """The tokens that would indent past the cursor, where its line holds indentation only: the completion's
+        first character is code (or a line break), never more blanks (the small model otherwise answers a run of
+        spaces, or an over-indented line); None at column 0 or after code, where blanks may be what comes next."""
+        line = parts.prefix.rsplit("\n", 1)[-1]
+        if not line or line.strip():
+            return None
+        if self._indenting is None:
+            self._indenting = torch.tensor(self.vocab.indenting(), dtype=torch.long, device=self.device)
+        return self._indenting
 
     def _step(self, token: int, drafts: list[int]) -> list[torch.Tensor]:
         """Run `token` (and the draft tokens after it, verified in the same pass); the logits after each."""

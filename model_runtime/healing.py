@@ -30,6 +30,7 @@ class VocabIndex:
         self._sorted = sorted((t, i) for i, t in enumerate(self.texts) if t and "\ufffd" not in t)
         self._keys = [t for t, _ in self._sorted]
         self._openers: dict[str, list[int]] = {}
+        self._blank_led: list[int] | None = None
         self._exact: dict[str, list[int]] = defaultdict(list)
         for text, token_id in self._sorted:
             self._exact[text].append(token_id)
@@ -63,6 +64,12 @@ class VocabIndex:
                 i for i, t in enumerate(self.texts)
                 if (s := t.lstrip(" \t")) and (s.startswith(comment) or comment.startswith(s))]
         return out
+
+    def indenting(self) -> list[int]:
+        """Tokens that start with a space or a tab: what would indent a line past the column the cursor is at."""
+        if self._blank_led is None:
+            self._blank_led = [i for i, t in enumerate(self.texts) if t[:1] in (" ", "\t")]
+        return self._blank_led
 
     def mask(self, remaining: str, vocab_size: int, device: torch.device) -> torch.Tensor:
         """Additive logits mask: 0 for allowed tokens, -inf elsewhere."""

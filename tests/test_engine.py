@@ -211,6 +211,37 @@ class Prefer:
         return scores
 
 
+class PreferBlanks:
+    """A logits processor that strongly prefers tokens made of spaces and tabs only."""
+
+    def __init__(self, tokenizer):
+        from repocomplete.model_runtime.healing import VocabIndex
+
+        texts = VocabIndex(tokenizer).texts
+        self.ids = torch.tensor([i for i, t in enumerate(texts) if t and not t.strip(" \t")])
+
+    def __call__(self, input_ids, scores):
+        scores = scores.clone()
+        scores[0, self.ids] += 1000.0
+        return scores
+
+
+@pytest.mark.parametrize("healing", [False, True])
+def test_a_completion_after_indentation_starts_at_the_cursors_column(tiny_loaded, tiny_config, tokenizer, healing):
+    """On a line holding indentation only, the first generated character is not another blank (the embedded model
+    answered 48 tokens of spaces on such lines); at column 0, or after code, blanks stay allowed."""
+    blanks = PreferBlanks(tokenizer)
+    engine = Engine(tiny_loaded, tiny_config.replace(max_new_tokens=4, token_healing=healing))
+    indented = "def f(x):\n    y = x\n    "
+    result = engine.complete(CompletionRequest(PromptParts(indented, "", "a.py"), logits_processors=[blanks]))
+    body = result.raw_text.removeprefix(result.healed)
+    assert body and body[0] not in " \t", result.raw_text
+    for prefix in ("def f(x):\n", "y = x"):  # column 0; code before the cursor
+        result = engine.complete(CompletionRequest(PromptParts(prefix, "", "a.py"), logits_processors=[blanks]))
+        body = result.raw_text.removeprefix(result.healed)
+        assert body[:1] in (" ", "\t"), (prefix, result.raw_text)
+
+
 @pytest.mark.parametrize("path,comment", [("a.py", "#"), ("a.ts", "//")])
 def test_a_single_line_completion_on_an_empty_line_writes_code_not_a_comment(tiny_loaded, tiny_config, tokenizer,
                                                                              path, comment):
