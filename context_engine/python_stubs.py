@@ -20,6 +20,11 @@ MAX_OTHER_NAMES = 40
 FOCUS_RADIUS = 60  # lines around the cursor whose attribute names weigh double
 _ATTRIBUTE = re.compile(r"\.\s*([A-Za-z_]\w*)")
 KEPT_DUNDERS = ("__init__", "__call__")  # the only dunder methods a class summary shows
+# A signature longer than this (or written over several lines) is shown on one line, its parameters' annotations
+# dropped past it: the names and short defaults are what a call needs (rich's Table.__init__, 29 lines as
+# written, took 400 of a class summary's 900 tokens).
+MAX_SIGNATURE_CHARS = 100
+MAX_DEFAULT_CHARS = 12  # a longer default value is shown as `...`
 
 
 def _decorators(node) -> list[str]:
@@ -41,6 +46,34 @@ def _header(node) -> str:
     return "".join(parts)
 
 
+def _signature(node) -> str:
+    """A function's header on one line: as written where it fits MAX_SIGNATURE_CHARS, else with its blanks
+    collapsed, else as parameter names with their short defaults (`def add_row(self, *renderables, style=None,
+    end_section=False) -> None:`)."""
+    header = _header(node)
+    if "\n" not in header and len(header) <= MAX_SIGNATURE_CHARS:
+        return header
+    one = re.sub(r"\(\s+", "(", re.sub(r",?\s*\)(\s*(->|:))", r")\1", " ".join(header.split())))
+    if len(one) <= MAX_SIGNATURE_CHARS:
+        return one
+    params = []
+    for child in node.children[2].children[1:-1]:
+        if child.type == "param":
+            text = "*" * child.star_count + child.name.value
+            if child.default is not None:
+                value = " ".join(child.default.get_code(include_prefix=False).split())
+                text += "=" + (value if len(value) <= MAX_DEFAULT_CHARS else "...")
+            params.append(text)
+        elif child.type == "operator" and child.value in ("*", "/"):
+            params.append(child.value)
+    returns = ""
+    if node.children[3].type == "operator" and node.children[3].value == "->":
+        annotation = " ".join(node.children[4].get_code(include_prefix=False).split())
+        returns = f" -> {annotation}" if len(annotation) <= 2 * MAX_DEFAULT_CHARS else ""
+    head = one[: one.index("def ")]  # `async ` where there is one
+    return f"{head}def {node.name.value}({', '.join(params)}){returns}:"
+
+
 def _doc_line(node) -> str:
     doc = node.get_doc_node()
     if doc is None:
@@ -59,7 +92,7 @@ def _doc_line(node) -> str:
 def _function_lines(node, with_doc: bool) -> list[str]:
     indent = " " * outer(node).start_pos[1]
     lines = [indent + d for d in _decorators(node)]
-    header = _header(node)
+    header = _signature(node)
     doc = _doc_line(node) if with_doc else ""
     if doc:
         lines += [indent + header, f'{indent}    """{doc}"""']

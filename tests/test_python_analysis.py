@@ -129,10 +129,7 @@ class Inventory:
     def __init__(self, store: Store) -> None: ...'''
 FMT_PRICE = '''def fmt_price(item: Item, currency: str = "EUR") -> str:
     """Format the price of an item."""'''
-PARSE_SKU = '''def parse_sku(
-    text: str,
-    strict: bool = False,
-) -> str: ...'''
+PARSE_SKU = "def parse_sku(text: str, strict: bool = False) -> str: ..."  # written over four lines
 
 
 @pytest.fixture
@@ -543,6 +540,31 @@ def test_a_focused_class_summary_shows_the_members_the_file_uses_and_names_the_r
     # A small class is shown whole either way.
     small = "class S:\n    def a(self): ...\n    def b(self): ...\n"
     assert class_stub(_classdef(small), focus) == class_stub(_classdef(small))
+
+
+def test_long_signatures_are_summarised_on_one_line_names_and_short_defaults_first():
+    """A signature fits on one line as written; a long one loses its blanks, then its annotations and long defaults
+    (a call needs the names), keeping `*`, `/`, stars, `async` and a short return annotation."""
+    import parso
+
+    from repocomplete.context_engine.python_stubs import MAX_SIGNATURE_CHARS, function_stub
+
+    def stub(source: str) -> str:
+        return function_stub(next(parso.parse(source).iter_funcdefs()))
+
+    short = "def f(a: int, b: str = 'x') -> int:\n    pass\n"
+    assert stub(short) == "def f(a: int, b: str = 'x') -> int: ..."
+    wrapped = "def f(\n    a: int,\n    b: str = 'x',\n) -> int:\n    pass\n"
+    assert stub(wrapped) == "def f(a: int, b: str = 'x') -> int: ..."
+    params = ", ".join(f"option_{i}: Optional[Dict[str, int]] = None" for i in range(6))
+    long = (f"async def configure(self, path, /, *sources: str, {params}, mode: str = 'a-rather-long-default', "
+            f"**extra: Any) -> Dict[str, Tuple[int, int, int, int, int]]:\n    pass\n")
+    one = stub(long)
+    assert one == ("async def configure(self, path, /, *sources, "
+                   + ", ".join(f"option_{i}=None" for i in range(6)) + ", mode=..., **extra): ...")
+    kw_only = "def g(self, first: 'VeryLongTypeName', *, second: 'AnotherLongTypeName' = None, third: int = 3) -> 'Table':\n    pass\n"
+    assert len(kw_only.split("\n")[0]) > MAX_SIGNATURE_CHARS
+    assert stub(kw_only) == "def g(self, first, *, second=None, third=3) -> 'Table': ..."
 
 
 def test_the_receiver_s_class_is_summarised_for_the_members_used_near_the_cursor(root):
