@@ -3,7 +3,8 @@
 Each provider first gets its quota of the budget (best records first), then whatever is left goes to the best
 remaining records of any provider; a record larger than what is then left is cut at a line boundary to fill it
 (only a record that is a verbatim span of its file, so its line numbers stay true). Records that repeat one
-another, or the current file's own window, are dropped. The kept records are ordered most stable first (repo map,
+another (the same text, overlapping windows of one provider, or one definition's span from two providers), or
+the current file's own window, are dropped. The kept records are ordered most stable first (repo map,
 imports, retrieved windows, then typed holes and neighbours, which change with every cursor move), so the
 prefix-KV cache keeps the head of the prompt while the user types.
 
@@ -89,6 +90,12 @@ def _overlaps(a: ContextRecord, b: ContextRecord) -> bool:
     return a.path == b.path and a.start_line <= b.end_line and b.start_line <= a.end_line
 
 
+def _same_definition(a: ContextRecord, b: ContextRecord) -> bool:
+    """Two records of one definition (a class that is both imported and a typed hole's type, a module the repo map
+    and the imports both summarise): the same span of the same file, whatever each provider made of it."""
+    return a.path == b.path and a.start_line == b.start_line and a.end_line == b.end_line
+
+
 def is_span(record: ContextRecord) -> bool:
     """Whether a record's text is its file's lines start_line..end_line verbatim (a window), so that its first k
     lines are lines start_line..start_line+k-1."""
@@ -151,7 +158,8 @@ def pack(
     used = 0
 
     def duplicate(r: ContextRecord) -> bool:
-        return r.text in seen_text or any(_overlaps(r, c) and c.kind == r.kind for c in chosen)
+        return r.text in seen_text or any(
+            _same_definition(r, c) or (_overlaps(r, c) and c.kind == r.kind) for c in chosen)
 
     def take(r: ContextRecord, cost: int) -> None:
         nonlocal used
@@ -170,9 +178,11 @@ def pack(
         return True
 
     # First pass: each provider within its quota, in descending score; a record too large for what is left of
-    # the quota does not stop the smaller ones after it.
+    # the quota does not stop the smaller ones after it. Providers go in LEFTOVER_ORDER, so that of two records
+    # of one definition the one made for the cursor (a typed hole's focused summary) is the one kept.
     leftovers: list[ContextRecord] = []
-    for kind, records in candidates.items():
+    order = {kind: i for i, kind in enumerate(LEFTOVER_ORDER)}
+    for kind, records in sorted(candidates.items(), key=lambda item: order.get(item[0], len(order))):
         quota_end = used + int(budget * quotas.get(kind, 0.0))
         for r in records:
             if not admit(r, min(quota_end, budget)):
@@ -181,7 +191,6 @@ def pack(
     # on their own scales (BM25 tens, import and hole ranks units, the repo map's PageRank fractions), so a record
     # competes by its score relative to its provider's best; ties go to definitions before windows.
     top = {kind: max((r.score for r in records), default=0.0) for kind, records in candidates.items()}
-    order = {kind: i for i, kind in enumerate(LEFTOVER_ORDER)}
 
     def relative(r: ContextRecord) -> tuple[float, int]:
         best = top.get(r.kind, 0.0)

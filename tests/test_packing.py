@@ -65,6 +65,29 @@ def test_duplicates_and_the_current_window_are_dropped():
     ]
 
 
+def test_one_definition_from_two_providers_is_shown_once_the_cursors_summary_first():
+    """A class both imported and a typed hole's type: the typed hole's summary (focused on the cursor) is kept, the
+    import's and the repo map's of the same span are duplicates; where the focused one does not fit, the next
+    provider's summary of that definition takes its place. Windows inside the class are other text: kept."""
+    def by(hole_text):
+        return {
+            "repo_map": [rec("repo_map", "t.py", 10, 90, 0.9, "class Table: ...")],
+            "retrieval": [rec("retrieval", "t.py", 20, 39, 0.9)],
+            "imports": [rec("imports", "t.py", 10, 90, 0.8, "class Table:\n    def add_column(self, header): ...")],
+            "typed_holes": [rec("typed_holes", "t.py", 10, 90, 0.7, hole_text)],
+        }
+    quotas = {"repo_map": 0.25, "retrieval": 0.25, "imports": 0.25, "typed_holes": 0.25}
+
+    def cost(path, text):
+        return 30 if "add_row" in text and "huge" in text else 10
+
+    packed = pack(by("class Table:\n    def add_row(self, *cells): ..."), 100, quotas, record_tokens=cost)
+    assert sorted((r.kind, r.start_line) for r in packed.records) == [("retrieval", 20), ("typed_holes", 10)]
+    assert sorted((r.kind, why) for r, why in packed.dropped) == [("imports", "duplicate"), ("repo_map", "duplicate")]
+    packed = pack(by("class Table:\n    def add_row(self, *cells): ...  # huge"), 100, quotas, record_tokens=cost)
+    assert sorted((r.kind, r.start_line) for r in packed.records) == [("imports", 10), ("retrieval", 20)]
+
+
 def test_zero_budget_keeps_nothing():
     packed = pack({"imports": [rec("imports", "a.py", 1, 1, 1.0)]}, 0, {"imports": 1.0}, tokens)
     assert packed.records == [] and packed.tokens == 0
