@@ -316,7 +316,9 @@ class ContextEngine:
     ) -> Context:
         """Records for a cursor at 1-based (line, col) of `text` (the file at repo-relative `path`).
 
-        draft: a first completion at the cursor; retrieval then queries with it (RepoCoder's iterative step).
+        draft: a first completion at the cursor (RepoCoder's iterative step): retrieval then queries with it, and
+        where its first line reaches into an object (`table.add_row(`), typed holes answer for the hole after
+        that receiver (`table.`): its type's members and its class's summary, focused on the member drafted.
         wait: ask the slow providers afresh and wait for them, whatever the configured deadline."""
         rel = self.relative(path)
         budget = self.config.budget_tokens if budget is None else budget
@@ -338,7 +340,14 @@ class ContextEngine:
         futures = {}
         for kind in providers:
             if kind in SLOW_PROVIDERS and _language(rel) == "python":
-                futures[kind] = self._slow(kind, hole, rel, text, line, col, fresh=wait)
+                at = draft_receiver(text, line, col, draft) if kind == "typed_holes" and draft else None
+                if at is not None:  # the hole after the draft's receiver: its type's members, its class's summary
+                    text_d, col_d = at
+                    drafted = text_d.split("\n")[line - 1][col - 1: col_d - 1]
+                    futures[kind] = self._slow(kind, hole_key(rel, line, prefix + drafted), rel, text_d, line, col_d,
+                                               fresh=wait)
+                else:
+                    futures[kind] = self._slow(kind, hole, rel, text, line, col, fresh=wait)
         for kind in providers:
             if kind in futures:
                 continue
@@ -600,6 +609,26 @@ def lower_priority() -> None:
         os.nice(10)
     except OSError:  # not permitted here: run at the normal priority
         pass
+
+
+# The last `receiver.` of a drafted line: a name, call or subscript, then a dot (not a number's, not `...`).
+_DRAFT_RECEIVER = re.compile(r"[A-Za-z_)\]][\w]*\.(?=[A-Za-z_]|$)")
+
+
+def draft_receiver(text: str, line: int, col: int, draft: str) -> tuple[str, int] | None:
+    """The buffer with the draft's first line written at the cursor (1-based line, col), and the column just
+    after that line's last receiver dot; None where the drafted line reaches into no object."""
+    first = draft.split("\n", 1)[0]
+    ends = [m.end() for m in _DRAFT_RECEIVER.finditer(first)]
+    if not ends:
+        return None
+    lines = text.split("\n")
+    if not 1 <= line <= len(lines):
+        return None
+    row = lines[line - 1]
+    column = max(0, min(col - 1, len(row)))
+    lines[line - 1] = row[:column] + first + row[column:]
+    return "\n".join(lines), column + ends[-1] + 1
 
 
 def hole_key(rel: str, line: int, prefix: str) -> tuple:

@@ -308,3 +308,36 @@ def test_iterative_retrieval_queries_with_the_draft(engine):
     assert best.path == "shop/models.py"  # the lines above talk about levels
     best = max(drafted.records, key=lambda r: r.score)
     assert best.path == "shop/checkout.py" and "and the draft" in best.why  # the draft talks about selling
+
+
+def test_iterative_typed_holes_answer_for_the_drafted_receiver(engine):
+    """A draft that reaches into an object (`store.restock(`) moves the typed hole after its receiver: the members
+    of the receiver's type and its class's summary, though the cursor's own line was empty."""
+    text = "from shop.models import Inventory as Store\n\n\ndef refill(store):\n    store = Store()\n    "
+    plain = engine.context("shop/new.py", text, line=6, col=5, providers=("typed_holes",), wait=True)
+    assert not any("# receiver" in r.text for r in plain.records)
+    drafted = engine.context("shop/new.py", text, line=6, col=5, providers=("typed_holes",), wait=True,
+                             draft="store.restock(item)\n    return store")
+    hole = next(r for r in drafted.records if r.path == "shop/new.py")
+    assert "# receiver `store`: Inventory" in hole.text and "restock" in hole.text and "available" in hole.text
+    stub = next(r for r in drafted.records if r.path == "shop/models.py")
+    assert stub.text.startswith("class Inventory") and "def restock(" in stub.text
+    # A drafted line that reaches into nothing leaves the hole where it was.
+    bare = engine.context("shop/new.py", text, line=6, col=5, providers=("typed_holes",), wait=True,
+                          draft="return 3.5 + len(...)")
+    assert [r.text for r in bare.records] == [r.text for r in plain.records]
+
+
+def test_the_drafted_receiver_is_the_last_object_reached_into():
+    from repocomplete.context_engine.engine import draft_receiver
+
+    text = "def f(a):\n    x = 1\n    \n"
+    for draft, written in [("table.add_row(", "table."), ("self._fp.truncate(size)", "self._fp."),
+                           ("return get_backend().limiter()", "return get_backend()."),
+                           ("if isinstance(node, nodes.", "if isinstance(node, nodes."),
+                           ("x[0].real\nnext line", "x[0].")]:
+        new_text, col = draft_receiver(text, 3, 5, draft)
+        assert new_text.split("\n")[2][4:col - 1] == written, draft
+        assert new_text.split("\n")[2] == "    " + draft.split("\n")[0]
+    for draft in ("return 3.5", "raise ValueError(x)", "...", "x = 1. + y"):
+        assert draft_receiver(text, 3, 5, draft) is None, draft
