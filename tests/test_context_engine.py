@@ -99,8 +99,11 @@ NEW_FILE = "from shop.models import Inventory, Item\n\n\ndef restock_all(inv: In
 def test_every_provider_contributes_with_provenance(engine):
     ctx = engine.context("shop/restock.py", NEW_FILE, line=6, col=13)
     kinds = {r.kind for r in ctx.records}
-    assert {"imports", "typed_holes", "retrieval", "repo_map"} <= kinds
-    imports = [r for r in ctx.records if r.kind == "imports"]
+    assert {"typed_holes", "retrieval", "repo_map"} <= kinds
+    # The imported classes are the typed holes' types too: one summary of each reaches the prompt, the hole's.
+    same = [r for r, why in ctx.packed.dropped if why == "duplicate" and r.kind == "imports"]
+    assert {(r.path, r.start_line) for r in same} <= {(r.path, r.start_line) for r in ctx.records if r.kind == "typed_holes"}
+    imports = [r for r in ctx.records if r.kind == "imports"] + same
     assert {(r.path, r.why.split(" from ")[0]) for r in imports} == {
         ("shop/models.py", "imported as `Inventory`"),
         ("shop/models.py", "imported as `Item`"),
@@ -210,7 +213,7 @@ def test_index_and_context_commands(repo, tmp_path, capsys, monkeypatch):
     assert main(["context", str(repo / "shop/checkout.py"), "--line", "8", "--col", "13", "--json"]) == 0
     items = json.loads(capsys.readouterr().out)
     assert items and set(items[0]) == {"path", "start_line", "end_line", "kind", "score", "why", "text"}
-    assert any(i["kind"] == "imports" and i["path"] == "shop/models.py" for i in items)
+    assert any(i["kind"] in ("imports", "typed_holes") and i["path"] == "shop/models.py" for i in items)
 
 
 def test_complete_with_repo_context(repo, tiny_model_dir, tmp_path, capsys, monkeypatch):
@@ -225,7 +228,7 @@ def test_complete_with_repo_context(repo, tiny_model_dir, tmp_path, capsys, monk
     # What `repocomplete context` shows for that position is what reached the prompt...
     assert main(["context", str(repo / "shop/checkout.py"), "--line", "8", "--col", "13", "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
-    assert shown and any(i["kind"] == "imports" and i["path"] == "shop/models.py" for i in shown)
+    assert shown and any(i["kind"] in ("imports", "typed_holes") and i["path"] == "shop/models.py" for i in shown)
     # ...in the completion the same pipeline makes in this process (same model, settings and index): the same
     # prompt, the same completion, and each record of the context among its prompt's context items.
     from repocomplete.context_engine.document import offset_of
