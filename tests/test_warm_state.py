@@ -81,15 +81,17 @@ def open_engine(repo, config) -> ContextEngine:
 
 
 def answers(engine: ContextEngine, repo) -> list:
-    """Every record of every query, in full."""
+    """Every record of every query, in full (those the packer dropped as another's duplicate too, marked so)."""
     out = []
     for path, text, line, col in QUERIES:
         if text is None and not (repo / path).exists():
             continue
         text = text if text is not None else (repo / path).read_text(encoding="utf-8")
         ctx = engine.context(path, text, line, col)
+        same = [r for r, why in ctx.packed.dropped if why == "duplicate"]
         out.append([(r.kind, r.path, r.start_line, r.end_line, r.text, round(r.score, 9), r.why)
-                    for r in ctx.records])
+                    for r in ctx.records] + [("duplicate " + r.kind, r.path, r.start_line, r.end_line, r.text,
+                                              round(r.score, 9), r.why) for r in same])
     return out
 
 
@@ -139,7 +141,8 @@ def test_a_restart_reads_no_unchanged_file_and_answers_as_a_fresh_build(repo, tm
     assert second._saved is not None and len(second.retriever) > 0
     assert answers(second, repo) == expected
     # Only the files of the windows it returned were read back (for their text).
-    returned = {str(repo / record[1]) for query in expected for record in query if record[0] == "retrieval"}
+    returned = {str(repo / record[1]) for query in expected for record in query
+                if record[0] in ("retrieval", "duplicate retrieval")}
     assert reads and set(reads) <= returned
     second.close()
 
