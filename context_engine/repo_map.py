@@ -138,13 +138,14 @@ class RepoGraph:
         total = by_name[self.def_name] * self.def_inv
         scores = total - self.def_self * share[self.def_file] * self.def_inv
         scores[scores <= 1e-12 * total] = 0.0  # (rounding, where the file is the name's only referrer)
-        keys = []
-        for k in np.argsort(-scores, kind="stable")[:limit].tolist():
-            path = self.files[self.def_file[k]]
-            if path == current or scores[k] <= 0:
-                continue  # the current file is in the prompt already
-            keys.append((float(scores[k]), (path, self.names[self.def_name[k]])))
-        return keys
+        top = _top(scores, limit)
+        keep = scores[top] > 0
+        if current in self.node:
+            keep &= self.def_file[top] != self.node[current]  # the current file is in the prompt already
+        top = top[keep]
+        files, names = self.files, self.names
+        return [(score, (files[f], names[n])) for score, f, n in
+                zip(scores[top].tolist(), self.def_file[top].tolist(), self.def_name[top].tolist())]
 
     def definitions_of(self, keys: list[tuple[float, tuple[str, str]]]) -> list[tuple[float, Definition]]:
         """The (score, definition) pairs of ranked keys, in the ranking's order (score, then path and line)."""
@@ -162,6 +163,18 @@ class RepoGraph:
         has as many."""
         keys = self.ranked_keys(current, limit)
         return self.definitions_of(_prefix(keys, enough) if enough is not None else keys)
+
+
+def _top(scores: np.ndarray, limit: int) -> np.ndarray:
+    """np.argsort(-scores, kind="stable")[:limit] (best first, ties in index order), sorting only the best."""
+    if len(scores) <= limit:
+        return np.argsort(-scores, kind="stable")
+    negated = -scores
+    kth = np.partition(negated, limit - 1)[limit - 1]
+    if np.isnan(kth):
+        return np.argsort(negated, kind="stable")[:limit]
+    head = np.flatnonzero(negated <= kth)  # every score above the limit-th, and all those tied with it (in order)
+    return head[np.argsort(negated[head], kind="stable")][:limit]
 
 
 def _prefix(keys: list[tuple[float, tuple[str, str]]], n: int) -> list[tuple[float, tuple[str, str]]]:

@@ -401,3 +401,18 @@ def test_dense_state_restores_the_embeddings_and_embeds_nothing_again():
     later.restore(meta, arrays)
     assert later.query(query, k=1)[0].path == "stats.py"
     assert sorted(embedder.texts[:-1]) == sorted(t.rstrip("\n") for t in DENSE_DOCS.values())
+
+
+def test_repo_map_top_keys_equal_a_full_stable_sort():
+    """The repo map sorts only the best scores: the same order as a stable sort of all of them, ties included."""
+    import numpy as np
+
+    from repocomplete.context_engine.repo_map import _top
+
+    rng = np.random.default_rng(3)
+    for n in (0, 1, 5, 2000, 2001, 5000):
+        for spread in (3, 50, 10**6):  # many ties, some, hardly any
+            scores = rng.integers(0, spread, n).astype(np.float64) / spread
+            scores[rng.random(n) < 0.3] = 0.0
+            for limit in (1, 10, 2000):
+                assert _top(scores, limit).tolist() == np.argsort(-scores, kind="stable")[:limit].tolist()
