@@ -128,6 +128,7 @@ class RepoIndex:
         self._buffers: dict[str, tuple[str, FileSymbols | None]] = {}
         self._identifiers: dict[str, Counter] | None = None  # all_identifiers(), loaded once, kept current
         self._recent: tuple[str, str, str] | None = None  # (path, sha1, scrubbed text) of the file parsed last
+        self._recent_symbols: tuple[str, str, FileSymbols] | None = None  # (path, sha1, its symbols) likewise
         # Every definition of the files the repo map looked up lately, in file order: dropped with the file's rows.
         self._file_definitions: OrderedDict[str, list[Definition]] = OrderedDict()
         self._data_version = None  # the database's PRAGMA data_version when they were read (other writers change it)
@@ -347,6 +348,7 @@ class RepoIndex:
             return _Pending(entry.path, known, entry, reason=f"parser error ({type(e).__name__}: {e})"[:300])
         if symbols is None:
             return _Pending(entry.path, known, entry, reason="no parser for this language")
+        self._recent_symbols = (entry.path, source.sha1, symbols)  # what `references` is asked next
         return _Pending(entry.path, known, entry, sha1=source.sha1, symbols=symbols)
 
     # -- one file ---------------------------------------------------------------------------------------------
@@ -497,6 +499,10 @@ class RepoIndex:
             row = self._query("SELECT sha1 FROM files WHERE path = ?", (rel,))
             if not row:
                 return None
+            recent = self._recent_symbols
+            if recent is not None and recent[:2] == (rel, row[0][0]):  # its rows were written from these a moment ago
+                symbols = recent[2]
+                return Counter(symbols.identifiers), {d.name for d in symbols.definitions}, row[0][0]
             refs = Counter(dict(self._query("SELECT name, count FROM identifiers WHERE path = ?", (rel,))))
             defined = {r[0] for r in self._query("SELECT DISTINCT name FROM definitions WHERE path = ?", (rel,))}
         return refs, defined, row[0][0]

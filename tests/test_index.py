@@ -583,3 +583,22 @@ def test_definitions_for_follows_every_change_to_a_file(repo, config):
     assert index.definitions_for(keys) == fresh.definitions_for(keys)
     fresh.close()
     index.close()
+
+
+def test_references_after_an_update_equal_what_the_database_holds(repo, config):
+    """The repo map's inputs of a file just re-indexed come from its fresh parse: the same as reading its rows."""
+    index, _ = open_index(repo, config)
+    index.build()
+    (repo / "pkg/util.py").write_text("from .models import Item\n\ndef make():\n    return Item() or Item\n\nX = make\n")
+    index.update_file("pkg/util.py")
+    assert index._recent_symbols is not None and index._recent_symbols[0] == "pkg/util.py"
+    from_parse = index.references("pkg/util.py")
+    index._recent_symbols = None
+    from_rows = index.references("pkg/util.py")
+    assert from_parse == from_rows and from_parse[0]["make"] >= 1 and from_parse[1] == {"make", "X"}
+    # A file changed on disk since (not re-indexed yet) is answered from the rows, as indexed.
+    index.update_file("pkg/util.py")
+    (repo / "pkg/models.py").write_text("class Item:\n    pass\n")
+    index.update_file("pkg/models.py")
+    assert index.references("pkg/util.py") == from_rows
+    index.close()
