@@ -82,16 +82,22 @@ class RepoGraph:
         keep = definers[ref_name] > 0  # a name defined nowhere makes no edge
         ref_file, ref_name, weight = ref_file[keep], ref_name[keep], np.sqrt(ref_count[keep])
         ref_key, def_key = ref_file * n_names + ref_name, def_file * n_names + def_name
+        # Each definer's own reference to the name it defines, if any: where its key is among the sorted references.
+        order = np.argsort(ref_key, kind="stable")
+        sorted_keys = ref_key[order]
+        at = np.searchsorted(sorted_keys, def_key)
+        at_ok = at < len(order)
+        hit = np.zeros(len(def_key), dtype=bool)
+        hit[at_ok] = sorted_keys[at[at_ok]] == def_key[at_ok]
         # A file's edges for a name go to every definer but itself: weight sqrt(count) / |D| each.
-        self_ref = np.isin(ref_key, def_key)
+        if (sorted_keys[1:] != sorted_keys[:-1]).all():  # one entry per (file, name): the hits are the self-references
+            self_ref = np.zeros(len(ref_key), dtype=bool)
+            self_ref[order[at[hit]]] = True
+        else:
+            self_ref = np.isin(ref_key, def_key)
         self.out_weight = np.bincount(ref_file, weights=weight * (definers[ref_name] - self_ref) * inv[ref_name],
                                       minlength=n) if n else np.zeros(0)
         # The weight of each definer's own reference to the name it defines (0 when it does not use it).
-        order = np.argsort(ref_key, kind="stable")
-        at = np.searchsorted(ref_key[order], def_key)
-        at_ok = at < len(order)
-        hit = np.zeros(len(def_key), dtype=bool)
-        hit[at_ok] = ref_key[order[at[at_ok]]] == def_key[at_ok]
         self.def_self = np.zeros(len(def_key))
         self.def_self[hit] = weight[order[at[hit]]]
         self.def_file, self.def_name, self.def_inv = def_file, def_name, inv[def_name]
