@@ -29,7 +29,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections import Counter, OrderedDict, defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +46,6 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 BATCH_FILES = 256  # files per transaction during a build
 BATCH_BYTES = 8_000_000
-FILE_DEFINITIONS = 512  # files whose definitions `definitions_for` keeps (the repo map asks the same ones again)
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -129,9 +128,6 @@ class RepoIndex:
         self._identifiers: dict[str, Counter] | None = None  # all_identifiers(), loaded once, kept current
         self._recent: tuple[str, str, str] | None = None  # (path, sha1, scrubbed text) of the file parsed last
         self._recent_symbols: tuple[str, str, FileSymbols] | None = None  # (path, sha1, its symbols) likewise
-        # Every definition of the files the repo map looked up lately, in file order: dropped with the file's rows.
-        self._file_definitions: OrderedDict[str, list[Definition]] = OrderedDict()
-        self._data_version = None  # the database's PRAGMA data_version when they were read (other writers change it)
         self.generation = 0  # bumped on every change to what the queries return
         self._watcher: Watcher | None = None
         self._conn = self._open()
@@ -244,8 +240,6 @@ class RepoIndex:
             except BaseException:
                 c.execute("ROLLBACK")
                 raise
-            for p in batch:
-                self._file_definitions.pop(p.path, None)
             if self._identifiers is not None:
                 for p in batch:
                     if p.symbols is not None:
@@ -515,35 +509,22 @@ class RepoIndex:
             wanted[path].add(name)
         buffers = dict(self._buffers)
         out: dict[tuple[str, str], list[Definition]] = {}
-        with self._db_lock:  # another process that wrote to the database (`repocomplete index`) voids what is kept
-            version = self._conn.execute("PRAGMA data_version").fetchone()[0]
-            if version != self._data_version:
-                self._file_definitions.clear()
-                self._data_version = version
         for path, names in wanted.items():
             if path in buffers:
                 symbols = buffers[path][1]
                 found = [d for d in (symbols.definitions if symbols else []) if d.name in names]
             else:
-                found = [d for d in self._all_definitions(path) if d.name in names]
-                if len(names) > 500:  # (as when they were asked 500 at a time, SQLite's bound on parameters)
-                    found.sort(key=lambda d: (d.start_line, d.end_line))
+                found = []
+                ordered = sorted(names)
+                for i in range(0, len(ordered), 500):  # (SQLite's bound on parameters)
+                    chunk = ordered[i : i + 500]
+                    found += self._definitions(f"WHERE path = ? AND name IN ({', '.join('?' * len(chunk))})",
+                                               (path, *chunk))
+                if len(ordered) > 500:
+                    found.sort(key=lambda d: (d.start_line, d.end_line))  # (file order, as one query gives it)
             for d in found:
                 out.setdefault((path, d.name), []).append(d)
         return out
-
-    def _all_definitions(self, rel: str) -> list[Definition]:
-        """Every definition of an indexed file, in file order (rowid), from the database or as last read from it
-        (a file's entry goes with any write of its rows, under the same lock)."""
-        with self._db_lock:
-            found = self._file_definitions.get(rel)
-            if found is None:
-                found = self._file_definitions[rel] = self._definitions("WHERE path = ?", (rel,))
-                while len(self._file_definitions) > FILE_DEFINITIONS:
-                    self._file_definitions.popitem(last=False)
-            else:
-                self._file_definitions.move_to_end(rel)
-            return found
 
     def symbols(self, path: str | os.PathLike) -> FileSymbols | None:
         rel = self.relative(path)

@@ -545,46 +545,6 @@ def test_kill_9_during_indexing_then_a_restart_equals_a_clean_build(tmp_path):
     assert restarted == fresh
 
 
-def test_definitions_for_follows_every_change_to_a_file(repo, config):
-    """The definitions the repo map looks up are kept per file between requests; an update, a removal, a build
-    that re-reads the file, a buffer, and a write by another process (`repocomplete index` in a shell) each show at
-    the next lookup, as a fresh index would answer."""
-    index, _ = open_index(repo, config)
-    index.build()
-
-    def lookup(*keys):
-        return {k: [(d.name, d.start_line, d.signature) for d in v] for k, v in index.definitions_for(keys).items()}
-
-    key = ("pkg/util.py", "make")
-    assert lookup(key, ("pkg/util.py", "nothing")) == {key: [("make", 3, "def make():")]}
-    assert "pkg/util.py" in index._file_definitions
-    (repo / "pkg/util.py").write_text("from .models import Item\n\n\n\ndef make(n):\n    return Item()\n")
-    index.update_file("pkg/util.py")
-    assert lookup(key) == {key: [("make", 5, "def make(n):")]}
-    index.set_buffer("pkg/util.py", "def make(a, b):\n    pass\n")
-    assert lookup(key) == {key: [("make", 1, "def make(a, b):")]}
-    index.clear_buffer("pkg/util.py")
-    assert lookup(key) == {key: [("make", 5, "def make(n):")]}
-    (repo / "pkg/util.py").write_text("def make(n, m):\n    return n\n")
-    index.build()
-    assert lookup(key) == {key: [("make", 1, "def make(n, m):")]}
-    (repo / "pkg/util.py").unlink()
-    index.remove_file("pkg/util.py")
-    assert lookup(key) == {}
-    # Another process's index of the same workspace rewrites a file this one has kept.
-    assert lookup(("src/other/thing.py", "thing")) == {("src/other/thing.py", "thing"): [("thing", 1, "def thing():")]}
-    (repo / "src/other/thing.py").write_text("x = 1\n\ndef thing(y):\n    return y\n")
-    other, _ = open_index(repo, config)
-    other.update_file("src/other/thing.py")
-    other.close()
-    assert lookup(("src/other/thing.py", "thing")) == {("src/other/thing.py", "thing"): [("thing", 3, "def thing(y):")]}
-    fresh, _ = open_index(repo, config)
-    keys = [(d.path, d.name) for d in fresh.definitions()]
-    assert index.definitions_for(keys) == fresh.definitions_for(keys)
-    fresh.close()
-    index.close()
-
-
 def test_references_after_an_update_equal_what_the_database_holds(repo, config):
     """The repo map's inputs of a file just re-indexed come from its fresh parse: the same as reading its rows."""
     index, _ = open_index(repo, config)
