@@ -29,7 +29,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections import Counter, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 BATCH_FILES = 256  # files per transaction during a build
 BATCH_BYTES = 8_000_000
+FILE_DEFINITIONS = 1024  # files whose looked-up definitions `definitions_for` keeps (the repo map asks again)
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -127,6 +128,10 @@ class RepoIndex:
         self._buffers: dict[str, tuple[str, FileSymbols | None]] = {}
         self._identifiers: dict[str, Counter] | None = None  # all_identifiers(), loaded once, kept current
         self._recent: tuple[str, str, str] | None = None  # (path, sha1, scrubbed text) of the file parsed last
+        self._recent_symbols: tuple[str, str, FileSymbols] | None = None  # (path, sha1, its symbols) likewise
+        # The definitions the repo map looked up lately, per file and name (rowid order): dropped with the file's rows.
+        self._file_definitions: OrderedDict[str, dict[str, list[Definition]]] = OrderedDict()
+        self._data_version = None  # the database's PRAGMA data_version when they were read (other writers change it)
         self.generation = 0  # bumped on every change to what the queries return
         self._watcher: Watcher | None = None
         self._conn = self._open()
@@ -239,6 +244,8 @@ class RepoIndex:
             except BaseException:
                 c.execute("ROLLBACK")
                 raise
+            for p in batch:
+                self._file_definitions.pop(p.path, None)
             if self._identifiers is not None:
                 for p in batch:
                     if p.symbols is not None:
@@ -341,6 +348,7 @@ class RepoIndex:
             return _Pending(entry.path, known, entry, reason=f"parser error ({type(e).__name__}: {e})"[:300])
         if symbols is None:
             return _Pending(entry.path, known, entry, reason="no parser for this language")
+        self._recent_symbols = (entry.path, source.sha1, symbols)  # what `references` is asked next
         return _Pending(entry.path, known, entry, sha1=source.sha1, symbols=symbols)
 
     # -- one file ---------------------------------------------------------------------------------------------
@@ -491,13 +499,18 @@ class RepoIndex:
             row = self._query("SELECT sha1 FROM files WHERE path = ?", (rel,))
             if not row:
                 return None
+            recent = self._recent_symbols
+            if recent is not None and recent[:2] == (rel, row[0][0]):  # its rows were written from these a moment ago
+                symbols = recent[2]
+                return Counter(symbols.identifiers), {d.name for d in symbols.definitions}, row[0][0]
             refs = Counter(dict(self._query("SELECT name, count FROM identifiers WHERE path = ?", (rel,))))
             defined = {r[0] for r in self._query("SELECT DISTINCT name FROM definitions WHERE path = ?", (rel,))}
         return refs, defined, row[0][0]
 
     def definitions_for(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], list[Definition]]:
         """The definitions of each (path, name) key, in file order (buffers replace their files); one query per
-        file."""
+        file for the names not asked before (what was found is kept per file until a write touches the file's rows,
+        or another connection writes the database)."""
         wanted: dict[str, set[str]] = defaultdict(set)
         for path, name in keys:
             wanted[path].add(name)
@@ -506,19 +519,43 @@ class RepoIndex:
         for path, names in wanted.items():
             if path in buffers:
                 symbols = buffers[path][1]
-                found = [d for d in (symbols.definitions if symbols else []) if d.name in names]
-            else:
-                found = []
-                ordered = sorted(names)
-                for i in range(0, len(ordered), 500):  # (SQLite's bound on parameters)
-                    chunk = ordered[i : i + 500]
-                    found += self._definitions(f"WHERE path = ? AND name IN ({', '.join('?' * len(chunk))})",
-                                               (path, *chunk))
-                if len(ordered) > 500:
-                    found.sort(key=lambda d: (d.start_line, d.end_line))  # (file order, as one query gives it)
-            for d in found:
-                out.setdefault((path, d.name), []).append(d)
+                for d in (symbols.definitions if symbols else []):
+                    if d.name in names:
+                        out.setdefault((path, d.name), []).append(d)
+                continue
+            by_name = self._named_definitions(path, names)
+            for name in sorted(names):
+                found = by_name[name]
+                if found and len(names) > 500:  # (as when asked 500 at a time, SQLite's bound on parameters, and
+                    found = sorted(found, key=lambda d: (d.start_line, d.end_line))  # put back in line order)
+                if found:
+                    out[(path, name)] = list(found)  # (a copy: what is kept stays as read)
         return out
+
+    def _named_definitions(self, rel: str, names: set[str]) -> dict[str, list[Definition]]:
+        """name -> the definitions of that name in the indexed file `rel` (rowid order; [] for none), for `names`:
+        those asked before from what is kept, the others from the database (and kept)."""
+        with self._db_lock:
+            version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+            if version != self._data_version:  # another process wrote the database (`repocomplete index`)
+                self._file_definitions.clear()
+                self._data_version = version
+            kept = self._file_definitions.get(rel)
+            if kept is None:
+                kept = self._file_definitions[rel] = {}
+                while len(self._file_definitions) > FILE_DEFINITIONS:
+                    self._file_definitions.popitem(last=False)
+            else:
+                self._file_definitions.move_to_end(rel)
+            missing = sorted(n for n in names if n not in kept)
+            for i in range(0, len(missing), 500):  # (SQLite's bound on parameters)
+                chunk = missing[i : i + 500]
+                for name in chunk:
+                    kept[name] = []
+                for d in self._definitions(f"WHERE path = ? AND name IN ({', '.join('?' * len(chunk))})",
+                                           (rel, *chunk)):
+                    kept[d.name].append(d)
+            return {name: kept[name] for name in names}
 
     def symbols(self, path: str | os.PathLike) -> FileSymbols | None:
         rel = self.relative(path)

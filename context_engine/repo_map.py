@@ -82,16 +82,22 @@ class RepoGraph:
         keep = definers[ref_name] > 0  # a name defined nowhere makes no edge
         ref_file, ref_name, weight = ref_file[keep], ref_name[keep], np.sqrt(ref_count[keep])
         ref_key, def_key = ref_file * n_names + ref_name, def_file * n_names + def_name
+        # Each definer's own reference to the name it defines, if any: where its key is among the sorted references.
+        order = np.argsort(ref_key, kind="stable")
+        sorted_keys = ref_key[order]
+        at = np.searchsorted(sorted_keys, def_key)
+        at_ok = at < len(order)
+        hit = np.zeros(len(def_key), dtype=bool)
+        hit[at_ok] = sorted_keys[at[at_ok]] == def_key[at_ok]
         # A file's edges for a name go to every definer but itself: weight sqrt(count) / |D| each.
-        self_ref = np.isin(ref_key, def_key)
+        if (sorted_keys[1:] != sorted_keys[:-1]).all():  # one entry per (file, name): the hits are the self-references
+            self_ref = np.zeros(len(ref_key), dtype=bool)
+            self_ref[order[at[hit]]] = True
+        else:
+            self_ref = np.isin(ref_key, def_key)
         self.out_weight = np.bincount(ref_file, weights=weight * (definers[ref_name] - self_ref) * inv[ref_name],
                                       minlength=n) if n else np.zeros(0)
         # The weight of each definer's own reference to the name it defines (0 when it does not use it).
-        order = np.argsort(ref_key, kind="stable")
-        at = np.searchsorted(ref_key[order], def_key)
-        at_ok = at < len(order)
-        hit = np.zeros(len(def_key), dtype=bool)
-        hit[at_ok] = ref_key[order[at[at_ok]]] == def_key[at_ok]
         self.def_self = np.zeros(len(def_key))
         self.def_self[hit] = weight[order[at[hit]]]
         self.def_file, self.def_name, self.def_inv = def_file, def_name, inv[def_name]
@@ -138,13 +144,14 @@ class RepoGraph:
         total = by_name[self.def_name] * self.def_inv
         scores = total - self.def_self * share[self.def_file] * self.def_inv
         scores[scores <= 1e-12 * total] = 0.0  # (rounding, where the file is the name's only referrer)
-        keys = []
-        for k in np.argsort(-scores, kind="stable")[:limit].tolist():
-            path = self.files[self.def_file[k]]
-            if path == current or scores[k] <= 0:
-                continue  # the current file is in the prompt already
-            keys.append((float(scores[k]), (path, self.names[self.def_name[k]])))
-        return keys
+        top = _top(scores, limit)
+        keep = scores[top] > 0
+        if current in self.node:
+            keep &= self.def_file[top] != self.node[current]  # the current file is in the prompt already
+        top = top[keep]
+        files, names = self.files, self.names
+        return [(score, (files[f], names[n])) for score, f, n in
+                zip(scores[top].tolist(), self.def_file[top].tolist(), self.def_name[top].tolist())]
 
     def definitions_of(self, keys: list[tuple[float, tuple[str, str]]]) -> list[tuple[float, Definition]]:
         """The (score, definition) pairs of ranked keys, in the ranking's order (score, then path and line)."""
@@ -162,6 +169,18 @@ class RepoGraph:
         has as many."""
         keys = self.ranked_keys(current, limit)
         return self.definitions_of(_prefix(keys, enough) if enough is not None else keys)
+
+
+def _top(scores: np.ndarray, limit: int) -> np.ndarray:
+    """np.argsort(-scores, kind="stable")[:limit] (best first, ties in index order), sorting only the best."""
+    if len(scores) <= limit:
+        return np.argsort(-scores, kind="stable")
+    negated = -scores
+    kth = np.partition(negated, limit - 1)[limit - 1]
+    if np.isnan(kth):
+        return np.argsort(negated, kind="stable")[:limit]
+    head = np.flatnonzero(negated <= kth)  # every score above the limit-th, and all those tied with it (in order)
+    return head[np.argsort(negated[head], kind="stable")][:limit]
 
 
 def _prefix(keys: list[tuple[float, tuple[str, str]]], n: int) -> list[tuple[float, tuple[str, str]]]:

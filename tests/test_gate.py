@@ -329,3 +329,61 @@ def test_workspace_caps(tmp_path):
     with RepoIndex(root, ContextConfig(index_dir=tmp_path / "j", max_workspace_bytes=100)) as index:
         index.build()
         assert len(index.files()) == 1
+
+
+def _whole_text_candidates(text: str) -> dict[int, set]:
+    """The triggers' lines as every trigger's scan over the whole text finds them (what scrub did before it
+    looked for literals): the reference for `scrub._candidates`."""
+    import bisect
+
+    from repocomplete.context_engine import scrub as scrub_module
+
+    candidates: dict[int, set] = {}
+    for trigger, lower, plugins in scrub_module._TRIGGERS:
+        haystack = text.lower() if lower else text
+        starts = [0] + [i + 1 for i, ch in enumerate(haystack) if ch == "\n"]
+        for m in trigger.finditer(haystack):
+            candidates.setdefault(bisect.bisect_right(starts, m.start()) - 1, set()).update(plugins)
+    return candidates
+
+
+def test_trigger_literals_find_the_lines_a_whole_text_scan_finds():
+    """Line-local triggers are looked for by a literal they hold, then matched in each line holding it: the lines
+    (and plugins) asked are exactly those of scanning the whole text with every trigger, whatever the text holds:
+    secrets of each shape, near-misses, lines that run together, case variants, non-ASCII letters that match
+    ASCII ones when case is ignored (`ſ`, the Kelvin sign)."""
+    import re
+
+    from repocomplete.context_engine import scrub as scrub_module
+
+    assert any(h is not None for h in scrub_module._HINTS)
+    # Patterns that are not line-local get no literal: anchors, a class that takes a line break, DOTALL, back-refs.
+    for pattern in (r"^abc\d+", r"abc\s+x", r"abc[^x]y", r"(?s)abc.x", r"(a)bc\1", r"abc$", r"(?<=\n)abc"):
+        assert scrub_module._line_hint(re.compile(pattern)) is None, pattern
+    assert scrub_module._line_hint(re.compile(r"[0-9a-z]{32}-us[0-9]{1,2}")) == (("-us",), False)
+    assert scrub_module._line_hint(re.compile(r"(?:r|s)k_live_[0-9a-zA-Z]{24}")) == (("k_live_",), False)
+
+    pieces = [
+        "x = 1", "", "def f(a, b):", "    return a + b", f'key = "{AWS_KEY}"', f'password = "{PASSWORD}"',
+        "gh = 'ghp_" + "a1B2" * 9 + "'", "glpat-" + "x7Yz" * 5, "sk_live_" + "4eC39HqLyjWDarjtT1zdp7dc",
+        "rk_live_" + "4eC39HqLyjWDarjtT1zdp7dc", "xoxb-1234567890-0987654321-AbCdEfGhIjKlMnOp", "XOXB-12-ab",
+        "xoxſ-12-ab", "https://hooks.slack.com/services/T000/B000/XXXX", "HTTPS://HOOKS.SLACK.COM/SERVICES/TA/BB/cc",
+        "0123456789abcdef0123456789abcdef-us12", "0123456789abcdef0123456789abcde-us12", "-us1 -us",
+        "AWS_secret_key = '" + "A" * 40 + "'", "aws" + "x" * 25 + "key = 'abc'", "ﬆ aws ſ AWS key token 'x'",
+        "AccountKey=" + "a" * 88, "mongodb://user:pa55word@host/db", "https://x:y@", "eyJhbGciOi.eyJzdWIi.sig",
+        "SG." + "a" * 22 + "." + "b" * 43, "AC" + "0" * 32, "SK" + "f" * 32, "sq0csp-" + "a" * 43,
+        "1234567890:" + "A" * 35, "pypi-AgEIcHlwaS5vcmc" + "A1b2" * 20, "// npm :_authToken=abc",
+        "sk-" + "a" * 20 + "T3BlbkFJ" + "b" * 20, "GR1348941" + "c" * 25, "glcbt-ab_" + "d" * 25,
+        "Kelvin K and long ſ s", "naïve café — “quotes” ✓", "token = get_token()", "apikey = 'hunter2hunter2'",
+        "cloudant_password = 'abc'", "softlayer_api_key = 'x'", "db_pass = 'secret'",
+    ]
+    rng = random.Random(11)
+    texts = ["\n".join(pieces), "".join(pieces), "\n".join(p.upper() for p in pieces)]
+    for _ in range(300):
+        n = rng.randrange(1, 12)
+        joiners = ["\n", "", " ", "\n\n", "\r\n"]
+        texts.append("".join(rng.choice(pieces) + rng.choice(joiners) for _ in range(n)))
+    for text in texts:
+        assert scrub_module._candidates(text) == _whole_text_candidates(text), text
+    real = Path(scrub_module.__file__).read_text(encoding="utf-8")  # a real file, with its own patterns in it
+    assert scrub_module._candidates(real) == _whole_text_candidates(real)

@@ -543,3 +543,66 @@ def test_kill_9_during_indexing_then_a_restart_equals_a_clean_build(tmp_path):
     restarted, fresh = _index_rows(db), _index_rows(clean)
     assert len(fresh["files"]) == len(files) + 1 and fresh["definitions"]
     assert restarted == fresh
+
+
+def test_references_after_an_update_equal_what_the_database_holds(repo, config):
+    """The repo map's inputs of a file just re-indexed come from its fresh parse: the same as reading its rows."""
+    index, _ = open_index(repo, config)
+    index.build()
+    (repo / "pkg/util.py").write_text("from .models import Item\n\ndef make():\n    return Item() or Item\n\nX = make\n")
+    index.update_file("pkg/util.py")
+    assert index._recent_symbols is not None and index._recent_symbols[0] == "pkg/util.py"
+    from_parse = index.references("pkg/util.py")
+    index._recent_symbols = None
+    from_rows = index.references("pkg/util.py")
+    assert from_parse == from_rows and from_parse[0]["make"] >= 1 and from_parse[1] == {"make", "X"}
+    # A file changed on disk since (not re-indexed yet) is answered from the rows, as indexed.
+    index.update_file("pkg/util.py")
+    (repo / "pkg/models.py").write_text("class Item:\n    pass\n")
+    index.update_file("pkg/models.py")
+    assert index.references("pkg/util.py") == from_rows
+    index.close()
+
+
+def test_definitions_for_follows_every_change_to_a_file(repo, config):
+    """The definitions the repo map looks up are kept per file and name between requests; an update, a removal, a
+    build that re-reads the file, a buffer, and a write by another process (`repocomplete index` in a shell) each
+    show at the next lookup, as a fresh index would answer."""
+    index, _ = open_index(repo, config)
+    index.build()
+
+    def lookup(*keys):
+        return {k: [(d.name, d.start_line, d.signature) for d in v] for k, v in index.definitions_for(keys).items()}
+
+    key = ("pkg/util.py", "make")
+    assert lookup(key, ("pkg/util.py", "nothing")) == {key: [("make", 3, "def make():")]}
+    assert index._file_definitions["pkg/util.py"] == {"make": index.definitions(path="pkg/util.py"), "nothing": []}
+    (repo / "pkg/util.py").write_text("from .models import Item\n\n\n\ndef make(n):\n    return Item()\n")
+    index.update_file("pkg/util.py")
+    assert lookup(key) == {key: [("make", 5, "def make(n):")]}
+    index.set_buffer("pkg/util.py", "def make(a, b):\n    pass\n")
+    assert lookup(key) == {key: [("make", 1, "def make(a, b):")]}
+    index.clear_buffer("pkg/util.py")
+    assert lookup(key) == {key: [("make", 5, "def make(n):")]}
+    (repo / "pkg/util.py").write_text("def make(n, m):\n    return n\n")
+    index.build()
+    assert lookup(key) == {key: [("make", 1, "def make(n, m):")]}
+    (repo / "pkg/util.py").unlink()
+    index.remove_file("pkg/util.py")
+    assert lookup(key) == {}
+    # Another process's index of the same workspace rewrites a file this one has kept.
+    thing = ("src/other/thing.py", "thing")
+    assert lookup(thing) == {thing: [("thing", 1, "def thing():")]}
+    (repo / "src/other/thing.py").write_text("x = 1\n\ndef thing(y):\n    return y\n")
+    other, _ = open_index(repo, config)
+    other.update_file("src/other/thing.py")
+    other.close()
+    assert lookup(thing) == {thing: [("thing", 3, "def thing(y):")]}
+    got = index.definitions_for([thing])
+    got[thing].clear()  # a caller's list is its own
+    assert lookup(thing) == {thing: [("thing", 3, "def thing(y):")]}
+    fresh, _ = open_index(repo, config)
+    keys = [(d.path, d.name) for d in fresh.definitions()] + [("pkg/models.py", "nothing")]
+    assert index.definitions_for(keys) == fresh.definitions_for(keys)
+    fresh.close()
+    index.close()

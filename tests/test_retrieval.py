@@ -401,3 +401,49 @@ def test_dense_state_restores_the_embeddings_and_embeds_nothing_again():
     later.restore(meta, arrays)
     assert later.query(query, k=1)[0].path == "stats.py"
     assert sorted(embedder.texts[:-1]) == sorted(t.rstrip("\n") for t in DENSE_DOCS.values())
+
+
+def test_repo_map_top_keys_equal_a_full_stable_sort():
+    """The repo map sorts only the best scores: the same order as a stable sort of all of them, ties included."""
+    import numpy as np
+
+    from repocomplete.context_engine.repo_map import _top
+
+    rng = np.random.default_rng(3)
+    for n in (0, 1, 5, 2000, 2001, 5000):
+        for spread in (3, 50, 10**6):  # many ties, some, hardly any
+            scores = rng.integers(0, spread, n).astype(np.float64) / spread
+            scores[rng.random(n) < 0.3] = 0.0
+            for limit in (1, 10, 2000):
+                assert _top(scores, limit).tolist() == np.argsort(-scores, kind="stable")[:limit].tolist()
+
+
+def test_repo_map_graph_self_references_equal_a_set_membership_test():
+    """Each reference of a file to a name it defines itself is found from the sorted references (one entry per
+    (file, name)); the graph's weights are those a plain membership test (np.isin) gives, and with repeated
+    (file, name) entries, which take that test, too."""
+    from repocomplete.context_engine.repo_map import RepoGraph
+
+    def reference(files, names, ref_file, ref_name, ref_count, def_file, def_name):
+        n, n_names = len(files), len(names)
+        definers = np.bincount(def_name, minlength=n_names).astype(np.float64)
+        inv = np.divide(1.0, definers, out=np.zeros(n_names), where=definers > 0)
+        keep = definers[ref_name] > 0
+        ref_file, ref_name, weight = ref_file[keep], ref_name[keep], np.sqrt(ref_count[keep])
+        self_ref = np.isin(ref_file * n_names + ref_name, def_file * n_names + def_name)
+        return np.bincount(ref_file, weights=weight * (definers[ref_name] - self_ref) * inv[ref_name], minlength=n)
+
+    rng = np.random.default_rng(5)
+    for trial in range(40):
+        n, n_names = int(rng.integers(1, 30)), int(rng.integers(1, 40))
+        files, names = [f"f{i}.py" for i in range(n)], [f"n{i}" for i in range(n_names)]
+        pairs = {(int(f), int(m)) for f, m in zip(rng.integers(0, n, 200), rng.integers(0, n_names, 200))}
+        refs = sorted(pairs)
+        if trial % 4 == 3 and refs:
+            refs += refs[: len(refs) // 3]  # repeated pairs
+        defs = sorted({(int(f), int(m)) for f, m in zip(rng.integers(0, n, 60), rng.integers(0, n_names, 60))})
+        arrays = (np.array([f for f, _ in refs], np.int64), np.array([m for _, m in refs], np.int64),
+                  rng.integers(1, 9, len(refs)).astype(np.float64), np.array([f for f, _ in defs], np.int64),
+                  np.array([m for _, m in defs], np.int64))
+        graph = RepoGraph.from_arrays(files, names, *arrays, lookup=lambda keys: {})
+        assert np.array_equal(graph.out_weight, reference(files, names, *arrays)), trial

@@ -298,3 +298,17 @@ def test_the_explanation_shows_the_context_tokens_the_budget_and_the_notes():
     assert (shown["context_tokens"], shown["context_budget"], shown["notes"]) == (880, 896, [note])
     plain = explain_context(None, 300, 1.0, "infile")
     assert (plain["context_tokens"], plain["context_budget"], plain["notes"]) == (None, None, [])
+
+
+def test_the_estimate_prices_each_piece_once_and_sums_as_before():
+    """Each pre-token's cost is worked out once per process (the pieces of code repeat); the estimate is the same
+    sum over the same pieces in the same order as pricing every piece afresh."""
+    from repocomplete.context_engine import packing
+
+    source = Path(packing.__file__).read_text(encoding="utf-8") + "\n" + Path(json.__file__).read_text(encoding="utf-8")
+    lines = source.split("\n")
+    texts = ["\n".join(lines[i : i + 20]) for i in range(0, len(lines), 7)] + ["", " ", "é" * 5, "\t\n\n  x"]
+    for text in texts:
+        pieces = packing._PIECES.findall(text)
+        expected = max(1, round(sum(packing._piece_tokens(p) for p in pieces))) if text else 0
+        assert approx_tokens.__wrapped__(text) == expected, text
