@@ -68,99 +68,6 @@ _TRIGGERS.append((re.compile("|".join([w for w in keyword.DENYLIST if w.isascii(
                   (len(_PLUGINS),)))
 _TRIGGERS.append((re.compile("key|pw|pass|token|cloudant|softlayer"), True,
                   tuple(i for i, p in enumerate(_PLUGINS) if isinstance(p, _ASSIGNMENT_PLUGINS))))
-def _line_hint(pattern: re.Pattern) -> tuple[tuple[str, ...], bool] | None:
-    """Literals one of which every match of `pattern` holds (and whether the pattern ignores case), when it is
-    line-local: no match can hold a line break, and it matches in a line on its own exactly where it matches in
-    that line within the whole text (no ^, $ or back-references; lookarounds of line-local content only). Then the
-    lines where `pattern` matches in a text are those among the lines holding the literal where `pattern.search`
-    finds a match, which is much cheaper than scanning the whole text with a pattern that starts with a character
-    class. None when the pattern is not provably so, or has no literal of 2 characters or more."""
-    try:
-        from re import _constants as c, _parser as parser  # (Python 3.11+)
-    except ImportError:  # pragma: no cover - older Pythons: the whole-text scan
-        return None
-    try:
-        parsed = parser.parse(pattern.pattern, pattern.flags)
-    except Exception:  # noqa: BLE001 - whatever the private parser does not take: the whole-text scan
-        return None
-    newline_categories = {c.CATEGORY_SPACE, c.CATEGORY_NOT_DIGIT, c.CATEGORY_NOT_WORD, c.CATEGORY_LINEBREAK,
-                          c.CATEGORY_UNI_SPACE, c.CATEGORY_UNI_NOT_DIGIT, c.CATEGORY_UNI_NOT_WORD,
-                          c.CATEGORY_UNI_LINEBREAK, c.CATEGORY_LOC_NOT_WORD}
-    safe_categories = {c.CATEGORY_DIGIT, c.CATEGORY_WORD, c.CATEGORY_NOT_SPACE, c.CATEGORY_UNI_DIGIT,
-                       c.CATEGORY_UNI_WORD, c.CATEGORY_UNI_NOT_SPACE, c.CATEGORY_NOT_LINEBREAK,
-                       c.CATEGORY_UNI_NOT_LINEBREAK, c.CATEGORY_LOC_WORD}
-    newline = ord("\n")
-
-    def in_set(items) -> bool | None:  # does the set take a line break (None: not known)
-        negate, hit = False, False
-        for op, av in items:
-            if op is c.NEGATE:
-                negate = True
-            elif op in (c.LITERAL, c.LITERAL_IGNORE, c.LITERAL_UNI_IGNORE, c.LITERAL_LOC_IGNORE):
-                hit |= av == newline
-            elif op in (c.RANGE, c.RANGE_UNI_IGNORE):
-                hit |= av[0] <= newline <= av[1]
-            elif op is c.CATEGORY and av in newline_categories:
-                hit = True
-            elif not (op is c.CATEGORY and av in safe_categories):
-                return None
-        return hit != negate
-
-    def local(items, dotall: bool) -> bool:  # no part of the pattern can take a line break or look past a line
-        for op, av in items:
-            if op is c.LITERAL:
-                ok = av != newline
-            elif op is c.NOT_LITERAL:
-                ok = av == newline
-            elif op is c.ANY:
-                ok = not dotall
-            elif op is c.IN:
-                ok = in_set(av) is False
-            elif op is c.BRANCH:
-                ok = all(local(alternative, dotall) for alternative in av[1])
-            elif op is c.SUBPATTERN:
-                ok = local(av[3], (dotall or bool(av[1] & re.DOTALL)) and not av[2] & re.DOTALL)
-            elif op in (c.MAX_REPEAT, c.MIN_REPEAT, getattr(c, "POSSESSIVE_REPEAT", c.MAX_REPEAT)):
-                ok = local(av[2], dotall)
-            elif op is getattr(c, "ATOMIC_GROUP", None):
-                ok = local(av, dotall)
-            elif op in (c.ASSERT, c.ASSERT_NOT):  # a line break is neither part of a match nor of the line alone
-                ok = local(av[1], dotall)
-            elif op is c.AT:
-                ok = av in (c.AT_BOUNDARY, c.AT_NON_BOUNDARY, c.AT_UNI_BOUNDARY, c.AT_UNI_NON_BOUNDARY)
-            else:
-                ok = False
-            if not ok:
-                return False
-        return True
-
-    if not local(parsed, bool(pattern.flags & re.DOTALL)):
-        return None
-    def literal(items) -> str:
-        """The longest literal of a sequence (groups opened): each of its literals is in every match."""
-        literals, run = [], []
-
-        def walk(items) -> None:
-            for op, av in items:
-                if op is c.LITERAL:
-                    run.append(chr(av))
-                elif op is c.SUBPATTERN and not (av[1] | av[2]) & re.IGNORECASE:
-                    walk(av[3])
-                else:
-                    literals.append("".join(run))
-                    run.clear()
-
-        walk(items)
-        literals.append("".join(run))
-        return max(literals, key=len)
-
-    best = literal(parsed)  # (an alternation of words has none: sre scans for it as fast as the words would be)
-    if len(best) < 2:
-        return None
-    return (best,), bool(pattern.flags & re.IGNORECASE)
-
-
-_HINTS = [_line_hint(p) for p, _, _ in _TRIGGERS]  # (None: the whole-text scan)
 _PRIVATE_KEY = private_key.PrivateKeyDetector()
 _PEM = re.compile(
     r"(-----BEGIN[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----)"
@@ -169,7 +76,6 @@ _PEM = re.compile(
 )
 _QUOTES = "'\"`"
 _NEWLINE = re.compile("\n")
-_NON_ASCII = re.compile(r"[^\x00-\x7f]+")
 
 
 def _false_positive(secret: str, line: str) -> bool:
@@ -299,57 +205,18 @@ def _scrub_lines(text: str, path: str) -> str:
     return result
 
 
-def _occurrences(text: str, literal: str):
-    """The start of each occurrence of `literal` in `text` (str.find: far faster than a regular expression)."""
-    at = text.find(literal)
-    while at >= 0:
-        yield at
-        at = text.find(literal, at + 1)
-
-
-def _candidates(text: str) -> dict[int, set]:
-    """line -> the plugins to ask about it: the lines where a trigger matches (for each trigger, the lines where
-    one of its matches in the whole text starts)."""
-    candidates: dict[int, set] = {}
+def _scrub(text: str, path: str) -> str:
+    candidates: dict[int, set] = {}  # line -> the plugins to ask
     lowered = None
-    starts: dict[bool, list[int]] = {}  # (the lowercased text may differ in length, never in its line breaks)
-    lines_of: dict[bool, list[str]] = {}
-    odd_lines = None  # the lines with a non-ASCII character, where ignoring case may match ASCII letters (`ſ`, `s`)
-    for (trigger, lower, plugins), hint in zip(_TRIGGERS, _HINTS):
+    for trigger, lower, plugins in _TRIGGERS:
         if lower and lowered is None:
             lowered = text.lower()
         haystack = lowered if lower else text
-        if hint is None:
-            found = [(lower, m.start()) for m in trigger.finditer(haystack)]
-        else:  # a line-local pattern: the lines holding one of its literals, where it matches on its own
-            literals, ignore_case = hint
-            if ignore_case:  # lines of ASCII letters match by their lower case; the others are all asked
-                if lowered is None:
-                    lowered = text.lower()
-                if odd_lines is None:
-                    odd_lines = [] if text.isascii() else [(False, m.start()) for m in _NON_ASCII.finditer(text)]
-                found = [(True, at) for x in literals for at in _occurrences(lowered, x.lower())] + odd_lines
-            else:
-                found = [(lower, at) for x in literals for at in _occurrences(haystack, x)]
-        checked = set()
-        for where, at in found:  # where: True for a position in the lowercased text
-            if where not in starts:
-                starts[where] = [0] + [n.end() for n in _NEWLINE.finditer(lowered if where else text)]
-            i = bisect.bisect_right(starts[where], at) - 1
-            if hint is not None:
-                if i in checked:
-                    continue
-                checked.add(i)
-                if lower not in lines_of:
-                    lines_of[lower] = haystack.split("\n")
-                if not trigger.search(lines_of[lower][i]):
-                    continue
-            candidates.setdefault(i, set()).update(plugins)
-    return candidates
-
-
-def _scrub(text: str, path: str) -> str:
-    candidates = _candidates(text)  # line -> the plugins to ask
+        starts = None  # (the lowercased text may differ in length, never in its line breaks)
+        for m in trigger.finditer(haystack):
+            if starts is None:
+                starts = [0] + [n.end() for n in _NEWLINE.finditer(haystack)]
+            candidates.setdefault(bisect.bisect_right(starts, m.start()) - 1, set()).update(plugins)
     if not candidates:
         return text
     if any(p.search(text) for p in _PRIVATE_KEY.denylist):  # a block spans lines: masked as a whole
