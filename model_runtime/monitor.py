@@ -15,10 +15,14 @@ mask over the decoded vocabulary: a token is allowed when
 
 Once the identifier is complete the monitor's trigger is gone and the model is free again.
 
-`Guide` applies the monitors of one request on top of the healing mask. The yield rule: if a constraint leaves no
+`Guide` applies the monitors of one request on top of the healing mask. The yield rules: if a constraint leaves no
 token, or, at the identifier's first constrained step, the tokens it allows hold less than `MIN_ALLOWED_MASS` of
-the (healed) distribution, the monitor yields that span (the identifier starting there is not constrained at all, for the rest of the request): never an empty
-completion because of a monitor, never NaN when sampling, never a forced name the model gives no weight to.
+the (healed) distribution, the monitor yields that span (the identifier starting there is not constrained at all,
+for the rest of the request): never an empty completion because of a monitor, never NaN when sampling, never a
+forced name the model gives no weight to. Where the mask refuses the model's first choice it yields too when the
+swap would not be a name for a name (`Guide._refused`): the model wrote a valid prefix of its own and goes on
+where no allowed name does (the mask would finish the prefix into an unrelated name: `l` -> `lambda`), or the
+best token left starts no name at all (a newline where the model wrote a keyword argument).
 """
 
 from __future__ import annotations
@@ -65,6 +69,11 @@ def _word_len(s: str, start: int = 0) -> int:
     return i - start
 
 
+def _starts_name(t: str) -> bool:
+    s = t.lstrip(" ")
+    return bool(s) and _word(s[0]) and not s[0].isdigit()
+
+
 class NameMask:
     """The decoded vocabulary grouped for names: tokens by their leading word (whole-word tokens, and tokens that
     go on past the word), with and without leading spaces. Built once per tokenizer (`for_vocab`)."""
@@ -93,6 +102,8 @@ class NameMask:
             else:
                 free_sp[i] = True
         self.free, self.free_sp, self.ends = free, free_sp, ends
+        # Tokens that start an identifier (after leading spaces): what the model writes where it wants a name.
+        self.name_start = torch.tensor([_starts_name(t) for t in texts], dtype=torch.bool)
         # Tokens that merge a dot with what follows (`.get`, `.<`): they start a member without a step at the dot.
         self.dot_whole: dict[str, list[int]] = {}
         self.dot_cont: dict[str, list[int]] = {}
@@ -189,6 +200,7 @@ class Span:
     what: str = ""
     yielded: str = ""  # why the monitor yielded ("" : it constrained the identifier)
     steps: int = 0  # decode steps it masked
+    redirected: bool = False  # the mask took the model off its first choice at some step
 
 
 @dataclass
@@ -199,6 +211,9 @@ class Guide:
     names: NameMask
     before: str  # the prompt's text before the cursor, less what healing backed off
     min_mass: float = MIN_ALLOWED_MASS
+    # Where the cursor is in (before + generated): what lies before it the user typed (healing regenerates it).
+    # None: at the end of `before` (nothing healed).
+    cursor: int | None = None
     spans: dict[tuple[str, int], Span] = field(default_factory=dict)
     ms: float = 0.0  # time spent in monitors and masks
     steps: int = 0
@@ -241,13 +256,50 @@ class Guide:
         if not torch.isfinite(masked).any():
             span.yielded = "no token left"
             return logits
-        if not span.steps:  # judged once, where the identifier starts: never abandoned half-written
+        probs = None
+        if not span.steps:  # judged where the identifier starts
             probs = torch.softmax(logits.float(), dim=-1)
             if float(probs[allowed].sum()) < self.min_mass:
                 span.yielded = "vanishing probability"
                 return logits
+        top = int(torch.argmax(logits))
+        if not allowed[top]:
+            why = self._refused(c, logits, probs, allowed, masked, top, span)
+            if why:
+                span.yielded = why
+                return logits
+            span.redirected = True
         span.steps += 1
         return masked
+
+    def _refused(self, c: Constraint, logits, probs, allowed, masked, top: int, span: Span) -> str:
+        """Why the monitor should leave the model its first choice `top`, which the mask refuses ("" : it should
+        not). A mask that swaps the model's name for another valid one is the point; two swaps are not:
+
+        * the model wrote, by its own choice, the start of a name that is a prefix of allowed ones, and now goes
+          on where no allowed name does (`l` then `)`, `set` then `_table`): the mask would finish the prefix into
+          whatever valid name it begins (`lambda`, `set(`), a name the model never meant. Unless the valid
+          continuations together outweigh the model's choice, it yields (the rest of the identifier is free).
+        * nothing of the name is written, the model starts one, and the best token the mask leaves starts none (a
+          newline, a bracket): the mask would not replace the name but drop it (`f(a=1, ` then a newline).
+        """
+        names = self.names
+        if c.partial:
+            if span.redirected:
+                return ""  # the mask chose this name's start: it finishes what it began
+            cursor = len(self.before) if self.cursor is None else self.cursor
+            if c.start + len(c.partial) <= cursor:
+                return ""  # all of it was typed by the user (or regenerated by healing): the name must start so
+            if probs is None:
+                probs = torch.softmax(logits.float(), dim=-1)
+            if float(probs[allowed].sum()) < float(probs[top]):
+                return "the model's name is not allowed"
+            return ""
+        if top < names.size and names.name_start[top]:
+            best = int(torch.argmax(masked))
+            if best >= names.size or not names.name_start[best]:
+                return "no allowed name in the model's place"
+        return ""
 
     def report(self, generated: str, healed: str) -> list[dict]:
         """The spans as the completion reports them: offsets in the completion's text (after the healed part),

@@ -7,6 +7,7 @@ from __future__ import annotations
 from concurrent.futures import Future
 
 import pytest
+import torch
 
 from helpers import write_tree
 from repocomplete.context_engine.config import ContextConfig
@@ -17,7 +18,7 @@ from repocomplete.model_runtime.config import RuntimeConfig
 from repocomplete.model_runtime.engine import CompletionRequest, Engine
 from repocomplete.model_runtime.errors import ConfigError, RemoteError
 from repocomplete.model_runtime.healing import VocabIndex
-from repocomplete.model_runtime.monitor import Constraint, NameMask
+from repocomplete.model_runtime.monitor import Constraint, Guide, NameMask
 from repocomplete.model_runtime.templates import PromptParts
 from repocomplete.monitors import ScanState, Session, monitors_text, parse_monitors, safe_start, scan, site_at
 from repocomplete.pipeline import Completer, CompletionOptions
@@ -448,3 +449,64 @@ def test_analysis_root_given_beats_the_files_repository(completer, project):
     assert (analyst.root, rel) == (inner.resolve(), "client.py")
     completer.close_workspace(inner)  # and its jedi worker goes with it
     assert inner.resolve() not in completer._analysts
+
+
+# -- when a mask would swap the model's name for something it never meant, the monitor yields ----------------------
+
+
+def step(vocab, prefs: dict[str, float], monitor, before: str, generated: str, cursor: int | None = None):
+    """One decode step of a `Guide` over logits where the named tokens have the given scores (the rest -4): the
+    token the greedy choice takes after the monitors, and the guide."""
+    ids = {t: i for i, t in enumerate(vocab.texts) if t}
+    logits = torch.full((len(vocab.texts),), -4.0)
+    for t, score in prefs.items():
+        logits[ids[t]] = score
+    guide = Guide([monitor], NameMask.for_vocab(vocab), before, cursor=cursor)
+    return vocab.texts[int(torch.argmax(guide.apply(logits, generated)))], guide
+
+
+def test_a_prefix_the_model_wrote_is_not_finished_into_a_name_it_never_meant(vocab):
+    before = "    items.sort(key="
+    scope = Fixed(["lambda", "len", "list"], len(before), name="scope", free_other=True)
+    # the model wrote `l` (a prefix of allowed names) and ends it: `l` is its own name, not `lambda`
+    token, guide = step(vocab, {")": 6.0, "ambda": 1.0, "en": 0.5}, scope, before, "l")
+    assert token == ")"
+    assert [s.yielded for s in guide.spans.values()] == ["the model's name is not allowed"]
+    # the same where the valid continuations outweigh the model's choice: the mask finishes the name
+    token, _ = step(vocab, {")": 2.0, "ambda": 2.5, "en": 1.0}, scope, before, "l")
+    assert token == "ambda"
+    # typed by the user (before the cursor), the prefix is fixed: the name must start so
+    token, _ = step(vocab, {")": 6.0, "ambda": 1.0, "en": 0.5}, scope, before + "l", "")
+    assert token == "ambda"
+    # healing regenerated the typed `l`: the cursor says it is the user's
+    token, _ = step(vocab, {")": 6.0, "ambda": 1.0, "en": 0.5}, scope, before, "l", cursor=len(before) + 1)
+    assert token == "ambda"
+
+
+def test_a_name_the_mask_chose_is_finished_by_the_mask(vocab):
+    before = "    x = client."
+    deref = Fixed(["setdefault", "settings"], len(before))
+    ids = {t: i for i, t in enumerate(vocab.texts) if t}
+    guide = Guide([deref], NameMask.for_vocab(vocab), before)
+    first = torch.full((len(vocab.texts),), -4.0)
+    first[ids["foo"]], first[ids["set"]] = 6.0, 1.0
+    assert vocab.texts[int(torch.argmax(guide.apply(first, "")))] == "set"  # `foo` is no member: swapped
+    second = torch.full((len(vocab.texts),), -4.0)
+    second[ids["("]], second[ids["tings"]] = 6.0, 1.0
+    assert vocab.texts[int(torch.argmax(guide.apply(second, "set")))] == "tings"  # the mask's `set`: finished
+    assert [s.yielded for s in guide.spans.values()] == [""]
+
+
+def test_a_refused_name_is_not_replaced_by_a_newline(vocab):
+    before = "    grid(padding=1, pad_edge=True, "
+    args = Fixed(["collapse_padding", "expand"], len(before), name="args", free_other=True)
+    # the model writes a keyword the call does not take; the best token left is a newline: the name is kept
+    token, guide = step(vocab, {"foo": 6.0, "\n": 3.0, ")": 2.0, "expand": -2.0}, args, before, "")
+    assert token == "foo"
+    assert [s.yielded for s in guide.spans.values()] == ["no allowed name in the model's place"]
+    # where an allowed name is the best token left, it replaces the model's
+    token, _ = step(vocab, {"foo": 6.0, "\n": 3.0, "expand": 4.0}, args, before, "")
+    assert token == "expand"
+    # a model that ends the call itself is not the monitor's business
+    token, _ = step(vocab, {")": 6.0, "foo": 3.0}, args, before, "")
+    assert token == ")"
