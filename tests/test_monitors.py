@@ -455,10 +455,10 @@ def test_analysis_root_given_beats_the_files_repository(completer, project):
 
 
 def step(vocab, prefs: dict[str, float], monitor, before: str, generated: str, cursor: int | None = None):
-    """One decode step of a `Guide` over logits where the named tokens have the given scores (the rest -4): the
+    """One decode step of a `Guide` over logits where the named tokens have the given scores (the rest -8): the
     token the greedy choice takes after the monitors, and the guide."""
     ids = {t: i for i, t in enumerate(vocab.texts) if t}
-    logits = torch.full((len(vocab.texts),), -4.0)
+    logits = torch.full((len(vocab.texts),), -8.0)
     for t, score in prefs.items():
         logits[ids[t]] = score
     guide = Guide([monitor], NameMask.for_vocab(vocab), before, cursor=cursor)
@@ -472,8 +472,16 @@ def test_a_prefix_the_model_wrote_is_not_finished_into_a_name_it_never_meant(voc
     token, guide = step(vocab, {")": 6.0, "ambda": 1.0, "en": 0.5}, scope, before, "l")
     assert token == ")"
     assert [s.yielded for s in guide.spans.values()] == ["the model's name is not allowed"]
+    # `set` is a name, the model goes on with `_`: the mask would end it there (`set(`)
+    token, guide = step(vocab, {"_": 6.0, "(": 2.0, "default": 0.5},
+                        Fixed(["set", "setdefault"], len("md."), free_other=False), "md.", "set")
+    assert token == "_" and [s.yielded for s in guide.spans.values()] == ["the model's name is not allowed"]
+    # where the model and the mask both go on, the mask corrects a spelling: `is_code` + `block` -> `_block`
+    token, _ = step(vocab, {"block": 6.0, "_": 1.0, "(": 0.5},
+                    Fixed(["is_code_block"], len("state."), free_other=False), "state.", "is_code")
+    assert token == "_"
     # the same where the valid continuations outweigh the model's choice: the mask finishes the name
-    token, _ = step(vocab, {")": 2.0, "ambda": 2.5, "en": 1.0}, scope, before, "l")
+    token, _ = step(vocab, {")": 3.0, "ambda": 2.6, "en": 2.5, "ist": 2.0}, scope, before, "l")
     assert token == "ambda"
     # typed by the user (before the cursor), the prefix is fixed: the name must start so
     token, _ = step(vocab, {")": 6.0, "ambda": 1.0, "en": 0.5}, scope, before + "l", "")
