@@ -203,6 +203,7 @@ class Span:
     yielded: str = ""  # why the monitor yielded ("" : it constrained the identifier)
     steps: int = 0  # decode steps it masked
     redirected: bool = False  # the mask took the model off its first choice at some step
+    mass: float | None = None  # the share of the probability the allowed tokens held at the first step
 
 
 @dataclass
@@ -261,7 +262,8 @@ class Guide:
         probs = None
         if not span.steps:  # judged where the identifier starts
             probs = torch.softmax(logits.float(), dim=-1)
-            if float(probs[allowed].sum()) < self.min_mass:
+            span.mass = float(probs[allowed].sum())
+            if span.mass < self.min_mass:
                 span.yielded = "vanishing probability"
                 return logits
         top = int(torch.argmax(logits))
@@ -322,7 +324,8 @@ class Guide:
             first = start if span.start >= 0 else span.start  # the identifier began in the prompt (user-typed)
             entry = {"monitor": span.monitor, "start": first - len(healed), "end": end - len(healed),
                      "text": generated[start:end], "names": span.names, "what": span.what,
-                     "yielded": span.yielded or None}
+                     "yielded": span.yielded or None, "redirected": span.redirected,
+                     "mass": None if span.mass is None else round(span.mass, 4)}
             if end > start or span.yielded:
                 out.setdefault(first, entry)  # one entry per identifier: the first monitor that saw it
         return list(out.values())
