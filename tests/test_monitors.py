@@ -245,6 +245,17 @@ def test_args_allows_unused_keywords_and_no_extra_positionals():
     assert constraint("args", "    anything(a=1, ", facts=kwargs) is None  # **options: any keyword
 
 
+def test_args_is_silent_where_the_signatures_do_not_describe_the_call():
+    func = Signature("lru_cache", (Param("func", "POSITIONAL_ONLY"),))
+    # jedi lists two of lru_cache's overloads, not the keyword-only one (`maxsize`, `typed`): no `typed` refused
+    overloads = {"scope": SCOPE, "args": Facts("args", None, "lru_cache", (func, func))}
+    assert constraint("args", "    lru_cache(maxsize=None, ", facts=overloads) is None
+    one = {"scope": SCOPE, "args": Facts("args", None, "lru_cache", (func,))}
+    assert constraint("args", "    lru_cache(maxsize=None, ", facts=one) is None  # `maxsize` is none of its keywords
+    assert constraint("args", "    client.fetch(u, v, ") is None  # fetch takes one argument by position
+    assert constraint("args", "    client.fetch(u, ").names == ("retries", "verbose")
+
+
 def test_imports_allows_the_modules_names():
     c = constraint("imports", "from pkg.client import ")
     assert (c.names, c.free_other) == (("Base", "Client"), True)
