@@ -21,8 +21,9 @@ the (healed) distribution, the monitor yields that span (the identifier starting
 for the rest of the request): never an empty completion because of a monitor, never NaN when sampling, never a
 forced name the model gives no weight to. Where the mask refuses the model's first choice it yields too when the
 swap would not be a name for a name (`Guide._refused`): the model wrote a valid prefix of its own and goes on
-where no allowed name does (the mask would finish the prefix into an unrelated name: `l` -> `lambda`), or the
-best token left starts no name at all (a newline where the model wrote a keyword argument).
+where no allowed name does (the mask would finish the prefix into an unrelated name: `l` -> `lambda`), the best
+token left starts no name at all (a newline where the model wrote a keyword argument), or the allowed names hold
+less than `MIN_SWAP_MASS` where the name starts (the best of them is a guess).
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ import torch
 
 MONITOR_KINDS = ("deref", "scope", "args", "imports")  # the monitors the pipeline has (RuntimeConfig.monitors)
 MIN_ALLOWED_MASS = 1e-6  # below this share of the probability the allowed names are "vanishing": yield
+# Below this share a swap of the model's first choice for a valid name is a guess (the model does not know the
+# receiver's type or the scope it writes in): yield, the model's name stays.
+MIN_SWAP_MASS = 0.1
 MASK_CACHE = 64  # masks kept per vocabulary (the same names and partial recur from step to step)
 
 
@@ -214,6 +218,7 @@ class Guide:
     names: NameMask
     before: str  # the prompt's text before the cursor, less what healing backed off
     min_mass: float = MIN_ALLOWED_MASS
+    min_swap: float | None = None  # None: MIN_SWAP_MASS
     # Where the cursor is in (before + generated): what lies before it the user typed (healing regenerates it).
     # None: at the end of `before` (nothing healed).
     cursor: int | None = None
@@ -288,6 +293,8 @@ class Guide:
           mask corrects a spelling and keeps the name.
         * nothing of the name is written, the model starts one, and the best token the mask leaves starts none (a
           newline, a bracket): the mask would not replace the name but drop it (`f(a=1, ` then a newline).
+        * nothing of the name is written and the allowed names hold less than `min_swap` of the probability: the
+          best of them is a guess (`token.append(...)` swapped for `token.content = ...`).
         """
         names = self.names
         if c.partial:
@@ -308,6 +315,9 @@ class Guide:
             best = int(torch.argmax(masked))
             if best >= names.size or not names.name_start[best]:
                 return "no allowed name in the model's place"
+        min_swap = MIN_SWAP_MASS if self.min_swap is None else self.min_swap
+        if span.mass is not None and not span.steps and span.mass < min_swap:
+            return "the allowed names are a guess"
         return ""
 
     def report(self, generated: str, healed: str) -> list[dict]:

@@ -507,10 +507,10 @@ def test_a_name_the_mask_chose_is_finished_by_the_mask(vocab):
     deref = Fixed(["setdefault", "settings"], len(before))
     ids = {t: i for i, t in enumerate(vocab.texts) if t}
     guide = Guide([deref], NameMask.for_vocab(vocab), before)
-    first = torch.full((len(vocab.texts),), -4.0)
-    first[ids["foo"]], first[ids["set"]] = 6.0, 1.0
+    first = torch.full((len(vocab.texts),), -8.0)
+    first[ids["foo"]], first[ids["set"]] = 6.0, 5.0
     assert vocab.texts[int(torch.argmax(guide.apply(first, "")))] == "set"  # `foo` is no member: swapped
-    second = torch.full((len(vocab.texts),), -4.0)
+    second = torch.full((len(vocab.texts),), -8.0)
     second[ids["("]], second[ids["tings"]] = 6.0, 1.0
     assert vocab.texts[int(torch.argmax(guide.apply(second, "set")))] == "tings"  # the mask's `set`: finished
     assert [s.yielded for s in guide.spans.values()] == [""]
@@ -529,3 +529,14 @@ def test_a_refused_name_is_not_replaced_by_a_newline(vocab):
     # a model that ends the call itself is not the monitor's business
     token, _ = step(vocab, {")": 6.0, "foo": 3.0}, args, before, "")
     assert token == ")"
+
+
+def test_a_swap_for_names_the_model_gives_little_weight_is_a_guess(vocab):
+    before = "    token."
+    deref = Fixed(["close", "content"], len(before))
+    # the model writes `append` (no member); the members hold under a tenth of the probability: its name stays
+    token, guide = step(vocab, {"append": 6.0, "content": 3.0, "close": 2.5}, deref, before, "")
+    assert token == "append"
+    assert [s.yielded for s in guide.spans.values()] == ["the allowed names are a guess"]
+    token, guide = step(vocab, {"append": 6.0, "content": 5.0, "close": 2.5}, deref, before, "")
+    assert token == "content" and guide.spans[("deref", len(before))].mass > 0.1
