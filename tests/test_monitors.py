@@ -380,7 +380,13 @@ def test_no_token_left_yields_instead_of_an_empty_completion(tiny_loaded, tiny_c
     assert result.monitor_spans[0]["yielded"] == "no token left"
 
 
-def test_sampling_under_a_mask_never_sees_nan(tiny_loaded, tiny_config):
+@pytest.fixture
+def random_weights(monkeypatch):
+    """A random model gives every name next to no weight: no swap would pass the guess rule (MIN_SWAP_MASS)."""
+    monkeypatch.setattr("repocomplete.model_runtime.monitor.MIN_SWAP_MASS", 0.0)
+
+
+def test_sampling_under_a_mask_never_sees_nan(tiny_loaded, tiny_config, random_weights):
     engine = Engine(tiny_loaded, tiny_config.replace(temperature=1.0, top_p=0.9, top_k=40, seed=1, max_new_tokens=6,
                                                       token_healing=False))
     result = engine.complete(CompletionRequest(PromptParts("client."), monitors=[Fixed(["url_for_the_request"], 7)]))
@@ -435,7 +441,8 @@ def completer(tiny_loaded, tiny_config, tmp_path):
     completer.close()
 
 
-def test_pipeline_forces_a_member_of_the_inferred_type_and_leaves_unknown_receivers_alone(completer, project):
+def test_pipeline_forces_a_member_of_the_inferred_type_and_leaves_unknown_receivers_alone(completer, project,
+                                                                                          random_weights):
     path = str(project / "main.py")
     text, offset = buffer("client.")
     on = completer.complete(path, text, offset, CompletionOptions(context="infile", monitors=("deref",)))
