@@ -100,6 +100,9 @@ def prediction_record(task, result: CompletionResult, record_tokens: RecordToken
         "generated_tokens": c.generated_tokens,
         "monitor_ms": getattr(c, "monitor_ms", 0.0),  # monitor-guided decoding: the time its monitors took (waits included)
         "monitor_spans": len(getattr(c, "monitor_spans", ())),
+        # each span: the monitor, the identifier written, whether it yielded or swapped the model's choice
+        "monitors": [{k: s.get(k) for k in ("monitor", "text", "what", "yielded", "redirected", "mass")}
+                     for s in getattr(c, "monitor_spans", ())],
         "stop_reason": c.stop_reason,
     }
     if result.context is not None:  # repository context: its tokens in the prompt, and the budget it had (the

@@ -548,7 +548,7 @@ class Engine:
         guide = None
         if request.monitors:
             before = parts.prefix[: len(parts.prefix) - len(healed)] if parts.prefix.endswith(healed) else parts.prefix
-            guide = Guide(request.monitors, NameMask.for_vocab(self.vocab), before)
+            guide = Guide(request.monitors, NameMask.for_vocab(self.vocab), before, cursor=len(parts.prefix))
         return Decoding(self.tokenizer, self.vocab, self.stop_ids, StopRules.at_cursor(parts.prefix, multiline), healed,
                         max_new, ids, self.device, self._comment_mask(parts, multiline), request.logits_processors,
                         guide, self._indent_mask(parts))

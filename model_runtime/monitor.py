@@ -15,10 +15,15 @@ mask over the decoded vocabulary: a token is allowed when
 
 Once the identifier is complete the monitor's trigger is gone and the model is free again.
 
-`Guide` applies the monitors of one request on top of the healing mask. The yield rule: if a constraint leaves no
+`Guide` applies the monitors of one request on top of the healing mask. The yield rules: if a constraint leaves no
 token, or, at the identifier's first constrained step, the tokens it allows hold less than `MIN_ALLOWED_MASS` of
-the (healed) distribution, the monitor yields that span (the identifier starting there is not constrained at all, for the rest of the request): never an empty
-completion because of a monitor, never NaN when sampling, never a forced name the model gives no weight to.
+the (healed) distribution, the monitor yields that span (the identifier starting there is not constrained at all,
+for the rest of the request): never an empty completion because of a monitor, never NaN when sampling, never a
+forced name the model gives no weight to. Where the mask refuses the model's first choice it yields too when the
+swap would not be a name for a name (`Guide._refused`): the model wrote a valid prefix of its own and goes on
+where no allowed name does (the mask would finish the prefix into an unrelated name: `l` -> `lambda`), the best
+token left starts no name at all (a newline where the model wrote a keyword argument), or the allowed names hold
+less than `MIN_SWAP_MASS` where the name starts (the best of them is a guess).
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ import torch
 
 MONITOR_KINDS = ("deref", "scope", "args", "imports")  # the monitors the pipeline has (RuntimeConfig.monitors)
 MIN_ALLOWED_MASS = 1e-6  # below this share of the probability the allowed names are "vanishing": yield
+# Below this share a swap of the model's first choice for a valid name is a guess (the model does not know the
+# receiver's type or the scope it writes in): yield, the model's name stays.
+MIN_SWAP_MASS = 0.1
 MASK_CACHE = 64  # masks kept per vocabulary (the same names and partial recur from step to step)
 
 
@@ -65,6 +73,11 @@ def _word_len(s: str, start: int = 0) -> int:
     return i - start
 
 
+def _starts_name(t: str) -> bool:
+    s = t.lstrip(" ")
+    return bool(s) and _word(s[0]) and not s[0].isdigit()
+
+
 class NameMask:
     """The decoded vocabulary grouped for names: tokens by their leading word (whole-word tokens, and tokens that
     go on past the word), with and without leading spaces. Built once per tokenizer (`for_vocab`)."""
@@ -93,6 +106,10 @@ class NameMask:
             else:
                 free_sp[i] = True
         self.free, self.free_sp, self.ends = free, free_sp, ends
+        # Tokens that start an identifier (after leading spaces): what the model writes where it wants a name.
+        self.name_start = torch.tensor([_starts_name(t) for t in texts], dtype=torch.bool)
+        # Tokens that end an identifier written before them (`)`, `(`, `en(`), against those that go on with it.
+        self.name_end = torch.tensor([_word_len(t) < len(t) or not t for t in texts], dtype=torch.bool)
         # Tokens that merge a dot with what follows (`.get`, `.<`): they start a member without a step at the dot.
         self.dot_whole: dict[str, list[int]] = {}
         self.dot_cont: dict[str, list[int]] = {}
@@ -189,6 +206,8 @@ class Span:
     what: str = ""
     yielded: str = ""  # why the monitor yielded ("" : it constrained the identifier)
     steps: int = 0  # decode steps it masked
+    redirected: bool = False  # the mask took the model off its first choice at some step
+    mass: float | None = None  # the share of the probability the allowed tokens held at the first step
 
 
 @dataclass
@@ -199,6 +218,10 @@ class Guide:
     names: NameMask
     before: str  # the prompt's text before the cursor, less what healing backed off
     min_mass: float = MIN_ALLOWED_MASS
+    min_swap: float | None = None  # None: MIN_SWAP_MASS
+    # Where the cursor is in (before + generated): what lies before it the user typed (healing regenerates it).
+    # None: at the end of `before` (nothing healed).
+    cursor: int | None = None
     spans: dict[tuple[str, int], Span] = field(default_factory=dict)
     ms: float = 0.0  # time spent in monitors and masks
     steps: int = 0
@@ -241,13 +264,61 @@ class Guide:
         if not torch.isfinite(masked).any():
             span.yielded = "no token left"
             return logits
-        if not span.steps:  # judged once, where the identifier starts: never abandoned half-written
+        probs = None
+        if not span.steps:  # judged where the identifier starts
             probs = torch.softmax(logits.float(), dim=-1)
-            if float(probs[allowed].sum()) < self.min_mass:
+            span.mass = float(probs[allowed].sum())
+            if span.mass < self.min_mass:
                 span.yielded = "vanishing probability"
                 return logits
+        top = int(torch.argmax(logits))
+        if not allowed[top]:
+            why = self._refused(c, logits, probs, allowed, masked, top, span)
+            if why:
+                span.yielded = why
+                return logits
+            span.redirected = True
         span.steps += 1
         return masked
+
+    def _refused(self, c: Constraint, logits, probs, allowed, masked, top: int, span: Span) -> str:
+        """Why the monitor should leave the model its first choice `top`, which the mask refuses ("" : it should
+        not). A mask that swaps the model's name for another valid one is the point; two swaps are not:
+
+        * the model wrote, by its own choice, the start of a name that is a prefix of allowed ones, and now goes
+          on where no allowed name does, and the mask would turn an end of the name into more of it or more of
+          it into an end (`l` then `)`: `lambda`; `set` then `_table`: `set(`): the valid name that prefix
+          begins is not the model's. Unless the valid continuations together outweigh the model's choice, it
+          yields (the rest of the identifier is free). Where both go on (`is_code` then `block`: `_block`) the
+          mask corrects a spelling and keeps the name.
+        * nothing of the name is written, the model starts one, and the best token the mask leaves starts none (a
+          newline, a bracket): the mask would not replace the name but drop it (`f(a=1, ` then a newline).
+        * nothing of the name is written and the allowed names hold less than `min_swap` of the probability: the
+          best of them is a guess (`token.append(...)` swapped for `token.content = ...`).
+        """
+        names = self.names
+        if c.partial:
+            if span.redirected:
+                return ""  # the mask chose this name's start: it finishes what it began
+            cursor = len(self.before) if self.cursor is None else self.cursor
+            if c.start + len(c.partial) <= cursor:
+                return ""  # all of it was typed by the user (or regenerated by healing): the name must start so
+            best = int(torch.argmax(masked))
+            if max(top, best) >= names.size or bool(names.name_end[top]) == bool(names.name_end[best]):
+                return ""  # a name for a name, or a spelling corrected
+            if probs is None:
+                probs = torch.softmax(logits.float(), dim=-1)
+            if float(probs[allowed].sum()) < float(probs[top]):
+                return "the model's name is not allowed"
+            return ""
+        if top < names.size and names.name_start[top]:
+            best = int(torch.argmax(masked))
+            if best >= names.size or not names.name_start[best]:
+                return "no allowed name in the model's place"
+        min_swap = MIN_SWAP_MASS if self.min_swap is None else self.min_swap
+        if span.mass is not None and not span.steps and span.mass < min_swap:
+            return "the allowed names are a guess"
+        return ""
 
     def report(self, generated: str, healed: str) -> list[dict]:
         """The spans as the completion reports them: offsets in the completion's text (after the healed part),
@@ -263,7 +334,8 @@ class Guide:
             first = start if span.start >= 0 else span.start  # the identifier began in the prompt (user-typed)
             entry = {"monitor": span.monitor, "start": first - len(healed), "end": end - len(healed),
                      "text": generated[start:end], "names": span.names, "what": span.what,
-                     "yielded": span.yielded or None}
+                     "yielded": span.yielded or None, "redirected": span.redirected,
+                     "mass": None if span.mass is None else round(span.mass, 4)}
             if end > start or span.yielded:
                 out.setdefault(first, entry)  # one entry per identifier: the first monitor that saw it
         return list(out.values())

@@ -14,7 +14,9 @@ finds the identifier being written (`Site`), and asks the analysis for the facts
   the first element of a bracket (a comprehension may bind it), conditions of `if`/`while` (a walrus).
 * `args`: in a call whose signature is known: a keyword parameter not given yet, or, while positional slots
   remain, a name in scope (the first argument only when the function takes nothing by position: a generator
-  expression could bind names). Silent for `**kwargs` functions and after `*`/`**` unpacking.
+  expression could bind names). Silent for `**kwargs` functions, after `*`/`**` unpacking, for overloaded
+  functions (jedi lists only some overloads) and where the call already passes a keyword or more positional
+  arguments than the signature takes (it is not the signature of this call).
 * `imports`: `from pkg.mod import ` offers that module's names, `import pkg.` / `from pkg.` its submodules.
 
 Unknown facts (dynamic code, `Any`, failed inference, a late answer) leave the monitor silent.
@@ -406,9 +408,14 @@ class Session:
             return None
         if any(sig.any_keyword for sig in facts.signatures):
             return None
+        if len(facts.signatures) > 1:
+            return None  # overloads: jedi lists only some (anyio's lru_cache: not the keyword-only one)
         positional, given, unpack = _call_state(text, site.call, site.start)
         if unpack:
             return None
+        if given - {k for sig in facts.signatures for k in sig.keywords} or \
+                all(sig.positional is not None and positional > sig.positional for sig in facts.signatures):
+            return None  # the call already passes what no signature takes: they do not describe it
         keywords = set()
         for sig in facts.signatures:  # less the parameters given by position, and the keywords given
             taken = [p.name for p in sig.params if p.kind in ("POSITIONAL_ONLY", "POSITIONAL_OR_KEYWORD")][:positional]

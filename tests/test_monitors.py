@@ -7,6 +7,7 @@ from __future__ import annotations
 from concurrent.futures import Future
 
 import pytest
+import torch
 
 from helpers import write_tree
 from repocomplete.context_engine.config import ContextConfig
@@ -17,7 +18,7 @@ from repocomplete.model_runtime.config import RuntimeConfig
 from repocomplete.model_runtime.engine import CompletionRequest, Engine
 from repocomplete.model_runtime.errors import ConfigError, RemoteError
 from repocomplete.model_runtime.healing import VocabIndex
-from repocomplete.model_runtime.monitor import Constraint, NameMask
+from repocomplete.model_runtime.monitor import Constraint, Guide, NameMask
 from repocomplete.model_runtime.templates import PromptParts
 from repocomplete.monitors import ScanState, Session, monitors_text, parse_monitors, safe_start, scan, site_at
 from repocomplete.pipeline import Completer, CompletionOptions
@@ -244,6 +245,17 @@ def test_args_allows_unused_keywords_and_no_extra_positionals():
     assert constraint("args", "    anything(a=1, ", facts=kwargs) is None  # **options: any keyword
 
 
+def test_args_is_silent_where_the_signatures_do_not_describe_the_call():
+    func = Signature("lru_cache", (Param("func", "POSITIONAL_ONLY"),))
+    # jedi lists two of lru_cache's overloads, not the keyword-only one (`maxsize`, `typed`): no `typed` refused
+    overloads = {"scope": SCOPE, "args": Facts("args", None, "lru_cache", (func, func))}
+    assert constraint("args", "    lru_cache(maxsize=None, ", facts=overloads) is None
+    one = {"scope": SCOPE, "args": Facts("args", None, "lru_cache", (func,))}
+    assert constraint("args", "    lru_cache(maxsize=None, ", facts=one) is None  # `maxsize` is none of its keywords
+    assert constraint("args", "    client.fetch(u, v, ") is None  # fetch takes one argument by position
+    assert constraint("args", "    client.fetch(u, ").names == ("retries", "verbose")
+
+
 def test_imports_allows_the_modules_names():
     c = constraint("imports", "from pkg.client import ")
     assert (c.names, c.free_other) == (("Base", "Client"), True)
@@ -368,7 +380,13 @@ def test_no_token_left_yields_instead_of_an_empty_completion(tiny_loaded, tiny_c
     assert result.monitor_spans[0]["yielded"] == "no token left"
 
 
-def test_sampling_under_a_mask_never_sees_nan(tiny_loaded, tiny_config):
+@pytest.fixture
+def random_weights(monkeypatch):
+    """A random model gives every name next to no weight: no swap would pass the guess rule (MIN_SWAP_MASS)."""
+    monkeypatch.setattr("repocomplete.model_runtime.monitor.MIN_SWAP_MASS", 0.0)
+
+
+def test_sampling_under_a_mask_never_sees_nan(tiny_loaded, tiny_config, random_weights):
     engine = Engine(tiny_loaded, tiny_config.replace(temperature=1.0, top_p=0.9, top_k=40, seed=1, max_new_tokens=6,
                                                       token_healing=False))
     result = engine.complete(CompletionRequest(PromptParts("client."), monitors=[Fixed(["url_for_the_request"], 7)]))
@@ -423,7 +441,8 @@ def completer(tiny_loaded, tiny_config, tmp_path):
     completer.close()
 
 
-def test_pipeline_forces_a_member_of_the_inferred_type_and_leaves_unknown_receivers_alone(completer, project):
+def test_pipeline_forces_a_member_of_the_inferred_type_and_leaves_unknown_receivers_alone(completer, project,
+                                                                                          random_weights):
     path = str(project / "main.py")
     text, offset = buffer("client.")
     on = completer.complete(path, text, offset, CompletionOptions(context="infile", monitors=("deref",)))
@@ -448,3 +467,83 @@ def test_analysis_root_given_beats_the_files_repository(completer, project):
     assert (analyst.root, rel) == (inner.resolve(), "client.py")
     completer.close_workspace(inner)  # and its jedi worker goes with it
     assert inner.resolve() not in completer._analysts
+
+
+# -- when a mask would swap the model's name for something it never meant, the monitor yields ----------------------
+
+
+def step(vocab, prefs: dict[str, float], monitor, before: str, generated: str, cursor: int | None = None):
+    """One decode step of a `Guide` over logits where the named tokens have the given scores (the rest -8): the
+    token the greedy choice takes after the monitors, and the guide."""
+    ids = {t: i for i, t in enumerate(vocab.texts) if t}
+    logits = torch.full((len(vocab.texts),), -8.0)
+    for t, score in prefs.items():
+        logits[ids[t]] = score
+    guide = Guide([monitor], NameMask.for_vocab(vocab), before, cursor=cursor)
+    return vocab.texts[int(torch.argmax(guide.apply(logits, generated)))], guide
+
+
+def test_a_prefix_the_model_wrote_is_not_finished_into_a_name_it_never_meant(vocab):
+    before = "    items.sort(key="
+    scope = Fixed(["lambda", "len", "list"], len(before), name="scope", free_other=True)
+    # the model wrote `l` (a prefix of allowed names) and ends it: `l` is its own name, not `lambda`
+    token, guide = step(vocab, {")": 6.0, "ambda": 1.0, "en": 0.5}, scope, before, "l")
+    assert token == ")"
+    assert [s.yielded for s in guide.spans.values()] == ["the model's name is not allowed"]
+    # `set` is a name, the model goes on with `_`: the mask would end it there (`set(`)
+    token, guide = step(vocab, {"_": 6.0, "(": 2.0, "default": 0.5},
+                        Fixed(["set", "setdefault"], len("md."), free_other=False), "md.", "set")
+    assert token == "_" and [s.yielded for s in guide.spans.values()] == ["the model's name is not allowed"]
+    # where the model and the mask both go on, the mask corrects a spelling: `is_code` + `block` -> `_block`
+    token, _ = step(vocab, {"block": 6.0, "_": 1.0, "(": 0.5},
+                    Fixed(["is_code_block"], len("state."), free_other=False), "state.", "is_code")
+    assert token == "_"
+    # the same where the valid continuations outweigh the model's choice: the mask finishes the name
+    token, _ = step(vocab, {")": 3.0, "ambda": 2.6, "en": 2.5, "ist": 2.0}, scope, before, "l")
+    assert token == "ambda"
+    # typed by the user (before the cursor), the prefix is fixed: the name must start so
+    token, _ = step(vocab, {")": 6.0, "ambda": 1.0, "en": 0.5}, scope, before + "l", "")
+    assert token == "ambda"
+    # healing regenerated the typed `l`: the cursor says it is the user's
+    token, _ = step(vocab, {")": 6.0, "ambda": 1.0, "en": 0.5}, scope, before, "l", cursor=len(before) + 1)
+    assert token == "ambda"
+
+
+def test_a_name_the_mask_chose_is_finished_by_the_mask(vocab):
+    before = "    x = client."
+    deref = Fixed(["setdefault", "settings"], len(before))
+    ids = {t: i for i, t in enumerate(vocab.texts) if t}
+    guide = Guide([deref], NameMask.for_vocab(vocab), before)
+    first = torch.full((len(vocab.texts),), -8.0)
+    first[ids["foo"]], first[ids["set"]] = 6.0, 5.0
+    assert vocab.texts[int(torch.argmax(guide.apply(first, "")))] == "set"  # `foo` is no member: swapped
+    second = torch.full((len(vocab.texts),), -8.0)
+    second[ids["("]], second[ids["tings"]] = 6.0, 1.0
+    assert vocab.texts[int(torch.argmax(guide.apply(second, "set")))] == "tings"  # the mask's `set`: finished
+    assert [s.yielded for s in guide.spans.values()] == [""]
+
+
+def test_a_refused_name_is_not_replaced_by_a_newline(vocab):
+    before = "    grid(padding=1, pad_edge=True, "
+    args = Fixed(["collapse_padding", "expand"], len(before), name="args", free_other=True)
+    # the model writes a keyword the call does not take; the best token left is a newline: the name is kept
+    token, guide = step(vocab, {"foo": 6.0, "\n": 3.0, ")": 2.0, "expand": -2.0}, args, before, "")
+    assert token == "foo"
+    assert [s.yielded for s in guide.spans.values()] == ["no allowed name in the model's place"]
+    # where an allowed name is the best token left, it replaces the model's
+    token, _ = step(vocab, {"foo": 6.0, "\n": 3.0, "expand": 4.0}, args, before, "")
+    assert token == "expand"
+    # a model that ends the call itself is not the monitor's business
+    token, _ = step(vocab, {")": 6.0, "foo": 3.0}, args, before, "")
+    assert token == ")"
+
+
+def test_a_swap_for_names_the_model_gives_little_weight_is_a_guess(vocab):
+    before = "    token."
+    deref = Fixed(["close", "content"], len(before))
+    # the model writes `append` (no member); the members hold under a tenth of the probability: its name stays
+    token, guide = step(vocab, {"append": 6.0, "content": 3.0, "close": 2.5}, deref, before, "")
+    assert token == "append"
+    assert [s.yielded for s in guide.spans.values()] == ["the allowed names are a guess"]
+    token, guide = step(vocab, {"append": 6.0, "content": 5.0, "close": 2.5}, deref, before, "")
+    assert token == "content" and guide.spans[("deref", len(before))].mass > 0.1
