@@ -68,7 +68,10 @@ def _add_context_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--budget", type=int, default=None, help=f"context token budget (default {_budget_default()})")
     g.add_argument("--providers", default=None, help="comma list of imports,typed_holes,retrieval,repo_map,neighbours")
     g.add_argument("--dense", action="store_true", help="add dense retrieval (all-MiniLM-L6-v2 + faiss)")
-    g.add_argument("--iterative", action="store_true", help="RepoCoder: retrieve again with a draft completion")
+    g.add_argument(
+        "--iterative", action="store_true",
+        help="RepoCoder: complete once, retrieve again with the draft (typed holes answer for the receiver it "
+             "reaches into), complete again")
     _add_index_dir_arg(g)
 
 
@@ -578,7 +581,10 @@ def _add_eval_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", type=int, default=None, help=f"context token budget (default {_budget_default()})")
     p.add_argument("--providers", default=None, help="comma list of imports,typed_holes,retrieval,repo_map,neighbours")
     p.add_argument("--dense", action="store_true", help="add dense retrieval (all-MiniLM-L6-v2 + faiss)")
-    p.add_argument("--iterative", action="store_true", help="RepoCoder: retrieve again with a draft completion")
+    p.add_argument(
+        "--iterative", action="store_true",
+        help="RepoCoder: complete once, retrieve again with the draft (typed holes answer for the receiver it "
+             "reaches into), complete again")
     p.add_argument("--multiline", action="store_true", help="complete a block, not just the line")
     p.add_argument("--batch-size", type=int, default=16, help="tasks per batch (and per write)")
     p.add_argument("--index-dir", default=None, help="where the repositories' index caches go")
