@@ -516,6 +516,7 @@ class RepoIndex:
             wanted[path].add(name)
         buffers = dict(self._buffers)
         out: dict[tuple[str, str], list[Definition]] = {}
+        checked = False  # whether this call has looked for other writers (once a call, not once a file)
         for path, names in wanted.items():
             if path in buffers:
                 symbols = buffers[path][1]
@@ -523,7 +524,8 @@ class RepoIndex:
                     if d.name in names:
                         out.setdefault((path, d.name), []).append(d)
                 continue
-            by_name = self._named_definitions(path, names)
+            by_name = self._named_definitions(path, names, checked)
+            checked = True
             for name in sorted(names):
                 found = by_name[name]
                 if found and len(names) > 500:  # (as when asked 500 at a time, SQLite's bound on parameters, and
@@ -532,14 +534,16 @@ class RepoIndex:
                     out[(path, name)] = list(found)  # (a copy: what is kept stays as read)
         return out
 
-    def _named_definitions(self, rel: str, names: set[str]) -> dict[str, list[Definition]]:
+    def _named_definitions(self, rel: str, names: set[str], checked: bool = False) -> dict[str, list[Definition]]:
         """name -> the definitions of that name in the indexed file `rel` (rowid order; [] for none), for `names`:
-        those asked before from what is kept, the others from the database (and kept)."""
+        those asked before from what is kept, the others from the database (and kept). checked: the caller has
+        already looked for other writers in this lookup."""
         with self._db_lock:
-            version = self._conn.execute("PRAGMA data_version").fetchone()[0]
-            if version != self._data_version:  # another process wrote the database (`repocomplete index`)
-                self._file_definitions.clear()
-                self._data_version = version
+            if not checked:
+                version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+                if version != self._data_version:  # another process wrote the database (`repocomplete index`)
+                    self._file_definitions.clear()
+                    self._data_version = version
             kept = self._file_definitions.get(rel)
             if kept is None:
                 kept = self._file_definitions[rel] = {}
