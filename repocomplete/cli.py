@@ -560,7 +560,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         suffix_chars=args.suffix_chars, budget=args.budget, seed=args.seed, device=args.device,
         autocast=args.autocast, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
         threads=args.threads, index_dir=args.index_dir, exact_match_examples=args.exact_match_examples,
-        init_adapter=args.init_adapter,
+        init_adapter=args.init_adapter, infile_share=args.infile_share,
         command=["repocomplete", *args.argv],
     )
     report = run_finetune(options, progress=not args.json)
@@ -737,6 +737,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix-chars", type=int, default=1200, help="the training window before the cursor")
     p.add_argument("--suffix-chars", type=int, default=400, help="the training window after the cursor")
     p.add_argument("--budget", type=int, default=256, help="repository context tokens with --context repo")
+    p.add_argument("--infile-share", type=float, default=0.0, metavar="F",
+                   help="with --context repo, this share of the examples gets in-file context only (default 0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu, cuda (default: cuda if present)")
     p.add_argument("--autocast", default="auto", choices=("auto", "bf16", "fp32"),

@@ -67,6 +67,7 @@ class FinetuneOptions:
     prefix_chars: int = 1200  # the training window (the runtime's Window; a short one trains faster)
     suffix_chars: int = 400
     budget: int = 256  # repository context tokens (--context repo)
+    infile_share: float = 0.0  # with --context repo: this share of the examples is built with in-file context only
     max_prompt_tokens: int = 1024
     seed: int = 0
     device: str | None = None
@@ -254,6 +255,7 @@ class ExampleCutter:
 
         self.gate = Gate(root, context_config)
         self.kinds: Counter = Counter()
+        self.contexts: Counter = Counter()
 
     def read(self, rel: str) -> str | None:
         from repocomplete.context_engine.walker import content_problem, decode
@@ -270,21 +272,26 @@ class ExampleCutter:
     def examples(self, rel: str, text: str, n: int, rng: random.Random):
         from repocomplete.model_runtime.training import fim_example
 
-        options = CompletionOptions(context=self.options.context, budget=self.options.budget)
         path = str(self.root / rel)
         for start, end, kind in cut_spans(text, n, rng):
             buffer = text[:start] + text[end:]
-            if self.workspace is not None:
-                self.workspace.set_buffer(rel, buffer)  # the span's text is nowhere in the index either
-                self.workspace.settle()
+            context = self.options.context
+            if context == "repo" and self.options.infile_share and rng.random() < self.options.infile_share:
+                context = "infile"  # the prompt a file without useful repository context gets
+            options = CompletionOptions(context=context, budget=self.options.budget)
+            workspace = self.workspace if context == "repo" else None
+            if workspace is not None:
+                workspace.set_buffer(rel, buffer)  # the span's text is nowhere in the index either
+                workspace.settle()
             try:
-                parts, _ = self.completer.prompt_parts(path, buffer, start, options, workspace=self.workspace)
+                parts, _ = self.completer.prompt_parts(path, buffer, start, options, workspace=workspace)
             finally:
-                if self.workspace is not None:
-                    self.workspace.clear_buffer(rel)
+                if workspace is not None:
+                    workspace.clear_buffer(rel)
             ex = fim_example(self.tokenizer, self.template, self.order, parts, text[start:end], self.vocab,
                              self.options.max_prompt_tokens, path=rel, kind=kind)
             self.kinds[kind] += 1
+            self.contexts[context] += 1
             yield ex
 
     def close(self) -> None:
@@ -350,6 +357,8 @@ def validate(options: FinetuneOptions) -> Path:
         raise InputError(f"{out} is not empty" + (": --resume continues its checkpoint" if has_checkpoint(out) else ""))
     if options.budget < 0 or options.prefix_chars < 1 or options.suffix_chars < 0 or options.max_prompt_tokens < 16:
         raise InputError("budget, window and prompt limits must be positive")
+    if not 0.0 <= options.infile_share <= 1.0:
+        raise InputError(f"--infile-share must be between 0 and 1, not {options.infile_share}")
     return root.resolve()
 
 
@@ -412,7 +421,7 @@ def run_finetune(options: FinetuneOptions, progress: bool = False) -> dict:
         if not train_examples:
             raise InputError(f"no training examples could be cut from {root}")
         rng.shuffle(train_examples)
-        meta = {"root": str(root), **counts, "kinds": dict(cutter.kinds),
+        meta = {"root": str(root), **counts, "kinds": dict(cutter.kinds), "contexts": dict(cutter.contexts),
                 "val_file_list": val_files[:200], "cut_seconds": round(time.perf_counter() - t0, 1)}
         training.save_examples(data_path, train_examples, val_examples, meta)
     model = training.load_base(model_dir, device)
@@ -433,7 +442,7 @@ def run_finetune(options: FinetuneOptions, progress: bool = False) -> dict:
         "examples": {"train": len(train_examples), "val": len(val_examples),
                      "train_tokens_available": sum(len(e) for e in train_examples)},
         "config": {**asdict(config), "window": [options.prefix_chars, options.suffix_chars],
-                   "budget": options.budget, "max_prompt_tokens": options.max_prompt_tokens},
+                   "budget": options.budget, "infile_share": options.infile_share, "max_prompt_tokens": options.max_prompt_tokens},
         "steps": result.steps, "resumed_from": result.resumed_from, "finished": result.steps >= options.steps,
         "train_tokens": result.train_tokens, "seconds": result.seconds, "tokens_per_s": result.tokens_per_s,
         "device": result.device, "autocast": result.autocast, "threads": torch.get_num_threads(),

@@ -147,6 +147,17 @@ def test_repository_context_hides_the_spans_own_text(repo, tokenizer):
             assert middle.strip() not in text.split("<filename>pkg/util.py")[0]
 
 
+def test_an_infile_share_of_repository_training_builds_in_file_prompts(repo, tokenizer):
+    cutter = _cutter(repo, tokenizer, context="repo", budget=400, infile_share=0.5)
+    try:
+        examples = list(cutter.examples("pkg/loader.py", SOURCE, 24, random.Random(5)))
+    finally:
+        cutter.close()
+    with_repo = [ex for ex in examples if tokenizer.decode(ex.prompt).startswith("<repo_name>")]
+    assert 0 < len(with_repo) < len(examples)
+    assert cutter.contexts == {"repo": len(with_repo), "infile": len(examples) - len(with_repo)}
+
+
 # -- training --------------------------------------------------------------------------------------------------
 
 
@@ -285,6 +296,8 @@ def test_finetune_bad_inputs_one_line_exit_2(capsys, tmp_path, tiny_model_dir):
          f"no files to train on in {empty.resolve()} (empty, or every file excluded)"),
         (["finetune", tmp_path / "missing", "--out", tmp_path / "o2"], f"repository not found: {tmp_path / 'missing'}"),
         (["finetune", empty, "--out", tmp_path / "o3", "--steps", 0], "steps must be >= 1, got 0"),
+        (["finetune", empty, "--out", tmp_path / "o4", "--infile-share", 1.5],
+         "--infile-share must be between 0 and 1, not 1.5"),
     ]
     for argv, message in cases:
         code, out, err = _cli(capsys, *argv)
