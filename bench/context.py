@@ -30,6 +30,7 @@ from pathlib import Path
 from repocomplete.bench.stats import percentiles
 from repocomplete.context_engine.config import ContextConfig
 from repocomplete.context_engine.engine import ContextEngine
+from repocomplete.lsp_server.worker import settle_heap
 
 MODEL_FREE = "retrieval,repo_map,neighbours"  # the providers without jedi (what the snapshot serves)
 TARGETS = {  # seconds, MB, ms: on the 2-core machine, for a repository of ~3k files (a copy of transformers)
@@ -91,6 +92,34 @@ def _edit_file(engine: ContextEngine, root: Path, rel: str, edits: int) -> tuple
     target.write_text(original, encoding="utf-8")
     engine.file_changed(rel)
     return update_ms, visible_ms
+
+
+TYPED = "result = self.compute_total(values, scale=2)"
+
+
+def _type_in_file(engine: ContextEngine, root: Path, rel: str, edits: int) -> tuple[float, list[float], list[float]]:
+    """As an editor types in `rel`: the open (`set_buffer` of the whole text, ms), then `edits` changes that type a
+    statement into a new line in the middle of the file (`set_buffer` with the edited line, as the server's
+    didChange sends it), ms each, and the same with retrieval's overlay and the repo map's graph made again."""
+    path = str(root / rel)
+    lines = (root / rel).read_text(encoding="utf-8").split("\n")
+    at = len(lines) // 2
+    indent = lines[at][: len(lines[at]) - len(lines[at].lstrip())]
+    t = time.perf_counter()
+    engine.set_buffer(path, "\n".join(lines))
+    open_ms = (time.perf_counter() - t) * 1000
+    update_ms, visible_ms = [], []
+    for i in range(edits):
+        typed = TYPED[: max(1, round(len(TYPED) * (i + 1) / edits))]
+        text = "\n".join([*lines[:at], indent + typed, *lines[at:]])
+        t = time.perf_counter()
+        engine.set_buffer(path, text, edited_line=at + 1)
+        update_ms.append((time.perf_counter() - t) * 1000)
+        engine.retriever.build()
+        engine._build_graph()
+        visible_ms.append((time.perf_counter() - t) * 1000)
+    engine.clear_buffer(path)
+    return open_ms, update_ms, visible_ms
 
 
 def _lines(path: Path) -> int:
@@ -238,11 +267,17 @@ def run_context_bench(source: Path, config: ContextConfig | None = None, edits: 
 
         engine = ContextEngine(root, config)
         engine.build()
+        settle_heap()  # as the server does once a workspace is open
         # The file of median size (a typical edit), then the largest (the worst one).
         by_size = sorted(py_files, key=lambda p: ((root / p).stat().st_size, p))
         median_file, largest_file = by_size[len(by_size) // 2], by_size[-1]
         update_ms, visible_ms = _edit_file(engine, root, median_file, edits)
         largest_ms, largest_visible_ms = _edit_file(engine, root, largest_file, max(3, edits // 3))
+        engine.close()
+        engine = ContextEngine(root, config)  # typing in a file the process has not seen yet: open, then edits
+        engine.build()
+        settle_heap()
+        typing_open_ms, typing_ms, typing_visible_ms = _type_in_file(engine, root, largest_file, edits)
 
         # As the editor asks (jedi providers behind their deadline): first requests in random files (jedi cold
         # there, the worst case), then a cursor moving down through a few files; then waiting for every provider.
@@ -284,6 +319,9 @@ def run_context_bench(source: Path, config: ContextConfig | None = None, edits: 
         "incremental_largest_file": {"path": largest_file, "lines": _lines(source / largest_file)},
         "incremental_largest_ms": {"n": len(largest_ms), **percentiles(largest_ms)},
         "incremental_largest_visible_ms": {"n": len(largest_ms), **percentiles(largest_visible_ms)},
+        "typing_largest_open_ms": round(typing_open_ms, 2),
+        "typing_largest_ms": {"n": len(typing_ms), **percentiles(typing_ms)},
+        "typing_largest_visible_ms": {"n": len(typing_ms), **percentiles(typing_visible_ms)},
         "context_ms": {"n": len(context_ms), **percentiles(context_ms), "deadline_ms": config.slow_provider_deadline_ms,
                        "jedi_missed_deadline": incomplete},
         "context_ms_per_provider_p95": {k: percentiles(v, qs=(95,))["p95"] for k, v in per_provider.items()},
@@ -301,6 +339,8 @@ def run_context_bench(source: Path, config: ContextConfig | None = None, edits: 
         f"server memory < {TARGETS['server_rss_mb']:.0f} MB": server["rss_mb"] < TARGETS["server_rss_mb"],
         f"incremental update p95 < {TARGETS['incremental_p95_ms']:.0f} ms":
             report["incremental_update_ms"]["p95"] < TARGETS["incremental_p95_ms"],
+        f"incremental update p95 < {TARGETS['incremental_p95_ms']:.0f} ms (typing in the largest file)":
+            report["typing_largest_ms"]["p95"] < TARGETS["incremental_p95_ms"],
         "context assembly p95 < 30 ms (first request in a file)": report["context_ms"]["p95"] < 30,
         "context assembly p95 < 30 ms (moving within files)": report["context_ms_editing"]["p95"] < 30,
     }
@@ -348,10 +388,14 @@ def format_report(r: dict) -> str:
         f"target p95 < {TARGETS['incremental_p95_ms']:.0f} ms  (a file of median size, "
         f"{r['incremental_file']['lines']} lines; with retrieval's overlay and the graph made again: "
         f"p50 {r['incremental_visible_ms']['p50']} ms  p95 {r['incremental_visible_ms']['p95']} ms)"),
-        (f"incremental, the largest file ({r['incremental_largest_file']['path']}, "
-        f"{r['incremental_largest_file']['lines']} lines): p50 {r['incremental_largest_ms']['p50']} ms  "
+        (f"incremental, the largest file changed on disk ({r['incremental_largest_file']['path']}, "
+        f"{r['incremental_largest_file']['lines']} lines; the first change is the process's first sight of it): "
+        f"p50 {r['incremental_largest_ms']['p50']} ms  "
         f"p95 {r['incremental_largest_ms']['p95']} ms  (+ overlay and graph: p50 "
         f"{r['incremental_largest_visible_ms']['p50']} ms  p95 {r['incremental_largest_visible_ms']['p95']} ms)"),
+        (f"typing in the largest file as an editor does: the open {r['typing_largest_open_ms']} ms once, then per edit "
+        f"p50 {r['typing_largest_ms']['p50']} ms  p95 {r['typing_largest_ms']['p95']} ms  (+ overlay and graph: p50 "
+        f"{r['typing_largest_visible_ms']['p50']} ms  p95 {r['typing_largest_visible_ms']['p95']} ms)"),
         (f"context, first request in a file: p50 {r['context_ms']['p50']} ms  p95 {r['context_ms']['p95']} ms  "
         f"(jedi deadline {r['context_ms']['deadline_ms']} ms, missed in {r['context_ms']['jedi_missed_deadline']}"
         f"/{r['context_ms']['n']}; p95 per provider: {r['context_ms_per_provider_p95']})"),

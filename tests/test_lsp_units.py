@@ -331,3 +331,41 @@ def test_the_engine_thread_runs_in_file_completions_before_pending_buffers():
     worker.sync_buffer("/r/a.py", "v3", 4)
     assert applied.wait(5 + BUFFER_IDLE_S) and order[-1] == "buffer v3"
     worker.stop()
+
+
+def test_the_engine_thread_settles_the_heap_after_a_workspace_and_frees_what_was_dropped_since():
+    import gc
+    import weakref
+
+    from repocomplete.lsp_server.worker import EngineWorker
+
+    class Loaded:  # in a reference cycle, as a model's or an index's objects often are
+        def __init__(self):
+            self.me = self
+
+    class Completer:
+        model = None
+
+        def __init__(self):
+            self.loaded = Loaded()
+
+        def open_workspace(self, root, **kwargs):
+            return root
+
+        def close(self):
+            pass
+
+    completer = Completer()
+    dropped = weakref.ref(completer.loaded)
+    worker = EngineWorker(completer)
+    worker.start()
+    try:
+        gc.unfreeze()
+        assert worker.open_workspace("/r").result(5) == "/r"
+        assert gc.get_freeze_count() > 0 and dropped() is not None  # the survivors are out of the collector's view
+        completer.loaded = None  # a model replaced, a workspace closed: garbage, but frozen
+        worker.open_workspace("/s").result(5)
+        assert dropped() is None  # the next settle collected it
+    finally:
+        worker.stop()
+        gc.unfreeze()
