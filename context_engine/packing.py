@@ -4,7 +4,8 @@ Each provider first gets its quota of the budget (best records first), then what
 remaining records of any provider; a record larger than what is then left is cut at a line boundary to fill it
 (only a record that is a verbatim span of its file, so its line numbers stay true). Records that repeat one
 another (the same text, overlapping windows of one provider, or one definition's span from two providers), or
-the current file's own window, are dropped. The kept records are ordered most stable first (repo map,
+the current file's own window, are dropped. A summary too large for what is left shows its short form instead
+(a class's header and member names), where its provider made one. The kept records are ordered most stable first (repo map,
 imports, retrieved windows, then typed holes and neighbours, which change with every cursor move), so the
 prefix-KV cache keeps the head of the prompt while the user types.
 
@@ -100,6 +101,12 @@ def _same_definition(a: ContextRecord, b: ContextRecord) -> bool:
     return a.path == b.path and a.start_line == b.start_line and a.end_line == b.end_line
 
 
+def _covers(text: str, other: str) -> bool:
+    """Whether every non-blank line of `other` is a line of `text` (indentation aside)."""
+    lines = {line.strip() for line in text.split("\n")}
+    return all(line.strip() in lines for line in other.split("\n") if line.strip())
+
+
 def is_span(record: ContextRecord) -> bool:
     """Whether a record's text is its file's lines start_line..end_line verbatim (a window), so that its first k
     lines are lines start_line..start_line+k-1."""
@@ -158,6 +165,7 @@ def pack(
         candidates[kind] = kept
 
     chosen: list[ContextRecord] = []
+    costs: list[int] = []  # of each chosen record
     seen_text: set[str] = set()
     used = 0
 
@@ -168,10 +176,28 @@ def pack(
     def take(r: ContextRecord, cost: int) -> None:
         nonlocal used
         chosen.append(r)
+        costs.append(cost)
         seen_text.add(r.text)
         used += cost
 
+    def superseded(r: ContextRecord) -> int | None:
+        """The index of a chosen record of r's definition that shows nothing r does not (the repo map's header of
+        a class whose summary r is): r takes its place rather than being dropped as its duplicate."""
+        return next((i for i, c in enumerate(chosen) if _same_definition(r, c) and c.text != r.text
+                     and _covers(r.text, c.text)), None)
+
     def admit(r: ContextRecord, limit: int) -> bool:
+        nonlocal used
+        i = superseded(r)
+        if i is not None:
+            cost = cost_of(r.path, r.text)
+            if used - costs[i] + cost > limit:
+                return False
+            dropped.append((chosen[i], "superseded by a fuller record of the same definition"))
+            used += cost - costs[i]
+            chosen[i], costs[i] = r, cost
+            seen_text.add(r.text)
+            return True
         if duplicate(r):
             dropped.append((r, "duplicate"))
             return True  # handled
@@ -196,13 +222,16 @@ def pack(
     # competes by its score relative to its provider's best; ties go to definitions before windows.
     top = {kind: max((r.score for r in records), default=0.0) for kind, records in candidates.items()}
 
+    def shortened(r: ContextRecord) -> ContextRecord:
+        return replace(r, text=r.short, short="", why=f"{r.why} (names only: the summary is over the budget)")
+
     def relative(r: ContextRecord) -> tuple[float, int]:
         best = top.get(r.kind, 0.0)
         return (-(r.score / best) if best > 0 else 0.0, order.get(r.kind, len(order)))
 
     over: list[ContextRecord] = []
     for r in sorted(leftovers, key=relative):
-        if not admit(r, budget):
+        if not admit(r, budget) and not (r.short and not is_span(r) and admit(shortened(r), budget)):
             over.append(r)
     # Last: what is still left goes to the heads of the best windows that did not fit whole.
     for r in over:

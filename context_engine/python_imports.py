@@ -15,7 +15,7 @@ from pathlib import Path
 
 from repocomplete.context_engine.jedi_support import Analysis, leaves, span, statements
 from repocomplete.context_engine.python_stubs import (
-    class_stub, focus_names, function_stub, module_stub, statement_stub,
+    class_stub_and_names, focus_names, function_stub, module_stub_and_names, statement_stub,
 )
 from repocomplete.context_engine.records import ContextRecord
 
@@ -24,26 +24,28 @@ log = logging.getLogger(__name__)
 MAX_STAR_NAMES = 30  # names one `from m import *` contributes
 
 
-def _summary(a: Analysis, name, focus: Mapping[str, float] | None = None) -> tuple[str, str, int, int] | None:
-    """(text, path, start_line, end_line) of a resolved jedi Name inside the project, else None; classes and
-    modules summarised with `focus` (python_stubs.focus_names) show the members the current file uses."""
+def _summary(a: Analysis, name, focus: Mapping[str, float] | None = None) -> tuple[str, str, int, int, str] | None:
+    """(text, path, start_line, end_line, short) of a resolved jedi Name inside the project, else None; classes
+    and modules summarised with `focus` (python_stubs.focus_names) show the members the current file uses, and
+    have a short form (their names only) for when the summary does not fit."""
     rel = a.rel(name.module_path)
     if rel is None:
         return None
     node = a.node_of(name)
     if node is None:
         return None
+    short = ""
     if node.type == "file_input":
-        text = module_stub(node, Path(name.module_path).name == "__init__.py", focus)
+        text, short = module_stub_and_names(node, Path(name.module_path).name == "__init__.py", focus)
     elif node.type == "classdef":
-        text = class_stub(node, focus)
+        text, short = class_stub_and_names(node, focus)
     elif node.type == "funcdef":
         text = function_stub(node)
     else:
         text = statement_stub(node)
     if not text:
         return None
-    return (text, rel, *span(node))
+    return (text, rel, *span(node), short)
 
 
 def _scan(tree) -> tuple[list, Counter]:
@@ -152,11 +154,11 @@ def import_context(project_root: Path, path: Path, text: str, limit: int = 20) -
         summary = _summary(a, name, focus)
         if summary is None:
             return
-        text_, rel, start, end = summary
+        text_, rel, start, end, short = summary
         key = (rel, start, end)
         if key not in found or found[key][0] < score:
             order = found[key][1] if key in found else len(found)
-            found[key] = (score, order, ContextRecord(text_, rel, start, end, score, "imports", why))
+            found[key] = (score, order, ContextRecord(text_, rel, start, end, score, "imports", why, short))
 
     for imp in imports:
         try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ast
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from repocomplete.context_engine.jedi_support import outer, self_attribute, statements, walk
 
@@ -246,12 +246,51 @@ def class_stub(node, focus: Mapping[str, float] | None = None) -> str:
     return _dedent("\n".join(lines + members), col)
 
 
+def names_stub(stub: str, groups_names: Sequence[str], focus: Mapping[str, float] | None) -> str:
+    """The shortest summary: the stub's first line (a class header; "" for a module) and its member names on one
+    comment line, the ones the current file uses first; "" when it would not take half the stub's length or less."""
+    names = [n for n in dict.fromkeys(groups_names) if n]
+    if focus:
+        names = sorted(names, key=lambda n: (-focus.get(n, 0.0), names.index(n)))
+    shown = names[:MAX_OTHER_NAMES]
+    more = f" (+{len(names) - len(shown)})" if len(names) > len(shown) else ""
+    head = stub.split("\n", 1)[0] if stub.startswith(("class ", "@")) else ""
+    if head.startswith("@"):  # decorators: the header is the first `class` line
+        head = next((line for line in stub.split("\n") if line.startswith("class ")), "")
+    if not shown:
+        return ""
+    lines = [head, f"    # members: {', '.join(shown)}{more}"] if head else [f"# names: {', '.join(shown)}{more}"]
+    text = "\n".join(lines)
+    return text if 2 * len(text) <= len(stub) else ""
+
+
+def class_stub_and_names(node, focus: Mapping[str, float] | None = None) -> tuple[str, str]:
+    """class_stub(node, focus), and its names_stub (the header and the member names)."""
+    stub = class_stub(node, focus)
+    col = node.start_pos[1] + 4
+    return stub, names_stub(stub, [name for name, _ in _member_groups(node, " " * col)], focus)
+
+
 def function_stub(node) -> str:
     return _dedent("\n".join(_function_lines(node, with_doc=True)), outer(node).start_pos[1])
 
 
 def statement_stub(node) -> str | None:
     return _stmt_line(node, "") if node.type == "expr_stmt" else None
+
+
+def module_stub_and_names(tree, is_package: bool, focus: Mapping[str, float] | None = None) -> tuple[str, str]:
+    """module_stub(tree, is_package, focus), and its names_stub (the module's public names)."""
+    stub = module_stub(tree, is_package, focus)
+    names = []
+    for item in tree.children:
+        d = _unwrap_def(item)
+        if d is not None and not d.name.value.startswith("_"):
+            names.append(d.name.value)
+        elif item.type == "simple_stmt":
+            names += [_line_name(line) for line in (_stmt_line(c, "") for c in item.children if c.type == "expr_stmt")
+                      if line]
+    return stub, names_stub(stub, names, focus)
 
 
 def module_stub(tree, is_package: bool, focus: Mapping[str, float] | None = None) -> str:

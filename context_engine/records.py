@@ -55,6 +55,11 @@ class ContextRecord:
     score: float
     kind: str  # one of KINDS
     why: str  # a short human reason: "imported as `Item` from inventory.models", "BM25 0.82 for the lines above"
+    # A shorter text for the same span (a class summary's header and member names), shown when the whole record
+    # does not fit what is left of the budget; "" when there is none.
+    short: str = ""
 
     def to_json(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        del out["short"]  # (the record as packed: its text is what the prompt shows)
+        return out

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from repocomplete.context_engine.jedi_support import (Analysis, definition_at, leaf_at, leaves, outer, self_attribute, span,
                                                       statements, walk)
-from repocomplete.context_engine.python_stubs import class_stub, focus_names
+from repocomplete.context_engine.python_stubs import class_stub_and_names, focus_names
 from repocomplete.context_engine.records import ContextRecord
 
 log = logging.getLogger(__name__)
@@ -361,7 +361,8 @@ def typed_hole_context(
         rel = a.rel(module_path)
         if node is None or node.type != "classdef" or rel is None:
             continue
-        records.append(ContextRecord(class_stub(node, focus), rel, *span(node), score, "typed_holes", why))
+        stub, short = class_stub_and_names(node, focus)
+        records.append(ContextRecord(stub, rel, *span(node), score, "typed_holes", why, short))
         if score - BASE_PENALTY > 0:
             wanted += [(c, round(score - BASE_PENALTY, 2), f"base class of `{node.name.value}` ({why})")
                        for c in _bases(a, Path(module_path), node)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 from repocomplete.context_engine.neighbours import Neighbours
 from repocomplete.context_engine.packing import pack
@@ -160,3 +161,53 @@ def test_leftovers_compete_by_score_relative_to_their_provider():
     # Quotas: a and d; the last 10 tokens go to b (3/4 of the imports' best) before e (1/2 of retrieval's).
     assert sorted(r.path for r in packed.records) == ["a.py", "b.py", "d.py"]
     assert [(r.path, why) for r, why in packed.dropped] == [("e.py", "over budget")]
+
+
+def test_a_summary_over_the_budget_shows_its_short_form_and_a_window_never_does():
+    def cost(path, text):
+        return len(text)  # one token a character: the short forms below are exactly priced
+
+    long_class = ContextRecord("class Table:\n" + "    def m(self): ...\n" * 20, "table.py", 10, 400, 0.9,
+                               "imports", "imported", short="class Table:\n    # members: add_row, add_column")
+    window = ContextRecord("\n".join(["x = 1"] * 30), "w.py", 1, 30, 5.0, "retrieval", "BM25", short="never used")
+    small = rec("imports", "a.py", 1, 2, 0.5, text="def f(): ...")
+    by = {"imports": [long_class, small], "retrieval": [window]}
+    packed = pack(by, budget=90, quotas={"imports": 0.3, "retrieval": 0.0}, record_tokens=cost)
+    shown = {r.path: r for r in packed.records}
+    assert shown["table.py"].text == "class Table:\n    # members: add_row, add_column"
+    assert shown["table.py"].why == "imported (names only: the summary is over the budget)"
+    assert shown["table.py"].short == "" and "short" not in shown["table.py"].to_json()
+    assert shown["a.py"].text == "def f(): ..."
+    # The window does not fit whole either: its head fills what is left, never its short form.
+    assert shown["w.py"].text.startswith("x = 1") and "never used" not in shown["w.py"].text
+    assert packed.tokens <= 90
+    # Without a short form, the summary is dropped, as before.
+    packed = pack({"imports": [replace(long_class, short=""), small]}, budget=90, quotas={"imports": 0.3},
+                  record_tokens=cost)
+    assert [r.path for r in packed.records] == ["a.py"] and ("table.py", "over budget") in [
+        (r.path, why) for r, why in packed.dropped]
+
+
+def test_a_fuller_record_of_a_definition_takes_the_place_of_one_it_covers():
+    def cost(path, text):
+        return len(text)
+
+    header = ContextRecord("class Text(Mixin):", "text.py", 10, 900, 0.5, "repo_map", "PageRank")
+    summary = ContextRecord("class Text(Mixin):\n    def stylize(self, style): ...", "text.py", 10, 900, 0.9,
+                            "imports", "imported")
+    # The repo map's header is chosen in its quota first; the summary then takes its place, paying the difference.
+    packed = pack({"repo_map": [header], "imports": [summary]}, budget=60, quotas={"repo_map": 0.5},
+                  record_tokens=cost)
+    assert [r.text for r in packed.records] == [summary.text] and packed.tokens == len(summary.text)
+    assert (header, "superseded by a fuller record of the same definition") in packed.dropped
+    # Too large to take its place: its short form does (it covers the header too).
+    big = replace(summary, text=summary.text + "\n    def other(self): ..." * 10,
+                  short="class Text(Mixin):\n    # members: stylize, other")
+    packed = pack({"repo_map": [header], "imports": [big]}, budget=60, quotas={"repo_map": 0.5},
+                  record_tokens=cost)
+    assert [r.text for r in packed.records] == [big.short] and packed.tokens == len(big.short)
+    # A record that shows something the other does not is a duplicate, as before: the first one stays.
+    other = replace(header, text="class Text(Mixin):  # the repo map's own line")
+    packed = pack({"repo_map": [other], "imports": [summary]}, budget=60, quotas={"repo_map": 1.0},
+                  record_tokens=cost)
+    assert [r.text for r in packed.records] == [other.text] and (summary, "duplicate") in packed.dropped

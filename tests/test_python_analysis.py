@@ -542,6 +542,33 @@ def test_a_focused_class_summary_shows_the_members_the_file_uses_and_names_the_r
     assert class_stub(_classdef(small), focus) == class_stub(_classdef(small))
 
 
+def test_a_summary_s_short_form_is_its_header_and_member_names_the_used_ones_first():
+    import parso
+
+    from repocomplete.context_engine.python_stubs import (
+        MAX_OTHER_NAMES, class_stub, class_stub_and_names, module_stub_and_names,
+    )
+
+    focus = {"m21": 2.0, "m3": 1.0}
+    stub, short = class_stub_and_names(_classdef(BIG), focus)
+    assert stub == class_stub(_classdef(BIG), focus)
+    head, members = short.split("\n")
+    assert head == "class Big(Base):"
+    names = members[len("    # members: "):].split(" (+")[0].split(", ")
+    assert members.startswith("    # members: m21, m3, size, n, __init__, m0, m1, ")
+    assert len(names) == MAX_OTHER_NAMES and members.endswith(f" (+{63 - MAX_OTHER_NAMES})")
+    # A decorated class keeps its `class` line; a class whose summary is already short has no short form.
+    decorated = "@dataclass\nclass P:\n" + "".join(f"    field_{i}: int = {i}\n" for i in range(30))
+    assert class_stub_and_names(_classdef(decorated))[1].split("\n")[0] == "class P:"
+    assert class_stub_and_names(_classdef("class S:\n    def a(self): ...\n"))[1] == ""
+    # A module: its public names, no header.
+    module = parso.parse('"""Helpers."""\nLIMIT = 3\n\n\ndef load(path):\n    pass\n\n\nclass Reader:\n'
+                         '    """Reads."""\n\n    def __init__(self, path):\n        self.path = path\n\n\n'
+                         'def _private():\n    pass\n')
+    stub, short = module_stub_and_names(module, False, {"load": 1.0})
+    assert "def load(path): ..." in stub and short == "# names: load, LIMIT, Reader"
+
+
 def test_long_signatures_are_summarised_on_one_line_names_and_short_defaults_first():
     """A signature fits on one line as written; a long one loses its blanks, then its annotations and long defaults
     (a call needs the names), keeping `*`, `/`, stars, `async` and a short return annotation."""
