@@ -11,6 +11,7 @@ the thread has had no job for BUFFER_IDLE_S, between keystrokes rather than on t
 
 from __future__ import annotations
 
+import atexit
 import copy
 import gc
 import logging
@@ -35,9 +36,16 @@ def settle_heap() -> None:
     collector's view (`gc.freeze`), so a full collection while typing does not walk the model's and the index's
     objects (one took 25 ms of a 5,000-line file's edit). What was frozen before is unfrozen first, so a model or
     workspace dropped since is collected, not kept."""
+    global _unfreeze_at_exit
     gc.unfreeze()
     gc.collect()
     gc.freeze()
+    if not _unfreeze_at_exit:  # (at exit, what is frozen would never be finalized: native bindings report leaks)
+        atexit.register(gc.unfreeze)
+        _unfreeze_at_exit = True
+
+
+_unfreeze_at_exit = False
 
 
 # How long pending buffers wait for a job before the idle thread applies them (a job that reads them applies them
