@@ -9,6 +9,7 @@ numpy operations (and scipy's CSR -> CSC transpose) and hands it to a `bm25s.BM2
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -33,11 +34,17 @@ def tokenize(text: str) -> list[str]:
     """
     out: list[str] = []
     for word in _WORD.findall(text):
-        out.append(word.lower())
-        parts = [p for piece in word.split("_") if piece for p in (_CAMEL.findall(piece) or [piece])]
-        if len(parts) > 1:
-            out.extend(p.lower() for p in parts)
+        out.extend(_word_tokens(word))
     return out
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _word_tokens(word: str) -> tuple[str, ...]:
+    """One word's tokens (code repeats its words: each is split once)."""
+    parts = [p for piece in word.split("_") if piece for p in (_CAMEL.findall(piece) or [piece])]
+    if len(parts) > 1:
+        return (word.lower(), *(p.lower() for p in parts))
+    return (word.lower(),)
 
 
 def windows(text: str, size: int, stride: int) -> list[tuple[int, int, str]]:
