@@ -196,6 +196,12 @@ def check_identifiers(root: Path, path: Path, text: str, start: int, end: int) -
 
     root = Path(root).resolve()
     path = Path(path) if Path(path).is_absolute() else Path.cwd() / path
+    if text[start:end].rstrip().endswith(":"):
+        # A block header ends what was written (`for x in xs:`, `def f():`): without a body it does not parse as
+        # one, and the names it defines would be taken for reads. The body goes after `end`: offsets stay.
+        line = text[text.rfind("\n", 0, start) + 1 : start]
+        indent = line[: len(line) - len(line.lstrip(" \t"))]
+        text = f"{text[:end]}\n{indent}    pass{text[end:]}"
     # Every text is analysed under a path of its own beside the file, never the file's: jedi would otherwise keep
     # this text as the module other files import (a later check would see it), and its diff parser would turn one
     # text's tree into the next's.

@@ -118,6 +118,17 @@ def test_check_identifiers_finds_invented_members_and_keywords(project):
     assert check_identifiers(project, project / "main.py", text, offset - len(line), offset) == (3, [])
 
 
+def test_check_identifiers_takes_a_block_header_s_own_names_as_definitions(project):
+    """A prediction that opens a block (`for x in xs:`, `def name():`) at the end of its statement: the names it
+    defines are not reads, though the text after it (the rest of the file) gives the block no body."""
+    for line, expected in (("for c in client.url:", (2, [])), ("def close_scope(timeout):", (0, [])),
+                           ("with make_client(u) as other:", (2, [])), ("for c in missing_name:", (1, ["missing_name"])),
+                           ("if client.invented:", (2, ["invented"]))):
+        text, offset = buffer(line)
+        text += "\n\ndef later():\n    return 1\n"  # dedented code follows, as in a real file
+        assert check_identifiers(project, project / "main.py", text, offset - len(line), offset) == expected, line
+
+
 # -- where monitors trigger ------------------------------------------------------------------------------------------
 
 
