@@ -13,15 +13,40 @@ import torch
 from repocomplete.model_runtime.stopping import StopRules, final_text
 
 
+class Dangling:
+    """A single-line completion does not end with an opening bracket: where the cursor's line (its text before the
+    completion, `head`, and what was generated) ends with one, no token may break the line there, and no token may
+    break it right after an opener of its own. The model then writes the bracket's contents on the line (a ghost
+    text of `table.add_row(` alone completes nothing)."""
+
+    def __init__(self, head: str, openers: str, blank_breaks: torch.Tensor, opening_breaks: torch.Tensor):
+        self.head, self.openers = head, openers
+        self.blank_breaks, self.opening_breaks = blank_breaks, opening_breaks
+
+    def apply(self, logits: torch.Tensor, text: str) -> torch.Tensor:
+        n = logits.shape[-1]
+        banned = self.opening_breaks
+        line = (self.head + text).rsplit("\n", 1)[-1]
+        if line.rstrip(" \t")[-1:] in tuple(self.openers):
+            banned = torch.cat([banned, self.blank_breaks])
+        banned = banned[banned < n]
+        if not len(banned):
+            return logits
+        out = logits.index_fill(0, banned, float("-inf"))
+        return out if torch.isfinite(out).any() else logits  # (never a step with nothing left to choose)
+
+
 class Decoding:
     def __init__(self, tokenizer, vocab, stop_ids: set[int], rules: StopRules, healed: str, max_new: int,
                  prompt_ids: Sequence[int], device, no_comment: torch.Tensor | None = None,
-                 processors: Sequence = (), guide=None, no_indent: torch.Tensor | None = None):
+                 processors: Sequence = (), guide=None, no_indent: torch.Tensor | None = None,
+                 dangling: Dangling | None = None):
         self.tokenizer, self.vocab, self.stop_ids = tokenizer, vocab, stop_ids
         self.rules, self.healed, self.max_new = rules, healed, max_new
         self.no_comment, self.processors, self.guide = no_comment, processors, guide
         # Tokens that may not open the completion (it starts at the cursor's column, after the line's indentation).
         self.no_indent = no_indent
+        self.dangling = dangling  # single-line: no line break right after an opening bracket
         self.remaining_heal = healed  # what the generation must still reproduce before the rules apply
         self.generated: list[int] = []
         self.text = ""
@@ -36,6 +61,8 @@ class Decoding:
             logits = logits + self.vocab.mask(self.remaining_heal, logits.shape[-1], logits.device)
         elif self.no_indent is not None and len(self.text) <= len(self.healed):
             logits = logits.index_fill(0, self.no_indent[self.no_indent < logits.shape[-1]], float("-inf"))
+        if self.dangling is not None and not self.remaining_heal:
+            logits = self.dangling.apply(logits, self.text)
         no_comment = self.no_comment
         if no_comment is not None and not self.text[len(self.healed):].strip():
             logits = logits.index_fill(0, no_comment[no_comment < logits.shape[-1]], float("-inf"))

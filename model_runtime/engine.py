@@ -16,7 +16,7 @@ import torch
 
 from repocomplete.model_runtime.attention import kv_store_dtype
 from repocomplete.model_runtime.config import RuntimeConfig
-from repocomplete.model_runtime.decoding import Decoding
+from repocomplete.model_runtime.decoding import Dangling, Decoding
 from repocomplete.model_runtime.errors import SlabFull
 from repocomplete.model_runtime.healing import backoff
 from repocomplete.model_runtime.kv_cache import PrefixCache, SlabCache
@@ -299,6 +299,7 @@ class Engine:
         self.stop_ids = _stop_token_ids(self.tokenizer, self.template)
         self.vocab = loaded.vocab
         self._indenting: torch.Tensor | None = None  # vocab.indenting() on the device, built on first use
+        self._breaking: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # vocab.breaking(openers) on the device
         # Long prompts: sparse attention (sparse.py) where the config asks for it; its K/V from the threshold on are
         # salted apart from dense ones in the prefix cache.
         self.policy = SparsePolicy.from_config(self.config)
@@ -551,7 +552,7 @@ class Engine:
             guide = Guide(request.monitors, NameMask.for_vocab(self.vocab), before, cursor=len(parts.prefix))
         return Decoding(self.tokenizer, self.vocab, self.stop_ids, StopRules.at_cursor(parts.prefix, multiline), healed,
                         max_new, ids, self.device, self._comment_mask(parts, multiline), request.logits_processors,
-                        guide, self._indent_mask(parts))
+                        guide, self._indent_mask(parts), self._dangling(parts, healed, multiline))
 
     def _comment_mask(self, parts: PromptParts, multiline: bool) -> torch.Tensor | None:
         """The tokens that would open a line comment, where a single-line completion must not (the cursor's line has
@@ -563,6 +564,20 @@ class Engine:
             return None
         ids = self.vocab.opening(comment)
         return torch.tensor(ids, dtype=torch.long, device=self.device) if ids else None
+
+    def _dangling(self, parts: PromptParts, healed: str, multiline: bool) -> Dangling | None:
+        """The dangling-bracket rule of a single-line completion (decoding.Dangling); None when multi-line. `{` is an
+        opener only in Python: in brace languages a line ending with it opens a block, a complete line."""
+        if multiline:
+            return None
+        openers = "([{" if (parts.path or "").endswith((".py", ".pyi")) else "(["
+        before = parts.prefix[: len(parts.prefix) - len(healed)] if parts.prefix.endswith(healed) else parts.prefix
+        head = before[-400:]  # (generation restarts at the healed text: the line is what is before it, then the text)
+        masks = self._breaking.get(openers)
+        if masks is None:
+            masks = self._breaking[openers] = tuple(torch.tensor(ids, dtype=torch.long, device=self.device)
+                                                    for ids in self.vocab.breaking(openers))
+        return Dangling(head, openers, *masks)
 
     def _indent_mask(self, parts: PromptParts) -> torch.Tensor | None:
         """The tokens that would indent past the cursor, where its line holds indentation only: the completion's

@@ -31,6 +31,7 @@ class VocabIndex:
         self._keys = [t for t, _ in self._sorted]
         self._openers: dict[str, list[int]] = {}
         self._blank_led: list[int] | None = None
+        self._breaking: dict[str, tuple[list[int], list[int]]] = {}
         self._exact: dict[str, list[int]] = defaultdict(list)
         for text, token_id in self._sorted:
             self._exact[text].append(token_id)
@@ -70,6 +71,25 @@ class VocabIndex:
         if self._blank_led is None:
             self._blank_led = [i for i, t in enumerate(self.texts) if t[:1] in (" ", "\t")]
         return self._blank_led
+
+    def breaking(self, openers: str) -> tuple[list[int], list[int]]:
+        """Tokens that break the line: (those with only blanks before their line break, those whose text before it
+        ends with one of `openers` once trailing blanks are set aside): what would leave a bracket dangling at a
+        line's end after text that ends with an opener, and in any case."""
+        found = self._breaking.get(openers)
+        if found is None:
+            blank, opening = [], []
+            for i, t in enumerate(self.texts):
+                cut = min((k for k in (t.find("\n"), t.find("\r")) if k >= 0), default=-1)
+                if cut < 0:
+                    continue
+                head = t[:cut].rstrip(" \t")
+                if not head:
+                    blank.append(i)
+                elif head[-1] in openers:
+                    opening.append(i)
+            found = self._breaking[openers] = (blank, opening)
+        return found
 
     def mask(self, remaining: str, vocab_size: int, device: torch.device) -> torch.Tensor:
         """Additive logits mask: 0 for allowed tokens, -inf elsewhere."""

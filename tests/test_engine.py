@@ -264,3 +264,62 @@ def test_a_single_line_completion_on_an_empty_line_writes_code_not_a_comment(tin
     # A language whose comment syntax is not known: no rule.
     result = on.complete(CompletionRequest(PromptParts(prefix, "", "notes.unknown"), logits_processors=[prefer]))
     assert result.text.lstrip().startswith(comment[0])
+
+
+class PreferBreaks:
+    """A logits processor that strongly prefers tokens that break the line."""
+
+    def __init__(self, tokenizer):
+        from repocomplete.model_runtime.healing import VocabIndex
+
+        texts = VocabIndex(tokenizer).texts
+        self.ids = torch.tensor([i for i, t in enumerate(texts) if "\n" in t])
+
+    def __call__(self, input_ids, scores):
+        scores = scores.clone()
+        scores[0, self.ids] += 1000.0
+        return scores
+
+
+def test_the_vocabulary_s_line_breaks_after_blanks_and_after_openers(tokenizer):
+    from repocomplete.model_runtime.healing import VocabIndex
+
+    vocab = VocabIndex(tokenizer)
+    blank, opening = vocab.breaking("([")
+    texts = [vocab.texts[i] for i in blank]
+    assert "\n" in texts and "\n    " in texts and all(not t.split("\n")[0].strip() for t in texts)
+    assert all(vocab.texts[i].split("\n")[0].rstrip(" \t")[-1] in "([" for i in opening)
+    # SmolLM2's pre-tokenizer keeps line breaks apart from code: no token holds an opener and a break.
+    assert opening == [i for i, t in enumerate(vocab.texts) if "\n" in t and t.split("\n")[0].rstrip(" \t")[-1:] in "(["
+                       and t.split("\n")[0].strip()] == []
+
+
+@pytest.mark.parametrize("healing", [False, True])
+def test_a_single_line_completion_does_not_end_on_an_open_bracket(tiny_loaded, tiny_config, tokenizer, healing):
+    """`table.add_row(` alone completes nothing: where the line ends with an opener, the line does not break there;
+    after any other character it may (the model's line ends), and a multi-line completion is not constrained."""
+    breaks = PreferBreaks(tokenizer)
+    engine = Engine(tiny_loaded, tiny_config.replace(max_new_tokens=4, token_healing=healing))
+    for prefix in ("def f(table):\n    table.add_row(", "def f(table):\n    x = [", "def f(t):\n    return {"):
+        result = engine.complete(CompletionRequest(PromptParts(prefix, "", "a.py"), logits_processors=[breaks]))
+        assert not result.raw_text.removeprefix(result.healed).startswith(("\n", " \n")), (prefix, result.raw_text)
+    # After other text the line may end; in a brace language `{` opens a block (a complete line); multi-line is free.
+    for prefix, path, multiline in (("def f(table):\n    table.add_row(x)", "a.py", False),
+                                    ("function f() {", "a.ts", False),
+                                    ("def f(table):\n    table.add_row(", "a.py", True)):
+        result = engine.complete(CompletionRequest(PromptParts(prefix, "", path), logits_processors=[breaks],
+                                                   multiline=multiline))
+        assert "\n" in result.raw_text.removeprefix(result.healed), (prefix, result.raw_text)
+
+
+def test_dangling_bans_breaks_after_an_opener_and_never_leaves_nothing():
+    from repocomplete.model_runtime.decoding import Dangling
+
+    rule = Dangling("    x = ", "([", torch.tensor([1]), torch.tensor([2]))
+    inf = float("-inf")
+    assert rule.apply(torch.zeros(4), "f(").tolist() == [0.0, inf, inf, 0.0]  # after `(`: no break at all
+    assert rule.apply(torch.zeros(4), "f(a").tolist() == [0.0, 0.0, inf, 0.0]  # `(\n` tokens: never
+    assert rule.apply(torch.zeros(4), "f(a)  ").tolist() == [0.0, 0.0, inf, 0.0]
+    assert Dangling("x = [", "([", torch.tensor([1]), torch.tensor([2])).apply(torch.zeros(4), "").tolist()[1] == inf
+    only_breaks = torch.tensor([inf, 0.0, 0.0])
+    assert rule.apply(only_breaks, "f(").tolist() == only_breaks.tolist()  # nothing left: the rule yields
