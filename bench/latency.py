@@ -107,7 +107,7 @@ def run_latency_bench(config: RuntimeConfig, options: BenchOptions, progress: bo
     load_s = time.perf_counter() - t_load
     session = load_session(options, loaded.tokenizer)
     path, text = session.path, session.text
-    parts = [cursor_prompt(text, c, mode="infile", path=path.name) for c in session.cursors]
+    parts = [cursor_prompt(*session.buffer(k), mode="infile", path=path.name) for k in range(len(session.cursors))]
     every = max(1, options.uncached_every)
     sparse = [0] + list(range(1, len(parts), every))  # the warm-up keystroke, then every Nth
 
@@ -128,7 +128,7 @@ def run_latency_bench(config: RuntimeConfig, options: BenchOptions, progress: bo
 
     modes = {"engine_cache": cached.summary(), "engine_no_cache": uncached.summary()}
     if options.repo:
-        modes["engine_cache_repo"] = repo_series(cached_engine, path, text, session.cursors, options, progress)
+        modes["engine_cache_repo"] = repo_series(cached_engine, path, session, options, progress)
     modes["engine_decode_probe"] = decode_probe(cached_engine, prompts[0])
     healing = healing_probe(loaded, config, text, path.name, options.healing_cursors) if options.healing_cursors else None
     if "hf" in options.peers:
@@ -162,8 +162,7 @@ def run_latency_bench(config: RuntimeConfig, options: BenchOptions, progress: bo
     return report
 
 
-def repo_series(engine: Engine, path: Path, text: str, cursors: list[int], options: BenchOptions,
-                progress: bool) -> dict:
+def repo_series(engine: Engine, path: Path, session, options: BenchOptions, progress: bool) -> dict:
     """The session with repository context: the Completer (one workspace, the editor's configuration) builds each
     keystroke's prompt; latency counts context assembly too. The file must lie inside the repository."""
     from repocomplete.pipeline import CompletionOptions, Completer
@@ -174,8 +173,8 @@ def repo_series(engine: Engine, path: Path, text: str, cursors: list[int], optio
         workspace = completer.open_workspace(root)
         opts = CompletionOptions(context="repo", max_new_tokens=options.max_new_tokens, iterative=options.iterative)
         series, context_ms, context_tokens = Series(), [], []
-        for cursor in _progress(cursors, progress, "engine, prefix cache on, repository context"):
-            result = completer.complete(str(path), text, cursor, opts, workspace=workspace)
+        for k in _progress(range(len(session.cursors)), progress, "engine, prefix cache on, repository context"):
+            result = completer.complete(str(path), *session.buffer(k), opts, workspace=workspace)
             sample = _sample(result.completion)
             sample.latency_s = result.engine_ms / 1000  # context assembly included
             series.add(sample)

@@ -27,6 +27,14 @@ class Session:
     def cursor_line(self) -> int:
         return self.text[: self.start].count("\n") + 1
 
+    def buffer(self, k: int) -> tuple[str, int]:
+        """The buffer and cursor at keystroke k: the first k of the session's characters typed at `start`, the ones
+        still to type not yet in the buffer (a user typing new code has no copy of it after the cursor; the text
+        after the cursor stays put while typing, as FIM templates that put the suffix first rely on)."""
+        end = self.cursors[-1] + 1 if self.cursors else self.start
+        cursor = self.cursors[k]
+        return self.text[:cursor] + self.text[end:], cursor
+
 
 def typing_session(text: str, tokenizer, context_tokens: int, keystrokes: int) -> tuple[int, list[int]]:
     """The cursor offsets of the session: start at the first code character of the line ~context_tokens in."""

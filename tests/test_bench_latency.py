@@ -4,6 +4,7 @@ context through the Completer, and the share of each prompt the prefix cache reu
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 from repocomplete.bench.latency import BenchOptions, format_report, run_latency_bench
 from repocomplete.bench.session import BUNDLED_FILE
@@ -42,3 +43,15 @@ def test_repository_context_series_reports_context_and_reuse(tiny_model_dir, tmp
 def test_repo_without_a_file_inside_it_is_a_usage_error(tmp_path, capsys):
     assert main(["bench", "latency", "--root", str(tmp_path), "--file", str(BUNDLED_FILE)]) == 2
     assert "--root needs --file, a file inside that repository" in capsys.readouterr().err
+
+
+def test_a_session_types_into_a_gap_and_the_text_after_the_cursor_stays_put():
+    from repocomplete.bench.session import Session
+
+    text = "def f(x):\n    return x + 1\n\nprint(f(2))\n"
+    start = text.index("return")
+    session = Session(Path("a.py"), text, start, [start + k for k in range(6)])
+    buffers = [session.buffer(k) for k in range(6)]
+    suffixes = {buf[cursor:] for buf, cursor in buffers}
+    assert suffixes == {text[start + 6:]}  # the characters still to type are not in the buffer yet
+    assert [buf[:cursor] for buf, cursor in buffers] == [text[: start + k] for k in range(6)]
