@@ -250,8 +250,8 @@ def names_stub(stub: str, groups_names: Sequence[str], focus: Mapping[str, float
     """The shortest summary: the stub's first line (a class header; "" for a module) and its member names on one
     comment line, the ones the current file uses first; "" when it would not take half the stub's length or less."""
     names = [n for n in dict.fromkeys(groups_names) if n]
-    if focus:
-        names = sorted(names, key=lambda n: (-focus.get(n, 0.0), names.index(n)))
+    if focus:  # (a stable sort: source order among equals)
+        names = sorted(names, key=lambda n: -focus.get(n, 0.0))
     shown = names[:MAX_OTHER_NAMES]
     more = f" (+{len(names) - len(shown)})" if len(names) > len(shown) else ""
     head = stub.split("\n", 1)[0] if stub.startswith(("class ", "@")) else ""
