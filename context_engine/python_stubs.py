@@ -234,13 +234,21 @@ def _chosen(groups: list[tuple[str, list[str]]], focus: Mapping[str, float] | No
 def class_stub(node, focus: Mapping[str, float] | None = None) -> str:
     """Header, first docstring line, public attributes and method signatures: what a .pyi would say. With `focus`
     (focus_names of the current file), a short one: the members it uses, the others by name."""
+    return _class_stub(node, focus, _member_groups(node, _inner(node)))
+
+
+def _inner(node) -> str:
+    return " " * (node.start_pos[1] + 4)  # a class's member indentation
+
+
+def _class_stub(node, focus: Mapping[str, float] | None, groups: list[tuple[str, list[str]]]) -> str:
     col = outer(node).start_pos[1]
-    inner = " " * (node.start_pos[1] + 4)
+    inner = _inner(node)
     lines = [" " * col + d for d in _decorators(node)] + [" " * node.start_pos[1] + _header(node)]
     doc = _doc_line(node)
     if doc:
         lines.append(f'{inner}"""{doc}"""')
-    members = _chosen(_member_groups(node, inner), focus, inner)
+    members = _chosen(groups, focus, inner)
     if not members and not doc:
         lines[-1] += " ..."
     return _dedent("\n".join(lines + members), col)
@@ -254,8 +262,9 @@ def names_stub(stub: str, groups_names: Sequence[str], focus: Mapping[str, float
         names = sorted(names, key=lambda n: -focus.get(n, 0.0))
     shown = names[:MAX_OTHER_NAMES]
     more = f" (+{len(names) - len(shown)})" if len(names) > len(shown) else ""
-    head = stub.split("\n", 1)[0] if stub.startswith(("class ", "@")) else ""
-    if head.startswith("@"):  # decorators: the header is the first `class` line
+    # A class's header is its first `class` line (after any decorators); a module's stub has none.
+    head = ""
+    if stub.startswith(("class ", "@")):
         head = next((line for line in stub.split("\n") if line.startswith("class ")), "")
     if not shown:
         return ""
@@ -266,9 +275,9 @@ def names_stub(stub: str, groups_names: Sequence[str], focus: Mapping[str, float
 
 def class_stub_and_names(node, focus: Mapping[str, float] | None = None) -> tuple[str, str]:
     """class_stub(node, focus), and its names_stub (the header and the member names)."""
-    stub = class_stub(node, focus)
-    col = node.start_pos[1] + 4
-    return stub, names_stub(stub, [name for name, _ in _member_groups(node, " " * col)], focus)
+    groups = _member_groups(node, _inner(node))  # (walked once for both)
+    stub = _class_stub(node, focus, groups)
+    return stub, names_stub(stub, [name for name, _ in groups], focus)
 
 
 def function_stub(node) -> str:
