@@ -27,6 +27,9 @@ import jedi
 import parso
 import parso.cache
 import parso.file_io
+from jedi.inference.base_value import ValueSet
+from jedi.inference.value.function import FunctionExecutionContext
+from jedi.plugins.stdlib import ClassMethodArguments
 
 from repocomplete.context_engine.gate import Gate, private_dir, private_file
 
@@ -56,6 +59,37 @@ def _private_save(hashed_grammar, path, item, cache_path=None):
 parso.file_io.FileIO.read = _gated(parso.file_io.FileIO.read)
 parso.file_io.KnownContentFileIO.read = _gated(parso.file_io.KnownContentFileIO.read)
 parso.cache._save_to_file_system = _private_save
+
+
+def _returns_self(funcdef) -> bool:
+    """The function is annotated `-> Self` (typing's or typing_extensions', bare, dotted or quoted)."""
+    node = getattr(funcdef, "annotation", None)
+    if node is None:
+        return False
+    code = node.get_code(include_prefix=False).strip()
+    if node.type == "string":
+        code = code.strip("\"'")
+    return code == "Self" or code.endswith(".Self")
+
+
+def _self_aware(infer_annotations):
+    """jedi (0.20) reads `-> Self` as the class that declares it: `async with await open_process() as p` gave the
+    base class `AsyncResource`, whose `__aenter__` returns Self, and every member of `Process` looked invented.
+    A method so annotated returns the instance it was called on (the class, executed, for a classmethod)."""
+
+    def infer(self):
+        if _returns_self(self._value.tree_node):
+            if isinstance(self._arguments, ClassMethodArguments):
+                return self._arguments._class.execute_with_values()
+            instance = getattr(self, "instance", None)  # a method called on an instance
+            if instance is not None and instance.api_type == "instance":
+                return ValueSet([instance])
+        return infer_annotations(self)
+
+    return infer
+
+
+FunctionExecutionContext.infer_annotations = _self_aware(FunctionExecutionContext.infer_annotations)
 
 
 @contextlib.contextmanager

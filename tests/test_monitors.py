@@ -85,6 +85,40 @@ def test_facts_unknown_receiver_is_unknown(project):
     assert analyse(project, project / "main.py", text, offset, "deref").names is None
 
 
+SELF_TYPED = '''\
+from typing import Self
+import typing_extensions
+
+
+class Resource:
+    async def __aenter__(self) -> Self:
+        return self
+
+    def __enter__(self) -> "Self":
+        return self
+
+    def copy(self) -> typing_extensions.Self: ...
+
+    @classmethod
+    def make(cls) -> Self: ...
+
+
+class Process(Resource):
+    pid = 0
+'''
+
+
+@pytest.mark.parametrize("line", ["with Process() as p:\n        p.", "async with Process() as p:\n        p.",
+                                  "Process().copy().", "Process.make()."])
+def test_facts_a_method_returning_self_gives_the_callers_class(tmp_path, line):
+    # jedi alone reads `-> Self` as the declaring class (`Resource`): `pid` would look invented
+    root = write_tree(tmp_path / "proj", {"res.py": SELF_TYPED, ".git/HEAD": "ref: refs/heads/main\n"})
+    text = "from res import Process\n\n\nasync def run():\n    " + line + "\n"
+    facts = analyse(root, root / "main.py", text, text.index(line) + len(line), "deref")
+    assert facts.what == "Process"
+    assert "pid" in facts.names
+
+
 def test_facts_call_parameters_and_scope_and_imports(project):
     text, offset = buffer("client.fetch(")
     facts = analyse(project, project / "main.py", text, offset, "args")
