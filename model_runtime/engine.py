@@ -264,10 +264,15 @@ def _bos(tokenizer) -> list[int]:
 
 
 def _stop_token_ids(tokenizer, template: FimTemplate) -> set[int]:
+    """The template's stop strings, the end of text and every special token: a completion never contains one (the
+    shipped adapter's end token is one of SmolLM2's fourteen untrained specials, which it hardly tells apart)."""
     vocab = tokenizer.get_vocab()
     ids = {vocab[t] for t in template.stop if t in vocab}
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
+    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    ids |= {i for i, token in added.items() if getattr(token, "special", False)}
+    ids |= set(tokenizer.all_special_ids)
     return ids
 
 
@@ -298,6 +303,11 @@ class Engine:
         self.template, self.order = prompt_format(self.tokenizer, self.config)
         self.stop_ids = _stop_token_ids(self.tokenizer, self.template)
         self.vocab = loaded.vocab
+        # Each step: the stop tokens as one choice (decoding.merge_ends), control-character tokens never.
+        ends = sorted(self.stop_ids)
+        self._ends = torch.tensor(ends, dtype=torch.long, device=self.device) if len(ends) > 1 else None
+        never = self.vocab.unprintable
+        self._never = torch.tensor(never, dtype=torch.long, device=self.device) if never else None
         self._indenting: torch.Tensor | None = None  # vocab.indenting() on the device, built on first use
         self._breaking: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # vocab.breaking(openers) on the device
         # Long prompts: sparse attention (sparse.py) where the config asks for it; its K/V from the threshold on are
@@ -552,7 +562,8 @@ class Engine:
             guide = Guide(request.monitors, NameMask.for_vocab(self.vocab), before, cursor=len(parts.prefix))
         return Decoding(self.tokenizer, self.vocab, self.stop_ids, StopRules.at_cursor(parts.prefix, multiline), healed,
                         max_new, ids, self.device, self._comment_mask(parts, multiline), request.logits_processors,
-                        guide, self._indent_mask(parts), self._dangling(parts, healed, multiline))
+                        guide, self._indent_mask(parts), self._dangling(parts, healed, multiline), self._ends,
+                        self._never)
 
     def _comment_mask(self, parts: PromptParts, multiline: bool) -> torch.Tensor | None:
         """The tokens that would open a line comment, where a single-line completion must not (the cursor's line has

@@ -8,12 +8,14 @@ that token and constraining generation to start with its text lets the model pic
 from __future__ import annotations
 
 import bisect
+import re
 from collections import defaultdict
 from collections.abc import Sequence
 
 import torch
 
 MAX_BACKOFF_TOKENS = 3
+_CONTROL = re.compile("[\x00-\x08\x0e-\x1f\x7f]")  # tab, line breaks, \x0b and form feed stay
 
 
 class VocabIndex:
@@ -25,6 +27,8 @@ class VocabIndex:
         self.texts: list[str] = []
         for token_id in range(self.size):
             self.texts.append("" if token_id in special else tokenizer.decode([token_id]))
+        # Tokens of control characters (a NUL byte, an escape) that source code does not contain: never generated.
+        self.unprintable = [i for i, t in enumerate(self.texts) if _CONTROL.search(t)]
         # A token that decodes to a replacement character is part of a multi-byte character: it cannot be
         # matched against text on its own, so it is never allowed while healing.
         self._sorted = sorted((t, i) for i, t in enumerate(self.texts) if t and "\ufffd" not in t)

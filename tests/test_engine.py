@@ -212,17 +212,20 @@ class Prefer:
 
 
 class PreferBlanks:
-    """A logits processor that strongly prefers tokens made of spaces and tabs only."""
+    """A logits processor that strongly prefers tokens made of spaces and tabs only, and never ends (the random
+    model's special tokens, summed as one stop, would often end it first)."""
 
     def __init__(self, tokenizer):
         from repocomplete.model_runtime.healing import VocabIndex
 
         texts = VocabIndex(tokenizer).texts
         self.ids = torch.tensor([i for i, t in enumerate(texts) if t and not t.strip(" \t")])
+        self.specials = torch.tensor(sorted(tokenizer.added_tokens_decoder))
 
     def __call__(self, input_ids, scores):
         scores = scores.clone()
         scores[0, self.ids] += 1000.0
+        scores[0, self.specials] = float("-inf")
         return scores
 
 
@@ -310,6 +313,51 @@ def test_a_single_line_completion_does_not_end_on_an_open_bracket(tiny_loaded, t
         result = engine.complete(CompletionRequest(PromptParts(prefix, "", path), logits_processors=[breaks],
                                                    multiline=multiline))
         assert "\n" in result.raw_text.removeprefix(result.healed), (prefix, result.raw_text)
+
+
+class Weights:
+    """A logits processor that sets fixed probabilities on some tokens (the rest get none)."""
+
+    def __init__(self, probabilities: dict[int, float]):
+        self.probabilities = probabilities
+
+    def __call__(self, input_ids, scores):
+        out = torch.full_like(scores, float("-inf"))
+        for token, p in self.probabilities.items():
+            out[0, token] = float(torch.tensor(p).log())
+        return out
+
+
+def test_the_stop_tokens_are_one_choice_and_every_special_token_stops(engine, tokenizer):
+    """Three special tokens at 0.2 each against a continuation at 0.3: the end's 0.6 wins (greedy compared 0.2 with
+    0.3 and wrote on). `<gh_stars>` and `<jupyter_code>` are in no template's stop list: special tokens stop all
+    the same, none reaches the text."""
+    x = tokenizer.encode("x", add_special_tokens=False)[0]
+    specials = [tokenizer.convert_tokens_to_ids(t) for t in ("<gh_stars>", "<jupyter_code>", "<empty_output>")]
+    result = run(engine, "y = ", Weights({x: 0.3, **{s: 0.2 for s in specials}}))
+    assert (result.text, result.stop_reason, result.generated_tokens) == ("", "stop_token", 0)
+    result = run(engine, "y = ", Weights({x: 0.5, specials[0]: 0.2, specials[1]: 0.2}), max_new_tokens=3)
+    assert (result.text, result.stop_reason) == ("xxx", "max_tokens")  # 0.4 < 0.5: the continuation
+    for special in specials:
+        assert special in engine.stop_ids
+
+
+def test_merge_ends_sums_the_stop_tokens_into_the_first():
+    from repocomplete.model_runtime.decoding import merge_ends
+
+    logits = torch.tensor([0.3, 0.1, 0.3, 0.3]).log()
+    merged = merge_ends(logits, torch.tensor([1, 2]))
+    assert torch.allclose(merged.exp(), torch.tensor([0.3, 0.0, 0.4, 0.3]))  # on the likelier stop token
+    masked = torch.tensor([0.0, float("-inf"), float("-inf"), 1.0])  # a rule left no stop token: none comes back
+    assert merge_ends(masked, torch.tensor([1, 2]))[1] == float("-inf")
+
+
+def test_control_character_tokens_are_never_written(engine, tokenizer):
+    """A NUL byte (the shipped adapter wrote `wait()\\x00from __future__:`) or an escape is no source code."""
+    nul, esc = (tokenizer.encode(c, add_special_tokens=False)[0] for c in ("\x00", "\x1b"))
+    x = tokenizer.encode("x", add_special_tokens=False)[0]
+    result = run(engine, "y = ", Weights({nul: 0.5, esc: 0.3, x: 0.2}), max_new_tokens=2)
+    assert result.text == "xx"
 
 
 def test_dangling_bans_breaks_after_an_opener_and_never_leaves_nothing():
