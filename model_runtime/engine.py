@@ -263,7 +263,7 @@ def _bos(tokenizer) -> list[int]:
     return ids[:1] if ids and ids[0] == tokenizer.bos_token_id else []
 
 
-def _stop_token_ids(tokenizer, template: FimTemplate) -> set[int]:
+def stop_token_ids(tokenizer, template: FimTemplate) -> set[int]:
     """The template's stop strings, the end of text and every special token: a completion never contains one (the
     shipped adapter's end token is one of SmolLM2's fourteen untrained specials, which it hardly tells apart)."""
     vocab = tokenizer.get_vocab()
@@ -301,7 +301,7 @@ class Engine:
         self.tokenizer = loaded.tokenizer
         self.device = loaded.device
         self.template, self.order = prompt_format(self.tokenizer, self.config)
-        self.stop_ids = _stop_token_ids(self.tokenizer, self.template)
+        self.stop_ids = stop_token_ids(self.tokenizer, self.template)
         self.vocab = loaded.vocab
         # Each step: the stop tokens as one choice (decoding.merge_ends), control-character tokens never.
         ends = sorted(self.stop_ids)

@@ -30,9 +30,10 @@ from pathlib import Path
 import torch
 
 from repocomplete.model_runtime.adapters import AdapterRecord, write_record
-from repocomplete.model_runtime.engine import encode_prompt, heal_prompt, truncate
+from repocomplete.model_runtime.decoding import merge_ends
+from repocomplete.model_runtime.engine import encode_prompt, heal_prompt, stop_token_ids, truncate
 from repocomplete.model_runtime.errors import ConfigError, ModelLoadError
-from repocomplete.model_runtime.templates import FimTemplate, PromptParts, end_token, model_view
+from repocomplete.model_runtime.templates import FimTemplate, PromptParts, end_token, get_template, model_view
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 IGNORE = -100
@@ -213,13 +214,19 @@ def eval_loss(model, examples: Sequence[TrainExample], batch_tokens: int, dtype,
 
 
 @torch.no_grad()
-def exact_match(model, tokenizer, examples: Sequence[TrainExample], end_id: int, dtype, device,
+def exact_match(model, tokenizer, examples: Sequence[TrainExample], end_ids: Sequence[int], dtype, device,
                 max_new_tokens: int = 48) -> float | None:
-    """Greedy decoding of each held-out prompt until the end token: the share that writes its target exactly."""
+    """Greedy decoding of each held-out prompt until it ends as the engine ends it (any stop token, the stop tokens
+    summed as one choice): the share that writes its target exactly."""
     if not examples:
         return None
     was = model.training
     model.eval()
+    ends = torch.tensor(sorted(end_ids), dtype=torch.long, device=device)
+
+    def one_end(input_ids, scores):
+        return torch.stack([merge_ends(row, ends) for row in scores])
+
     hits = 0
     for ex in examples:
         ids = torch.tensor([ex.prompt], dtype=torch.long, device=device)
@@ -227,11 +234,10 @@ def exact_match(model, tokenizer, examples: Sequence[TrainExample], end_id: int,
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
                                  max_new_tokens=min(max_new_tokens, len(want) + 8), do_sample=False,
-                                 eos_token_id=end_id, pad_token_id=end_id)
+                                 eos_token_id=sorted(end_ids), pad_token_id=int(ends[0]), logits_processor=[one_end])
         got = out[0, ids.shape[1]:].tolist()
-        if end_id in got:
-            got = got[: got.index(end_id)]
-        hits += tokenizer.decode(got) == tokenizer.decode(want)
+        stop = next((i for i, t in enumerate(got) if t in end_ids), len(got))
+        hits += tokenizer.decode(got[:stop]) == tokenizer.decode(want)
     model.train(was)
     return hits / len(examples)
 
@@ -382,8 +388,8 @@ def train(model, tokenizer, train_examples: Sequence[TrainExample], val_examples
     val = em = None
     if done:
         val = eval_loss(model, val_examples, config.batch_tokens, dtype, device)
-        end_id = tokenizer.convert_tokens_to_ids(end_token_of(record))
-        em = exact_match(model, tokenizer, list(val_examples)[:exact_match_examples], end_id, dtype, device)
+        end_ids = stop_token_ids(tokenizer, get_template(record.fim_template))
+        em = exact_match(model, tokenizer, list(val_examples)[:exact_match_examples], end_ids, dtype, device)
         state["curve"].append({"step": state["step"], "train_tokens": state["tokens"], "val_loss": val})
         model.save_pretrained(out)
         write_record(out, record)
@@ -396,10 +402,6 @@ def train(model, tokenizer, train_examples: Sequence[TrainExample], val_examples
     )
 
 
-def end_token_of(record: AdapterRecord) -> str:
-    from repocomplete.model_runtime.templates import get_template
-
-    return end_token(get_template(record.fim_template))
 
 
 def save_examples(path: Path, train_examples: Sequence[TrainExample], val_examples: Sequence[TrainExample],
