@@ -17,11 +17,13 @@ class Dangling:
     """A single-line completion does not end with an opening bracket: where the cursor's line (its text before the
     completion, `head`, and what was generated) ends with one, no token may break the line there, and no token may
     break it right after an opener of its own. The model then writes the bracket's contents on the line (a ghost
-    text of `table.add_row(` alone completes nothing)."""
+    text of `table.add_row(` alone completes nothing). Nor does it stop (`ends`, the stop tokens) right after an
+    opener it wrote itself; one the line already had (`foo(|)`, the closer after the cursor) may stay empty."""
 
-    def __init__(self, head: str, openers: str, blank_breaks: torch.Tensor, opening_breaks: torch.Tensor):
+    def __init__(self, head: str, openers: str, blank_breaks: torch.Tensor, opening_breaks: torch.Tensor,
+                 ends: torch.Tensor | None = None):
         self.head, self.openers = head, openers
-        self.blank_breaks, self.opening_breaks = blank_breaks, opening_breaks
+        self.blank_breaks, self.opening_breaks, self.ends = blank_breaks, opening_breaks, ends
 
     def apply(self, logits: torch.Tensor, text: str) -> torch.Tensor:
         n = logits.shape[-1]
@@ -29,6 +31,8 @@ class Dangling:
         line = (self.head + text).rsplit("\n", 1)[-1]
         if line.rstrip(" \t")[-1:] in tuple(self.openers):
             banned = torch.cat([banned, self.blank_breaks])
+            if self.ends is not None and text.rstrip(" \t")[-1:] in tuple(self.openers):
+                banned = torch.cat([banned, self.ends])
         banned = banned[banned < n]
         if not len(banned):
             return logits
@@ -56,7 +60,7 @@ class Decoding:
                  dangling: Dangling | None = None, ends: torch.Tensor | None = None,
                  never: torch.Tensor | None = None):
         self.tokenizer, self.vocab, self.stop_ids = tokenizer, vocab, stop_ids
-        self.ends = ends  # the stop ids as a tensor, merged into one choice each step (None: one stop token)
+        self.ends = ends  # the stop ids as a tensor, merged into one choice each step
         self.never = never  # tokens no completion writes (control characters)
         self.rules, self.healed, self.max_new = rules, healed, max_new
         self.no_comment, self.processors, self.guide = no_comment, processors, guide

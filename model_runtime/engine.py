@@ -304,8 +304,7 @@ class Engine:
         self.stop_ids = stop_token_ids(self.tokenizer, self.template)
         self.vocab = loaded.vocab
         # Each step: the stop tokens as one choice (decoding.merge_ends), control-character tokens never.
-        ends = sorted(self.stop_ids)
-        self._ends = torch.tensor(ends, dtype=torch.long, device=self.device) if len(ends) > 1 else None
+        self._ends = torch.tensor(sorted(self.stop_ids), dtype=torch.long, device=self.device) if self.stop_ids else None
         never = self.vocab.unprintable
         self._never = torch.tensor(never, dtype=torch.long, device=self.device) if never else None
         self._indenting: torch.Tensor | None = None  # vocab.indenting() on the device, built on first use
@@ -588,7 +587,7 @@ class Engine:
         if masks is None:
             masks = self._breaking[openers] = tuple(torch.tensor(ids, dtype=torch.long, device=self.device)
                                                     for ids in self.vocab.breaking(openers))
-        return Dangling(head, openers, *masks)
+        return Dangling(head, openers, *masks, self._ends)
 
     def _indent_mask(self, parts: PromptParts) -> torch.Tensor | None:
         """The tokens that would indent past the cursor, where its line holds indentation only: the completion's

@@ -371,3 +371,9 @@ def test_dangling_bans_breaks_after_an_opener_and_never_leaves_nothing():
     assert Dangling("x = [", "([", torch.tensor([1]), torch.tensor([2])).apply(torch.zeros(4), "").tolist()[1] == inf
     only_breaks = torch.tensor([inf, 0.0, 0.0])
     assert rule.apply(only_breaks, "f(").tolist() == only_breaks.tolist()  # nothing left: the rule yields
+    # With the stop tokens (3): no end right after an opener the completion wrote; the line's own may stay empty.
+    rule = Dangling("    x = ", "([", torch.tensor([1]), torch.tensor([2]), torch.tensor([3]))
+    assert rule.apply(torch.zeros(4), "f(").tolist() == [0.0, inf, inf, inf]
+    assert rule.apply(torch.zeros(4), "f(a").tolist() == [0.0, 0.0, inf, 0.0]
+    assert Dangling("foo(", "([", torch.tensor([1]), torch.tensor([2]), torch.tensor([3])).apply(
+        torch.zeros(4), "").tolist() == [0.0, inf, inf, 0.0]
