@@ -13,26 +13,54 @@ import torch
 from repocomplete.model_runtime.stopping import StopRules, final_text
 
 
+_CLOSERS = {"(": ")", "[": "]", "{": "}"}
+
+
+def unclosed(text: str, openers: str) -> bool:
+    """Whether `text` leaves one of its own brackets (`openers`) open: brackets in string literals do not count, nor
+    do closers of brackets opened before the text (`a, b)` closes the call the line had)."""
+    closers = {_CLOSERS[o] for o in openers}
+    depth, quote, escaped = 0, "", False
+    for ch in text:
+        if quote:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == quote:
+                quote = ""
+        elif ch in "'\"":
+            quote = ch
+        elif ch in openers:
+            depth += 1
+        elif ch in closers and depth:
+            depth -= 1
+    return depth > 0
+
+
 class Dangling:
-    """A single-line completion does not end with an opening bracket: where the cursor's line (its text before the
-    completion, `head`, and what was generated) ends with one, no token may break the line there, and no token may
-    break it right after an opener of its own. The model then writes the bracket's contents on the line (a ghost
-    text of `table.add_row(` alone completes nothing). Nor does it stop (`ends`, the stop tokens) right after an
-    opener it wrote itself; one the line already had (`foo(|)`, the closer after the cursor) may stay empty."""
+    """A single-line completion does not leave a bracket open: where the cursor's line (its text before the
+    completion, `head`, and what was generated) ends with an opening bracket, no token may break the line there, and
+    no token may break it right after an opener of its own; while the completion has an opener of its own unclosed
+    (`run_sync(self._file.tell`), it neither breaks the line nor stops (`ends`, the stop tokens). The model then
+    writes the bracket's contents on the line (a ghost text of `table.add_row(` alone completes nothing). An opener
+    the line already had (`foo(|)`, the closer after the cursor) may stay empty. `skip`: the characters of the text
+    that token healing regenerates (the line's own)."""
 
     def __init__(self, head: str, openers: str, blank_breaks: torch.Tensor, opening_breaks: torch.Tensor,
-                 ends: torch.Tensor | None = None):
-        self.head, self.openers = head, openers
+                 ends: torch.Tensor | None = None, skip: int = 0):
+        self.head, self.openers, self.skip = head, openers, skip
         self.blank_breaks, self.opening_breaks, self.ends = blank_breaks, opening_breaks, ends
 
     def apply(self, logits: torch.Tensor, text: str) -> torch.Tensor:
         n = logits.shape[-1]
         banned = self.opening_breaks
         line = (self.head + text).rsplit("\n", 1)[-1]
-        if line.rstrip(" \t")[-1:] in tuple(self.openers):
+        own = text[self.skip:]
+        if "\n" not in own and unclosed(own, self.openers):
+            banned = torch.cat([banned, self.blank_breaks] + ([self.ends] if self.ends is not None else []))
+        elif line.rstrip(" \t")[-1:] in tuple(self.openers):
             banned = torch.cat([banned, self.blank_breaks])
-            if self.ends is not None and text.rstrip(" \t")[-1:] in tuple(self.openers):
-                banned = torch.cat([banned, self.ends])
         banned = banned[banned < n]
         if not len(banned):
             return logits

@@ -587,7 +587,7 @@ class Engine:
         if masks is None:
             masks = self._breaking[openers] = tuple(torch.tensor(ids, dtype=torch.long, device=self.device)
                                                     for ids in self.vocab.breaking(openers))
-        return Dangling(head, openers, *masks, self._ends)
+        return Dangling(head, openers, *masks, self._ends, len(healed))
 
     def _indent_mask(self, parts: PromptParts) -> torch.Tensor | None:
         """The tokens that would indent past the cursor, where its line holds indentation only: the completion's
