@@ -301,7 +301,7 @@ class Engine:
         self.tokenizer = loaded.tokenizer
         self.device = loaded.device
         self.template, self.order = prompt_format(self.tokenizer, self.config)
-        self.stop_ids = stop_token_ids(self.tokenizer, self.template)
+        self.stop_ids = stop_token_ids(self.tokenizer, self.template) | set(getattr(loaded, "undertrained", ()))
         self.vocab = loaded.vocab
         # Each step: the stop tokens as one choice (decoding.merge_ends), control-character tokens never.
         self._ends = torch.tensor(sorted(self.stop_ids), dtype=torch.long, device=self.device) if self.stop_ids else None

@@ -44,6 +44,7 @@ class LoadedModel:
     quantize: str = "none"
     plan: object = None  # model_runtime.cpu_path.CpuPlan on the CPU; None on a GPU
     kv_dtype: torch.dtype | None = None  # the decode KV cache's dtype (None: attention.kv_store_dtype's default)
+    undertrained: tuple[int, ...] = ()  # tokens training never moved (`undertrained_tokens`): they stop a completion
 
     def __post_init__(self):
         if self.forward is None:
@@ -185,6 +186,32 @@ def load_tokenizer(model_dir: Path):
         raise ModelLoadError(f"cannot load tokenizer from {model_dir}: {type(e).__name__}: {e}") from None
 
 
+UNTRAINED_COSINE = 0.99  # an untrained row's cosine to the untrained special tokens' mean (SmolLM2: 0.994)
+
+
+def undertrained_tokens(model, tokenizer) -> tuple[int, ...]:
+    """Tokens whose output embedding training never moved, as "Fishing for Magikarp" (Land & Bartolo, 2024) finds
+    them: rows that point where the model's unused special tokens point. SmolLM2's fourteen unused specials share one
+    direction with `\\x00`, `PlaneProtection`, ` pvproperty` and a dozen more; a FIM adapter that learnt one of
+    those specials as its end cannot tell them apart (tied embeddings), so its "the middle ends here" comes out as
+    any of them. The engine treats them as stop tokens. Empty when the special tokens share no direction (each
+    trained on its own), or when the model has no output embedding to read."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    weight = getattr(head, "weight", None)
+    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    specials = sorted(i for i, t in added.items() if getattr(t, "special", False) and weight is not None
+                      and i < weight.shape[0])
+    if weight is None or len(specials) < 3 or not weight.is_floating_point():
+        return ()
+    rows = torch.nn.functional.normalize(weight.detach().float(), dim=-1)
+    mean = rows[specials].mean(0)
+    cluster = [i for i in specials if float(rows[i] @ mean) >= UNTRAINED_COSINE * float(mean.norm())]
+    if len(cluster) < 3:
+        return ()
+    centre = torch.nn.functional.normalize(rows[cluster].mean(0), dim=0)
+    return tuple(int(i) for i in torch.nonzero(rows @ centre >= UNTRAINED_COSINE).flatten())
+
+
 def load_model(spec: str | RuntimeConfig = DEFAULT_MODEL, config: RuntimeConfig | None = None) -> LoadedModel:
     """Load a model (and its LoRA adapter, if the config names one) ready for inference.
 
@@ -214,6 +241,7 @@ def load_model(spec: str | RuntimeConfig = DEFAULT_MODEL, config: RuntimeConfig 
             model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32 if cpu else dtype)
         except Exception as e:
             raise ModelLoadError(f"cannot load model from {model_dir}: {type(e).__name__}: {e}") from None
+    undertrained = undertrained_tokens(model, tokenizer)  # (the float weights, before any quantization)
     from repocomplete.model_runtime.adapters import resolve_adapter
 
     adapter = resolve_adapter(config.model, config.adapter)
@@ -242,7 +270,7 @@ def load_model(spec: str | RuntimeConfig = DEFAULT_MODEL, config: RuntimeConfig 
         name = f"{name} {quantize}"
     loaded = LoadedModel(
         model=model, tokenizer=tokenizer, name=name, device=device, dtype=dtype, source=model_dir, quantize=quantize,
-        plan=plan, kv_dtype=kv_dtype,
+        plan=plan, kv_dtype=kv_dtype, undertrained=undertrained,
     )
     if config.fast_forward:
         from repocomplete.model_runtime.fast_llama import build_forward

@@ -15,6 +15,7 @@ from repocomplete.model_runtime.loading import (
     pick_dtype,
     pick_quantize,
     resolve_model_dir,
+    undertrained_tokens,
 )
 
 
@@ -108,3 +109,28 @@ def test_bad_adapter_is_a_load_error(tiny_model_dir, tmp_path, make, message):
     adapter = make(tmp_path / "adapter")
     with pytest.raises(ModelLoadError, match=message):
         load_model(RuntimeConfig(model=str(tiny_model_dir), adapter=str(adapter), cache_dir=tmp_path, quantize="none"))
+
+
+def test_undertrained_tokens_are_the_rows_that_point_where_the_unused_specials_point(tiny_model_dir, tokenizer):
+    """Magikarp's test on the output embedding: the unused special tokens share one direction; the ordinary tokens
+    that share it too (untrained, like SmolLM2's `PlaneProtection`) come with them; a trained special does not."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert undertrained_tokens(model, tokenizer) == ()  # random rows: no shared direction
+    weight = model.get_output_embeddings().weight
+    with torch.no_grad():
+        direction = torch.randn(weight.shape[1])
+        for i in [3, 4, 5, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 1000, 2000]:
+            weight[i] = direction * (1 + i / 10_000) + 0.01 * torch.randn(weight.shape[1])
+    assert undertrained_tokens(model, tokenizer) == (3, 4, 5, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 1000, 2000)
+
+
+def test_the_embedded_model_s_untrained_tokens_stop_a_completion(smollm_dir, tmp_path):
+    loaded = load_model(RuntimeConfig(model=str(smollm_dir), cache_dir=tmp_path, quantize="none", adapter="none"))
+    texts = {loaded.tokenizer.decode([i]) for i in loaded.undertrained}
+    assert {"<empty_output>", "<gh_stars>", "\x00", "PlaneProtection", " pvproperty"} <= texts
+    assert not texts & {"<filename>", "<|endoftext|>", " return", "("}  # trained ones stay out
+    from repocomplete.model_runtime.engine import Engine
+
+    assert set(loaded.undertrained) <= Engine(loaded, RuntimeConfig(model=str(smollm_dir))).stop_ids
