@@ -68,19 +68,6 @@ class Dangling:
         return out if torch.isfinite(out).any() else logits  # (never a step with nothing left to choose)
 
 
-def merge_ends(logits: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
-    """The stop tokens `ends` as one choice: the likeliest of them holds the log of their summed probability, the
-    others are out. A model that spreads "the middle ends here" over several tokens stops where the sum beats the
-    best continuation, as sampling would; the shipped adapter learnt an end token whose (tied) embedding it shares
-    with a dozen untrained special tokens, so greedy decoding compared a twelfth of its end against each
-    continuation and wrote on."""
-    values = logits.index_select(0, ends)
-    merged = torch.logsumexp(values.float(), 0)
-    out = logits.index_fill(0, ends, float("-inf"))
-    out[ends[int(torch.argmax(values))]] = merged.to(out.dtype)
-    return out
-
-
 class Decoding:
     def __init__(self, tokenizer, vocab, stop_ids: set[int], rules: StopRules, healed: str, max_new: int,
                  prompt_ids: Sequence[int], device, no_comment: torch.Tensor | None = None,
@@ -88,7 +75,7 @@ class Decoding:
                  dangling: Dangling | None = None, ends: torch.Tensor | None = None,
                  never: torch.Tensor | None = None):
         self.tokenizer, self.vocab, self.stop_ids = tokenizer, vocab, stop_ids
-        self.ends = ends  # the stop ids as a tensor, merged into one choice each step
+        self.ends = ends  # the stop ids as a tensor (the dangling rule bans them while a bracket is open)
         self.never = never  # tokens no completion writes (control characters)
         self.rules, self.healed, self.max_new = rules, healed, max_new
         self.no_comment, self.processors, self.guide = no_comment, processors, guide
@@ -104,7 +91,7 @@ class Decoding:
 
     def mask(self, logits: torch.Tensor) -> torch.Tensor:
         """This step's logits [vocab] after healing's mask, the no-comment and no-indent rules, the processors and
-        the monitors, the stop tokens merged into one choice."""
+        the monitors; control-character tokens never."""
         if self.remaining_heal:
             logits = logits + self.vocab.mask(self.remaining_heal, logits.shape[-1], logits.device)
         elif self.no_indent is not None and len(self.text) <= len(self.healed):
@@ -121,8 +108,6 @@ class Decoding:
         if self.never is not None:
             kept = logits.index_fill(0, self.never[self.never < logits.shape[-1]], float("-inf"))
             logits = kept if torch.isfinite(kept).any() else logits
-        if self.ends is not None:
-            logits = merge_ends(logits, self.ends)
         return logits
 
     def push(self, token: int) -> str | None:

@@ -303,7 +303,8 @@ class Engine:
         self.template, self.order = prompt_format(self.tokenizer, self.config)
         self.stop_ids = stop_token_ids(self.tokenizer, self.template) | set(getattr(loaded, "undertrained", ()))
         self.vocab = loaded.vocab
-        # Each step: the stop tokens as one choice (decoding.merge_ends), control-character tokens never.
+        # The stop tokens as a tensor (banned while a single-line completion has a bracket open), and the tokens of
+        # control characters (never generated).
         self._ends = torch.tensor(sorted(self.stop_ids), dtype=torch.long, device=self.device) if self.stop_ids else None
         never = self.vocab.unprintable
         self._never = torch.tensor(never, dtype=torch.long, device=self.device) if never else None

@@ -30,9 +30,9 @@ from pathlib import Path
 import torch
 
 from repocomplete.model_runtime.adapters import AdapterRecord, write_record
-from repocomplete.model_runtime.decoding import merge_ends
 from repocomplete.model_runtime.engine import encode_prompt, heal_prompt, stop_token_ids, truncate
 from repocomplete.model_runtime.errors import ConfigError, ModelLoadError
+from repocomplete.model_runtime.loading import undertrained_tokens
 from repocomplete.model_runtime.templates import FimTemplate, PromptParts, end_token, get_template, model_view
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -216,17 +216,13 @@ def eval_loss(model, examples: Sequence[TrainExample], batch_tokens: int, dtype,
 @torch.no_grad()
 def exact_match(model, tokenizer, examples: Sequence[TrainExample], end_ids: Sequence[int], dtype, device,
                 max_new_tokens: int = 48) -> float | None:
-    """Greedy decoding of each held-out prompt until it ends as the engine ends it (any stop token, the stop tokens
-    summed as one choice): the share that writes its target exactly."""
+    """Greedy decoding of each held-out prompt until it ends as the engine ends it (any of its stop tokens: the
+    adapter's end comes out as any of SmolLM2's untrained tokens): the share that writes its target exactly."""
     if not examples:
         return None
     was = model.training
     model.eval()
-    ends = torch.tensor(sorted(end_ids), dtype=torch.long, device=device)
-
-    def one_end(input_ids, scores):
-        return torch.stack([merge_ends(row, ends) for row in scores])
-
+    ends = sorted(end_ids)
     hits = 0
     for ex in examples:
         ids = torch.tensor([ex.prompt], dtype=torch.long, device=device)
@@ -234,7 +230,7 @@ def exact_match(model, tokenizer, examples: Sequence[TrainExample], end_ids: Seq
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
                                  max_new_tokens=min(max_new_tokens, len(want) + 8), do_sample=False,
-                                 eos_token_id=sorted(end_ids), pad_token_id=int(ends[0]), logits_processor=[one_end])
+                                 eos_token_id=ends, pad_token_id=ends[0])
         got = out[0, ids.shape[1]:].tolist()
         stop = next((i for i, t in enumerate(got) if t in end_ids), len(got))
         hits += tokenizer.decode(got[:stop]) == tokenizer.decode(want)
@@ -388,7 +384,7 @@ def train(model, tokenizer, train_examples: Sequence[TrainExample], val_examples
     val = em = None
     if done:
         val = eval_loss(model, val_examples, config.batch_tokens, dtype, device)
-        end_ids = stop_token_ids(tokenizer, get_template(record.fim_template))
+        end_ids = stop_token_ids(tokenizer, get_template(record.fim_template)) | set(undertrained_tokens(model, tokenizer))
         em = exact_match(model, tokenizer, list(val_examples)[:exact_match_examples], end_ids, dtype, device)
         state["curve"].append({"step": state["step"], "train_tokens": state["tokens"], "val_loss": val})
         model.save_pretrained(out)

@@ -213,7 +213,7 @@ class Prefer:
 
 class PreferBlanks:
     """A logits processor that strongly prefers tokens made of spaces and tabs only, and never ends (the random
-    model's special tokens, summed as one stop, would often end it first)."""
+    model may pick one of its special tokens, all stop tokens)."""
 
     def __init__(self, tokenizer):
         from repocomplete.model_runtime.healing import VocabIndex
@@ -328,28 +328,18 @@ class Weights:
         return out
 
 
-def test_the_stop_tokens_are_one_choice_and_every_special_token_stops(engine, tokenizer):
-    """Three special tokens at 0.2 each against a continuation at 0.3: the end's 0.6 wins (greedy compared 0.2 with
-    0.3 and wrote on). `<gh_stars>` and `<jupyter_code>` are in no template's stop list: special tokens stop all
-    the same, none reaches the text."""
+def test_every_special_token_stops(engine, tokenizer):
+    """`<gh_stars>` and `<jupyter_code>` are in no template's stop list: special tokens stop all the same, none
+    reaches the text (the shipped adapter's end came out as any of SmolLM2's unused specials)."""
     x = tokenizer.encode("x", add_special_tokens=False)[0]
-    specials = [tokenizer.convert_tokens_to_ids(t) for t in ("<gh_stars>", "<jupyter_code>", "<empty_output>")]
-    result = run(engine, "y = ", Weights({x: 0.3, **{s: 0.2 for s in specials}}))
-    assert (result.text, result.stop_reason, result.generated_tokens) == ("", "stop_token", 0)
-    result = run(engine, "y = ", Weights({x: 0.5, specials[0]: 0.2, specials[1]: 0.2}), max_new_tokens=3)
-    assert (result.text, result.stop_reason) == ("xxx", "max_tokens")  # 0.4 < 0.5: the continuation
-    for special in specials:
-        assert special in engine.stop_ids
-
-
-def test_merge_ends_sums_the_stop_tokens_into_the_first():
-    from repocomplete.model_runtime.decoding import merge_ends
-
-    logits = torch.tensor([0.3, 0.1, 0.3, 0.3]).log()
-    merged = merge_ends(logits, torch.tensor([1, 2]))
-    assert torch.allclose(merged.exp(), torch.tensor([0.3, 0.0, 0.4, 0.3]))  # on the likelier stop token
-    masked = torch.tensor([0.0, float("-inf"), float("-inf"), 1.0])  # a rule left no stop token: none comes back
-    assert merge_ends(masked, torch.tensor([1, 2]))[1] == float("-inf")
+    for special in ("<gh_stars>", "<jupyter_code>", "<empty_output>"):
+        token = tokenizer.convert_tokens_to_ids(special)
+        result = run(engine, "y = ", Weights({x: 0.3, token: 0.4}))
+        assert (result.text, result.stop_reason, result.generated_tokens) == ("", "stop_token", 0), special
+        assert token in engine.stop_ids
+    result = run(engine, "y = ", Weights({x: 0.5, tokenizer.convert_tokens_to_ids("<gh_stars>"): 0.4}),
+                 max_new_tokens=3)
+    assert (result.text, result.stop_reason) == ("xxx", "max_tokens")
 
 
 def test_control_character_tokens_are_never_written(engine, tokenizer):

@@ -204,13 +204,13 @@ def test_a_few_steps_lower_the_loss(tiny_model_dir, tokenizer, tmp_path):
 
 
 def test_held_out_exact_match_ends_as_the_engine_ends(tiny_model_dir, tokenizer):
-    """The adapter's end is spread over SmolLM2's untrained special tokens: the held-out exact match counts any of
-    them as the end, summed as one choice (0.2 x 3 beats 0.3), as the engine decodes; it scored 0% before."""
+    """The adapter's end comes out as any of SmolLM2's untrained special tokens: the held-out exact match ends at
+    any stop token, as the engine does (it scored 0% when only the template's end token counted)."""
     model, _ = _tiny_peft(tiny_model_dir)
     x = tokenizer.encode("x", add_special_tokens=False)[0]
-    specials = [tokenizer.convert_tokens_to_ids(t) for t in ("<gh_stars>", "<jupyter_code>", "<empty_output>")]
-    steps = [{x: 0.6, specials[0]: 0.2, specials[1]: 0.1, specials[2]: 0.1},  # "x"
-             {x: 0.3, specials[0]: 0.25, specials[1]: 0.25, specials[2]: 0.2}]  # then the end, mostly <gh_stars>
+    gh_stars, empty = (tokenizer.convert_tokens_to_ids(t) for t in ("<gh_stars>", "<empty_output>"))
+    steps = [{x: 0.6, gh_stars: 0.3, empty: 0.1},  # "x"
+             {x: 0.2, gh_stars: 0.5, empty: 0.3}]  # then the end, as <gh_stars>
     calls = []
 
     def scripted(module, inputs, output):
@@ -223,11 +223,10 @@ def test_held_out_exact_match_ends_as_the_engine_ends(tiny_model_dir, tokenizer)
 
     hook = model.get_output_embeddings().register_forward_hook(scripted)
     try:
-        example = training.TrainExample(tokenizer.encode("y = ", add_special_tokens=False), [x, 16])
-        ends = set(tokenizer.added_tokens_decoder)
-        assert training.exact_match(model, tokenizer, [example], ends, None, torch.device("cpu")) == 1.0
+        example = training.TrainExample(tokenizer.encode("y = ", add_special_tokens=False), [x, empty])
+        assert training.exact_match(model, tokenizer, [example], {gh_stars, empty}, None, torch.device("cpu")) == 1.0
         calls.clear()
-        assert training.exact_match(model, tokenizer, [example], {16}, None, torch.device("cpu")) == 0.0  # "xx..."
+        assert training.exact_match(model, tokenizer, [example], {empty}, None, torch.device("cpu")) == 0.0
     finally:
         hook.remove()
 

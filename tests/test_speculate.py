@@ -80,7 +80,7 @@ def test_drafts_never_take_the_slab_past_its_bound(tiny_loaded, tiny_config):
     engine = Engine(tiny_loaded, config)
     specials = torch.tensor(sorted(tiny_loaded.tokenizer.added_tokens_decoder))
 
-    def no_end(input_ids, scores):  # the random model's special tokens, summed as one stop, would end it early
+    def no_end(input_ids, scores):  # the random model may pick a special token: all are stop tokens
         return scores.index_fill(1, specials, float("-inf"))
 
     result = engine.complete(CompletionRequest(PromptParts(REPETITIVE * 3), max_new_tokens=200, multiline=True,
