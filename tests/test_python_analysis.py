@@ -382,9 +382,9 @@ class Report:
         ("shop/models.py", 33, 46, 5.91, "typed_holes", "type of `self.inv`"),
     ]
     assert records[0].text == (
-        "# in scope: items: list[Item], *names, limit, **opts, rows: List[Item], it: Item, helper(inner), fh: _IOBase, "
-        "first: float, self.inv: Inventory, self._seen: int"
-    )
+        "# in scope: items: list[Item], *names, limit, **opts, rows: List[Item], it: Item, helper(inner), "
+        "fh: TextIOWrapper, first: float, self.inv: Inventory, self._seen: int"
+    )  # (`fh`: `open()`'s TextIOWrapper, whose `__enter__` returns Self; jedi alone said the declaring `_IOBase`)
 
 
 def test_module_level_bindings(root):
