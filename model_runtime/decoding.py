@@ -13,53 +13,21 @@ import torch
 from repocomplete.model_runtime.stopping import StopRules, final_text
 
 
-_CLOSERS = {"(": ")", "[": "]", "{": "}"}
-
-
-def unclosed(text: str, openers: str) -> bool:
-    """Whether `text` leaves one of its own brackets (`openers`) open: brackets in string literals do not count, nor
-    do closers of brackets opened before the text (`a, b)` closes the call the line had)."""
-    closers = {_CLOSERS[o] for o in openers}
-    depth, quote, escaped = 0, "", False
-    for ch in text:
-        if quote:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == quote:
-                quote = ""
-        elif ch in "'\"":
-            quote = ch
-        elif ch in openers:
-            depth += 1
-        elif ch in closers and depth:
-            depth -= 1
-    return depth > 0
-
-
 class Dangling:
-    """A single-line completion does not leave a bracket open: where the cursor's line (its text before the
-    completion, `head`, and what was generated) ends with an opening bracket, no token may break the line there, and
-    no token may break it right after an opener of its own; while the completion has an opener of its own unclosed
-    (`run_sync(self._file.tell`), it neither breaks the line nor stops (`ends`, the stop tokens). The model then
-    writes the bracket's contents on the line (a ghost text of `table.add_row(` alone completes nothing). An opener
-    the line already had (`foo(|)`, the closer after the cursor) may stay empty. `skip`: the characters of the text
-    that token healing regenerates (the line's own)."""
+    """A single-line completion does not end with an opening bracket: where the cursor's line (its text before the
+    completion, `head`, and what was generated) ends with one, no token may break the line there, and no token may
+    break it right after an opener of its own. The model then writes the bracket's contents on the line (a ghost
+    text of `table.add_row(` alone completes nothing)."""
 
-    def __init__(self, head: str, openers: str, blank_breaks: torch.Tensor, opening_breaks: torch.Tensor,
-                 ends: torch.Tensor | None = None, skip: int = 0):
-        self.head, self.openers, self.skip = head, openers, skip
-        self.blank_breaks, self.opening_breaks, self.ends = blank_breaks, opening_breaks, ends
+    def __init__(self, head: str, openers: str, blank_breaks: torch.Tensor, opening_breaks: torch.Tensor):
+        self.head, self.openers = head, openers
+        self.blank_breaks, self.opening_breaks = blank_breaks, opening_breaks
 
     def apply(self, logits: torch.Tensor, text: str) -> torch.Tensor:
         n = logits.shape[-1]
         banned = self.opening_breaks
         line = (self.head + text).rsplit("\n", 1)[-1]
-        own = text[self.skip:]
-        if "\n" not in own and unclosed(own, self.openers):
-            banned = torch.cat([banned, self.blank_breaks] + ([self.ends] if self.ends is not None else []))
-        elif line.rstrip(" \t")[-1:] in tuple(self.openers):
+        if line.rstrip(" \t")[-1:] in tuple(self.openers):
             banned = torch.cat([banned, self.blank_breaks])
         banned = banned[banned < n]
         if not len(banned):
@@ -72,10 +40,8 @@ class Decoding:
     def __init__(self, tokenizer, vocab, stop_ids: set[int], rules: StopRules, healed: str, max_new: int,
                  prompt_ids: Sequence[int], device, no_comment: torch.Tensor | None = None,
                  processors: Sequence = (), guide=None, no_indent: torch.Tensor | None = None,
-                 dangling: Dangling | None = None, ends: torch.Tensor | None = None,
-                 never: torch.Tensor | None = None):
+                 dangling: Dangling | None = None, never: torch.Tensor | None = None):
         self.tokenizer, self.vocab, self.stop_ids = tokenizer, vocab, stop_ids
-        self.ends = ends  # the stop ids as a tensor (the dangling rule bans them while a bracket is open)
         self.never = never  # tokens no completion writes (control characters)
         self.rules, self.healed, self.max_new = rules, healed, max_new
         self.no_comment, self.processors, self.guide = no_comment, processors, guide

@@ -303,9 +303,7 @@ class Engine:
         self.template, self.order = prompt_format(self.tokenizer, self.config)
         self.stop_ids = stop_token_ids(self.tokenizer, self.template) | set(getattr(loaded, "undertrained", ()))
         self.vocab = loaded.vocab
-        # The stop tokens as a tensor (banned while a single-line completion has a bracket open), and the tokens of
-        # control characters (never generated).
-        self._ends = torch.tensor(sorted(self.stop_ids), dtype=torch.long, device=self.device) if self.stop_ids else None
+        # The tokens of control characters: never generated.
         never = self.vocab.unprintable
         self._never = torch.tensor(never, dtype=torch.long, device=self.device) if never else None
         self._indenting: torch.Tensor | None = None  # vocab.indenting() on the device, built on first use
@@ -562,8 +560,7 @@ class Engine:
             guide = Guide(request.monitors, NameMask.for_vocab(self.vocab), before, cursor=len(parts.prefix))
         return Decoding(self.tokenizer, self.vocab, self.stop_ids, StopRules.at_cursor(parts.prefix, multiline), healed,
                         max_new, ids, self.device, self._comment_mask(parts, multiline), request.logits_processors,
-                        guide, self._indent_mask(parts), self._dangling(parts, healed, multiline), self._ends,
-                        self._never)
+                        guide, self._indent_mask(parts), self._dangling(parts, healed, multiline), self._never)
 
     def _comment_mask(self, parts: PromptParts, multiline: bool) -> torch.Tensor | None:
         """The tokens that would open a line comment, where a single-line completion must not (the cursor's line has
@@ -588,7 +585,7 @@ class Engine:
         if masks is None:
             masks = self._breaking[openers] = tuple(torch.tensor(ids, dtype=torch.long, device=self.device)
                                                     for ids in self.vocab.breaking(openers))
-        return Dangling(head, openers, *masks, self._ends, len(healed))
+        return Dangling(head, openers, *masks)
 
     def _indent_mask(self, parts: PromptParts) -> torch.Tensor | None:
         """The tokens that would indent past the cursor, where its line holds indentation only: the completion's
