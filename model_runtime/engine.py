@@ -265,7 +265,7 @@ def _bos(tokenizer) -> list[int]:
 
 def stop_token_ids(tokenizer, template: FimTemplate) -> set[int]:
     """The template's stop strings, the end of text and every special token: a completion never contains one (the
-    shipped adapter's end token is one of SmolLM2's fourteen untrained specials, which it hardly tells apart)."""
+    shipped adapter's end token is one of SmolLM2's unused specials, which it hardly tells apart)."""
     vocab = tokenizer.get_vocab()
     ids = {vocab[t] for t in template.stop if t in vocab}
     if tokenizer.eos_token_id is not None:

@@ -191,7 +191,7 @@ UNTRAINED_COSINE = 0.99  # an untrained row's cosine to the untrained special to
 
 def undertrained_tokens(model, tokenizer) -> tuple[int, ...]:
     """Tokens whose output embedding training never moved, as "Fishing for Magikarp" (Land & Bartolo, 2024) finds
-    them: rows that point where the model's unused special tokens point. SmolLM2's fourteen unused specials share one
+    them: rows that point where the model's unused special tokens point. Thirteen of SmolLM2's specials share one
     direction with `\\x00`, `PlaneProtection`, ` pvproperty` and a dozen more; a FIM adapter that learnt one of
     those specials as its end cannot tell them apart (tied embeddings), so its "the middle ends here" comes out as
     any of them. The engine treats them as stop tokens. Empty when the special tokens share no direction (each
