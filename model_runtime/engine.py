@@ -263,16 +263,18 @@ def _bos(tokenizer) -> list[int]:
     return ids[:1] if ids and ids[0] == tokenizer.bos_token_id else []
 
 
-def stop_token_ids(tokenizer, template: FimTemplate) -> set[int]:
-    """The template's stop strings, the end of text and every special token: a completion never contains one (the
-    shipped adapter's end token is one of SmolLM2's unused specials, which it hardly tells apart)."""
+def stop_token_ids(tokenizer, template: FimTemplate, undertrained: Sequence[int] = ()) -> set[int]:
+    """What ends a completion (the engine's decode and finetune's held-out exact match alike): the template's stop
+    strings, the end of text, every special token and the model's `undertrained` tokens (loading.undertrained_tokens).
+    A completion never contains one; the shipped adapter's end token is one of SmolLM2's unused specials, which it
+    hardly tells apart from the others."""
     vocab = tokenizer.get_vocab()
     ids = {vocab[t] for t in template.stop if t in vocab}
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
     added = getattr(tokenizer, "added_tokens_decoder", None) or {}
     ids |= {i for i, token in added.items() if getattr(token, "special", False)}
-    ids |= set(tokenizer.all_special_ids)
+    ids |= set(tokenizer.all_special_ids) | set(undertrained)
     return ids
 
 
@@ -301,7 +303,7 @@ class Engine:
         self.tokenizer = loaded.tokenizer
         self.device = loaded.device
         self.template, self.order = prompt_format(self.tokenizer, self.config)
-        self.stop_ids = stop_token_ids(self.tokenizer, self.template) | set(getattr(loaded, "undertrained", ()))
+        self.stop_ids = stop_token_ids(self.tokenizer, self.template, loaded.undertrained)
         self.vocab = loaded.vocab
         # The tokens of control characters: never generated.
         never = self.vocab.unprintable

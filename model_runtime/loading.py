@@ -198,10 +198,11 @@ def undertrained_tokens(model, tokenizer) -> tuple[int, ...]:
     trained on its own), or when the model has no output embedding to read."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     weight = getattr(head, "weight", None)
+    if weight is None or not weight.is_floating_point():
+        return ()
     added = getattr(tokenizer, "added_tokens_decoder", None) or {}
-    specials = sorted(i for i, t in added.items() if getattr(t, "special", False) and weight is not None
-                      and i < weight.shape[0])
-    if weight is None or len(specials) < 3 or not weight.is_floating_point():
+    specials = sorted(i for i, t in added.items() if getattr(t, "special", False) and i < weight.shape[0])
+    if len(specials) < 3:
         return ()
     rows = torch.nn.functional.normalize(weight.detach().float(), dim=-1)
     mean = rows[specials].mean(0)

@@ -384,7 +384,7 @@ def train(model, tokenizer, train_examples: Sequence[TrainExample], val_examples
     val = em = None
     if done:
         val = eval_loss(model, val_examples, config.batch_tokens, dtype, device)
-        end_ids = stop_token_ids(tokenizer, get_template(record.fim_template)) | set(undertrained_tokens(model, tokenizer))
+        end_ids = stop_token_ids(tokenizer, get_template(record.fim_template), undertrained_tokens(model, tokenizer))
         em = exact_match(model, tokenizer, list(val_examples)[:exact_match_examples], end_ids, dtype, device)
         state["curve"].append({"step": state["step"], "train_tokens": state["tokens"], "val_loss": val})
         model.save_pretrained(out)
