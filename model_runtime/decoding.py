@@ -36,11 +36,82 @@ class Dangling:
         return out if torch.isfinite(out).any() else logits  # (never a step with nothing left to choose)
 
 
+_CLOSER_OF = {"(": ")", "[": "]", "{": "}"}
+
+
+def own_unclosed(line: str, start: int, comment: str | None = None, quotes: str = "'\"") -> str | None:
+    """The closers that the brackets opened at or after column `start` of `line` still need, innermost first ("" when
+    they are balanced); None where the line ends inside a string literal or a comment (no bracket to close there).
+    Brackets in string literals do not count; a closer with no opener on the line (the text before the line's
+    start closes it) is set aside."""
+    stack: list[tuple[str, int]] = []
+    i, n, quote = 0, len(line), None
+    while i < n:
+        c = line[i]
+        if quote is not None:
+            if c == "\\":
+                i += 2
+            elif line.startswith(quote, i):
+                i, quote = i + len(quote), None
+            else:
+                i += 1
+            continue
+        if comment and line.startswith(comment, i):
+            return None
+        if c in quotes:
+            quote = c * 3 if line.startswith(c * 3, i) else c
+            i += len(quote)
+            continue
+        if c in _CLOSER_OF:
+            stack.append((c, i))
+        elif c in ")]}" and stack and _CLOSER_OF[stack[-1][0]] == c:
+            stack.pop()
+        i += 1
+    if quote is not None:
+        return None
+    return "".join(_CLOSER_OF[c] for c, at in reversed(stack) if at >= start)
+
+
+class Closing:
+    """A single-line completion at the end of its line does not end with a bracket of its own still open: where the
+    model would end it there (a stop token, or a line break after blanks), it writes the innermost bracket's closer
+    instead, with the chance it gave to ending (`create_task_group(` ended after the `(`: now
+    `create_task_group()`). What it writes afterwards is its own choice again; nothing changes where the model goes
+    on, where the brackets were opened before the cursor, or where the text after the cursor is on the same line
+    (the editor's auto-closed `)` is there).
+
+    `head` is the text before the completion, `healed` the part of it that healing backed off (the generation
+    starts by writing it again; it is the user's text: its brackets are not the completion's)."""
+
+    def __init__(self, head: str, healed: str, ends: torch.Tensor, closers: dict[str, int], comment: str | None,
+                 quotes: str):
+        self.head, self.healed, self.ends, self.closers = head, healed, ends, closers
+        self.comment, self.quotes = comment, quotes
+
+    def apply(self, logits: torch.Tensor, text: str) -> torch.Tensor:
+        body = text[len(self.healed):]
+        if "\n" in body or "\r" in body:
+            return logits
+        line = (self.head + text).rsplit("\n", 1)[-1]
+        need = own_unclosed(line, len(line) - len(body), self.comment, self.quotes)
+        token = self.closers.get(need[:1]) if need else None
+        if token is None or token >= logits.shape[-1]:
+            return logits
+        ends = self.ends[self.ends < logits.shape[-1]]
+        ending = logits.index_select(0, ends).max() if len(ends) else None
+        if ending is None or not torch.isfinite(ending):
+            return logits
+        out = logits.index_fill(0, ends, float("-inf"))
+        out[token] = torch.maximum(out[token], ending)
+        return out
+
+
 class Decoding:
     def __init__(self, tokenizer, vocab, stop_ids: set[int], rules: StopRules, healed: str, max_new: int,
                  prompt_ids: Sequence[int], device, no_comment: torch.Tensor | None = None,
                  processors: Sequence = (), guide=None, no_indent: torch.Tensor | None = None,
-                 dangling: Dangling | None = None, never: torch.Tensor | None = None):
+                 dangling: Dangling | None = None, never: torch.Tensor | None = None,
+                 closing: Closing | None = None):
         self.tokenizer, self.vocab, self.stop_ids = tokenizer, vocab, stop_ids
         self.never = never  # tokens no completion writes (control characters)
         self.rules, self.healed, self.max_new = rules, healed, max_new
@@ -48,6 +119,7 @@ class Decoding:
         # Tokens that may not open the completion (it starts at the cursor's column, after the line's indentation).
         self.no_indent = no_indent
         self.dangling = dangling  # single-line: no line break right after an opening bracket
+        self.closing = closing  # single-line, at a line's end: no end while a bracket of its own is open
         self.remaining_heal = healed  # what the generation must still reproduce before the rules apply
         self.generated: list[int] = []
         self.text = ""
@@ -57,7 +129,7 @@ class Decoding:
 
     def mask(self, logits: torch.Tensor) -> torch.Tensor:
         """This step's logits [vocab] after healing's mask, the no-comment and no-indent rules, the processors and
-        the monitors; control-character tokens never."""
+        the monitors; control-character tokens never; then the closing rule (an end becomes a closer)."""
         if self.remaining_heal:
             logits = logits + self.vocab.mask(self.remaining_heal, logits.shape[-1], logits.device)
         elif self.no_indent is not None and len(self.text) <= len(self.healed):
@@ -74,6 +146,8 @@ class Decoding:
         if self.never is not None:
             kept = logits.index_fill(0, self.never[self.never < logits.shape[-1]], float("-inf"))
             logits = kept if torch.isfinite(kept).any() else logits
+        if self.closing is not None and not self.remaining_heal:
+            logits = self.closing.apply(logits, self.text)
         return logits
 
     def push(self, token: int) -> str | None:

@@ -16,7 +16,7 @@ import torch
 
 from repocomplete.model_runtime.attention import kv_store_dtype
 from repocomplete.model_runtime.config import RuntimeConfig
-from repocomplete.model_runtime.decoding import Dangling, Decoding
+from repocomplete.model_runtime.decoding import Closing, Dangling, Decoding
 from repocomplete.model_runtime.errors import SlabFull
 from repocomplete.model_runtime.healing import backoff
 from repocomplete.model_runtime.kv_cache import PrefixCache, SlabCache
@@ -40,6 +40,10 @@ from repocomplete.model_runtime.templates import (
 
 # A logits processor has the transformers signature: (input_ids [1, n], scores [1, vocab]) -> scores.
 LogitsProcessor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+# Languages whose string literals may also be in backticks (the closing rule skips brackets inside them).
+_BACKTICK_STRINGS = (".js", ".jsx", ".mjs", ".cjs", ".ts", ".tsx", ".go")
 
 
 class CancelToken:
@@ -310,6 +314,10 @@ class Engine:
         self._never = torch.tensor(never, dtype=torch.long, device=self.device) if never else None
         self._indenting: torch.Tensor | None = None  # vocab.indenting() on the device, built on first use
         self._breaking: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # vocab.breaking(openers) on the device
+        # The closing rule's tokens (built on first use): what ends a single-line completion (stop tokens, line breaks
+        # after blanks), and the token of each closing bracket.
+        self._ends: torch.Tensor | None = None
+        self._closers: dict[str, int] = {}
         # Long prompts: sparse attention (sparse.py) where the config asks for it; its K/V from the threshold on are
         # salted apart from dense ones in the prefix cache.
         self.policy = SparsePolicy.from_config(self.config)
@@ -562,7 +570,8 @@ class Engine:
             guide = Guide(request.monitors, NameMask.for_vocab(self.vocab), before, cursor=len(parts.prefix))
         return Decoding(self.tokenizer, self.vocab, self.stop_ids, StopRules.at_cursor(parts.prefix, multiline), healed,
                         max_new, ids, self.device, self._comment_mask(parts, multiline), request.logits_processors,
-                        guide, self._indent_mask(parts), self._dangling(parts, healed, multiline), self._never)
+                        guide, self._indent_mask(parts), self._dangling(parts, healed, multiline), self._never,
+                        self._closing(parts, healed, multiline))
 
     def _comment_mask(self, parts: PromptParts, multiline: bool) -> torch.Tensor | None:
         """The tokens that would open a line comment, where a single-line completion must not (the cursor's line has
@@ -588,6 +597,20 @@ class Engine:
             masks = self._breaking[openers] = tuple(torch.tensor(ids, dtype=torch.long, device=self.device)
                                                     for ids in self.vocab.breaking(openers))
         return Dangling(head, openers, *masks)
+
+    def _closing(self, parts: PromptParts, healed: str, multiline: bool) -> Closing | None:
+        """The closing rule of a single-line completion at the end of its line (decoding.Closing); None when
+        multi-line, or where the cursor's line goes on after it."""
+        if multiline or parts.suffix.split("\n", 1)[0].strip():
+            return None
+        if self._ends is None:
+            blank, _ = self.vocab.breaking("")
+            self._ends = torch.tensor(sorted(set(blank) | self.stop_ids), dtype=torch.long, device=self.device)
+            self._closers = {c: ids[0] for c in ")]}" if (ids := self.vocab.exactly(c))}
+        path = (parts.path or "").lower()
+        quotes = "\"" if path.endswith(".rs") else "'\"`" if path.endswith(_BACKTICK_STRINGS) else "'\""
+        before = parts.prefix[: len(parts.prefix) - len(healed)] if parts.prefix.endswith(healed) else parts.prefix
+        return Closing(before[-400:], healed, self._ends, self._closers, line_comment(parts.path or ""), quotes)
 
     def _indent_mask(self, parts: PromptParts) -> torch.Tensor | None:
         """The tokens that would indent past the cursor, where its line holds indentation only: the completion's

@@ -45,6 +45,10 @@ class VocabIndex:
         hi = bisect.bisect_left(self._keys, s + "\U0010ffff")
         return [token_id for _, token_id in self._sorted[lo:hi]]
 
+    def exactly(self, s: str) -> list[int]:
+        """The tokens whose text is `s`."""
+        return list(self._exact.get(s, ()))
+
     def prefixes_of(self, s: str) -> list[int]:
         return [token_id for n in range(1, len(s)) for token_id in self._exact.get(s[:n], ())]
 

@@ -350,6 +350,74 @@ def test_control_character_tokens_are_never_written(engine, tokenizer):
     assert result.text == "xx"
 
 
+def test_own_unclosed_counts_the_completion_s_brackets_outside_strings_and_comments():
+    from repocomplete.model_runtime.decoding import own_unclosed
+
+    assert own_unclosed("    x = f(a, g(", 4) == "))"
+    assert own_unclosed("    x = f(a, g(", 10) == ")"  # `f(` was there before the completion: not its own
+    assert own_unclosed("x = {k: [f(", 0) == ")]}"
+    assert own_unclosed("f(a)[0].g()", 0) == ""
+    assert own_unclosed("a) + b(", 0) == ")"  # a closer of the text before the line is set aside
+    assert own_unclosed('x = f("(", ', 0) == ")"  # brackets in strings do not count
+    assert own_unclosed("x = f(')', ", 0) == ")"
+    assert own_unclosed('x = f("a\\"(")', 0) == ""  # an escaped quote does not end the string
+    assert own_unclosed('x = f("abc(', 0) is None  # inside a string: nothing to close
+    assert own_unclosed('x = f("""abc', 0) is None
+    assert own_unclosed("x = f(  # (", 0, "#") is None  # inside a comment
+    assert own_unclosed("x = f(`)`", 0, None, "'\"`") == ")"
+
+
+def test_closing_turns_an_end_into_the_closer_only_while_an_own_bracket_is_open():
+    from repocomplete.model_runtime.decoding import Closing
+
+    inf = float("-inf")
+    rule = Closing("    x = ", "", torch.tensor([1, 2]), {")": 3, "]": 4}, "#", "'\"")
+    logits = torch.tensor([0.0, 2.0, 1.0, -1.0, -3.0])
+    assert rule.apply(logits, "f(").tolist() == [0.0, inf, inf, 2.0, -3.0]  # the end's chance goes to `)`
+    assert rule.apply(logits, "f(a[").tolist() == [0.0, inf, inf, -1.0, 2.0]  # the innermost first
+    assert rule.apply(torch.tensor([3.0, 0.0, 1.0, 2.0, 0.0]), "f(").tolist() == [3.0, inf, inf, 2.0, 0.0]
+    for text in ("f()", "f", 'f("(', "f(  # (", "f(\n"):
+        assert rule.apply(logits, text).tolist() == logits.tolist(), text
+    assert Closing("x = f(", "", torch.tensor([1, 2]), {")": 3}, "#", "'").apply(logits, "a").equal(logits)
+    # healing's text is the user's: `f(` backed off and written again is not the completion's bracket
+    healed = Closing("x = ", "f(", torch.tensor([1, 2]), {")": 3}, "#", "'")
+    assert healed.apply(logits, "f(").equal(logits) and healed.apply(logits, "f(g(").tolist()[3] == 2.0
+
+
+class EndsAfter:
+    """Forces `text`, then prefers ending (EOS 0.6) over `x` (0.3) and `)` (0.1)."""
+
+    def __init__(self, tokenizer, text: str):
+        self.ids = tokenizer.encode(text, add_special_tokens=False)
+        self.eos = tokenizer.eos_token_id
+        self.x, self.close = (tokenizer.encode(c, add_special_tokens=False)[0] for c in ("x", ")"))
+        self.step = 0
+
+    def __call__(self, input_ids, scores):
+        out = torch.full_like(scores, float("-inf"))
+        if self.step < len(self.ids):
+            out[0, self.ids[self.step]] = 0.0
+        else:
+            for token, p in ((self.eos, 0.6), (self.x, 0.3), (self.close, 0.1)):
+                out[0, token] = float(torch.tensor(p).log())
+        self.step += 1
+        return out
+
+
+def test_a_completion_at_the_line_s_end_closes_its_bracket_where_it_would_end(engine, tokenizer):
+    """`create_task_group(` and an end: the end became `)`; after it, ending is the model's choice again."""
+    result = run(engine, "x = ", EndsAfter(tokenizer, "f("))
+    assert (result.text, result.stop_reason) == ("f()", "eos")
+    result = run(engine, "x = ", EndsAfter(tokenizer, "f(g([a"))
+    assert (result.text, result.stop_reason) == ("f(g([a]))", "eos")
+    # The editor's auto-closed `)` after the cursor, a multi-line completion, a bracket opened before the cursor,
+    # and a bracket in a string literal: ends as the model chose.
+    assert run(engine, "x = ", EndsAfter(tokenizer, "f("), suffix=")\n").text == "f("
+    assert run(engine, "x = ", EndsAfter(tokenizer, "f("), multiline=True).text == "f("
+    assert run(engine, "x = f(", EndsAfter(tokenizer, "a")).text == "a"
+    assert run(engine, "x = ", EndsAfter(tokenizer, 'f("(')).text == 'f("('
+
+
 def test_dangling_bans_breaks_after_an_opener_and_never_leaves_nothing():
     from repocomplete.model_runtime.decoding import Dangling
 
