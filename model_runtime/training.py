@@ -76,6 +76,10 @@ class TrainConfig:
     seed: int = 0
     device: str | None = None  # None: cuda when present, else cpu
     threads: int | None = None
+    # Token ids whose embedding rows train too (peft's trainable tokens; where the output embedding is tied to the
+    # input one, as in SmolLM2, the output rows are the same rows): the template's sentinels, so that its end token
+    # gets an output row of its own instead of the direction every untrained token shares.
+    token_rows: tuple[int, ...] = ()
 
     def validate(self) -> None:
         if self.steps < 1:
@@ -134,23 +138,43 @@ def add_lora(model, config: TrainConfig):
     layers = list(range(max(0, n - config.layers), n)) if config.layers else None
     lora = LoraConfig(r=config.rank, lora_alpha=config.alpha or 2 * config.rank, lora_dropout=0.0,
                       target_modules=list(config.targets), layers_to_transform=layers,
-                      layers_pattern="layers" if layers else None, bias="none", task_type="CAUSAL_LM")
+                      layers_pattern="layers" if layers else None, bias="none", task_type="CAUSAL_LM",
+                      trainable_token_indices=_token_indices(config.token_rows))
     torch.manual_seed(config.seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return get_peft_model(model, lora)
 
 
-def continue_adapter(model, adapter_dir: Path):
-    """A trainable peft model whose LoRA weights start from an existing adapter (its rank and layers)."""
-    from peft import PeftModel
+def _token_indices(rows: Sequence[int]) -> dict[str, list[int]] | None:
+    return {"embed_tokens": sorted(set(rows))} if rows else None
+
+
+def continue_adapter(model, adapter_dir: Path, token_rows: Sequence[int] = ()):
+    """A trainable peft model whose LoRA weights start from an existing adapter (its rank and layers); `token_rows`
+    that the adapter does not train yet are added, starting from the base model's rows."""
+    from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+    from safetensors.torch import load_file
 
     from repocomplete.model_runtime.adapters import check_adapter_dir
 
     check_adapter_dir(adapter_dir)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return PeftModel.from_pretrained(model, adapter_dir, is_trainable=True)
+        config = LoraConfig.from_pretrained(str(adapter_dir))
+        had = set((config.trainable_token_indices or {}).get("embed_tokens", []))
+        if not token_rows or set(token_rows) <= had:
+            return PeftModel.from_pretrained(model, adapter_dir, is_trainable=True)
+        config.trainable_token_indices = _token_indices([*had, *token_rows])
+        config.inference_mode = False
+        peft_model = get_peft_model(model, config)
+        fresh = get_peft_model_state_dict(peft_model)  # the new rows' starting values (the base model's rows)
+        saved = load_file(str(Path(adapter_dir) / "adapter_model.safetensors"))
+        result = set_peft_model_state_dict(peft_model, {**fresh, **saved})
+    unexpected = getattr(result, "unexpected_keys", None)
+    if unexpected:
+        raise ModelLoadError(f"adapter {adapter_dir} holds weights this model does not have: {unexpected[:3]}")
+    return peft_model
 
 
 # -- batches ---------------------------------------------------------------------------------------------------

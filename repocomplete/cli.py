@@ -560,7 +560,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         suffix_chars=args.suffix_chars, budget=args.budget, seed=args.seed, device=args.device,
         autocast=args.autocast, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
         threads=args.threads, index_dir=args.index_dir, exact_match_examples=args.exact_match_examples,
-        init_adapter=args.init_adapter, infile_share=args.infile_share,
+        init_adapter=args.init_adapter, infile_share=args.infile_share, train_sentinels=args.train_sentinels,
         command=["repocomplete", *args.argv],
     )
     report = run_finetune(options, progress=not args.json)
@@ -731,6 +731,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--template", default=None, help="the FIM template (default: the model's, else smollm2-fim)")
     p.add_argument("--init-adapter", default=None, metavar="DIR",
                    help="start from this adapter's weights (e.g. the shipped one, tuned further on REPO)")
+    p.add_argument("--train-sentinels", action="store_true",
+                   help="train the embedding rows of the template's special tokens too (a model whose specials "
+                        "never trained, like SmolLM2's: its end token gets a row of its own)")
     p.add_argument("--hold-out", action="append", default=[], metavar="PATTERN",
                    help="validation files (fnmatch on the repository path; repeatable; default: a hashed 5%%)")
     p.add_argument("--exclude", action="append", default=[], metavar="PATTERN", help="files left out (repeatable)")

@@ -62,6 +62,7 @@ class FinetuneOptions:
     layers: int | None = 8
     template: str | None = None  # None: the model's FIM template (an --init-adapter's), else smollm2-fim
     init_adapter: str | None = None  # start from this adapter's weights (per-repository tuning of the shipped one)
+    train_sentinels: bool = False  # the template's special tokens' embedding rows train too (its end token's row)
     hold_out: tuple[str, ...] = ()  # fnmatch patterns of validation files (never trained on)
     exclude: tuple[str, ...] = ()  # fnmatch patterns of files left out altogether
     prefix_chars: int = 1200  # the training window (the runtime's Window; a short one trains faster)
@@ -79,6 +80,17 @@ class FinetuneOptions:
     index_dir: str | None = None
     exact_match_examples: int = 32
     command: list[str] = field(default_factory=lambda: list(sys.argv))
+
+
+def sentinel_ids(tokenizer, template) -> list[int]:
+    """The ids of the special tokens a FIM template writes (its sentinels, file separators and end token)."""
+    from repocomplete.model_runtime.templates import end_token
+
+    forms = " ".join(f or "" for f in (template.psm, template.spm, template.repo_start, template.file_item,
+                                         template.repo_psm, template.repo_spm))
+    texts = set(tokenizer.all_special_tokens) | set(tokenizer.get_added_vocab())
+    found = {t for t in texts if t and t in forms} | {end_token(template)}
+    return sorted({tokenizer.convert_tokens_to_ids(t) for t in found} - {tokenizer.unk_token_id, None})
 
 
 # -- the corpus ------------------------------------------------------------------------------------------------
@@ -425,8 +437,10 @@ def run_finetune(options: FinetuneOptions, progress: bool = False) -> dict:
                 "val_file_list": val_files[:200], "cut_seconds": round(time.perf_counter() - t0, 1)}
         training.save_examples(data_path, train_examples, val_examples, meta)
     model = training.load_base(model_dir, device)
+    if options.train_sentinels:
+        config.token_rows = tuple(sentinel_ids(tokenizer, template))
     if options.init_adapter:
-        model = training.continue_adapter(model, Path(options.init_adapter).expanduser())
+        model = training.continue_adapter(model, Path(options.init_adapter).expanduser(), config.token_rows)
     else:
         model = training.add_lora(model, config)
     result = training.train(model, tokenizer, train_examples, val_examples, config, out, record,

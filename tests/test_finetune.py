@@ -277,6 +277,56 @@ def test_adapter_round_trip_gives_identical_logits_and_selects_its_template(tiny
     assert json.loads((tmp_path / "ad" / RECORD).read_text())["fim_template"] == "smollm2-fim"
 
 
+def test_sentinel_ids_are_the_template_s_special_tokens(tokenizer):
+    from repocomplete.finetune import sentinel_ids
+    from repocomplete.model_runtime.templates import get_template
+
+    ids = sentinel_ids(tokenizer, get_template("smollm2-fim"))
+    assert tokenizer.convert_ids_to_tokens(ids) == ["<repo_name>", "<file_sep>", "<filename>", "<issue_start>",
+                                                    "<issue_comment>", "<issue_closed>", "<empty_output>"]
+
+
+def test_sentinel_rows_train_and_the_runtime_loads_them_merged(tiny_model_dir, tokenizer, tmp_path):
+    """SmolLM2's unused specials never trained and its output embedding is its input one: with the sentinel rows
+    trainable they move (tied: every output row has a gradient through the softmax), no other row does, and the
+    runtime merges them."""
+    from repocomplete.model_runtime.loading import load_model
+
+    rows = (3, 8, 16)
+    model, config = _tiny_peft(tiny_model_dir, steps=6, token_rows=rows)
+    examples = _toy_examples(tokenizer)
+    before = training.load_base(tiny_model_dir, torch.device("cpu")).get_input_embeddings().weight.detach().clone()
+    training.train(model, tokenizer, examples, examples, config, tmp_path / "ad", AdapterRecord("smollm2-fim", "spm"),
+                   exact_match_examples=0)
+    runtime = RuntimeConfig(model=str(tiny_model_dir), adapter=str(tmp_path / "ad"), cache_dir=tmp_path / "c",
+                            device="cpu", dtype="float32", quantize="none", fast_forward=False)
+    merged = load_model(runtime).model
+    after = merged.get_input_embeddings().weight.detach()
+    moved = (after - before).abs().amax(dim=1).nonzero().flatten().tolist()
+    assert moved == [3, 8, 16]
+    torch.testing.assert_close(merged.get_output_embeddings().weight[16], after[16])  # tied: the output row too
+    model.eval()
+    ids = torch.tensor([examples[0].prompt + examples[0].target])
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_continuing_an_adapter_adds_sentinel_rows_without_changing_its_logits(tiny_model_dir, tokenizer, tmp_path):
+    model, config = _tiny_peft(tiny_model_dir, steps=3)
+    examples = _toy_examples(tokenizer)
+    training.train(model, tokenizer, examples, examples, config, tmp_path / "ad", AdapterRecord("smollm2-fim", "spm"),
+                   exact_match_examples=0)
+    model.eval()
+    continued = training.continue_adapter(training.load_base(tiny_model_dir, torch.device("cpu")), tmp_path / "ad",
+                                          (16,))
+    continued.eval()
+    ids = torch.tensor([examples[0].prompt])
+    with torch.no_grad():
+        torch.testing.assert_close(continued(input_ids=ids).logits, model(input_ids=ids).logits)
+    names = [n for n, p in continued.named_parameters() if p.requires_grad]
+    assert any("trainable_tokens" in n for n in names) and any("lora_A" in n for n in names)
+
+
 # -- the command -----------------------------------------------------------------------------------------------
 
 
