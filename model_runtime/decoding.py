@@ -7,6 +7,7 @@ trimming. The forward passes, speculation and the time budget stay with the loop
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import torch
@@ -72,6 +73,9 @@ def own_unclosed(line: str, start: int, comment: str | None = None, quotes: str 
     return "".join(_CLOSER_OF[c] for c, at in reversed(stack) if at >= start)
 
 
+_IMPORT_LIST = re.compile(r"^\s*from\s+\S+\s+import\s*\($")
+
+
 class Closing:
     """A single-line completion at the end of its line does not end with a bracket of its own still open: where the
     model would end it there (a stop token, or a line break after blanks), it writes the innermost bracket's closer
@@ -94,6 +98,8 @@ class Closing:
             return logits
         line = (self.head + text).rsplit("\n", 1)[-1]
         need = own_unclosed(line, len(line) - len(body), self.comment, self.quotes)
+        if need and _IMPORT_LIST.search(line):
+            return logits  # `from m import (` goes on below: an import list is never empty
         token = self.closers.get(need[:1]) if need else None
         if token is None or token >= logits.shape[-1]:
             return logits
