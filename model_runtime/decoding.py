@@ -100,6 +100,8 @@ class Closing:
         need = own_unclosed(line, len(line) - len(body), self.comment, self.quotes)
         if need and _IMPORT_LIST.search(line):
             return logits  # `from m import (` goes on below: an import list is never empty
+        if need and need[0] in ")}" and line.rstrip(" \t").endswith(":"):
+            return logits  # `if (a:` ends a header: `:)` is no code (a slice's `x[1:` does close)
         token = self.closers.get(need[:1]) if need else None
         if token is None or token >= logits.shape[-1]:
             return logits

@@ -378,6 +378,8 @@ def test_closing_turns_an_end_into_the_closer_only_while_an_own_bracket_is_open(
     assert rule.apply(torch.tensor([3.0, 0.0, 1.0, 2.0, 0.0]), "f(").tolist() == [3.0, inf, inf, 2.0, 0.0]
     for text in ("f()", "f", 'f("(', "f(  # (", "f(\n"):
         assert rule.apply(logits, text).tolist() == logits.tolist(), text
+    assert rule.apply(logits, "if (a == b:").equal(logits)  # a header's end: `:)` is no code
+    assert rule.apply(logits, "x[1:").tolist()[4] == 2.0  # a slice closes
     # an import list goes on below (`from m import ()` is no Python)
     assert Closing("    ", "", torch.tensor([1, 2]), {")": 3}, "#", "'").apply(logits, "from m import (").equal(logits)
     assert Closing("x = f(", "", torch.tensor([1, 2]), {")": 3}, "#", "'").apply(logits, "a").equal(logits)
