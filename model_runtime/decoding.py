@@ -40,11 +40,12 @@ class Dangling:
 _CLOSER_OF = {"(": ")", "[": "]", "{": "}"}
 
 
-def own_unclosed(line: str, start: int, comment: str | None = None, quotes: str = "'\"") -> str | None:
+def own_unclosed(line: str, start: int, comment: str | None = None, quotes: str = "'\"",
+                 openers: str = "([{") -> str | None:
     """The closers that the brackets opened at or after column `start` of `line` still need, innermost first ("" when
     they are balanced); None where the line ends inside a string literal or a comment (no bracket to close there).
-    Brackets in string literals do not count; a closer with no opener on the line (the text before the line's
-    start closes it) is set aside."""
+    Brackets in string literals do not count, nor brackets not in `openers` (a brace language's `{` opens a block);
+    a closer with no opener on the line (the text before the line's start closes it) is set aside."""
     stack: list[tuple[str, int]] = []
     i, n, quote = 0, len(line), None
     while i < n:
@@ -63,7 +64,7 @@ def own_unclosed(line: str, start: int, comment: str | None = None, quotes: str 
             quote = c * 3 if line.startswith(c * 3, i) else c
             i += len(quote)
             continue
-        if c in _CLOSER_OF:
+        if c in openers:
             stack.append((c, i))
         elif c in ")]}" and stack and _CLOSER_OF[stack[-1][0]] == c:
             stack.pop()
@@ -82,22 +83,23 @@ class Closing:
     instead, with the chance it gave to ending (`create_task_group(` ended after the `(`: now
     `create_task_group()`). What it writes afterwards is its own choice again; nothing changes where the model goes
     on, where the brackets were opened before the cursor, or where the text after the cursor is on the same line
-    (the editor's auto-closed `)` is there).
+    (the editor's auto-closed `)` is there). As for `Dangling`, `{` is a bracket in Python only: in brace languages it
+    opens a block, and a line that ends with it is complete.
 
     `head` is the text before the completion, `healed` the part of it that healing backed off (the generation
     starts by writing it again; it is the user's text: its brackets are not the completion's)."""
 
     def __init__(self, head: str, healed: str, ends: torch.Tensor, closers: dict[str, int], comment: str | None,
-                 quotes: str):
+                 quotes: str, openers: str = "([{"):
         self.head, self.healed, self.ends, self.closers = head, healed, ends, closers
-        self.comment, self.quotes = comment, quotes
+        self.comment, self.quotes, self.openers = comment, quotes, openers
 
     def apply(self, logits: torch.Tensor, text: str) -> torch.Tensor:
         body = text[len(self.healed):]
         if "\n" in body or "\r" in body:
             return logits
         line = (self.head + text).rsplit("\n", 1)[-1]
-        need = own_unclosed(line, len(line) - len(body), self.comment, self.quotes)
+        need = own_unclosed(line, len(line) - len(body), self.comment, self.quotes, self.openers)
         if need and _IMPORT_LIST.search(line):
             return logits  # `from m import (` goes on below: an import list is never empty
         if need and need[0] in ")}" and line.rstrip(" \t").endswith(":"):

@@ -609,8 +609,10 @@ class Engine:
             self._closers = {c: ids[0] for c in ")]}" if (ids := self.vocab.exactly(c))}
         path = (parts.path or "").lower()
         quotes = "\"" if path.endswith(".rs") else "'\"`" if path.endswith(_BACKTICK_STRINGS) else "'\""
+        openers = "([{" if path.endswith((".py", ".pyi")) else "(["
         before = parts.prefix[: len(parts.prefix) - len(healed)] if parts.prefix.endswith(healed) else parts.prefix
-        return Closing(before[-400:], healed, self._ends, self._closers, line_comment(parts.path or ""), quotes)
+        return Closing(before[-400:], healed, self._ends, self._closers, line_comment(parts.path or ""), quotes,
+                       openers)
 
     def _indent_mask(self, parts: PromptParts) -> torch.Tensor | None:
         """The tokens that would indent past the cursor, where its line holds indentation only: the completion's

@@ -365,6 +365,8 @@ def test_own_unclosed_counts_the_completion_s_brackets_outside_strings_and_comme
     assert own_unclosed('x = f("""abc', 0) is None
     assert own_unclosed("x = f(  # (", 0, "#") is None  # inside a comment
     assert own_unclosed("x = f(`)`", 0, None, "'\"`") == ")"
+    assert own_unclosed("if (ok) {", 0, "//", "'\"`", "([") == ""  # a brace language's `{` opens a block
+    assert own_unclosed("if (f({", 0, "//", "'\"`", "([") == "))"
 
 
 def test_closing_turns_an_end_into_the_closer_only_while_an_own_bracket_is_open():
@@ -420,6 +422,13 @@ def test_a_completion_at_the_line_s_end_closes_its_bracket_where_it_would_end(en
     assert run(engine, "x = ", EndsAfter(tokenizer, "f("), multiline=True).text == "f("
     assert run(engine, "x = f(", EndsAfter(tokenizer, "a")).text == "a"
     assert run(engine, "x = ", EndsAfter(tokenizer, 'f("(')).text == 'f("('
+    # In a brace language a line that ends with `{` opens a block: complete as it is.
+    brace = engine.complete(CompletionRequest(PromptParts("", "\n", "a.ts"), logits_processors=[
+        EndsAfter(tokenizer, "if (ok) {")]))
+    assert brace.text == "if (ok) {"
+    brace = engine.complete(CompletionRequest(PromptParts("", "\n", "a.ts"), logits_processors=[
+        EndsAfter(tokenizer, "if (ok")]))
+    assert brace.text == "if (ok)"
 
 
 def test_dangling_bans_breaks_after_an_opener_and_never_leaves_nothing():
