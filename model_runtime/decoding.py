@@ -77,6 +77,25 @@ def own_unclosed(line: str, start: int, comment: str | None = None, quotes: str 
 _IMPORT_LIST = re.compile(r"^\s*from\s+\S+\s+import\s*\($")
 
 
+# Words after which an expression goes on (an operand is missing): a closer there is no code.
+_OPERATOR_WORDS = frozenset(("and", "or", "not", "in", "is", "if", "else", "lambda", "await", "return", "yield",
+                             "for", "from", "import", "as", "with", "async", "del", "assert", "raise", "typeof",
+                             "instanceof", "new", "void", "delete"))
+
+
+def _operand_end(line: str) -> bool:
+    """Does `line` end where an expression may end: after a name or literal (not an operator word), a closing
+    bracket, a quote, or an opener (an empty call)? Not after an operator, a comma, a dot or a colon."""
+    text = line.rstrip(" \t")
+    if not text:
+        return False
+    c = text[-1]
+    if c.isalnum() or c == "_":
+        word = re.search(r"\w+$", text).group()
+        return word not in _OPERATOR_WORDS
+    return c in ")]}'\"`([{"
+
+
 class Closing:
     """A single-line completion at the end of its line does not end with a bracket of its own still open: where the
     model would end it there (a stop token, or a line break after blanks), it writes the innermost bracket's closer
@@ -102,8 +121,10 @@ class Closing:
         need = own_unclosed(line, len(line) - len(body), self.comment, self.quotes, self.openers)
         if need and _IMPORT_LIST.search(line):
             return logits  # `from m import (` goes on below: an import list is never empty
-        if need and need[0] in ")}" and line.rstrip(" \t").endswith(":"):
-            return logits  # `if (a:` ends a header: `:)` is no code (a slice's `x[1:` does close)
+        if need and not (_operand_end(line) or need[0] == "]" and line.rstrip(" \t").endswith(":")):
+            # `(a and` then a line break goes on below (implicit line joining), `if (a:` ends a header: `and)`, `:)`
+            # are no code (a slice's `x[1:` does close)
+            return logits
         token = self.closers.get(need[:1]) if need else None
         if token is None or token >= logits.shape[-1]:
             return logits

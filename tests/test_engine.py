@@ -381,6 +381,10 @@ def test_closing_turns_an_end_into_the_closer_only_while_an_own_bracket_is_open(
     for text in ("f()", "f", 'f("(', "f(  # (", "f(\n"):
         assert rule.apply(logits, text).tolist() == logits.tolist(), text
     assert rule.apply(logits, "if (a == b:").equal(logits)  # a header's end: `:)` is no code
+    for text in ("f(a and", "f(a +", "f(a,", "f(a.", "f(not"):  # an operand is missing: the line goes on below
+        assert rule.apply(logits, text).equal(logits), text
+    for text in ("f(a", "f(a[0]", "f('a'", "f(1", "f(g()", "f(self.x_1"):
+        assert rule.apply(logits, text).tolist()[3] == 2.0, text
     assert rule.apply(logits, "x[1:").tolist()[4] == 2.0  # a slice closes
     # an import list goes on below (`from m import ()` is no Python)
     assert Closing("    ", "", torch.tensor([1, 2]), {")": 3}, "#", "'").apply(logits, "from m import (").equal(logits)
