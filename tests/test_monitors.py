@@ -604,9 +604,6 @@ def test_underscores_the_model_wrote_are_not_finished_into_a_dunder(vocab):
     only = Fixed(["__class__", "__hash__", "get_running_tasks"], len(before))
     token, guide = step(vocab, {"current": 6.0, "hash": 3.0}, only, before, "__")
     assert token == "current" and [s.yielded for s in guide.spans.values()] == ["only dunders start so"]
-    # after a letter of the model's, the swap does not land on a dunder either
-    token, guide = step(vocab, {"current": 6.0, "ash": 3.0}, only, before, "__h")
-    assert token == "current" and [s.yielded for s in guide.spans.values()] == ["only dunders start so"]
     # typed by the user, the underscores are theirs: the dunder finishes
     token, _ = step(vocab, {"current": 6.0, "hash": 3.0}, only, before + "__", "")
     assert token == "hash"
