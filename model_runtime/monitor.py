@@ -32,7 +32,7 @@ import bisect
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -60,16 +60,6 @@ class Monitor(Protocol):
     name: str
 
     def constraint(self, before: str, generated: str) -> Constraint | None: ...
-
-
-def _fit(allowed: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """A vocabulary mask cut or padded (False) to the logits' length, on their device."""
-    n = logits.shape[-1]
-    if allowed.shape[0] < n:
-        allowed = torch.cat([allowed, allowed.new_zeros(n - allowed.shape[0])])
-    elif allowed.shape[0] > n:
-        allowed = allowed[:n]
-    return allowed.to(logits.device)
 
 
 def _word(c: str) -> bool:
@@ -264,7 +254,12 @@ class Guide:
             span = self.spans[key] = Span(key[0], c.start - len(self.before), len(c.names), c.what)
         if span.yielded:
             return logits
-        allowed = _fit(allowed, logits)
+        n = logits.shape[-1]
+        if allowed.shape[0] < n:
+            allowed = torch.cat([allowed, allowed.new_zeros(n - allowed.shape[0])])
+        elif allowed.shape[0] > n:
+            allowed = allowed[:n]
+        allowed = allowed.to(logits.device)
         masked = logits.masked_fill(~allowed, float("-inf"))
         if not torch.isfinite(masked).any():
             span.yielded = "no token left"
@@ -279,34 +274,12 @@ class Guide:
         top = int(torch.argmax(logits))
         if not allowed[top]:
             why = self._refused(c, logits, probs, allowed, masked, top, span)
-            if not why and self._own_underscores(c, span):
-                masked, why = self._no_dunder(c, logits, masked)
             if why:
                 span.yielded = why
                 return logits
             span.redirected = True
         span.steps += 1
         return masked
-
-    def _own_underscores(self, c: Constraint, span: Span) -> bool:
-        """Has the model, by its own choice, written only underscores of this name (`__` of `__hits`)?"""
-        if not c.partial or c.partial.strip("_") or span.redirected:
-            return False
-        cursor = len(self.before) if self.cursor is None else self.cursor
-        return c.start + len(c.partial) > cursor
-
-    def _no_dunder(self, c: Constraint, logits: torch.Tensor, masked: torch.Tensor) -> tuple[torch.Tensor, str]:
-        """After underscores the model wrote, its refused name is not swapped for a dunder (`self.__hits` became
-        `self.__hash__`, then `*self.__hash__` to the token limit): dunders are reached through syntax, and the
-        model did not write one. The mask keeps the other names that start so (`__wrapper`), else it yields."""
-        plain = tuple(n for n in c.names if not (len(n) > 4 and n.startswith("__") and n.endswith("__")))
-        if len(plain) == len(c.names):
-            return masked, ""
-        if plain:
-            kept = logits.masked_fill(~_fit(self.names.allowed(replace(c, names=plain)), logits), float("-inf"))
-            if torch.isfinite(kept).any():
-                return kept, ""
-        return masked, "only dunders start so"
 
     def _refused(self, c: Constraint, logits, probs, allowed, masked, top: int, span: Span) -> str:
         """Why the monitor should leave the model its first choice `top`, which the mask refuses ("" : it should

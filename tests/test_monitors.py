@@ -592,18 +592,3 @@ def test_a_swap_for_names_the_model_gives_little_weight_is_a_guess(vocab):
     assert [s.yielded for s in guide.spans.values()] == ["the allowed names are a guess"]
     token, guide = step(vocab, {"append": 6.0, "content": 5.0, "close": 2.5}, deref, before, "")
     assert token == "content" and guide.spans[("deref", len(before))].mass > 0.1
-
-
-def test_underscores_the_model_wrote_are_not_finished_into_a_dunder(vocab):
-    """anyio's `AsyncCacheInfo(self.__hits, ...`: after the model's own `__`, its name is no member, and the mask made
-    it `__hash__` (then `*self.__hash__` to the token limit). A dunder is reached through syntax, not written."""
-    before = "        return AsyncCacheInfo(self."
-    deref = Fixed(["__class__", "__hash__", "__instance", "__wrapper", "cache_info"], len(before))
-    token, guide = step(vocab, {"current": 6.0, "hash": 3.0, "wrapper": 2.0}, deref, before, "__")
-    assert token == "wrapper"  # the name of the class's own that starts so
-    only = Fixed(["__class__", "__hash__", "get_running_tasks"], len(before))
-    token, guide = step(vocab, {"current": 6.0, "hash": 3.0}, only, before, "__")
-    assert token == "current" and [s.yielded for s in guide.spans.values()] == ["only dunders start so"]
-    # typed by the user, the underscores are theirs: the dunder finishes
-    token, _ = step(vocab, {"current": 6.0, "hash": 3.0}, only, before + "__", "")
-    assert token == "hash"
