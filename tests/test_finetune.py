@@ -248,17 +248,23 @@ def test_resume_after_an_interruption_continues_from_the_same_step(tiny_model_di
     assert second.val_loss == pytest.approx(straight.val_loss, abs=1e-4)
 
 
+def _trained(tiny_model_dir, tokenizer, out, **changes):
+    """A tiny adapter trained a few steps into `out`: the peft model (in eval mode) and its examples."""
+    model, config = _tiny_peft(tiny_model_dir, **{"steps": 3, **changes})
+    examples = _toy_examples(tokenizer)
+    training.train(model, tokenizer, examples, examples, config, out, AdapterRecord("smollm2-fim", "spm"),
+                   exact_match_examples=0)
+    model.eval()
+    return model, examples
+
+
 def test_adapter_round_trip_gives_identical_logits_and_selects_its_template(tiny_model_dir, tokenizer, tmp_path):
     from peft import PeftModel
 
     from repocomplete.model_runtime.engine import Engine
     from repocomplete.model_runtime.loading import load_model
 
-    model, config = _tiny_peft(tiny_model_dir, steps=3)
-    examples = _toy_examples(tokenizer)
-    training.train(model, tokenizer, examples, examples, config, tmp_path / "ad", AdapterRecord("smollm2-fim", "spm"),
-                   exact_match_examples=0)
-    model.eval()
+    model, examples = _trained(tiny_model_dir, tokenizer, tmp_path / "ad")
     ids = torch.tensor([examples[0].prompt])
     with torch.no_grad():
         trained = model(input_ids=ids).logits
@@ -293,11 +299,8 @@ def test_sentinel_rows_train_and_the_runtime_loads_them_merged(tiny_model_dir, t
     from repocomplete.model_runtime.loading import load_model
 
     rows = (3, 8, 16)
-    model, config = _tiny_peft(tiny_model_dir, steps=6, token_rows=rows)
-    examples = _toy_examples(tokenizer)
     before = training.load_base(tiny_model_dir, torch.device("cpu")).get_input_embeddings().weight.detach().clone()
-    training.train(model, tokenizer, examples, examples, config, tmp_path / "ad", AdapterRecord("smollm2-fim", "spm"),
-                   exact_match_examples=0)
+    model, examples = _trained(tiny_model_dir, tokenizer, tmp_path / "ad", steps=6, token_rows=rows)
     runtime = RuntimeConfig(model=str(tiny_model_dir), adapter=str(tmp_path / "ad"), cache_dir=tmp_path / "c",
                             device="cpu", dtype="float32", quantize="none", fast_forward=False)
     merged = load_model(runtime).model
@@ -305,18 +308,13 @@ def test_sentinel_rows_train_and_the_runtime_loads_them_merged(tiny_model_dir, t
     moved = (after - before).abs().amax(dim=1).nonzero().flatten().tolist()
     assert moved == [3, 8, 16]
     torch.testing.assert_close(merged.get_output_embeddings().weight[16], after[16])  # tied: the output row too
-    model.eval()
     ids = torch.tensor([examples[0].prompt + examples[0].target])
     with torch.no_grad():
         torch.testing.assert_close(merged(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-4, rtol=1e-4)
 
 
 def test_continuing_an_adapter_adds_sentinel_rows_without_changing_its_logits(tiny_model_dir, tokenizer, tmp_path):
-    model, config = _tiny_peft(tiny_model_dir, steps=3)
-    examples = _toy_examples(tokenizer)
-    training.train(model, tokenizer, examples, examples, config, tmp_path / "ad", AdapterRecord("smollm2-fim", "spm"),
-                   exact_match_examples=0)
-    model.eval()
+    model, examples = _trained(tiny_model_dir, tokenizer, tmp_path / "ad")
     continued = training.continue_adapter(training.load_base(tiny_model_dir, torch.device("cpu")), tmp_path / "ad",
                                           (16,))
     continued.eval()
