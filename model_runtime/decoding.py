@@ -103,7 +103,8 @@ class Closing:
     `create_task_group()`). What it writes afterwards is its own choice again; nothing changes where the model goes
     on, where the brackets were opened before the cursor, or where the text after the cursor is on the same line
     (the editor's auto-closed `)` is there). As for `Dangling`, `{` is a bracket in Python only: in brace languages it
-    opens a block, and a line that ends with it is complete.
+    opens a block, and a line that ends with it is complete. Nor does it close where the line goes on below: an
+    import list (`from m import (`), or a line that does not end with an operand (`(a and`, `f(a,`, `if (a:`).
 
     `head` is the text before the completion, `healed` the part of it that healing backed off (the generation
     starts by writing it again; it is the user's text: its brackets are not the completion's)."""

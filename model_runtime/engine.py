@@ -46,6 +46,19 @@ LogitsProcessor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 _BACKTICK_STRINGS = (".js", ".jsx", ".mjs", ".cjs", ".ts", ".tsx", ".go")
 
 
+def _openers(path: str | None) -> str:
+    """The brackets the single-line rules count as opening: `{` in Python only (in brace languages a line ending with
+    it opens a block, a complete line)."""
+    return "([{" if (path or "").lower().endswith((".py", ".pyi")) else "(["
+
+
+def _line_head(parts: PromptParts, healed: str) -> str:
+    """The text before the completion that its line's rules read: the prefix without what healing backed off (the
+    generation writes it again), its last 400 characters."""
+    before = parts.prefix[: len(parts.prefix) - len(healed)] if parts.prefix.endswith(healed) else parts.prefix
+    return before[-400:]
+
+
 class CancelToken:
     """Set from any thread; the decode loop checks it before every step."""
 
@@ -589,9 +602,8 @@ class Engine:
         opener only in Python: in brace languages a line ending with it opens a block, a complete line."""
         if multiline:
             return None
-        openers = "([{" if (parts.path or "").endswith((".py", ".pyi")) else "(["
-        before = parts.prefix[: len(parts.prefix) - len(healed)] if parts.prefix.endswith(healed) else parts.prefix
-        head = before[-400:]  # (generation restarts at the healed text: the line is what is before it, then the text)
+        openers = _openers(parts.path)
+        head = _line_head(parts, healed)
         masks = self._breaking.get(openers)
         if masks is None:
             masks = self._breaking[openers] = tuple(torch.tensor(ids, dtype=torch.long, device=self.device)
@@ -609,10 +621,8 @@ class Engine:
             self._closers = {c: ids[0] for c in ")]}" if (ids := self.vocab.exactly(c))}
         path = (parts.path or "").lower()
         quotes = "\"" if path.endswith(".rs") else "'\"`" if path.endswith(_BACKTICK_STRINGS) else "'\""
-        openers = "([{" if path.endswith((".py", ".pyi")) else "(["
-        before = parts.prefix[: len(parts.prefix) - len(healed)] if parts.prefix.endswith(healed) else parts.prefix
-        return Closing(before[-400:], healed, self._ends, self._closers, line_comment(parts.path or ""), quotes,
-                       openers)
+        return Closing(_line_head(parts, healed), healed, self._ends, self._closers, line_comment(parts.path or ""),
+                       quotes, _openers(parts.path))
 
     def _indent_mask(self, parts: PromptParts) -> torch.Tensor | None:
         """The tokens that would indent past the cursor, where its line holds indentation only: the completion's
