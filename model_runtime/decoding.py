@@ -111,7 +111,8 @@ class Closing:
 
     def __init__(self, head: str, healed: str, ends: torch.Tensor, closers: dict[str, int], comment: str | None,
                  quotes: str, openers: str = "([{"):
-        self.head, self.healed, self.ends, self.closers = head, healed, ends, closers
+        self.head = head.rsplit("\n", 1)[-1]  # the cursor's line before the completion: all a step reads of `head`
+        self.healed, self.ends, self.closers = healed, ends, closers
         self.comment, self.quotes, self.openers = comment, quotes, openers
 
     def apply(self, logits: torch.Tensor, text: str) -> torch.Tensor:

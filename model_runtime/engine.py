@@ -616,7 +616,7 @@ class Engine:
         if multiline or parts.suffix.split("\n", 1)[0].strip():
             return None
         if self._ends is None:
-            blank, _ = self.vocab.breaking("")
+            blank, _ = self.vocab.breaking(_openers(parts.path))  # (the dangling rule's lookup: one vocabulary pass)
             self._ends = torch.tensor(sorted(set(blank) | self.stop_ids), dtype=torch.long, device=self.device)
             self._closers = {c: ids[0] for c in ")]}" if (ids := self.vocab.exactly(c))}
         path = (parts.path or "").lower()
