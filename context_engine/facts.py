@@ -16,7 +16,9 @@ the project as typed holes do (jedi with the workspace's project, behind its gat
 
 from __future__ import annotations
 
+import importlib
 import logging
+import sys
 import threading
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -27,6 +29,8 @@ log = logging.getLogger(__name__)
 
 FACT_KINDS = ("deref", "scope", "args", "imports")
 _KNOWN_VALUES = ("instance", "class", "module")
+# Standard-library modules never imported for their members (importing them acts: a browser, a window, a poem).
+_NO_IMPORT = frozenset({"__main__", "antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo"})
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,7 @@ def analyse(root: Path, path: Path, text: str, offset: int, kind: str) -> Facts:
         names = {c.name for c in script.complete(line, column)}
         if not names or "__getattr__" in names:
             return Facts(kind)  # a type that answers any attribute
+        names |= runtime_members(values, root)
         shown = sorted({f"module {v.full_name}" if v.type == "module" else v.name for v in values})
         return Facts(kind, tuple(sorted(names)), " | ".join(shown))
     if kind == "args":
@@ -129,6 +134,50 @@ def analyse(root: Path, path: Path, text: str, offset: int, kind: str) -> Facts:
         before = text[text.rfind("\n", 0, offset) + 1:offset]
         what = before.strip()
     return Facts(kind, names, what)
+
+
+def runtime_members(values, root: Path | None = None) -> set[str]:
+    """The members standard-library classes among jedi's inferred `values` have at run time. jedi reads the stubs
+    and sources, and misses what a class inherits from a base it cannot follow: `socket.socket` lists neither
+    `send` nor `recv` (its base `_socket.socket` is lost). Only the standard library is imported (its classes are
+    what such bases hide in, and importing it runs no user code), never the repository or site-packages: a module of
+    `root` named like a standard one (a project's own `logging.py`) is the project's."""
+    out: set[str] = set()
+    root = Path(root).resolve() if root is not None else None
+    for v in values:
+        module, full = v.module_name or "", v.full_name or ""
+        if v.type not in ("instance", "class") or not full.startswith(module + ".") or not module:
+            continue
+        if root is not None and v.module_path is not None and Path(v.module_path).resolve().is_relative_to(root):
+            continue
+        if not _standard(module) or module.split(".")[0] in _NO_IMPORT:
+            continue
+        try:
+            obj = importlib.import_module(module)
+            for part in full[len(module) + 1:].split("."):
+                obj = getattr(obj, part)
+        except Exception:  # not importable here (another platform's module), or named differently at run time
+            continue
+        if isinstance(obj, type):
+            out.update(_standard_members(obj))
+    return out
+
+
+def _standard(module: str | None) -> bool:
+    return bool(module) and module.split(".")[0] in getattr(sys, "stdlib_module_names", ())
+
+
+def _standard_members(cls: type) -> set[str]:
+    """The names `cls` has through its MRO, less the functions a loaded library patched in (transformers gives
+    `logging.Logger` a `warning_once`)."""
+    out: set[str] = set()
+    for klass in cls.__mro__:
+        for name, value in vars(klass).items():
+            module = getattr(value, "__module__", None) if callable(value) else None
+            if isinstance(module, str) and not _standard(module):
+                continue
+            out.add(name)
+    return out
 
 
 def facts_provider(kind: str, root: str, rel: str, text: str, offset: int, config=None) -> Facts:

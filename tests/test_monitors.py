@@ -85,6 +85,28 @@ def test_facts_unknown_receiver_is_unknown(project):
     assert analyse(project, project / "main.py", text, offset, "deref").names is None
 
 
+def test_facts_a_standard_class_has_the_members_its_compiled_base_gives_it(tmp_path, monkeypatch):
+    # jedi alone lists `socket.socket` without what `_socket.socket` gives it: `send` would look invented
+    root = write_tree(tmp_path / "proj", {".git/HEAD": "ref: refs/heads/main\n",
+                                          "lib/socket.py": "class socket:\n    def only(self): ...\n"})
+    text = "import socket\n\nsend, receive = socket.socketpair()\nsend.\n"
+    facts = analyse(root, root / "main.py", text, len(text) - 1, "deref")
+    assert {"send", "recv", "setblocking", "sendfile", "close"} <= set(facts.names)
+    assert check_identifiers(root, root / "main.py", text.replace("send.\n", "send.send(b'')\n"), len(text) - 6,
+                             len(text) + 8) == (2, [])
+    # a function a loaded library patched into a standard class is not the class's (transformers: `warning_once`)
+    import logging
+
+    monkeypatch.setattr(logging.Logger, "patched_in", lambda self: None, raising=False)
+    text = "import logging\n\nlogging.getLogger().\n"
+    names = analyse(root, root / "main.py", text, len(text) - 1, "deref").names
+    assert "warning" in names and "patched_in" not in names
+    # a project's module named like a standard one is the project's: its class gets no standard members
+    text = "import socket\n\nsocket.socket().\n"
+    facts = analyse(root / "lib", root / "lib" / "main.py", text, len(text) - 1, "deref")
+    assert "only" in facts.names and "send" not in facts.names
+
+
 SELF_TYPED = '''\
 from typing import Self
 import typing_extensions
