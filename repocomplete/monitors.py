@@ -25,7 +25,9 @@ Unknown facts (dynamic code, `Any`, failed inference, a late answer) leave the m
 from __future__ import annotations
 
 import re
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 
 from repocomplete.model_runtime.monitor import MONITOR_KINDS, Constraint
@@ -93,13 +95,29 @@ _STRING_END = {
     '"""': re.compile(r'(?:[^"\\]|\\.|"(?!""))*"""', re.S),
     "'''": re.compile(r"(?:[^'\\]|\\.|'(?!''))*'''", re.S),
 }
-_SAFE_STARTS = ("\ndef ", "\nclass ", "\nasync def ", "\n@", "\nimport ", "\nfrom ")
+_HEADS: OrderedDict[tuple[int, int], ScanState] = OrderedDict()  # the scans of texts' heads, most recent last
+_HEADS_KEPT = 16
+_HEADS_LOCK = threading.Lock()
 
 
-def safe_start(text: str, end: int) -> int:
-    """A line start before `end` that is surely not inside a string or brackets: the last top-level definition,
-    decorator or import (else the text's start)."""
-    return max(text.rfind(k, 0, end) for k in _SAFE_STARTS) + 1
+def scan_head(text: str, upto: int) -> ScanState:
+    """The scan of text[:upto] from the text's start: only a scan from the start knows whether a line is inside a
+    string (the source a triple-quoted string hands to `compile` looks like any other line). The scan up to the line
+    holding `upto` is kept (by the head's length and hash), so typing on a line, and the steps of one completion,
+    scan that line alone."""
+    head = text.rfind("\n", 0, upto) + 1
+    key = (head, hash(text[:head]))
+    with _HEADS_LOCK:
+        state = _HEADS.get(key)
+        if state is not None:
+            _HEADS.move_to_end(key)
+    if state is None:
+        state = scan(ScanState(), text, head)
+        with _HEADS_LOCK:
+            _HEADS[key] = state
+            while len(_HEADS) > _HEADS_KEPT:
+                _HEADS.popitem(last=False)
+    return scan(state.copy(), text, upto)
 
 
 def scan(state: ScanState, text: str, upto: int) -> ScanState:
@@ -311,8 +329,7 @@ class Session:
             healed = max(0, self.window_prefix_len - len(before)) if self.window_prefix_len is not None else 0
             self._prompt_len = len(self.buffer_before) - healed
             buffer = self.buffer_before[: self._prompt_len]
-            start = safe_start(buffer, len(buffer))
-            self._state = scan(ScanState(line_start=start, pos=start), buffer, len(buffer))
+            self._state = scan_head(buffer, len(buffer))
         return self.buffer_before[: self._prompt_len], self._state
 
     def site_for(self, before: str, generated: str) -> tuple[Site, str] | None:
@@ -325,8 +342,7 @@ class Session:
         while p > 0 and _word_char(text[p - 1]):
             p -= 1
         if p < state.pos:  # the identifier started in the prompt: scan the prompt up to its start afresh
-            start = safe_start(text, p)
-            state = scan(ScanState(line_start=start, pos=start), text, p)
+            state = scan_head(text, p)
         else:
             state = scan(state.copy(), text, p)
         site = site_at(text, state)

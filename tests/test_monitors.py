@@ -20,7 +20,8 @@ from repocomplete.model_runtime.errors import ConfigError, RemoteError
 from repocomplete.model_runtime.healing import VocabIndex
 from repocomplete.model_runtime.monitor import Constraint, Guide, NameMask
 from repocomplete.model_runtime.templates import PromptParts
-from repocomplete.monitors import ScanState, Session, monitors_text, parse_monitors, safe_start, scan, site_at
+from repocomplete.monitors import (ScanState, Session, monitors_text, parse_monitors, scan, scan_head,
+                                   site_at)
 from repocomplete.pipeline import Completer, CompletionOptions
 
 CLIENT = '''\
@@ -195,13 +196,20 @@ def site(text: str, start: int = 0):
     return site_at(text, scan(ScanState(line_start=start, pos=start), text, p))
 
 
-def test_scanning_starts_where_no_string_can_be_open():
+def test_scanning_knows_the_strings_from_the_text_s_start():
     docstring = 'def f():\n    """Example:\n\n    x = obj.\n    """\n'
     text = docstring + "    if self.keywords:\n        x = self."
-    assert site(text, safe_start(text, len(text))).kind == "deref"
+    assert site_at(text, scan_head(text, len(text))).kind == "deref"
     assert site(text, text.index("x = obj.")) is None  # from inside the docstring the quotes would be inverted
     inside = 'def g():\n    s = """\n    client.'
-    assert site(inside, safe_start(inside, len(inside))) is None
+    assert site_at(inside, scan_head(inside, len(inside))) is None
+    # code in a string (a source handed to `compile`) looks like top-level code: only the string's start tells
+    code = 'if True:\n    source = """\nimport queue\nfrom x import y\n"""\n\n    def run(self):\n        self.q.'
+    assert site_at(code, scan_head(code, len(code))).kind == "deref"
+    # the head's scan is kept: the same head with another line after it is scanned from where it ends
+    typed = code + "get()\n        client."
+    assert site_at(typed, scan_head(typed, len(typed))).kind == "deref"
+    assert site_at(inside + "x", scan_head(inside + "x", len(inside) + 1)) is None
 
 
 @pytest.mark.parametrize("text, kind, partial", [
