@@ -11,7 +11,8 @@ mask over the decoded vocabulary: a token is allowed when
   non-identifier character (it completes the name and goes on: `fetch(`), or
 * partial is already a whole allowed name and the token starts with a non-identifier character, or
 * nothing of the identifier is written yet and the token does not start one (`free_other`: a number, a bracket, a
-  string; `skip_space`: after leading spaces).
+  string; `skip_space`: after leading spaces), or, where the site is after a keyword whose space is still to come
+  (`free_glued`), the token has no leading space (it goes on with the keyword's word: `return` + `_code`).
 
 Once the identifier is complete the monitor's trigger is gone and the model is free again.
 
@@ -54,6 +55,8 @@ class Constraint:
     what: str = ""  # what the names are of (a type, a call, a module), for showContext
     skip_space: bool = False  # spaces may come before the identifier (after `return`, `= `)
     free_other: bool = True  # a token that starts no identifier is allowed while nothing is written
+    free_glued: bool = False  # (with skip_space) a token with no leading space is allowed while nothing is written:
+    # it continues the word before the site (`return` + `_code`), which is then no keyword and the site no site
 
 
 class Monitor(Protocol):
@@ -106,6 +109,7 @@ class NameMask:
             else:
                 free_sp[i] = True
         self.free, self.free_sp, self.ends = free, free_sp, ends
+        self.word_led = torch.tensor([bool(t) and _word(t[0]) for t in texts], dtype=torch.bool)
         # Tokens that start an identifier (after leading spaces): what the model writes where it wants a name.
         self.name_start = torch.tensor([_starts_name(t) for t in texts], dtype=torch.bool)
         # Tokens that end an identifier written before them (`)`, `(`, `en(`), against those that go on with it.
@@ -157,7 +161,7 @@ class NameMask:
 
     def allowed(self, c: Constraint) -> torch.Tensor:
         """A bool tensor over the vocabulary: the tokens `c` allows."""
-        key = (c.names, c.partial, c.skip_space, c.free_other)
+        key = (c.names, c.partial, c.skip_space, c.free_other, c.free_glued)
         hit = self._cache.get(key)
         if hit is not None:
             self._cache.move_to_end(key)
@@ -190,6 +194,8 @@ class NameMask:
         mask = base.clone() if base is not None else torch.zeros(self.size, dtype=torch.bool)
         if ids:
             mask[torch.tensor(ids, dtype=torch.long)] = True
+        if c.free_glued and not c.partial:
+            mask |= self.word_led
         self._cache[key] = mask
         if len(self._cache) > MASK_CACHE:
             self._cache.popitem(last=False)

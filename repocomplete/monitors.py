@@ -186,12 +186,33 @@ class Site:
     skip_space: bool = False
     call: int = -1  # args: offset of the call's "("
     line_start: int = 0  # where the logical line (the statement) starts
+    glued: bool = False  # the site is after a keyword not yet followed by its space: a token glued to it is free
+
+
+# Keywords an expression follows: where the text ends with one, the expression's first name starts after its space.
+_KEYWORD_TRIGGERS = frozenset({"return", "yield", "await", "not", "and", "or", "in", "is", "if", "else", "assert",
+                               "raise", "except", "with"})
 
 
 def site_at(text: str, state: ScanState) -> Site | None:
     """Classify the end of `text` (`state`: the scan up to where the trailing identifier starts)."""
-    site = _site_at(text, state)
+    site = _after_keyword(text, state) or _site_at(text, state)
     return replace(site, line_start=state.line_start) if site is not None else None
+
+
+def _after_keyword(text: str, state: ScanState) -> Site | None:
+    """`return` as the text's end: the tokenizer writes the space and the name after it as one token (` value`), so
+    the name's site is the one after `return `, with the space to come (`skip_space`). A token glued to the keyword
+    (`return` + `_code`: another name) is free."""
+    p = len(text)
+    while p > 0 and _word_char(text[p - 1]):
+        p -= 1
+    if text[p:] not in _KEYWORD_TRIGGERS or (p > 0 and text[p - 1] == "."):
+        return None
+    site = _site_at(text + " ", state)
+    if site is None or site.kind != "scope" or site.partial:
+        return None
+    return replace(site, skip_space=True, glued=True)
 
 
 def _site_at(text: str, state: ScanState) -> Site | None:
@@ -417,7 +438,8 @@ class Session:
             names = self._in_scope(text, site)
             if names is None:
                 return None
-            return Constraint(names, site.partial, site.start, kind, "names in scope", skip_space=site.skip_space)
+            return Constraint(names, site.partial, site.start, kind, "names in scope", skip_space=site.skip_space,
+                              free_glued=site.glued)
         # args
         facts = self._ask(site, text)
         if facts is None or not facts.signatures:

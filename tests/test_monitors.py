@@ -5,6 +5,7 @@ forced to a valid member through the whole pipeline."""
 from __future__ import annotations
 
 from concurrent.futures import Future
+from dataclasses import replace
 
 import pytest
 import torch
@@ -237,6 +238,18 @@ def test_sites(text, kind, partial):
     assert s is not None and (s.kind, s.partial) == (kind, partial)
 
 
+def test_a_keyword_s_site_is_after_its_space_to_come():
+    """The tokenizer writes `return` and then ` value` (the space and the name in one token): the name's site is
+    after the space still to come, and a token glued to the keyword (`return` + `_code`) is free."""
+    for text in ("return", "    x = a if", "y = not", "raise", "for x in", "f(a) or"):
+        s = site(text)
+        assert (s.kind, s.partial, s.start, s.skip_space, s.glued) == ("scope", "", len(text) + 1, True, True), text
+    for text in ("if", "    while", "return_", "lambda x: x if", "x = 'return", "# return", "import"):
+        assert site(text) is None, text
+    assert site("obj.return").kind == "deref"
+    assert not site("return ").glued  # the space is written: an ordinary site
+
+
 @pytest.mark.parametrize("text", [
     "", "x", "client", "    na",  # statement starts: an assignment target may be defined
     "def f(", "def f(a, ", "class C(", "for ", "for a, ", "with open(f) as ", "lambda x: ", "x = lambda a: a + ",
@@ -395,6 +408,17 @@ def test_mask_is_the_rule_over_the_whole_vocabulary(vocab, c):
 
 def tuple_sorted(c: Constraint) -> Constraint:
     return Constraint(tuple(sorted(c.names)), c.partial, c.start, skip_space=c.skip_space, free_other=c.free_other)
+
+
+def test_mask_after_a_keyword_allows_spaced_names_and_tokens_glued_to_the_keyword(vocab):
+    names = NameMask.for_vocab(vocab)
+    index = {t: i for i, t in enumerate(vocab.texts)}
+    after_return = Constraint(("Client", "value"), "", 0, "scope", skip_space=True, free_glued=True)
+    allowed = names.allowed(after_return)
+    for text, ok in ((" value", True), (" Client", True), (" (", True), ("(", True), ("_", True), (" Current", False),
+                     (" x", False)):
+        assert bool(allowed[index[text]]) is ok, text
+    assert not names.allowed(replace(after_return, free_glued=False))[index["_"]]
 
 
 def test_mask_on_tokens_that_merge_dots_spaces_and_name_pieces(vocab, tokenizer):
