@@ -13,6 +13,31 @@ _OPENERS = (":", "{", "(", "[", "=>", "->", " do", " then")
 _CLOSER = re.compile(r"[})\]]|(?:end|fi|esac|done)\b")
 
 
+# A loop: the text ends with one piece (2-32 characters) written 4 times or more in a row, 16 characters at least.
+_LOOP = re.compile(r"(.{2,32}?)\1{3,}$", re.S)
+LOOP_COPIES = 4
+LOOP_CHARS = 16
+
+
+def loop_end(text: str) -> int | None:
+    """Where the first copy of a loop that ends `text` ends (None: no loop). A loop is a piece with a letter and two
+    different characters in it, written LOOP_COPIES times or more back to back at the end, LOOP_CHARS characters in
+    all (`.style.style.style.style`, a short line written again and again): small models fall into them, and no code
+    wants four copies of the same name in a row (`0xFFFFFFFF` and `[0, 0, 0, 0]` are no loop). Only the text's tail
+    is searched (a step's cost stays flat however long the completion)."""
+    tail_start = max(0, len(text) - 32 * (LOOP_COPIES + 1))
+    m = _LOOP.search(text, tail_start)
+    if m is None:
+        return None
+    unit = m.group(1)
+    if len(text) - m.start() < LOOP_CHARS or len(set(unit)) < 2 or not any(c.isalpha() for c in unit):
+        return None
+    start = m.start()
+    while start >= len(unit) and text[start - len(unit):start] == unit:  # the loop began before the tail
+        start -= len(unit)
+    return start + len(unit)
+
+
 def indent_of(line: str) -> int:
     return len(line) - len(line.lstrip(" \t"))
 
@@ -34,7 +59,15 @@ class StopRules:
         return cls(multiline, indent_of(line), code.endswith(_OPENERS))
 
     def cut(self, text: str) -> tuple[str, str | None]:
-        """The text to keep and, if the rules end the completion inside `text`, the reason."""
+        """The text to keep and, if the rules end the completion inside `text`, the reason (a loop keeps its first
+        copy: `repetition`)."""
+        end = loop_end(text)
+        if end is not None:
+            kept, why = self._cut(text[:end])
+            return kept, why or "repetition"
+        return self._cut(text)
+
+    def _cut(self, text: str) -> tuple[str, str | None]:
         if not self.multiline:
             head, newline, _ = text.partition("\n")
             if newline:

@@ -65,8 +65,15 @@ def test_multiline_stops_at_a_blank_line_pair(engine, tokenizer):
 
 
 def test_max_tokens(engine, tokenizer):
-    result = run(engine, "x = ", Script(tokenizer, " ".join(["word"] * 40)), max_new_tokens=5)
-    assert (result.stop_reason, result.generated_tokens, result.text) == ("max_tokens", 5, "word word word word word")
+    words = ["one", "two", "three", "four", "five", "six", "seven"] * 6
+    result = run(engine, "x = ", Script(tokenizer, " ".join(words)), max_new_tokens=5)
+    assert (result.stop_reason, result.generated_tokens, result.text) == ("max_tokens", 5, "one two three four five")
+
+
+def test_a_loop_ends_the_completion_at_its_first_copy(engine, tokenizer):
+    result = run(engine, "x = ", Script(tokenizer, "theme" + ".style" * 30), max_new_tokens=40)
+    assert (result.stop_reason, result.text) == ("repetition", "theme.style")
+    assert result.generated_tokens < 12  # it stopped at the fourth copy, not at the token limit
 
 
 def test_suffix_overlap_is_trimmed(engine, tokenizer):

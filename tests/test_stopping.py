@@ -201,3 +201,24 @@ def test_blanks_alone_are_no_completion():
     assert final_text(rules, "        ", "eos", "") == ""
     assert final_text(rules, "\t \t", "max_tokens", "") == ""
     assert final_text(rules, "  x = 1", "eos", "") == "  x = 1"
+
+
+@pytest.mark.parametrize("text, kept", [
+    ('theme.styles = [Style("Theme.style.style.style.style.style', 'theme.styles = [Style("Theme.style'),
+    ("return self.__hash__*self.__hash__*self.__hash__*self.__hash__*", "return self.__hash__*"),
+    ("x = 1\n    pass\n    pass\n    pass\n    pass", "x = 1\n    pass"),
+])
+def test_a_loop_keeps_its_first_copy(text, kept):
+    rules = StopRules(multiline="\n" in text)
+    assert rules.cut(text) == (kept, "repetition")
+    assert final_text(rules, text, "max_tokens", "") == kept
+
+
+@pytest.mark.parametrize("text", [
+    "node.parent.parent.parent",  # three copies
+    "mask = 0xFFFFFFFF", "table = [0, 0, 0, 0, 0, 0, 0, 0]", "bits = 0x0f0f0f0f",  # one character, no letter, short
+    'line = "-=-=-=-=-=-=-=-=-=-="', "\n" + " " * 40 + "x",
+])
+def test_repetition_that_code_has_is_no_loop(text):
+    assert StopRules(multiline=True).cut(text)[1] != "repetition"
+    assert StopRules(multiline=False).cut(text)[1] != "repetition"
