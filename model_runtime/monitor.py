@@ -278,6 +278,16 @@ class Guide:
                 span.yielded = "vanishing probability"
                 return logits
         top = int(torch.argmax(logits))
+        if not allowed[top] and c.free_glued and not c.partial:
+            # After a keyword the model starts a new word (` Current`): a swap goes to a name, never onto a token
+            # glued to the keyword (`return` + `s`), which is free only where the model itself goes on with it.
+            glued = self.names.word_led.to(allowed.device)
+            allowed = allowed.clone()
+            allowed[: glued.shape[0]] &= ~glued[:n]
+            masked = logits.masked_fill(~allowed, float("-inf"))
+            if not torch.isfinite(masked).any():
+                span.yielded = "no token left"
+                return logits
         if not allowed[top]:
             why = self._refused(c, logits, probs, allowed, masked, top, span)
             if why:

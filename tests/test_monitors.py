@@ -637,6 +637,29 @@ def test_a_refused_name_is_not_replaced_by_a_newline(vocab):
     assert token == ")"
 
 
+class AfterKeyword:
+    """The scope site after `return` before its space: what `repocomplete.monitors` gives there."""
+
+    name = "scope"
+
+    def __init__(self, names, at: int):
+        self.names, self.at = tuple(sorted(names)), at
+
+    def constraint(self, before, generated):
+        return Constraint(self.names, "", self.at, "scope", skip_space=True, free_glued=True) if not generated else None
+
+
+def test_after_a_keyword_a_refused_name_is_swapped_for_a_name_not_a_token_glued_to_the_keyword(vocab):
+    before = "    return"
+    monitor = AfterKeyword(["Client", "value"], len(before) + 1)
+    # ` Current` is not in scope; `s` (`returns`) is free but not a name in its place: ` value` is
+    token, guide = step(vocab, {" Current": 6.0, "s": 4.0, " value": 3.0}, monitor, before, "")
+    assert token == " value" and [s.redirected for s in guide.spans.values()] == [True]
+    # the model's own glued token is its business
+    token, _ = step(vocab, {"s": 6.0, " value": 3.0}, monitor, before, "")
+    assert token == "s"
+
+
 def test_a_swap_for_names_the_model_gives_little_weight_is_a_guess(vocab):
     before = "    token."
     deref = Fixed(["close", "content"], len(before))
