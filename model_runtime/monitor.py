@@ -110,6 +110,7 @@ class NameMask:
                 free_sp[i] = True
         self.free, self.free_sp, self.ends = free, free_sp, ends
         self.word_led = torch.tensor([bool(t) and _word(t[0]) for t in texts], dtype=torch.bool)
+        self.blank = torch.tensor([bool(t) and not t.strip(" \t") for t in texts], dtype=torch.bool)  # spaces alone
         # Tokens that start an identifier (after leading spaces): what the model writes where it wants a name.
         self.name_start = torch.tensor([_starts_name(t) for t in texts], dtype=torch.bool)
         # Tokens that end an identifier written before them (`)`, `(`, `en(`), against those that go on with it.
@@ -278,12 +279,16 @@ class Guide:
                 span.yielded = "vanishing probability"
                 return logits
         top = int(torch.argmax(logits))
-        if not allowed[top] and c.free_glued and not c.partial:
-            # After a keyword the model starts a new word (` Current`): a swap goes to a name, never onto a token
-            # glued to the keyword (`return` + `s`), which is free only where the model itself goes on with it.
-            glued = self.names.word_led.to(allowed.device)
+        names = self.names
+        if not allowed[top] and not c.partial and top < names.size and names.name_start[top] and \
+                (c.free_glued or c.skip_space):
+            # The model starts a name the mask refuses (` Current` after `return`): a swap goes to a name in its
+            # place, never to a token glued to the keyword before the site (`return` + `s`: free only where the
+            # model itself goes on with it), nor to spaces alone (the name would follow two spaces).
+            drop = names.blank | names.word_led if c.free_glued else names.blank
+            drop = drop.to(allowed.device)
             allowed = allowed.clone()
-            allowed[: glued.shape[0]] &= ~glued[:n]
+            allowed[: drop.shape[0]] &= ~drop[:n]
             masked = logits.masked_fill(~allowed, float("-inf"))
             if not torch.isfinite(masked).any():
                 span.yielded = "no token left"

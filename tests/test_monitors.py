@@ -649,12 +649,15 @@ class AfterKeyword:
         return Constraint(self.names, "", self.at, "scope", skip_space=True, free_glued=True) if not generated else None
 
 
-def test_after_a_keyword_a_refused_name_is_swapped_for_a_name_not_a_token_glued_to_the_keyword(vocab):
+def test_after_a_keyword_a_refused_name_is_swapped_for_a_name_not_a_glued_token_or_spaces(vocab):
     before = "    return"
     monitor = AfterKeyword(["Client", "value"], len(before) + 1)
     # ` Current` is not in scope; `s` (`returns`) is free but not a name in its place: ` value` is
     token, guide = step(vocab, {" Current": 6.0, "s": 4.0, " value": 3.0}, monitor, before, "")
     assert token == " value" and [s.redirected for s in guide.spans.values()] == [True]
+    # nor for spaces alone (the name would follow two spaces)
+    token, _ = step(vocab, {" Current": 6.0, " ": 5.0, "  ": 4.0, " value": 3.0}, monitor, before, "")
+    assert token == " value"
     # the model's own glued token is its business
     token, _ = step(vocab, {"s": 6.0, " value": 3.0}, monitor, before, "")
     assert token == "s"
