@@ -19,7 +19,7 @@ from repocomplete.model_runtime.config import RuntimeConfig
 from repocomplete.model_runtime.engine import CompletionRequest, Engine
 from repocomplete.model_runtime.errors import ConfigError, RemoteError
 from repocomplete.model_runtime.healing import VocabIndex
-from repocomplete.model_runtime.monitor import Constraint, Guide, NameMask
+from repocomplete.model_runtime.monitor import MIN_SWAP_MASS, Constraint, Guide, NameMask
 from repocomplete.model_runtime.templates import PromptParts
 from repocomplete.monitors import (ScanState, Session, monitors_text, parse_monitors, scan, scan_head,
                                    site_at)
@@ -666,9 +666,10 @@ def test_after_a_keyword_a_refused_name_is_swapped_for_a_name_not_a_glued_token_
 def test_a_swap_for_names_the_model_gives_little_weight_is_a_guess(vocab):
     before = "    token."
     deref = Fixed(["close", "content"], len(before))
-    # the model writes `append` (no member); the members hold under a tenth of the probability: its name stays
-    token, guide = step(vocab, {"append": 6.0, "content": 3.0, "close": 2.5}, deref, before, "")
+    # the model writes `append` (no member); the members hold under MIN_SWAP_MASS of the probability: its name stays
+    token, guide = step(vocab, {"append": 6.0, "content": -1.0, "close": -1.5}, deref, before, "")
     assert token == "append"
     assert [s.yielded for s in guide.spans.values()] == ["the allowed names are a guess"]
-    token, guide = step(vocab, {"append": 6.0, "content": 5.0, "close": 2.5}, deref, before, "")
-    assert token == "content" and guide.spans[("deref", len(before))].mass > 0.1
+    assert guide.spans[("deref", len(before))].mass < MIN_SWAP_MASS
+    token, guide = step(vocab, {"append": 6.0, "content": 2.0, "close": 1.5}, deref, before, "")
+    assert token == "content" and MIN_SWAP_MASS < guide.spans[("deref", len(before))].mass < 0.1
