@@ -70,6 +70,9 @@ class RuntimeConfig:
     # often answer such a line with a comment, which is rarely what the user wanted there (typing the comment's
     # first character asks for one, and a completion after code may still end in one).
     suggest_comments: bool = False
+    # A completion that falls into a loop (a piece written four times in a row) ends at its first copy
+    # (stopping.loop_end); off: it runs to its other stop rules.
+    stop_loops: bool = True
     # Monitor-guided decoding (monitor.py): the monitors that mask each step's tokens with what static analysis
     # allows (deref, scope, args, imports); () none. A local model only: the remote backend sees text.
     monitors: tuple[str, ...] = ()
@@ -135,6 +138,8 @@ class RuntimeConfig:
             argv.append("--no-token-healing")
         if self.suggest_comments:
             argv.append("--suggest-comments")
+        if not self.stop_loops:
+            argv.append("--no-stop-loops")
         argv += ["--monitors", ",".join(self.monitors) or "none"]
         if self.compile_decode:
             argv.append("--compile")

@@ -581,8 +581,8 @@ class Engine:
         if request.monitors:
             before = parts.prefix[: len(parts.prefix) - len(healed)] if parts.prefix.endswith(healed) else parts.prefix
             guide = Guide(request.monitors, NameMask.for_vocab(self.vocab), before, cursor=len(parts.prefix))
-        return Decoding(self.tokenizer, self.vocab, self.stop_ids, StopRules.at_cursor(parts.prefix, multiline), healed,
-                        max_new, ids, self.device, self._comment_mask(parts, multiline), request.logits_processors,
+        rules = StopRules.at_cursor(parts.prefix, multiline, cfg.stop_loops)
+        return Decoding(self.tokenizer, self.vocab, self.stop_ids, rules, healed, max_new, ids, self.device, self._comment_mask(parts, multiline), request.logits_processors,
                         guide, self._indent_mask(parts), self._dangling(parts, healed, multiline), self._never,
                         self._closing(parts, healed, multiline))
 

@@ -171,7 +171,7 @@ class RemoteEngine:
         cancel = request.cancel or CancelToken()
         parts = request.parts
         multiline = cfg.multiline if request.multiline is None else request.multiline
-        rules = StopRules.at_cursor(parts.prefix, multiline)
+        rules = StopRules.at_cursor(parts.prefix, multiline, cfg.stop_loops)
         if cancel.cancelled:
             return Completion("", "cancelled")
         payload = {

@@ -48,20 +48,21 @@ class StopRules:
     # Indentation of the line the cursor is on, and whether the text before the cursor opens a block there.
     block_indent: int = 0
     opens_block: bool = False
+    loops: bool = True  # a loop ends the completion at its first copy (`loop_end`)
 
     @classmethod
-    def at_cursor(cls, prefix: str, multiline: bool) -> "StopRules":
+    def at_cursor(cls, prefix: str, multiline: bool, loops: bool = True) -> "StopRules":
         line = prefix.rsplit("\n", 1)[-1]
         code = line.rstrip()
         if not code.strip():
             # The cursor sits on an empty or indentation-only line: that indentation is the block.
-            return cls(multiline, len(line), False)
-        return cls(multiline, indent_of(line), code.endswith(_OPENERS))
+            return cls(multiline, len(line), False, loops)
+        return cls(multiline, indent_of(line), code.endswith(_OPENERS), loops)
 
     def cut(self, text: str) -> tuple[str, str | None]:
         """The text to keep and, if the rules end the completion inside `text`, the reason (a loop keeps its first
         copy: `repetition`)."""
-        end = loop_end(text)
+        end = loop_end(text) if self.loops else None
         if end is not None:
             kept, why = self._cut(text[:end])
             return kept, why or "repetition"

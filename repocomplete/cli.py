@@ -52,6 +52,8 @@ def _add_runtime_args(p: argparse.ArgumentParser) -> None:
                         f"(default {defaults.candidates})")
     g.add_argument("--temperature", type=float, default=None, help="0 = greedy (the default)")
     g.add_argument("--no-token-healing", action="store_true", help="turn token healing off")
+    g.add_argument("--no-stop-loops", action="store_true",
+                   help="let a completion repeat itself (by default a loop ends at its first copy)")
     g.add_argument("--suggest-comments", action="store_true",
                    help="let a single-line completion on a line with no code yet open a comment")
     g.add_argument("--monitors", default=None, metavar="none|all|deref,scope,args,imports",
@@ -118,6 +120,8 @@ def runtime_config(args: argparse.Namespace):
         config.token_healing = False
     if args.suggest_comments:
         config.suggest_comments = True
+    if getattr(args, "no_stop_loops", False):
+        config.stop_loops = False
     if getattr(args, "multiline", False):
         config.multiline = True
     config.validate()

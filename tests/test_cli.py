@@ -244,7 +244,7 @@ def test_module_entry_point_ignores_files_in_the_working_directory(tmp_path):
     {},
     {"model": "some/dir", "quantize": "int4", "max_new_tokens": 7, "temperature": 0.2, "multiline": True},
     {"adapter": "lora", "device": "cpu", "dtype": "bfloat16", "fim_template": "starcoder", "token_healing": False,
-     "compile_decode": True, "threads": 1, "speculative_tokens": 0, "suggest_comments": True},
+     "compile_decode": True, "threads": 1, "speculative_tokens": 0, "suggest_comments": True, "stop_loops": False},
     {"endpoint": "http://localhost:8000/v1", "quantize": "none", "temperature": 1.5},
 ])
 def test_runtime_config_to_argv_round_trips_through_the_serve_command_line(config):
@@ -268,5 +268,5 @@ def test_runtime_config_to_argv_covers_every_model_flag_of_serve(capsys):
     everything = RuntimeConfig(model="m", adapter="a", endpoint="http://e", device="cpu", dtype="float32",
                                quantize="int8", fim_template="starcoder", compile_decode=True, max_new_tokens=5,
                                temperature=0.5, token_healing=False, multiline=True, threads=3,
-                               speculative_tokens=0, suggest_comments=True)
+                               speculative_tokens=0, suggest_comments=True, stop_loops=False)
     assert len(flags) >= 13 and flags <= {a for a in everything.to_argv() if a.startswith("--")}

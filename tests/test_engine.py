@@ -70,10 +70,13 @@ def test_max_tokens(engine, tokenizer):
     assert (result.stop_reason, result.generated_tokens, result.text) == ("max_tokens", 5, "one two three four five")
 
 
-def test_a_loop_ends_the_completion_at_its_first_copy(engine, tokenizer):
+def test_a_loop_ends_the_completion_at_its_first_copy(engine, tokenizer, tiny_loaded):
     result = run(engine, "x = ", Script(tokenizer, "theme" + ".style" * 30), max_new_tokens=40)
     assert (result.stop_reason, result.text) == ("repetition", "theme.style")
     assert result.generated_tokens < 12  # it stopped at the fourth copy, not at the token limit
+    engine = Engine(tiny_loaded, engine.config.replace(stop_loops=False))
+    result = run(engine, "x = ", Script(tokenizer, "theme" + ".style" * 30), max_new_tokens=40)
+    assert (result.stop_reason, result.generated_tokens) == ("max_tokens", 40)
 
 
 def test_suffix_overlap_is_trimmed(engine, tokenizer):

@@ -54,8 +54,8 @@ def repo(tmp_path) -> Path:
     return write_tree(tmp_path / "repo", FILES)
 
 
-async def start(tmp_path, model_dir, repo, options: dict, progress: bool = True):
-    config = ClientServerConfig(server_command=server_command(model_dir), server_env=server_env(tmp_path))
+async def start(tmp_path, model_dir, repo, options: dict, progress: bool = True, extra: tuple[str, ...] = ()):
+    config = ClientServerConfig(server_command=server_command(model_dir, *extra), server_env=server_env(tmp_path))
     client = await config.start()
     client.set_configuration({"repocomplete": options})
     caps = client_capabilities("neovim")
@@ -223,9 +223,10 @@ async def test_candidates_are_separate_inline_items(tmp_path, tiny_model_dir, re
 
 @pytest.mark.asyncio
 async def test_cancel_and_a_newer_request_stop_the_engine(tmp_path, tiny_model_dir, repo):
-    # Long generations (no stop at the end of line, many tokens), so that each request would run for seconds.
+    # Long generations (no stop at the end of line, many tokens, and none at a loop: the random model falls into
+    # one), so that each request would run for seconds.
     options = {"context": "infile", "maxTokens": 2000, "multiline": True, "debounceMs": 0}
-    client, _ = await start(tmp_path, tiny_model_dir, repo, options)
+    client, _ = await start(tmp_path, tiny_model_dir, repo, options, extra=("--no-stop-loops",))
     try:
         assert (await wait_ready(client))["state"] == "ready"
         uri = open_doc(client, repo / "shop/use.py", USE)

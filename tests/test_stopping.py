@@ -212,6 +212,7 @@ def test_a_loop_keeps_its_first_copy(text, kept):
     rules = StopRules(multiline="\n" in text)
     assert rules.cut(text) == (kept, "repetition")
     assert final_text(rules, text, "max_tokens", "") == kept
+    assert StopRules.at_cursor("x = ", True, loops=False).cut(text)[1] != "repetition"  # --no-stop-loops
 
 
 @pytest.mark.parametrize("text", [
