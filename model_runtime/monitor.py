@@ -8,8 +8,10 @@ mask over the decoded vocabulary: a token is allowed when
 
 * partial + its text is a prefix of an allowed name (it extends a valid name, or ends exactly at a name's end), or
 * partial + its leading identifier characters is exactly an allowed name and the token continues with a
-  non-identifier character (it completes the name and goes on: `fetch(`), or
-* partial is already a whole allowed name and the token starts with a non-identifier character, or
+  non-identifier character (it completes the name and goes on: `fetch(`; for a name written only as a keyword,
+  `assign`, that character is its `=`), or
+* partial is already a whole allowed name and the token starts with a non-identifier character (`=` after a
+  keyword's name, `assign`), or
 * nothing of the identifier is written yet and the token does not start one (`free_other`: a number, a bracket, a
   string; `skip_space`: after leading spaces), or, where the site is after a keyword whose space is still to come
   (`free_glued`), the token has no leading space (it goes on with the keyword's word: `return` + `_code`).
@@ -59,6 +61,7 @@ class Constraint:
     free_other: bool = True  # a token that starts no identifier is allowed while nothing is written
     free_glued: bool = False  # (with skip_space) a token with no leading space is allowed while nothing is written:
     # it continues the word before the site (`return` + `_code`), which is then no keyword and the site no site
+    assign: tuple[str, ...] = ()  # names (of `names`) written only as keywords: once whole, `=` must follow
 
 
 class Monitor(Protocol):
@@ -76,6 +79,10 @@ def _word_len(s: str, start: int = 0) -> int:
     while i < len(s) and _word(s[i]):
         i += 1
     return i - start
+
+
+def _assigns(t: str) -> bool:
+    return t.startswith("=") and not t.startswith("==")
 
 
 def _starts_name(t: str) -> bool:
@@ -113,6 +120,14 @@ class NameMask:
         self.free, self.free_sp, self.ends = free, free_sp, ends
         self.word_led = torch.tensor([bool(t) and _word(t[0]) for t in texts], dtype=torch.bool)
         self.blank = torch.tensor([bool(t) and not t.strip(" \t") for t in texts], dtype=torch.bool)  # spaces alone
+        # A keyword argument's `=` (`=`, ` =`, `=True`; not `==`), and name tokens that end with it (`name=`).
+        self.assign_led = torch.tensor([_assigns(t.lstrip(" ")) for t in texts], dtype=torch.bool)
+        self.cont_assign: dict[str, list[int]] = {}
+        self.sp_cont_assign: dict[str, list[int]] = {}
+        for i, t in enumerate(texts):
+            s = t.lstrip(" ")
+            if s and _word(s[0]) and not s[0].isdigit() and _assigns(s[_word_len(s):]):
+                (self.cont_assign if s == t else self.sp_cont_assign).setdefault(s[:_word_len(s)], []).append(i)
         # Tokens that start an identifier (after leading spaces): what the model writes where it wants a name.
         self.name_start = torch.tensor([_starts_name(t) for t in texts], dtype=torch.bool)
         # Tokens that end an identifier written before them (`)`, `(`, `en(`), against those that go on with it.
@@ -164,7 +179,7 @@ class NameMask:
 
     def allowed(self, c: Constraint) -> torch.Tensor:
         """A bool tensor over the vocabulary: the tokens `c` allows."""
-        key = (c.names, c.partial, c.skip_space, c.free_other, c.free_glued)
+        key = (c.names, c.partial, c.skip_space, c.free_other, c.free_glued, c.assign)
         hit = self._cache.get(key)
         if hit is not None:
             self._cache.move_to_end(key)
@@ -179,10 +194,11 @@ class NameMask:
             lo = bisect.bisect_left(names, c.partial)
             hi = bisect.bisect_left(names, c.partial + "\U0010ffff")
             exact = lo < len(names) and names[lo] == c.partial
-            base = self.ends if exact else None
+            base = (self.assign_led if c.partial in c.assign else self.ends) if exact else None
             rests = [n[len(c.partial):] for n in names[lo:hi]]
             rests = [r for r in rests if r]
             spaced = False
+        assign = {n[len(c.partial):] for n in c.assign if n.startswith(c.partial)}
         prefixes: set[str] = set()
         for r in rests:
             prefixes.update(r[:j] for j in range(1, len(r) + 1))
@@ -190,10 +206,10 @@ class NameMask:
             ids += self.whole.get(p, ())
             if spaced:
                 ids += self.sp_whole.get(p, ())
-        for r in rests:
-            ids += self.cont.get(r, ())
+        for r in rests:  # a token that completes the name and goes on: with `=` where the name is a keyword's
+            ids += (self.cont_assign if r in assign else self.cont).get(r, ())
             if spaced:
-                ids += self.sp_cont.get(r, ())
+                ids += (self.sp_cont_assign if r in assign else self.sp_cont).get(r, ())
         mask = base.clone() if base is not None else torch.zeros(self.size, dtype=torch.bool)
         if ids:
             mask[torch.tensor(ids, dtype=torch.long)] = True

@@ -12,11 +12,11 @@ finds the identifier being written (`Site`), and asks the analysis for the facts
   the cursor, plus every identifier already written on the statement or generated. Places where a name may be
   defined are never constrained: statement starts, `def`/`class` lines, `for ... in`, `as`, `lambda`, `global`,
   the first element of a bracket (a comprehension may bind it), conditions of `if`/`while` (a walrus).
-* `args`: in a call whose signature is known: a keyword parameter not given yet, or, while positional slots
-  remain, a name in scope (the first argument only when the function takes nothing by position: a generator
-  expression could bind names). Silent for `**kwargs` functions, after `*`/`**` unpacking, for overloaded
-  functions (jedi lists only some overloads) and where the call already passes a keyword or more positional
-  arguments than the signature takes (it is not the signature of this call).
+* `args`: in a call whose signature is known: a keyword parameter not given yet (followed by `=` where no name of
+  its own is in scope), or, while positional slots remain, a name in scope (the first argument only when the
+  function takes nothing by position: a generator expression could bind names). Silent for `**kwargs` functions,
+  after `*`/`**` unpacking, for overloaded functions (jedi lists only some overloads) and where the call already
+  passes a keyword or more positional arguments than the signature takes (it is not the signature of this call).
 * `imports`: `from pkg.mod import ` offers that module's names, `import pkg.` / `from pkg.` its submodules.
 
 Unknown facts (dynamic code, `Any`, failed inference, a late answer) leave the monitor silent.
@@ -469,12 +469,13 @@ class Session:
             if names is None:
                 return None
             allowed = set(names) | keywords
+            assign = keywords - set(names)  # a parameter's name that nothing binds here is a keyword: `name=`
         else:
-            allowed = keywords
+            allowed = assign = keywords
         if not allowed:
             return None
         return Constraint(tuple(sorted(allowed)), site.partial, site.start, kind, f"arguments of `{facts.what}`",
-                          skip_space=True)
+                          skip_space=True, assign=tuple(sorted(assign)))
 
 
 class PythonMonitor:

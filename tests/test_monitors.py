@@ -320,11 +320,13 @@ def test_args_allows_unused_keywords_and_no_extra_positionals():
     before = "    client.fetch(u, "
     c = constraint("args", before)
     assert c.names == ("retries", "verbose")  # `path` was given by position: only keywords are left
+    assert c.assign == ("retries", "verbose")  # ... written as keywords: `retries=`
     c = constraint("args", "    client.fetch(u, verbose=True, ")
     assert c.names == ("retries",)
     c = constraint("args", "    make_client(u, ", facts={"scope": SCOPE, "args": Facts("args", None, "make_client", (
         Signature("make_client", (Param("url", "POSITIONAL_OR_KEYWORD"), Param("secure", "POSITIONAL_OR_KEYWORD"))),))})
     assert set(c.names) >= {"secure", "client", "len"}  # a positional slot is left: names in scope too
+    assert c.assign == ("secure",)  # no name `secure` is bound: it is the keyword, `secure=`
     assert "url" not in c.names  # given by position
     assert constraint("args", "    client.fetch(") is None  # the first argument may be a generator expression
     assert constraint("args", "    client.fetch(*paths, ") is None  # unpacking: the count is unknown
@@ -419,6 +421,19 @@ def test_mask_after_a_keyword_allows_spaced_names_and_tokens_glued_to_the_keywor
                      (" x", False)):
         assert bool(allowed[index[text]]) is ok, text
     assert not names.allowed(replace(after_return, free_glued=False))[index["_"]]
+
+
+def test_mask_a_keyword_s_name_goes_on_with_its_equals_sign(vocab):
+    names = NameMask.for_vocab(vocab)
+    index = {t: i for i, t in enumerate(vocab.texts)}
+    # `fill(self, link)`: `link` is no name in scope, so written whole it is the keyword and `=` follows
+    c = Constraint(("link", "self", "size"), "link", 0, "args", skip_space=True, assign=("link",))
+    allowed = names.allowed(c)
+    assert [t for t in ("=", " =", "==", ")", ",", "(") if allowed[index[t]]] == ["=", " ="]
+    assert allowed[index[")"]] != names.allowed(replace(c, assign=()))[index[")"]]  # a name in scope ends freely
+    # on the way to the name nothing changes
+    start = names.allowed(replace(c, partial=""))
+    assert start[index[" link"]] and start[index[" self"]]
 
 
 def test_mask_on_tokens_that_merge_dots_spaces_and_name_pieces(vocab, tokenizer):
