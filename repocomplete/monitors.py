@@ -104,7 +104,7 @@ def scan_head(text: str, upto: int) -> ScanState:
     """The scan of text[:upto] from the text's start: only a scan from the start knows whether a line is inside a
     string (the source a triple-quoted string hands to `compile` looks like any other line). The scan up to the line
     holding `upto` is kept (by the head's length and hash), so typing on a line, and the steps of one completion,
-    scan that line alone."""
+    scan that line alone; on a new line the kept head of the line above is scanned on from."""
     head = text.rfind("\n", 0, upto) + 1
     key = (head, hash(text[:head]))
     with _HEADS_LOCK:
@@ -112,7 +112,11 @@ def scan_head(text: str, upto: int) -> ScanState:
         if state is not None:
             _HEADS.move_to_end(key)
     if state is None:
-        state = scan(ScanState(), text, head)
+        # A new line below a kept head (the user pressed Enter): scan on from the kept head's state.
+        before = text.rfind("\n", 0, max(0, head - 1)) + 1 if head else 0
+        with _HEADS_LOCK:
+            kept = _HEADS.get((before, hash(text[:before]))) if before < head else None
+        state = scan(kept.copy() if kept is not None else ScanState(), text, head)
         with _HEADS_LOCK:
             _HEADS[key] = state
             while len(_HEADS) > _HEADS_KEPT:

@@ -213,6 +213,24 @@ def test_scanning_knows_the_strings_from_the_text_s_start():
     assert site_at(inside + "x", scan_head(inside + "x", len(inside) + 1)) is None
 
 
+def test_a_new_line_scans_on_from_the_kept_head_above(monkeypatch):
+    import repocomplete.monitors as m
+
+    monkeypatch.setattr(m, "_HEADS", m.OrderedDict())
+    code = 'x = """\nimport os\n"""\n\ndef run(client):\n    '
+    first = code + "total = client."
+    m.scan_head(first, len(first))
+    starts = []
+    real = m.scan
+    monkeypatch.setattr(m, "scan", lambda state, text, upto: starts.append(state.pos) or real(state, text, upto))
+    second = code + "total = client.fetch()\n    other = client."  # Enter, and a line below
+    state = m.scan_head(second, len(second))
+    assert starts[0] == code.rindex("\n") + 1  # from the head kept for the line above, not from the start
+    fresh = real(ScanState(), second, len(second))
+    assert (state.quote, state.brackets, state.line_start) == (fresh.quote, fresh.brackets, fresh.line_start)
+    assert site_at(second, state).kind == "deref"
+
+
 @pytest.mark.parametrize("text, kind, partial", [
     ("x = client.", "deref", ""),
     ("x = client.fe", "deref", "fe"),
