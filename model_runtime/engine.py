@@ -52,11 +52,14 @@ def _openers(path: str | None) -> str:
     return "([{" if (path or "").lower().endswith((".py", ".pyi")) else "(["
 
 
+def _unhealed(parts: PromptParts, healed: str) -> str:
+    """The prefix without what healing backed off (the generation writes it again)."""
+    return parts.prefix[: len(parts.prefix) - len(healed)] if parts.prefix.endswith(healed) else parts.prefix
+
+
 def _line_head(parts: PromptParts, healed: str) -> str:
-    """The text before the completion that its line's rules read: the prefix without what healing backed off (the
-    generation writes it again), its last 400 characters."""
-    before = parts.prefix[: len(parts.prefix) - len(healed)] if parts.prefix.endswith(healed) else parts.prefix
-    return before[-400:]
+    """The text before the completion that its line's rules read: the unhealed prefix's last 400 characters."""
+    return _unhealed(parts, healed)[-400:]
 
 
 class CancelToken:
@@ -579,11 +582,12 @@ class Engine:
         max_new = cfg.max_new_tokens if request.max_new_tokens is None else request.max_new_tokens
         guide = None
         if request.monitors:
-            before = parts.prefix[: len(parts.prefix) - len(healed)] if parts.prefix.endswith(healed) else parts.prefix
-            guide = Guide(request.monitors, NameMask.for_vocab(self.vocab), before, cursor=len(parts.prefix))
+            guide = Guide(request.monitors, NameMask.for_vocab(self.vocab), _unhealed(parts, healed),
+                          cursor=len(parts.prefix))
         rules = StopRules.at_cursor(parts.prefix, multiline, cfg.stop_loops)
-        return Decoding(self.tokenizer, self.vocab, self.stop_ids, rules, healed, max_new, ids, self.device, self._comment_mask(parts, multiline), request.logits_processors,
-                        guide, self._indent_mask(parts), self._dangling(parts, healed, multiline), self._never,
+        return Decoding(self.tokenizer, self.vocab, self.stop_ids, rules, healed, max_new, ids, self.device,
+                        self._comment_mask(parts, multiline), request.logits_processors, guide,
+                        self._indent_mask(parts), self._dangling(parts, healed, multiline), self._never,
                         self._closing(parts, healed, multiline))
 
     def _comment_mask(self, parts: PromptParts, multiline: bool) -> torch.Tensor | None:
