@@ -37,6 +37,7 @@ _NO_IMPORT = frozenset({"__main__", "antigravity", "this", "idlelib", "tkinter",
 class Param:
     name: str
     kind: str  # POSITIONAL_ONLY | POSITIONAL_OR_KEYWORD | VAR_POSITIONAL | KEYWORD_ONLY | VAR_KEYWORD
+    required: bool = False  # no default: a call must pass it (never a `*args` or `**kwargs`)
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,13 @@ class Signature:
     def any_keyword(self) -> bool:
         return any(p.kind == "VAR_KEYWORD" for p in self.params)
 
+    def missing(self, positional: int, given) -> tuple[str, ...]:
+        """The required parameters a call passing `positional` arguments by position and the keywords `given`
+        leaves out."""
+        by_position = [p.name for p in self.params if p.kind in ("POSITIONAL_ONLY", "POSITIONAL_OR_KEYWORD")]
+        taken = set(by_position[:positional]) | set(given)
+        return tuple(p.name for p in self.params if p.required and p.name not in taken)
+
 
 @dataclass(frozen=True)
 class Facts:
@@ -76,6 +84,26 @@ class Facts:
     @property
     def members_shown(self) -> tuple[str, ...]:
         return tuple(n for n in self.names or () if not (n.startswith("__") and n.endswith("__")))
+
+
+def _required(param) -> bool:
+    """A jedi parameter without a default (`to_string()`: `name: annotation=default`; an `=` inside the annotation's
+    brackets or strings is not the default's)."""
+    if param.kind.name in ("VAR_POSITIONAL", "VAR_KEYWORD"):
+        return False
+    depth, quote = 0, ""
+    for c in param.to_string():
+        if quote:
+            quote = "" if c == quote else quote
+        elif c in "\"'":
+            quote = c
+        elif c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+        elif c == "=" and depth == 0:
+            return False
+    return True
 
 
 def _offset_to_position(text: str, offset: int) -> tuple[int, int]:
@@ -122,7 +150,7 @@ def analyse(root: Path, path: Path, text: str, offset: int, kind: str) -> Facts:
         signatures = script.get_signatures(line, column)
         out = []
         for sig in signatures:
-            params = tuple(Param(p.name, p.kind.name) for p in sig.params)
+            params = tuple(Param(p.name, p.kind.name, _required(p)) for p in sig.params)
             out.append(Signature(sig.name, params))
         return Facts(kind, None, out[0].name if out else "", tuple(out))
     completions = script.complete(line, column)

@@ -18,6 +18,10 @@ mask over the decoded vocabulary: a token is allowed when
 
 Once the identifier is complete the monitor's trigger is gone and the model is free again.
 
+A monitor may also say where a call must not be closed yet (`closing`: a required parameter is not passed). The
+guide asks it when the model's first choice closes a bracket (`)`, `),`) or writes an empty call (`()`, `():`,
+asked as if the `(` were written), and refuses those tokens under the same yield rules.
+
 `Guide` applies the monitors of one request on top of the healing mask. The yield rules: if a constraint leaves no
 token, or, at the identifier's first constrained step, the tokens it allows hold less than `MIN_ALLOWED_MASS` of
 the (healed) distribution, the monitor yields that span (the identifier starting there is not constrained at all,
@@ -68,6 +72,9 @@ class Monitor(Protocol):
     name: str
 
     def constraint(self, before: str, generated: str) -> Constraint | None: ...
+
+    # Optional: `closing(before, generated) -> Constraint | None`, a constraint (its names unused) where the call
+    # open at the end of before + generated must not be closed yet.
 
 
 def _word(c: str) -> bool:
@@ -143,6 +150,9 @@ class NameMask:
                     k = _word_len(t, 1)
                     (self.dot_whole if k == len(t) - 1 else self.dot_cont).setdefault(t[1:1 + k], []).append(i)
         self.dot_led = dot_led
+        # Tokens that close a bracket (`)`, ` )`, `),`) and that write an empty call (`()`, `():`, `())`).
+        self.closes = torch.tensor([t.lstrip(" ").startswith(")") for t in texts], dtype=torch.bool)
+        self.empty_call = torch.tensor([t.startswith("()") for t in texts], dtype=torch.bool)
         self._cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
 
     @classmethod
@@ -268,6 +278,15 @@ class Guide:
                     c = monitor.constraint(self.before, generated + ".")
                     if c is not None and not c.free_other:
                         logits = self._mask(logits, monitor, c, self.names.after_dot(c))
+            elif top < self.names.size and (self.names.closes[top] or self.names.empty_call[top]):
+                # The model closes a call (or writes an empty one): the arity rule, asked as if the `(` were written.
+                empty = bool(self.names.empty_call[top])
+                for monitor in self.monitors:
+                    closing = getattr(monitor, "closing", None)
+                    c = closing(self.before, generated + ("(" if empty else "")) if closing is not None else None
+                    if c is not None:
+                        refused = self.names.empty_call if empty else self.names.closes
+                        logits = self._mask(logits, monitor, c, ~refused)
             return logits
         finally:
             self.ms += (time.perf_counter() - t0) * 1000

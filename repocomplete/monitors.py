@@ -17,6 +17,8 @@ finds the identifier being written (`Site`), and asks the analysis for the facts
   function takes nothing by position: a generator expression could bind names). Silent for `**kwargs` functions,
   after `*`/`**` unpacking, for overloaded functions (jedi lists only some overloads) and where the call already
   passes a keyword or more positional arguments than the signature takes (it is not the signature of this call).
+  And a call is not closed while a required parameter of its signature is not passed (`run_sync()` where
+  `run_sync(func, *args)`; `get_style(` then `)` where `get_style(name, *, default=None)`): MGD's arity monitor.
 * `imports`: `from pkg.mod import ` offers that module's names, `import pkg.` / `from pkg.` its submodules.
 
 Unknown facts (dynamic code, `Any`, failed inference, a late answer) leave the monitor silent.
@@ -298,8 +300,9 @@ def _identifiers(text: str) -> set[str]:
     return set(_IDENT.findall(text))
 
 
-def _call_state(text: str, call: int, end: int) -> tuple[int, set[str], bool]:
-    """(positional arguments given, keywords given, an unpacking seen) between a call's "(" and `end`."""
+def _call_state(text: str, call: int, end: int, last: bool = False) -> tuple[int, set[str], bool]:
+    """(positional arguments given, keywords given, an unpacking seen) between a call's "(" and `end` (`last`: the
+    argument being written, after the last comma, counts too)."""
     depth, positional, keywords, unpack = 0, 0, set(), False
     segment_start = call + 1
     segments = []
@@ -314,6 +317,8 @@ def _call_state(text: str, call: int, end: int) -> tuple[int, set[str], bool]:
             segments.append(text[segment_start:i])
             segment_start = i + 1
         i += 1
+    if last:
+        segments.append(text[segment_start:end])
     for seg in segments:
         s = seg.strip()
         m = re.match(r"([^\W\d]\w*)\s*=(?!=)", s)
@@ -482,6 +487,35 @@ class Session:
                           skip_space=True, assign=tuple(sorted(assign)))
 
 
+    def missing_argument(self, before: str, generated: str) -> Constraint | None:
+        """Where the text ends inside a call whose signature has a required parameter the call does not pass yet:
+        a constraint (no names: the engine refuses the tokens that close the call) at the text's end. Silent where
+        the args monitor would be: unknown or overloaded signatures, unpacking, arguments no signature takes."""
+        base, state = self._base(before)
+        text = base + generated
+        state = scan(state.copy(), text, len(text)) if len(text) >= state.pos else scan_head(text, len(text))
+        if state.quote or state.comment or not state.brackets:
+            return None
+        char, call, is_call = state.brackets[-1]
+        if char != "(" or not is_call:
+            return None
+        logical = text[state.line_start:call]
+        if _DEFINING_START.match(logical) or re.search(r"\blambda\b", logical):
+            return None  # `def f(`: parameters, not arguments
+        facts = self._ask(Site("args", call + 1, "", call=call), text)
+        if facts is None or len(facts.signatures) != 1:
+            return None
+        sig = facts.signatures[0]
+        positional, given, unpack = _call_state(text, call, len(text), last=True)
+        if unpack or (given - set(sig.keywords) and not sig.any_keyword) or (sig.positional is not None and positional > sig.positional):
+            return None
+        missing = sig.missing(positional, given)
+        if not missing:
+            return None
+        start = len(text) - (self._prompt_len or 0) + len(before)
+        return Constraint((), "", start, "args", f"`{facts.what}` needs `{missing[0]}`")
+
+
 class PythonMonitor:
     """One monitor kind over a shared session (the engine asks each in turn)."""
 
@@ -491,6 +525,10 @@ class PythonMonitor:
 
     def constraint(self, before: str, generated: str) -> Constraint | None:
         return self.session.constraint(self.name, before, generated)
+
+    def closing(self, before: str, generated: str) -> Constraint | None:
+        """The args monitor's arity rule (`Guide`: asked where the model's choice closes a call)."""
+        return self.session.missing_argument(before, generated) if self.name == "args" else None
 
 
 def python_monitors(analyst, rel: str, text: str, offset: int, kinds: tuple[str, ...],

@@ -146,7 +146,7 @@ def test_facts_a_method_returning_self_gives_the_callers_class(tmp_path, line):
 def test_facts_call_parameters_and_scope_and_imports(project):
     text, offset = buffer("client.fetch(")
     facts = analyse(project, project / "main.py", text, offset, "args")
-    assert facts.signatures == (Signature("fetch", (Param("path", "POSITIONAL_OR_KEYWORD"),
+    assert facts.signatures == (Signature("fetch", (Param("path", "POSITIONAL_OR_KEYWORD", required=True),
                                                     Param("retries", "KEYWORD_ONLY"),
                                                     Param("verbose", "KEYWORD_ONLY"))),)
     assert (facts.signatures[0].positional, facts.signatures[0].keywords) == (1, ("path", "retries", "verbose"))
@@ -162,6 +162,19 @@ def test_facts_call_parameters_and_scope_and_imports(project):
     assert {"Base", "Client", "make_client", "anything"} <= names
     text = "import pkg.\n"
     assert analyse(project, project / "other.py", text, len(text) - 1, "imports").names == ("client",)
+
+
+def test_facts_a_parameter_is_required_where_it_has_no_default(tmp_path):
+    root = write_tree(tmp_path / "p", {"m.py": (
+        "from typing import Literal\n\n\n"
+        "def f(a, b: int = 3, /, c: Literal['x=y'] = 'x=y', *args, d: dict[str, int], e=None, **kw):\n"
+        "    pass\n\n\nf(")}, )
+    text = (root / "m.py").read_text()
+    (sig,) = analyse(root, root / "m.py", text, len(text), "args").signatures
+    assert [(p.name, p.required) for p in sig.params] == [
+        ("a", True), ("b", False), ("c", False), ("args", False), ("d", True), ("e", False), ("kw", False)]
+    assert sig.missing(0, set()) == ("a", "d")
+    assert sig.missing(1, {"d"}) == ()
 
 
 def test_check_identifiers_finds_invented_members_and_keywords(project):
@@ -362,6 +375,69 @@ def test_args_is_silent_where_the_signatures_do_not_describe_the_call():
     assert constraint("args", "    lru_cache(maxsize=None, ", facts=one) is None  # `maxsize` is none of its keywords
     assert constraint("args", "    client.fetch(u, v, ") is None  # fetch takes one argument by position
     assert constraint("args", "    client.fetch(u, ").names == ("retries", "verbose")
+
+
+RUN_SYNC = {"scope": SCOPE, "args": Facts("args", None, "run_sync", (Signature("run_sync", (
+    Param("func", "POSITIONAL_OR_KEYWORD", required=True), Param("args", "VAR_POSITIONAL"),
+    Param("limiter", "KEYWORD_ONLY"))),))}
+
+
+def missing(before: str, generated: str = "", facts: dict | None = None) -> Constraint | None:
+    analyst = FakeAnalyst(facts or RUN_SYNC)
+    session = Session(analyst, "main.py", before + "\n", len(before), ("args",), None)
+    session.window_prefix_len = len(before)
+    return session.missing_argument(before, generated)
+
+
+def test_a_call_is_not_closed_while_a_required_parameter_is_missing():
+    c = missing("    await to_thread.run_sync", "(")
+    assert (c.monitor, c.start, c.what) == ("args", len("    await to_thread.run_sync("), "`run_sync` needs `func`")
+    assert missing("    await to_thread.run_sync(").start == c.start
+    assert missing("    run_sync(limiter=lim").what == "`run_sync` needs `func`"  # a keyword is not the positional
+    assert missing("    run_sync(f") is None  # the argument being written passes `func`
+    assert missing("    run_sync(func=f, limiter=lim") is None
+    assert missing("    run_sync(g(x), ") is None
+    assert missing("    run_sync(*calls") is None  # unpacking: the count is unknown
+    assert missing("    run_sync(other=1") is None  # a keyword it does not take: not this call's signature
+    assert missing("def run_sync(") is None  # parameters, not arguments
+    assert missing("    x = (") is None and missing("    x = [") is None  # no call
+    assert missing("    s = 'run_sync(") is None  # in a string
+    assert missing("    run_sync(", facts={"scope": SCOPE}) is None  # unknown signature: silent
+    two = Facts("args", None, "run_sync", RUN_SYNC["args"].signatures * 2)
+    assert missing("    run_sync(", facts={"scope": SCOPE, "args": two}) is None  # overloads: jedi lists only some
+    free = Facts("args", None, "close", (Signature("close", (Param("timeout", "POSITIONAL_OR_KEYWORD"),)),))
+    assert missing("    client.close(", facts={"scope": SCOPE, "args": free}) is None
+
+
+def test_the_guide_refuses_an_empty_call_or_a_close_while_an_argument_is_missing(vocab):
+    from repocomplete.monitors import python_monitors
+
+    before = "    await to_thread.run_sync"
+    monitors = python_monitors(FakeAnalyst(RUN_SYNC), "main.py", before + "\n", len(before), ("scope", "args"), None)
+    for m in monitors:
+        m.session.window_prefix_len = len(before)
+    token, guide = step_all(vocab, {"()": 6.0, "(": 3.0, "\n": 1.0}, monitors, before, "")
+    assert token == "("
+    (span,) = guide.spans.values()
+    assert (span.monitor, span.redirected, span.what) == ("args", True, "`run_sync` needs `func`")
+    token, _ = step_all(vocab, {")": 6.0, "self": 3.0}, monitors, before, "(")
+    assert token == "self"
+    token, _ = step_all(vocab, {")": 6.0, "self": 3.0}, monitors, before, "(f")
+    assert token == ")"  # `func` is passed
+    # where the signature needs nothing, an empty call stays the model's
+    free = {"scope": SCOPE, "args": Facts("args", None, "close", (Signature("close", ()),))}
+    monitors = python_monitors(FakeAnalyst(free), "main.py", "    client.close\n", 16, ("args",), None)
+    monitors[0].session.window_prefix_len = 16
+    assert step_all(vocab, {"()": 6.0, "(": 3.0}, monitors, "    client.close", "")[0] == "()"
+
+
+def step_all(vocab, prefs, monitors, before, generated):
+    ids = {t: i for i, t in enumerate(vocab.texts) if t}
+    logits = torch.full((len(vocab.texts),), -8.0)
+    for t, score in prefs.items():
+        logits[ids[t]] = score
+    guide = Guide(monitors, NameMask.for_vocab(vocab), before)
+    return vocab.texts[int(torch.argmax(guide.apply(logits, generated)))], guide
 
 
 def test_imports_allows_the_modules_names():
