@@ -507,7 +507,8 @@ class Session:
             return None
         sig = facts.signatures[0]
         positional, given, unpack = _call_state(text, call, len(text), last=True)
-        if unpack or (given - set(sig.keywords) and not sig.any_keyword) or (sig.positional is not None and positional > sig.positional):
+        too_many = sig.positional is not None and positional > sig.positional
+        if unpack or too_many or (given - set(sig.keywords) and not sig.any_keyword):
             return None
         missing = sig.missing(positional, given)
         if not missing:
