@@ -580,15 +580,15 @@ class Engine:
         cfg, parts = self.config, request.parts
         multiline = cfg.multiline if request.multiline is None else request.multiline
         max_new = cfg.max_new_tokens if request.max_new_tokens is None else request.max_new_tokens
+        closing = self._closing(parts, healed, multiline)
         guide = None
-        if request.monitors:
+        if request.monitors:  # (where the closing rule applies, an end it would close a call with is an end to guard)
             guide = Guide(request.monitors, NameMask.for_vocab(self.vocab), _unhealed(parts, healed),
-                          cursor=len(parts.prefix))
+                          cursor=len(parts.prefix), ends=closing.ends if closing is not None else None)
         rules = StopRules.at_cursor(parts.prefix, multiline, cfg.stop_loops)
         return Decoding(self.tokenizer, self.vocab, self.stop_ids, rules, healed, max_new, ids, self.device,
                         self._comment_mask(parts, multiline), request.logits_processors, guide,
-                        self._indent_mask(parts), self._dangling(parts, healed, multiline), self._never,
-                        self._closing(parts, healed, multiline))
+                        self._indent_mask(parts), self._dangling(parts, healed, multiline), self._never, closing)
 
     def _comment_mask(self, parts: PromptParts, multiline: bool) -> torch.Tensor | None:
         """The tokens that would open a line comment, where a single-line completion must not (the cursor's line has

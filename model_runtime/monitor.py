@@ -257,9 +257,13 @@ class Guide:
     # Where the cursor is in (before + generated): what lies before it the user typed (healing regenerates it).
     # None: at the end of `before` (nothing healed).
     cursor: int | None = None
+    # The tokens that end a single-line completion (stop tokens, a line break after blanks: `decoding.Closing`'s),
+    # where its closing rule would turn an end into the call's closer; None where it does not apply.
+    ends: torch.Tensor | None = None
     spans: dict[tuple[str, int], Span] = field(default_factory=dict)
     ms: float = 0.0  # time spent in monitors and masks
     steps: int = 0
+    _end_mask: torch.Tensor | None = field(default=None, repr=False)
 
     def apply(self, logits: torch.Tensor, generated: str) -> torch.Tensor:
         """logits [vocab] (healing's mask already added) -> logits with the monitors' masks added."""
@@ -278,18 +282,38 @@ class Guide:
                     c = monitor.constraint(self.before, generated + ".")
                     if c is not None and not c.free_other:
                         logits = self._mask(logits, monitor, c, self.names.after_dot(c))
-            elif top < self.names.size and (self.names.closes[top] or self.names.empty_call[top]):
-                # The model closes a call (or writes an empty one): the arity rule, asked as if the `(` were written.
-                empty = bool(self.names.empty_call[top])
-                for monitor in self.monitors:
-                    closing = getattr(monitor, "closing", None)
-                    c = closing(self.before, generated + ("(" if empty else "")) if closing is not None else None
-                    if c is not None:
-                        refused = self.names.empty_call if empty else self.names.closes
-                        logits = self._mask(logits, monitor, c, ~refused)
+            else:
+                refused, empty = self._closing_tokens(top, logits.shape[-1])
+                if refused is not None:
+                    # The model closes a call (or writes an empty one, or ends where the closing rule would close
+                    # it): the arity rule, asked as if the `(` of an empty call were written.
+                    for monitor in self.monitors:
+                        closing = getattr(monitor, "closing", None)
+                        c = closing(self.before, generated + ("(" if empty else "")) if closing is not None else None
+                        if c is not None:
+                            logits = self._mask(logits, monitor, c, ~refused)
             return logits
         finally:
             self.ms += (time.perf_counter() - t0) * 1000
+
+    def _closing_tokens(self, top: int, n: int) -> tuple[torch.Tensor | None, bool]:
+        """The tokens the arity rule refuses where the model's choice `top` closes a call, and whether that choice
+        is an empty call; (None, False) where it closes nothing."""
+        names = self.names
+        if top < names.size and names.empty_call[top]:
+            return names.empty_call, True
+        ends = None
+        if self.ends is not None:
+            if self._end_mask is None or self._end_mask.shape[0] != n:
+                self._end_mask = torch.zeros(n, dtype=torch.bool)
+                self._end_mask[self.ends[self.ends < n].cpu()] = True
+            ends = self._end_mask
+        if top < names.size and names.closes[top] or ends is not None and bool(ends[top]):
+            closes = names.closes
+            if ends is not None:
+                closes = torch.cat([closes, closes.new_zeros(max(0, n - closes.shape[0]))])[:n] | ends
+            return closes, False
+        return None, False
 
     def _mask(self, logits: torch.Tensor, monitor, c: Constraint, allowed: torch.Tensor) -> torch.Tensor:
         key = (c.monitor or monitor.name, c.start)

@@ -424,6 +424,15 @@ def test_the_guide_refuses_an_empty_call_or_a_close_while_an_argument_is_missing
     assert token == "self"
     token, _ = step_all(vocab, {")": 6.0, "self": 3.0}, monitors, before, "(f")
     assert token == ")"  # `func` is passed
+    # a single-line completion that would end after the `(` (the closing rule would write `)`): the end is refused
+    ids = {t: i for i, t in enumerate(vocab.texts) if t}
+    ends = torch.tensor([ids["\n"]])
+    token, _ = step_all(vocab, {"\n": 6.0, ")": 5.0, "self": 3.0}, monitors, before, "(", ends=ends)
+    assert token == "self"
+    token, _ = step_all(vocab, {"\n": 6.0, "self": 3.0}, monitors, before, "(f", ends=ends)
+    assert token == "\n"
+    token, _ = step_all(vocab, {"\n": 6.0, "self": 3.0}, monitors, before, "(")  # multi-line: a line break is no end
+    assert token == "\n"
     # where the signature needs nothing, an empty call stays the model's
     free = {"scope": SCOPE, "args": Facts("args", None, "close", (Signature("close", ()),))}
     monitors = python_monitors(FakeAnalyst(free), "main.py", "    client.close\n", 16, ("args",), None)
@@ -431,12 +440,12 @@ def test_the_guide_refuses_an_empty_call_or_a_close_while_an_argument_is_missing
     assert step_all(vocab, {"()": 6.0, "(": 3.0}, monitors, "    client.close", "")[0] == "()"
 
 
-def step_all(vocab, prefs, monitors, before, generated):
+def step_all(vocab, prefs, monitors, before, generated, ends=None):
     ids = {t: i for i, t in enumerate(vocab.texts) if t}
     logits = torch.full((len(vocab.texts),), -8.0)
     for t, score in prefs.items():
         logits[ids[t]] = score
-    guide = Guide(monitors, NameMask.for_vocab(vocab), before)
+    guide = Guide(monitors, NameMask.for_vocab(vocab), before, ends=ends)
     return vocab.texts[int(torch.argmax(guide.apply(logits, generated)))], guide
 
 
