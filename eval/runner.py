@@ -203,7 +203,7 @@ def run_settings(runtime, context: ContextConfig, options: RunOptions) -> dict:
         "max_new_tokens": options.max_new_tokens,
         "temperature": runtime.temperature,
         "token_healing": runtime.token_healing,
-        "monitors": list(runtime.monitors),
+        "monitors": list(runtime.active_monitors),
         "context": options.context,
         "budget": options.budget if repo else None,
         "providers": list(context.providers) if repo else None,

@@ -49,7 +49,8 @@ class Settings:
     context_budget: int | None = None  # ContextConfig.budget_tokens: tokens of repository context
     max_tokens: int | None = None  # RuntimeConfig.max_new_tokens
     multiline: bool | None = None  # RuntimeConfig.multiline
-    monitors: str | None = None  # RuntimeConfig.monitors: "none", "all" or a comma list (deref,scope,args,imports)
+    monitors: str | None = None  # RuntimeConfig.monitors: "none", "all" or a comma list (deref,scope,args,imports);
+    # None ("auto"): the runtime's default (every monitor with a local model, none with an endpoint)
     candidates: int | None = None  # RuntimeConfig.candidates: inline completion items per request (1-8)
 
     def replace(self, **changes) -> "Settings":
@@ -85,13 +86,13 @@ def resolve(runtime: RuntimeConfig, context_config: ContextConfig, settings: Set
     candidates = _owned(s.candidates, runtime.candidates)
     from repocomplete.monitors import monitors_text, parse_monitors
 
-    monitors = parse_monitors(s.monitors) if s.monitors is not None else tuple(runtime.monitors)
-    if endpoint and s.monitors is None:
-        monitors = ()  # the default monitors need a local model
+    monitors = parse_monitors(s.monitors) if s.monitors is not None else None
+    if monitors is None:  # the default: the command line's, where it asked; else none with an endpoint, all without
+        monitors = () if endpoint else runtime.replace(endpoint=None).active_monitors
     shown = s.replace(model=model, adapter=adapter, endpoint=endpoint, max_tokens=max_tokens, multiline=multiline,
                       context_budget=budget, monitors=monitors_text(monitors), candidates=candidates)
     return Effective(shown, runtime.replace(model=model, adapter=adapter, endpoint=endpoint,
-                                              monitors=() if endpoint else runtime.monitors),
+                                              monitors=() if endpoint and runtime.monitors else runtime.monitors),
                      CompletionOptions(context=s.context, multiline=multiline, max_new_tokens=max_tokens, budget=budget,
                                        monitors=monitors, candidates=candidates))
 
@@ -136,9 +137,10 @@ def _check(name: str, value: Any) -> Any:
     if name == "monitors":
         from repocomplete.monitors import monitors_text, parse_monitors
 
-        want(isinstance(value, str), "none, all or a comma list of deref, scope, args, imports")
+        want(isinstance(value, str), "auto, none, all or a comma list of deref, scope, args, imports")
         try:
-            return monitors_text(parse_monitors(value))
+            kinds = parse_monitors(value)
+            return None if kinds is None else monitors_text(kinds)  # auto: unset, the runtime's default
         except ValueError as e:
             raise ValueError(f"monitors: {e}") from None
     if name == "languages":

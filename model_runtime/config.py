@@ -14,6 +14,8 @@ import platformdirs
 
 from repocomplete.model_runtime.errors import ConfigError
 
+MONITOR_KINDS = ("deref", "scope", "args", "imports")  # the monitors the pipeline has (RuntimeConfig.monitors)
+
 DEFAULT_MODEL = "default"
 QUANTIZE_MODES = ("auto", "none", "int8", "int4")
 ATTENTION_MODES = ("auto", "dense", "sparse")
@@ -74,8 +76,10 @@ class RuntimeConfig:
     # (stopping.loop_end); off: it runs to its other stop rules.
     stop_loops: bool = True
     # Monitor-guided decoding (monitor.py): the monitors that mask each step's tokens with what static analysis
-    # allows (deref, scope, args, imports); () none. A local model only: the remote backend sees text.
-    monitors: tuple[str, ...] = ()
+    # allows (deref, scope, args, imports); () none; None the default (`active_monitors`): every monitor with a
+    # local model, none with an endpoint (the remote backend sees text). On by default since session 27: valid
+    # identifiers 96-99% against 82-92% without, no loss of edit similarity (eval/RESULTS.md, "Session 27").
+    monitors: tuple[str, ...] | None = None
     # Greedy decoding verifies up to this many tokens drafted from the prompt in one forward pass (prompt lookup;
     # up to 16 rows stay in the decode kernels); 0 turns it off. Output is the same token for token.
     speculative_tokens: int = 8
@@ -119,6 +123,13 @@ class RuntimeConfig:
         generated. A request asking for more than `max_new_tokens` decodes until the slab is full ("length")."""
         return self.max_context_tokens + self.max_new_tokens
 
+    @property
+    def active_monitors(self) -> tuple[str, ...]:
+        """The monitors in use: those asked for, else (None) every one with a local model and none with an endpoint."""
+        if self.monitors is not None:
+            return tuple(self.monitors)
+        return () if self.endpoint else MONITOR_KINDS
+
     def replace(self, **changes) -> "RuntimeConfig":
         return dataclasses.replace(self, **changes)
 
@@ -140,7 +151,8 @@ class RuntimeConfig:
             argv.append("--suggest-comments")
         if not self.stop_loops:
             argv.append("--no-stop-loops")
-        argv += ["--monitors", ",".join(self.monitors) or "none"]
+        if self.monitors is not None:
+            argv += ["--monitors", ",".join(self.monitors) or "none"]
         if self.compile_decode:
             argv.append("--compile")
         if self.multiline:
@@ -170,9 +182,7 @@ class RuntimeConfig:
             raise ConfigError(f"prefill_chunk_tokens must be >= 1, got {self.prefill_chunk_tokens}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be >= 1, got {self.threads}")
-        from repocomplete.model_runtime.monitor import MONITOR_KINDS
-
-        unknown = [m for m in self.monitors if m not in MONITOR_KINDS]
+        unknown = [m for m in self.monitors or () if m not in MONITOR_KINDS]
         if unknown:
             raise ConfigError(f"unknown monitors {unknown}; known: {', '.join(MONITOR_KINDS)}")
         if self.monitors and self.endpoint:

@@ -44,7 +44,8 @@ from typing import Protocol
 
 import torch
 
-MONITOR_KINDS = ("deref", "scope", "args", "imports")  # the monitors the pipeline has (RuntimeConfig.monitors)
+from repocomplete.model_runtime.config import MONITOR_KINDS  # noqa: F401  (the monitors the pipeline has)
+
 MIN_ALLOWED_MASS = 1e-6  # below this share of the probability the allowed names are "vanishing": yield
 # Below this share a swap of the model's first choice for a valid name is a guess (the model does not know the
 # receiver's type or the scope it writes in): yield, the model's name stays. 0.1 on the base model (session 22);

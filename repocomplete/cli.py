@@ -18,6 +18,7 @@ EXIT_BAD_INPUT = 2
 
 def _add_runtime_args(p: argparse.ArgumentParser) -> None:
     from repocomplete.model_runtime.config import ATTENTION_MODES, QUANTIZE_MODES, RuntimeConfig
+    from repocomplete.monitors import monitors_text
 
     defaults = RuntimeConfig()
     g = p.add_argument_group("model")
@@ -56,10 +57,10 @@ def _add_runtime_args(p: argparse.ArgumentParser) -> None:
                    help="let a completion repeat itself (by default a loop ends at its first copy)")
     g.add_argument("--suggest-comments", action="store_true",
                    help="let a single-line completion on a line with no code yet open a comment")
-    g.add_argument("--monitors", default=None, metavar="none|all|deref,scope,args,imports",
+    g.add_argument("--monitors", default=None, metavar="auto|none|all|deref,scope,args,imports",
                    help="monitor-guided decoding: static analysis masks the tokens of member names, names in scope, "
-                        "keyword arguments and imports (default "
-                        f"{','.join(defaults.monitors) or 'none'}; a local model only)")
+                        "keyword arguments and imports, and refuses to close a call that lacks a required argument "
+                        f"(default {monitors_text(defaults.monitors)}: all with a local model, none with --endpoint)")
 
 
 def _add_context_args(p: argparse.ArgumentParser) -> None:
@@ -112,8 +113,6 @@ def runtime_config(args: argparse.Namespace):
             config.monitors = parse_monitors(monitors)
         except ValueError as e:
             raise ConfigError(f"--monitors: {e}") from None
-    elif config.endpoint:
-        config.monitors = ()  # the default monitors need a local model: an endpoint goes without
     if args.compile:
         config.compile_decode = True
     if args.no_token_healing:

@@ -47,11 +47,14 @@ _FROM_IMPORT = re.compile(r"^\s*from\s+[\w.]+\s+import\s+\(?\s*(?:\w+(?:\s+as\s+
 _MODULE_PATH = re.compile(r"^\s*(?:from|import)\s+[\w.]*\.$")
 
 
-def parse_monitors(value: str | None) -> tuple[str, ...]:
-    """`none`, `all`, or a comma list of deref, scope, args, imports; ValueError names the unknown ones."""
+def parse_monitors(value: str | None) -> tuple[str, ...] | None:
+    """`none`, `all`, or a comma list of deref, scope, args, imports; `auto` (None): the default, every monitor with
+    a local model and none with an endpoint (`RuntimeConfig.active_monitors`). ValueError names the unknown ones."""
     if value is None:
         return ()
     value = value.strip()
+    if value == "auto":
+        return None
     if value in ("", "none"):
         return ()
     if value == "all":
@@ -59,13 +62,15 @@ def parse_monitors(value: str | None) -> tuple[str, ...]:
     kinds = tuple(dict.fromkeys(k.strip() for k in value.split(",") if k.strip()))
     unknown = [k for k in kinds if k not in MONITORS]
     if unknown:
-        raise ValueError(f"unknown monitors {', '.join(unknown)}; expected none, all or a comma list of "
+        raise ValueError(f"unknown monitors {', '.join(unknown)}; expected auto, none, all or a comma list of "
                          f"{', '.join(MONITORS)}")
     return kinds
 
 
 def monitors_text(kinds) -> str:
-    """The inverse of `parse_monitors`: "none", "all" or the comma list."""
+    """The inverse of `parse_monitors`: "auto" (None), "none", "all" or the comma list."""
+    if kinds is None:
+        return "auto"
     kinds = tuple(kinds)
     if not kinds:
         return "none"

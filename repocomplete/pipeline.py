@@ -268,7 +268,7 @@ class Completer:
         """The monitors a request runs: the options', else the runtime config's; none for a model that does not
         decode here (an endpoint: asked explicitly, that is an error that says so)."""
         config = getattr(self.model, "config", None)
-        kinds = options.monitors if options.monitors is not None else tuple(getattr(config, "monitors", ()) or ())
+        kinds = options.monitors if options.monitors is not None else tuple(getattr(config, "active_monitors", ()))
         if kinds and getattr(self.model, "vocab", None) is None:
             if options.monitors:
                 raise InputError("monitors need a local model: the remote backend returns text, not the logits a "

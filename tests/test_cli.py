@@ -268,5 +268,5 @@ def test_runtime_config_to_argv_covers_every_model_flag_of_serve(capsys):
     everything = RuntimeConfig(model="m", adapter="a", endpoint="http://e", device="cpu", dtype="float32",
                                quantize="int8", fim_template="starcoder", compile_decode=True, max_new_tokens=5,
                                temperature=0.5, token_healing=False, multiline=True, threads=3,
-                               speculative_tokens=0, suggest_comments=True, stop_loops=False)
+                               speculative_tokens=0, suggest_comments=True, stop_loops=False, monitors=())
     assert len(flags) >= 13 and flags <= {a for a in everything.to_argv() if a.startswith("--")}

@@ -45,7 +45,7 @@ def test_unset_overrides_are_the_configs_values_and_set_ones_replace_them():
     over = resolve(runtime, context, client)
     assert over.runtime == runtime.replace(model="other", endpoint=None)  # decoding knobs: the options only
     assert over.options == CompletionOptions(context="repo", multiline=False, max_new_tokens=8, budget=0,
-                                             monitors=RuntimeConfig().monitors, candidates=1)
+                                             monitors=RuntimeConfig().active_monitors, candidates=1)
     assert over.model_name == "other"
     # A client's null adapter means none at all (not the embedded model's shipped default).
     client, _ = apply(Settings(), {"adapter": None})

@@ -642,7 +642,28 @@ def test_lsp_setting(tmp_path):
     assert not problems and settings.monitors == "deref,args"
     effective = resolve(RuntimeConfig(), ContextConfig(index_dir=tmp_path), settings)
     assert effective.options.monitors == ("deref", "args")
-    assert resolve(RuntimeConfig(), ContextConfig(index_dir=tmp_path), Settings()).options.monitors == RuntimeConfig().monitors
+    context = ContextConfig(index_dir=tmp_path)
+    # unset, or "auto" (VS Code's default, which it sends): every monitor with a local model, none with an endpoint
+    auto, problems = apply(settings, {"monitors": "auto"})
+    assert not problems and auto.monitors is None
+    for s in (Settings(), auto):
+        assert resolve(RuntimeConfig(), context, s).options.monitors == ("deref", "scope", "args", "imports")
+        remote = resolve(RuntimeConfig(), context, s.replace(endpoint="http://127.0.0.1:1"))
+        assert remote.options.monitors == () and remote.settings.monitors == "none"
+        assert resolve(RuntimeConfig(monitors=("args",)), context, s).options.monitors == ("args",)  # the command line's
+    assert resolve(RuntimeConfig(), context, Settings(monitors="none")).options.monitors == ()
+
+
+def test_monitors_are_on_by_default_with_a_local_model_only():
+    assert RuntimeConfig().active_monitors == ("deref", "scope", "args", "imports")
+    assert RuntimeConfig(endpoint="http://127.0.0.1:1").active_monitors == ()
+    RuntimeConfig(endpoint="http://127.0.0.1:1").validate()  # the default is no error with an endpoint
+    with pytest.raises(ConfigError, match="monitors need a local model"):
+        RuntimeConfig(endpoint="http://127.0.0.1:1", monitors=("deref",)).validate()
+    assert parse_monitors("auto") is None and monitors_text(None) == "auto"
+    assert "--monitors" not in RuntimeConfig().to_argv()
+    argv = RuntimeConfig(monitors=()).to_argv()
+    assert argv[argv.index("--monitors") + 1] == "none"
 
 
 # -- the whole pipeline: jedi's answer steers a tiny random model ---------------------------------------------------

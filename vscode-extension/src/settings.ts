@@ -128,15 +128,15 @@ function nonEmptyString(): Check<string> {
 const MONITORS = ['deref', 'scope', 'args', 'imports'];
 
 function monitorList(): Check<string> {
-    // "none", "all" or a comma list of the server's monitors (lsp_server/config.py checks the same).
-    const what = 'none, all or a comma list of ' + MONITORS.join(', ');
+    // "auto", "none", "all" or a comma list of the server's monitors (lsp_server/config.py checks the same).
+    const what = 'auto, none, all or a comma list of ' + MONITORS.join(', ');
     return (v) => {
         if (typeof v !== 'string') {
             return { want: what };
         }
         const s = v.trim();
         const parts = s.split(',').map((x) => x.trim()).filter((x) => x !== '');
-        return s === 'none' || s === 'all' || (parts.length > 0 && parts.every((x) => MONITORS.includes(x)))
+        return s === 'auto' || s === 'none' || s === 'all' || (parts.length > 0 && parts.every((x) => MONITORS.includes(x)))
             ? { value: s } : { want: what };
     };
 }
