@@ -154,6 +154,8 @@ class NameMask:
         # Tokens that close a bracket (`)`, ` )`, `),`) and that write an empty call (`()`, `():`, `())`).
         self.closes = torch.tensor([t.lstrip(" ").startswith(")") for t in texts], dtype=torch.bool)
         self.empty_call = torch.tensor([t.startswith("()") for t in texts], dtype=torch.bool)
+        self.closing_ids = frozenset(self.closes.nonzero().flatten().tolist())  # (a step's test is a set lookup)
+        self.empty_call_ids = frozenset(self.empty_call.nonzero().flatten().tolist())
         self._cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
 
     @classmethod
@@ -264,7 +266,7 @@ class Guide:
     spans: dict[tuple[str, int], Span] = field(default_factory=dict)
     ms: float = 0.0  # time spent in monitors and masks
     steps: int = 0
-    _end_mask: torch.Tensor | None = field(default=None, repr=False)
+    _ends: tuple | None = field(default=None, repr=False)  # (vocabulary size, end ids, closers | ends mask)
 
     def apply(self, logits: torch.Tensor, generated: str) -> torch.Tensor:
         """logits [vocab] (healing's mask already added) -> logits with the monitors' masks added."""
@@ -301,19 +303,17 @@ class Guide:
         """The tokens the arity rule refuses where the model's choice `top` closes a call, and whether that choice
         is an empty call; (None, False) where it closes nothing."""
         names = self.names
-        if top < names.size and names.empty_call[top]:
+        if top in names.empty_call_ids:
             return names.empty_call, True
-        ends = None
-        if self.ends is not None:
-            if self._end_mask is None or self._end_mask.shape[0] != n:
-                self._end_mask = torch.zeros(n, dtype=torch.bool)
-                self._end_mask[self.ends[self.ends < n].cpu()] = True
-            ends = self._end_mask
-        if top < names.size and names.closes[top] or ends is not None and bool(ends[top]):
-            closes = names.closes
-            if ends is not None:
-                closes = torch.cat([closes, closes.new_zeros(max(0, n - closes.shape[0]))])[:n] | ends
-            return closes, False
+        if self.ends is None:
+            return (names.closes, False) if top in names.closing_ids else (None, False)
+        if self._ends is None or self._ends[0] != n:
+            ids = self.ends[self.ends < n].cpu()
+            refused = torch.cat([names.closes, names.closes.new_zeros(max(0, n - names.size))])[:n]
+            refused[ids] = True
+            self._ends = (n, frozenset(ids.tolist()), refused)
+        if top in names.closing_ids or top in self._ends[1]:
+            return self._ends[2], False
         return None, False
 
     def _mask(self, logits: torch.Tensor, monitor, c: Constraint, allowed: torch.Tensor) -> torch.Tensor:
