@@ -102,10 +102,31 @@ def _same_definition(a: ContextRecord, b: ContextRecord) -> bool:
     return a.path == b.path and a.start_line == b.start_line and a.end_line == b.end_line
 
 
+_DEF_LINE = re.compile(r"(?:async\s+)?def\s+(\w+)")
+
+
 def _covers(text: str, other: str) -> bool:
-    """Whether every non-blank line of `other` is a line of `text` (indentation aside)."""
+    """Whether `text` shows everything `other` does: each non-blank line of `other` is a line of `text`
+    (indentation aside), or is a function header (all its lines) whose name `text` shows in its own form (the repo
+    map writes `def append(` over three lines as the source does, a summary on one line with short defaults, a short
+    form in its `# members:` list)."""
     lines = {line.strip() for line in text.split("\n")}
-    return all(line.strip() in lines for line in other.split("\n") if line.strip())
+    words = set(re.findall(r"\w+", text))
+    in_header = False  # inside a function header written over several lines, whose name `text` shows
+    for line in other.split("\n"):
+        s = line.strip()
+        if not s:
+            continue
+        if in_header:
+            in_header = not s.endswith((":", "..."))
+            continue
+        if s in lines:
+            continue
+        m = _DEF_LINE.match(s)
+        if m is None or m.group(1) not in words:
+            return False
+        in_header = not s.endswith((":", "..."))
+    return True
 
 
 def is_span(record: ContextRecord) -> bool:

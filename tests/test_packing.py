@@ -206,6 +206,19 @@ def test_a_fuller_record_of_a_definition_takes_the_place_of_one_it_covers():
     packed = pack({"repo_map": [header], "imports": [big]}, budget=60, quotas={"repo_map": 0.5},
                   record_tokens=cost)
     assert [r.text for r in packed.records] == [big.short] and packed.tokens == len(big.short)
+    # The repo map writes a member's header as the source does (over lines); the summary its own way, on one line
+    # with short defaults, or in its short form's `# members:` list: the summary still shows it.
+    multi = replace(header, text='class Text(Mixin):\n    def append(\n        self, text: "Text", style=None\n'
+                                 '    ) -> "Text":\n    def copy(self) -> "Text": ...')
+    one_line = replace(summary, text='class Text(Mixin):\n    def append(self, text, style=None) -> "Text": ...\n'
+                                     '    # also: copy')
+    packed = pack({"repo_map": [multi], "imports": [one_line]}, budget=200, quotas={"repo_map": 0.5},
+                  record_tokens=cost)
+    assert [r.text for r in packed.records] == [one_line.text]
+    missing = replace(one_line, text='class Text(Mixin):\n    def append(self, text, style=None) -> "Text": ...')
+    packed = pack({"repo_map": [multi], "imports": [missing]}, budget=200, quotas={"repo_map": 0.5},
+                  record_tokens=cost)
+    assert [r.text for r in packed.records] == [multi.text]  # `copy` is not in the summary: it stays a duplicate
     # A record that shows something the other does not is a duplicate, as before: the first one stays.
     other = replace(header, text="class Text(Mixin):  # the repo map's own line")
     packed = pack({"repo_map": [other], "imports": [summary]}, budget=60, quotas={"repo_map": 1.0},
