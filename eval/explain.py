@@ -111,10 +111,14 @@ _NAME = re.compile(r"\b[A-Za-z_][A-Za-z0-9_]*")
 
 
 def needed_definitions(uses: Iterable[tuple[str, bool]], definitions: Mapping[str, Sequence[Site]], current: str,
-                       visible: tuple[int, int], imported: Iterable[str] = ()) -> dict[str, tuple[Site, ...]]:
+                       visible: tuple[int, int], imported: Iterable[str] = (),
+                       visible_text: str = "") -> dict[str, tuple[Site, ...]]:
     """The names a ground truth needs from elsewhere. uses: its (name, member?) pairs (`name_uses`); definitions:
     name -> the sites the repository's index knows; visible: the (first, last) line of the current file the model
-    sees; imported: the bare names the current file imports from the repository.
+    sees, and visible_text those lines' text; imported: the bare names the current file imports from the repository.
+
+    A member the visible text declares (`self.name = ...`, a class field `name: T`) is the file's own attribute,
+    which the index has no site for: `self.expand` where `__init__` in view sets it is not `Table.expand`.
 
     A name is needed when the index defines it and no definition of it lies in the visible lines, and, used bare,
     when the file imports it from the repository or defines it itself (elsewhere than in view): a bare name
@@ -128,6 +132,8 @@ def needed_definitions(uses: Iterable[tuple[str, bool]], definitions: Mapping[st
             continue
         sites = tuple(definitions.get(name, ()))
         if not sites or any(s.path == current and first <= s.line <= last for s in sites):
+            continue
+        if member and visible_text and declares_attribute(visible_text, name):
             continue
         if member or name in imported or any(s.path == current for s in sites):
             needed[name] = sites
@@ -416,7 +422,9 @@ def _facts(task, workspace, text: str, offset: int, parts, ctx, record: dict, vi
     last = line + (window.suffix.count("\n") if view is None or view.sees_suffix else 0)
     uses = name_uses(task.groundtruth, task.language)
     definitions = {n: [Site(d.path, d.start_line) for d in workspace.index.definitions(name=n)] for n, _ in uses}
-    needed = needed_definitions(uses, definitions, rel, (first, last), imported_from_repository(workspace.index, rel))
+    seen = window.prefix + (window.suffix if view is None or view.sees_suffix else "")
+    needed = needed_definitions(uses, definitions, rel, (first, last), imported_from_repository(workspace.index, rel),
+                                visible_text=seen)
     packed, dropped = list(ctx.packed.records), list(ctx.packed.dropped)
     in_prompt = view.kept(parts) if view is not None else None
     if view is not None and (in_prompt is None or len(in_prompt) != len(packed)):

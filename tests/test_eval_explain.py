@@ -124,6 +124,13 @@ def test_needed_definitions_are_the_repositorys_names_outside_the_visible_window
     # ... while a member is anybody's who defines it
     assert list(needed_definitions(name_uses("rate = shop.TAX_RATE", "python"), DEFINITIONS, "shop/orders.py",
                                    (1, 10))) == ["TAX_RATE"]
+    # a member the visible text declares as an attribute is the file's own (the index has no site for it)
+    uses = name_uses("return self.restock", "python")
+    assert list(needed_definitions(uses, DEFINITIONS, "shop/orders.py", (1, 10))) == ["restock"]
+    assert needed_definitions(uses, DEFINITIONS, "shop/orders.py", (1, 10),
+                              visible_text="    def __init__(self):\n        self.restock = 0\n") == {}
+    assert list(needed_definitions(uses, DEFINITIONS, "shop/orders.py", (1, 10),
+                                   visible_text="        restock = 0\n")) == ["restock"]  # a local, not the member
     # builtins' and builtin types' names and dunders are nobody's, whatever the repository defines
     defs = {**DEFINITIONS, "__init__": [Site("a.py", 1)], "len": [Site("a.py", 2)]}
     assert needed_definitions(name_uses("d.get(x).__init__(len(y))", "python"), defs, "x.py", (1, 1),
