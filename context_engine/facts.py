@@ -251,9 +251,9 @@ class Analyst:
             return future
 
     def facts(self, kind: str, rel: str, text: str, offset: int, wait_s: float | None) -> Facts | None:
-        """The facts, or None when they did not come within wait_s (or the worker failed)."""
-        future = self.submit(kind, rel, text, offset)
+        """The facts, or None when they did not come within wait_s (or the worker failed, or was shut down)."""
         try:
+            future = self.submit(kind, rel, text, offset)
             return future.result(timeout=wait_s)
         except FutureTimeout:
             return None

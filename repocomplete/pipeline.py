@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ from repocomplete.model_runtime.tokens import PromptTokens, model_window, prompt
 # A budget reduced to fit the model's window is rounded down to a multiple of this, so that it stays the same
 # while the user types (and the context with it: the prefix-KV cache keeps the prompt's head).
 BUDGET_STEP = 128
+MAX_ANALYSTS = 4  # the monitors' jedi processes kept for files outside any workspace (one per project root)
 
 
 def model_parts(parts: CursorParts) -> PromptParts:
@@ -159,7 +161,9 @@ class Completer:
         self.window = window
         self._make = make_context_engine or (lambda root, config: ContextEngine(root, config))
         self._workspaces: dict[Path, ContextEngine] = {}
-        self._analysts: dict[Path, object] = {}  # monitors' analysis where no workspace is open (in-file context)
+        # The monitors' analysis where no workspace is open (in-file context), one jedi process per project root:
+        # the MAX_ANALYSTS most recently used (an editor touching files of many projects keeps few processes).
+        self._analysts: OrderedDict[Path, object] = OrderedDict()
         self._analysis_roots: set[Path] = set()  # roots given for that analysis (else the file's repository)
         self._lock = threading.RLock()
         self.model = model  # model_runtime.engine.Engine or model_runtime.remote.RemoteEngine (None: none yet)
@@ -289,12 +293,18 @@ class Completer:
         with self._lock:
             roots = [r for r in self._analysis_roots if r in given.parents]
         root = max(roots, key=lambda r: len(r.parts)) if roots else locate_root(given).path
+        evicted = None
         with self._lock:
             analyst = self._analysts.get(root)
             if analyst is None:
                 budget = self.context_config.slow_provider_budget_ms
                 pool = SlowPool(None if budget is None else budget / 1000, initializer=lower_priority)
                 analyst = self._analysts[root] = Analyst(root, pool, self.context_config)
+                if len(self._analysts) > MAX_ANALYSTS:
+                    _, evicted = self._analysts.popitem(last=False)
+            self._analysts.move_to_end(root)
+        if evicted is not None:  # (a completion still using it gets no facts: its monitors stay silent)
+            evicted.executor.shutdown(wait=False, cancel_futures=True)
         rel = os.path.relpath(os.path.abspath(path), root)
         return analyst, rel if not rel.startswith("..") else Path(path).name
 
@@ -390,7 +400,7 @@ class Completer:
     def close(self) -> None:
         with self._lock:
             engines, self._workspaces = list(self._workspaces.values()), {}
-            analysts, self._analysts = list(self._analysts.values()), {}
+            analysts, self._analysts = list(self._analysts.values()), OrderedDict()
         for engine in engines:
             engine.close()
         for analyst in analysts:

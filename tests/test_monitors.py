@@ -707,6 +707,21 @@ def test_analysis_root_given_beats_the_files_repository(completer, project):
     assert inner.resolve() not in completer._analysts
 
 
+def test_files_of_many_projects_keep_few_analysis_processes(completer, tmp_path, monkeypatch):
+    monkeypatch.setattr("repocomplete.pipeline.MAX_ANALYSTS", 2)
+    roots = [write_tree(tmp_path / f"p{i}", {"m.py": "x = 1\n", ".git/HEAD": "ref: refs/heads/main\n"})
+             for i in range(3)]
+    first, _ = completer._analyst(str(roots[0] / "m.py"), None)
+    completer._analyst(str(roots[1] / "m.py"), None)
+    completer._analyst(str(roots[0] / "m.py"), None)  # used again: the most recent
+    completer._analyst(str(roots[2] / "m.py"), None)
+    assert list(completer._analysts) == [roots[0].resolve(), roots[2].resolve()]  # p1, least recently used, went
+    assert completer._analyst(str(roots[0] / "m.py"), None)[0] is first
+    # an analyst shut down under a completion still using it answers no facts instead of raising
+    first.executor.shutdown(wait=False, cancel_futures=True)
+    assert first.facts("scope", "m.py", "x = 1\n", 0, 1.0) is None
+
+
 # -- when a mask would swap the model's name for something it never meant, the monitor yields ----------------------
 
 
