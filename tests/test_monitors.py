@@ -650,7 +650,8 @@ def test_lsp_setting(tmp_path):
         assert resolve(RuntimeConfig(), context, s).options.monitors == ("deref", "scope", "args", "imports")
         remote = resolve(RuntimeConfig(), context, s.replace(endpoint="http://127.0.0.1:1"))
         assert remote.options.monitors == () and remote.settings.monitors == "none"
-        assert resolve(RuntimeConfig(monitors=("args",)), context, s).options.monitors == ("args",)  # the command line's
+        # the command line's, where it asked
+        assert resolve(RuntimeConfig(monitors=("args",)), context, s).options.monitors == ("args",)
     assert resolve(RuntimeConfig(), context, Settings(monitors="none")).options.monitors == ()
 
 
