@@ -292,7 +292,13 @@ class Guide:
                     # it): the arity rule, asked as if the `(` of an empty call were written.
                     for monitor in self.monitors:
                         closing = getattr(monitor, "closing", None)
-                        c = closing(self.before, generated + ("(" if empty else "")) if closing is not None else None
+                        if closing is None:
+                            continue
+                        c = closing(self.before, generated + ("(" if empty else ""))
+                        if c is None and empty and (self.before + generated).endswith("("):
+                            # `f(` then `()`: an empty tuple where the call needs its argument is the empty call
+                            # the rule refused a step before, written in two tokens
+                            c = closing(self.before, generated)
                         if c is not None:
                             logits = self._mask(logits, monitor, c, ~refused)
             return logits
@@ -419,6 +425,6 @@ class Guide:
                      "text": generated[start:end], "names": span.names, "what": span.what,
                      "yielded": span.yielded or None, "redirected": span.redirected,
                      "mass": None if span.mass is None else round(span.mass, 4)}
-            if end > start or span.yielded:
+            if end > start or span.yielded or (not span.names and span.redirected):  # (the arity rule: no name)
                 out.setdefault(first, entry)  # one entry per identifier: the first monitor that saw it
         return list(out.values())

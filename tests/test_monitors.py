@@ -422,6 +422,11 @@ def test_the_guide_refuses_an_empty_call_or_a_close_while_an_argument_is_missing
     assert (span.monitor, span.redirected, span.what) == ("args", True, "`run_sync` needs `func`")
     token, _ = step_all(vocab, {")": 6.0, "self": 3.0}, monitors, before, "(")
     assert token == "self"
+    token, guide = step_all(vocab, {"()": 6.0, "self": 3.0}, monitors, before, "(")  # an empty tuple: the same
+    assert token == "self"
+    # showContext lists the span even where no name follows (`run_sync("x")`)
+    assert [(e["monitor"], e["start"], e["text"], e["what"], e["redirected"]) for e in guide.report('("x")', "")] == [
+        ("args", 1, "", "`run_sync` needs `func`", True)]
     token, _ = step_all(vocab, {")": 6.0, "self": 3.0}, monitors, before, "(f")
     assert token == ")"  # `func` is passed
     # a single-line completion that would end after the `(` (the closing rule would write `)`): the end is refused
