@@ -491,7 +491,6 @@ class Session:
         return Constraint(tuple(sorted(allowed)), site.partial, site.start, kind, f"arguments of `{facts.what}`",
                           skip_space=True, assign=tuple(sorted(assign)))
 
-
     def missing_argument(self, before: str, generated: str) -> Constraint | None:
         """Where the text ends inside a call whose signature has a required parameter the call does not pass yet:
         a constraint (no names: the engine refuses the tokens that close the call) at the text's end. Silent where
