@@ -27,7 +27,7 @@ SUITE = SUITES_DIR / "markdown_it_py"
 
 def serve_command(model_dir: Path) -> list[str]:
     return [sys.executable, "-m", "repocomplete", "serve", "--model", str(model_dir), "--quantize", "none",
-            "--device", "cpu"]
+            "--device", "cpu", "--monitors", "none"]  # as `engine_completion` runs: no analysis timing in either
 
 
 def env_for(tmp_path: Path) -> dict[str, str]:

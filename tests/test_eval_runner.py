@@ -428,12 +428,15 @@ def test_cli_run_writes_predictions_and_a_bad_line_is_exit_2(suite, tmp_path, ti
     assert "--shard" in capsys.readouterr().err
 
 
-def test_via_lsp_drives_the_real_server_and_matches_the_engine(suite, tmp_path, model, go, tiny_config):
+def test_via_lsp_drives_the_real_server_and_matches_the_engine(suite, tmp_path, tiny_loaded, go, tiny_config):
     tasks_path, repos = suite
     tasks = [t for t in load_tasks(tasks_path) if t.repository == "alpha"]  # one repository: one server
     engine_out, lsp_out = tmp_path / "engine.jsonl", tmp_path / "lsp.jsonl"
-    go(tasks, repos, engine_out, model, context="infile")  # in-file: no provider deadline can make them differ
-    summary = run(tasks, repos, lsp_out, tiny_config.replace(max_new_tokens=6), ContextConfig(),
+    # Monitors off on both paths: the server waits for their analysis an editor's 15 ms, the engine path until it
+    # answers, so with them a slow machine could make the two differ.
+    quiet = tiny_config.replace(monitors=())
+    go(tasks, repos, engine_out, Engine(tiny_loaded, quiet.replace(max_new_tokens=6)), context="infile")
+    summary = run(tasks, repos, lsp_out, quiet.replace(max_new_tokens=6), ContextConfig(),
                   RunOptions(context="infile", via="lsp", progress=False))
     assert summary["ran"] == 4
     assert lines(lsp_out) == lines(engine_out)

@@ -40,8 +40,10 @@ CURSOR = types.Position(line=4, character=16)  # after `inv.`
 
 
 def server_command(model_dir: Path, *extra: str) -> list[str]:
+    # Monitors off: the server waits for their analysis an editor's 15 ms, so its answers would depend on how fast
+    # jedi is, and the tests compare them with the engine's (`engine_completion`).
     return [sys.executable, "-m", "repocomplete", "serve", "--model", str(model_dir), "--quantize", "none",
-            "--device", "cpu", *extra]
+            "--device", "cpu", "--monitors", "none", *extra]
 
 
 def server_env(tmp_path: Path) -> dict[str, str]:
@@ -99,7 +101,7 @@ def first_text(answer) -> str:
 def engine_completion(model_dir: Path, tmp_path: Path, path: Path, text: str, offset: int, max_tokens: int) -> str:
     """What the engine gives for the same cursor, in this process (in-file context: no timing in it)."""
     runtime = RuntimeConfig(model=str(model_dir), device="cpu", quantize="none", cache_dir=tmp_path / "mc",
-                            max_new_tokens=max_tokens)
+                            max_new_tokens=max_tokens, monitors=())  # as the test servers run (`server_command`)
     completer = Completer(Engine(load_model(runtime), runtime))
     try:
         return completer.complete(str(path), text, offset, CompletionOptions(context="infile")).text
