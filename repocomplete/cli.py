@@ -181,7 +181,14 @@ def cmd_complete(args: argparse.Namespace) -> int:
     text = read_source(args.file)
     offset = offset_of(text, args.line, args.col)
     root = _workspace_root(args.file, args) if args.context == "repo" else None
-    completer = make_completer(args)
+    from repocomplete.model_runtime.backend import make_engine
+    from repocomplete.pipeline import Completer
+
+    config = runtime_config(args)
+    completer = Completer(None, context_config(args))
+    if root is None:  # jedi starts while the model loads (in a workspace the analysis is the workspace's, below)
+        completer.prefetch_analysis(args.file, text, offset, config.active_monitors)
+    completer.model = make_engine(config)
     workspace = None
     if root is not None:
         workspace = completer.open_workspace(root.path, progress=not args.json, reason=root.reason)

@@ -542,11 +542,11 @@ def python_monitors(analyst, rel: str, text: str, offset: int, kinds: tuple[str,
     if not kinds:
         return []
     session = Session(analyst, rel, text, offset, kinds, wait_s)
-    _prefetch(session)
+    prefetch(session)
     return [PythonMonitor(session, kind) for kind in kinds]
 
 
-def _prefetch(session: Session) -> None:
+def prefetch(session: Session) -> None:
     """Submit (not wait for) the analysis at the cursor: it runs in the worker while the prompt is prefilled."""
     text = session.buffer_before
     at = len(text)

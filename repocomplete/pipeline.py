@@ -321,6 +321,17 @@ class Completer:
         wait_ms = self.context_config.monitor_wait_ms
         return python_monitors(analyst, rel, text, offset, kinds, None if wait_ms is None else wait_ms / 1000)
 
+    def prefetch_analysis(self, path: str, text: str, offset: int, kinds: Sequence[str]) -> None:
+        """Start the monitors' analysis at a cursor now (a one-shot command calls it before loading the model, so
+        that the jedi worker starts and parses the file while the model loads, not while it decodes)."""
+        from repocomplete.context_engine.parsing import language_for
+        from repocomplete.monitors import Session, prefetch
+
+        if not kinds or language_for(str(path)) != "python":
+            return
+        analyst, rel = self._analyst(path, None)
+        prefetch(Session(analyst, rel, text, offset, tuple(kinds), None))
+
     @staticmethod
     def _bind(monitors: list, parts: PromptParts) -> list:
         for m in monitors[:1]:

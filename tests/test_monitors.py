@@ -19,7 +19,7 @@ from repocomplete.model_runtime.config import RuntimeConfig
 from repocomplete.model_runtime.engine import CompletionRequest, Engine
 from repocomplete.model_runtime.errors import ConfigError, RemoteError
 from repocomplete.model_runtime.healing import VocabIndex
-from repocomplete.model_runtime.monitor import MIN_SWAP_MASS, Constraint, Guide, NameMask
+from repocomplete.model_runtime.monitor import MIN_SWAP_MASS, MONITOR_KINDS, Constraint, Guide, NameMask
 from repocomplete.model_runtime.templates import PromptParts
 from repocomplete.monitors import (ScanState, Session, monitors_text, parse_monitors, scan, scan_head,
                                    site_at)
@@ -711,6 +711,24 @@ def test_analysis_root_given_beats_the_files_repository(completer, project):
     assert (analyst.root, rel) == (inner.resolve(), "client.py")
     completer.close_workspace(inner)  # and its jedi worker goes with it
     assert inner.resolve() not in completer._analysts
+
+
+def test_a_one_shot_command_starts_the_analysis_before_the_model_loads(tiny_loaded, tiny_config, project, tmp_path):
+    completer = Completer(None, ContextConfig(index_dir=tmp_path / "index"))  # no model yet
+    try:
+        text, offset = buffer("client.")
+        completer.prefetch_analysis(str(project / "README.md"), text, offset, MONITOR_KINDS)  # not Python: nothing
+        completer.prefetch_analysis(str(project / "main.py"), text, offset, ())  # monitors off: nothing
+        assert not completer._analysts
+        completer.prefetch_analysis(str(project / "main.py"), text, offset, MONITOR_KINDS)
+        (analyst,) = completer._analysts.values()
+        asked = sorted(kind for kind, *_ in analyst._results)
+        assert asked == ["deref", "scope"]  # the receiver's members and the names in scope, cached for the request
+        completer.model = Engine(tiny_loaded, tiny_config.replace(max_new_tokens=4))
+        done = completer.complete(str(project / "main.py"), text, offset, CompletionOptions(context="infile"))
+        assert done.completion.stop_reason  # and the model, set afterwards, completes with it
+    finally:
+        completer.close()
 
 
 def test_files_of_many_projects_keep_few_analysis_processes(completer, tmp_path, monkeypatch):
