@@ -53,6 +53,11 @@ class Signature:
         return sum(p.kind in ("POSITIONAL_ONLY", "POSITIONAL_OR_KEYWORD") for p in self.params)
 
     @property
+    def by_position(self) -> tuple[str, ...]:
+        """The names of the parameters that may be given by position, in order."""
+        return tuple(p.name for p in self.params if p.kind in ("POSITIONAL_ONLY", "POSITIONAL_OR_KEYWORD"))
+
+    @property
     def keywords(self) -> tuple[str, ...]:
         return tuple(p.name for p in self.params if p.kind in ("POSITIONAL_OR_KEYWORD", "KEYWORD_ONLY"))
 
@@ -63,8 +68,7 @@ class Signature:
     def missing(self, positional: int, given) -> tuple[str, ...]:
         """The required parameters a call passing `positional` arguments by position and the keywords `given`
         leaves out."""
-        by_position = [p.name for p in self.params if p.kind in ("POSITIONAL_ONLY", "POSITIONAL_OR_KEYWORD")]
-        taken = set(by_position[:positional]) | set(given)
+        taken = set(self.by_position[:positional]) | set(given)
         return tuple(p.name for p in self.params if p.required and p.name not in taken)
 
 

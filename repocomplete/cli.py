@@ -145,12 +145,19 @@ def context_config(args: argparse.Namespace):
     return config
 
 
-def make_completer(args: argparse.Namespace):
-    """The model engine and the context engines, as every command that completes uses them."""
+def make_completer(args: argparse.Namespace, prefetch_at: tuple[str, str, int] | None = None):
+    """The model engine and the context engines, as every command that completes uses them. prefetch_at: the (path,
+    text, offset) of a one-shot completion outside a workspace, whose monitors' analysis starts (jedi's worker with
+    it) while the model loads."""
     from repocomplete.pipeline import Completer
     from repocomplete.model_runtime.backend import make_engine
 
-    return Completer(make_engine(runtime_config(args)), context_config(args))
+    config = runtime_config(args)
+    completer = Completer(None, context_config(args))
+    if prefetch_at is not None:
+        completer.prefetch_analysis(*prefetch_at, config.active_monitors)
+    completer.model = make_engine(config)
+    return completer
 
 
 def _workspace_root(file: str, args: argparse.Namespace):
@@ -181,14 +188,8 @@ def cmd_complete(args: argparse.Namespace) -> int:
     text = read_source(args.file)
     offset = offset_of(text, args.line, args.col)
     root = _workspace_root(args.file, args) if args.context == "repo" else None
-    from repocomplete.model_runtime.backend import make_engine
-    from repocomplete.pipeline import Completer
-
-    config = runtime_config(args)
-    completer = Completer(None, context_config(args))
-    if root is None:  # jedi starts while the model loads (in a workspace the analysis is the workspace's, below)
-        completer.prefetch_analysis(args.file, text, offset, config.active_monitors)
-    completer.model = make_engine(config)
+    # (in a workspace the analysis is the workspace's, opened below)
+    completer = make_completer(args, prefetch_at=(args.file, text, offset) if root is None else None)
     workspace = None
     if root is not None:
         workspace = completer.open_workspace(root.path, progress=not args.json, reason=root.reason)

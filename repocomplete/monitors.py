@@ -438,8 +438,11 @@ class Session:
         c = self._constraint(kind, site, text)
         if c is None:
             return None
-        # The engine's offsets are in (before + generated): the model's window, not the whole buffer.
-        return replace(c, start=site.start - (self._prompt_len or 0) + len(before))
+        return replace(c, start=self._engine_offset(site.start, before))
+
+    def _engine_offset(self, at: int, before: str) -> int:
+        """An offset of the buffer text as the engine counts (in before + generated: the model's window)."""
+        return at - (self._prompt_len or 0) + len(before)
 
     def _constraint(self, kind: str, site: Site, text: str) -> Constraint | None:
         if kind in ("deref", "imports"):
@@ -470,8 +473,7 @@ class Session:
             return None  # the call already passes what no signature takes: they do not describe it
         keywords = set()
         for sig in facts.signatures:  # less the parameters given by position, and the keywords given
-            taken = [p.name for p in sig.params if p.kind in ("POSITIONAL_ONLY", "POSITIONAL_OR_KEYWORD")][:positional]
-            keywords |= set(sig.keywords) - set(taken)
+            keywords |= set(sig.keywords) - set(sig.by_position[:positional])
         keywords -= given
         slots = [sig.positional for sig in facts.signatures]
         first = text[site.call + 1: site.start].strip() == ""
@@ -517,8 +519,8 @@ class Session:
         missing = sig.missing(positional, given)
         if not missing:
             return None
-        start = len(text) - (self._prompt_len or 0) + len(before)
-        return Constraint((), "", start, "args", f"`{facts.what}` needs `{missing[0]}`")
+        at = self._engine_offset(len(text), before)
+        return Constraint((), "", at, "args", f"`{facts.what}` needs `{missing[0]}`")
 
 
 class PythonMonitor:
