@@ -49,7 +49,8 @@ class ContextConfig:
     providers: tuple[str, ...] = KINDS
     # Share of the budget each provider may fill before the others have had theirs; leftovers are redistributed.
     quotas: dict[str, float] = field(
-        default_factory=lambda: {"typed_holes": 0.3, "imports": 0.3, "retrieval": 0.25, "repo_map": 0.1, "neighbours": 0.05}
+        default_factory=lambda: {"typed_holes": 0.3, "imports": 0.3, "retrieval": 0.2, "repo_map": 0.1, "outline": 0.1,
+                                 "neighbours": 0.05}
     )
     languages: tuple[str, ...] = LANGUAGES
     max_file_bytes: int = 1_000_000

@@ -355,7 +355,7 @@ class ContextEngine:
             if kind == "retrieval" and draft:
                 by_provider[kind] = self._retrieve(rel, prefix, line, draft, budget)
             else:
-                by_provider[kind] = self._safe_provide(kind, rel, text, prefix, line, col, budget)
+                by_provider[kind] = self._safe_provide(kind, rel, text, prefix, line, col, budget, own_window)
             timings[kind] = round((time.perf_counter() - t) * 1000, 2)
         for kind, future in futures.items():
             t = time.perf_counter()
@@ -378,9 +378,9 @@ class ContextEngine:
         timings["total"] = round((time.perf_counter() - t_all) * 1000, 2)
         return Context(packed, timings, complete, str(self.root), self.root_reason)
 
-    def _safe_provide(self, kind, rel, text, prefix, line, col, budget) -> list[ContextRecord]:
+    def _safe_provide(self, kind, rel, text, prefix, line, col, budget, window=None) -> list[ContextRecord]:
         try:
-            return self._provide(kind, rel, text, prefix, line, col, budget)
+            return self._provide(kind, rel, text, prefix, line, col, budget, window)
         except Exception as e:  # a provider's failure costs its records, never the completion
             log.warning("provider %s failed on %s:%d: %s: %s", kind, rel, line, type(e).__name__, e)
             return []
@@ -407,7 +407,8 @@ class ContextEngine:
                 self._slow_results.pop(next(iter(self._slow_results))).cancel()
         return future
 
-    def _provide(self, kind: str, rel: str, text: str, prefix: str, line: int, col: int, budget: int):
+    def _provide(self, kind: str, rel: str, text: str, prefix: str, line: int, col: int, budget: int,
+                 window: tuple[int, int] | None = None):
         language = _language(rel)
         if kind in SLOW_PROVIDERS and language == "python":
             return slow_provider(kind, str(self.root), rel, text, line, col, self.config.infer_budget_ms,
@@ -420,6 +421,8 @@ class ContextEngine:
             return self._retrieve(rel, prefix, line, budget=budget)
         if kind == "repo_map":
             return self._repo_map(rel, int(budget * self.config.quotas.get("repo_map", 0.1)))
+        if kind == "outline":
+            return self._outline(rel, line, window or (1, line), int(budget * self.config.quotas.get("outline", 0.1)))
         if kind == "neighbours":
             return self.neighbours.records(rel, line)
         raise ValueError(f"unknown provider {kind!r}")
@@ -464,6 +467,15 @@ class ContextEngine:
             self._graph_job = self._graph_pool.submit(self._build_graph)
         return self._graph
 
+    def _outline(self, rel: str, line: int, window: tuple[int, int], budget: int) -> list[ContextRecord]:
+        """The current file's definitions outside the window the model sees (as the index has the buffer)."""
+        from repocomplete.context_engine.outline import outline
+
+        symbols = self.index.symbols(rel)
+        if symbols is None:
+            return []
+        return outline(symbols.definitions, rel, line, window, budget, self.record_tokens)
+
     def _index_imports(self, rel: str) -> list[ContextRecord]:
         """Languages without a type checker here: imported names that the index defines, as signatures."""
         symbols = self.index.symbols(rel)
@@ -507,19 +519,22 @@ class ContextEngine:
     def prompt_parts(
         self, path: str, text: str, offset: int, window: Window | None = None, budget: int | None = None,
         draft: str | None = None, room: Callable[[CursorParts, int], tuple[int, str] | None] | None = None,
+        suffix_lines: int | None = None,
     ) -> tuple[CursorParts, Context]:
         """The current file's window plus packed repository context, as the model runtime renders them.
 
         room(parts without context, budget): the most tokens the context may take beside that window in the
         model's prompt, and why (None: the budget fits); a budget over it is reduced to it, with a note in
-        `Context.notes`."""
+        `Context.notes`. suffix_lines: how many lines after the cursor's the model's template shows of the suffix
+        (0 for a left-to-right model; None: all of it), so that context is not dropped as shown when it is not."""
         rel = self.relative(path)
         parts = cursor_parts(text, offset, mode="infile", path=rel, window=window)
         line_start = text.rfind("\n", 0, offset) + 1
         line = text[:offset].count("\n") + 1
         col = offset - line_start + 1
         first_line = line - parts.prefix.count("\n")
-        last_line = line + parts.suffix.count("\n")
+        after = parts.suffix.count("\n")  # the lines after the cursor's that the window holds
+        last_line = line + (after if suffix_lines is None else min(after, suffix_lines))
         parts.prefix = self.gate.scrub(parts.prefix, rel)  # the current file's credentials stay home too
         parts.suffix = self.gate.scrub(parts.suffix, rel)
         parts.repo_name = self.root.name
@@ -532,7 +547,7 @@ class ContextEngine:
         # While the user types a name, the context stays as it was: the prompt's head is then unchanged from
         # keystroke to keystroke and the prefix-KV cache reuses all of it. A new line, or a character that opens
         # a new hole (`obj.`, `f(`, `a, `, `x = `), asks the providers again.
-        key = (hole_key(rel, line, text[:offset]), budget, self.config.providers, draft)
+        key = (hole_key(rel, line, text[:offset]), budget, self.config.providers, draft, first_line, last_line)
         if self._line_cache and self._line_cache[0] == key:
             ctx = self._line_cache[1]
         else:

@@ -25,9 +25,13 @@ from dataclasses import dataclass, field, replace
 from repocomplete.context_engine.records import ContextRecord
 
 # Most stable first: the order records take in the prompt.
-STABILITY_ORDER = ("repo_map", "imports", "retrieval", "typed_holes", "neighbours")
+STABILITY_ORDER = ("repo_map", "outline", "imports", "retrieval", "typed_holes", "neighbours")
 # Among leftovers of equal relative score: definitions (typed holes, imports, the repo map) before windows.
-LEFTOVER_ORDER = ("typed_holes", "imports", "repo_map", "retrieval", "neighbours")
+LEFTOVER_ORDER = ("typed_holes", "imports", "outline", "repo_map", "retrieval", "neighbours")
+
+# Records that are not spans of a file's text: the current file's window never shows what they do (a typed hole's
+# summary of the cursor's class, the outline of definitions outside the window), whatever lines they cover.
+WINDOW_FREE = ("typed_holes", "outline")
 
 # (path, text) -> the tokens a record with that text takes in the prompt, headers and separators included.
 RecordTokens = Callable[[str, str], int]
@@ -180,7 +184,7 @@ def pack(
     for kind, records in by_provider.items():
         kept = []
         for r in sorted(records, key=lambda r: -r.score):
-            if own_window and r.kind != "typed_holes" and _overlaps(r, ContextRecord("", *own_window, 0, "", "")):
+            if own_window and r.kind not in WINDOW_FREE and _overlaps(r, ContextRecord("", *own_window, 0, "", "")):
                 dropped.append((r, "already in the current file's window"))
             else:
                 kept.append(r)

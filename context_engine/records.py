@@ -41,7 +41,7 @@ class FileSymbols:
     has_errors: bool = False  # tree-sitter recovered from syntax errors (normal while typing)
 
 
-KINDS = ("imports", "typed_holes", "retrieval", "repo_map", "neighbours")
+KINDS = ("imports", "typed_holes", "retrieval", "repo_map", "outline", "neighbours")
 
 
 @dataclass(frozen=True)

@@ -259,6 +259,14 @@ def render(template: FimTemplate, parts: PromptParts, order: str = "psm") -> str
     return "".join(out)
 
 
+def suffix_lines_shown(template: FimTemplate) -> int | None:
+    """How many lines after the cursor's line a template shows of the suffix: none for a left-to-right model, a
+    suffix block's, or all of them (None)."""
+    if template.left_to_right:
+        return 0 if template.suffix_block is None else SUFFIX_BLOCK_LINES - 1
+    return None
+
+
 def model_view(template: FimTemplate, parts: PromptParts) -> PromptParts:
     """The parts a template can use: a left-to-right model never sees the text after the cursor."""
     if template.left_to_right and template.suffix_block is None:

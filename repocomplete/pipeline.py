@@ -30,7 +30,8 @@ from repocomplete.context_engine.packing import RecordTokens, approx_tokens, tex
 from repocomplete.context_engine.parts import CursorParts
 from repocomplete.context_engine.roots import locate_root
 from repocomplete.model_runtime.engine import CancelToken, Completion, CompletionRequest, encode_prompt
-from repocomplete.model_runtime.templates import ContextItem, PromptParts, model_view, render
+from repocomplete.model_runtime.templates import (ContextItem, FimTemplate, PromptParts, model_view, render,
+                                                  suffix_lines_shown)
 from repocomplete.model_runtime.tokens import PromptTokens, model_window, prompt_limit
 
 # A budget reduced to fit the model's window is rounded down to a multiple of this, so that it stays the same
@@ -69,6 +70,11 @@ class ModelTokens:
     def record(self, path: str, text: str) -> int:
         counter = self.counter()
         return approx_tokens(text) if counter is None else counter.item(path, text)
+
+    def suffix_lines(self) -> int | None:
+        """The lines after the cursor's that the model's template shows (None: all, or the template is unknown)."""
+        template = getattr(self.model, "template", None)
+        return suffix_lines_shown(template) if isinstance(template, FimTemplate) else None
 
     def room(self, parts: CursorParts, budget: int, max_new_tokens: int | None) -> tuple[int, str] | None:
         """The tokens left for repository context beside the current file's window in the model's prompt (rounded
@@ -263,7 +269,8 @@ class Completer:
         tokens = self._tokens
         parts, ctx = engine.prompt_parts(os.path.abspath(path), text, offset, window=self.window,
                                          budget=options.budget, draft=draft,
-                                         room=lambda p, budget: tokens.room(p, budget, options.max_new_tokens))
+                                         room=lambda p, budget: tokens.room(p, budget, options.max_new_tokens),
+                                         suffix_lines=tokens.suffix_lines())
         return model_parts(parts), ctx
 
     # -- monitor-guided decoding ---------------------------------------------------------------------------

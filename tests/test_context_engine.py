@@ -114,12 +114,12 @@ def test_every_provider_contributes_with_provenance(engine):
     assert "# receiver `inv`: Inventory" in hole.text and "restock" in hole.text
     assert all(r.path not in (".env", "notes/keys.pem", "config/secrets.py") for r in ctx.records)
     assert not any("sk_live" in r.text or "PRIVATE KEY" in r.text for r in ctx.records)
-    assert set(ctx.timings_ms) == {"imports", "typed_holes", "retrieval", "repo_map", "neighbours", "total"}
+    assert set(ctx.timings_ms) == {"imports", "typed_holes", "retrieval", "repo_map", "outline", "neighbours", "total"}
 
 
 def test_records_come_most_stable_first_and_fit_the_budget(engine):
     ctx = engine.context("shop/restock.py", NEW_FILE, line=6, col=13, budget=120)
-    order = ["repo_map", "imports", "retrieval", "typed_holes", "neighbours"]
+    order = ["repo_map", "outline", "imports", "retrieval", "typed_holes", "neighbours"]
     ranks = [order.index(r.kind) for r in ctx.records]
     assert ranks == sorted(ranks)
     assert 0 < ctx.packed.tokens <= 120
