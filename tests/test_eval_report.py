@@ -33,18 +33,18 @@ def test_report_runs_every_configuration_and_writes_md_png_json(suite, tmp_path,
                         parse_configs(None, None), suite=str(tasks_path), model=recorder,
                         make_context_engine=_thread_jedi)
     assert list(report["configs"]) == ["none", "infile", "imports", "typed_holes", "retrieval", "repo_map",
-                                       "neighbours", "repo"]
-    assert len(recorder.requests) == 8 * 4
+                                       "outline", "neighbours", "repo"]
+    assert len(recorder.requests) == 9 * 4
     for name, row in report["configs"].items():
         assert row["n"] == 4 and row["missing"] == 0
         assert len((out / f"pred-{name}.jsonl").read_text().splitlines()) == 4
         assert 0 <= row["es"] <= 100 and row["latency_ms_mean"] > 0
     # The configurations are what they say: no context at all, the suffix, one provider's records.
-    by_config = [recorder.requests[k * 4 : (k + 1) * 4] for k in range(8)]
+    by_config = [recorder.requests[k * 4 : (k + 1) * 4] for k in range(9)]
     assert all(r.parts.suffix == "" and not r.parts.context for r in by_config[0])
     assert all(r.parts.suffix and not r.parts.context for r in by_config[1])
     retrieval = [item for r in by_config[4] for item in r.parts.context]
-    assert retrieval and all(r.parts.context for r in by_config[7])
+    assert retrieval and all(r.parts.context for r in by_config[8])
     md = (out / "report.md").read_text()
     assert f"suite: `{tasks_path}`, 4 tasks" in md and "budget: 128 tokens" in md and "commit `" in md
     table = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| configuration")]
