@@ -26,7 +26,7 @@ from repocomplete.context_engine.records import ContextRecord
 
 # Most stable first: the order records take in the prompt.
 STABILITY_ORDER = ("repo_map", "outline", "imports", "retrieval", "typed_holes", "neighbours")
-# Among leftovers of equal relative score: definitions (typed holes, imports, the repo map) before windows.
+# Among leftovers of equal rank in their providers: definitions (typed holes, imports, the repo map) before windows.
 LEFTOVER_ORDER = ("typed_holes", "imports", "outline", "repo_map", "retrieval", "neighbours")
 
 # Records that are not spans of a file's text: the current file's window never shows what they do (a typed hole's
@@ -244,16 +244,18 @@ def pack(
             if not admit(r, min(quota_end, budget)):
                 leftovers.append(r)
     # Second pass: the rest of the budget to the best remaining records, whatever their provider. Providers score
-    # on their own scales (BM25 tens, import and hole ranks units, the repo map's PageRank fractions), so a record
-    # competes by its score relative to its provider's best; ties go to definitions before windows.
-    top = {kind: max((r.score for r in records), default=0.0) for kind, records in candidates.items()}
+    # on scales that do not compare (BM25 tens close together, an import's count of uses in the file, the repo
+    # map's PageRank fractions): a record competes by its rank in its provider's list, as reciprocal rank fusion
+    # does, so that the providers take turns (each one's second record, then each one's third ...); a record of a
+    # provider whose scores fall steeply (a name imported and used once, after one used thirty times) is not left
+    # behind every window of one whose scores are flat. Ties go to definitions before windows.
+    position = {id(r): i for records in candidates.values() for i, r in enumerate(records)}
 
     def shortened(r: ContextRecord) -> ContextRecord:
         return replace(r, text=r.short, short="", why=f"{r.why} (names only: the summary is over the budget)")
 
-    def relative(r: ContextRecord) -> tuple[float, int]:
-        best = top.get(r.kind, 0.0)
-        return (-(r.score / best) if best > 0 else 0.0, order.get(r.kind, len(order)))
+    def relative(r: ContextRecord) -> tuple[int, int]:
+        return position[id(r)], order.get(r.kind, len(order))
 
     over: list[ContextRecord] = []
     for r in sorted(leftovers, key=relative):

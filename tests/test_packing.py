@@ -22,19 +22,24 @@ def tokens(text: str) -> int:
 QUOTAS = {"imports": 0.5, "retrieval": 0.3, "repo_map": 0.2}
 
 
-def test_quotas_then_leftovers_by_score():
+def test_quotas_then_leftovers_by_rank_in_their_providers():
     by = {
-        "imports": [rec("imports", "a.py", 1, 5, 0.9), rec("imports", "b.py", 1, 5, 0.8), rec("imports", "c.py", 1, 5, 0.7)],
-        "retrieval": [rec("retrieval", "d.py", 1, 20, 0.95), rec("retrieval", "e.py", 1, 20, 0.3)],
+        # an import used thirty times, then names used once: scores that fall steeply
+        "imports": [rec("imports", "a.py", 1, 5, 31.0), rec("imports", "b.py", 1, 5, 2.0), rec("imports", "c.py", 1, 5, 1.0)],
+        # BM25 windows: scores close together
+        "retrieval": [rec("retrieval", "d.py", 1, 20, 25.0), rec("retrieval", "e.py", 1, 20, 24.5),
+                      rec("retrieval", "f.py", 1, 20, 24.0)],
         "repo_map": [],
     }
-    packed = pack(by, budget=40, quotas=QUOTAS, count_tokens=tokens)
-    # imports quota 20 -> a, b; retrieval quota 12 -> d; leftovers by score: c (0.7) fits the last 10.
+    packed = pack(by, budget=50, quotas=QUOTAS, count_tokens=tokens)
+    # imports quota 25 -> a, b; retrieval quota 15 -> d; leftovers take turns by their rank in their provider: e
+    # (second of retrieval), then c (third of imports, before the third window on the tie); f is left over. By score
+    # relative to each provider's best, c (1/31) would have come after f (24/25).
     assert [(r.kind, r.path) for r in packed.records] == [
-        ("imports", "a.py"), ("imports", "b.py"), ("imports", "c.py"), ("retrieval", "d.py")
+        ("imports", "a.py"), ("imports", "b.py"), ("imports", "c.py"), ("retrieval", "d.py"), ("retrieval", "e.py")
     ]
-    assert packed.tokens == 40
-    assert [(r.path, why) for r, why in packed.dropped] == [("e.py", "over budget")]
+    assert packed.tokens == 50
+    assert [(r.path, why) for r, why in packed.dropped] == [("f.py", "over budget")]
 
 
 def test_stable_kinds_come_first_in_the_prompt():
