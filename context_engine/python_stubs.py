@@ -14,9 +14,10 @@ from repocomplete.context_engine.jedi_support import outer, self_attribute, stat
 
 MAX_STUB_LINES = 40  # lines of one class or module summary
 # A summary focused on what the current file uses (class_stub with focus): at most this many member lines, the
-# other members named on one line (at most MAX_OTHER_NAMES names).
+# other members named on one line (at most MAX_OTHER_NAMES names; the short form's list too). Every member of all but
+# the largest classes: a member the list leaves out is one the model cannot name (rich's Text has 48, Console 110).
 FOCUS_STUB_LINES = 12
-MAX_OTHER_NAMES = 40
+MAX_OTHER_NAMES = 120
 FOCUS_RADIUS = 60  # lines around the cursor whose attribute names weigh double
 _ATTRIBUTE = re.compile(r"\.\s*([A-Za-z_]\w*)")
 KEPT_DUNDERS = ("__init__", "__call__")  # the only dunder methods a class summary shows

@@ -550,9 +550,12 @@ def test_a_focused_class_summary_shows_the_members_the_file_uses_and_names_the_r
     assert "    def m0(self, x): ..." in members  # the room left goes to members in source order
     assert also.startswith("    # also: ") and "m29" in also and ", m21," not in also  # the rest, by name
     names = also[len("    # also: "):].split(" (+")[0].split(", ")
-    assert len(names) == MAX_OTHER_NAMES and also.endswith(f"(+{60 + 3 - len(members) + 1 - MAX_OTHER_NAMES})")
+    assert "(+" not in also  # every other member by name: one left out is one the model cannot name
     shown = {m.split("(")[0].split()[-1] for m in members if m.startswith("    def ")}
-    assert set(names) | shown >= {f"m{i}" for i in range(48)}
+    assert set(names) | shown >= {f"m{i}" for i in range(60)}
+    # past MAX_OTHER_NAMES, the rest is counted
+    huge = "class Huge:\n" + "".join(f"    def m{i}(self, x): ...\n" for i in range(MAX_OTHER_NAMES + 20))
+    assert class_stub(_classdef(huge), focus).split("\n")[-1].endswith(f" (+{20 - FOCUS_STUB_LINES})")
     # Without focus: the whole summary, as before (capped at MAX_STUB_LINES).
     whole = class_stub(_classdef(BIG))
     assert "def m40" not in whole and "# also" not in whole and "more" in whole.split("\n")[-1]
@@ -569,13 +572,18 @@ def test_a_summary_s_short_form_is_its_header_and_member_names_the_used_ones_fir
     )
 
     focus = {"m21": 2.0, "m3": 1.0}
-    stub, short = class_stub_and_names(_classdef(BIG), focus)
-    assert stub == class_stub(_classdef(BIG), focus)
+    # (signatures as long as real ones: a short form is only made where it takes half the summary or less)
+    big = BIG.replace("(self, x):", "(self, value: int, other: Optional[str] = None) -> Dict[str, int]:")
+    stub, short = class_stub_and_names(_classdef(big), focus)
+    assert stub == class_stub(_classdef(big), focus)
     head, members = short.split("\n")
     assert head == "class Big(Base):"
     names = members[len("    # members: "):].split(" (+")[0].split(", ")
     assert members.startswith("    # members: m21, m3, size, n, __init__, m0, m1, ")
-    assert len(names) == MAX_OTHER_NAMES and members.endswith(f" (+{63 - MAX_OTHER_NAMES})")
+    assert len(names) == 63 and "(+" not in members  # every member's name
+    signature = "(self, value: int, other: Optional[str] = None) -> Dict[str, int]: ..."
+    huge = "class Huge:\n" + "".join(f"    def m{i}{signature}\n" for i in range(MAX_OTHER_NAMES + 5))
+    assert class_stub_and_names(_classdef(huge))[1].endswith(f", m{MAX_OTHER_NAMES - 1} (+5)")
     # A decorated class keeps its `class` line; a class whose summary is already short has no short form.
     decorated = "@dataclass\nclass P:\n" + "".join(f"    field_{i}: int = {i}\n" for i in range(30))
     assert class_stub_and_names(_classdef(decorated))[1].split("\n")[0] == "class P:"
