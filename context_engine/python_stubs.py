@@ -102,12 +102,14 @@ def _function_lines(node, with_doc: bool) -> list[str]:
     return lines
 
 
-def _stmt_line(stmt, indent: str, params: dict[str, str] | None = None, name: str | None = None) -> str | None:
+def _stmt_line(stmt, indent: str, params: dict[str, str] | None = None, name: str | None = None,
+               private: bool = False) -> str | None:
     """One public assignment as a stub line: as written when short (`name: T = value`), else `name: T = ...`.
-    `name` is given for `self.name = ...` targets; `params` maps parameter names to their annotations."""
+    `name` is given for `self.name = ...` targets; `params` maps parameter names to their annotations; `private`:
+    a `_name` too (one the current file imports by name)."""
     target = stmt.children[0]
     name = name or (target.value if target.type == "name" else None)
-    if name is None or name.startswith("_"):
+    if name is None or (name.startswith("_") and not private):
         return None
     ann = stmt.children[1] if len(stmt.children) > 1 and stmt.children[1].type == "annassign" else None
     if target.type == "name":
@@ -286,7 +288,8 @@ def function_stub(node) -> str:
 
 
 def statement_stub(node) -> str | None:
-    return _stmt_line(node, "") if node.type == "expr_stmt" else None
+    """A module-level assignment a file imports by name, as one stub line (a private one too: it was imported)."""
+    return _stmt_line(node, "", private=True) if node.type == "expr_stmt" else None
 
 
 def module_stub_and_names(tree, is_package: bool, focus: Mapping[str, float] | None = None) -> tuple[str, str]:

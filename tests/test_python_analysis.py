@@ -649,3 +649,16 @@ def test_a_class_s_project_bases_follow_it_as_stubs(root):
         ("shop/base.py", "class Command(Root, Generic[T]):", 6.5, "base class of `Build` (type of `cmd`)"),
         ("shop/base.py", "class Root:", 5.0, "base class of `Command` (base class of `Build` (type of `cmd`))"),
     ]
+
+
+def test_a_private_assignment_imported_by_name_is_shown(root):
+    # rich's segment.py imports `_is_single_cell_widths: Callable[[str], bool] = ...` from .cells: a private name, but
+    # one the file asked for by name, so its line is what the model needs (module summaries still leave it out).
+    (root / "shop/limits.py").write_text('"""Limits."""\n_MAX_ITEMS: int = 50\nPUBLIC = 1\n')
+    text = "from shop.limits import _MAX_ITEMS\n\nif len(items) > _MAX_ITEMS:\n    pass\n"
+    (record,) = import_context(root, root / "main.py", text)
+    assert rows([record]) == [
+        ("shop/limits.py", 2, 2, 2.0, "imports", "imported as `_MAX_ITEMS` from shop.limits (line 1)")]
+    assert record.text == "_MAX_ITEMS: int = 50"
+    (record,) = import_context(root, root / "main.py", "import shop.limits\n\nshop.limits.PUBLIC\n")
+    assert "_MAX_ITEMS" not in record.text and "PUBLIC = 1" in record.text
