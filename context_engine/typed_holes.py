@@ -21,8 +21,11 @@ from repocomplete.context_engine.records import ContextRecord
 log = logging.getLogger(__name__)
 
 MAX_BINDINGS = 16  # bindings listed in a hole's "in scope" line
+# Attribute chains the function reaches into (`state.md.normalizeLink(...)`, `self._console._enter_buffer()`): the
+# types of the last ones before the cursor, the nearest first. A binding's type shows its attributes, not theirs.
+MAX_CHAINS = 3
 MAX_MEMBERS = 30  # member names listed after `obj.`
-HOLE_SCORE, EXPECTED_SCORE, RECEIVER_SCORE, BINDING_SCORE = 10.0, 9.0, 8.0, 6.0
+HOLE_SCORE, EXPECTED_SCORE, RECEIVER_SCORE, BINDING_SCORE, CHAIN_SCORE = 10.0, 9.0, 8.0, 6.0, 5.5
 BASE_PENALTY = 1.5  # a base class's stub scores this much below its subclass's (two levels of bases, about)
 
 _SCOPES = ("funcdef", "classdef", "lambdef", "sync_comp_for", "comp_for")
@@ -210,6 +213,30 @@ def _bindings(a: Analysis, scope, line: int, deadline: float) -> list[tuple[str,
     return typed
 
 
+def _chains(scope, line: int, bound: set[str]) -> list[tuple[str, object]]:
+    """(text, last name leaf) of the attribute chains a scope reaches into before `line` (`state.md` in
+    `state.md.normalizeLink(x)`: a chain of two or three names followed by a dot), the last used first, at most
+    MAX_CHAINS; chains that are bindings already (`self.x`) left out."""
+    body = leaves(scope.children[-1] if scope.type == "funcdef" else scope)
+    found: dict[str, object] = {}
+    for i, leaf in enumerate(body):
+        if leaf.start_pos[0] >= line:
+            break
+        if leaf.type != "name" or i < 2 or body[i - 1].value != "." or i + 1 >= len(body) or body[i + 1].value != ".":
+            continue
+        names, j = [leaf.value], i - 1
+        while j >= 1 and body[j].value == "." and body[j - 1].type == "name" and len(names) < 3:
+            names.insert(0, body[j - 1].value)
+            j -= 2
+        if j >= 0 and body[j].value == ".":  # a longer chain, or one on a call's result: not inferred here
+            continue
+        label = ".".join(names)
+        if label not in bound:
+            found.pop(label, None)
+            found[label] = leaf
+    return list(reversed(found.items()))[:MAX_CHAINS]
+
+
 def _binding_text(label: str, t: _Type) -> str:
     if not t.text:
         return label
@@ -344,6 +371,11 @@ def typed_hole_context(
             hole.append("# in scope: " + ", ".join(_binding_text(label, t) for label, t in bindings))
         for i, (label, t) in enumerate(bindings):
             wanted += [(c, round(BINDING_SCORE - 0.01 * i, 2), f"type of `{label}`") for c in t.classes]
+        for i, (label, leaf) in enumerate(_chains(scope, line, {label for label, _ in bindings})):
+            if time.perf_counter() >= deadline:
+                break
+            t = _name_type(a, leaf)
+            wanted += [(c, round(CHAIN_SCORE - 0.01 * i, 2), f"type of `{label}`") for c in t.classes]
     if not hole:
         return []
     current = a.current_rel()

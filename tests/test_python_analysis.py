@@ -662,3 +662,23 @@ def test_a_private_assignment_imported_by_name_is_shown(root):
     assert record.text == "_MAX_ITEMS: int = 50"
     (record,) = import_context(root, root / "main.py", "import shop.limits\n\nshop.limits.PUBLIC\n")
     assert "_MAX_ITEMS" not in record.text and "PUBLIC = 1" in record.text
+
+
+def test_the_types_of_attribute_chains_the_function_reaches_into(root):
+    # markdown-it-py's `state.md.normalizeLink(...)`: `state` is a binding (its class summary shows `md`), but the
+    # members the line needs are `md`'s class's.
+    text = '''from shop.models import Inventory
+
+
+def audit(inv: Inventory, other) -> str:
+    city = inv.store.city
+    name = other.owner.name
+    |
+'''
+    records = typed_hole_context(root, root / "audit.py", *at_cursor(text))
+    assert rows(records) == [
+        ("audit.py", 7, 7, 10.0, "typed_holes", "the hole at the cursor"),
+        ("shop/models.py", 33, 46, 6.0, "typed_holes", "type of `inv`"),
+        ("shop/models.py", 7, 15, 5.49, "typed_holes", "type of `inv.store`"),  # `other.owner`: unknown, no record
+    ]
+    assert records[2].text == STORE
