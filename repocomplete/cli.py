@@ -69,7 +69,7 @@ def _add_context_args(p: argparse.ArgumentParser) -> None:
                    help="the repository (default: the nearest parent with .git/.hg/.svn/.jj, else with a project "
                         "file such as pyproject.toml, else the folder above the top Python package)")
     g.add_argument("--budget", type=int, default=None, help=f"context token budget (default {_budget_default()})")
-    g.add_argument("--providers", default=None, help="comma list of imports,typed_holes,retrieval,repo_map,neighbours")
+    g.add_argument("--providers", default=None, help="comma list of imports,typed_holes,retrieval,repo_map,outline,neighbours")
     g.add_argument("--dense", action="store_true", help="add dense retrieval (all-MiniLM-L6-v2 + faiss)")
     g.add_argument(
         "--iterative", action="store_true",
@@ -590,7 +590,7 @@ def _add_eval_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repos", required=True, help="the folder holding the suite's repositories")
     p.add_argument("--limit", type=int, default=None, help="the first N tasks only")
     p.add_argument("--budget", type=int, default=None, help=f"context token budget (default {_budget_default()})")
-    p.add_argument("--providers", default=None, help="comma list of imports,typed_holes,retrieval,repo_map,neighbours")
+    p.add_argument("--providers", default=None, help="comma list of imports,typed_holes,retrieval,repo_map,outline,neighbours")
     p.add_argument("--dense", action="store_true", help="add dense retrieval (all-MiniLM-L6-v2 + faiss)")
     p.add_argument(
         "--iterative", action="store_true",
