@@ -1,14 +1,15 @@
 """RepoFusion-style packing: fuse every provider's records into one token budget, keeping provenance.
 
-Each provider first gets its quota of the budget (best records first), then whatever is left goes to the
-remaining records of every provider in turns (by their rank in their provider's list); a record larger than what is then left is cut at a line boundary to fill it
-(only a record that is a verbatim span of its file, so its line numbers stay true). Records that repeat one
-another (the same text, overlapping windows of one provider, or one definition's span from two providers), or
-the current file's own window, are dropped; a record that shows all another of its definition shows (a class's
-summary, the repo map's header of that class) takes the other's place. A summary too large for what is left
-shows its short form instead (a class's header and member names), where its provider made one. The kept records
-are ordered most stable first (repo map, the current file's outline, imports, retrieved windows, then typed holes
-and neighbours, which change with every cursor move), so the prefix-KV cache keeps the head of the prompt while the user types.
+Each provider first gets its quota of the budget (best records first), then whatever is left goes to the remaining
+records of every provider in turns (by their rank in their provider's list); a record larger than what is then left
+is cut at a line boundary to fill it (only a record that is a verbatim span of its file, so its line numbers stay
+true). Records that repeat one another (the same text, overlapping windows of one provider, or one definition's span
+from two providers), or the current file's own window, are dropped; a record that shows all another of its
+definition shows (a class's summary, the repo map's header of that class) takes the other's place. A summary too
+large for what is left shows its short form instead (a class's header and member names), where its provider made
+one. The kept records are ordered most stable first (repo map, the current file's outline, imports, retrieved
+windows, then typed holes and neighbours, which change with every cursor move), so the prefix-KV cache keeps the
+head of the prompt while the user types.
 
 A record's cost is what it takes in the prompt: `record_tokens(path, text)`. The pipeline passes one built from
 the model's tokenizer and FIM template (the record's header, its text as the template shows it, the separator),
