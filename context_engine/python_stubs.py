@@ -174,9 +174,11 @@ def focus_names(text: str, line: int | None = None, radius: int = FOCUS_RADIUS) 
     return weights
 
 
-def _member_groups(node, inner: str) -> list[tuple[str, list[str]]]:
+def _member_groups(node, inner: str, used: Mapping[str, float] | None = None) -> list[tuple[str, list[str]]]:
     """(name, stub lines) of a class's public members in source order: attributes, `self.x` set in __init__,
-    nested classes, methods (with __init__ and __call__)."""
+    nested classes, methods (with __init__ and __call__); and the private methods the current file reaches by name
+    (`used`: focus_names; rich's PagerContext calls `self._console._exit_buffer()`)."""
+    used = used or {}
     groups: list[tuple[str, list[str]]] = []
     attrs = [line for line in (_stmt_line(s, inner) for s in statements(_body(node))) if line]
     groups += [(_line_name(a), [a]) for a in attrs]
@@ -193,7 +195,7 @@ def _member_groups(node, inner: str) -> list[tuple[str, list[str]]]:
         if d.type == "classdef":
             if not name.startswith("_"):
                 groups.append((name, [" " * d.start_pos[1] + _header(d) + " ..."]))
-        elif not name.startswith("_") or name in KEPT_DUNDERS:
+        elif not name.startswith("_") or name in KEPT_DUNDERS or (name in used and not name.startswith("__")):
             groups.append((name, _function_lines(d, with_doc=False)))
     return groups
 
@@ -237,7 +239,7 @@ def _chosen(groups: list[tuple[str, list[str]]], focus: Mapping[str, float] | No
 def class_stub(node, focus: Mapping[str, float] | None = None) -> str:
     """Header, first docstring line, public attributes and method signatures: what a .pyi would say. With `focus`
     (focus_names of the current file), a short one: the members it uses, the others by name."""
-    return _class_stub(node, focus, _member_groups(node, _inner(node)))
+    return _class_stub(node, focus, _member_groups(node, _inner(node), focus))
 
 
 def _inner(node) -> str:
@@ -278,7 +280,7 @@ def names_stub(stub: str, groups_names: Sequence[str], focus: Mapping[str, float
 
 def class_stub_and_names(node, focus: Mapping[str, float] | None = None) -> tuple[str, str]:
     """class_stub(node, focus), and its names_stub (the header and the member names)."""
-    groups = _member_groups(node, _inner(node))  # (walked once for both)
+    groups = _member_groups(node, _inner(node), focus)  # (walked once for both)
     stub = _class_stub(node, focus, groups)
     return stub, names_stub(stub, [name for name, _ in groups], focus)
 

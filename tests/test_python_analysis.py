@@ -682,3 +682,15 @@ def audit(inv: Inventory, other) -> str:
         ("shop/models.py", 7, 15, 5.49, "typed_holes", "type of `inv.store`"),  # `other.owner`: unknown, no record
     ]
     assert records[2].text == STORE
+
+
+def test_a_private_method_the_file_reaches_is_in_the_focused_summary():
+    from repocomplete.context_engine.python_stubs import class_stub, focus_names
+
+    source = ("class Console:\n    def print(self, text): ...\n    def _enter_buffer(self): ...\n"
+              "    def _exit_buffer(self): ...\n    def __secret(self): ...\n")
+    buffer = "def close(pager):\n    pager._console._exit_buffer()\n    pager.__secret()\n"
+    focused = class_stub(_classdef(source), focus_names(buffer, line=3))
+    assert "    def _exit_buffer(self): ..." in focused.split("\n")
+    assert "_enter_buffer" not in focused and "__secret" not in focused  # not reached; name-mangled
+    assert "_exit_buffer" not in class_stub(_classdef(source))  # without focus: the public members only
