@@ -121,3 +121,13 @@ def test_a_left_to_right_model_gets_the_definitions_after_the_cursor(engine):
     # a FIM model sees the suffix window (the whole file here): no outline, and nothing of the file repeated
     _, ctx = engine.prompt_parts(path, SOURCE, offset)
     assert [r for r in ctx.records if r.path == "pkg/buffer.py" and r.kind != "typed_holes"] == []
+
+
+def test_the_completer_tells_the_engine_what_its_model_shows_of_the_suffix():
+    from types import SimpleNamespace
+
+    from repocomplete.pipeline import ModelTokens
+
+    assert ModelTokens(SimpleNamespace(template=TEMPLATES["plain"])).suffix_lines() == 0
+    assert ModelTokens(SimpleNamespace(template=TEMPLATES["smollm2-fim"])).suffix_lines() is None
+    assert ModelTokens(SimpleNamespace()).suffix_lines() is None  # an endpoint: its template is unknown here
