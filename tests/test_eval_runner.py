@@ -13,7 +13,7 @@ from repocomplete.context_engine.errors import InputError
 from repocomplete.context_engine.engine import ContextEngine
 from repocomplete.eval.options import RunOptions
 from repocomplete.eval.predictions import PredictionFile, read_predictions
-from repocomplete.eval.runner import run
+from repocomplete.eval.runner import EVAL_TIME_BUDGET_S, run
 from repocomplete.eval.scale import merge, parse_shard, shard
 from repocomplete.eval.suites import EvalTask, load_tasks, write_tasks
 from helpers import write_tree
@@ -104,7 +104,9 @@ class Recorder:
 
 @pytest.fixture
 def model(tiny_loaded, tiny_config):
-    return Engine(tiny_loaded, tiny_config.replace(max_new_tokens=6))
+    # (as eval_runtime gives a run's own model: no wall-clock cut, which a loaded machine reached while the monitors'
+    # first analysis started, and two runs then differed)
+    return Engine(tiny_loaded, tiny_config.replace(max_new_tokens=6, time_budget_s=EVAL_TIME_BUDGET_S))
 
 
 @pytest.fixture
