@@ -356,7 +356,9 @@ class PromptView:
 
     @property
     def sees_suffix(self) -> bool:
-        return not self.template.left_to_right or self.template.suffix_block is not None
+        from repocomplete.model_runtime.templates import suffix_lines_shown
+
+        return suffix_lines_shown(self.template) != 0
 
     def kept(self, parts) -> list[bool] | None:
         """Per context item of `parts` (PromptParts): whether its text is still in the prompt the model reads, once

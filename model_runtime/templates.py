@@ -269,6 +269,6 @@ def suffix_lines_shown(template: FimTemplate) -> int | None:
 
 def model_view(template: FimTemplate, parts: PromptParts) -> PromptParts:
     """The parts a template can use: a left-to-right model never sees the text after the cursor."""
-    if template.left_to_right and template.suffix_block is None:
+    if suffix_lines_shown(template) == 0:
         return PromptParts(parts.prefix, "", parts.path, parts.context, parts.repo_name)
     return parts
