@@ -8,7 +8,8 @@ which absolute imports are worth following at all.
 
 jedi and parso read the files an import leads to themselves: while a gate is active (`gated`), a file inside the
 root that the gate refuses reads as empty, so its text reaches neither an inference, nor a record, nor jedi's
-pickled parse cache. That cache lives in repocomplete's own cache folder (`use_cache_dir`), 0700, pickles 0600.
+pickled parse cache. That cache lives in repocomplete's own cache folder (`use_cache_dir`), 0700, pickles 0600,
+written whole or not at all; a pickle that does not load is a cache miss.
 
 A huge buffer reaches jedi as a `BufferView`: its first lines (the imports) and the lines around the cursor, long
 lines cut, so that a 900 KB line or a megabyte of generated code costs jedi milliseconds, not minutes.
@@ -19,7 +20,10 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import logging
 import os
+import pickle
+import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -33,8 +37,10 @@ from jedi.plugins.stdlib import ClassMethodArguments
 
 from repocomplete.context_engine.gate import Gate, private_dir, private_file
 
+log = logging.getLogger(__name__)
+
 _GATE: contextvars.ContextVar[Gate | None] = contextvars.ContextVar("repocomplete_jedi_gate", default=None)
-_original_save = parso.cache._save_to_file_system
+_original_load = parso.cache._load_from_file_system
 
 
 def _gated(read):
@@ -48,10 +54,33 @@ def _gated(read):
 
 
 def _private_save(hashed_grammar, path, item, cache_path=None):
-    _original_save(hashed_grammar, path, item, cache_path=cache_path)
+    """parso's pickle of a parsed module, written whole or not at all, private from its first byte. parso writes it
+    in place: a jedi worker, a second server or the CLI loading it meanwhile read half a pickle, and a process killed
+    mid-write left a truncated one. Here it goes to a temporary file (0600) beside it, renamed over it when done."""
     target = parso.cache._get_hashed_path(hashed_grammar, path, cache_path=cache_path)
-    private_dir(os.path.dirname(target))
+    folder = os.path.dirname(target)
+    private_dir(folder)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump(item, f, pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     private_file(target)
+
+
+def _tolerant_load(hashed_grammar, path, p_time, cache_path=None):
+    """A cached pickle that does not load (truncated by a crash or an older writer, from another parso version) is
+    a cache miss, not an error: parso raised it into jedi's inference, and every typed hole over that module failed
+    until the module changed. The module is parsed again and its pickle written whole."""
+    try:
+        return _original_load(hashed_grammar, path, p_time, cache_path=cache_path)
+    except (EOFError, pickle.UnpicklingError, AttributeError, ImportError, IndexError, TypeError, ValueError) as e:
+        log.info("parso's cache of %s did not load (%s: %s): parsed again", path, type(e).__name__, e)
+        return None
 
 
 # jedi's FileIO classes inherit these. Its import resolver reads a module's source through the import system and
@@ -59,6 +88,7 @@ def _private_save(hashed_grammar, path, item, cache_path=None):
 parso.file_io.FileIO.read = _gated(parso.file_io.FileIO.read)
 parso.file_io.KnownContentFileIO.read = _gated(parso.file_io.KnownContentFileIO.read)
 parso.cache._save_to_file_system = _private_save
+parso.cache._load_from_file_system = _tolerant_load
 
 
 def _returns_self(funcdef) -> bool:

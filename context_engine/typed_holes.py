@@ -309,7 +309,7 @@ def _receiver(a: Analysis, line: int, column: int, prefix: str) -> tuple[list[st
         values = a.script.infer(line, dot)
         completions = a.script.complete(line, column)
     except Exception as e:
-        log.debug("receiver inference failed at %s:%s: %s", line, column, e)
+        log.warning("receiver inference failed at %s:%s: %s: %s", line, column, type(e).__name__, e)
         return [], None, ""
     shown = []
     for v in values:

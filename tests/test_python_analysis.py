@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import pickle
 from pathlib import Path
 
 import pytest
@@ -694,3 +695,54 @@ def test_a_private_method_the_file_reaches_is_in_the_focused_summary():
     assert "    def _exit_buffer(self): ..." in focused.split("\n")
     assert "_enter_buffer" not in focused and "__secret" not in focused  # not reached; name-mangled
     assert "_exit_buffer" not in class_stub(_classdef(source))  # without focus: the public members only
+
+
+def test_a_truncated_parse_cache_is_a_miss_and_is_written_whole_again(root, tmp_path, monkeypatch):
+    """A pickle of the parse cache cut short (a process killed while writing it; before, parso wrote in place and a
+    jedi worker could read a half-written one) is parsed again: the receiver's type still comes."""
+    import jedi
+    import parso.cache
+
+    from repocomplete.context_engine.jedi_support import use_cache_dir
+
+    monkeypatch.setattr(jedi.settings, "cache_directory", jedi.settings.cache_directory)
+    use_cache_dir(tmp_path / "jedi")
+    parso.cache.parser_cache.clear()
+    whole = holes(root, APP + "        self.inv.|")
+    assert whole[0][0].startswith("# receiver `self.inv`: Inventory")
+    pickles = sorted((tmp_path / "jedi").rglob("*.pkl"))
+    assert pickles
+    for p in pickles:
+        p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    parso.cache.parser_cache.clear()  # the next parse reads the pickles
+    assert holes(root, APP + "        self.inv.|") == whole
+    for p in pickles:  # parsed again, each pickle was written again whole
+        assert pickle.loads(p.read_bytes()).node is not None, p
+        assert not list(p.parent.glob(".*.tmp"))
+
+
+def test_a_parse_cache_pickle_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    import parso.cache
+
+    from repocomplete.context_engine import jedi_support
+
+    grammar = parso.load_grammar()
+    source = tmp_path / "m.py"
+    source.write_text("x = 1\n")
+    cache = tmp_path / "cache"
+    grammar.parse(path=str(source), cache=True, cache_path=cache)
+    [saved] = cache.rglob("*.pkl")
+    before = saved.read_bytes()
+    assert saved.stat().st_mode & 0o777 == 0o600
+
+    def torn(item, f, protocol=None):  # a disk that fills up half way
+        f.write(before[: len(before) // 2])
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr(jedi_support.pickle, "dump", torn)
+    source.write_text("x = 2\n")
+    parso.cache.parser_cache.clear()
+    with pytest.raises(OSError):
+        grammar.parse(path=str(source), cache=True, cache_path=cache)
+    assert saved.read_bytes() == before  # the last whole pickle stays; no half of the new one anywhere
+    assert list(saved.parent.iterdir()) == [saved]
