@@ -7,9 +7,9 @@ true). Records that repeat one another (the same text, overlapping windows of on
 from two providers), or the current file's own window, are dropped; a record that shows all another of its
 definition shows (a class's summary, the repo map's header of that class) takes the other's place. A summary too
 large for what is left shows its short form instead (a class's header and member names), where its provider made
-one. The kept records are ordered most stable first (repo map, the current file's outline, imports, retrieved
-windows, then typed holes and neighbours, which change with every cursor move), so the prefix-KV cache keeps the
-head of the prompt while the user types.
+one, or as many of those names as fit. The kept records are ordered most stable first (repo map, the current file's
+outline, imports, retrieved windows, then typed holes and neighbours, which change with every cursor move), so the
+prefix-KV cache keeps the head of the prompt while the user types.
 
 A record's cost is what it takes in the prompt: `record_tokens(path, text)`. The pipeline passes one built from
 the model's tokenizer and FIM template (the record's header, its text as the template shows it, the separator),
@@ -132,6 +132,40 @@ def _covers(text: str, other: str) -> bool:
             return False
         in_header = not s.endswith((":", "..."))
     return True
+
+
+# A short form's last line: its names, the current file's first, and how many more it left out.
+_NAMES_LINE = re.compile(r"^(?P<lead>\s*# (?:members|names): )(?P<names>.*?)(?: \(\+(?P<more>\d+)\))?$")
+MIN_NAMES = 4  # a short form cut to fewer names than this is not worth its header
+
+
+def fit_names(record: ContextRecord, room: int, cost: RecordTokens) -> tuple[ContextRecord, int] | None:
+    """A summary's short form with as many of its names as cost at most `room` tokens (the names the current file
+    uses come first in it), and its cost; None if the record has no short form or not MIN_NAMES of them fit."""
+    lines = record.short.split("\n") if record.short else []
+    m = _NAMES_LINE.match(lines[-1]) if lines else None
+    if m is None or room <= 0:
+        return None
+    names = m["names"].split(", ")
+    total = len(names) + int(m["more"] or 0)
+
+    def text(k: int) -> str:
+        more = f" (+{total - k})" if total > k else ""
+        return "\n".join(lines[:-1] + [f"{m['lead']}{', '.join(names[:k])}{more}"])
+
+    lo, hi, best = MIN_NAMES, len(names), None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        c = cost(record.path, text(mid))
+        if c <= room:
+            best, lo = (mid, c), mid + 1
+        else:
+            hi = mid - 1
+    if best is None:
+        return None
+    k, c = best
+    why = f"{record.why} (names only, {k} of {total}: the summary is over the budget)"
+    return replace(record, text=text(k), short="", why=why), c
 
 
 def is_span(record: ContextRecord) -> bool:
@@ -262,10 +296,27 @@ def pack(
     for r in sorted(leftovers, key=relative):
         if not admit(r, budget) and not (r.short and not is_span(r) and admit(shortened(r), budget)):
             over.append(r)
-    # Last: what is still left goes to the heads of the best windows that did not fit whole.
+    # Last: what is still left goes to the heads of the best windows that did not fit whole, and to as many of a
+    # summary's names as fit (in the place of its definition's header, the repo map's, where that is in).
     for r in over:
-        if duplicate(r):  # of a head taken just before
-            dropped.append((r, "duplicate"))
+        if r.short and not is_span(r):
+            same = next((i for i, c in enumerate(chosen) if _same_definition(r, c)), None)
+            room = budget - used + (costs[same] if same is not None else 0)
+            fitted = fit_names(r, room, cost_of)
+            if fitted is not None and (same is None or _covers(fitted[0].text, chosen[same].text)):
+                if same is None:
+                    if not duplicate(fitted[0]):
+                        take(*fitted)
+                        continue
+                else:
+                    dropped.append((chosen[same], "superseded by a fuller record of the same definition"))
+                    used += fitted[1] - costs[same]
+                    chosen[same], costs[same] = fitted
+                    seen_text.add(fitted[0].text)
+                    continue
+        if duplicate(r):  # of a head taken just before, or of its definition's header that stays
+            header_only = r.text not in seen_text and any(_same_definition(r, c) for c in chosen)
+            dropped.append((r, "over budget (its header is in)" if header_only else "duplicate"))
             continue
         fitted = truncate(r, budget - used, cost_of) if used < budget else None
         if fitted is None:

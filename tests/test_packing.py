@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import replace
 
 from repocomplete.context_engine.neighbours import Neighbours
-from repocomplete.context_engine.packing import pack
+from repocomplete.context_engine.packing import MIN_NAMES, pack
 from repocomplete.context_engine.records import ContextRecord, Definition
 from repocomplete.context_engine.repo_map import rank_definitions, repo_map
 
@@ -229,3 +229,31 @@ def test_a_fuller_record_of_a_definition_takes_the_place_of_one_it_covers():
     packed = pack({"repo_map": [other], "imports": [summary]}, budget=60, quotas={"repo_map": 1.0},
                   record_tokens=cost)
     assert [r.text for r in packed.records] == [other.text] and (summary, "duplicate") in packed.dropped
+
+
+def test_a_short_form_over_the_budget_gives_as_many_names_as_fit():
+    def cost(path, text):
+        return len(text)
+
+    names = [f"m{i:02d}" for i in range(40)]  # 3 characters each, ", " between: the first ones are the cursor's
+    summary = ContextRecord("class Text(Mixin):\n" + "".join(f"    def {n}(self): ...\n" for n in names), "text.py",
+                            10, 900, 0.9, "typed_holes", "type of `t`",
+                            short="class Text(Mixin):\n    # members: " + ", ".join(names[:30]) + " (+10)")
+    head = "class Text(Mixin):\n    # members: "
+    ten = head + ", ".join(names[:10]) + " (+30)"
+    packed = pack({"typed_holes": [summary]}, budget=len(ten) + 4, quotas={"typed_holes": 1.0}, record_tokens=cost)
+    [shown] = packed.records
+    assert shown.text == ten  # the first 10 names (an 11th is 5 characters more) and the count of the others
+    assert shown.why == "type of `t` (names only, 10 of 40: the summary is over the budget)"
+    assert packed.tokens == len(shown.text) <= packed.budget
+    # The repo map's header of the class is in: the names take its place, paying the difference.
+    header = ContextRecord("class Text(Mixin):", "text.py", 10, 900, 0.5, "repo_map", "PageRank")
+    packed = pack({"repo_map": [header], "typed_holes": [summary]}, budget=len(ten) + 4,
+                  quotas={"repo_map": 0.5, "typed_holes": 0.0}, record_tokens=cost)
+    assert [r.text for r in packed.records] == [shown.text]
+    assert (header, "superseded by a fuller record of the same definition") in packed.dropped
+    # Room for fewer than MIN_NAMES names: the header stays and the summary is over the budget.
+    packed = pack({"repo_map": [header], "typed_holes": [summary]}, budget=len(head) + 5 * MIN_NAMES,
+                  quotas={"repo_map": 0.5, "typed_holes": 0.0}, record_tokens=cost)
+    assert [r.text for r in packed.records] == [header.text]
+    assert (summary, "over budget (its header is in)") in packed.dropped
