@@ -592,7 +592,8 @@ def slow_provider(kind: str, root: str, rel: str, text: str, line: int, col: int
         view = BufferView.of(text, line, col)  # a huge buffer: its imports and the lines around the cursor
         with jedi_support.gated(_worker_gate(root, config)) as gate:
             if kind == "imports":
-                records = python_imports.import_context(Path(root), Path(root) / rel, view.text)
+                records = python_imports.import_context(Path(root), Path(root) / rel, view.text,
+                                                        cursor=(view.line, view.col - 1))
             else:
                 records = typed_holes.typed_hole_context(Path(root), Path(root) / rel, view.text, view.line,
                                                          view.col, infer_budget_ms=infer_budget_ms)

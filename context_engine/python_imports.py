@@ -141,7 +141,7 @@ def _resolve_import(a: Analysis, imp, uses: Counter, add) -> None:
             why = f"imported module `{dotted}`" + (f" as `{local.value}`" if aliased else "") + f" (line {line})"
             used = uses[local.value if aliased else dotted]
             for name in _goto(a, dotted_path[-1])[:1]:
-                add(name, 1.0 + used, why, not used and not typing_only)
+                add(name, 1.0 + used, why, not used and not typing_only, local.value if aliased else dotted)
         return
     from_names = imp.get_from_names()
     module_text = "." * imp.level + ".".join(n.value for n in from_names)
@@ -158,18 +158,34 @@ def _resolve_import(a: Analysis, imp, uses: Counter, add) -> None:
     for local in imp.get_defined_names():
         why = f"imported as `{local.value}` from {module_text} (line {line})"
         for name in _goto(a, local)[:1]:
-            add(name, 1.0 + uses[local.value], why, not uses[local.value] and not typing_only)
+            add(name, 1.0 + uses[local.value], why, not uses[local.value] and not typing_only, local.value)
 
 
-def import_context(project_root: Path, path: Path, text: str, limit: int = 20) -> list[ContextRecord]:
-    """The project definitions the current file imports, as summaries, the most used first."""
+def _block_above(imp, line: int, column: int) -> set[str] | None:
+    """For an import inside a block (a function's body, `if __name__ == "__main__":`) that holds the cursor, above
+    it: the names used between it and the cursor; None for any other import."""
+    suite = imp.parent
+    while suite is not None and suite.type not in ("suite", "file_input"):
+        suite = suite.parent
+    if suite is None or suite.type != "suite" or not imp.end_pos <= (line, column) or suite.end_pos[0] < line:
+        return None
+    return {leaf.value for leaf in leaves(suite)
+            if leaf.type == "name" and imp.end_pos <= leaf.start_pos < (line, column)}
+
+
+def import_context(project_root: Path, path: Path, text: str, limit: int = 20,
+                   cursor: tuple[int, int] | None = None) -> list[ContextRecord]:
+    """The project definitions the current file imports, as summaries, the most used first. cursor: (1-based line,
+    0-based column); the names a block holding it imports above it and has not used yet come first."""
     a = Analysis.open(project_root, path, text)
     imports, uses = _scan(a.tree)
     found: dict[tuple[str, int, int], tuple[float, int, ContextRecord]] = {}
     unused: set[tuple[str, int, int]] = set()
+    near: set[tuple[str, int, int]] = set()  # imported just above the cursor, in its block, and not used since
     focus = focus_names(text)  # (the whole file alike: these records stay put while the cursor moves)
+    used_since: set[str] | None = None  # (of the import statement being resolved)
 
-    def add(name, score: float, why: str, not_used: bool) -> None:
+    def add(name, score: float, why: str, not_used: bool, local: str = "") -> None:
         summary = _summary(a, name, focus)
         if summary is None:
             return
@@ -177,20 +193,27 @@ def import_context(project_root: Path, path: Path, text: str, limit: int = 20) -
         key = (rel, start, end)
         if not_used:
             unused.add(key)
+        if used_since is not None and local and local.split(".")[0] not in used_since:
+            near.add(key)
         if key not in found or found[key][0] < score:
             order = found[key][1] if key in found else len(found)
             found[key] = (score, order, ContextRecord(text_, rel, start, end, score, "imports", why, short))
 
     for imp in imports:
+        used_since = _block_above(imp, *cursor) if cursor else None
         try:
             _resolve_import(a, imp, uses, add)
         except Exception as e:  # a half-typed import statement costs its own records only
             log.debug("import at %s:%d not resolved: %s: %s", a.path, imp.start_pos[0], type(e).__name__, e)
 
+    first = max((score for score, _, _ in found.values()), default=0.0) + 1.0
     if 0 < len(unused) <= MAX_UNUSED_FIRST:  # imported for the code being written: first
-        first = max(score for score, _, _ in found.values()) + 1.0
         for key in unused:
             score, order, r = found[key]
             found[key] = (first, order, replace(r, score=first, why=f"{r.why}, not used yet"))
+    for key in near - (unused if len(unused) <= MAX_UNUSED_FIRST else set()):
+        # A local import above the cursor is for the code being written, however many names the file re-exports.
+        score, order, r = found[key]
+        found[key] = (first, order, replace(r, score=first, why=f"{r.why}, in the cursor's block, not used yet"))
     ranked = sorted(found.values(), key=lambda item: (-item[0], item[1]))
     return [record for _, _, record in ranked[:limit]]

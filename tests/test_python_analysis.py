@@ -284,6 +284,28 @@ def test_a_name_imported_and_not_used_yet_comes_first_unless_the_file_reexports_
     assert all(r.score == 1.0 for r in import_context(root, root / "main.py", reexports))
 
 
+def test_names_a_block_imports_above_the_cursor_come_first_however_many_the_file_reexports(root):
+    """`if __name__ == "__main__":` or a function importing a class just above the cursor imports it for the code
+    being written there, even where the file imports (and uses, further down) more names than MAX_UNUSED_FIRST."""
+    text = ("from shop.models import Inventory, Item\nfrom shop.util.helpers import fmt_price, parse_sku\n\n"
+            "Item('a'), Item('b'), Inventory, fmt_price, parse_sku\n\n"
+            "if __name__ == '__main__':\n"
+            "    from shop.models import Store\n"
+            "    from shop.util import helpers\n"
+            "    helpers.fmt_price(1)\n"
+            "    \n"  # the cursor, in the block, after its imports
+            "    Store('x')\n")
+    records = import_context(root, root / "main.py", text, cursor=(10, 4))
+    assert (records[0].why, records[0].score) == (
+        "imported as `Store` from shop.models (line 7), in the cursor's block, not used yet", 4.0)
+    assert all("not used yet" not in r.why for r in records[1:])  # `helpers` is used since; the others are global
+    # Elsewhere (the cursor before the block, or no cursor): as before, the most used first.
+    for cursor in [(5, 0), None]:
+        records = import_context(root, root / "main.py", text, cursor=cursor)
+        assert not any("not used yet" in r.why for r in records), cursor
+        assert records[0].score == 3.0 and "`Item`" in records[0].why  # (used twice)
+
+
 def test_limit(root):
     assert len(import_context(root, root / "main.py", MAIN, limit=2)) == 2
 
