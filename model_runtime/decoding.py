@@ -144,9 +144,11 @@ class Decoding:
                  prompt_ids: Sequence[int], device, no_comment: torch.Tensor | None = None,
                  processors: Sequence = (), guide=None, no_indent: torch.Tensor | None = None,
                  dangling: Dangling | None = None, never: torch.Tensor | None = None,
-                 closing: Closing | None = None):
+                 closing: Closing | None = None, no_end: torch.Tensor | None = None):
         self.tokenizer, self.vocab, self.stop_ids = tokenizer, vocab, stop_ids
         self.never = never  # tokens no completion writes (control characters)
+        # On a blank line, until the completion has code: the ends and line breaks that would make it empty.
+        self.no_end = no_end
         self.rules, self.healed, self.max_new = rules, healed, max_new
         self.no_comment, self.processors, self.guide = no_comment, processors, guide
         # Tokens that may not open the completion (it starts at the cursor's column, after the line's indentation).
@@ -162,7 +164,8 @@ class Decoding:
 
     def mask(self, logits: torch.Tensor) -> torch.Tensor:
         """This step's logits [vocab] after healing's mask, the no-comment and no-indent rules, the processors and
-        the monitors; control-character tokens never; then the closing rule (an end becomes a closer)."""
+        the monitors; control-character tokens never, nor an empty answer on a blank line; then the closing rule (an
+        end becomes a closer)."""
         if self.remaining_heal:
             logits = logits + self.vocab.mask(self.remaining_heal, logits.shape[-1], logits.device)
         elif self.no_indent is not None and len(self.text) <= len(self.healed):
@@ -178,6 +181,9 @@ class Decoding:
             logits = self.guide.apply(logits, self.text)
         if self.never is not None:
             kept = logits.index_fill(0, self.never[self.never < logits.shape[-1]], float("-inf"))
+            logits = kept if torch.isfinite(kept).any() else logits
+        if self.no_end is not None and not self.text[len(self.healed):].strip():
+            kept = logits.index_fill(0, self.no_end[self.no_end < logits.shape[-1]], float("-inf"))
             logits = kept if torch.isfinite(kept).any() else logits
         if self.closing is not None and not self.remaining_heal:
             logits = self.closing.apply(logits, self.text)

@@ -255,6 +255,37 @@ def test_a_completion_after_indentation_starts_at_the_cursors_column(tiny_loaded
         assert body[:1] in (" ", "\t"), (prefix, result.raw_text)
 
 
+class PreferEnds:
+    """A logits processor that strongly prefers the engine's stop tokens and the tokens that open with a line break:
+    the model wants to leave the line empty."""
+
+    def __init__(self, engine):
+        blank, _ = engine.vocab.breaking("")
+        self.ids = torch.tensor(sorted(set(blank) | engine.stop_ids))
+
+    def __call__(self, input_ids, scores):
+        scores = scores.clone()
+        scores[0, self.ids] += 1000.0
+        return scores
+
+
+def test_a_single_line_completion_on_a_blank_line_is_not_empty(tiny_loaded, tiny_config):
+    """Where the cursor's line has nothing on it, the model's end or line break would answer nothing (the shipped
+    adapter did on 2-3 tasks in 50): until it has written code, neither is taken. After code, with text after the
+    cursor on its line, or multi-line, an end stays the model's to choose."""
+    engine = Engine(tiny_loaded, tiny_config.replace(max_new_tokens=4, token_healing=False))
+    ends = PreferEnds(engine)
+    for prefix, suffix in [("def f(x):\n    y = x\n    ", ""), ("def f(x):\n    y = x\n    ", "\n    return y"),
+                           ("x = 1\n", "\ny = 2\n")]:
+        result = engine.complete(CompletionRequest(PromptParts(prefix, suffix, "a.py"), logits_processors=[ends]))
+        assert result.text.strip(), (prefix, suffix, result)
+    for prefix, suffix, multiline in [("def f(x):\n    y = x", "", False), ("def f(x):\n    ", "y = x", False),
+                                      ("def f(x):\n    y = x\n    ", "", True)]:
+        result = engine.complete(CompletionRequest(PromptParts(prefix, suffix, "a.py"), logits_processors=[ends],
+                                                   multiline=multiline))
+        assert not result.text.strip(), (prefix, suffix, multiline, result)
+
+
 @pytest.mark.parametrize("path,comment", [("a.py", "#"), ("a.ts", "//")])
 def test_a_single_line_completion_on_an_empty_line_writes_code_not_a_comment(tiny_loaded, tiny_config, tokenizer,
                                                                              path, comment):
@@ -264,8 +295,8 @@ def test_a_single_line_completion_on_an_empty_line_writes_code_not_a_comment(tin
     on = Engine(tiny_loaded, base)
     result = on.complete(CompletionRequest(PromptParts(prefix, "", path), logits_processors=[prefer]))
     assert not result.raw_text.lstrip(" \t").startswith(comment)  # (something else; random weights: anything)
-    if comment == "#":
-        assert "#" not in result.raw_text
+    if comment == "#":  # code first (a blank line's completion does not end empty either), a comment after it at most
+        assert result.raw_text.split("#")[0].strip(), result.raw_text
     # Asked for, or where the line has code already, or in a block: the comment comes.
     allowed = Engine(tiny_loaded, base.replace(suggest_comments=True))
     result = allowed.complete(CompletionRequest(PromptParts(prefix, "", path), logits_processors=[prefer]))
