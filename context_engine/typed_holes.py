@@ -179,8 +179,8 @@ def _bindings(a: Analysis, scope, line: int, deadline: float) -> list[tuple[str,
             if params[0].name.value in ("self", "cls") and not params[0].star_count:
                 method_self = params[0].name.value
                 params = params[1:]
-        for p in params:
-            out.append(("*" * p.star_count + p.name.value, p.annotation, None))
+        for p in params:  # (the name is inferred only where the annotation holds a forward reference, below)
+            out.append(("*" * p.star_count + p.name.value, p.annotation, p.name if p.annotation is not None else None))
     last: dict[str, object] = {}  # name -> its last definition before the cursor line, in definition order
     for leaf in _defined_before(scope, line):
         last.pop(leaf.value, None)
@@ -205,7 +205,13 @@ def _bindings(a: Analysis, scope, line: int, deadline: float) -> list[tuple[str,
     typed = []
     for label, annotation, at in out:
         if annotation is not None:
-            typed.append((label, _annotation_type(a, a.path, annotation)))
+            t = _annotation_type(a, a.path, annotation)
+            if at is not None and any(leaf.type == "string" for leaf in leaves(annotation)) \
+                    and time.perf_counter() < deadline:
+                # A forward reference (`self._console: "Console"`, `Optional["Item"]`): the names inside the string
+                # resolve through jedi's inference of the binding, not through goto on the annotation.
+                t = _Type(t.text, t.classes + [c for c in _name_type(a, at).classes if c not in t.classes])
+            typed.append((label, t))
         elif at is not None and time.perf_counter() < deadline:
             typed.append((label, _name_type(a, at)))
         else:

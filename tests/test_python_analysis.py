@@ -768,3 +768,35 @@ def test_a_parse_cache_pickle_is_written_whole_or_not_at_all(tmp_path, monkeypat
         grammar.parse(path=str(source), cache=True, cache_path=cache)
     assert saved.read_bytes() == before  # the last whole pickle stays; no half of the new one anywhere
     assert list(saved.parent.iterdir()) == [saved]
+
+
+def test_a_forward_reference_annotation_names_its_class(root):
+    """`self._console: "Console"` (a class further down the file) and `Optional["Item"]`: the names inside the
+    string resolve through jedi's inference of the binding; goto on the annotation found nothing and the hole had no
+    summary of the class (rich's `PagerContext` reaching `self._console._exit_buffer()`)."""
+    text = '''import shop.models
+from typing import Optional
+
+
+class Pager:
+    def __init__(self, console: "Console", item: Optional["shop.models.Item"] = None) -> None:
+        self._console: "Console" = console
+        |
+
+    def show(self, extra: "Console") -> None:
+        self._console._exit_buffer()
+
+
+class Console:
+    def _exit_buffer(self) -> None: ...
+'''
+    records = typed_hole_context(root, root / "pager.py", *at_cursor(text))
+    assert records[0].text == ('# in scope: console: "Console", item: Optional["shop.models.Item"], '
+                               'self._console: "Console"')
+    assert rows(records)[1:] == [("pager.py", 14, 15, 6.0, "typed_holes", "type of `console`"),
+                                 ("shop/models.py", 18, 30, 5.99, "typed_holes", "type of `item`")]
+    assert records[1].text == "class Console:\n    def _exit_buffer(self) -> None: ..."  # (the file reaches it)
+    show = text.replace("        |\n", "").replace("_exit_buffer()\n", "_exit_buffer()\n        |\n", 1)
+    records = typed_hole_context(root, root / "pager.py", *at_cursor(show))
+    assert records[0].text == '# in scope: extra: "Console", self._console: "Console"'
+    assert {(r.path, r.why) for r in records[1:]} == {("pager.py", "type of `extra`")}  # (one summary of the class)
