@@ -139,6 +139,20 @@ _NAMES_LINE = re.compile(r"^(?P<lead>\s*# (?:members|names): )(?P<names>.*?)(?: 
 MIN_NAMES = 4  # a short form cut to fewer names than this is not worth its header
 
 
+def _most_within(lo: int, hi: int, cost_of: Callable[[int], int], room: int) -> tuple[int, int] | None:
+    """The largest k in lo..hi whose cost_of(k), which grows with k, is at most `room`, and that cost (binary
+    search); None if not even lo fits."""
+    best = None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        c = cost_of(mid)
+        if c <= room:
+            best, lo = (mid, c), mid + 1
+        else:
+            hi = mid - 1
+    return best
+
+
 def fit_names(record: ContextRecord, room: int, cost: RecordTokens) -> tuple[ContextRecord, int] | None:
     """A summary's short form with as many of its names as cost at most `room` tokens (the names the current file
     uses come first in it), and its cost; None if the record has no short form or not MIN_NAMES of them fit."""
@@ -153,14 +167,7 @@ def fit_names(record: ContextRecord, room: int, cost: RecordTokens) -> tuple[Con
         more = f" (+{total - k})" if total > k else ""
         return "\n".join(lines[:-1] + [f"{m['lead']}{', '.join(names[:k])}{more}"])
 
-    lo, hi, best = MIN_NAMES, len(names), None
-    while lo <= hi:
-        mid = (lo + hi) // 2
-        c = cost(record.path, text(mid))
-        if c <= room:
-            best, lo = (mid, c), mid + 1
-        else:
-            hi = mid - 1
+    best = _most_within(MIN_NAMES, len(names), lambda k: cost(record.path, text(k)), room)
     if best is None:
         return None
     k, c = best
@@ -180,14 +187,8 @@ def truncate(record: ContextRecord, room: int, cost: RecordTokens) -> tuple[Cont
     if room <= 0 or not is_span(record):
         return None
     lines = record.text.split("\n")
-    lo, hi, best = 1, len(lines) - 1, None  # the whole record did not fit: at most n-1 lines
-    while lo <= hi:  # the cost grows with the lines kept: binary search
-        mid = (lo + hi) // 2
-        c = cost(record.path, "\n".join(lines[:mid]))
-        if c <= room:
-            best, lo = (mid, c), mid + 1
-        else:
-            hi = mid - 1
+    # (the whole record did not fit: at most n-1 lines)
+    best = _most_within(1, len(lines) - 1, lambda k: cost(record.path, "\n".join(lines[:k])), room)
     if best is None:
         return None
     k, c = best
@@ -247,6 +248,13 @@ def pack(
         return next((i for i, c in enumerate(chosen) if _same_definition(r, c) and c.text != r.text
                      and _covers(r.text, c.text)), None)
 
+    def supersede(i: int, r: ContextRecord, cost: int) -> None:
+        nonlocal used
+        dropped.append((chosen[i], "superseded by a fuller record of the same definition"))
+        used += cost - costs[i]
+        chosen[i], costs[i] = r, cost
+        seen_text.add(r.text)
+
     def admit(r: ContextRecord, limit: int) -> bool:
         nonlocal used
         i = superseded(r)
@@ -254,10 +262,7 @@ def pack(
             cost = cost_of(r.path, r.text)
             if used - costs[i] + cost > limit:
                 return False
-            dropped.append((chosen[i], "superseded by a fuller record of the same definition"))
-            used += cost - costs[i]
-            chosen[i], costs[i] = r, cost
-            seen_text.add(r.text)
+            supersede(i, r, cost)
             return True
         if duplicate(r):
             dropped.append((r, "duplicate"))
@@ -309,10 +314,7 @@ def pack(
                         take(*fitted)
                         continue
                 else:
-                    dropped.append((chosen[same], "superseded by a fuller record of the same definition"))
-                    used += fitted[1] - costs[same]
-                    chosen[same], costs[same] = fitted
-                    seen_text.add(fitted[0].text)
+                    supersede(same, *fitted)
                     continue
         if duplicate(r):  # of a head taken just before, or of its definition's header that stays
             header_only = r.text not in seen_text and any(_same_definition(r, c) for c in chosen)

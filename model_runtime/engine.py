@@ -334,7 +334,6 @@ class Engine:
         # after blanks), and the token of each closing bracket.
         self._ends: torch.Tensor | None = None
         self._closers: dict[str, int] = {}
-        self._no_end: torch.Tensor | None = None  # the same ends, for a single-line completion on a blank line
         # Long prompts: sparse attention (sparse.py) where the config asks for it; its K/V from the threshold on are
         # salted apart from dense ones in the prefix cache.
         self.policy = SparsePolicy.from_config(self.config)
@@ -599,10 +598,15 @@ class Engine:
         it yet. None elsewhere: after code an empty answer may be right."""
         if multiline or parts.prefix.rsplit("\n", 1)[-1].strip() or parts.suffix.split("\n", 1)[0].strip():
             return None
-        if self._no_end is None:
-            blank, _ = self.vocab.breaking("")
-            self._no_end = torch.tensor(sorted(set(blank) | self.stop_ids), dtype=torch.long, device=self.device)
-        return self._no_end
+        return self._end_tokens(parts.path)
+
+    def _end_tokens(self, path: str | None) -> torch.Tensor:
+        """What ends a single-line completion: the stop tokens and the tokens with only blanks before a line break
+        (built on first use, from the dangling rule's vocabulary pass)."""
+        if self._ends is None:
+            blank, _ = self.vocab.breaking(_openers(path))
+            self._ends = torch.tensor(sorted(set(blank) | self.stop_ids), dtype=torch.long, device=self.device)
+        return self._ends
 
     def _comment_mask(self, parts: PromptParts, multiline: bool) -> torch.Tensor | None:
         """The tokens that would open a line comment, where a single-line completion must not (the cursor's line has
@@ -633,13 +637,12 @@ class Engine:
         multi-line, or where the cursor's line goes on after it."""
         if multiline or parts.suffix.split("\n", 1)[0].strip():
             return None
-        if self._ends is None:
-            blank, _ = self.vocab.breaking(_openers(parts.path))  # (the dangling rule's lookup: one vocabulary pass)
-            self._ends = torch.tensor(sorted(set(blank) | self.stop_ids), dtype=torch.long, device=self.device)
+        ends = self._end_tokens(parts.path)
+        if not self._closers:
             self._closers = {c: ids[0] for c in ")]}" if (ids := self.vocab.exactly(c))}
         path = (parts.path or "").lower()
         quotes = "\"" if path.endswith(".rs") else "'\"`" if path.endswith(_BACKTICK_STRINGS) else "'\""
-        return Closing(_line_head(parts, healed), healed, self._ends, self._closers, line_comment(parts.path or ""),
+        return Closing(_line_head(parts, healed), healed, ends, self._closers, line_comment(parts.path or ""),
                        quotes, _openers(parts.path))
 
     def _indent_mask(self, parts: PromptParts) -> torch.Tensor | None:
