@@ -572,7 +572,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         autocast=args.autocast, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
         threads=args.threads, index_dir=args.index_dir, exact_match_examples=args.exact_match_examples,
         init_adapter=args.init_adapter, infile_share=args.infile_share, train_sentinels=args.train_sentinels,
-        command=["repocomplete", *args.argv],
+        max_prompt_tokens=args.max_prompt_tokens, kinds=tuple(args.kinds), command=["repocomplete", *args.argv],
     )
     report = run_finetune(options, progress=not args.json)
     print(dumps(report) if args.json else format_report(report))
@@ -753,6 +753,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=int, default=256, help="repository context tokens with --context repo")
     p.add_argument("--infile-share", type=float, default=0.0, metavar="F",
                    help="with --context repo, this share of the examples gets in-file context only (default 0)")
+    p.add_argument("--max-prompt-tokens", type=int, default=1024,
+                   help="prompts longer than this lose their start, as the engine cuts them (default 1024)")
+    p.add_argument("--kind", dest="kinds", action="append", default=[], metavar="KIND",
+                   help="cut only spans of this curriculum kind (repeatable; default all: "
+                        "line_rest, line, lines, call, args, attr, block, random, empty)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu, cuda (default: cuda if present)")
     p.add_argument("--autocast", default="auto", choices=("auto", "bf16", "fp32"),

@@ -69,7 +69,8 @@ class FinetuneOptions:
     suffix_chars: int = 400
     budget: int = 256  # repository context tokens (--context repo)
     infile_share: float = 0.0  # with --context repo: this share of the examples is built with in-file context only
-    max_prompt_tokens: int = 1024
+    max_prompt_tokens: int = 1024  # prompts cut as the engine cuts them (its window is the model's: train near it)
+    kinds: tuple[str, ...] = ()  # the curriculum's span kinds to cut (empty: all of them)
     seed: int = 0
     device: str | None = None
     autocast: str = "auto"
@@ -208,15 +209,24 @@ def cut_span(text: str, kind: str, rng: random.Random) -> tuple[int, int] | None
     raise ValueError(f"unknown span kind {kind!r}")
 
 
-def cut_spans(text: str, n: int, rng: random.Random) -> list[tuple[int, int, str]]:
-    kinds, weights = zip(*CURRICULUM.items())
+def curriculum(kinds=()) -> dict[str, float]:
+    """The curriculum, or its share of the named kinds (their weights as they are: rng.choices normalizes)."""
+    unknown = [k for k in kinds if k not in CURRICULUM]
+    if unknown:
+        raise InputError(f"unknown span kinds {', '.join(unknown)}; expected some of {', '.join(CURRICULUM)}")
+    return {k: w for k, w in CURRICULUM.items() if not kinds or k in kinds}
+
+
+def cut_spans(text: str, n: int, rng: random.Random, shares: dict[str, float] = CURRICULUM
+              ) -> list[tuple[int, int, str]]:
+    kinds, weights = zip(*shares.items())
     out = []
     for _ in range(n * 3):
         if len(out) >= n:
             break
         kind = rng.choices(kinds, weights)[0]
         span = cut_span(text, kind, rng)
-        if span is None:
+        if span is None and "line_rest" in shares:
             kind, span = "line_rest", cut_span(text, "line_rest", rng)
         if span is None or span[1] - span[0] > MAX_MIDDLE_CHARS:
             continue
@@ -259,6 +269,7 @@ class ExampleCutter:
         self.order = order
         self.options = options
         self.vocab = VocabIndex(tokenizer)
+        self.shares = curriculum(options.kinds)
         model = PromptModel(tokenizer=tokenizer, template=template, order=order, name="finetune")
         self.completer = Completer(model, context_config,
                                    window=Window(options.prefix_chars, options.suffix_chars))
@@ -285,7 +296,7 @@ class ExampleCutter:
         from repocomplete.model_runtime.training import fim_example
 
         path = str(self.root / rel)
-        for start, end, kind in cut_spans(text, n, rng):
+        for start, end, kind in cut_spans(text, n, rng, self.shares):
             buffer = text[:start] + text[end:]
             context = self.options.context
             if context == "repo" and self.options.infile_share and rng.random() < self.options.infile_share:
@@ -371,6 +382,7 @@ def validate(options: FinetuneOptions) -> Path:
         raise InputError("budget, window and prompt limits must be positive")
     if not 0.0 <= options.infile_share <= 1.0:
         raise InputError(f"--infile-share must be between 0 and 1, not {options.infile_share}")
+    curriculum(options.kinds)
     return root.resolve()
 
 
@@ -457,7 +469,7 @@ def run_finetune(options: FinetuneOptions, progress: bool = False) -> dict:
                      "train_tokens_available": sum(len(e) for e in train_examples)},
         "config": {**asdict(config), "window": [options.prefix_chars, options.suffix_chars],
                    "budget": options.budget, "infile_share": options.infile_share,
-                   "max_prompt_tokens": options.max_prompt_tokens},
+                   "max_prompt_tokens": options.max_prompt_tokens, "kinds": list(options.kinds) or "all"},
         "steps": result.steps, "resumed_from": result.resumed_from, "finished": result.steps >= options.steps,
         "train_tokens": result.train_tokens, "seconds": result.seconds, "tokens_per_s": result.tokens_per_s,
         "device": result.device, "autocast": result.autocast, "threads": torch.get_num_threads(),

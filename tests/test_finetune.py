@@ -11,6 +11,7 @@ from helpers import write_tree
 
 from repocomplete.cli import main
 from repocomplete.context_engine.config import ContextConfig
+from repocomplete.context_engine.errors import InputError
 from repocomplete.finetune import (
     CURRICULUM,
     ExampleCutter,
@@ -102,6 +103,21 @@ def test_every_span_kind_cuts_inside_the_file(kind):
             assert middle and "\n" not in middle and SOURCE[end] == "\n"
         elif kind == "block":
             assert SOURCE[:start].rstrip(" ").endswith("\n") and middle.strip()
+
+
+def test_a_curriculum_of_named_kinds_cuts_only_those():
+    from repocomplete.finetune import curriculum, cut_spans
+
+    shares = curriculum(("line", "empty"))
+    assert shares == {"line": CURRICULUM["line"], "empty": CURRICULUM["empty"]}
+    spans = cut_spans(SOURCE, 40, random.Random(3), shares)
+    assert len(spans) == 40 and {k for _, _, k in spans} == {"line", "empty"}
+    assert all(SOURCE[e] == "\n" for _, e, _ in spans)  # both kinds end where their line ends
+    # a kind without a candidate is skipped, not replaced by the rest of a line the curriculum left out
+    assert cut_spans("x = 1\n", 5, random.Random(0), curriculum(("call",))) == []
+    assert curriculum(()) == CURRICULUM
+    with pytest.raises(InputError, match="unknown span kinds lines_rest"):
+        curriculum(("lines_rest",))
 
 
 def test_an_example_is_the_runtime_prompt_then_the_healed_text_and_the_middle(repo, tokenizer):
