@@ -140,8 +140,14 @@ def use_cache_dir(path: str | os.PathLike) -> None:
 
 
 # A buffer larger than this, or with a line longer than VIEW_MAX_LINE_CHARS, reaches jedi as a view: its first
-# lines (the imports) and the lines around the cursor, each part within its lines and characters.
+# lines (the imports) and the lines around the cursor, each part within its lines and characters. A view loses the
+# file's own classes defined elsewhere (rich's console.py, 101 KB: `self._console: "Console"` had no type), so a
+# large module that looks like code (brackets about balanced) is analysed whole up to VIEW_MAX_CODE_CHARS: a 400 KB
+# module took 7.2 s cold and 0.7 s warm whole (torch's scheduler.py), within the worker's 10 s budget, while 200 KB
+# of unclosed brackets take jedi's error recovery minutes.
 VIEW_MAX_CHARS = 100_000
+VIEW_MAX_CODE_CHARS = 250_000
+VIEW_MAX_UNBALANCED = 64  # brackets left open (or closed in excess) over the whole buffer
 VIEW_MAX_LINE_CHARS = 1_000  # longer lines are cut to this (the cursor's around the cursor)
 VIEW_HEAD = (100, 5_000)  # (lines, characters) from the top
 VIEW_BEFORE = (300, 10_000)  # above the cursor, its line included
@@ -170,9 +176,10 @@ class BufferView:
     @classmethod
     def of(cls, text: str, line: int, col: int) -> "BufferView":
         """The whole buffer when it is small and has no long line; else a view around the cursor."""
-        if len(text) <= VIEW_MAX_CHARS and (len(text) <= VIEW_MAX_LINE_CHARS or
-                                             max(map(len, text.split("\n"))) <= VIEW_MAX_LINE_CHARS):
-            return cls(text, line, col)
+        if len(text) <= VIEW_MAX_CODE_CHARS and (len(text) <= VIEW_MAX_LINE_CHARS or
+                                                  max(map(len, text.split("\n"))) <= VIEW_MAX_LINE_CHARS):
+            if len(text) <= VIEW_MAX_CHARS or _unbalanced(text) <= VIEW_MAX_UNBALANCED:
+                return cls(text, line, col)
         lines = [t[:VIEW_MAX_LINE_CHARS] for t in text.split("\n")]
         line = max(1, min(line, len(lines)))
         cursor_line = text.split("\n", line)[line - 1]
@@ -194,6 +201,12 @@ class BufferView:
 
         return [replace(r, start_line=own(r.start_line), end_line=own(r.end_line)) if r.path == rel else r
                 for r in records]
+
+
+def _unbalanced(text: str) -> int:
+    """Brackets a buffer leaves open or closes in excess, counted per kind (strings and comments included: a
+    cheap sign of code jedi's error recovery would crawl through, not a parse)."""
+    return sum(abs(text.count(o) - text.count(c)) for o, c in ("()", "[]", "{}"))
 
 
 def _span(lines: list[str], first: int, step: int, limit: tuple[int, int]) -> list[int]:

@@ -512,7 +512,7 @@ def test_a_huge_buffer_reaches_jedi_as_a_view_and_records_keep_its_lines(root):
     from repocomplete.context_engine.engine import slow_provider
     from repocomplete.context_engine.jedi_support import BufferView
 
-    filler = "".join(f"def f{i}(a, b):\n    return a + b * {i}\n\n\n" for i in range(5000))  # ~190 KB
+    filler = "".join(f"def f{i}(a, b):\n    return a + b * {i}\n\n\n" for i in range(8000))  # ~310 KB
     text, line, col = at_cursor("from shop.models import Store\n\n\n" + filler + "def g(s: Store):\n    s.|\n")
     view = BufferView.of(text, line, col)
     assert view.lines is not None and len(view.text) < 40_000
@@ -522,6 +522,26 @@ def test_a_huge_buffer_reaches_jedi_as_a_view_and_records_keep_its_lines(root):
     assert (records[0].path, records[0].start_line) == ("big.py", line)  # the buffer's line, not the view's
     imports = slow_provider("imports", str(root), "big.py", text, line, col, None)
     assert [(r.path, r.why) for r in imports] == [("shop/models.py", "imported as `Store` from shop.models (line 1)")]
+
+
+def test_a_large_module_is_analysed_whole_so_its_own_classes_resolve(root):
+    """rich's console.py (101 KB): `PagerContext` keeps `self._console: "Console"`, a class defined 200 lines on;
+    cut to a view, the buffer lost it and the hole had no type for the receiver."""
+    from repocomplete.context_engine.engine import slow_provider
+    from repocomplete.context_engine.jedi_support import BufferView
+
+    filler = "".join(f"def f{i}(a, b):\n    return a + b * {i}\n\n\n" for i in range(3000))  # ~115 KB
+    code = ("class Pager:\n    def __init__(self, console: \"Console\"):\n        self._console = console\n\n"
+            "    def close(self):\n        self._console.|\n\n\n" + filler
+            + "class Console:\n    def _exit_buffer(self):\n        pass\n")
+    text, line, col = at_cursor(code)
+    assert len(text) > 100_000 and BufferView.of(text, line, col).lines is None
+    records = slow_provider("typed_holes", str(root), "console.py", text, line, col, None)
+    assert records[0].text.startswith("# receiver `self._console`: Console")
+    stub = next(r for r in records if r.why == "type of `self._console`")
+    assert stub.text.startswith("class Console:") and stub.path == "console.py"
+    # code that leaves brackets open by the hundred is still cut to a view past 100 KB
+    assert BufferView.of(text + "(" * 200, line, col).lines is not None
 
 
 def test_hostile_buffers_cost_jedi_little():
