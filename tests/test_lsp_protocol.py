@@ -197,7 +197,9 @@ async def test_a_session_from_initialize_to_exit(tmp_path, tiny_model_dir, repo)
 @pytest.mark.asyncio
 async def test_candidates_are_separate_inline_items(tmp_path, tiny_model_dir, repo):
     """With `candidates` set, each distinct candidate is an item of its own (the editor cycles through them), the
-    first being the one completion the engine gives without it."""
+    first being the one completion the engine gives without it. The others are sampled: from the random test model's
+    near-flat distribution a sample moves with the last bits of the logits (thread count, cached or fresh prefill),
+    so they are checked for what the server promises (distinct, non-empty, at the cursor), not for exact text."""
     options = {"context": "infile", "maxTokens": 6, "debounceMs": 0, "candidates": 3}
     client, _ = await start(tmp_path, tiny_model_dir, repo, options)
     try:
@@ -205,18 +207,11 @@ async def test_candidates_are_separate_inline_items(tmp_path, tiny_model_dir, re
         use = repo / "shop/use.py"
         uri = open_doc(client, use, USE)
         answer = await inline(client, uri, CURSOR)
-        runtime = RuntimeConfig(model=str(tiny_model_dir), device="cpu", quantize="none", cache_dir=tmp_path / "mc",
-                                max_new_tokens=6)
-        completer = Completer(Engine(load_model(runtime), runtime))
-        try:
-            expected = completer.complete(str(use), USE, USE.index("inv.") + 4,
-                                          CompletionOptions(context="infile", candidates=3)).candidates
-        finally:
-            completer.close()
-        assert len(expected) > 1, "the test model gave one candidate here: pick another cursor"
-        assert answer == [types.InlineCompletionItem(insert_text=c.text, range=types.Range(CURSOR, CURSOR))
-                          for c in expected if c.text]
+        assert 1 < len(answer) <= 3, answer
         assert answer[0].insert_text == engine_completion(tiny_model_dir, tmp_path, use, USE, USE.index("inv.") + 4, 6)
+        texts = [item.insert_text for item in answer]
+        assert len(set(texts)) == len(texts) and all(t.strip() for t in texts), texts
+        assert all(item.range == types.Range(CURSOR, CURSOR) for item in answer)
         # From the cache, the same items.
         assert await inline(client, uri, CURSOR) == answer
     finally:
