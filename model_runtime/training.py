@@ -238,16 +238,19 @@ def eval_loss(model, examples: Sequence[TrainExample], batch_tokens: int, dtype,
 
 
 @torch.no_grad()
-def exact_match(model, tokenizer, examples: Sequence[TrainExample], end_ids: Sequence[int], dtype, device,
-                max_new_tokens: int = 48) -> float | None:
+def held_out_generation(model, tokenizer, examples: Sequence[TrainExample], end_ids: Sequence[int], dtype, device,
+                        max_new_tokens: int = 48) -> tuple[float, float] | None:
     """Greedy decoding of each held-out prompt until it ends as the engine ends it (any of its stop tokens: the
-    adapter's end comes out as any of SmolLM2's untrained tokens): the share that writes its target exactly."""
+    adapter's end comes out as any of SmolLM2's untrained tokens): (the share that writes its target exactly, the
+    mean edit similarity to it, 0-100, as `eval score` counts it: rapidfuzz's ratio of the stripped texts)."""
+    from rapidfuzz import fuzz
+
     if not examples:
         return None
     was = model.training
     model.eval()
     ends = sorted(end_ids)
-    hits = 0
+    hits, similarity = 0, 0.0
     for ex in examples:
         ids = torch.tensor([ex.prompt], dtype=torch.long, device=device)
         want = ex.target[:-1]
@@ -257,9 +260,11 @@ def exact_match(model, tokenizer, examples: Sequence[TrainExample], end_ids: Seq
                                  eos_token_id=ends, pad_token_id=ends[0])
         got = out[0, ids.shape[1]:].tolist()
         stop = next((i for i, t in enumerate(got) if t in end_ids), len(got))
-        hits += tokenizer.decode(got[:stop]) == tokenizer.decode(want)
+        text, target = tokenizer.decode(got[:stop]), tokenizer.decode(want)
+        hits += text == target
+        similarity += fuzz.ratio(text.strip(), target.strip())
     model.train(was)
-    return hits / len(examples)
+    return hits / len(examples), round(similarity / len(examples), 2)
 
 
 # -- checkpoints -----------------------------------------------------------------------------------------------
@@ -316,10 +321,23 @@ class TrainResult:
     tokens_per_s: float
     val_loss: float | None
     val_exact_match: float | None
+    val_edit_similarity: float | None = None
     curve: list[dict] = field(default_factory=list)
     device: str = ""
     autocast: str = ""
     trainable_params: int = 0
+
+
+def held_out(model, tokenizer, val_examples: Sequence[TrainExample], config: TrainConfig, record: AdapterRecord,
+             dtype, device, generate: int) -> dict:
+    """A point of the learning curve: the held-out loss, and the exact match and edit similarity of greedy
+    completions of the first `generate` held-out spans (none when 0)."""
+    scores: dict = {"val_loss": round(eval_loss(model, val_examples, config.batch_tokens, dtype, device), 4)}
+    end_ids = stop_token_ids(tokenizer, get_template(record.fim_template), undertrained_tokens(model, tokenizer))
+    generated = held_out_generation(model, tokenizer, list(val_examples)[:generate], end_ids, dtype, device)
+    if generated is not None:
+        scores["val_exact_match"], scores["val_edit_similarity"] = generated
+    return scores
 
 
 def lr_at(step: int, config: TrainConfig) -> float:
@@ -337,8 +355,9 @@ def train(model, tokenizer, train_examples: Sequence[TrainExample], val_examples
     """Train a LoRA adapter on `model` (a peft model from `add_lora`), checkpointing into `out`.
 
     resume: continue from out/checkpoint (same step, same data position, same optimizer state). stop_after: stop
-    (with a checkpoint) after this many steps of this call (tests simulate a kill with it). eval_every: held-out loss
-    every so many steps (the learning curve; also saved as an adapter snapshot under out/curve/step-N)."""
+    (with a checkpoint) after this many steps of this call (tests simulate a kill with it). eval_every: the
+    held-out measures (`held_out`) every so many steps: the learning curve, each point's adapter saved under
+    out/curve/step-N."""
     config.validate()
     if not train_examples:
         raise ConfigError("no training examples")
@@ -390,8 +409,9 @@ def train(model, tokenizer, train_examples: Sequence[TrainExample], val_examples
         if on_step is not None:
             on_step(step, value)
         if eval_every and step % eval_every == 0 and step < config.steps:
-            val = eval_loss(model, val_examples, config.batch_tokens, dtype, device)
-            state["curve"].append({"step": step, "train_tokens": state["tokens"], "val_loss": val})
+            state["curve"].append({"step": step, "train_tokens": state["tokens"],
+                                   **held_out(model, tokenizer, val_examples, config, record, dtype, device,
+                                              exact_match_examples)})
             model.save_pretrained(out / "curve" / f"step-{step}")
             write_record(out / "curve" / f"step-{step}", record)
         if step % config.checkpoint_every == 0 or step == config.steps:
@@ -405,18 +425,17 @@ def train(model, tokenizer, train_examples: Sequence[TrainExample], val_examples
         _save_checkpoint(model, optimizer, state, out)
     train_s = time.perf_counter() - t_start
     done = state["step"] >= config.steps
-    val = em = None
+    scores: dict = {}
     if done:
-        val = eval_loss(model, val_examples, config.batch_tokens, dtype, device)
-        end_ids = stop_token_ids(tokenizer, get_template(record.fim_template), undertrained_tokens(model, tokenizer))
-        em = exact_match(model, tokenizer, list(val_examples)[:exact_match_examples], end_ids, dtype, device)
-        state["curve"].append({"step": state["step"], "train_tokens": state["tokens"], "val_loss": val})
+        scores = held_out(model, tokenizer, val_examples, config, record, dtype, device, exact_match_examples)
+        state["curve"].append({"step": state["step"], "train_tokens": state["tokens"], **scores})
         model.save_pretrained(out)
         write_record(out, record)
     return TrainResult(
         steps=state["step"], resumed_from=start, losses=list(state["losses"]), train_tokens=state["tokens"],
         seconds=round(state["seconds"], 1), tokens_per_s=round(tokens_this_run / max(train_s, 1e-9), 1),
-        val_loss=None if val is None else round(val, 4), val_exact_match=em, curve=state["curve"],
+        val_loss=scores.get("val_loss"), val_exact_match=scores.get("val_exact_match"),
+        val_edit_similarity=scores.get("val_edit_similarity"), curve=state["curve"],
         device=str(device), autocast="bf16" if dtype == torch.bfloat16 else "fp32",
         trainable_params=sum(p.numel() for p in params),
     )

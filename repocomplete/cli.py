@@ -762,9 +762,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda (default: cuda if present)")
     p.add_argument("--autocast", default="auto", choices=("auto", "bf16", "fp32"),
                    help="auto: bf16 on a GPU or a CPU with bf16 instructions, else fp32")
-    p.add_argument("--eval-every", type=int, default=None, help="held-out loss and an adapter snapshot every N steps")
+    p.add_argument("--eval-every", type=int, default=None,
+                   help="held-out loss, exact match and edit similarity (the learning curve) and an adapter snapshot "
+                        "every N steps")
     p.add_argument("--checkpoint-every", type=int, default=25)
-    p.add_argument("--exact-match-examples", type=int, default=32, help="held-out spans decoded at the end")
+    p.add_argument("--exact-match-examples", type=int, default=32,
+                   help="held-out spans decoded greedily at each point of the curve (exact match, edit similarity)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads")
     p.add_argument("--json", action="store_true", help="the training report as JSON, no progress bar")
     _add_index_dir_arg(p)

@@ -474,7 +474,8 @@ def run_finetune(options: FinetuneOptions, progress: bool = False) -> dict:
         "train_tokens": result.train_tokens, "seconds": result.seconds, "tokens_per_s": result.tokens_per_s,
         "device": result.device, "autocast": result.autocast, "threads": torch.get_num_threads(),
         "cpu": _cpu_name(), "trainable_params": result.trainable_params,
-        "val_loss": result.val_loss, "val_exact_match": result.val_exact_match, "curve": result.curve,
+        "val_loss": result.val_loss, "val_exact_match": result.val_exact_match,
+        "val_edit_similarity": result.val_edit_similarity, "curve": result.curve,
         "losses": result.losses, "adapter": str(out),
     }
     training.write_report(out / "training-report.json", report)
@@ -504,9 +505,14 @@ def format_report(report: dict) -> str:
         f"loss     {head:.3f} (first 10 steps) -> {tail:.3f} (last 10)",
     ]
     if report["finished"]:
-        em = report["val_exact_match"]
-        lines.append(f"held out loss {report['val_loss']}, exact match "
-                     f"{'-' if em is None else f'{100 * em:.1f}%'}")
+        em, es = report["val_exact_match"], report.get("val_edit_similarity")
+        lines.append(f"held out loss {report['val_loss']}, exact match {'-' if em is None else f'{100 * em:.1f}%'}, "
+                     f"edit similarity {'-' if es is None else es}")
+        if len(report["curve"]) > 1:
+            lines.append("curve    " + ", ".join(
+                f"step {p['step']}: loss {p['val_loss']}" + (f" ES {p['val_edit_similarity']}"
+                                                             if "val_edit_similarity" in p else "")
+                for p in report["curve"]))
     else:
         lines.append("stopped before the last step: --resume continues from the checkpoint")
     return "\n".join(lines)

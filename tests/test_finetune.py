@@ -12,6 +12,7 @@ from helpers import write_tree
 from repocomplete.cli import main
 from repocomplete.context_engine.config import ContextConfig
 from repocomplete.context_engine.errors import InputError
+from repocomplete.eval.metrics import edit_similarity
 from repocomplete.finetune import (
     CURRICULUM,
     ExampleCutter,
@@ -219,9 +220,10 @@ def test_a_few_steps_lower_the_loss(tiny_model_dir, tokenizer, tmp_path):
     assert names and all(".layers.1." in n for n in names)
 
 
-def test_held_out_exact_match_ends_as_the_engine_ends(tiny_model_dir, tokenizer):
-    """The adapter's end comes out as any of SmolLM2's untrained special tokens: the held-out exact match ends at
-    any stop token, as the engine does (it scored 0% when only the template's end token counted)."""
+def test_held_out_generation_ends_as_the_engine_ends(tiny_model_dir, tokenizer):
+    """The adapter's end comes out as any of SmolLM2's untrained special tokens: the held-out generation ends at
+    any stop token, as the engine does (exact match scored 0% when only the template's end token counted), and its
+    edit similarity is `eval score`'s."""
     model, _ = _tiny_peft(tiny_model_dir)
     x = tokenizer.encode("x", add_special_tokens=False)[0]
     gh_stars, empty = (tokenizer.convert_tokens_to_ids(t) for t in ("<gh_stars>", "<empty_output>"))
@@ -240,9 +242,14 @@ def test_held_out_exact_match_ends_as_the_engine_ends(tiny_model_dir, tokenizer)
     hook = model.get_output_embeddings().register_forward_hook(scripted)
     try:
         example = training.TrainExample(tokenizer.encode("y = ", add_special_tokens=False), [x, empty])
-        assert training.exact_match(model, tokenizer, [example], {gh_stars, empty}, None, torch.device("cpu")) == 1.0
+        generate = training.held_out_generation
+        assert generate(model, tokenizer, [example], {gh_stars, empty}, None, torch.device("cpu")) == (1.0, 100.0)
         calls.clear()
-        assert training.exact_match(model, tokenizer, [example], {empty}, None, torch.device("cpu")) == 0.0
+        # Only <empty_output> ends it: "x" then "<gh_stars>" is written, then "<empty_output>" ends (0.5 > 0.3).
+        steps.append({x: 0.1, gh_stars: 0.3, empty: 0.6})
+        em, es = generate(model, tokenizer, [example], {empty}, None, torch.device("cpu"))
+        assert em == 0.0 and es == round(edit_similarity("x<gh_stars>", "x"), 2)
+        assert generate(model, tokenizer, [], {empty}, None, torch.device("cpu")) is None
     finally:
         hook.remove()
 
@@ -354,7 +361,7 @@ def test_finetune_command_end_to_end_and_its_report(capsys, repo, tmp_path, tiny
     out = tmp_path / "adapter"
     code, stdout, _ = _cli(capsys, "finetune", repo, "--out", out, "--base-model", tiny_model_dir, "--steps", 3,
                            "--batch-tokens", 256, "--layers", 1, "--rank", 4, "--hold-out", "pkg/held.py",
-                           "--exact-match-examples", 2, "--json")
+                           "--exact-match-examples", 2, "--eval-every", 2, "--json")
     assert code == 0
     report = json.loads(stdout)
     assert report == json.loads((out / "training-report.json").read_text())
@@ -363,6 +370,14 @@ def test_finetune_command_end_to_end_and_its_report(capsys, repo, tmp_path, tiny
     assert report["corpus"]["train_files"] == 3
     assert report["examples"]["val"] > 4  # held-out spans from every pass over the held-out file, not one file's first
     assert report["val_loss"] > 0 and 0 <= report["val_exact_match"] <= 1
+    assert 0 <= report["val_edit_similarity"] <= 100
+    assert report["curve"][-1] == {"step": 3, "train_tokens": report["train_tokens"], "val_loss": report["val_loss"],
+                                   "val_exact_match": report["val_exact_match"],
+                                   "val_edit_similarity": report["val_edit_similarity"]}
+    # The learning curve: a point at step 2 with the same measures, and the adapter as it was then.
+    [middle] = report["curve"][:-1]
+    assert middle["step"] == 2 and set(middle) == set(report["curve"][-1]) and middle["val_loss"] > 0
+    assert read_record(out / "curve" / "step-2").fim_template == "smollm2-fim"
     assert report["command"][:2] == ["repocomplete", "finetune"]
     assert (out / "adapter_config.json").is_file() and read_record(out).fim_template == "smollm2-fim"
     # Tuning further from it: its template, its LoRA shape, and its weights (the first loss is the trained one's).
