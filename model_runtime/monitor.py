@@ -20,7 +20,9 @@ Once the identifier is complete the monitor's trigger is gone and the model is f
 
 A monitor may also say where a call must not be closed yet (`closing`: a required parameter is not passed). The
 guide asks it when the model's first choice closes a bracket (`)`, `),`) or writes an empty call (`()`, `():`,
-asked as if the `(` were written), and refuses those tokens under the same yield rules.
+asked as if the `(` were written), and refuses those tokens under the same yield rules; and where a name that starts
+an argument is no keyword of the call (`keyword`): the guide asks it when the model's first choice is that name's
+`=`, and refuses the tokens that write it.
 
 `Guide` applies the monitors of one request on top of the healing mask. The yield rules: if a constraint leaves no
 token, or, at the identifier's first constrained step, the tokens it allows hold less than `MIN_ALLOWED_MASS` of
@@ -74,6 +76,8 @@ class Monitor(Protocol):
 
     def constraint(self, before: str, generated: str) -> Constraint | None: ...
 
+    # Optional: `keyword(before, generated) -> Constraint | None`, a constraint (its names unused) where the name the
+    # text ends with may not be followed by a keyword argument's `=`.
     # Optional: `closing(before, generated) -> Constraint | None`, a constraint (its names unused) where the call
     # open at the end of before + generated must not be closed yet.
 
@@ -301,6 +305,13 @@ class Guide:
                             c = closing(self.before, generated)
                         if c is not None:
                             logits = self._mask(logits, monitor, c, ~refused)
+                elif top < self.names.size and self.names.assign_led[top]:
+                    # The model makes the name before it a keyword (`=`): the keyword rule.
+                    for monitor in self.monitors:
+                        keyword = getattr(monitor, "keyword", None)
+                        c = keyword(self.before, generated) if keyword is not None else None
+                        if c is not None:
+                            logits = self._mask(logits, monitor, c, ~self.names.assign_led)
             return logits
         finally:
             self.ms += (time.perf_counter() - t0) * 1000

@@ -523,6 +523,40 @@ class Session:
         return Constraint((), "", at, "args", f"`{facts.what}` needs `{missing[0]}`")
 
 
+    def misplaced_keyword(self, before: str, generated: str) -> Constraint | None:
+        """Where the text ends with a name that starts an argument (right after its call's `(` or a `,`) and the
+        call's one signature takes no keyword of that name (nor `**kwargs`): a constraint (no names: the engine
+        refuses the `=` that would make the name a keyword) at the text's end. The first argument too, which the
+        args monitor leaves free (a generator expression may bind its names, but never puts `=` after its first
+        one): `ConsoleOptions(options=options)`. Silent where the args monitor would be."""
+        base, state = self._base(before)
+        text = base + generated
+        m = re.search(r"(?<![\w.])([^\W\d]\w*)[ \t]*$", text)
+        if m is None:
+            return None
+        name, start = m.group(1), m.start(1)
+        state = scan(state.copy(), text, start) if start >= state.pos else scan_head(text, start)
+        if state.quote or state.comment or not state.brackets:
+            return None
+        char, call, is_call = state.brackets[-1]
+        lead = text[:start].rstrip()
+        if char != "(" or not is_call or not (lead.endswith(",") or len(lead) == call + 1):
+            return None
+        logical = text[state.line_start:call]
+        if _DEFINING_START.match(logical) or re.search(r"\blambda\b", logical):
+            return None  # `def f(`: parameters, not arguments
+        facts = self._ask(Site("args", call + 1, "", call=call), text)
+        if facts is None or len(facts.signatures) != 1:
+            return None
+        sig = facts.signatures[0]
+        positional, given, unpack = _call_state(text, call, start)
+        too_many = sig.positional is not None and positional > sig.positional
+        if sig.any_keyword or unpack or too_many or given - set(sig.keywords) or name in sig.keywords:
+            return None
+        at = self._engine_offset(len(text), before)
+        return Constraint((), "", at, "args", f"`{facts.what}` takes no `{name}=`")
+
+
 class PythonMonitor:
     """One monitor kind over a shared session (the engine asks each in turn)."""
 
@@ -536,6 +570,10 @@ class PythonMonitor:
     def closing(self, before: str, generated: str) -> Constraint | None:
         """The args monitor's arity rule (`Guide`: asked where the model's choice closes a call)."""
         return self.session.missing_argument(before, generated) if self.name == "args" else None
+
+    def keyword(self, before: str, generated: str) -> Constraint | None:
+        """The args monitor's keyword rule (`Guide`: asked where the model's choice is a `=` after a name)."""
+        return self.session.misplaced_keyword(before, generated) if self.name == "args" else None
 
 
 def python_monitors(analyst, rel: str, text: str, offset: int, kinds: tuple[str, ...],

@@ -445,6 +445,59 @@ def test_the_guide_refuses_an_empty_call_or_a_close_while_an_argument_is_missing
     assert step_all(vocab, {"()": 6.0, "(": 3.0}, monitors, "    client.close", "")[0] == "()"
 
 
+def misplaced(before: str, generated: str = "", facts: dict | None = None) -> Constraint | None:
+    analyst = FakeAnalyst(facts or {"scope": SCOPE, "args": FETCH})
+    session = Session(analyst, "main.py", before + "\n", len(before), ("args",), None)
+    session.window_prefix_len = len(before)
+    return session.misplaced_keyword(before, generated)
+
+
+def test_a_name_that_starts_an_argument_is_followed_by_an_equals_sign_only_if_it_is_a_keyword():
+    c = misplaced("    client.fetch(", "client")
+    assert (c.monitor, c.names, c.start, c.what) == ("args", (), len("    client.fetch(client"),
+                                                     "`fetch` takes no `client=`")
+    assert misplaced("    client.fetch(u, client ").what == "`fetch` takes no `client=`"  # after a comma, spaces
+    assert misplaced("    client.fetch(", "retries") is None  # its keyword
+    assert misplaced("    client.fetch(path") is None  # a positional-or-keyword parameter is a keyword too
+    assert misplaced("    client.fetch(u.timeout") is None  # a member is no keyword argument
+    analyst = FakeAnalyst({"scope": SCOPE, "args": FETCH})  # the inner call's argument: its facts are asked
+    session = Session(analyst, "main.py", "    client.fetch(len(client\n", 27, ("args",), None)
+    session.window_prefix_len = 27
+    assert session.misplaced_keyword("    client.fetch(len(client", "") is not None
+    assert analyst.asked[-1] == ("args", "    client.fetch(len(")
+    assert misplaced("    client.fetch(u + client") is None  # not where an argument starts
+    assert misplaced("    x = (client") is None and misplaced("    client") is None  # no call
+    assert misplaced("    s = 'client.fetch(client") is None  # in a string
+    assert misplaced("def fetch(client") is None  # parameters, not arguments
+    assert misplaced("    client.fetch(", "client", facts={"scope": SCOPE}) is None  # unknown signature: silent
+    kwargs = {"scope": SCOPE, "args": Facts("args", None, "anything", (
+        Signature("anything", (Param("options", "VAR_KEYWORD"),)),))}
+    assert misplaced("    anything(client", facts=kwargs) is None  # **options: any keyword
+    two = {"scope": SCOPE, "args": Facts("args", None, "fetch", FETCH.signatures * 2)}
+    assert misplaced("    client.fetch(client", facts=two) is None  # overloads: jedi lists only some
+    assert misplaced("    client.fetch(other=1, client") is None  # a keyword it does not take: not its signature
+    assert misplaced("    client.fetch(*paths, client") is None  # unpacking
+
+
+def test_the_guide_refuses_the_equals_sign_that_would_make_a_name_a_keyword_the_call_does_not_take(vocab):
+    from repocomplete.monitors import python_monitors
+
+    before = "    client.fetch("
+    monitors = python_monitors(FakeAnalyst({"scope": SCOPE, "args": FETCH}), "main.py", before + "\n", len(before),
+                               ("scope", "args"), None)
+    for m in monitors:
+        m.session.window_prefix_len = len(before)
+    token, guide = step_all(vocab, {"=": 6.0, ")": 3.0, " =": 2.0}, monitors, before, "client")
+    assert token == ")"
+    (span,) = guide.spans.values()
+    assert (span.monitor, span.redirected, span.what) == ("args", True, "`fetch` takes no `client=`")
+    assert step_all(vocab, {"=": 6.0, ")": 3.0}, monitors, before, "retries")[0] == "="  # its keyword
+    assert step_all(vocab, {"==": 6.0, ")": 3.0}, monitors, before, "client")[0] == "=="  # a comparison
+    # the model sure of its `=` (the other tokens under MIN_SWAP_MASS): the monitor yields
+    token, guide = step_all(vocab, {"=": 12.0, ")": 3.0}, monitors, before, "client")
+    assert token == "=" and [s.yielded for s in guide.spans.values()] == ["the allowed names are a guess"]
+
+
 def step_all(vocab, prefs, monitors, before, generated, ends=None):
     ids = {t: i for i, t in enumerate(vocab.texts) if t}
     logits = torch.full((len(vocab.texts),), -8.0)
