@@ -378,6 +378,10 @@ def train(model, tokenizer, train_examples: Sequence[TrainExample], val_examples
         from tqdm import tqdm
 
         bar = tqdm(total=config.steps, initial=start, desc="finetune", unit="step", dynamic_ncols=True)
+    if eval_every and start == 0 and not state["curve"]:
+        # The curve's first point: the model before this run's first step (the base model, or the adapter tuned on).
+        state["curve"].append({"step": 0, "train_tokens": 0, **held_out(model, tokenizer, val_examples, config, record,
+                                                                          dtype, device, exact_match_examples)})
     last = start
     t_start = time.perf_counter()
     seconds_before = state["seconds"]

@@ -374,8 +374,10 @@ def test_finetune_command_end_to_end_and_its_report(capsys, repo, tmp_path, tiny
     assert report["curve"][-1] == {"step": 3, "train_tokens": report["train_tokens"], "val_loss": report["val_loss"],
                                    "val_exact_match": report["val_exact_match"],
                                    "val_edit_similarity": report["val_edit_similarity"]}
-    # The learning curve: a point at step 2 with the same measures, and the adapter as it was then.
-    [middle] = report["curve"][:-1]
+    # The learning curve: the model before the first step, a point at step 2 with the same measures, and the
+    # adapter as it was then.
+    first, middle = report["curve"][:-1]
+    assert (first["step"], first["train_tokens"]) == (0, 0) and set(first) == set(report["curve"][-1])
     assert middle["step"] == 2 and set(middle) == set(report["curve"][-1]) and middle["val_loss"] > 0
     assert read_record(out / "curve" / "step-2").fim_template == "smollm2-fim"
     assert report["command"][:2] == ["repocomplete", "finetune"]
