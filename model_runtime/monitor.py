@@ -22,7 +22,8 @@ A monitor may also say where a call must not be closed yet (`closing`: a require
 guide asks it when the model's first choice closes a bracket (`)`, `),`) or writes an empty call (`()`, `():`,
 asked as if the `(` were written), and refuses those tokens under the same yield rules; and where a name that starts
 an argument is no keyword of the call (`keyword`): the guide asks it when the model's first choice is that name's
-`=`, and refuses the tokens that write it.
+`=`, and refuses the tokens that write it or go on with the name (the constraint's span is the name's: where the
+args monitor yielded the name, this rule yields too).
 
 `Guide` applies the monitors of one request on top of the healing mask. The yield rules: if a constraint leaves no
 token, or, at the identifier's first constrained step, the tokens it allows hold less than `MIN_ALLOWED_MASS` of
@@ -306,12 +307,13 @@ class Guide:
                         if c is not None:
                             logits = self._mask(logits, monitor, c, ~refused)
                 elif top < self.names.size and self.names.assign_led[top]:
-                    # The model makes the name before it a keyword (`=`): the keyword rule.
+                    # The model makes the name before it a keyword (`=`): the keyword rule. The name ends there
+                    # (the model meant it whole): no `=`, and no token that would go on with it into another name.
                     for monitor in self.monitors:
                         keyword = getattr(monitor, "keyword", None)
                         c = keyword(self.before, generated) if keyword is not None else None
                         if c is not None:
-                            logits = self._mask(logits, monitor, c, ~self.names.assign_led)
+                            logits = self._mask(logits, monitor, c, ~(self.names.assign_led | self.names.word_led))
             return logits
         finally:
             self.ms += (time.perf_counter() - t0) * 1000

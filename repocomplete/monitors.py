@@ -526,9 +526,9 @@ class Session:
     def misplaced_keyword(self, before: str, generated: str) -> Constraint | None:
         """Where the text ends with a name that starts an argument (right after its call's `(` or a `,`) and the
         call's one signature takes no keyword of that name (nor `**kwargs`): a constraint (no names: the engine
-        refuses the `=` that would make the name a keyword) at the text's end. The first argument too, which the
-        args monitor leaves free (a generator expression may bind its names, but never puts `=` after its first
-        one): `ConsoleOptions(options=options)`. Silent where the args monitor would be."""
+        refuses the `=` that would make the name a keyword, and more of the name) at the name's start. The first
+        argument too, which the args monitor leaves free (a generator expression may bind its names, but never puts
+        `=` after its first one): `ConsoleOptions(options=options)`. Silent where the args monitor would be."""
         base, state = self._base(before)
         text = base + generated
         m = re.search(r"(?<![\w.])([^\W\d]\w*)[ \t]*$", text)
@@ -553,7 +553,9 @@ class Session:
         too_many = sig.positional is not None and positional > sig.positional
         if sig.any_keyword or unpack or too_many or given - set(sig.keywords) or name in sig.keywords:
             return None
-        at = self._engine_offset(len(text), before)
+        # (at the name's start: the span of the args monitor's constraint on the name, where there was one, so a
+        # name the model insisted on, which that monitor yielded, is not refused its `=` either)
+        at = self._engine_offset(start, before)
         return Constraint((), "", at, "args", f"`{facts.what}` takes no `{name}=`")
 
 

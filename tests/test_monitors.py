@@ -454,8 +454,7 @@ def misplaced(before: str, generated: str = "", facts: dict | None = None) -> Co
 
 def test_a_name_that_starts_an_argument_is_followed_by_an_equals_sign_only_if_it_is_a_keyword():
     c = misplaced("    client.fetch(", "client")
-    assert (c.monitor, c.names, c.start, c.what) == ("args", (), len("    client.fetch(client"),
-                                                     "`fetch` takes no `client=`")
+    assert (c.monitor, c.names, c.start, c.what) == ("args", (), len("    client.fetch("), "`fetch` takes no `client=`")
     assert misplaced("    client.fetch(u, client ").what == "`fetch` takes no `client=`"  # after a comma, spaces
     assert misplaced("    client.fetch(", "retries") is None  # its keyword
     assert misplaced("    client.fetch(path") is None  # a positional-or-keyword parameter is a keyword too
@@ -487,10 +486,25 @@ def test_the_guide_refuses_the_equals_sign_that_would_make_a_name_a_keyword_the_
                                ("scope", "args"), None)
     for m in monitors:
         m.session.window_prefix_len = len(before)
-    token, guide = step_all(vocab, {"=": 6.0, ")": 3.0, " =": 2.0}, monitors, before, "client")
-    assert token == ")"
+    token, guide = step_all(vocab, {"=": 6.0, "_": 5.0, ")": 3.0, " =": 2.0}, monitors, before, "client")
+    assert token == ")"  # neither `=` nor more of the name (`client_...`, another name)
     (span,) = guide.spans.values()
     assert (span.monitor, span.redirected, span.what) == ("args", True, "`fetch` takes no `client=`")
+    assert [(e["start"], e["text"]) for e in guide.report("client)", "")] == [(0, "client")]
+    # after a comma the args monitor constrains the name itself; where it yielded it (the model insisted on a name
+    # it does not allow), the keyword rule yields too: the same span
+    guide = Guide(monitors, NameMask.for_vocab(vocab), before)
+    ids = {t: i for i, t in enumerate(vocab.texts) if t}
+    logits = torch.full((len(vocab.texts),), -8.0)
+    logits[ids[" margin"]] = 12.0
+    assert vocab.texts[int(torch.argmax(guide.apply(logits.clone(), "u,")))] == " margin"
+    [(key, span)] = guide.spans.items()
+    assert key == ("args", len(before) + 2) and span.yielded  # the name the model insists on
+    logits = torch.full((len(vocab.texts),), -8.0)
+    logits[ids["="]], logits[ids[")"]] = 6.0, 3.0
+    assert vocab.texts[int(torch.argmax(guide.apply(logits, "u, margin")))] == "="
+    # one span at the name's start, the args monitor's (yielded), which the keyword rule shares
+    assert set(guide.spans) == {key, ("args", len(before) + 3)} and all(s.yielded for s in guide.spans.values())
     assert step_all(vocab, {"=": 6.0, ")": 3.0}, monitors, before, "retries")[0] == "="  # its keyword
     assert step_all(vocab, {"==": 6.0, ")": 3.0}, monitors, before, "client")[0] == "=="  # a comparison
     # the model sure of its `=` (the other tokens under MIN_SWAP_MASS): the monitor yields
