@@ -493,24 +493,35 @@ class Session:
         return Constraint(tuple(sorted(allowed)), site.partial, site.start, kind, f"arguments of `{facts.what}`",
                           skip_space=True, assign=tuple(sorted(assign)))
 
-    def missing_argument(self, before: str, generated: str) -> Constraint | None:
-        """Where the text ends inside a call whose signature has a required parameter the call does not pass yet:
-        a constraint (no names: the engine refuses the tokens that close the call) at the text's end. Silent where
-        the args monitor would be: unknown or overloaded signatures, unpacking, arguments no signature takes."""
-        base, state = self._base(before)
-        text = base + generated
-        state = scan(state.copy(), text, len(text)) if len(text) >= state.pos else scan_head(text, len(text))
+    def _open_call(self, text: str, upto: int, state: ScanState, where=None) -> tuple[int, object] | None:
+        """The call open at `upto` of `text` (`state`: the scan of the prompt), as (the offset of its "(", the
+        analysis' facts), where the facts give one signature; None outside a call's brackets
+        (in a string, a comment, another bracket, a `def`'s or `lambda`'s parameters), where `where(call)` is false,
+        or for an unknown or overloaded signature."""
+        state = scan(state.copy(), text, upto) if upto >= state.pos else scan_head(text, upto)
         if state.quote or state.comment or not state.brackets:
             return None
         char, call, is_call = state.brackets[-1]
-        if char != "(" or not is_call:
+        if char != "(" or not is_call or (where is not None and not where(call)):
             return None
         logical = text[state.line_start:call]
         if _DEFINING_START.match(logical) or re.search(r"\blambda\b", logical):
             return None  # `def f(`: parameters, not arguments
         facts = self._ask(Site("args", call + 1, "", call=call), text)
         if facts is None or len(facts.signatures) != 1:
+            return None  # unknown, or overloads: jedi lists only some
+        return call, facts
+
+    def missing_argument(self, before: str, generated: str) -> Constraint | None:
+        """Where the text ends inside a call whose signature has a required parameter the call does not pass yet:
+        a constraint (no names: the engine refuses the tokens that close the call) at the text's end. Silent where
+        the args monitor would be: unknown or overloaded signatures, unpacking, arguments no signature takes."""
+        base, state = self._base(before)
+        text = base + generated
+        found = self._open_call(text, len(text), state)
+        if found is None:
             return None
+        call, facts = found
         sig = facts.signatures[0]
         positional, given, unpack = _call_state(text, call, len(text), last=True)
         too_many = sig.positional is not None and positional > sig.positional
@@ -521,7 +532,6 @@ class Session:
             return None
         at = self._engine_offset(len(text), before)
         return Constraint((), "", at, "args", f"`{facts.what}` needs `{missing[0]}`")
-
 
     def misplaced_keyword(self, before: str, generated: str) -> Constraint | None:
         """Where the text ends with a name that starts an argument (right after its call's `(` or a `,`) and the
@@ -535,19 +545,11 @@ class Session:
         if m is None:
             return None
         name, start = m.group(1), m.start(1)
-        state = scan(state.copy(), text, start) if start >= state.pos else scan_head(text, start)
-        if state.quote or state.comment or not state.brackets:
-            return None
-        char, call, is_call = state.brackets[-1]
         lead = text[:start].rstrip()
-        if char != "(" or not is_call or not (lead.endswith(",") or len(lead) == call + 1):
+        found = self._open_call(text, start, state, lambda call: lead.endswith(",") or len(lead) == call + 1)
+        if found is None:
             return None
-        logical = text[state.line_start:call]
-        if _DEFINING_START.match(logical) or re.search(r"\blambda\b", logical):
-            return None  # `def f(`: parameters, not arguments
-        facts = self._ask(Site("args", call + 1, "", call=call), text)
-        if facts is None or len(facts.signatures) != 1:
-            return None
+        call, facts = found
         sig = facts.signatures[0]
         positional, given, unpack = _call_state(text, call, start)
         too_many = sig.positional is not None and positional > sig.positional
