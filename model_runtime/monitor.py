@@ -161,6 +161,7 @@ class NameMask:
         self.empty_call = torch.tensor([t.startswith("()") for t in texts], dtype=torch.bool)
         self.closing_ids = frozenset(self.closes.nonzero().flatten().tolist())  # (a step's test is a set lookup)
         self.empty_call_ids = frozenset(self.empty_call.nonzero().flatten().tolist())
+        self.assign_ids = frozenset(self.assign_led.nonzero().flatten().tolist())
         self._cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
 
     @classmethod
@@ -306,7 +307,7 @@ class Guide:
                             c = closing(self.before, generated)
                         if c is not None:
                             logits = self._mask(logits, monitor, c, ~refused)
-                elif top < self.names.size and self.names.assign_led[top]:
+                elif top in self.names.assign_ids:
                     # The model makes the name before it a keyword (`=`): the keyword rule. The name ends there
                     # (the model meant it whole): no `=`, and no token that would go on with it into another name.
                     for monitor in self.monitors:
