@@ -302,6 +302,18 @@ class Analysis:
             return tree
         return definition_at(tree, name.line, name.column)
 
+    def scope_at(self, line: int, column: int):
+        """The buffer's funcdef/classdef/module node enclosing (line, column) (jedi knows even in broken code, and on
+        a blank line by its indentation), else None."""
+        try:
+            context = self.script.get_context(line, column)
+        except Exception:
+            return None
+        if context.type == "module":
+            return self.tree
+        node = definition_at(self.tree, context.line, context.column)
+        return node if node is not None and node.type in ("funcdef", "classdef") else None
+
     def is_local_package(self, top: str) -> bool:
         """Whether an absolute import's first component lives in the project (else it is never followed)."""
         folders = [self.root] + [p for p in self.path.parents if p == self.root or self.root in p.parents]

@@ -1,9 +1,11 @@
 """The `imports` provider for Python (LANCE): the project definitions the current file imports, as stubs.
 
 jedi resolves each imported name on the unsaved buffer; the definitions it lands on inside the project are
-summarised (`python_stubs`) and ranked by how often the buffer uses the name. A name imported and not used
-anywhere in the buffer yet ranks first, where a file has only a few such names: it was imported for the code being
-written (the user imports, then writes the first use; an evaluation task's missing line is that use). Absolute
+summarised (`python_stubs`) and ranked by how often the function (or class) around the cursor uses the name, then
+the whole buffer: the code being written uses what its neighbours use (rich's `Traceback.__rich_console__` calls
+`loop_last` once, and the file annotates with `RenderResult` everywhere). A name imported and not used anywhere in
+the buffer yet ranks first, where a file has only a few such names: it was imported for the code being written (the
+user imports, then writes the first use; an evaluation task's missing line is that use). Absolute
 imports whose top-level package is not in the project are never followed, and anything resolving outside it is
 dropped.
 """
@@ -54,25 +56,29 @@ def _summary(a: Analysis, name, focus: Mapping[str, float] | None = None) -> tup
     return (text, rel, *span(node), short)
 
 
-def _scan(tree) -> tuple[list, Counter]:
-    """The buffer's import statements, and how often each name / dotted chain is used outside them."""
-    imports, uses = [], Counter()
+def _scan(tree, scope: tuple[int, int] | None = None) -> tuple[list, Counter, Counter]:
+    """The buffer's import statements, how often each name / dotted chain is used outside them, and how often
+    within the lines `scope` (first, last)."""
+    imports, uses, near = [], Counter(), Counter()
     all_leaves = leaves(tree)
     last = len(all_leaves) - 1
     for i, leaf in enumerate(all_leaves):
         if leaf.type == "keyword" and leaf.value == "import" and leaf.parent.type in ("import_name", "import_from"):
             imports.append(leaf.parent)
         elif leaf.type == "name" and not _in_import(leaf) and (i == 0 or all_leaves[i - 1].value != "."):
+            counters = (uses, near) if scope is not None and scope[0] <= leaf.start_pos[0] <= scope[1] else (uses,)
             chain = leaf.value
-            uses[chain] += 1
+            for counter in counters:
+                counter[chain] += 1
             j = i + 1  # the leaf after the chain so far
             for _ in range(4):
                 if j + 1 > last or all_leaves[j].value != "." or all_leaves[j + 1].type != "name":
                     break
                 chain += "." + all_leaves[j + 1].value
-                uses[chain] += 1
+                for counter in counters:
+                    counter[chain] += 1
                 j += 2
-    return imports, uses
+    return imports, uses, near
 
 
 def _in_import(leaf) -> bool:
@@ -178,10 +184,12 @@ def import_context(project_root: Path, path: Path, text: str, limit: int = 20,
     """The project definitions the current file imports, as summaries, the most used first. cursor: (1-based line,
     0-based column); the names a block holding it imports above it and has not used yet come first."""
     a = Analysis.open(project_root, path, text)
-    imports, uses = _scan(a.tree)
+    scope = a.scope_at(*cursor) if cursor else None
+    imports, uses, scope_uses = _scan(a.tree, span(scope) if scope is not None and scope is not a.tree else None)
     found: dict[tuple[str, int, int], tuple[float, int, ContextRecord]] = {}
     unused: set[tuple[str, int, int]] = set()
     near: set[tuple[str, int, int]] = set()  # imported just above the cursor, in its block, and not used since
+    used_here: dict[tuple[str, int, int], int] = {}  # uses in the function or class around the cursor
     focus = focus_names(text)  # (the whole file alike: these records stay put while the cursor moves)
     used_since: set[str] | None = None  # (of the import statement being resolved)
 
@@ -195,6 +203,8 @@ def import_context(project_root: Path, path: Path, text: str, limit: int = 20,
             unused.add(key)
         if used_since is not None and local and local.split(".")[0] not in used_since:
             near.add(key)
+        if local and scope_uses[local]:
+            used_here[key] = max(used_here.get(key, 0), scope_uses[local])
         if key not in found or found[key][0] < score:
             order = found[key][1] if key in found else len(found)
             found[key] = (score, order, ContextRecord(text_, rel, start, end, score, "imports", why, short))
@@ -206,6 +216,12 @@ def import_context(project_root: Path, path: Path, text: str, limit: int = 20,
         except Exception as e:  # a half-typed import statement costs its own records only
             log.debug("import at %s:%d not resolved: %s: %s", a.path, imp.start_pos[0], type(e).__name__, e)
 
+    # Used around the cursor: first, the most used there first, then by the file's uses (every score under `top`).
+    top = max((score for score, _, _ in found.values()), default=0.0) + 1.0
+    for key, n in used_here.items():
+        score, order, r = found[key]
+        score += top * n
+        found[key] = (score, order, replace(r, score=score, why=f"{r.why}, used {n}x around the cursor"))
     first = max((score for score, _, _ in found.values()), default=0.0) + 1.0
     if 0 < len(unused) <= MAX_UNUSED_FIRST:  # imported for the code being written: first
         for key in unused:

@@ -147,18 +147,6 @@ def _expected(a: Analysis, line: int, column: int, prefix: str, scope) -> tuple[
     return [], None, ""
 
 
-def _scope(a: Analysis, line: int, column: int):
-    """The buffer's funcdef/classdef/module node enclosing the cursor (jedi knows even in broken code)."""
-    try:
-        context = a.script.get_context(line, column)
-    except Exception:
-        return None
-    if context.type == "module":
-        return a.tree
-    node = definition_at(a.tree, context.line, context.column)
-    return node if node is not None and node.type in ("funcdef", "classdef") else None
-
-
 def _nested(leaf, scope) -> bool:
     """Whether a name lives in a scope nested inside `scope` (a nested def's own name does not)."""
     node = leaf.parent
@@ -362,7 +350,7 @@ def typed_hole_context(
     hole: list[str] = []
     wanted: list[tuple[tuple[Path, int, int], float, str]] = []
 
-    scope = _scope(a, line, column)
+    scope = a.scope_at(line, column)
     expected_lines, expected, why = _expected(a, line, column, prefix, scope)
     hole += expected_lines
     if expected is not None:

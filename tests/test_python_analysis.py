@@ -306,6 +306,27 @@ def test_names_a_block_imports_above_the_cursor_come_first_however_many_the_file
         assert records[0].score == 3.0 and "`Item`" in records[0].why  # (used twice)
 
 
+def test_names_the_function_around_the_cursor_uses_come_first(root):
+    """rich's `Traceback.__rich_console__` calls `loop_last` once, and the file annotates with `RenderResult`
+    everywhere: the function being written uses what it already uses."""
+    text = ("from shop.models import Inventory, Item, Store\n\n\n"
+            "def a(x: Item) -> Item:\n    return Item(x)\n\n\n"
+            "def b(x: Item) -> Item:\n    return Item(x)\n\n\n"
+            "def c(inv: Inventory):\n    s = Store('a')\n    \n    inv.restock(s)\n")
+    ranked = import_context(root, root / "main.py", text, cursor=(14, 4))  # in `c`, after its first line
+    assert [(r.why, r.score) for r in ranked] == [
+        ("imported as `Inventory` from shop.models (line 1), used 1x around the cursor", 2.0 + 8.0),
+        ("imported as `Store` from shop.models (line 1), used 1x around the cursor", 2.0 + 8.0),
+        ("imported as `Item` from shop.models (line 1)", 7.0)]  # six uses, none in `c`
+    in_a = import_context(root, root / "main.py", text, cursor=(5, 4))
+    assert [r.why for r in in_a][0] == "imported as `Item` from shop.models (line 1), used 3x around the cursor"
+    # At the module's level, or with no cursor: the file's uses alone.
+    for cursor in [(3, 0), None]:
+        assert [r.why for r in import_context(root, root / "main.py", text, cursor=cursor)] == [
+            "imported as `Item` from shop.models (line 1)", "imported as `Inventory` from shop.models (line 1)",
+            "imported as `Store` from shop.models (line 1)"], cursor
+
+
 def test_limit(root):
     assert len(import_context(root, root / "main.py", MAIN, limit=2)) == 2
 
@@ -521,7 +542,8 @@ def test_a_huge_buffer_reaches_jedi_as_a_view_and_records_keep_its_lines(root):
     assert records[0].why == "the hole at the cursor" and records[0].text.startswith("# receiver `s`: Store")
     assert (records[0].path, records[0].start_line) == ("big.py", line)  # the buffer's line, not the view's
     imports = slow_provider("imports", str(root), "big.py", text, line, col, None)
-    assert [(r.path, r.why) for r in imports] == [("shop/models.py", "imported as `Store` from shop.models (line 1)")]
+    assert [(r.path, r.why) for r in imports] == [
+        ("shop/models.py", "imported as `Store` from shop.models (line 1), used 1x around the cursor")]
 
 
 def test_a_large_module_is_analysed_whole_so_its_own_classes_resolve(root):
