@@ -38,6 +38,12 @@ class Dangling:
 
 
 _CLOSER_OF = {"(": ")", "[": "]", "{": "}"}
+# Tokens past the limit that may finish the word it cut: a completion never ends inside a name (`ColorType.TRUEC`).
+WORD_TAIL = 8
+
+
+def _word_char(c: str) -> bool:
+    return c.isalnum() or c == "_"
 
 
 def own_unclosed(line: str, start: int, comment: str | None = None, quotes: str = "'\"",
@@ -159,6 +165,7 @@ class Decoding:
         self.generated: list[int] = []
         self.text = ""
         self.reason = "max_tokens"
+        self.finishing = False  # past max_new, finishing the word the limit cut
         # Logits processors see the prompt and the tokens so far (transformers' signature).
         self.history = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device) if processors else None
 
@@ -194,6 +201,9 @@ class Decoding:
         if token in self.stop_ids:
             self.reason = "eos" if token == self.tokenizer.eos_token_id else "stop_token"
             return self.reason
+        if self.finishing and not (token < len(self.vocab.texts) and _word_char(self.vocab.texts[token][:1])):
+            self.reason = "max_tokens"  # the word was whole: the token after it is not kept
+            return self.reason
         self.generated.append(token)
         if self.history is not None:
             self.history = torch.cat([self.history, self.history.new_tensor([[token]])], dim=1)
@@ -208,9 +218,17 @@ class Decoding:
                 self.reason = why
                 return why
         if len(self.generated) >= self.max_new:
+            if (self.text[-1:] and _word_char(self.text[-1]) and not self.remaining_heal
+                    and len(self.generated) < self.max_new + WORD_TAIL):
+                self.finishing = True
+                return None
             self.reason = "max_tokens"
             return self.reason
         return None
+
+    def draft_room(self) -> int:
+        """How many draft tokens the limit leaves (none while finishing a word: each token is checked alone)."""
+        return max(0, self.max_new - len(self.generated))
 
     def stop(self, reason: str) -> None:
         """Ended from outside: cancelled, the time budget, the cache full."""

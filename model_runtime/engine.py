@@ -544,7 +544,7 @@ class Engine:
                 drafts = []
             room = self.slab.room()  # the token itself takes a row; drafts get what the slab has left
             room = speculate if room is None else room - 1
-            drafts = lookup.draft(min(speculate, state.max_new - len(generated), room)) if lookup is not None else []
+            drafts = lookup.draft(min(speculate, state.draft_room(), room)) if lookup is not None else []
             drafted += len(drafts)
             queue = self._step(token, drafts)
         t2 = time.perf_counter()

@@ -7,6 +7,7 @@ import threading
 import pytest
 import torch
 
+from repocomplete.model_runtime.decoding import WORD_TAIL
 from repocomplete.model_runtime.engine import CancelToken, CompletionRequest, Engine
 from repocomplete.model_runtime.static_decode import StaticDecoder
 from repocomplete.model_runtime.templates import PromptParts
@@ -68,6 +69,23 @@ def test_max_tokens(engine, tokenizer):
     words = ["one", "two", "three", "four", "five", "six", "seven"] * 6
     result = run(engine, "x = ", Script(tokenizer, " ".join(words)), max_new_tokens=5)
     assert (result.stop_reason, result.generated_tokens, result.text) == ("max_tokens", 5, "one two three four five")
+
+
+def test_the_limit_does_not_end_a_completion_inside_a_word(engine, tokenizer):
+    """A limit that falls inside a name lets the word finish (up to WORD_TAIL tokens more); the token after the
+    word is not kept."""
+    text = "x = ColorType.TRUECOLOR)"
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    pieces = [tokenizer.decode(ids[:n]) for n in range(1, len(ids) + 1)]
+    cut = next(n for n, piece in enumerate(pieces, start=1) if piece.startswith("x = ColorType.TR")
+               and not piece.endswith("TRUECOLOR"))  # the limit ends mid-name
+    result = run(engine, "y = ", Script(tokenizer, text), max_new_tokens=cut)
+    assert (result.text, result.stop_reason) == ("x = ColorType.TRUECOLOR", "max_tokens")
+    assert result.generated_tokens == pieces.index("x = ColorType.TRUECOLOR") + 1 > cut
+    long_name = "_".join(["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa"])
+    assert len(tokenizer.encode(long_name, add_special_tokens=False)) > 3 + WORD_TAIL
+    result = run(engine, "y = ", Script(tokenizer, long_name + " + 1"), max_new_tokens=3)
+    assert (result.stop_reason, result.generated_tokens) == ("max_tokens", 3 + WORD_TAIL)  # the tail is bounded
 
 
 def test_a_loop_ends_the_completion_at_its_first_copy(engine, tokenizer, tiny_loaded):
@@ -378,17 +396,18 @@ def test_every_special_token_stops(engine, tokenizer):
         result = run(engine, "y = ", Weights({x: 0.3, token: 0.4}))
         assert (result.text, result.stop_reason, result.generated_tokens) == ("", "stop_token", 0), special
         assert token in engine.stop_ids
-    result = run(engine, "y = ", Weights({x: 0.5, tokenizer.convert_tokens_to_ids("<gh_stars>"): 0.4}),
+    comma = tokenizer.encode(",", add_special_tokens=False)[0]
+    result = run(engine, "y = ", Weights({comma: 0.5, tokenizer.convert_tokens_to_ids("<gh_stars>"): 0.4}),
                  max_new_tokens=3)
-    assert (result.text, result.stop_reason) == ("xxx", "max_tokens")
+    assert (result.text, result.stop_reason) == (",,,", "max_tokens")
 
 
 def test_control_character_tokens_are_never_written(engine, tokenizer):
     """A NUL byte (the shipped adapter wrote `wait()\\x00from __future__:`) or an escape is no source code."""
     nul, esc = (tokenizer.encode(c, add_special_tokens=False)[0] for c in ("\x00", "\x1b"))
-    x = tokenizer.encode("x", add_special_tokens=False)[0]
-    result = run(engine, "y = ", Weights({nul: 0.5, esc: 0.3, x: 0.2}), max_new_tokens=2)
-    assert result.text == "xx"
+    plus = tokenizer.encode("+", add_special_tokens=False)[0]
+    result = run(engine, "y = ", Weights({nul: 0.5, esc: 0.3, plus: 0.2}), max_new_tokens=2)
+    assert result.text == "++"
 
 
 def test_own_unclosed_counts_the_completion_s_brackets_outside_strings_and_comments():
