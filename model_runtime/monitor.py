@@ -22,8 +22,9 @@ A monitor may also say where a call must not be closed yet (`closing`: a require
 guide asks it when the model's first choice closes a bracket (`)`, `),`) or writes an empty call (`()`, `():`,
 asked as if the `(` were written), and refuses those tokens under the same yield rules; and where a name that starts
 an argument is no keyword of the call (`keyword`): the guide asks it when the model's first choice is that name's
-`=`, and refuses the tokens that write it or go on with the name (the constraint's span is the name's: where the
-args monitor yielded the name, this rule yields too).
+`=` (or becomes it once the arity rule refused a close, and the other way round), and refuses the tokens that
+write it or go on with the name (the constraint's span is the name's: where the args monitor yielded the name, this
+rule yields too).
 
 `Guide` applies the monitors of one request on top of the healing mask. The yield rules: if a constraint leaves no
 token, or, at the identifier's first constrained step, the tokens it allows hold less than `MIN_ALLOWED_MASS` of
@@ -292,32 +293,45 @@ class Guide:
                     if c is not None and not c.free_other:
                         logits = self._mask(logits, monitor, c, self.names.after_dot(c))
             else:
-                refused, empty = self._closing_tokens(top, logits.shape[-1])
-                if refused is not None:
-                    # The model closes a call (or writes an empty one, or ends where the closing rule would close
-                    # it): the arity rule, asked as if the `(` of an empty call were written.
-                    for monitor in self.monitors:
-                        closing = getattr(monitor, "closing", None)
-                        if closing is None:
-                            continue
-                        c = closing(self.before, generated + ("(" if empty else ""))
-                        if c is None and empty and (self.before + generated).endswith("("):
-                            # `f(` then `()`: an empty tuple where the call needs its argument is the empty call
-                            # the rule refused a step before, written in two tokens
-                            c = closing(self.before, generated)
-                        if c is not None:
-                            logits = self._mask(logits, monitor, c, ~refused)
-                elif top in self.names.assign_ids:
-                    # The model makes the name before it a keyword (`=`): the keyword rule. The name ends there
-                    # (the model meant it whole): no `=`, and no token that would go on with it into another name.
-                    for monitor in self.monitors:
-                        keyword = getattr(monitor, "keyword", None)
-                        c = keyword(self.before, generated) if keyword is not None else None
-                        if c is not None:
-                            logits = self._mask(logits, monitor, c, ~(self.names.assign_led | self.names.word_led))
+                logits = self._call_rules(logits, generated, top)
             return logits
         finally:
             self.ms += (time.perf_counter() - t0) * 1000
+
+    def _call_rules(self, logits: torch.Tensor, generated: str, top: int) -> torch.Tensor:
+        """The arity rule where the model's choice `top` closes a call, the keyword rule where it is a `=` after a
+        name; each at most once, on what the other leaves (`ConsoleOptions(options` then `))`: the close refused, the
+        `=` the model writes instead is judged as its own choice)."""
+        asked: set[str] = set()
+        while True:
+            refused, empty = self._closing_tokens(top, logits.shape[-1])
+            if refused is not None and "closing" not in asked:
+                asked.add("closing")
+                # The model closes a call (or writes an empty one, or ends where the closing rule would close it):
+                # the arity rule, asked as if the `(` of an empty call were written.
+                for monitor in self.monitors:
+                    closing = getattr(monitor, "closing", None)
+                    if closing is None:
+                        continue
+                    c = closing(self.before, generated + ("(" if empty else ""))
+                    if c is None and empty and (self.before + generated).endswith("("):
+                        # `f(` then `()`: an empty tuple where the call needs its argument is the empty call the
+                        # rule refused a step before, written in two tokens
+                        c = closing(self.before, generated)
+                    if c is not None:
+                        logits = self._mask(logits, monitor, c, ~refused)
+            elif refused is None and top in self.names.assign_ids and "keyword" not in asked:
+                asked.add("keyword")
+                # The model makes the name before it a keyword (`=`): the keyword rule. The name ends there (the
+                # model meant it whole): no `=`, and no token that would go on with it into another name.
+                for monitor in self.monitors:
+                    keyword = getattr(monitor, "keyword", None)
+                    c = keyword(self.before, generated) if keyword is not None else None
+                    if c is not None:
+                        logits = self._mask(logits, monitor, c, ~(self.names.assign_led | self.names.word_led))
+            else:
+                return logits
+            top = int(torch.argmax(logits))
 
     def _closing_tokens(self, top: int, n: int) -> tuple[torch.Tensor | None, bool]:
         """The tokens the arity rule refuses where the model's choice `top` closes a call, and whether that choice

@@ -512,6 +512,24 @@ def test_the_guide_refuses_the_equals_sign_that_would_make_a_name_a_keyword_the_
     assert token == "=" and [s.yielded for s in guide.spans.values()] == ["the allowed names are a guess"]
 
 
+def test_the_keyword_rule_judges_the_token_the_arity_rule_leaves(vocab):
+    """rich's `ConsoleOptions(options` then `))`: the arity rule refuses the close (required parameters are
+    missing), and the model's next choice, `=`, would make `options` a keyword the dataclass does not take."""
+    from repocomplete.monitors import python_monitors
+
+    params = (Param("host", "POSITIONAL_OR_KEYWORD", required=True), Param("port", "POSITIONAL_OR_KEYWORD", required=True))
+    connect = {"scope": SCOPE, "args": Facts("args", None, "connect", (Signature("connect", params),))}
+    before = "    connect("
+    monitors = python_monitors(FakeAnalyst(connect), "main.py", before + "\n", len(before), ("scope", "args"), None)
+    for m in monitors:
+        m.session.window_prefix_len = len(before)
+    token, guide = step_all(vocab, {")": 6.0, "=": 5.0, ",": 4.0}, monitors, before, "options")
+    assert token == ","
+    assert sorted(s.what for s in guide.spans.values()) == ["`connect` needs `port`", "`connect` takes no `options=`"]
+    assert step_all(vocab, {")": 6.0, "=": 5.0, ",": 4.0}, monitors, before, "host")[0] == "="  # its keyword
+    assert step_all(vocab, {"=": 6.0, ")": 5.0, ",": 4.0}, monitors, before, "options")[0] == ","  # (as before)
+
+
 def step_all(vocab, prefs, monitors, before, generated, ends=None):
     ids = {t: i for i, t in enumerate(vocab.texts) if t}
     logits = torch.full((len(vocab.texts),), -8.0)
