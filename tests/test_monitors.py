@@ -517,7 +517,7 @@ def test_the_keyword_rule_judges_the_token_the_arity_rule_leaves(vocab):
     missing), and the model's next choice, `=`, would make `options` a keyword the dataclass does not take."""
     from repocomplete.monitors import python_monitors
 
-    params = (Param("host", "POSITIONAL_OR_KEYWORD", required=True), Param("port", "POSITIONAL_OR_KEYWORD", required=True))
+    params = tuple(Param(name, "POSITIONAL_OR_KEYWORD", required=True) for name in ("host", "port"))
     connect = {"scope": SCOPE, "args": Facts("args", None, "connect", (Signature("connect", params),))}
     before = "    connect("
     monitors = python_monitors(FakeAnalyst(connect), "main.py", before + "\n", len(before), ("scope", "args"), None)
