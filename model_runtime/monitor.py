@@ -303,10 +303,12 @@ class Guide:
         name; each at most once, on what the other leaves (`ConsoleOptions(options` then `))`: the close refused, the
         `=` the model writes instead is judged as its own choice)."""
         asked: set[str] = set()
+        unclosed: tuple[torch.Tensor, list[Span]] | None = None  # the logits before the arity rule, its spans
         while True:
             refused, empty = self._closing_tokens(top, logits.shape[-1])
             if refused is not None and "closing" not in asked:
                 asked.add("closing")
+                unclosed = (logits, [])
                 # The model closes a call (or writes an empty one, or ends where the closing rule would close it):
                 # the arity rule, asked as if the `(` of an empty call were written.
                 for monitor in self.monitors:
@@ -320,15 +322,26 @@ class Guide:
                         c = closing(self.before, generated)
                     if c is not None:
                         logits = self._mask(logits, monitor, c, ~refused)
+                        unclosed[1].append(self.spans[(c.monitor or monitor.name, c.start)])
             elif refused is None and top in self.names.assign_ids and "keyword" not in asked:
                 asked.add("keyword")
                 # The model makes the name before it a keyword (`=`): the keyword rule. The name ends there (the
                 # model meant it whole): no `=`, and no token that would go on with it into another name.
+                refuse = ~(self.names.assign_led | self.names.word_led)
                 for monitor in self.monitors:
                     keyword = getattr(monitor, "keyword", None)
                     c = keyword(self.before, generated) if keyword is not None else None
-                    if c is not None:
-                        logits = self._mask(logits, monitor, c, ~(self.names.assign_led | self.names.word_led))
+                    if c is None:
+                        continue
+                    masked = self._mask(logits, monitor, c, refuse)
+                    if masked is not logits and unclosed is not None and not all(s.yielded for s in unclosed[1]):
+                        # The close was refused and the keyword the model wrote instead is refused too: it has no
+                        # argument to give (`ConsoleOptions(options` went on `options.max_width, options.max_height,
+                        # ...` to the token limit). The arity rule yields; the keyword rule stands.
+                        for span in unclosed[1]:
+                            span.yielded = "no argument the model would write"
+                        masked = self._mask(unclosed[0], monitor, c, refuse)
+                    logits = masked
             else:
                 return logits
             top = int(torch.argmax(logits))
