@@ -26,6 +26,11 @@ an argument is no keyword of the call (`keyword`): the guide asks it when the mo
 write it or go on with the name (the constraint's span is the name's: where the args monitor yielded the name, this
 rule yields too).
 
+A monitor may also refuse a name (`refusal`): asked where the model's choice would write one, it names what may not
+be written there (the scope monitor: `self` or `cls` where nothing binds them, a classmethod's `self`), and the guide
+masks the tokens that would complete it, under the same yield rules, except that what the model writes in its place
+need not be a name.
+
 `Guide` applies the monitors of one request on top of the healing mask. The yield rules: if a constraint leaves no
 token, or, at the identifier's first constrained step, the tokens it allows hold less than `MIN_ALLOWED_MASS` of
 the (healed) distribution, the monitor yields that span (the identifier starting there is not constrained at all,
@@ -71,6 +76,7 @@ class Constraint:
     free_glued: bool = False  # (with skip_space) a token with no leading space is allowed while nothing is written:
     # it continues the word before the site (`return` + `_code`), which is then no keyword and the site no site
     assign: tuple[str, ...] = ()  # names (of `names`) written only as keywords: once whole, `=` must follow
+    refuse: bool = False  # `names` are refused, not allowed (`Monitor.refusal`): a name nothing binds
 
 
 class Monitor(Protocol):
@@ -80,6 +86,8 @@ class Monitor(Protocol):
 
     # Optional: `keyword(before, generated) -> Constraint | None`, a constraint (its names unused) where the name the
     # text ends with may not be followed by a keyword argument's `=`.
+    # Optional: `refusal(before, generated, token) -> Constraint | None`, where the model's choice `token` would
+    # write (more of) a name the constraint's names refuse: the tokens that complete one of them are masked.
     # Optional: `closing(before, generated) -> Constraint | None`, a constraint (its names unused) where the call
     # open at the end of before + generated must not be closed yet.
 
@@ -110,6 +118,7 @@ class NameMask:
 
     def __init__(self, texts: Sequence[str]):
         self.size = len(texts)
+        self.texts = list(texts)
         self.whole: dict[str, list[int]] = {}
         self.cont: dict[str, list[int]] = {}
         self.sp_whole: dict[str, list[int]] = {}
@@ -190,6 +199,28 @@ class NameMask:
         for n in c.names:
             ids += self.dot_cont.get(n, ())
         mask = ~self.dot_led
+        if ids:
+            mask[torch.tensor(ids, dtype=torch.long)] = True
+        self._cache[key] = mask
+        if len(self._cache) > MASK_CACHE:
+            self._cache.popitem(last=False)
+        return mask
+
+    def refusing(self, c: Constraint) -> torch.Tensor:
+        """A bool tensor over the vocabulary: the tokens that would complete one of `c.names` after `c.partial`
+        (the rest of the name as the token's whole leading word, after spaces where nothing is written yet)."""
+        key = ("refuse", c.names, c.partial)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        ids: list[int] = []
+        for n in c.names:
+            rest = n[len(c.partial):] if n.startswith(c.partial) else ""
+            if not rest:
+                continue
+            for group in (self.whole, self.cont) + ((self.sp_whole, self.sp_cont) if not c.partial else ()):
+                ids += group.get(rest, ())
+        mask = torch.zeros(self.size, dtype=torch.bool)
         if ids:
             mask[torch.tensor(ids, dtype=torch.long)] = True
         self._cache[key] = mask
@@ -284,9 +315,24 @@ class Guide:
                 c = monitor.constraint(self.before, generated)
                 if c is not None:
                     logits = self._mask(logits, monitor, c, self.names.allowed(c))
+            top = int(torch.argmax(logits))
+            refused: set[tuple[str, ...]] = set()
+            while top < self.names.size and (self.names.name_start[top] or self.names.word_led[top]):
+                # The model writes (more of) a name: a monitor may refuse it where it would be a name nothing binds
+                # (`self` in a classmethod, where the scope monitor is silent: a call's first argument); the
+                # model's next choice is asked in turn (`cls`, in a plain function).
+                was = top
+                for monitor in self.monitors:
+                    refusal = getattr(monitor, "refusal", None)
+                    c = refusal(self.before, generated, self.names.texts[top]) if refusal is not None else None
+                    if c is not None and c.names not in refused:
+                        refused.add(c.names)
+                        logits = self._mask(logits, monitor, c, ~self.names.refusing(c))
+                top = int(torch.argmax(logits))
+                if top == was:
+                    break
             # A token that merges a dot with a member (`.get`) starts an identifier without a step at the dot: when
             # the model's choice is such a token, the monitors are asked as if the dot were written.
-            top = int(torch.argmax(logits))
             if top < self.names.size and self.names.dot_led[top]:
                 for monitor in self.monitors:
                     c = monitor.constraint(self.before, generated + ".")
@@ -441,7 +487,8 @@ class Guide:
             if float(probs[allowed].sum()) < float(probs[top]):
                 return "the model's name is not allowed"
             return ""
-        if top < names.size and names.name_start[top]:
+        if top < names.size and names.name_start[top] and not c.refuse:
+            # (a refused name is an error, not a guess: what the model writes in its place need not be a name)
             best = int(torch.argmax(masked))
             if best >= names.size or not names.name_start[best]:
                 return "no allowed name in the model's place"

@@ -38,6 +38,9 @@ MONITORS = MONITOR_KINDS
 # Keywords that may start an expression: always allowed where a name in scope is.
 EXPRESSION_KEYWORDS = ("False", "None", "True", "await", "lambda", "not", "yield")
 _IDENT = re.compile(r"[^\W\d]\w*")
+# A method's first parameter by convention: read where nothing binds it, a NameError, and never a new name a
+# comprehension or an assignment binds.
+RECEIVERS = frozenset({"self", "cls"})
 _OPERATOR_END = re.compile(r"(?:[-+*/%&|^~<>@=]|\*\*|//|==|!=|<=|>=|<<|>>|->)$")
 _EXPR_KEYWORD_END = re.compile(r"(?:^|[^\w.])(return|yield|await|not|and|or|in|is|if|else|assert|raise|except|with|"
                                r"from|print)$")
@@ -561,6 +564,42 @@ class Session:
         return Constraint((), "", at, "args", f"`{facts.what}` takes no `{name}=`")
 
 
+    def unbound_receiver(self, before: str, generated: str, token: str) -> Constraint | None:
+        """Where the model's next token would write `self` or `cls` (whole, or the rest of it) as a name read in code
+        and the scope binds it not (a classmethod's `self`, a function's): a constraint refusing it, wherever the
+        scope monitor is silent too (a call's first argument, a statement's start: a comprehension or an assignment
+        may bind a new name there, but never by these names). Silent in parameter lists and other definitions,
+        after a dot, in strings and comments, for a name the user began typing, and where the scope is unknown."""
+        base, state = self._base(before)
+        text = base + generated
+        p = len(text)
+        while p > 0 and _word_char(text[p - 1]):
+            p -= 1
+        partial = text[p:]
+        word = token if partial else token.lstrip(" ")
+        k = 0
+        while k < len(word) and _word_char(word[k]):
+            k += 1
+        written = partial + word[:k]
+        if not k or written not in RECEIVERS or (p > 0 and text[p - 1] == "."):
+            return None
+        if partial and p < len(self.buffer_before):
+            return None  # the user began it
+        if written in _identifiers(text[min(self._prompt_len or 0, p):p]):
+            return None  # the completion wrote it before (a method it defines: `def f(self):`)
+        st = scan(state.copy(), text, p) if p >= state.pos else scan_head(text, p)
+        if st.quote or st.comment:
+            return None
+        logical = text[st.line_start:p]
+        if _DEFINING_START.match(logical) or re.search(r"\b(?:lambda|as|for)\b", logical):
+            return None  # parameters, names being defined (`for self in`, `as cls`: legal, if odd)
+        names = self.scope_names()
+        if names is None or written in names:
+            return None
+        return Constraint((written,), partial, self._engine_offset(p, before), "scope",
+                          f"`{written}` is not bound here", skip_space=not partial, refuse=True)
+
+
 class PythonMonitor:
     """One monitor kind over a shared session (the engine asks each in turn)."""
 
@@ -574,6 +613,10 @@ class PythonMonitor:
     def closing(self, before: str, generated: str) -> Constraint | None:
         """The args monitor's arity rule (`Guide`: asked where the model's choice closes a call)."""
         return self.session.missing_argument(before, generated) if self.name == "args" else None
+
+    def refusal(self, before: str, generated: str, token: str) -> Constraint | None:
+        """The scope monitor's receiver rule (`Guide`: asked where the model's choice writes a name)."""
+        return self.session.unbound_receiver(before, generated, token) if self.name == "scope" else None
 
     def keyword(self, before: str, generated: str) -> Constraint | None:
         """The args monitor's keyword rule (`Guide`: asked where the model's choice is a `=` after a name)."""

@@ -535,6 +535,54 @@ def test_the_keyword_rule_judges_the_token_the_arity_rule_leaves(vocab):
     assert step_all(vocab, {"=": 6.0, ",": 5.0, ")": 4.0}, monitors, before, "options")[0] == ","  # (as before)
 
 
+def unbound(before: str, generated: str, token: str, scope: Facts = SCOPE):
+    session = Session(FakeAnalyst({"scope": scope}), "main.py", before + "\n", len(before), ("scope",), None)
+    session.window_prefix_len = len(before)
+    return session.unbound_receiver(before, generated, token)
+
+
+def test_self_and_cls_are_refused_where_nothing_binds_them():
+    """rich's `Color.default(cls)` wrote `ColorTriplet(int(self.type...`: a call's first argument, where the scope
+    monitor is silent (a generator expression may bind a new name there, never `self`)."""
+    c = unbound("    return cls.make(int(", "", "self")
+    assert (c.monitor, c.names, c.partial, c.start, c.skip_space, c.refuse, c.what) == (
+        "scope", ("self",), "", len("    return cls.make(int("), True, True, "`self` is not bound here")
+    assert unbound("    return cls.make(int(", "", " self").names == ("self",)  # with its space
+    assert unbound("    return cls.make(int(", "se", "lf.").partial == "se"  # the rest of it
+    assert unbound("    ", "", "self").names == ("self",)  # a statement's start (an assignment target elsewhere)
+    assert unbound("    x = f(", "", "cls").names == ("cls",)
+    bound = Facts("scope", ("cls", "self"))
+    assert unbound("    return f(", "", "self", bound) is None  # a method's `self`
+    assert unbound("    return f(", "", "self", Facts("scope")) is None  # the scope unknown: silent
+    assert unbound("    return f(", "", "selfish") is None and unbound("    return f(", "", "se") is None
+    assert unbound("    return f(x.", "", "self") is None  # a member
+    assert unbound("    s = '", "", "self") is None and unbound("    # ", "", "self") is None
+    assert unbound("    def g(", "", "self") is None and unbound("    f = lambda ", "", "self") is None  # parameters
+    assert unbound("    return f(", "", "self") is not None
+    assert unbound("    return f(se", "", "lf") is None  # the user began it
+    assert unbound("    ", "def g(self):\n        return f(", "self") is None  # the completion bound it
+
+
+def test_the_guide_refuses_an_unbound_self_and_keeps_the_rest(vocab):
+    from repocomplete.monitors import python_monitors
+
+    before = "        return cls.make(int("
+    monitors = python_monitors(FakeAnalyst({"scope": SCOPE}), "main.py", before + "\n", len(before), ("scope",),
+                               None)
+    monitors[0].session.window_prefix_len = len(before)
+    token, guide = step_all(vocab, {"self": 6.0, "cls": 5.0, "u": 2.0}, monitors, before, "")
+    assert token == "u"  # `cls` is not bound in this scope either
+    token, guide = step_all(vocab, {"self": 6.0, "u": 5.0}, monitors, before, "")
+    (span,) = guide.spans.values()
+    assert token == "u" and (span.monitor, span.redirected, span.what) == ("scope", True, "`self` is not bound here")
+    assert step_all(vocab, {"lf": 6.0, "lect": 5.0}, monitors, before, "se")[0] == "lect"  # `select`: any other name
+    assert step_all(vocab, {"x": 6.0, "self": 5.0}, monitors, before, "")[0] == "x"  # not asked: the model's own
+    assert step_all(vocab, {"self": 6.0, ")": 5.0}, monitors, before, "")[0] == ")"  # in its place: not a name
+    # the model sure of `self` (the rest under MIN_SWAP_MASS): the monitor yields
+    token, guide = step_all(vocab, {"self": 14.0, "u": 2.0}, monitors, before, "")
+    assert token == "self" and [s.yielded for s in guide.spans.values()] == ["the allowed names are a guess"]
+
+
 def step_all(vocab, prefs, monitors, before, generated, ends=None):
     ids = {t: i for i, t in enumerate(vocab.texts) if t}
     logits = torch.full((len(vocab.texts),), -8.0)
