@@ -198,7 +198,10 @@ class NameMask:
             ids += self.dot_whole.get(p, ())
         for n in c.names:
             ids += self.dot_cont.get(n, ())
-        mask = ~self.dot_led
+        return self._keep(key, ~self.dot_led, ids)
+
+    def _keep(self, key: tuple, mask: torch.Tensor, ids: list[int]) -> torch.Tensor:
+        """`mask` with the tokens `ids` set, cached under `key` (the least recently used dropped past MASK_CACHE)."""
         if ids:
             mask[torch.tensor(ids, dtype=torch.long)] = True
         self._cache[key] = mask
@@ -220,13 +223,7 @@ class NameMask:
                 continue
             for group in (self.whole, self.cont) + ((self.sp_whole, self.sp_cont) if not c.partial else ()):
                 ids += group.get(rest, ())
-        mask = torch.zeros(self.size, dtype=torch.bool)
-        if ids:
-            mask[torch.tensor(ids, dtype=torch.long)] = True
-        self._cache[key] = mask
-        if len(self._cache) > MASK_CACHE:
-            self._cache.popitem(last=False)
-        return mask
+        return self._keep(key, torch.zeros(self.size, dtype=torch.bool), ids)
 
     def allowed(self, c: Constraint) -> torch.Tensor:
         """A bool tensor over the vocabulary: the tokens `c` allows."""
@@ -262,14 +259,9 @@ class NameMask:
             if spaced:
                 ids += (self.sp_cont_assign if r in assign else self.sp_cont).get(r, ())
         mask = base.clone() if base is not None else torch.zeros(self.size, dtype=torch.bool)
-        if ids:
-            mask[torch.tensor(ids, dtype=torch.long)] = True
         if c.free_glued and not c.partial:
             mask |= self.word_led
-        self._cache[key] = mask
-        if len(self._cache) > MASK_CACHE:
-            self._cache.popitem(last=False)
-        return mask
+        return self._keep(key, mask, ids)
 
 
 @dataclass

@@ -515,14 +515,10 @@ def test_the_guide_refuses_the_equals_sign_that_would_make_a_name_a_keyword_the_
 def test_the_keyword_rule_judges_the_token_the_arity_rule_leaves(vocab):
     """rich's `ConsoleOptions(options` then `))`: the arity rule refuses the close (required parameters are
     missing), and the model's next choice, `=`, would make `options` a keyword the dataclass does not take."""
-    from repocomplete.monitors import python_monitors
-
     params = tuple(Param(name, "POSITIONAL_OR_KEYWORD", required=True) for name in ("host", "port"))
-    connect = {"scope": SCOPE, "args": Facts("args", None, "connect", (Signature("connect", params),))}
     before = "    connect("
-    monitors = python_monitors(FakeAnalyst(connect), "main.py", before + "\n", len(before), ("scope", "args"), None)
-    for m in monitors:
-        m.session.window_prefix_len = len(before)
+    monitors = guided({"scope": SCOPE, "args": Facts("args", None, "connect", (Signature("connect", params),))},
+                      before, ("scope", "args"))
     # The model would close the call, then make `options` a keyword: it has no argument to give for `port` (left
     # alone, rich's went on `options.max_width, options.max_height, ...` to the token limit). The arity rule yields,
     # the keyword rule stands: the close is the model's.
@@ -564,12 +560,8 @@ def test_self_and_cls_are_refused_where_nothing_binds_them():
 
 
 def test_the_guide_refuses_an_unbound_self_and_keeps_the_rest(vocab):
-    from repocomplete.monitors import python_monitors
-
     before = "        return cls.make(int("
-    monitors = python_monitors(FakeAnalyst({"scope": SCOPE}), "main.py", before + "\n", len(before), ("scope",),
-                               None)
-    monitors[0].session.window_prefix_len = len(before)
+    monitors = guided({"scope": SCOPE}, before, ("scope",))
     token, guide = step_all(vocab, {"self": 6.0, "cls": 5.0, "u": 2.0}, monitors, before, "")
     assert token == "u"  # `cls` is not bound in this scope either
     token, guide = step_all(vocab, {"self": 6.0, "u": 5.0}, monitors, before, "")
@@ -581,6 +573,16 @@ def test_the_guide_refuses_an_unbound_self_and_keeps_the_rest(vocab):
     # the model sure of `self` (the rest under MIN_SWAP_MASS): the monitor yields
     token, guide = step_all(vocab, {"self": 14.0, "u": 2.0}, monitors, before, "")
     assert token == "self" and [s.yielded for s in guide.spans.values()] == ["the allowed names are a guess"]
+
+
+def guided(facts: dict, before: str, kinds: tuple[str, ...]) -> list:
+    """The monitors of a completion at the end of `before` (the analysis answering `facts`)."""
+    from repocomplete.monitors import python_monitors
+
+    monitors = python_monitors(FakeAnalyst(facts), "main.py", before + "\n", len(before), kinds, None)
+    for m in monitors:
+        m.session.window_prefix_len = len(before)
+    return monitors
 
 
 def step_all(vocab, prefs, monitors, before, generated, ends=None):
