@@ -172,6 +172,7 @@ class NameMask:
         self.closing_ids = frozenset(self.closes.nonzero().flatten().tolist())  # (a step's test is a set lookup)
         self.empty_call_ids = frozenset(self.empty_call.nonzero().flatten().tolist())
         self.assign_ids = frozenset(self.assign_led.nonzero().flatten().tolist())
+        self.name_ids = frozenset((self.name_start | self.word_led).nonzero().flatten().tolist())  # (more of) a name
         self._cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
 
     @classmethod
@@ -309,7 +310,7 @@ class Guide:
                     logits = self._mask(logits, monitor, c, self.names.allowed(c))
             top = int(torch.argmax(logits))
             refused: set[tuple[str, ...]] = set()
-            while top < self.names.size and (self.names.name_start[top] or self.names.word_led[top]):
+            while top in self.names.name_ids:
                 # The model writes (more of) a name: a monitor may refuse it where it would be a name nothing binds
                 # (`self` in a classmethod, where the scope monitor is silent: a call's first argument); the
                 # model's next choice is asked in turn (`cls`, in a plain function).

@@ -571,17 +571,22 @@ class Session:
         may bind a new name there, but never by these names). Silent in parameter lists and other definitions,
         after a dot, in strings and comments, for a name the user began typing, and where the scope is unknown."""
         base, state = self._base(before)
-        text = base + generated
-        p = len(text)
-        while p > 0 and _word_char(text[p - 1]):
+        # (asked at most steps: what the name would be is found from the text's last characters alone)
+        end = base[-8:] + generated if len(generated) < 8 else generated
+        p = len(end)
+        while p > 0 and _word_char(end[p - 1]):
             p -= 1
-        partial = text[p:]
+        partial = end[p:]
         word = token if partial else token.lstrip(" ")
         k = 0
         while k < len(word) and _word_char(word[k]):
             k += 1
         written = partial + word[:k]
-        if not k or written not in RECEIVERS or (p > 0 and text[p - 1] == "."):
+        if not k or written not in RECEIVERS:
+            return None
+        text = base + generated
+        p = len(text) - len(partial)
+        if p > 0 and text[p - 1] == ".":
             return None
         if partial and p < len(self.buffer_before):
             return None  # the user began it
