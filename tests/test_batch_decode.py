@@ -141,8 +141,11 @@ def test_three_candidates_are_distinct_and_the_first_is_complete(tiny_loaded, ti
     got = engine.complete_candidates(request)
     assert got[0].text == expected.text and got[0].raw_text == expected.raw_text
     assert len(got) == 3 and len({c.text for c in got}) == 3 and all(c.text for c in got[1:])
-    # Seeded: the same candidates again (the lockstep batch and the one-by-one fallback alike).
-    assert [c.text for c in engine.complete_candidates(request)] == [c.text for c in got]
+    # Again (the prompt now in the prefix cache: the lockstep batch or the one-by-one fallback): the greedy first is
+    # the same; the samples are seeded, but on this random model's flat distribution they move with the logits' last
+    # bits (a cached prefill, the thread count under load), so only what they promise is checked.
+    again = engine.complete_candidates(request)
+    assert again[0].text == got[0].text and len({c.text for c in again}) == 3 and all(c.text for c in again)
 
 
 def test_grouped_batch_equals_complete_one_by_one_in_order(tiny_loaded, config, monkeypatch):
