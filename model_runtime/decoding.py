@@ -11,6 +11,7 @@ import re
 from collections.abc import Sequence
 
 import torch
+from repocomplete.model_runtime.healing import _is_word_char
 from repocomplete.model_runtime.stopping import StopRules, final_text
 
 
@@ -40,10 +41,6 @@ class Dangling:
 _CLOSER_OF = {"(": ")", "[": "]", "{": "}"}
 # Tokens past the limit that may finish the word it cut: a completion never ends inside a name (`ColorType.TRUEC`).
 WORD_TAIL = 8
-
-
-def _word_char(c: str) -> bool:
-    return c.isalnum() or c == "_"
 
 
 def own_unclosed(line: str, start: int, comment: str | None = None, quotes: str = "'\"",
@@ -201,7 +198,7 @@ class Decoding:
         if token in self.stop_ids:
             self.reason = "eos" if token == self.tokenizer.eos_token_id else "stop_token"
             return self.reason
-        if self.finishing and not (token < len(self.vocab.texts) and _word_char(self.vocab.texts[token][:1])):
+        if self.finishing and not (token < len(self.vocab.texts) and _is_word_char(self.vocab.texts[token][:1])):
             self.reason = "max_tokens"  # the word was whole: the token after it is not kept
             return self.reason
         self.generated.append(token)
@@ -218,7 +215,7 @@ class Decoding:
                 self.reason = why
                 return why
         if len(self.generated) >= self.max_new:
-            if (self.text[-1:] and _word_char(self.text[-1]) and not self.remaining_heal
+            if (self.text[-1:] and _is_word_char(self.text[-1]) and not self.remaining_heal
                     and len(self.generated) < self.max_new + WORD_TAIL):
                 self.finishing = True
                 return None

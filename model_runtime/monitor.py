@@ -314,16 +314,16 @@ class Guide:
                 # The model writes (more of) a name: a monitor may refuse it where it would be a name nothing binds
                 # (`self` in a classmethod, where the scope monitor is silent: a call's first argument); the
                 # model's next choice is asked in turn (`cls`, in a plain function).
-                was = top
+                asked = len(refused)
                 for monitor in self.monitors:
                     refusal = getattr(monitor, "refusal", None)
                     c = refusal(self.before, generated, self.names.texts[top]) if refusal is not None else None
                     if c is not None and c.names not in refused:
                         refused.add(c.names)
                         logits = self._mask(logits, monitor, c, ~self.names.refusing(c))
+                if len(refused) == asked:
+                    break  # nothing refused: the model's choice stands (no second argmax on the common step)
                 top = int(torch.argmax(logits))
-                if top == was:
-                    break
             # A token that merges a dot with a member (`.get`) starts an identifier without a step at the dot: when
             # the model's choice is such a token, the monitors are asked as if the dot were written.
             if top < self.names.size and self.names.dot_led[top]:

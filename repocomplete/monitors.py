@@ -563,7 +563,6 @@ class Session:
         at = self._engine_offset(start, before)
         return Constraint((), "", at, "args", f"`{facts.what}` takes no `{name}=`")
 
-
     def unbound_receiver(self, before: str, generated: str, token: str) -> Constraint | None:
         """Where the model's next token would write `self` or `cls` (whole, or the rest of it) as a name read in code
         and the scope binds it not (a classmethod's `self`, a function's): a constraint refusing it, wherever the
