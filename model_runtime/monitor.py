@@ -77,6 +77,7 @@ class Constraint:
     # it continues the word before the site (`return` + `_code`), which is then no keyword and the site no site
     assign: tuple[str, ...] = ()  # names (of `names`) written only as keywords: once whole, `=` must follow
     refuse: bool = False  # `names` are refused, not allowed (`Monitor.refusal`): a name nothing binds
+    close: bool = False  # no argument may start here (the call takes no more): only its close, or blanks, follow
 
 
 class Monitor(Protocol):
@@ -143,6 +144,7 @@ class NameMask:
         self.free, self.free_sp, self.ends = free, free_sp, ends
         self.word_led = torch.tensor([bool(t) and _word(t[0]) for t in texts], dtype=torch.bool)
         self.blank = torch.tensor([bool(t) and not t.strip(" \t") for t in texts], dtype=torch.bool)  # spaces alone
+        self.spaces = torch.tensor([bool(t) and not t.strip() for t in texts], dtype=torch.bool)  # and line breaks
         # A keyword argument's `=` (`=`, ` =`, `=True`; not `==`), and name tokens that end with it (`name=`).
         self.assign_led = torch.tensor([_assigns(t.lstrip(" ")) for t in texts], dtype=torch.bool)
         self.cont_assign: dict[str, list[int]] = {}
@@ -228,11 +230,13 @@ class NameMask:
 
     def allowed(self, c: Constraint) -> torch.Tensor:
         """A bool tensor over the vocabulary: the tokens `c` allows."""
-        key = (c.names, c.partial, c.skip_space, c.free_other, c.free_glued, c.assign)
+        key = (c.names, c.partial, c.skip_space, c.free_other, c.free_glued, c.assign, c.close)
         hit = self._cache.get(key)
         if hit is not None:
             self._cache.move_to_end(key)
             return hit
+        if c.close:
+            return self._keep(key, self.closes | self.spaces, [])
         ids: list[int] = []
         names = c.names
         if not c.partial:
@@ -480,8 +484,9 @@ class Guide:
             if float(probs[allowed].sum()) < float(probs[top]):
                 return "the model's name is not allowed"
             return ""
-        if top < names.size and names.name_start[top] and not c.refuse:
-            # (a refused name is an error, not a guess: what the model writes in its place need not be a name)
+        if top < names.size and names.name_start[top] and not (c.refuse or c.close):
+            # (a refused name, an argument the call does not take, is an error, not a guess: what the model writes
+            # in its place need not be a name)
             best = int(torch.argmax(masked))
             if best >= names.size or not names.name_start[best]:
                 return "no allowed name in the model's place"

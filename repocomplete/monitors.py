@@ -492,7 +492,13 @@ class Session:
         else:
             allowed = assign = keywords
         if not allowed:
-            return None
+            if site.partial:
+                return None  # a name the user began
+            # The call takes no more arguments (`aclose(`, `receive(`: the model wrote `aclose(exc_type=exc_type)`):
+            # none may start here, only the call's close (or blanks: a call written over lines).
+            more = " more" if positional or given else ""
+            return Constraint((), "", site.start, kind, f"`{facts.what}` takes no{more} arguments", skip_space=True,
+                              close=True)
         return Constraint(tuple(sorted(allowed)), site.partial, site.start, kind, f"arguments of `{facts.what}`",
                           skip_space=True, assign=tuple(sorted(assign)))
 

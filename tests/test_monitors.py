@@ -531,6 +531,37 @@ def test_the_keyword_rule_judges_the_token_the_arity_rule_leaves(vocab):
     assert step_all(vocab, {"=": 6.0, ",": 5.0, ")": 4.0}, monitors, before, "options")[0] == ","  # (as before)
 
 
+CLOSE = Facts("args", None, "close", (Signature("close", ()),))
+
+
+def test_a_call_that_takes_no_more_arguments_is_only_closed():
+    """anyio's `await self.aclose(` went on `exc_type=exc_type)`, `self.receive_stream.receive(` went on
+    `self.send_stream.extra_attributes)`: where the call's one signature has no parameter left, no argument may
+    start, a keyword's name or an expression alike."""
+    c = constraint("args", "    client.close(", facts={"scope": SCOPE, "args": CLOSE})
+    assert (c.names, c.close, c.skip_space, c.what) == ((), True, True, "`close` takes no arguments")
+    c = constraint("args", "    client.fetch(u, retries=2, verbose=True, ")
+    assert (c.names, c.close, c.what) == ((), True, "`fetch` takes no more arguments")
+    assert constraint("args", "    client.close(x", facts={"scope": SCOPE, "args": CLOSE}) is None  # the user's
+    assert constraint("args", "    client.fetch(u, retries=2, ").close is False  # `verbose` is left
+    star = Facts("args", None, "run", (Signature("run", (Param("args", "VAR_POSITIONAL"),)),))
+    assert constraint("args", "    run(a, ", facts={"scope": SCOPE, "args": star}).close is False  # `*args`: any
+
+
+def test_the_guide_closes_a_call_that_takes_no_arguments(vocab):
+    before = "        await self.aclose("
+    monitors = guided({"scope": SCOPE, "args": CLOSE}, before, ("scope", "args"))
+    token, guide = step_all(vocab, {"exc": 6.0, "0": 5.0, ")": 3.0, "):": 2.0}, monitors, before, "")
+    assert token == ")"  # neither a name nor a number: the close, not a free token in the name's place
+    (span,) = guide.spans.values()
+    assert (span.monitor, span.redirected, span.what) == ("args", True, "`close` takes no arguments")
+    assert step_all(vocab, {"exc": 6.0, "\n": 5.0, ")": 3.0}, monitors, before, "")[0] == "\n"  # over lines
+    assert step_all(vocab, {")": 6.0, "exc": 5.0}, monitors, before, "")[0] == ")"  # the model's own close
+    # the model sure of its argument (the close under MIN_SWAP_MASS): the monitor yields
+    token, guide = step_all(vocab, {"exc": 14.0, ")": 2.0}, monitors, before, "")
+    assert token == "exc" and [s.yielded for s in guide.spans.values()] == ["the allowed names are a guess"]
+
+
 def unbound(before: str, generated: str, token: str, scope: Facts = SCOPE):
     session = Session(FakeAnalyst({"scope": scope}), "main.py", before + "\n", len(before), ("scope",), None)
     session.window_prefix_len = len(before)
