@@ -215,12 +215,13 @@ class Decoding:
                 self.reason = why
                 return why
         if len(self.generated) >= self.max_new:
-            if (self.text[-1:] and _is_word_char(self.text[-1]) and not self.remaining_heal
+            if not (self.text[-1:] and _is_word_char(self.text[-1]) and not self.remaining_heal
                     and len(self.generated) < self.max_new + WORD_TAIL):
-                self.finishing = True
-                return None
-            self.reason = "max_tokens"
-            return self.reason
+                self.reason = "max_tokens"
+                return self.reason
+            self.finishing = True
+        if self.guide is not None:  # the next step's analysis starts while the model runs it
+            self.guide.ahead(self.text)
         return None
 
     def draft_room(self) -> int:

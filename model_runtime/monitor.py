@@ -91,6 +91,8 @@ class Monitor(Protocol):
     # write (more of) a name the constraint's names refuse: the tokens that complete one of them are masked.
     # Optional: `closing(before, generated) -> Constraint | None`, a constraint (its names unused) where the call
     # open at the end of before + generated must not be closed yet.
+    # Optional: `ahead(before, generated) -> None`, told the text of the next step as soon as the model chose its
+    # token, before the model runs that step: a monitor starts what the step will ask (its analysis), not waiting.
 
 
 def _word(c: str) -> bool:
@@ -338,6 +340,18 @@ class Guide:
             else:
                 logits = self._call_rules(logits, generated, top)
             return logits
+        finally:
+            self.ms += (time.perf_counter() - t0) * 1000
+
+    def ahead(self, generated: str) -> None:
+        """The model chose its token (`generated` is the next step's text): the monitors may start that step's
+        analysis while the model runs it (`Monitor.ahead`)."""
+        t0 = time.perf_counter()
+        try:
+            for monitor in self.monitors:
+                ahead = getattr(monitor, "ahead", None)
+                if ahead is not None:
+                    ahead(self.before, generated)
         finally:
             self.ms += (time.perf_counter() - t0) * 1000
 

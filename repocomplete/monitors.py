@@ -357,6 +357,7 @@ class Session:
         self._scope_names: tuple[str, ...] | None | bool = False  # False: not asked yet
         self._facts: dict[tuple, object] = {}
         self._last: tuple | None = None
+        self._ahead: tuple | None = None  # the last question submitted ahead of its step
         self.waited_ms = 0.0
         self.queries = 0
 
@@ -388,11 +389,30 @@ class Session:
         self._last = (key, result)
         return result
 
+    @staticmethod
+    def _query(site: Site, text: str) -> tuple[str, str, int]:
+        """What the analysis is asked for a site: (kind, the text before the identifier, its offset)."""
+        at = site.call + 1 if site.kind == "args" else site.start
+        return site.kind, text[:at], at
+
+    def ahead(self, before: str, generated: str) -> None:
+        """The model chose its token and the next step's text is known: where it ends at a site the analysis answers
+        (`obj.`, `f(`, `from m import `), submit the question now, not waiting, so that the worker answers it while
+        the model runs its next step, and the step's `_ask` finds it answered."""
+        submit = getattr(self.analyst, "submit", None)
+        found = self.site_for(before, generated) if submit is not None else None
+        if found is None or found[0].kind == "scope" or found[0].kind not in self.kinds:
+            return
+        kind, head, at = self._query(*found)
+        key = (kind, len(head), hash(head))
+        if key in self._facts or key == self._ahead:
+            return
+        self._ahead = key
+        submit(kind, self.rel, head + self.suffix, at)
+
     def _ask(self, site: Site, text: str):
         """The facts for a site (once per trigger: cached by the text before the identifier)."""
-        kind = "args" if site.kind == "args" else site.kind
-        at = site.call + 1 if kind == "args" else site.start
-        before = text[:at]
+        kind, before, at = self._query(site, text)
         key = (kind, len(before), hash(before))
         if key not in self._facts:
             t0 = time.perf_counter()
@@ -627,6 +647,9 @@ class PythonMonitor:
     def refusal(self, before: str, generated: str, token: str) -> Constraint | None:
         """The scope monitor's receiver rule (`Guide`: asked where the model's choice writes a name)."""
         return self.session.unbound_receiver(before, generated, token) if self.name == "scope" else None
+
+    def ahead(self, before: str, generated: str) -> None:
+        self.session.ahead(before, generated)
 
     def keyword(self, before: str, generated: str) -> Constraint | None:
         """The args monitor's keyword rule (`Guide`: asked where the model's choice is a `=` after a name)."""

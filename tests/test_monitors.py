@@ -773,6 +773,64 @@ def test_no_token_left_yields_instead_of_an_empty_completion(tiny_loaded, tiny_c
     assert result.monitor_spans[0]["yielded"] == "no token left"
 
 
+class Ahead(Fixed):
+    """Fixed, recording the texts the engine tells it ahead of their steps, and the steps' texts."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.told, self.asked = [], []
+
+    def ahead(self, before, generated):
+        self.told.append(generated)
+
+    def constraint(self, before, generated):
+        self.asked.append(generated)
+        return super().constraint(before, generated)
+
+
+def test_each_step_s_text_is_told_ahead_before_the_model_runs_it(tiny_loaded, tiny_config):
+    engine = Engine(tiny_loaded, tiny_config.replace(token_healing=False, max_new_tokens=5, speculative_tokens=0))
+    monitor = Ahead([], 10**6)
+    result = engine.complete(CompletionRequest(PromptParts("client = Client()\nclient."), monitors=[monitor]))
+    assert result.generated_tokens >= 2
+    # every step after the first was told its text ahead (the first is the prompt's: its analysis was prefetched;
+    # the last token, which ended the completion, tells nothing)
+    assert monitor.asked[0] == "" and monitor.told == monitor.asked[1:]
+
+
+class Submits(FakeAnalyst):
+    def __init__(self, facts):
+        super().__init__(facts)
+        self.submitted = []
+
+    def submit(self, kind, rel, text, offset):
+        self.submitted.append((kind, text[:offset]))
+        return super().submit(kind, rel, text, offset)
+
+
+def test_the_analysis_of_a_site_the_model_just_wrote_is_submitted_ahead():
+    """`client.` written by the model: the question for its members goes to the worker before the model's next
+    step, once, and the step asks the same question (the worker's cache answers it)."""
+    from repocomplete.monitors import python_monitors
+
+    before = "    x = client"
+    analyst = Submits({"scope": SCOPE, "args": FETCH, "deref": Facts("deref", ("close", "fetch"), "Client")})
+    monitors = python_monitors(analyst, "main.py", before + "\n", len(before), ("deref", "scope", "args"), None)
+    for m in monitors:
+        m.session.window_prefix_len = len(before)
+    analyst.submitted.clear()  # (the cursor's own analysis, prefetched)
+    for m in monitors:  # every monitor is told; the session submits once
+        m.ahead(before, ".")
+    assert analyst.submitted == [("deref", "    x = client.")]
+    assert monitors[0].constraint(before, ".").names == ("close", "fetch")
+    assert analyst.asked[-1] == ("deref", "    x = client.")  # the same question
+    monitors[0].ahead(before, ".f")  # the same site: asked and answered, not submitted again
+    monitors[0].ahead(before, ".fetch(")  # a call: its signature
+    monitors[0].ahead(before, ".fetch(u, ")  # the same call's
+    monitors[0].ahead(before, ".fetch(u, v")  # not a site
+    assert analyst.submitted[1:] == [("args", "    x = client.fetch(")]
+
+
 @pytest.fixture
 def random_weights(monkeypatch):
     """A random model gives every name next to no weight: no swap would pass the guess rule (MIN_SWAP_MASS)."""
