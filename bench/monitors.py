@@ -6,8 +6,8 @@ analysis the model's own text triggers); the engine reports the time its monitor
 the sites, the masks, the waits for jedi) and the decode steps. Printed: ms added per decode step (mean over all
 steps, and p95 over completions of their own mean) and ms added per completion (p50, p95), the decode step with the
 monitors on and off (the whole step: where the analysis' worker answers while the model runs a step, the two share
-the CPU), the share of completions some monitor constrained, and the mask alone (`NameMask.allowed` for the names in scope, uncached), each figure
-with the CPU. A first pass warms jedi's worker and caches (not measured); the monitors-off pass gives the
+the CPU), the share of completions some monitor constrained, and the mask alone (`NameMask.allowed` for the names
+in scope, uncached), each figure with the CPU. A first pass warms jedi's worker and caches (not measured); the monitors-off pass gives the
 baseline decode step for scale.
 """
 
@@ -91,7 +91,8 @@ def run_monitors_bench(runtime, suite: Path = DEFAULT_SUITE, n: int = 12, max_to
         "ms_per_completion": percentiles(per_completion, (50, 95), 2),
         "constrained_share": round(sum(r["constrained"] for r in rows) / len(rows), 2) if rows else None,
         "decode_ms_per_step_off": round(statistics.fmean(r["decode_ms_per_step_off"] for r in rows), 2) if rows else None,
-        "decode_ms_per_step_on": round(statistics.fmean(r["decode_ms_per_step_on"] for r in rows), 2) if rows else None,
+        "decode_ms_per_step_on": round(statistics.fmean(r["decode_ms_per_step_on"] for r in rows), 2) if rows
+        else None,
         "mask_ms": {"names": len(scope), **percentiles(times, (50, 95), 3)},
         "rows": rows,
     }
