@@ -7,8 +7,8 @@ the sites, the masks, the waits for jedi) and the decode steps. Printed: ms adde
 steps, and p95 over completions of their own mean) and ms added per completion (p50, p95), the decode step with the
 monitors on and off (the whole step: where the analysis' worker answers while the model runs a step, the two share
 the CPU), the share of completions some monitor constrained, and the mask alone (`NameMask.allowed` for the names
-in scope, uncached), each figure with the CPU. A first pass warms jedi's worker and caches (not measured); the monitors-off pass gives the
-baseline decode step for scale.
+in scope, uncached), each figure with the CPU. A first pass warms jedi's worker and caches (not measured); the
+monitors-off pass gives the baseline decode step for scale.
 """
 
 from __future__ import annotations
@@ -90,12 +90,15 @@ def run_monitors_bench(runtime, suite: Path = DEFAULT_SUITE, n: int = 12, max_to
         "ms_per_step_p95": percentiles(per_step, (95,), 3)["p95"],
         "ms_per_completion": percentiles(per_completion, (50, 95), 2),
         "constrained_share": round(sum(r["constrained"] for r in rows) / len(rows), 2) if rows else None,
-        "decode_ms_per_step_off": round(statistics.fmean(r["decode_ms_per_step_off"] for r in rows), 2) if rows else None,
-        "decode_ms_per_step_on": round(statistics.fmean(r["decode_ms_per_step_on"] for r in rows), 2) if rows
-        else None,
+        "decode_ms_per_step_off": _mean(rows, "decode_ms_per_step_off"),
+        "decode_ms_per_step_on": _mean(rows, "decode_ms_per_step_on"),
         "mask_ms": {"names": len(scope), **percentiles(times, (50, 95), 3)},
         "rows": rows,
     }
+
+
+def _mean(rows: list[dict], key: str) -> float | None:
+    return round(statistics.fmean(r[key] for r in rows), 2) if rows else None
 
 
 def _identifiers(text: str) -> set[str]:
