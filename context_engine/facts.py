@@ -44,6 +44,7 @@ class Param:
 class Signature:
     name: str
     params: tuple[Param, ...]
+    kind: str = "function"  # jedi's type of the callee: "class" where the call makes an instance
 
     @property
     def positional(self) -> int | None:
@@ -155,7 +156,7 @@ def analyse(root: Path, path: Path, text: str, offset: int, kind: str) -> Facts:
         out = []
         for sig in signatures:
             params = tuple(Param(p.name, p.kind.name, _required(p)) for p in sig.params)
-            out.append(Signature(sig.name, params))
+            out.append(Signature(sig.name, params, "class" if sig.type == "class" else "function"))
         return Facts(kind, None, out[0].name if out else "", tuple(out))
     completions = script.complete(line, column)
     names = tuple(sorted({c.name for c in completions if not c.name.endswith("=")}))

@@ -514,6 +514,8 @@ class Session:
         if not allowed:
             if site.partial:
                 return None  # a name the user began
+            if facts.signatures[0].kind == "class" and not facts.signatures[0].params:
+                return None  # object's: a decorator jedi does not follow may write the class's `__init__` (attrs)
             # The call takes no more arguments (`aclose(`, `receive(`: the model wrote `aclose(exc_type=exc_type)`):
             # none may start here, only the call's close (or blanks: a call written over lines).
             more = " more" if positional or given else ""

@@ -150,6 +150,9 @@ def test_facts_call_parameters_and_scope_and_imports(project):
                                                     Param("retries", "KEYWORD_ONLY"),
                                                     Param("verbose", "KEYWORD_ONLY"))),)
     assert (facts.signatures[0].positional, facts.signatures[0].keywords) == (1, ("path", "retries", "verbose"))
+    text, offset = buffer("Client(")
+    assert analyse(project, project / "main.py", text, offset, "args").signatures == (
+        Signature("Client", (Param("url", "POSITIONAL_OR_KEYWORD", required=True),), "class"),)
     text, offset = buffer("x = ")
     names = set(analyse(project, project / "main.py", text, offset, "scope").names)
     assert {"client", "u", "run", "os", "Client", "make_client", "len", "None"} <= names
@@ -544,6 +547,8 @@ def test_a_call_that_takes_no_more_arguments_is_only_closed():
     assert (c.names, c.close, c.what) == ((), True, "`fetch` takes no more arguments")
     assert constraint("args", "    client.close(x", facts={"scope": SCOPE, "args": CLOSE}) is None  # the user's
     assert constraint("args", "    client.fetch(u, retries=2, ").close is False  # `verbose` is left
+    made = Facts("args", None, "Point", (Signature("Point", (), "class"),))  # attrs' `@attr.s`: jedi sees no init
+    assert constraint("args", "    Point(", facts={"scope": SCOPE, "args": made}) is None
     star = Facts("args", None, "run", (Signature("run", (Param("args", "VAR_POSITIONAL"),)),))
     assert constraint("args", "    run(a, ", facts={"scope": SCOPE, "args": star}).close is False  # `*args`: any
 
