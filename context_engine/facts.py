@@ -255,6 +255,20 @@ class Analyst:
                     self._results.pop(next(iter(self._results))).cancel()
             return future
 
+    def settle(self, forget: bool = False) -> None:
+        """Wait until every question asked is answered (or failed); `forget`: then drop the answers, so that each
+        is asked anew (of a worker whose jedi has the files parsed: a benchmark's steady state)."""
+        with self._lock:
+            futures = list(self._results.values())
+        for future in futures:
+            try:
+                future.result()
+            except Exception:  # (failures are answered as unknown to the asker; here there is none)
+                pass
+        if forget:
+            with self._lock:
+                self._results.clear()
+
     def facts(self, kind: str, rel: str, text: str, offset: int, wait_s: float | None) -> Facts | None:
         """The facts, or None when they did not come within wait_s (or the worker failed, or was shut down)."""
         try:

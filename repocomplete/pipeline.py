@@ -235,6 +235,13 @@ class Completer:
         with self._lock:
             self._analysis_roots.add(Path(root).resolve())
 
+    def settle_analysis(self, forget: bool = False) -> None:
+        """Wait for the monitors' analysis asked so far, in every workspace and root (`Analyst.settle`)."""
+        with self._lock:
+            analysts = [w.analyst for w in self._workspaces.values()] + list(self._analysts.values())
+        for analyst in analysts:
+            analyst.settle(forget)
+
     def workspaces(self) -> list[Path]:
         with self._lock:
             return list(self._workspaces)

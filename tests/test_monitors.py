@@ -167,6 +167,24 @@ def test_facts_call_parameters_and_scope_and_imports(project):
     assert analyse(project, project / "other.py", text, len(text) - 1, "imports").names == ("client",)
 
 
+def test_the_analyst_settles_what_it_was_asked_and_may_forget_it(project):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from repocomplete.context_engine.facts import Analyst
+
+    text, offset = buffer("client.")
+    with ThreadPoolExecutor(1) as pool:
+        analyst = Analyst(project, pool)
+        future = analyst.submit("deref", "main.py", text, offset)
+        analyst.settle()
+        assert future.done() and future.result().what == "Client"
+        assert analyst.submit("deref", "main.py", text, offset) is future  # kept: answered from the cache
+        analyst.settle(forget=True)
+        again = analyst.submit("deref", "main.py", text, offset)
+        assert again is not future  # forgotten: asked anew
+        assert analyst.facts("deref", "main.py", text, offset, None).what == "Client"
+
+
 def test_facts_a_parameter_is_required_where_it_has_no_default(tmp_path):
     root = write_tree(tmp_path / "p", {"m.py": (
         "from typing import Literal\n\n\n"
