@@ -153,6 +153,11 @@ def analyse(root: Path, path: Path, text: str, offset: int, kind: str) -> Facts:
         return Facts(kind, tuple(sorted(names)), " | ".join(shown))
     if kind == "args":
         signatures = script.get_signatures(line, column)
+        if not signatures and text[offset:offset + 1] != ")":
+            # An unclosed call before code that does not close it (`await self.aclose(` then the next method): the
+            # parser reads on into that code and jedi finds no callee. Closed where the arguments start, it does.
+            signatures = Analysis.open(root, path, text[:offset] + ")" + text[offset:]).script.get_signatures(
+                line, column)
         out = []
         for sig in signatures:
             params = tuple(Param(p.name, p.kind.name, _required(p)) for p in sig.params)

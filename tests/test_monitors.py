@@ -167,6 +167,22 @@ def test_facts_call_parameters_and_scope_and_imports(project):
     assert analyse(project, project / "other.py", text, len(text) - 1, "imports").names == ("client",)
 
 
+def test_facts_a_call_left_open_before_more_code_has_its_signature(tmp_path):
+    """anyio's `await self.aclose(` with the class's next method after it: the parser reads the method into the
+    call and jedi finds no callee, unless the call is closed where its arguments start."""
+    root = write_tree(tmp_path / "p", {"m.py": (
+        "class Resource:\n"
+        "    async def __aexit__(self, exc_type):\n"
+        "        await self.aclose(\n\n"
+        "    @staticmethod\n"
+        "    async def aclose() -> None:\n"
+        "        pass\n")})
+    text = (root / "m.py").read_text()
+    offset = text.index("aclose(") + len("aclose(")
+    facts = analyse(root, root / "m.py", text, offset, "args")
+    assert facts.signatures == (Signature("aclose", ()),)
+
+
 def test_the_analyst_settles_what_it_was_asked_and_may_forget_it(project):
     from concurrent.futures import ThreadPoolExecutor
 
