@@ -307,17 +307,36 @@ class Guide:
     spans: dict[tuple[str, int], Span] = field(default_factory=dict)
     ms: float = 0.0  # time spent in monitors and masks
     steps: int = 0
-    _ends: tuple | None = field(default=None, repr=False)  # (vocabulary size, end ids, closers | ends mask)
+    _ends: tuple | None = field(default=None, repr=False)  # (vocabulary size, end ids, closers | ends, ends mask)
+    _closed: bool = field(default=False, repr=False)  # this step's close was the mask's, not the model's
 
     def apply(self, logits: torch.Tensor, generated: str) -> torch.Tensor:
         """logits [vocab] (healing's mask already added) -> logits with the monitors' masks added."""
         t0 = time.perf_counter()
         self.steps += 1
         try:
+            closed, self._closed = self._closed, False
+            if closed and self.ends is not None and generated.endswith(")"):
+                # The model meant to give the call arguments and the mask closed it: what the model writes after a
+                # close it did not choose is no plan of its own (anyio's `aclose(` went on `).close()`, `receive(`
+                # on `), self.receive_stream.receive(), ...`). A single-line completion ends there (its closing
+                # rule closes what else is open).
+                ends = self._end_masks(logits.shape[-1])[2].to(logits.device)
+                masked = logits.masked_fill(~ends, float("-inf"))
+                if torch.isfinite(masked).any():
+                    return masked
             for monitor in self.monitors:
                 c = monitor.constraint(self.before, generated)
                 if c is not None:
-                    logits = self._mask(logits, monitor, c, self.names.allowed(c))
+                    allowed = self.names.allowed(c)
+                    if c.close and self.ends is not None:  # an end is a close too: the closing rule writes it
+                        n = logits.shape[-1]
+                        allowed = allowed[:n] if allowed.shape[0] >= n else \
+                            torch.cat([allowed, allowed.new_zeros(n - allowed.shape[0])])
+                        allowed = allowed | self._end_masks(n)[1]
+                    logits = self._mask(logits, monitor, c, allowed)
+                    span = self.spans.get((c.monitor or monitor.name, c.start))
+                    self._closed |= c.close and span is not None and span.redirected and not span.yielded
             top = int(torch.argmax(logits))
             refused: set[tuple[str, ...]] = set()
             while top in self.names.name_ids:
@@ -415,14 +434,21 @@ class Guide:
             return names.empty_call, True
         if self.ends is None:
             return (names.closes, False) if top in names.closing_ids else (None, False)
-        if self._ends is None or self._ends[0] != n:
-            ids = self.ends[self.ends < n].cpu()
-            refused = torch.cat([names.closes, names.closes.new_zeros(max(0, n - names.size))])[:n]
-            refused[ids] = True
-            self._ends = (n, frozenset(ids.tolist()), refused)
-        if top in names.closing_ids or top in self._ends[1]:
-            return self._ends[2], False
+        end_ids, closes_or_ends, _ = self._end_masks(n)
+        if top in names.closing_ids or top in end_ids:
+            return closes_or_ends, False
         return None, False
+
+    def _end_masks(self, n: int) -> tuple[frozenset, torch.Tensor, torch.Tensor]:
+        """For a vocabulary of n: the end tokens' ids, the mask of closers or ends, and of ends (`ends` given)."""
+        if self._ends is None or self._ends[0] != n:
+            names = self.names
+            ids = self.ends[self.ends < n].cpu()
+            closes = torch.cat([names.closes, names.closes.new_zeros(max(0, n - names.size))])[:n]
+            ends = torch.zeros(n, dtype=torch.bool)
+            ends[ids] = True
+            self._ends = (n, frozenset(ids.tolist()), closes | ends, ends)
+        return self._ends[1], self._ends[2], self._ends[3]
 
     def _mask(self, logits: torch.Tensor, monitor, c: Constraint, allowed: torch.Tensor) -> torch.Tensor:
         key = (c.monitor or monitor.name, c.start)

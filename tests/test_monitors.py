@@ -604,6 +604,41 @@ def test_the_guide_closes_a_call_that_takes_no_arguments(vocab):
     assert token == "exc" and [s.yielded for s in guide.spans.values()] == ["vanishing probability"]
 
 
+def test_a_call_closed_by_the_mask_ends_a_single_line_completion(vocab):
+    """anyio's `aclose(`, closed where the model meant `exc_type=exc_type)`, went on `).close()`: after a close the
+    model did not choose, a single-line completion (the closing rule's end tokens given) ends."""
+    before = "        await self.aclose("
+    monitors = guided({"scope": SCOPE, "args": CLOSE}, before, ("scope", "args"))
+    ids = {t: i for i, t in enumerate(vocab.texts) if t}
+    ends = torch.tensor([ids["\n"]])
+    # the model's end is allowed: the closing rule makes it the close
+    assert step_all(vocab, {"exc": 6.0, "\n": 5.0, ")": 3.0}, monitors, before, "", ends=ends)[0] == "\n"
+    guide = Guide(monitors, NameMask.for_vocab(vocab), before, ends=ends)
+    logits = torch.full((len(vocab.texts),), -8.0)
+    logits[ids["exc"]], logits[ids[")"]] = 6.0, 3.0
+    assert vocab.texts[int(torch.argmax(guide.apply(logits, "")))] == ")"
+    logits = torch.full((len(vocab.texts),), -8.0)
+    logits[ids["."]], logits[ids["\n"]] = 6.0, 1.0
+    assert vocab.texts[int(torch.argmax(guide.apply(logits.clone(), ")")))] == "\n"  # ends
+    assert vocab.texts[int(torch.argmax(guide.apply(logits.clone(), ")")))] == "."  # (once)
+    # the model's own close goes on as it likes
+    guide = Guide(monitors, NameMask.for_vocab(vocab), before, ends=ends)
+    logits = torch.full((len(vocab.texts),), -8.0)
+    logits[ids[")"]], logits[ids["exc"]] = 6.0, 3.0
+    assert vocab.texts[int(torch.argmax(guide.apply(logits, "")))] == ")"
+    logits = torch.full((len(vocab.texts),), -8.0)
+    logits[ids["."]], logits[ids["\n"]] = 6.0, 1.0
+    assert vocab.texts[int(torch.argmax(guide.apply(logits, ")")))] == "."
+    # without end tokens (a multi-line completion, or the line goes on after the cursor) the model goes on
+    guide = Guide(monitors, NameMask.for_vocab(vocab), before)
+    logits = torch.full((len(vocab.texts),), -8.0)
+    logits[ids["exc"]], logits[ids[")"]] = 6.0, 3.0
+    assert vocab.texts[int(torch.argmax(guide.apply(logits, "")))] == ")"
+    logits = torch.full((len(vocab.texts),), -8.0)
+    logits[ids["."]], logits[ids["\n"]] = 6.0, 1.0
+    assert vocab.texts[int(torch.argmax(guide.apply(logits, ")")))] == "."
+
+
 def unbound(before: str, generated: str, token: str, scope: Facts = SCOPE):
     session = Session(FakeAnalyst({"scope": scope}), "main.py", before + "\n", len(before), ("scope",), None)
     session.window_prefix_len = len(before)
