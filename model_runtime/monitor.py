@@ -26,9 +26,9 @@ an argument is no keyword of the call (`keyword`): the guide asks it when the mo
 write it or go on with the name (the constraint's span is the name's: where the args monitor yielded the name, this
 rule yields too).
 
-A constraint may allow no name at all (`close`): where a call takes no more arguments, only its close (or blanks)
-may follow; the model's argument is refused however sure of it the model is (no name is guessed there), unless the
-close's probability vanishes.
+A constraint may allow no name at all (`close`): where a call takes no more arguments, only its close (blanks, or
+an end the closing rule makes the close) may follow, under the same yield rules; a single-line completion ends right
+after a close the mask chose over the model's argument.
 
 A monitor may also refuse a name (`refusal`): asked where the model's choice would write one, it names what may not
 be written there (the scope monitor: `self` or `cls` where nothing binds them, a classmethod's `self`), and the guide
@@ -535,9 +535,7 @@ class Guide:
             if best >= names.size or not names.name_start[best]:
                 return "no allowed name in the model's place"
         min_swap = MIN_SWAP_MASS if self.min_swap is None else self.min_swap
-        if span.mass is not None and not span.steps and span.mass < min_swap and not c.close:
-            # (a call that takes no more arguments is closed however sure the model is of one: there is no name to
-            # guess, and jedi's reading of a signature without parameters is not one either)
+        if span.mass is not None and not span.steps and span.mass < min_swap:
             return "the allowed names are a guess"
         return ""
 

@@ -596,12 +596,10 @@ def test_the_guide_closes_a_call_that_takes_no_arguments(vocab):
     assert (span.monitor, span.redirected, span.what) == ("args", True, "`close` takes no arguments")
     assert step_all(vocab, {"exc": 6.0, "\n": 5.0, ")": 3.0}, monitors, before, "")[0] == "\n"  # over lines
     assert step_all(vocab, {")": 6.0, "exc": 5.0}, monitors, before, "")[0] == ")"  # the model's own close
-    # the model sure of its argument (the close under MIN_SWAP_MASS): closed all the same (no name is guessed;
-    # anyio's `receive(` held 0.0013 for its `)`), unless the close's probability vanishes
+    # the model sure of its argument (the close under MIN_SWAP_MASS): the monitor yields (jedi may not know the
+    # callee's real signature: a metaclass's `__call__`)
     token, guide = step_all(vocab, {"exc": 14.0, ")": 2.0}, monitors, before, "")
-    assert token == ")" and [s.yielded for s in guide.spans.values()] == [""]
-    token, guide = step_all(vocab, {"exc": 24.0, ")": 2.0}, monitors, before, "")
-    assert token == "exc" and [s.yielded for s in guide.spans.values()] == ["vanishing probability"]
+    assert token == "exc" and [s.yielded for s in guide.spans.values()] == ["the allowed names are a guess"]
 
 
 def test_a_call_closed_by_the_mask_ends_a_single_line_completion(vocab):
