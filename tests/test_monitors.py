@@ -611,31 +611,22 @@ def test_a_call_closed_by_the_mask_ends_a_single_line_completion(vocab):
     ends = torch.tensor([ids["\n"]])
     # the model's end is allowed: the closing rule makes it the close
     assert step_all(vocab, {"exc": 6.0, "\n": 5.0, ")": 3.0}, monitors, before, "", ends=ends)[0] == "\n"
-    guide = Guide(monitors, NameMask.for_vocab(vocab), before, ends=ends)
-    logits = torch.full((len(vocab.texts),), -8.0)
-    logits[ids["exc"]], logits[ids[")"]] = 6.0, 3.0
-    assert vocab.texts[int(torch.argmax(guide.apply(logits, "")))] == ")"
-    logits = torch.full((len(vocab.texts),), -8.0)
-    logits[ids["."]], logits[ids["\n"]] = 6.0, 1.0
-    assert vocab.texts[int(torch.argmax(guide.apply(logits.clone(), ")")))] == "\n"  # ends
-    assert vocab.texts[int(torch.argmax(guide.apply(logits.clone(), ")")))] == "."  # (once)
-    # the model's own close goes on as it likes
-    guide = Guide(monitors, NameMask.for_vocab(vocab), before, ends=ends)
-    logits = torch.full((len(vocab.texts),), -8.0)
-    logits[ids[")"]], logits[ids["exc"]] = 6.0, 3.0
-    assert vocab.texts[int(torch.argmax(guide.apply(logits, "")))] == ")"
-    logits = torch.full((len(vocab.texts),), -8.0)
-    logits[ids["."]], logits[ids["\n"]] = 6.0, 1.0
-    assert vocab.texts[int(torch.argmax(guide.apply(logits, ")")))] == "."
-    # without end tokens (a multi-line completion, or the line goes on after the cursor) the model goes on
-    guide = Guide(monitors, NameMask.for_vocab(vocab), before)
-    logits = torch.full((len(vocab.texts),), -8.0)
-    logits[ids["exc"]], logits[ids[")"]] = 6.0, 3.0
-    assert vocab.texts[int(torch.argmax(guide.apply(logits, "")))] == ")"
-    logits = torch.full((len(vocab.texts),), -8.0)
-    logits[ids["."]], logits[ids["\n"]] = 6.0, 1.0
-    assert vocab.texts[int(torch.argmax(guide.apply(logits, ")")))] == "."
 
+    def steps(first: dict, ends=None) -> list[str]:
+        """The tokens of two steps: `first`'s preferences, then `.` over a line break after the `)`."""
+        guide = Guide(monitors, NameMask.for_vocab(vocab), before, ends=ends)
+        out, generated = [], ""
+        for prefs in (first, {".": 6.0, "\n": 1.0}, {".": 6.0, "\n": 1.0}):
+            logits = torch.full((len(vocab.texts),), -8.0)
+            for t, score in prefs.items():
+                logits[ids[t]] = score
+            out.append(vocab.texts[int(torch.argmax(guide.apply(logits, generated)))])
+            generated = ")"
+        return out
+
+    assert steps({"exc": 6.0, ")": 3.0}, ends) == [")", "\n", "."]  # the close was the mask's: it ends (once)
+    assert steps({")": 6.0, "exc": 3.0}, ends) == [")", ".", "."]  # the model's own close goes on as it likes
+    assert steps({"exc": 6.0, ")": 3.0}) == [")", ".", "."]  # no end tokens (multi-line, or the line goes on)
 
 def unbound(before: str, generated: str, token: str, scope: Facts = SCOPE):
     session = Session(FakeAnalyst({"scope": scope}), "main.py", before + "\n", len(before), ("scope",), None)
