@@ -99,6 +99,13 @@ class Monitor(Protocol):
     # token, before the model runs that step: a monitor starts what the step will ask (its analysis), not waiting.
 
 
+def _fit(mask: torch.Tensor, n: int) -> torch.Tensor:
+    """A mask over the tokenizer's vocabulary cut or padded (with False) to a logits row of n."""
+    if mask.shape[0] < n:
+        return torch.cat([mask, mask.new_zeros(n - mask.shape[0])])
+    return mask[:n]
+
+
 def _word(c: str) -> bool:
     return c.isalnum() or c == "_"
 
@@ -331,9 +338,7 @@ class Guide:
                     allowed = self.names.allowed(c)
                     if c.close and self.ends is not None:  # an end is a close too: the closing rule writes it
                         n = logits.shape[-1]
-                        allowed = allowed[:n] if allowed.shape[0] >= n else \
-                            torch.cat([allowed, allowed.new_zeros(n - allowed.shape[0])])
-                        allowed = allowed | self._end_masks(n)[1]
+                        allowed = _fit(allowed, n) | self._end_masks(n)[1]
                     logits = self._mask(logits, monitor, c, allowed)
                     span = self.spans.get((c.monitor or monitor.name, c.start))
                     self._closed |= c.close and span is not None and span.redirected and not span.yielded
@@ -442,9 +447,8 @@ class Guide:
     def _end_masks(self, n: int) -> tuple[frozenset, torch.Tensor, torch.Tensor]:
         """For a vocabulary of n: the end tokens' ids, the mask of closers or ends, and of ends (`ends` given)."""
         if self._ends is None or self._ends[0] != n:
-            names = self.names
             ids = self.ends[self.ends < n].cpu()
-            closes = torch.cat([names.closes, names.closes.new_zeros(max(0, n - names.size))])[:n]
+            closes = _fit(self.names.closes, n)
             ends = torch.zeros(n, dtype=torch.bool)
             ends[ids] = True
             self._ends = (n, frozenset(ids.tolist()), closes | ends, ends)
@@ -457,12 +461,7 @@ class Guide:
             span = self.spans[key] = Span(key[0], c.start - len(self.before), len(c.names), c.what)
         if span.yielded:
             return logits
-        n = logits.shape[-1]
-        if allowed.shape[0] < n:
-            allowed = torch.cat([allowed, allowed.new_zeros(n - allowed.shape[0])])
-        elif allowed.shape[0] > n:
-            allowed = allowed[:n]
-        allowed = allowed.to(logits.device)
+        allowed = _fit(allowed, logits.shape[-1]).to(logits.device)
         masked = logits.masked_fill(~allowed, float("-inf"))
         if not torch.isfinite(masked).any():
             span.yielded = "no token left"
@@ -482,9 +481,7 @@ class Guide:
             # place, never to a token glued to the keyword before the site (`return` + `s`: free only where the
             # model itself goes on with it), nor to spaces alone (the name would follow two spaces).
             drop = names.blank | names.word_led if c.free_glued else names.blank
-            drop = drop.to(allowed.device)
-            allowed = allowed.clone()
-            allowed[: drop.shape[0]] &= ~drop[:n]
+            allowed = allowed & ~_fit(drop, allowed.shape[0]).to(allowed.device)
             masked = logits.masked_fill(~allowed, float("-inf"))
             if not torch.isfinite(masked).any():
                 span.yielded = "no token left"
