@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
-from repocomplete.context_engine.jedi_support import Analysis, leaves, span, statements
+from repocomplete.context_engine.jedi_support import Analysis, leaves, span, statements, taint
 from repocomplete.context_engine.python_stubs import (
     class_stub_and_names, focus_names, function_stub, module_stub_and_names, statement_stub,
 )
@@ -94,6 +94,7 @@ def _goto(a: Analysis, leaf) -> list:
     try:
         return a.script.goto(*leaf.start_pos, follow_imports=True)
     except Exception as e:  # jedi's inference can trip over broken code; one name is not worth the request
+        taint()
         log.debug("goto failed at %s:%s: %s", a.path, leaf.start_pos, e)
         return []
 
@@ -214,6 +215,7 @@ def import_context(project_root: Path, path: Path, text: str, limit: int = 20,
         try:
             _resolve_import(a, imp, uses, add)
         except Exception as e:  # a half-typed import statement costs its own records only
+            taint()
             log.debug("import at %s:%d not resolved: %s: %s", a.path, imp.start_pos[0], type(e).__name__, e)
 
     # Used around the cursor: first, the most used there first, then by the file's uses (every score under `top`).

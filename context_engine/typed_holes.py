@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from repocomplete.context_engine.jedi_support import (Analysis, definition_at, leaf_at, leaves, outer, self_attribute, span,
-                                                      statements, walk)
+                                                      statements, taint, walk)
 from repocomplete.context_engine.python_stubs import class_stub_and_names, focus_names
 from repocomplete.context_engine.records import ContextRecord
 
@@ -56,6 +56,7 @@ def _annotation_type(a: Analysis, module_path: Path, annotation) -> _Type:
         try:
             targets = script.goto(*leaf.start_pos, follow_imports=True)
         except Exception:
+            taint()
             continue
         for t in targets:
             if t.type == "class":
@@ -72,6 +73,7 @@ def _name_type(a: Analysis, leaf) -> _Type:
         hint = names[0].get_type_hint() or None
         return _Type(hint, _classes_of(a, names[0].infer()))
     except Exception as e:
+        taint()
         log.debug("inference failed for %s at %s: %s", leaf.value, leaf.start_pos, e)
         return _Type(None)
 
@@ -112,6 +114,7 @@ def _expected(a: Analysis, line: int, column: int, prefix: str, scope) -> tuple[
     try:
         signatures = a.script.get_signatures(line, column)
     except Exception:
+        taint()
         signatures = []
     if signatures:
         sig = signatures[0]
@@ -303,6 +306,7 @@ def _receiver(a: Analysis, line: int, column: int, prefix: str) -> tuple[list[st
         values = a.script.infer(line, dot)
         completions = a.script.complete(line, column)
     except Exception as e:
+        taint()
         log.warning("receiver inference failed at %s:%s: %s: %s", line, column, type(e).__name__, e)
         return [], None, ""
     shown = []
@@ -417,6 +421,7 @@ def _bases(a: Analysis, module_path: Path, node) -> list[tuple[Path, int, int]]:
         try:
             targets = a.script_for(module_path).goto(*leaf.start_pos, follow_imports=True)
         except Exception as e:  # inference on someone's half-written class header
+            taint()
             log.debug("base %s of %s not resolved: %s", leaf.value, node.name.value, e)
             continue
         out += _classes_of(a, [t for t in targets if t.type == "class"])

@@ -842,3 +842,75 @@ class Console:
     records = typed_hole_context(root, root / "pager.py", *at_cursor(show))
     assert records[0].text == '# in scope: extra: "Console", self._console: "Console"'
     assert {(r.path, r.why) for r in records[1:]} == {("pager.py", "type of `extra`")}  # (one summary of the class)
+
+
+# -- one jedi inference state per file inside a gate ------------------------------------------------------------------
+
+
+def _cart_members(root, text, gate):
+    from repocomplete.context_engine.facts import analyse
+    from repocomplete.context_engine.jedi_support import gated
+
+    with gated(gate):
+        return analyse(root, root / "shop/app.py", text, text.index("|"), "deref").names
+
+
+CART = "from shop.models import Item\n\n\nclass Cart(Item):\n    def add(self):\n        self.|\n"
+
+
+def test_scripts_of_a_file_share_one_inference_state_inside_a_gate_only(root):
+    from repocomplete.context_engine.gate import Gate
+    from repocomplete.context_engine.jedi_support import Analysis, gated
+
+    gate = Gate(root)
+    with gated(gate):
+        first = Analysis.open(root, root / "shop/app.py", "x = 1\n")
+        second = Analysis.open(root, root / "shop/app.py", "x = 2\n")
+        other = Analysis.open(root, root / "shop/models.py", "y = 1\n")
+    assert second.script._inference_state is first.script._inference_state
+    assert other.script._inference_state is not first.script._inference_state  # another file, another state
+    assert second.tree.get_code() == "x = 2\n"  # the new buffer, parsed anew
+    plain = [Analysis.open(root, root / "shop/app.py", "x = 1\n") for _ in range(2)]
+    assert plain[0].script._inference_state is not plain[1].script._inference_state  # no gate: jedi's own
+
+
+def test_a_shared_state_sees_the_buffer_s_edits_and_files_changed_on_disk(root):
+    """The members of the buffer's own class follow its text, a base class edited on disk is read again, and the
+    answers equal a fresh state's."""
+    from repocomplete.context_engine.gate import Gate
+
+    gate = Gate(root)
+    before = _cart_members(root, CART, gate)
+    assert {"add", "total", "sku"} <= set(before) and "remove" not in before
+    edited = CART.replace("    def add(self):", "    def remove(self):\n        pass\n\n    def add(self):")
+    assert "remove" in _cart_members(root, edited, gate)
+    models = root / "shop/models.py"
+    models.write_text(models.read_text().replace("    def _cents(self)", "    def refund(self) -> None:\n"
+                                                 "        pass\n\n    def _cents(self)"))
+    after = _cart_members(root, CART, gate)
+    assert "refund" in after and "refund" not in before
+    assert after == _cart_members(root, CART, Gate(root))  # a fresh state's
+
+
+def test_a_shared_state_is_dropped_after_a_failure_and_after_its_reuses(root, monkeypatch):
+    from repocomplete.context_engine import jedi_support
+    from repocomplete.context_engine.gate import Gate
+    from repocomplete.context_engine.jedi_support import Analysis, gated, taint
+
+    gate = Gate(root)
+    with gated(gate):
+        state = Analysis.open(root, root / "shop/app.py", "x = 1\n").script._inference_state
+        taint()  # an inference failed: jedi may have cached the defaults it set against recursion
+        fresh = Analysis.open(root, root / "shop/app.py", "x = 1\n").script._inference_state
+    assert fresh is not state
+    with pytest.raises(RuntimeError), gated(gate):
+        Analysis.open(root, root / "shop/app.py", "x = 1\n")
+        raise RuntimeError("a failure out of the block")
+    with gated(gate):
+        again = Analysis.open(root, root / "shop/app.py", "x = 1\n").script._inference_state
+    assert again is not fresh
+    monkeypatch.setattr(jedi_support, "STATE_REUSES", 2)
+    with gated(gate):
+        taint()
+        states = [Analysis.open(root, root / "shop/app.py", "x = 1\n").script._inference_state for _ in range(3)]
+    assert states[0] is states[1] and states[2] is not states[1]
