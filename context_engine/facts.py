@@ -116,6 +116,20 @@ def _offset_to_position(text: str, offset: int) -> tuple[int, int]:
     return line, offset - (text.rfind("\n", 0, offset) + 1)
 
 
+def question(kind: str, text: str, offset: int) -> tuple[str, int]:
+    """The text and offset the analysis of `kind` reads. `scope`: the names bound where a statement starts on the
+    position's line, so the line itself is a placeholder statement (it keeps the line in its block; inside a call's
+    brackets jedi would complete the callee's keyword parameters, `style=`, instead). Every keystroke on a line thus
+    asks the same scope question (`Analyst` caches it). Idempotent."""
+    if kind != "scope":
+        return text, offset
+    line_start = text.rfind("\n", 0, offset) + 1
+    head = text[line_start:offset]
+    start = line_start + len(head) - len(head.lstrip())
+    line_end = text.find("\n", offset)
+    return text[:start] + "pass" + (text[line_end:] if line_end >= 0 else ""), start
+
+
 def analyse(root: Path, path: Path, text: str, offset: int, kind: str) -> Facts:
     """The facts of `kind` for an identifier starting at character `offset` of the buffer `text` (jedi, in-process;
     the worker runs it behind the workspace's gate, see `facts_provider`)."""
@@ -123,15 +137,7 @@ def analyse(root: Path, path: Path, text: str, offset: int, kind: str) -> Facts:
 
     if kind not in FACT_KINDS:
         raise ValueError(f"unknown fact kind {kind!r}")
-    if kind == "scope":
-        # The names bound where a statement starts on the position's line: inside a call's brackets jedi would
-        # complete the callee's keyword parameters (`style=`) instead.
-        line_start = text.rfind("\n", 0, offset) + 1
-        head = text[line_start:offset]
-        start = line_start + len(head) - len(head.lstrip())
-        line_end = text.find("\n", offset)
-        # (a placeholder statement keeps the line in its block)
-        text, offset = text[:start] + "pass" + (text[line_end:] if line_end >= 0 else ""), start
+    text, offset = question(kind, text, offset)
     line, column = _offset_to_position(text, offset)
     a = Analysis.open(root, path, text)
     script = a.script
@@ -250,6 +256,7 @@ class Analyst:
         self._lock = threading.Lock()
 
     def submit(self, kind: str, rel: str, text: str, offset: int) -> Future:
+        text, offset = question(kind, text, offset)
         key = (kind, rel, hash(text), len(text), offset)
         with self._lock:
             future = self._results.get(key)

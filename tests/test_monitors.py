@@ -201,6 +201,26 @@ def test_the_analyst_settles_what_it_was_asked_and_may_forget_it(project):
         assert analyst.facts("deref", "main.py", text, offset, None).what == "Client"
 
 
+def test_every_keystroke_on_a_line_asks_the_one_scope_question(project):
+    """The names in scope are asked where the line's statement starts, the line a placeholder: typing on the line
+    finds the first keystroke's answer (a line below asks anew)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from repocomplete.context_engine.facts import Analyst
+
+    with ThreadPoolExecutor(1) as pool:
+        analyst = Analyst(project, pool)
+        futures = []
+        for typed in ("res", "result = cl", "result = client.fetch(u, ret"):
+            text, offset = buffer(typed)
+            at = offset - len(typed.split(" ")[-1].split("(")[-1])
+            futures.append(analyst.submit("scope", "main.py", text, at))
+        assert futures[1] is futures[0] and futures[2] is futures[0]
+        assert {"client", "u", "make_client"} <= set(futures[0].result().names)
+        text, offset = buffer("result = 1\n    ")
+        assert analyst.submit("scope", "main.py", text, offset) is not futures[0]
+
+
 def test_facts_a_parameter_is_required_where_it_has_no_default(tmp_path):
     root = write_tree(tmp_path / "p", {"m.py": (
         "from typing import Literal\n\n\n"
