@@ -8,8 +8,13 @@ steps, and p95 over completions of their own mean) and ms added per completion (
 monitors on and off (the whole step: where the analysis' worker answers while the model runs a step, the two share
 the CPU), the share of completions some monitor constrained, and the mask alone (`NameMask.allowed` for the names
 in scope, uncached), each figure with the CPU. A first pass warms jedi's worker (not measured); its questions are
-then answered and forgotten, so that the measured pass asks each anew of a worker with the files parsed (an editor's
-steady state); a pass with the monitors off gives the baseline decode step.
+then answered and forgotten, so that the measured pass asks each anew of a worker with the files parsed (a request
+at a new place); a pass with the monitors off gives the baseline decode step.
+
+Then the typing passes (`keystrokes` > 0): at each task the user types the first characters of the answer, one
+completion a keystroke, as an editor asks (on its line: where the answer breaks the line, typing stops), the monitors
+on, then off; each task's first keystroke asks anew (the questions are forgotten between tasks), the next ones find
+what the analysis answered for the earlier ones (the names in scope on the line, a receiver's members).
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ def cpu_capability() -> str:
 
 
 def run_monitors_bench(runtime, suite: Path = DEFAULT_SUITE, n: int = 12, max_tokens: int = 24,
-                       progress: bool = True) -> dict:
+                       progress: bool = True, keystrokes: int = 4) -> dict:
     from repocomplete.model_runtime.backend import make_engine
     from repocomplete.model_runtime.monitor import MONITOR_KINDS, NameMask
     from repocomplete.pipeline import Completer, CompletionOptions
@@ -44,7 +49,6 @@ def run_monitors_bench(runtime, suite: Path = DEFAULT_SUITE, n: int = 12, max_to
     tasks = [t for t in load_tasks(suite / "tasks.jsonl") if t.language == "python"][:n]
     engine = make_engine(runtime.replace(max_new_tokens=max_tokens))
     completer = Completer(engine, ContextConfig())  # the editor's waits
-    rows = []
     try:
         # Each pass completes every task in turn, so that a completion follows the previous task's in both passes
         # (the engine drafts from the previous completion's tokens: an off run right after the same task's on run
@@ -58,19 +62,31 @@ def run_monitors_bench(runtime, suite: Path = DEFAULT_SUITE, n: int = 12, max_to
                 c = completer.complete(str(root / task.file), text, offset,
                                        CompletionOptions(context="infile", monitors=monitors)).completion
                 runs[phase, i] = c
+                if progress and phase == "on":
+                    print(f"  {i + 1}/{len(tasks)} {task.task_id}: {c.monitor_ms:.1f} ms over "
+                          f"{c.generated_tokens} steps", flush=True)
             if phase == "warm":
                 # jedi has the files parsed; the questions are asked anew, as an editor's new text asks them (and
                 # none is still queued from the warm pass, which waited at most monitor_wait_ms for each)
                 completer.settle_analysis(forget=True)
-                if progress and phase == "on":
-                    print(f"  {i + 1}/{len(tasks)} {task.task_id}: {c.monitor_ms:.1f} ms over "
-                          f"{c.generated_tokens} steps", flush=True)
-        for i, task in enumerate(tasks):
-            c, off = runs["on", i], runs["off", i]
-            rows.append({"task": task.task_id, "monitor_ms": c.monitor_ms, "steps": max(1, c.generated_tokens),
-                         "constrained": bool(c.monitor_spans),
-                         "decode_ms_per_step_on": c.decode_s * 1000 / max(1, c.generated_tokens),
-                         "decode_ms_per_step_off": off.decode_s * 1000 / max(1, off.generated_tokens)})
+        rows = [_row(task.task_id, runs["on", i], runs["off", i]) for i, task in enumerate(tasks)]
+        typing_rows = []
+        if keystrokes > 0:
+            typed = {}
+            for phase, monitors in (("on", MONITOR_KINDS), ("off", ())):
+                for i, task in enumerate(tasks):
+                    completer.settle_analysis(forget=True)  # the task's first keystroke asks anew
+                    root = repo_dir(suite / "repos", task)
+                    text, offset = task.buffer()
+                    for k in range(1, min(keystrokes, len(task.groundtruth)) + 1):
+                        chars = task.groundtruth[:k]
+                        if "\n" in chars:
+                            break
+                        typed[phase, i, k] = completer.complete(
+                            str(root / task.file), text[:offset] + chars + text[offset:], offset + k,
+                            CompletionOptions(context="infile", monitors=monitors)).completion
+            typing_rows = [_row(f"{task.task_id}+{k}", typed["on", i, k], typed["off", i, k])
+                           for i, task in enumerate(tasks) for k in range(1, keystrokes + 1) if ("on", i, k) in typed]
         # The mask alone: the names in scope at a typical point (a few hundred), not cached.
         names = NameMask.for_vocab(engine.vocab)
         scope = tuple(sorted({w for t in tasks for w in _identifiers(t.prompt)}))[:400]
@@ -84,23 +100,38 @@ def run_monitors_bench(runtime, suite: Path = DEFAULT_SUITE, n: int = 12, max_to
             times.append((time.perf_counter() - t0) * 1000)
     finally:
         completer.close()
-    per_completion = [r["monitor_ms"] for r in rows]
-    per_step = [r["monitor_ms"] / r["steps"] for r in rows]
-    all_steps = sum(r["steps"] for r in rows)
     return {
         "cpu": cpu_capability(),
         "suite": str(suite),
         "tasks": len(rows),
         "max_tokens": max_tokens,
         "monitor_wait_ms": ContextConfig().monitor_wait_ms,
+        **_summary(rows),
+        "mask_ms": {"names": len(scope), **percentiles(times, (50, 95), 3)},
+        "rows": rows,
+        "keystrokes": keystrokes,
+        "typing": {"completions": len(typing_rows), **_summary(typing_rows), "rows": typing_rows} if typing_rows else None,
+    }
+
+
+def _row(task_id: str, on, off) -> dict:
+    return {"task": task_id, "monitor_ms": on.monitor_ms, "steps": max(1, on.generated_tokens),
+            "constrained": bool(on.monitor_spans),
+            "decode_ms_per_step_on": on.decode_s * 1000 / max(1, on.generated_tokens),
+            "decode_ms_per_step_off": off.decode_s * 1000 / max(1, off.generated_tokens)}
+
+
+def _summary(rows: list[dict]) -> dict:
+    per_completion = [r["monitor_ms"] for r in rows]
+    per_step = [r["monitor_ms"] / r["steps"] for r in rows]
+    all_steps = sum(r["steps"] for r in rows)
+    return {
         "ms_per_step": round(sum(per_completion) / all_steps, 3) if all_steps else None,
         "ms_per_step_p95": percentiles(per_step, (95,), 3)["p95"],
         "ms_per_completion": percentiles(per_completion, (50, 95), 2),
         "constrained_share": round(sum(r["constrained"] for r in rows) / len(rows), 2) if rows else None,
         "decode_ms_per_step_off": _mean(rows, "decode_ms_per_step_off"),
         "decode_ms_per_step_on": _mean(rows, "decode_ms_per_step_on"),
-        "mask_ms": {"names": len(scope), **percentiles(times, (50, 95), 3)},
-        "rows": rows,
     }
 
 
@@ -129,4 +160,17 @@ def format_report(report: dict) -> str:
         f"{report['mask_ms']['p95']} ms p95  [{cpu}]",
         f"  completions a monitor constrained: {report['constrained_share']}",
     ]
+    typing = report.get("typing")
+    if typing:
+        tc = typing["ms_per_completion"]
+        lines += [
+            f"  while typing ({report['keystrokes']} keystrokes of the answer at each task, {typing['completions']} "
+            f"completions):",
+            f"    added per decode step: {typing['ms_per_step']} ms mean, {typing['ms_per_step_p95']} ms p95 of "
+            f"completions  [{cpu}]",
+            f"    added per completion:  {tc['p50']} ms p50, {tc['p95']} ms p95  [{cpu}]",
+            f"    decode step, monitors off: {typing['decode_ms_per_step_off']} ms, on: {typing['decode_ms_per_step_on']}"
+            f" ms  [{cpu}]",
+            f"    completions a monitor constrained: {typing['constrained_share']}",
+        ]
     return "\n".join(lines)

@@ -444,7 +444,7 @@ def cmd_bench_monitors(args: argparse.Namespace) -> int:
     from repocomplete.bench.monitors import DEFAULT_SUITE, format_report, run_monitors_bench
 
     report = run_monitors_bench(runtime_config(args), Path(args.suite) if args.suite else DEFAULT_SUITE, n=args.n,
-                                max_tokens=args.max_tokens or 24, progress=not args.json)
+                                max_tokens=args.max_tokens or 24, progress=not args.json, keystrokes=args.keystrokes)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 
@@ -707,6 +707,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = bench.add_parser("monitors", help="latency monitor-guided decoding adds: ms per decode step, per completion")
     p.add_argument("--suite", default=None, help="a suite folder (tasks.jsonl, repos/; default eval/suites/rich_member)")
     p.add_argument("--n", type=int, default=12, help="tasks")
+    p.add_argument("--keystrokes", type=int, default=4,
+                   help="characters of each answer typed, one completion a keystroke (0: no typing passes)")
     p.add_argument("--json", action="store_true")
     _add_runtime_args(p)
     p.set_defaults(func=cmd_bench_monitors)
