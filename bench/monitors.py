@@ -110,7 +110,8 @@ def run_monitors_bench(runtime, suite: Path = DEFAULT_SUITE, n: int = 12, max_to
         "mask_ms": {"names": len(scope), **percentiles(times, (50, 95), 3)},
         "rows": rows,
         "keystrokes": keystrokes,
-        "typing": {"completions": len(typing_rows), **_summary(typing_rows), "rows": typing_rows} if typing_rows else None,
+        "typing": ({"completions": len(typing_rows), **_summary(typing_rows), "rows": typing_rows}
+                   if typing_rows else None),
     }
 
 
@@ -169,8 +170,8 @@ def format_report(report: dict) -> str:
             f"    added per decode step: {typing['ms_per_step']} ms mean, {typing['ms_per_step_p95']} ms p95 of "
             f"completions  [{cpu}]",
             f"    added per completion:  {tc['p50']} ms p50, {tc['p95']} ms p95  [{cpu}]",
-            f"    decode step, monitors off: {typing['decode_ms_per_step_off']} ms, on: {typing['decode_ms_per_step_on']}"
-            f" ms  [{cpu}]",
+            f"    decode step, monitors off: {typing['decode_ms_per_step_off']} ms, "
+            f"on: {typing['decode_ms_per_step_on']} ms  [{cpu}]",
             f"    completions a monitor constrained: {typing['constrained_share']}",
         ]
     return "\n".join(lines)

@@ -57,6 +57,7 @@ def test_the_typing_passes_complete_at_each_keystroke_of_the_answer_on_its_line(
     assert asked[:3] == [(" c.", True), (" c.", True), (" c.", False)]  # the warm, on and off passes at the cursor
     assert asked[3:] == [("c.f", True), (".fe", True), ("c.f", False), (".fe", False)]  # typing: "f", "fe", then "\n"
     typing = report["typing"]
-    assert typing["completions"] == 2 and [r["task"] for r in typing["rows"]] == ["proj/main.py:6+1", "proj/main.py:6+2"]
+    assert typing["completions"] == 2
+    assert [r["task"] for r in typing["rows"]] == ["proj/main.py:6+1", "proj/main.py:6+2"]
     assert all(r["steps"] >= 1 and r["decode_ms_per_step_off"] > 0 for r in typing["rows"])
     assert "while typing (4 keystrokes" in format_report(report)
