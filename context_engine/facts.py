@@ -20,6 +20,8 @@ import importlib
 import logging
 import sys
 import threading
+import time
+from collections import deque
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -243,35 +245,55 @@ def facts_provider(kind: str, root: str, rel: str, text: str, offset: int, confi
 
 class Analyst:
     """Facts for positions of buffers, answered by the jedi worker (an Executor) and cached by (kind, file, text,
-    position): analysis runs once per trigger. `facts` waits at most `wait_s` (None: until answered); a late
-    answer stays cached for the next asker."""
+    position): analysis runs once per trigger. `facts` waits at most `wait_s` (None: until answered), and not at all
+    for an answer not expected in time (the fastest of the file's latest answers of that kind, counted from when each
+    was asked, would come later): a late answer stays cached for the next asker."""
 
     MAX_CACHED = 256
+    HISTORY = 5  # the latest answer times per (file, kind) that tell whether the next can come in time
 
     def __init__(self, root: Path, executor, config=None):
         self.root = Path(root)
         self.executor = executor
         self.config = config
-        self._results: dict[tuple, Future] = {}
+        self._results: dict[tuple, tuple[Future, float]] = {}  # key -> (the answer, when it was asked)
+        self._took: dict[tuple[str, str], deque] = {}  # (file, kind) -> seconds from asking to answer
         self._lock = threading.Lock()
 
-    def submit(self, kind: str, rel: str, text: str, offset: int) -> Future:
+    def _ask(self, kind: str, rel: str, text: str, offset: int) -> tuple[Future, float]:
         text, offset = question(kind, text, offset)
         key = (kind, rel, hash(text), len(text), offset)
         with self._lock:
-            future = self._results.get(key)
-            if future is None or future.cancelled():
-                future = self.executor.submit(facts_provider, kind, str(self.root), rel, text, offset, self.config)
-                self._results[key] = future
-                while len(self._results) > self.MAX_CACHED:
-                    self._results.pop(next(iter(self._results))).cancel()
-            return future
+            found = self._results.get(key)
+            if found is not None and not found[0].cancelled():
+                return found
+            asked = time.perf_counter()
+            future = self.executor.submit(facts_provider, kind, str(self.root), rel, text, offset, self.config)
+            found = self._results[key] = (future, asked)
+            while len(self._results) > self.MAX_CACHED:
+                self._results.pop(next(iter(self._results)))[0].cancel()
+        future.add_done_callback(lambda f: self._answered((rel, kind), f, asked))  # (at once if done: not locked)
+        return found
+
+    def _answered(self, key: tuple[str, str], future: Future, asked: float) -> None:
+        if not future.cancelled() and future.exception() is None:
+            with self._lock:
+                self._took.setdefault(key, deque(maxlen=self.HISTORY)).append(time.perf_counter() - asked)
+
+    def submit(self, kind: str, rel: str, text: str, offset: int) -> Future:
+        return self._ask(kind, rel, text, offset)[0]
+
+    def expected_s(self, kind: str, rel: str) -> float | None:
+        """The fastest of the latest answers of `kind` on `rel`, from asking to answer (None: none yet)."""
+        with self._lock:
+            took = self._took.get((rel, kind))
+            return min(took) if took else None
 
     def settle(self, forget: bool = False) -> None:
         """Wait until every question asked is answered (or failed); `forget`: then drop the answers, so that each
         is asked anew (of a worker whose jedi has the files parsed: a benchmark's steady state)."""
         with self._lock:
-            futures = list(self._results.values())
+            futures = [future for future, _ in self._results.values()]
         for future in futures:
             try:
                 future.result()
@@ -282,9 +304,14 @@ class Analyst:
                 self._results.clear()
 
     def facts(self, kind: str, rel: str, text: str, offset: int, wait_s: float | None) -> Facts | None:
-        """The facts, or None when they did not come within wait_s (or the worker failed, or was shut down)."""
+        """The facts, or None when they did not come within wait_s, or are not expected to (or the worker failed,
+        or was shut down)."""
         try:
-            future = self.submit(kind, rel, text, offset)
+            future, asked = self._ask(kind, rel, text, offset)
+            if wait_s is not None and not future.done():
+                expected = self.expected_s(kind, rel)
+                if expected is not None and asked + expected - time.perf_counter() > wait_s:
+                    return None  # the wait would be spent for nothing
             return future.result(timeout=wait_s)
         except FutureTimeout:
             return None

@@ -201,6 +201,43 @@ def test_the_analyst_settles_what_it_was_asked_and_may_forget_it(project):
         assert analyst.facts("deref", "main.py", text, offset, None).what == "Client"
 
 
+def test_the_analyst_does_not_wait_for_an_answer_not_expected_in_time(project, monkeypatch):
+    """Where the latest answers of a kind on a file all took longer than the wait has left, the asker does not wait
+    (the wait would be spent for nothing); the answer, when it comes, is cached; with a quick history it waits."""
+    import threading
+    import time
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    from repocomplete.context_engine import facts as facts_module
+    from repocomplete.context_engine.facts import Analyst
+
+    release = threading.Event()
+    real = facts_module.facts_provider
+
+    def slow(*args):
+        release.wait(5)
+        return real(*args)
+
+    monkeypatch.setattr(facts_module, "facts_provider", slow)
+    with ThreadPoolExecutor(1) as pool:
+        analyst = Analyst(project, pool)
+        assert analyst.expected_s("deref", "main.py") is None
+        analyst._took[("main.py", "deref")] = deque([0.5, 0.8])  # answers slower than the wait
+        text, offset = buffer("client.")
+        t0 = time.perf_counter()
+        assert analyst.facts("deref", "main.py", text, offset, 0.2) is None
+        assert time.perf_counter() - t0 < 0.1  # not the 0.2 s wait
+        release.set()
+        assert analyst.facts("deref", "main.py", text, offset, None).what == "Client"  # cached, answered
+        assert analyst.expected_s("deref", "main.py") < 0.5  # its time joined the history
+        release.clear()
+        threading.Timer(0.05, release.set).start()
+        analyst._took[("main.py", "deref")].extend([0.01] * 5)  # a quick worker: the wait is worth it
+        text, offset = buffer("client.fetch(u).")
+        assert analyst.facts("deref", "main.py", text, offset, 5.0) is not None
+
+
 def test_every_keystroke_on_a_line_asks_the_one_scope_question(project):
     """The names in scope are asked where the line's statement starts, the line a placeholder: typing on the line
     finds the first keystroke's answer (a line below asks anew)."""
