@@ -87,8 +87,9 @@ class ContextConfig:
     # None: no cut (evaluation, where records must not depend on the machine's load).
     infer_budget_ms: float | None = 120.0
     # Monitor-guided decoding: how long one completion's decode steps wait in all for the analysis of the
-    # identifiers the model starts (`obj.` generated); a later answer leaves that identifier unconstrained (and is
-    # cached for the next request). None: always wait (evaluation).
+    # identifiers the model starts (`obj.` generated), and not at all for an answer the file's latest ones say
+    # cannot come in time (`facts.Analyst`); a later answer leaves that identifier unconstrained (and is cached for
+    # the next request). None: always wait (evaluation).
     monitor_wait_ms: float | None = 15.0
 
     def replace(self, **changes) -> "ContextConfig":
