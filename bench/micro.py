@@ -3,6 +3,8 @@
     repocomplete bench micro parsing DIR [--repeat N]      tree-sitter parsing of every supported file, MB/s
     repocomplete bench micro index DIR [--edits N]         cold/warm index builds and incremental updates
     repocomplete bench micro analysis [--calls N]          the jedi providers on a small bundled package
+    repocomplete bench micro facts SUITE [--versions N]    the monitors' questions at each task's cursor, as the
+                                                           worker answers them: jedi's state shared and fresh
     repocomplete bench micro retrieval DIR [--queries N] [--dense-sample N] [--method bm25|jaccard]
     repocomplete bench micro decode [--context-tokens N] [--steps N]   one decode step: weights, attention, the rest
     repocomplete bench micro tokens DIR [--queries N] [--budget N]  counting budgets with SmolLM2's tokenizer
@@ -223,6 +225,54 @@ def bench_analysis(calls: int) -> None:
                 call(i)
                 times.append((time.perf_counter() - t) * 1000)
             print(f"{label}: {len(records)} records; first call {cold:.1f} ms; {_p50_p95(times)} over {calls} calls")
+
+
+# -- facts (the monitors' analysis) ---------------------------------------------------------------------------------
+
+
+def bench_facts(suite: Path, versions: int) -> None:
+    """The questions the monitors ask at each task's cursor (`deref` after a dot, else `scope`; `args` inside a
+    call), as the jedi worker answers them (`facts_provider`, behind the workspace's gate), each on `versions`
+    versions of the buffer (a comment line added on top: new text, the same file); the first version is not timed.
+    Twice: with the worker's inference state shared across a file's questions, then fresh for each (jedi's own
+    way), with how many answers differ."""
+    from repocomplete.context_engine import jedi_support
+    from repocomplete.context_engine.facts import facts_provider
+    from repocomplete.eval.suites import load_tasks, repo_dir
+
+    tasks = [t for t in load_tasks(Path(suite) / "tasks.jsonl") if t.language == "python"]
+    answers: dict[str, list] = {}
+    reuses = jedi_support.STATE_REUSES
+    try:
+        for label, limit in (("shared", reuses), ("fresh", 0)):
+            jedi_support.STATE_REUSES = limit
+            times, got = [], []
+            for task in tasks:
+                root = repo_dir(Path(suite) / "repos", task)
+                text, offset = task.buffer()
+                at = offset
+                while at > 0 and (text[at - 1].isalnum() or text[at - 1] == "_"):
+                    at -= 1
+                kinds = ["deref"] if text[:at].endswith(".") else ["scope"]
+                if text[:at].rstrip().endswith(("(", ",")):
+                    kinds.append("args")
+                for kind in kinds:
+                    for v in range(versions):
+                        head = f"# version {v}\n"
+                        t = time.perf_counter()
+                        facts = facts_provider(kind, str(root), task.file, head + text[:at] + text[offset:],
+                                               len(head) + at)
+                        if v:
+                            times.append((time.perf_counter() - t) * 1000)
+                        got.append((facts.names, facts.signatures))
+            answers[label] = got
+            mean = sum(times) / len(times) if times else 0.0
+            print(f"{label} inference state: {len(got) // versions} questions on {len(tasks)} tasks, {versions} "
+                  f"versions each; mean {mean:.1f} ms, {_p50_p95(times)} over the {len(times)} later versions")
+    finally:
+        jedi_support.STATE_REUSES = reuses
+    differ = sum(a != b for a, b in zip(answers["shared"], answers["fresh"]))
+    print(f"answers that differ, shared against fresh: {differ} of {len(answers['fresh'])}")
 
 
 # -- retrieval -----------------------------------------------------------------------------------------------------
@@ -478,6 +528,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--edits", type=_positive, default=30, help="edits of each timed file (default 30)")
     p = parts.add_parser("analysis", help="time the jedi providers (imports, typed holes) on a bundled package")
     p.add_argument("--calls", type=_positive, default=20, help="timed calls per case (default 20)")
+    p = parts.add_parser("facts", help="time the monitors' analysis at each task's cursor of a suite, jedi's state "
+                                       "shared and fresh")
+    p.add_argument("suite", type=Path, metavar="SUITE", help="a suite folder (tasks.jsonl, repos/)")
+    p.add_argument("--versions", type=_positive, default=3, help="buffer versions per question (default 3)")
     p = parts.add_parser("retrieval", help="index every .py file under DIR and time queries")
     p.add_argument("directory", type=Path, metavar="DIR")
     p.add_argument("--queries", type=_positive, default=50, help="cursors to query from (default 50)")
@@ -500,6 +554,8 @@ def main(argv: list[str] | None = None) -> int:
         bench_index(args.directory, args.edits)
     elif args.part == "analysis":
         bench_analysis(args.calls)
+    elif args.part == "facts":
+        bench_facts(args.suite, args.versions)
     elif args.part == "tokens":
         bench_tokens(args.directory, args.queries, args.budget)
     else:

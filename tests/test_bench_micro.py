@@ -68,6 +68,29 @@ def test_analysis_times_each_provider_case(capsys):
     assert all(int(n) > 0 for _, n in found[:3])  # the demo's imports, and both holes, have project definitions
 
 
+def test_facts_times_the_monitors_questions_shared_and_fresh(tmp_path, capsys):
+    import json
+
+    from helpers import write_tree
+
+    suite = tmp_path / "suite"
+    main_py = "from client import Client\n\n\ndef run(u):\n    c = Client()\n    c.fetch(u)\n"
+    write_tree(suite / "repos" / "proj", {
+        "client.py": "class Client:\n    def fetch(self, path):\n        return path\n", "main.py": main_py})
+    tasks = [("c.", "fetch(u)"), ("c.fetch(", "u)")]
+    (suite / "tasks.jsonl").write_text("".join(json.dumps({
+        "prompt": main_py[: main_py.index(prompt) + len(prompt)], "groundtruth": truth, "right_context": "\n",
+        "metadata": {"task_id": f"proj/main.py:{i}", "repository": "proj", "file": "main.py",
+                     "groundtruth_start_lineno": 5, "language": "python"}}) + "\n" for i, (prompt, truth) in
+        enumerate(tasks)))
+    lines = run(capsys, "facts", str(suite), "--versions", "2")
+    pattern = rf"(shared|fresh) inference state: 3 questions on 2 tasks, 2 versions each; mean {NUM} ms, p50 {NUM} ms, "
+    pattern += rf"p95 {NUM} ms"
+    assert [re.fullmatch(pattern + " over the 3 later versions", line).group(1) for line in lines[:2]] == [
+        "shared", "fresh"]  # deref at `c.`; scope and args at `fetch(`: each on 2 versions, the second timed
+    assert lines[2] == "answers that differ, shared against fresh: 0 of 6"
+
+
 @pytest.mark.parametrize("method", ["bm25", "jaccard"])
 def test_retrieval_sizes_and_query_latencies(repo, capsys, method):
     lines = run(capsys, "retrieval", str(repo), "--queries", "3", "--method", method)
