@@ -172,6 +172,7 @@ class _SharedState:
 
 
 _STATES: dict[tuple, _SharedState] = {}
+_STATES_LOCK = threading.Lock()
 
 
 def _stamp(path: str) -> tuple[int, int] | None:
@@ -187,8 +188,9 @@ def _share_state(script, gate: Gate, root: Path, path: Path) -> None:
     `gated`: the worker's calls), or keep its own as the one the next ones use."""
     if _GATE.get() is not gate:
         return
-    key = (threading.get_ident(), id(gate), str(root), str(path))
-    shared = _STATES.pop(key, None)
+    key = (threading.get_ident(), id(gate), str(root), str(path))  # (a state is never used by two threads)
+    with _STATES_LOCK:
+        shared = _STATES.pop(key, None)
     if shared is not None and (shared.gate is not gate or shared.uses >= STATE_REUSES or shared.stale(str(path))):
         shared = None
     if shared is None:
@@ -202,9 +204,10 @@ def _share_state(script, gate: Gate, root: Path, path: Path) -> None:
         state.analysis = []
         script._inference_state = state
     shared.uses += 1
-    _STATES[key] = shared  # (last used, last in order)
-    while len(_STATES) > _STATES_MAX:
-        _STATES.pop(next(iter(_STATES)))
+    with _STATES_LOCK:
+        _STATES[key] = shared  # (last used, last in order)
+        while len(_STATES) > _STATES_MAX:
+            _STATES.pop(next(iter(_STATES)))
 
 
 def taint() -> None:
@@ -213,8 +216,9 @@ def taint() -> None:
     gate = _GATE.get()
     if gate is None:
         return
-    for key in [k for k in _STATES if k[1] == id(gate)]:
-        del _STATES[key]
+    with _STATES_LOCK:
+        for key in [k for k in _STATES if k[1] == id(gate)]:
+            del _STATES[key]
 
 
 def use_cache_dir(path: str | os.PathLike) -> None:
