@@ -141,9 +141,10 @@ def gated(gate: Gate):
 # jedi builds a new inference state for every Script: the values of every module an answer reads (typing, the
 # classes' bases in other files) are inferred again for each question, though only the buffer changed. Inside a
 # gate (the jedi worker's calls), the Scripts of one file share one state while the files it loaded are unchanged
-# on disk, up to STATE_REUSES questions (what it keeps of old buffers grows ~0.4 MB a question on a 100 KB file).
-STATE_REUSES = 100
-_STATES_MAX = 4  # files with a state kept (per process; a worker answers one file at a time)
+# on disk, up to STATE_REUSES questions (what it keeps of old buffers grows ~0.4 MB a question on a 100 KB file: at
+# most ~25 MB a state there).
+STATE_REUSES = 64
+_STATES_MAX = 2  # files with a state kept (per process; a worker answers one file at a time, an editor's two)
 
 
 @dataclass
