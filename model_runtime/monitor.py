@@ -43,12 +43,15 @@ forced name the model gives no weight to. Where the mask refuses the model's fir
 swap would not be a name for a name (`Guide._refused`): the model wrote a valid prefix of its own and goes on
 where no allowed name does (the mask would finish the prefix into an unrelated name: `l` -> `lambda`), the best
 token left starts no name at all (a newline where the model wrote a keyword argument), or the allowed names hold
-less than `MIN_SWAP_MASS` where the name starts (the best of them is a guess).
+less than `MIN_SWAP_MASS` where the name starts (the best of them is a guess). A swap never writes a dunder or
+mangled name (`__x`) the model did not start itself (`self.` + `handle` went on `__getattribute__(request)`): where
+only such names are left in the model's place, the monitor yields.
 """
 
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -339,7 +342,7 @@ class Guide:
                     if c.close and self.ends is not None:  # an end is a close too: the closing rule writes it
                         n = logits.shape[-1]
                         allowed = _fit(allowed, n) | self._end_masks(n)[1]
-                    logits = self._mask(logits, monitor, c, allowed)
+                    logits = self._mask(logits, monitor, c, allowed, swap=self._swap(c, self.names.allowed))
                     span = self.spans.get((c.monitor or monitor.name, c.start))
                     self._closed |= c.close and span is not None and span.redirected and not span.yielded
             top = int(torch.argmax(logits))
@@ -364,7 +367,8 @@ class Guide:
                 for monitor in self.monitors:
                     c = monitor.constraint(self.before, generated + ".")
                     if c is not None and not c.free_other:
-                        logits = self._mask(logits, monitor, c, self.names.after_dot(c))
+                        after = self.names.after_dot(c)
+                        logits = self._mask(logits, monitor, c, after, swap=self._swap(c, self.names.after_dot))
             else:
                 logits = self._call_rules(logits, generated, top)
             return logits
@@ -431,6 +435,20 @@ class Guide:
                 return logits
             top = int(torch.argmax(logits))
 
+    @staticmethod
+    def _swap(c: Constraint, build):
+        """How to build the mask a swap may use under constraint `c` (`build`: how names become a mask): the names
+        less the dunder and mangled ones (`__x`); None where the identifier already starts with `__`. The builder
+        answers None where no name is left out; it runs only where a swap is asked for."""
+        if c.close or c.refuse or c.partial.startswith("__"):
+            return None
+
+        def mask():
+            kept = tuple(n for n in c.names if not n.startswith("__"))
+            return None if len(kept) == len(c.names) else build(dataclasses.replace(c, names=kept))
+
+        return mask
+
     def _closing_tokens(self, top: int, n: int) -> tuple[torch.Tensor | None, bool]:
         """The tokens the arity rule refuses where the model's choice `top` closes a call, and whether that choice
         is an empty call; (None, False) where it closes nothing."""
@@ -454,7 +472,9 @@ class Guide:
             self._ends = (n, frozenset(ids.tolist()), closes | ends, ends)
         return self._ends[1], self._ends[2], self._ends[3]
 
-    def _mask(self, logits: torch.Tensor, monitor, c: Constraint, allowed: torch.Tensor) -> torch.Tensor:
+    def _mask(self, logits: torch.Tensor, monitor, c: Constraint, allowed: torch.Tensor, swap=None) -> torch.Tensor:
+        """`logits` masked to `allowed` under the yield rules; `swap()`: the mask where the model's first choice is
+        refused (`_swap`), None where it is `allowed`."""
         key = (c.monitor or monitor.name, c.start)
         span = self.spans.get(key)
         if span is None:
@@ -488,6 +508,18 @@ class Guide:
                 return logits
         if not allowed[top]:
             why = self._refused(c, logits, probs, allowed, masked, top, span)
+            if not why and swap is not None and top < names.size and \
+                    not (c.partial + names.texts[top].lstrip(" .")).startswith("__"):
+                # A swap writes no dunder or mangled name (`__x`) the model did not start itself: the names left
+                # must still give a name (or the rest of one) in the model's place, else the monitor yields.
+                narrower = swap()
+                if narrower is not None:
+                    narrower = allowed & _fit(narrower, allowed.shape[0]).to(allowed.device)
+                    masked = logits.masked_fill(~narrower, float("-inf"))
+                    best = int(torch.argmax(masked))
+                    if not torch.isfinite(masked).any() or (not c.partial and names.name_start[top] and (
+                            best >= names.size or not names.name_start[best])):
+                        why = "no allowed name in the model's place"
             if why:
                 span.yielded = why
                 return logits

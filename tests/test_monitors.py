@@ -1029,7 +1029,8 @@ def test_monitors_are_on_by_default_with_a_local_model_only():
 
 @pytest.fixture
 def completer(tiny_loaded, tiny_config, tmp_path):
-    engine = Engine(tiny_loaded, tiny_config.replace(token_healing=True, max_new_tokens=6))
+    # (no decoding time limit: the first question of a loaded machine's analysis may take seconds, and is waited for)
+    engine = Engine(tiny_loaded, tiny_config.replace(token_healing=True, max_new_tokens=6, time_budget_s=120.0))
     completer = Completer(engine, ContextConfig(index_dir=tmp_path / "index", jedi_cache_dir=tmp_path / "jedi",
                                                 monitor_wait_ms=None, slow_provider_deadline_ms=None,
                                                 slow_provider_budget_ms=None))  # a loaded machine: jedi may be slow
@@ -1203,3 +1204,25 @@ def test_a_swap_for_names_the_model_gives_little_weight_is_a_guess(vocab):
     assert guide.spans[("deref", len(before))].mass < MIN_SWAP_MASS
     token, guide = step(vocab, {"append": 6.0, "content": 2.0, "close": 1.5}, deref, before, "")
     assert token == "content" and MIN_SWAP_MASS < guide.spans[("deref", len(before))].mass < 0.1
+
+
+def test_a_swap_never_makes_a_dunder_or_mangled_name_the_model_did_not_start(vocab):
+    before = "        return self."
+    deref = Fixed(["__class__", "__getattribute__", "_send", "close"], len(before))
+    # `handle` is no member and `__` is the best allowed token: the swap goes to a name, not into a dunder
+    token, guide = step(vocab, {"handle": 6.0, "__": 5.0, "close": 4.0}, deref, before, "")
+    assert token == "close" and [s.redirected for s in guide.spans.values()] == [True]
+    # where only dunders are left, the monitor yields: the model's name stays (`self.__getattribute__(request)` was
+    # what the swap wrote), and `_` (a prefix of the dunders only) is no way round it
+    token, guide = step(vocab, {"handle": 6.0, "__": 5.0, "_": 4.5},
+                        Fixed(["__class__", "__getattribute__"], len(before)), before, "")
+    assert token == "handle"
+    assert [s.yielded for s in guide.spans.values()] == ["no allowed name in the model's place"]
+    # the model wrote `_` (a private name): the swap does not make it `__`, it goes to the private member
+    token, guide = step(vocab, {"handle": 6.0, "_": 5.0, "send": 4.0}, deref, before, "_")
+    assert token == "send"
+    # a dunder the model starts itself is its own: `__` is allowed and `class` finishes it
+    token, _ = step(vocab, {"__": 6.0, "close": 4.0}, deref, before, "")
+    assert token == "__"
+    token, _ = step(vocab, {"class": 6.0, "close": 4.0}, deref, before, "__")
+    assert token == "class"
