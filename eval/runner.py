@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from repocomplete.pipeline import Completer, CompletionResult, Cursor
+from repocomplete.model_runtime import cpu_path
 from repocomplete.context_engine.config import ContextConfig
 from repocomplete.context_engine.errors import InputError
 from repocomplete.context_engine.engine import Context, ContextEngine
@@ -293,7 +294,8 @@ def run(
             make_runner = functools.partial(make_batch_runner, runtime, context, str(repos.resolve()), options)
             run_ray(todo, make_runner, options.workers, options.batch_size, sink)
         else:
-            _run_local(todo, repos, runtime, context, options, sink, model, make_context_engine)
+            _run_local(todo, repos, runtime, context, options, sink, model, make_context_engine,
+                       on_engine=lambda engine: files.write_meta({**(files.meta() or {}), "path": cpu_path.engine_path(engine)}))
     finally:
         bar.close()
     n = files.finish([t.task_id for t in tasks])
@@ -302,7 +304,8 @@ def run(
     return {**summary, "seconds": round(time.perf_counter() - t0, 1), "complete": True}
 
 
-def _run_local(todo, repos, runtime, context, options, sink, model=None, make_context_engine=None) -> None:
+def _run_local(todo, repos, runtime, context, options, sink, model=None, make_context_engine=None,
+               on_engine=None) -> None:
     if options.via == "lsp":
         from repocomplete.eval.lsp_client import LspBatchRunner
 
@@ -312,8 +315,10 @@ def _run_local(todo, repos, runtime, context, options, sink, model=None, make_co
 
         if callable(model) and not hasattr(model, "complete_batch"):
             model = model()  # a factory: the caller shares one engine between runs that have work
-        completer = Completer(model or make_engine(runtime), context,
-                              make_context_engine=make_context_engine or eval_context_engine)
+        engine = model or make_engine(runtime)
+        if on_engine is not None:
+            on_engine(engine)
+        completer = Completer(engine, context, make_context_engine=make_context_engine or eval_context_engine)
         # the engine is ours when none was given: close it with the completer
         runner = BatchRunner(completer, repos, options, owns_completer=model is None)
     try:

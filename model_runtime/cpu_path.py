@@ -401,3 +401,9 @@ def to_dict(plan: CpuPlan) -> dict:
     return {"decode": plan.decode.name, "prefill": plan.prefill.name, "kv": plan.kv_dtype, "source": plan.source,
             "capability": plan.cpu.get("capability"), "cpu": plan.cpu.get("name"), "threads": plan.cpu.get("threads")}
 
+
+def engine_path(engine) -> dict | None:
+    """The CPU path a local engine runs (`to_dict`), None for an endpoint or a GPU: reported beside its figures, which
+    move with it (an int4 decode answers otherwise than an int8 one)."""
+    plan = getattr(getattr(engine, "loaded", None), "plan", None)
+    return to_dict(plan) if plan is not None else None

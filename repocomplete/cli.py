@@ -233,12 +233,9 @@ def cmd_complete(args: argparse.Namespace) -> int:
 
 def _path_report(engine) -> dict | None:
     """The CPU path the local model runs (None for an endpoint or a GPU)."""
-    plan = getattr(getattr(engine, "loaded", None), "plan", None)
-    if plan is None:
-        return None
-    from repocomplete.model_runtime.cpu_path import to_dict
+    from repocomplete.model_runtime.cpu_path import engine_path
 
-    return to_dict(plan)
+    return engine_path(engine)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

@@ -422,6 +422,9 @@ def test_cli_run_writes_predictions_and_a_bad_line_is_exit_2(suite, tmp_path, ti
     assert main(args) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["ran"] == 3 and summary["complete"] and len(out.read_text().splitlines()) == 3
+    # the run's meta names the CPU path its answers came from (`complete --json` reports the same)
+    path = PredictionFile(out).meta()["path"]
+    assert path["decode"] == path["prefill"] == "fp32" and path["cpu"] and path["threads"] >= 1, path
     bad = tmp_path / "bad.jsonl"
     bad.write_text(tasks_path.read_text().splitlines()[0] + "\n{not json\n")
     assert main([*args[:2], "--tasks", str(bad), *args[4:]]) == 2
