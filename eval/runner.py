@@ -294,8 +294,10 @@ def run(
             make_runner = functools.partial(make_batch_runner, runtime, context, str(repos.resolve()), options)
             run_ray(todo, make_runner, options.workers, options.batch_size, sink)
         else:
-            _run_local(todo, repos, runtime, context, options, sink, model, make_context_engine,
-                       on_engine=lambda engine: files.write_meta({**(files.meta() or {}), "path": cpu_path.engine_path(engine)}))
+            def on_engine(engine) -> None:
+                files.write_meta({**(files.meta() or {}), "path": cpu_path.engine_path(engine)})
+
+            _run_local(todo, repos, runtime, context, options, sink, model, make_context_engine, on_engine=on_engine)
     finally:
         bar.close()
     n = files.finish([t.task_id for t in tasks])
