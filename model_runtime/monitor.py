@@ -342,7 +342,7 @@ class Guide:
                     if c.close and self.ends is not None:  # an end is a close too: the closing rule writes it
                         n = logits.shape[-1]
                         allowed = _fit(allowed, n) | self._end_masks(n)[1]
-                    logits = self._mask(logits, monitor, c, allowed, swap=self._swap(c, self.names.allowed))
+                    logits = self._mask(logits, monitor, c, allowed, build=self.names.allowed)
                     span = self.spans.get((c.monitor or monitor.name, c.start))
                     self._closed |= c.close and span is not None and span.redirected and not span.yielded
             top = int(torch.argmax(logits))
@@ -368,7 +368,7 @@ class Guide:
                     c = monitor.constraint(self.before, generated + ".")
                     if c is not None and not c.free_other:
                         after = self.names.after_dot(c)
-                        logits = self._mask(logits, monitor, c, after, swap=self._swap(c, self.names.after_dot))
+                        logits = self._mask(logits, monitor, c, after, build=self.names.after_dot)
             else:
                 logits = self._call_rules(logits, generated, top)
             return logits
@@ -435,19 +435,15 @@ class Guide:
                 return logits
             top = int(torch.argmax(logits))
 
-    @staticmethod
-    def _swap(c: Constraint, build):
-        """How to build the mask a swap may use under constraint `c` (`build`: how names become a mask): the names
-        less the dunder and mangled ones (`__x`); None where the identifier already starts with `__`. The builder
-        answers None where no name is left out; it runs only where a swap is asked for."""
-        if c.close or c.refuse or c.partial.startswith("__"):
+    def _without_dunders(self, c: Constraint, top: int) -> tuple[str, ...] | None:
+        """The names a swap may write in place of the model's choice `top`: `c`'s less the dunder and mangled ones
+        (`__x`), unless the identifier (with `top`) starts with `__`; None where that leaves none out (or where `c`
+        allows no names: a close, a refusal)."""
+        if c.close or c.refuse or top >= self.names.size or \
+                (c.partial + self.names.texts[top].lstrip(" .")).startswith("__"):
             return None
-
-        def mask():
-            kept = tuple(n for n in c.names if not n.startswith("__"))
-            return None if len(kept) == len(c.names) else build(dataclasses.replace(c, names=kept))
-
-        return mask
+        kept = tuple(n for n in c.names if not n.startswith("__"))
+        return kept if len(kept) < len(c.names) else None
 
     def _closing_tokens(self, top: int, n: int) -> tuple[torch.Tensor | None, bool]:
         """The tokens the arity rule refuses where the model's choice `top` closes a call, and whether that choice
@@ -472,9 +468,9 @@ class Guide:
             self._ends = (n, frozenset(ids.tolist()), closes | ends, ends)
         return self._ends[1], self._ends[2], self._ends[3]
 
-    def _mask(self, logits: torch.Tensor, monitor, c: Constraint, allowed: torch.Tensor, swap=None) -> torch.Tensor:
-        """`logits` masked to `allowed` under the yield rules; `swap()`: the mask where the model's first choice is
-        refused (`_swap`), None where it is `allowed`."""
+    def _mask(self, logits: torch.Tensor, monitor, c: Constraint, allowed: torch.Tensor, build=None) -> torch.Tensor:
+        """`logits` masked to `allowed` under the yield rules; `build`: how `allowed` was made from `c`'s names
+        (`NameMask.allowed`, `after_dot`), for a swap's narrower mask (None: a swap keeps `allowed`)."""
         key = (c.monitor or monitor.name, c.start)
         span = self.spans.get(key)
         if span is None:
@@ -508,18 +504,17 @@ class Guide:
                 return logits
         if not allowed[top]:
             why = self._refused(c, logits, probs, allowed, masked, top, span)
-            if not why and swap is not None and top < names.size and \
-                    not (c.partial + names.texts[top].lstrip(" .")).startswith("__"):
+            kept = self._without_dunders(c, top) if not why and build is not None else None
+            if kept is not None:
                 # A swap writes no dunder or mangled name (`__x`) the model did not start itself: the names left
                 # must still give a name (or the rest of one) in the model's place, else the monitor yields.
-                narrower = swap()
-                if narrower is not None:
-                    narrower = allowed & _fit(narrower, allowed.shape[0]).to(allowed.device)
-                    masked = logits.masked_fill(~narrower, float("-inf"))
-                    best = int(torch.argmax(masked))
-                    if not torch.isfinite(masked).any() or (not c.partial and names.name_start[top] and (
-                            best >= names.size or not names.name_start[best])):
-                        why = "no allowed name in the model's place"
+                narrower = build(dataclasses.replace(c, names=kept))
+                narrower = allowed & _fit(narrower, allowed.shape[0]).to(allowed.device)
+                masked = logits.masked_fill(~narrower, float("-inf"))
+                best = int(torch.argmax(masked))
+                if not torch.isfinite(masked).any() or (not c.partial and names.name_start[top] and (
+                        best >= names.size or not names.name_start[best])):
+                    why = "no allowed name in the model's place"
             if why:
                 span.yielded = why
                 return logits
