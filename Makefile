@@ -24,8 +24,10 @@ demo: $(STAMP)
 # The VS Code extension's build, tests and .vsix, then the Python suite (server, engines, eval, editors).
 test: test-extension test-python
 
+# Two workers (pytest-xdist): most of the suite's time is servers and editors starting, which a second core
+# overlaps (9 min 21 s -> 6 min 53 s on a 2-core AVX2 EPYC); every test stands alone, in its own temporary folders.
 test-python: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 test-extension:
 	bash vscode-extension/ci.sh
