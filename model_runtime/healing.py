@@ -57,12 +57,23 @@ class VocabIndex:
 
         Where that text ends in indentation (the cursor after the spaces an editor put there), a token must not
         run on with more spaces or tabs: the completion starts at the cursor's column, not past it (a longer run of
-        spaces is a common token that small models pick, then fill the line they over-indented with a comment)."""
+        spaces is a common token that small models pick, then fill the line they over-indented with a comment).
+
+        Where it ends in a space, no token may end exactly there: byte-level BPE (GPT-2's, StarCoder's, SmolLM2's)
+        gives the last space of a run before code to the next token (`"\\n" + 11 spaces`, then `" return"`), so a
+        model has rarely seen a word follow a token that ends in a space. Given that token (the prompt's own
+        `"\\n" + 12 spaces`, after a blank line), the base model wrote `!  \"\"\"` on click's `_textwrap.py`.
+        Where nothing else is left, that token stays allowed."""
         longer = self.starting_with(remaining)
         if remaining[-1:] in (" ", "\t"):
             n = len(remaining)
             longer = [i for i in longer if self.texts[i][n : n + 1] not in (" ", "\t")]
-        return longer + self.prefixes_of(remaining)
+        out = longer + self.prefixes_of(remaining)
+        if remaining[-1:] == " ":
+            n = len(remaining)
+            split = [i for i in out if len(self.texts[i]) != n]
+            return split or out
+        return out
 
     def opening(self, comment: str) -> list[int]:
         """Tokens that start a line comment once leading spaces and tabs are set aside ("#", " #", "   //"), or that

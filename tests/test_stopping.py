@@ -170,9 +170,30 @@ def test_vocab_index_allowed_for_indentation(tokenizer, vocab):
     assert (nl3, nl4, ret) == (472, 2367, 1003)
     allowed = set(vocab.allowed("\n    "))
     assert nl3 in allowed  # a prefix of the text
-    assert nl4 in allowed  # the text itself
+    # Not the text itself: it would end on the run's last space, which BPE always gives to the next token, so
+    # the model would write its first word after a token it never saw one follow (`!  """` on click).
+    assert nl4 not in allowed
     assert _id(tokenizer, "\n") in allowed
     assert ret not in allowed
+    # After "\n   ", the last space to reproduce: " return" takes it; the bare " " does not, nor "  return".
+    last = set(vocab.allowed(" "))
+    assert ret in last and _id(tokenizer, " ") not in last and _id(tokenizer, "  ") not in last
+    # Tabs are not split that way (no token begins with a tab and goes on with a word): the tab itself stays.
+    assert _id(tokenizer, "\t") in set(vocab.allowed("\t"))
+    # Where only the exact token would reproduce the text, it stays allowed (never an empty mask).
+    class Few:
+        all_special_ids = []
+        pieces = ["x", "\n  ", " ", "\n"]
+
+        def __len__(self):
+            return len(self.pieces)
+
+        def decode(self, ids):
+            return "".join(self.pieces[i] for i in ids)
+
+    few = VocabIndex(Few())
+    assert sorted(few.allowed(" ")) == [2]
+    assert sorted(few.allowed("\n  ")) == [3]  # "\n", then " " alone: the exact token goes
     # Every allowed token is consistent with the text to reproduce.
     for token_id in allowed:
         t = vocab.texts[token_id]
