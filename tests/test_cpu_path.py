@@ -145,7 +145,8 @@ def test_the_cache_key_covers_cpu_isa_torch_threads_and_shapes(tmp_path, monkeyp
     real = cpu_mod.cpu_info()
     changed = {
         # a capability other than this machine's (on an AVX2 host, "AVX2" would be no change)
-        "capability": dict(capability="AVX512" if real.capability == "AVX2" else "AVX2"), "torch": dict(torch="9.9.9"), "name": dict(name="Other CPU"),
+        "capability": dict(capability="AVX512" if real.capability == "AVX2" else "AVX2"),
+        "torch": dict(torch="9.9.9"), "name": dict(name="Other CPU"),
         "threads": dict(threads=real.threads + 1),
         "isa_env": dict(isa_env=real.isa_env + (("ONEDNN_MAX_CPU_ISA", "DEFAULT"),)),
         "shapes": {},
