@@ -171,11 +171,11 @@ def test_vocab_index_allowed_for_indentation(tokenizer, vocab):
     allowed = set(vocab.allowed("\n    "))
     assert nl3 in allowed  # a prefix of the text
     # Not the text itself: it would end on the run's last space, which BPE always gives to the next token, so
-    # the model would write its first word after a token it never saw one follow (`!  """` on click).
+    # the model would write its first word after a token it has rarely seen one follow (`!  """` on click).
     assert nl4 not in allowed
     assert _id(tokenizer, "\n") in allowed
     assert ret not in allowed
-    # After "\n   ", the last space to reproduce: " return" takes it; the bare " " does not, nor "  return".
+    # After "\n   ", the last space to reproduce: " return" takes it; the bare " " does not, nor "  " (more blanks).
     last = set(vocab.allowed(" "))
     assert ret in last and _id(tokenizer, " ") not in last and _id(tokenizer, "  ") not in last
     # Tabs are not split that way (no token begins with a tab and goes on with a word): the tab itself stays.
