@@ -6,6 +6,7 @@ model is converted once to safetensors in the user cache directory and loaded fr
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.util
@@ -116,43 +117,85 @@ def _gguf_cache_key(path: Path) -> str:
 
 
 def convert_gguf(gguf: Path, cache_dir: Path) -> Path:
-    """Convert a GGUF file to a safetensors directory once; return the directory."""
+    """Convert a GGUF file to a safetensors directory once; return the directory.
+
+    Processes that ask at the same time (a server and a command, test workers) convert it once: the others wait on a
+    lock beside the directory and then use it; a finished conversion is never replaced by another (a process that
+    removed it to put its own in place broke the one reading it)."""
     if not gguf.is_file():
         raise ModelLoadError(f"model file not found: {gguf}")
     target = cache_dir / "models" / _gguf_cache_key(gguf)
     if (target / _CONVERTED_MARKER).is_file():
         return target
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    log.info("converting %s to safetensors in %s (once)", gguf, target)
     private_dir(cache_dir)
     private_dir(target.parent)
-    # Write into a temporary sibling and rename, so an interrupted conversion never looks complete.
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-                model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-            except Exception as e:  # transformers raises many kinds on a bad file
-                raise ModelLoadError(f"cannot read GGUF model {gguf}: {type(e).__name__}: {e}") from None
-        # The weights are de-quantized now; a leftover quantization_config would make from_pretrained look
-        # for the GGUF file again.
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.hf_quantizer = None
-        model.is_quantized = False
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        (tmp / _CONVERTED_MARKER).write_text(json.dumps({"source": str(gguf), "format": _FORMAT_VERSION}))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    with _conversion_lock(target):
+        if (target / _CONVERTED_MARKER).is_file():  # converted by another process while this one waited
+            return target
+        log.info("converting %s to safetensors in %s (once)", gguf, target)
+        # Write into a temporary sibling and rename, so an interrupted conversion never looks complete.
+        tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+        try:
+            _convert_into(gguf, tmp)
+            (tmp / _CONVERTED_MARKER).write_text(json.dumps({"source": str(gguf), "format": _FORMAT_VERSION}))
+            _install(tmp, target)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+@contextlib.contextmanager
+def _conversion_lock(target: Path):
+    """An exclusive lock on `.NAME.lock` beside the target (POSIX `flock`; released if the process dies)."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): the marker and `_install` alone keep a finished conversion whole
+        yield
+        return
+    fd = os.open(target.parent / f".{target.name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _convert_into(gguf: Path, folder: Path) -> None:
+    """Read a GGUF file with transformers and write it de-quantized, as safetensors and a tokenizer, into `folder`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        except Exception as e:  # transformers raises many kinds on a bad file
+            raise ModelLoadError(f"cannot read GGUF model {gguf}: {type(e).__name__}: {e}") from None
+    # The weights are de-quantized now; a leftover quantization_config would make from_pretrained look for the GGUF
+    # file again.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    model.is_quantized = False
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+
+
+def _install(tmp: Path, target: Path) -> None:
+    """Move a finished conversion into place. A finished one already there (another process's) is kept, and this
+    one is left for the caller to remove; an unfinished leftover is moved aside atomically, then removed."""
+    if (target / _CONVERTED_MARKER).is_file():
+        return
+    if target.exists():
+        stale = target.with_name(f".stale-{target.name}-{os.getpid()}")
+        os.replace(target, stale)
+        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        if not (target / _CONVERTED_MARKER).is_file():  # not another process's finished conversion: a real error
+            raise
 
 
 def model_gguf(spec: str | None) -> Path | None:

@@ -59,6 +59,51 @@ def test_default_and_gguf_path_resolve_to_the_same_converted_directory(smollm_di
     assert default_name == "default (SmolLM2-135M-Instruct.Q4_1)" and gguf_name == "SmolLM2-135M-Instruct.Q4_1"
 
 
+def test_processes_converting_at_once_convert_once_and_never_break_a_finished_conversion(tmp_path, monkeypatch):
+    """Two test workers (or a server and a command) asked for the same GGUF at once: the second waited for the
+    first's conversion, then removed it to put its own in place while the first was reading it (CI: "cannot load
+    tokenizer"). Now one converts, the others wait and use it; a finished conversion stays as it is."""
+    import threading
+    import time
+
+    from repocomplete.model_runtime import loading
+
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    calls = []
+
+    def convert(source, folder):
+        calls.append(folder)
+        time.sleep(0.3)  # long enough for the other thread to arrive while this one converts
+        (folder / "tokenizer.json").write_text(str(len(calls)))
+
+    monkeypatch.setattr(loading, "_convert_into", convert)
+    out = []
+    threads = [threading.Thread(target=lambda: out.append(loading.convert_gguf(gguf, tmp_path / "cache")))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len(set(out)) == 1 and len(out) == 3
+    target = out[0]
+    assert (target / "tokenizer.json").read_text() == "1" and (target / "repocomplete-converted.json").is_file()
+    assert [p.name for p in target.parent.iterdir() if not p.name.startswith(".")] == [target.name]  # no leftovers
+    assert not [p for p in target.parent.iterdir() if p.name.startswith((".convert-", ".stale-"))]
+
+    # A conversion finished by someone else while this one ran is kept; this one is dropped.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "tokenizer.json").write_text("mine")
+    loading._install(other, target)
+    assert (target / "tokenizer.json").read_text() == "1" and other.is_dir()
+    # An unfinished leftover (no marker: a crash before the rename of an older version) is replaced.
+    (target / "repocomplete-converted.json").unlink()
+    loading._install(other, target)
+    assert (target / "tokenizer.json").read_text() == "mine" and not other.exists()
+    assert not [p for p in target.parent.iterdir() if p.name.startswith(".stale-")]
+
+
 def test_overrides_reach_the_loaded_model(tiny_model_dir, tmp_path):
     loaded = load_model(
         RuntimeConfig(model=str(tiny_model_dir), cache_dir=tmp_path, device="cpu", dtype="bfloat16", quantize="none")
