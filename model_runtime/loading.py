@@ -120,8 +120,8 @@ def convert_gguf(gguf: Path, cache_dir: Path) -> Path:
     """Convert a GGUF file to a safetensors directory once; return the directory.
 
     Processes that ask at the same time (a server and a command, test workers) convert it once: the others wait on a
-    lock beside the directory and then use it; a finished conversion is never replaced by another (a process that
-    removed it to put its own in place broke the one reading it)."""
+    lock on the cache's models folder, then use it. A finished conversion is never replaced by another (a process
+    that removed it to put its own in place broke the one reading it)."""
     if not gguf.is_file():
         raise ModelLoadError(f"model file not found: {gguf}")
     target = cache_dir / "models" / _gguf_cache_key(gguf)
@@ -147,13 +147,14 @@ def convert_gguf(gguf: Path, cache_dir: Path) -> Path:
 
 @contextlib.contextmanager
 def _conversion_lock(target: Path):
-    """An exclusive lock on `.NAME.lock` beside the target (POSIX `flock`; released if the process dies)."""
+    """An exclusive lock on the folder that holds the target (POSIX `flock` on the folder itself, so nothing is left
+    behind; released if the process dies). Conversions are rare: one at a time per cache is enough."""
     try:
         import fcntl
     except ImportError:  # no flock (Windows): the marker and `_install` alone keep a finished conversion whole
         yield
         return
-    fd = os.open(target.parent / f".{target.name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(target.parent, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
