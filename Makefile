@@ -25,7 +25,8 @@ demo: $(STAMP)
 test: test-extension test-python
 
 # Two workers (pytest-xdist): most of the suite's time is servers and editors starting, which a second core
-# overlaps (9 min 21 s -> 6 min 53 s on a 2-core AVX2 EPYC); every test stands alone, in its own temporary folders.
+# overlaps (9 min 21 s -> 6 min 53 s on a 2-core AVX2 EPYC). Tests keep their own temporary folders; the one shared
+# thing, the embedded model's conversion in the user cache, is made once under a lock (loading.convert_gguf).
 test-python: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2
 

@@ -64,15 +64,13 @@ class VocabIndex:
         model has rarely seen a word follow a token that ends in a space. Given that token (the prompt's own
         `"\\n" + 12 spaces`, after a blank line), the base model wrote `!  \"\"\"` on click's `_textwrap.py`.
         Where nothing else is left, that token stays allowed."""
+        n = len(remaining)
         longer = self.starting_with(remaining)
         if remaining[-1:] in (" ", "\t"):
-            n = len(remaining)
             longer = [i for i in longer if self.texts[i][n : n + 1] not in (" ", "\t")]
         out = longer + self.prefixes_of(remaining)
         if remaining[-1:] == " ":
-            n = len(remaining)
-            split = [i for i in out if len(self.texts[i]) != n]
-            return split or out
+            out = [i for i in out if len(self.texts[i]) != n] or out
         return out
 
     def opening(self, comment: str) -> list[int]:
