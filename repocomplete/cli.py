@@ -743,7 +743,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from this adapter's weights (e.g. the shipped one, tuned further on REPO)")
     p.add_argument("--train-sentinels", action="store_true",
                    help="train the embedding rows of the template's special tokens too (a model whose specials "
-                        "never trained, like SmolLM2's: its end token gets a row of its own)")
+                        "never trained, like SmolLM2's: its end token gets a row of its own); without it, the rows an "
+                        "--init-adapter brings stay frozen (backward then stops at the adapted layers)")
     p.add_argument("--hold-out", action="append", default=[], metavar="PATTERN",
                    help="validation files (fnmatch on the repository path; repeatable; default: a hashed 5%%)")
     p.add_argument("--exclude", action="append", default=[], metavar="PATTERN", help="files left out (repeatable)")

@@ -348,6 +348,22 @@ def test_continuing_an_adapter_adds_sentinel_rows_without_changing_its_logits(ti
     assert any("trainable_tokens" in n for n in names) and any("lora_A" in n for n in names)
 
 
+def test_continuing_without_sentinel_rows_freezes_the_rows_the_adapter_brings(tiny_model_dir, tokenizer, tmp_path):
+    """Rows an adapter trained are kept as they are unless asked to train: only LoRA weights get gradients, so
+    backward stops at the adapted layers; the saved adapter still holds the rows."""
+    _trained(tiny_model_dir, tokenizer, tmp_path / "ad", steps=2, token_rows=(3, 16))
+    base = lambda: training.load_base(tiny_model_dir, torch.device("cpu"))
+    frozen = training.continue_adapter(base(), tmp_path / "ad")
+    trainable = [n for n, p in frozen.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert any("trainable_tokens" in n for n, _ in frozen.named_parameters())
+    frozen.save_pretrained(tmp_path / "again")
+    from safetensors.torch import load_file
+    assert any("trainable_tokens" in k for k in load_file(str(tmp_path / "again" / "adapter_model.safetensors")))
+    rows = training.continue_adapter(base(), tmp_path / "ad", (3, 16))
+    assert any("trainable_tokens" in n for n, p in rows.named_parameters() if p.requires_grad)
+
+
 # -- the command -----------------------------------------------------------------------------------------------
 
 
