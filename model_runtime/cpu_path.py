@@ -33,7 +33,8 @@ DECODE_ROWS = (1, 4, DECODE_MAX_ROWS)
 PREFILL_ROWS = (64, 256)
 KV_PROBE_TOKENS = 2048
 ROUNDS = 3
-# A 1-minute load average above this many per thread means other work competed with the measurement.
+# The machine was busy when the 1-minute load average plus the measurement's own threads exceeds this many per
+# logical CPU: other work then competed with the measurement for the cores it needed.
 BUSY_LOAD = 1.25
 # Another path must beat the reference by this much to be chosen: run-to-run noise on a busy 2-core machine is a
 # few percent, and a path that only ties is not worth its conversions.
@@ -312,7 +313,7 @@ def tuned_plan(shapes: Shapes, cache_dir: Path, retune: bool = False, measure_fn
             data = json.loads(path.read_text())
             if data.get("key") == key:
                 cached_load = data["plan"].get("load", 0.0)
-                if cached_load <= BUSY_LOAD * info.threads or load >= cached_load:
+                if not busy(cached_load, info.threads) or load >= cached_load:
                     return CpuPlan.from_json(data["plan"], "cache")
         except (OSError, ValueError, KeyError):
             pass  # missing or unreadable: measure again
@@ -332,6 +333,14 @@ def tuned_plan(shapes: Shapes, cache_dir: Path, retune: bool = False, measure_fn
     except OSError as e:  # a read-only cache costs a re-measurement next start, nothing else
         log.warning("cannot cache the cpu path in %s: %s", path, e)
     return plan
+
+
+def busy(load: float, threads: int, cpus: int | None = None) -> bool:
+    """Whether a measurement with `threads` threads at this load average competed with other work. The load
+    average counts the machine's runnable tasks (the host's, in most containers), so it is compared with the
+    machine's logical CPUs: on 2 CPUs, two busy single-threaded processes (load 2.3) left a 2-thread measurement
+    no core of its own, and its GEMMs ran 55x slower than one thread's."""
+    return load + threads > BUSY_LOAD * (cpus or os.cpu_count() or 1)
 
 
 def machine_load() -> float:

@@ -180,6 +180,22 @@ def test_a_plan_measured_under_load_is_measured_again_when_the_machine_is_quiete
     assert measure.calls == 2
 
 
+def test_busy_counts_the_measurements_own_threads_against_the_machines_cpus(tmp_path, monkeypatch):
+    assert cpu_path.busy(2.34, 2, cpus=2)  # two other busy processes on a 2-CPU machine: no core left for 2 threads
+    assert not cpu_path.busy(0.3, 2, cpus=2)
+    assert not cpu_path.busy(2.34, 2, cpus=8)
+    assert cpu_path.busy(6.0, 8, cpus=8)
+    # The plan such a start measured is measured again at a quieter start.
+    monkeypatch.setattr(cpu_path.os, "cpu_count", lambda: max(1, torch.get_num_threads()))
+    measure = FakeMeasure(AVX512)
+    monkeypatch.setattr(cpu_path, "machine_load", lambda: 0.1 + torch.get_num_threads() * 0.5)
+    assert tuned_plan(SHAPES, tmp_path, measure_fn=measure).source == "measured"
+    monkeypatch.setattr(cpu_path, "machine_load", lambda: 0.1)
+    assert tuned_plan(SHAPES, tmp_path, measure_fn=measure).source == "measured"
+    assert tuned_plan(SHAPES, tmp_path, measure_fn=measure).source == "cache"
+    assert measure.calls == 2
+
+
 def test_the_confirmation_falls_back_to_fp32_when_the_choice_is_not_faster(monkeypatch):
     from repocomplete.model_runtime.quantize import LinearPath
 
