@@ -8,6 +8,9 @@
     repocomplete bench micro retrieval DIR [--queries N] [--dense-sample N] [--method bm25|jaccard]
     repocomplete bench micro decode [--context-tokens N] [--steps N]   one decode step: weights, attention, the rest
     repocomplete bench micro tokens DIR [--queries N] [--budget N]  counting budgets with SmolLM2's tokenizer
+    repocomplete bench micro train [--tokens N] [--steps N] [--threads N] [--adapter DIR]   a fine-tuning step of
+                                                           the embedded model: fresh LoRA, and continuing an adapter
+                                                           with its token rows frozen and trained
 
 DIR is never written: `index` works on a copy. The figures are of the machine they ran on, and a shared machine's
 speed drifts, so say which one when you quote them.
@@ -516,6 +519,58 @@ def _positive(text: str) -> int:
     return value
 
 
+# -- train ---------------------------------------------------------------------------------------------------------
+
+
+def bench_train(tokens: int, steps: int, threads: int, adapter: Path | None) -> None:
+    """Seconds per optimizer step of `finetune` on the embedded model's unquantized weights (bf16 autocast where the
+    CPU has bf16), on one packed row of `tokens` random tokens (half of them targets): LoRA rank 16 on the top 8
+    layers from scratch, then `adapter` (default: the shipped one) continued with its token rows frozen (backward
+    stops at the adapted layers) and trained (`--train-sentinels`: the gradient reaches the embedding)."""
+    import json
+
+    import torch
+
+    from repocomplete.model_runtime import training
+    from repocomplete.model_runtime.config import RuntimeConfig
+    from repocomplete.model_runtime.cpu import cpu_info
+    from repocomplete.model_runtime.loading import resolve_model_dir
+
+    torch.set_num_threads(threads)
+    model_dir, name = resolve_model_dir("default", RuntimeConfig().cache_dir)
+    adapter = adapter or Path(training.__file__).parent / "shipped" / "smollm2-fim"
+    rows = tuple(json.loads((adapter / "adapter_config.json").read_text()).get("trainable_token_indices", {})
+                 .get("embed_tokens", ()))
+    config = training.TrainConfig(rank=16, layers=8)
+    dtype = training.autocast_dtype(config, torch.device("cpu"))
+    ids = torch.randint(20, 40_000, (1, tokens), generator=torch.Generator().manual_seed(0))
+    labels = ids.clone()
+    labels[:, : tokens // 2] = training.IGNORE
+    batch = {"input_ids": ids, "labels": labels, "position_ids": torch.arange(tokens)[None]}
+    info = cpu_info()
+    print(f"cpu {info.name} ({info.capability}), {threads} threads, autocast {dtype or 'fp32'}; {name}, one row of "
+          f"{tokens} tokens, best of {steps} steps after one warm-up")
+    cases = [("fresh LoRA r16, top 8 layers", lambda base: training.add_lora(base, config)),
+             (f"{adapter.name}, rows frozen", lambda base: training.continue_adapter(base, adapter)),
+             (f"{adapter.name}, rows trained", lambda base: training.continue_adapter(base, adapter, rows))]
+    for label, make in cases:
+        if "rows" in label and not rows:
+            continue
+        model = make(training.load_base(Path(model_dir), torch.device("cpu")))
+        params = [q for q in model.parameters() if q.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=1e-4)
+        times = []
+        for _ in range(steps + 1):
+            t = time.perf_counter()
+            loss, _ = training.row_loss(model, batch, dtype)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            times.append(time.perf_counter() - t)
+        best = min(times[1:])
+        print(f"  {label:<36} {best:6.2f} s a step  {tokens / best:7.1f} tokens/s")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="repocomplete bench micro", description=__doc__.splitlines()[0])
     parts = parser.add_subparsers(dest="part", required=True, metavar="PART")
@@ -545,8 +600,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("directory", type=Path, metavar="DIR")
     p.add_argument("--queries", type=int, default=20, help="context calls to time (default 20; 0: the estimate only)")
     p.add_argument("--budget", type=_positive, default=1024, help="their budget (default 1024)")
+    p = parts.add_parser("train", help="a fine-tuning step of the embedded model: fresh LoRA, an adapter continued "
+                                       "with its token rows frozen and trained")
+    p.add_argument("--tokens", type=_positive, default=2560, help="tokens in the packed row (default 2560)")
+    p.add_argument("--steps", type=_positive, default=3, help="timed steps per case, after one warm-up (default 3)")
+    p.add_argument("--threads", type=_positive, default=1, help="CPU threads (default 1)")
+    p.add_argument("--adapter", type=Path, default=None, metavar="DIR", help="the adapter to continue (default: "
+                                                                             "the shipped one)")
     args = parser.parse_args(argv)
-    if args.part == "decode":
+    if args.part == "train":
+        bench_train(args.tokens, args.steps, args.threads, args.adapter)
+    elif args.part == "decode":
         bench_decode(args.context_tokens, args.steps)
     elif args.part == "parsing":
         bench_parsing(args.directory, args.repeat)

@@ -153,3 +153,12 @@ def test_tokens_measures_the_estimate_and_the_cost_of_counting(repo, capsys):
     assert re.fullmatch(rf"  the current file's window, tokenized to bound the context: p50 {NUM} ms, p95 {NUM} ms",
                         lines[5])
     assert run(capsys, "tokens", str(repo), "--queries", "0")[1:] == []  # the estimate alone
+
+
+def test_train_times_a_step_of_each_case_on_the_embedded_model(capsys):
+    lines = run(capsys, "train", "--tokens", "32", "--steps", "1")
+    assert re.match(r"cpu .+, 1 threads, autocast \S+; default \(.+\), one row of 32 tokens, best of 1 steps", lines[0])
+    cases = [re.fullmatch(rf"  (.+?) +({NUM}) s a step +({NUM}) tokens/s", line) for line in lines[1:]]
+    assert [c.group(1) for c in cases] == ["fresh LoRA r16, top 8 layers", "smollm2-fim, rows frozen",
+                                           "smollm2-fim, rows trained"]
+    assert all(float(c.group(2)) > 0 for c in cases)
