@@ -154,7 +154,7 @@ def continue_adapter(model, adapter_dir: Path, token_rows: Sequence[int] = ()):
     """A trainable peft model whose LoRA weights start from an existing adapter (its rank and layers); `token_rows`
     that the adapter does not train yet are added, starting from the base model's rows. Without `token_rows` the
     adapter's own embedding rows stay as they are, frozen: a gradient for them would have to flow back through
-    every layer (on a CPU with bf16, 2-3x the step time of LoRA on the top layers alone)."""
+    every layer (about twice the step time of LoRA on the top 8 layers alone: `bench micro train`)."""
     from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
     from safetensors.torch import load_file
 
@@ -306,7 +306,11 @@ def _load_checkpoint(model, optimizer, out: Path) -> dict:
     saved = torch.load(ckpt / "state.pt", weights_only=False)
     weights = load_file(str(ckpt / "adapter" / "adapter_model.safetensors"))
     set_peft_model_state_dict(model, weights)
-    optimizer.load_state_dict(saved["optimizer"])
+    try:
+        optimizer.load_state_dict(saved["optimizer"])
+    except ValueError:  # other trainable weights: --train-sentinels, --rank or --layers changed since
+        raise ConfigError(f"the checkpoint in {out} trained other weights than these options do (--train-sentinels, "
+                          "--rank, --layers): resume with the options it was started with") from None
     torch.set_rng_state(saved["rng"])
     return saved["state"]
 

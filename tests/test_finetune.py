@@ -348,6 +348,22 @@ def test_continuing_an_adapter_adds_sentinel_rows_without_changing_its_logits(ti
     assert any("trainable_tokens" in n for n in names) and any("lora_A" in n for n in names)
 
 
+def test_resuming_with_other_trainable_weights_is_a_clear_error(tiny_model_dir, tokenizer, tmp_path):
+    from repocomplete.model_runtime.errors import ConfigError
+
+    examples = _toy_examples(tokenizer)
+    record = AdapterRecord("smollm2-fim", "spm")
+    _trained(tiny_model_dir, tokenizer, tmp_path / "ad", steps=2, token_rows=(3, 16))
+    base = lambda: training.load_base(tiny_model_dir, torch.device("cpu"))
+    config = training.TrainConfig(rank=4, layers=1, autocast="fp32", lr=1e-2, warmup=1, batch_tokens=64,
+                                  checkpoint_every=1, steps=4)
+    model = training.continue_adapter(base(), tmp_path / "ad", (3, 16))  # rows trained
+    training.train(model, tokenizer, examples, examples, config, tmp_path / "run", record, stop_after=2)
+    model = training.continue_adapter(base(), tmp_path / "ad")  # rows frozen: fewer trainable tensors
+    with pytest.raises(ConfigError, match="resume with the options it was started with"):
+        training.train(model, tokenizer, examples, examples, config, tmp_path / "run", record, resume=True)
+
+
 def test_continuing_without_sentinel_rows_freezes_the_rows_the_adapter_brings(tiny_model_dir, tokenizer, tmp_path):
     """Rows an adapter trained are kept as they are unless asked to train: only LoRA weights get gradients, so
     backward stops at the adapted layers; the saved adapter still holds the rows."""
