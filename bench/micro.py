@@ -532,13 +532,14 @@ def bench_train(tokens: int, steps: int, threads: int, adapter: Path | None) -> 
     import torch
 
     from repocomplete.model_runtime import training
+    from repocomplete.model_runtime.adapters import SHIPPED_DIR
     from repocomplete.model_runtime.config import RuntimeConfig
     from repocomplete.model_runtime.cpu import cpu_info
     from repocomplete.model_runtime.loading import resolve_model_dir
 
     torch.set_num_threads(threads)
     model_dir, name = resolve_model_dir("default", RuntimeConfig().cache_dir)
-    adapter = adapter or Path(training.__file__).parent / "shipped" / "smollm2-fim"
+    adapter = adapter or SHIPPED_DIR
     rows = tuple(json.loads((adapter / "adapter_config.json").read_text()).get("trainable_token_indices", {})
                  .get("embed_tokens", ()))
     config = training.TrainConfig(rank=16, layers=8)
