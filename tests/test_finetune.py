@@ -355,8 +355,7 @@ def test_resuming_with_other_trainable_weights_is_a_clear_error(tiny_model_dir, 
     record = AdapterRecord("smollm2-fim", "spm")
     _trained(tiny_model_dir, tokenizer, tmp_path / "ad", steps=2, token_rows=(3, 16))
     base = lambda: training.load_base(tiny_model_dir, torch.device("cpu"))
-    config = training.TrainConfig(rank=4, layers=1, autocast="fp32", lr=1e-2, warmup=1, batch_tokens=64,
-                                  checkpoint_every=1, steps=4)
+    _, config = _tiny_peft(tiny_model_dir, steps=4)  # the tiny runs' settings
     model = training.continue_adapter(base(), tmp_path / "ad", (3, 16))  # rows trained
     training.train(model, tokenizer, examples, examples, config, tmp_path / "run", record, stop_after=2)
     model = training.continue_adapter(base(), tmp_path / "ad")  # rows frozen: fewer trainable tensors
